@@ -1,0 +1,322 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Process exec, fork and exit events for tracked processes, in one ring buffer. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "otelproc.h"
+
+#define MAX_PIDNS_DEPTH 8
+
+const volatile bool trace_all = false;		/* track every process, ignore match_comms */
+const volatile __u32 scope_pidns = 0;		/* 0: host; else inode of the scope's pid namespace */
+const volatile bool scope_cgroup = false;	/* only start tracking inside scope_cgroups[0] */
+const volatile __u64 ns_per_tick = 10000000;	/* NSEC_PER_SEC / USER_HZ, as /proc/<pid>/stat */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__type(key, struct comm_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} match_comms SEC(".maps");
+
+/* pid (scope numbering) -> start time in clock ticks, which tells a reused pid apart */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u64);
+} tracked SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LOST_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+/* An exec record is too large for the BPF stack; it is built here, then copied out at its used size. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event);
+} scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} scope_cgroups SEC(".maps");
+
+static __always_inline void count_lost(__u32 reason)
+{
+	__u64 *n = bpf_map_lookup_elem(&lost, &reason);
+
+	if (n)
+		*n += 1;
+}
+
+/* A task's tgid as numbered in the scope's pid namespace; 0 when it is not visible there. */
+static __always_inline __u32 scoped_tgid(struct task_struct *task)
+{
+	struct pid *pid;
+	struct upid upid;
+	__u32 level;
+
+	if (!scope_pidns)
+		return BPF_CORE_READ(task, tgid);
+
+	/* A task has a number in its own namespace and in each ancestor; level 0 is the host's. */
+	pid = BPF_CORE_READ(task, signal, pids[PIDTYPE_TGID]);
+	level = BPF_CORE_READ(pid, level);
+	for (__u32 i = 0; i < MAX_PIDNS_DEPTH; i++) {
+		if (i > level)
+			break;
+		if (bpf_core_read(&upid, sizeof(upid), &pid->numbers[i]))
+			break;
+		if (BPF_CORE_READ(upid.ns, ns.inum) == scope_pidns)
+			return upid.nr;
+	}
+	return 0;
+}
+
+/* Same unit as field 22 of /proc/<pid>/stat. The group leader's, as a thread has its own. */
+static __always_inline __u64 start_ticks(struct task_struct *task)
+{
+	return BPF_CORE_READ(task, group_leader, start_boottime) / ns_per_tick;
+}
+
+static __always_inline bool is_tracked(__u32 pid, __u64 ticks)
+{
+	__u64 *known = bpf_map_lookup_elem(&tracked, &pid);
+
+	return known && *known == ticks;
+}
+
+static __always_inline bool track(__u32 pid, __u64 ticks)
+{
+	if (bpf_map_update_elem(&tracked, &pid, &ticks, BPF_ANY)) {
+		count_lost(LOST_TRACKED_FULL);
+		return false;
+	}
+	return true;
+}
+
+static __always_inline bool comm_matches(void)
+{
+	struct comm_key key = { .prefixlen = TASK_COMM_LEN * 8 };
+
+	bpf_get_current_comm(key.comm, sizeof(key.comm));
+	return bpf_map_lookup_elem(&match_comms, &key) != NULL;
+}
+
+static __always_inline bool in_cgroup_scope(void)
+{
+	return !scope_cgroup || bpf_current_task_under_cgroup(&scope_cgroups, 0) == 1;
+}
+
+static __always_inline void fill_cgroup(struct event *e, struct task_struct *task)
+{
+	struct cgroup *cgrp = BPF_CORE_READ(task, cgroups, dfl_cgrp);
+	struct kernfs_node *kn = BPF_CORE_READ(cgrp, kn);
+
+	e->cgroup_id = BPF_CORE_READ(kn, id);
+	/* On a cgroup v1 host every task sits in the v2 root; the memory
+	 * controller's hierarchy then holds the container's name. */
+	if (BPF_CORE_READ(cgrp, level) == 0 &&
+	    bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id)) {
+		int memory = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
+		struct cgroup_subsys_state *css;
+
+		if (memory >= 0 && memory < 12) {
+			css = BPF_CORE_READ(task, cgroups, subsys[memory]);
+			if (css)
+				kn = BPF_CORE_READ(css, cgroup, kn);
+		}
+	}
+	bpf_probe_read_kernel_str(e->cgroup, sizeof(e->cgroup), BPF_CORE_READ(kn, name));
+}
+
+static __always_inline void fill_common(struct event *e, struct task_struct *task, __u32 kind, __u32 pid)
+{
+	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+	struct pid *tgid = BPF_CORE_READ(task, signal, pids[PIDTYPE_TGID]);
+	__u32 level = BPF_CORE_READ(tgid, level);
+	struct upid own;
+
+	e->time_ns = bpf_ktime_get_boot_ns();
+	e->start_time_ns = BPF_CORE_READ(leader, start_boottime);
+	e->kind = kind;
+	e->flags = 0;
+	e->pid = pid;
+	e->ppid = scoped_tgid(BPF_CORE_READ(task, real_parent));
+	e->tid = pid;
+	e->vpid = 0;
+	e->pidns = 0;
+	if (!bpf_core_read(&own, sizeof(own), &tgid->numbers[level])) {
+		e->vpid = own.nr;
+		e->pidns = BPF_CORE_READ(own.ns, ns.inum);
+	}
+	e->uid = BPF_CORE_READ(task, real_cred, uid.val);
+	e->gid = BPF_CORE_READ(task, real_cred, gid.val);
+	e->exit_code = 0;
+	e->exe_len = 0;
+	e->argv_len = 0;
+	e->env_len = 0;
+	e->reserved = 0;
+	/* The leader's name is the process's (/proc/<pid>/comm); threads may name themselves. */
+	BPF_CORE_READ_STR_INTO(&e->comm, leader, comm);
+	fill_cgroup(e, task);
+}
+
+/* Copies [start, end) of the new program's memory to data[off...], at most max bytes. */
+static __always_inline __u32 read_user_block(struct event *e, __u32 off, unsigned long start,
+					     unsigned long end, __u32 max, __u32 cut_flag)
+{
+	__u64 len = end > start ? end - start : 0;
+
+	if (len > max) {
+		len = max;
+		e->flags |= cut_flag;
+	}
+	if (off > DATA_MAX - max)
+		return 0;
+	if (bpf_probe_read_user(&e->data[off], len, (void *)start))
+		return 0;
+	return len;
+}
+
+/* The fork and exit records carry no data[]: only the fixed part goes out. */
+static __always_inline struct event *reserve_small(void)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, offsetof(struct event, data), 0);
+
+	if (!e)
+		count_lost(LOST_RINGBUF);
+	return e;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
+{
+	__u32 pid = scoped_tgid(task), zero = 0, flags = 0, off;
+	__u64 ticks = start_ticks(task);
+	struct mm_struct *mm;
+	struct event *e;
+	long n;
+
+	if (!pid)
+		return 0;
+	/* Tracking is decided here, once, by the comm the exec gave; a later
+	 * rename or exec keeps a process tracked. */
+	if (!is_tracked(pid, ticks)) {
+		if (!trace_all && !comm_matches())
+			return 0;
+		if (!in_cgroup_scope())
+			return 0;
+		if (!track(pid, ticks))
+			flags = EVENT_F_UNTRACKED;
+	}
+
+	e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
+		return 0;
+	fill_common(e, task, EVENT_EXEC, pid);
+	e->flags = flags;
+	/* Exec from a non-leader thread gives that thread the process's pid;
+	 * old_pid is the thread's own id (host numbering). */
+	if (old_pid != BPF_CORE_READ(task, pid))
+		e->tid = old_pid;
+
+	/* interp is the file actually run: the interpreter for a #! script. */
+	n = bpf_probe_read_kernel_str(e->data, EXE_MAX, BPF_CORE_READ(bprm, interp));
+	off = n > 0 ? n : 0;
+	if (off >= EXE_MAX)
+		e->flags |= EVENT_F_EXE_CUT;
+	if (off > EXE_MAX)
+		off = EXE_MAX;
+	e->exe_len = off;
+
+	mm = BPF_CORE_READ(task, mm);
+	e->argv_len = read_user_block(e, off, BPF_CORE_READ(mm, arg_start), BPF_CORE_READ(mm, arg_end),
+				      ARGV_MAX, EVENT_F_ARGV_CUT);
+	off += e->argv_len;
+	e->env_len = read_user_block(e, off, BPF_CORE_READ(mm, env_start), BPF_CORE_READ(mm, env_end),
+				     ENV_MAX, EVENT_F_ENV_CUT);
+	off += e->env_len;
+	if (off > DATA_MAX)
+		return 0;
+	if (bpf_ringbuf_output(&events, e, offsetof(struct event, data) + off, 0))
+		count_lost(LOST_RINGBUF);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 pid, ppid;
+	struct event *e;
+	__u64 ticks;
+
+	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+		return 0;	/* a new thread, not a process */
+
+	if (trace_all) {
+		if (!in_cgroup_scope())
+			return 0;
+	} else {
+		ppid = scoped_tgid(parent);
+		if (!ppid || !is_tracked(ppid, start_ticks(parent)))
+			return 0;
+	}
+	pid = scoped_tgid(child);
+	if (!pid)
+		return 0;
+	ticks = start_ticks(child);
+
+	e = reserve_small();
+	if (!e)
+		return 0;
+	fill_common(e, child, EVENT_FORK, pid);
+	if (!track(pid, ticks))
+		e->flags = EVENT_F_UNTRACKED;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(handle_exit, struct task_struct *task)
+{
+	__u32 pid;
+	struct event *e;
+
+	/* This fires once per thread; the process is gone only with its last one. */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	pid = scoped_tgid(task);
+	if (!pid || !is_tracked(pid, start_ticks(task)))
+		return 0;
+	/* Threads exiting together can each see live == 0: the one that
+	 * removes the entry reports the exit. */
+	if (bpf_map_delete_elem(&tracked, &pid))
+		return 0;
+
+	e = reserve_small();
+	if (!e)
+		return 0;
+	fill_common(e, task, EVENT_EXIT, pid);
+	/* Set by do_exit before this tracepoint; for a group exit it is the group's code. */
+	e->exit_code = BPF_CORE_READ(task, exit_code);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

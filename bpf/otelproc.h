@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The one record the BPF program writes to the ring buffer. otelproc/record.py
+ * mirrors it field by field; the loader checks that mirror against this
+ * struct's BTF in the compiled object before it attaches anything.
+ */
+#ifndef __OTELPROC_H
+#define __OTELPROC_H
+
+#define TASK_COMM_LEN 16
+#define CGROUP_NAME_MAX 128
+#define EXE_MAX 512
+#define ARGV_MAX 8192
+#define ENV_MAX 16384
+#define DATA_MAX (EXE_MAX + ARGV_MAX + ENV_MAX)
+
+enum event_kind {
+	EVENT_EXEC = 1,
+	EVENT_FORK = 2,
+	EVENT_EXIT = 3,
+};
+
+enum event_flag {
+	EVENT_F_EXE_CUT = 1,	/* exe longer than EXE_MAX - 1 bytes */
+	EVENT_F_ARGV_CUT = 2,	/* argv longer than ARGV_MAX bytes */
+	EVENT_F_ENV_CUT = 4,	/* environment longer than ENV_MAX bytes */
+	EVENT_F_UNTRACKED = 8,	/* tracked map full: no fork or exit will follow */
+};
+
+/* Indexes of the per-CPU "lost" counters. */
+enum lost_reason {
+	LOST_RINGBUF = 0,	/* ring buffer full: a record was dropped */
+	LOST_TRACKED_FULL = 1,	/* tracked map full: a process could not be tracked */
+	LOST_MAX = 2,
+};
+
+struct event {
+	__u64 time_ns;		/* when it happened, CLOCK_BOOTTIME */
+	__u64 start_time_ns;	/* process start, CLOCK_BOOTTIME */
+	__u64 cgroup_id;	/* cgroup v2 id (kernfs node id) */
+	__u32 kind;		/* enum event_kind */
+	__u32 flags;		/* enum event_flag bits */
+	__u32 pid;		/* tgid, numbered in the scope's pid namespace */
+	__u32 ppid;		/* real parent's tgid, same numbering; 0 outside scope */
+	__u32 tid;		/* exec: the thread that called it; else pid */
+	__u32 vpid;		/* tgid in the process's own pid namespace */
+	__u32 pidns;		/* inode of that namespace */
+	__u32 uid;
+	__u32 gid;
+	__u32 exit_code;	/* exit: raw wait status (status << 8 | core 0x80 | signal) */
+	__u16 exe_len;		/* exec: bytes of data used by exe, argv and env, in order */
+	__u16 argv_len;
+	__u16 env_len;
+	__u16 reserved;
+	char comm[TASK_COMM_LEN];
+	char cgroup[CGROUP_NAME_MAX];	/* leaf name of the process's cgroup */
+	char data[DATA_MAX];	/* exec only; fork and exit records end before it */
+};
+
+/* Key of the comm match list: an LPM trie over comm bytes. An exact name is
+ * stored with its NUL terminator so it cannot match longer names. */
+struct comm_key {
+	__u32 prefixlen;	/* in bits */
+	char comm[TASK_COMM_LEN];
+};
+
+#endif /* __OTELPROC_H */

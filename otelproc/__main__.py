@@ -1,0 +1,5 @@
+import sys
+
+from otelproc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,151 @@
+"""The `otelproc` command: check, events, run.
+
+Every failure the user can act on is one line on stderr and a non-zero exit:
+2 for bad usage, configuration or missing privileges, 1 when the kernel refuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import NoReturn, Sequence
+
+from otelproc import __version__, config
+from otelproc.checks import EVENTS_CAPS, CheckFailed, require_caps, run_checks
+from otelproc.clock import BootClock
+from otelproc.config import ConfigError, Settings
+from otelproc.decoder import decode
+from otelproc.libbpf import LibbpfError
+from otelproc.loader import Probe, ProbeConfig
+
+log = logging.getLogger("otelproc")
+
+EXIT_KERNEL = 1
+EXIT_USAGE = 2
+POLL_MS = 100
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not usage plus a line
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="otelproc", description="Process lifetimes of python/uvicorn services as OpenTelemetry spans.")
+    parser.add_argument("--version", action="version", version=f"otelproc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    sub.add_parser("check", help="can otelproc run here? kernel, BTF, capabilities, libbpf, a real load")
+    events = sub.add_parser(
+        "events",
+        help="print the kernel's process events as JSON lines",
+        description="One JSON object per exec, fork and exit of a tracked process, on stdout.",
+    )
+    config.add_arguments(events, "events")
+    run = sub.add_parser(
+        "run",
+        help="turn every tracked process lifetime into an OpenTelemetry span",
+        description="Every tracked process lifetime becomes a span, exported over OTLP (or printed).",
+        epilog="Settings: flag, then OTELPROC_* variable, then default. The SDK reads OTEL_EXPORTER_OTLP_* "
+        "and OTEL_BSP_* itself.",
+    )
+    config.add_arguments(run, "run")
+    return parser
+
+
+class StopSignal:
+    """Set by SIGINT or SIGTERM; the loops check it between polls."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.signum = signum
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+
+def probe_config(settings: Settings) -> ProbeConfig:
+    scope = settings.scope
+    return ProbeConfig(
+        match=settings.match,
+        trace_all=settings.all,
+        scope_pidns=config.own_pidns_inode() if scope.kind == "pidns" else 0,
+        scope_cgroup=scope.cgroup,
+        ring_buffer_bytes=settings.ring_buffer_size,
+        max_tracked=settings.max_processes,
+    )
+
+
+def describe_tracking(settings: Settings) -> str:
+    what = "every process" if settings.all else "comm " + ",".join(str(r) for r in settings.match)
+    return f"tracking {what}, scope {settings.scope}"
+
+
+def cmd_events(settings: Settings) -> int:
+    require_caps(EVENTS_CAPS)
+    clock = BootClock()
+    out = sys.stdout
+
+    def on_record(raw: bytes) -> None:
+        out.write(json.dumps(decode(raw, clock).to_json_dict()) + "\n")
+
+    stop = StopSignal()
+    deadline = None if settings.duration is None else time.monotonic() + settings.duration
+    with Probe(probe_config(settings), on_record) as probe:
+        log.info("attached; %s", describe_tracking(settings))
+        while not stop and (deadline is None or time.monotonic() < deadline):
+            clock.refresh()
+            probe.poll(POLL_MS)
+            out.flush()
+        probe.poll(0)
+        out.flush()
+        lost = probe.lost()
+    log.info("stopped; lost in the kernel: %s", ", ".join(f"{k}={v}" for k, v in lost.items()))
+    return 0
+
+
+def cmd_check() -> int:
+    results = run_checks()
+    for result in results:
+        print(("ok    " if result.ok else "FAIL  ") + result.line, file=sys.stdout if result.ok else sys.stderr)
+    return 0 if all(r.ok for r in results) else EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(stream=sys.stderr, format="otelproc: %(message)s", level=logging.INFO)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "check":
+            return cmd_check()
+        settings = config.resolve(args.command, args)
+        logging.getLogger().setLevel(settings.log_level.upper())
+        if args.command == "events":
+            return cmd_events(settings)
+        from otelproc.sidecar import run_sidecar
+
+        return run_sidecar(settings)
+    except (UsageError, ConfigError, CheckFailed) as exc:
+        print(f"otelproc: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LibbpfError as exc:
+        print(f"otelproc: error: {exc}", file=sys.stderr)
+        return EXIT_KERNEL
+    except BrokenPipeError:
+        # The reader of stdout went away: nothing left to do, and nothing to flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130

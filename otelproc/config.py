@@ -1,0 +1,266 @@
+"""Every setting of otelproc in one table: its flag, its OTELPROC_* variable, its default.
+
+Precedence, for each setting on its own: the command-line flag, then the
+OTELPROC_* environment variable, then the default. The OpenTelemetry SDK's own
+variables (OTEL_EXPORTER_OTLP_*, OTEL_BSP_*) are read by the SDK itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from otelproc.loader import MatchRule
+
+DEFAULT_MATCH = "python,python3,python3.*,uvicorn,gunicorn,hypercorn"
+INITIAL_PIDNS_INODE = 0xEFFFFFFC  # PROC_PID_INIT_INO: the host's pid namespace
+TASK_COMM_MAX = 15
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names it and is shown as one line."""
+
+
+def parse_match(text: str) -> tuple[MatchRule, ...]:
+    """"python,python3.*": exact comm names; a trailing * makes a prefix."""
+    rules = []
+    for item in text.split(","):
+        name = item.strip()
+        if not name:
+            raise ConfigError(f"empty name in match list {text!r}")
+        prefix = name.endswith("*")
+        if prefix:
+            name = name[:-1]
+        if not name or "*" in name:
+            raise ConfigError(f"{item.strip()!r}: only one trailing * (a prefix) is allowed, after a name")
+        if len(name.encode()) > TASK_COMM_MAX:
+            raise ConfigError(f"{name!r} is longer than {TASK_COMM_MAX} bytes, and the kernel cuts comm names there")
+        if "/" in name or "\0" in name:
+            raise ConfigError(f"{name!r}: a comm name has no '/' (match the program's name, not its path)")
+        rules.append(MatchRule(name, prefix))
+    return tuple(rules)
+
+
+@dataclass(frozen=True)
+class Scope:
+    kind: str  # "host", "pidns" or "cgroup"
+    cgroup: str | None = None
+
+    def __str__(self) -> str:
+        return f"cgroup={self.cgroup}" if self.kind == "cgroup" else self.kind
+
+
+def own_pidns_inode() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino
+
+
+def parse_scope(text: str) -> Scope:
+    if text == "auto":
+        return Scope("host" if own_pidns_inode() == INITIAL_PIDNS_INODE else "pidns")
+    if text in ("host", "pidns"):
+        return Scope(text)
+    if text.startswith("cgroup="):
+        path = text[len("cgroup=") :]
+        if not os.path.isdir(path):
+            raise ConfigError(f"cgroup {path!r} is not a directory (give a cgroup v2 path)")
+        return Scope("cgroup", path)
+    raise ConfigError(f"{text!r}: use host, pidns, cgroup=PATH or auto")
+
+
+def parse_positive_int(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise ConfigError(f"{text!r} must be greater than 0")
+    return value
+
+
+def parse_ring_size(text: str) -> int:
+    value = parse_positive_int(text)
+    if value < 4096 or value & (value - 1):
+        raise ConfigError(f"{value} must be a power of two of at least 4096 bytes")
+    return value
+
+
+def parse_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a number of seconds") from None
+    if value < 0 or not math.isfinite(value):
+        raise ConfigError(f"{text!r} must be zero or more seconds")
+    return value
+
+
+def parse_optional_seconds(text: str) -> float | None:
+    return None if text == "" else parse_seconds(text)
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{text!r} is not true or false")
+
+
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ConfigError(f"{text!r}: choose one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def parse_port(text: str) -> int | None:
+    if text in ("", "0"):
+        return None
+    value = parse_positive_int(text)
+    if value > 65535:
+        raise ConfigError(f"{value} is not a TCP port")
+    return value
+
+
+def parse_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+def parse_log_level(text: str) -> str:
+    return parse_choice("debug", "info", "warning", "error")(text.lower())
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: flag, environment variable, default (as text), parser, and which commands take it."""
+
+    name: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    commands: tuple[str, ...]
+    metavar: str | None = None
+    flag_only_bool: bool = False  # a switch: present means true
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "OTELPROC_" + self.name.upper()
+
+
+EV, RUN = "events", "run"
+OPTIONS: tuple[Option, ...] = (
+    Option("match", DEFAULT_MATCH, parse_match, "comm names to track; a trailing * matches a prefix", (EV, RUN), "LIST"),
+    Option("all", "false", parse_bool, "track every process (ignores --match)", (EV, RUN), flag_only_bool=True),
+    Option(
+        "scope",
+        "auto",
+        parse_scope,
+        "host | pidns (own pid namespace and below) | cgroup=PATH (a cgroup v2 directory) | auto: pidns "
+        "when not in the host's pid namespace, else host",
+        (EV, RUN),
+        "SCOPE",
+    ),
+    Option("duration", "", parse_optional_seconds, "stop by itself after this many seconds", (EV, RUN), "SECONDS"),
+    Option(
+        "max_processes", "65536", parse_positive_int, "processes tracked at once (kernel map and table)", (EV, RUN), "N"
+    ),
+    Option("ring_buffer_size", str(16 << 20), parse_ring_size, "kernel ring buffer bytes (power of two)", (EV, RUN), "BYTES"),
+    Option(
+        "exporter",
+        "auto",
+        parse_choice("auto", "otlp", "console"),
+        "otlp | console | auto: otlp when an endpoint is configured or a collector answers, else console",
+        (RUN,),
+        "NAME",
+    ),
+    Option(
+        "otlp_endpoint",
+        "",
+        str,
+        "collector address; default: the SDK's OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, else localhost:4317 / :4318",
+        (RUN,),
+        "URL",
+    ),
+    Option(
+        "otlp_protocol",
+        "",
+        parse_choice("", "grpc", "http/protobuf"),
+        "grpc | http/protobuf; default: the SDK's OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, else grpc",
+        (RUN,),
+        "PROTOCOL",
+    ),
+    Option(
+        "service_name",
+        "otelproc",
+        str,
+        "service.name for processes whose environment sets no OTEL_SERVICE_NAME",
+        (RUN,),
+        "NAME",
+    ),
+    Option(
+        "start_span_delay",
+        "1",
+        parse_seconds,
+        "a process still running after this long gets a 'started' span at once (the live view)",
+        (RUN,),
+        "SECONDS",
+    ),
+    Option("adopt", "true", parse_bool, "adopt matching processes already running at start", (RUN,), "BOOL"),
+    Option("log_level", "info", parse_log_level, "debug | info | warning | error (logs go to stderr)", (EV, RUN), "LEVEL"),
+)
+
+
+def options_for(command: str) -> tuple[Option, ...]:
+    return tuple(o for o in OPTIONS if command in o.commands)
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    for option in options_for(command):
+        text = f"{option.help} [env {option.env}; default {option.default or 'unset'}]"
+        if option.flag_only_bool:
+            parser.add_argument(option.flag, dest=option.name, action="store_const", const="true", help=text)
+        else:
+            parser.add_argument(option.flag, dest=option.name, metavar=option.metavar, help=text)
+
+
+@dataclass(frozen=True)
+class Settings:
+    values: dict[str, Any]
+    sources: dict[str, str]  # where each value came from: "flag", "env" or "default"
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def resolve(command: str, args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    """Flag, else OTELPROC_* variable, else default; each parsed, errors naming the setting."""
+    env = os.environ if environ is None else environ
+    values, sources = {}, {}
+    for option in options_for(command):
+        raw = getattr(args, option.name, None)
+        source = "flag"
+        if raw is None:
+            raw, source = env.get(option.env), "env"
+        if raw is None:
+            raw, source = option.default, "default"
+        try:
+            values[option.name] = option.parse(raw)
+        except ConfigError as exc:
+            where = option.flag if source == "flag" else option.env if source == "env" else "default"
+            raise ConfigError(f"{where}: {exc}") from None
+        sources[option.name] = source
+    return Settings(values, sources)

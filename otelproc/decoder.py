@@ -1,0 +1,136 @@
+"""Ring-buffer records to typed, immutable ProcessEvents with wall-clock times.
+
+The environment block of an exec is parsed here and dropped: only the
+OpenTelemetry variables in OTEL_ENV_ALLOWLIST survive into the event.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from otelproc import record
+from otelproc.clock import BootClock, rfc3339
+
+NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+# The only environment variables otelproc ever keeps (see README, "Secrets").
+OTEL_ENV_ALLOWLIST = ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "TRACEPARENT", "TRACESTATE")
+_ENV_NEEDLES = tuple((name, name.encode() + b"=", b"\0" + name.encode() + b"=") for name in OTEL_ENV_ALLOWLIST)
+
+
+class ProcessEvent(NamedTuple):
+    """One exec, fork or exit of a tracked process. Times are Unix-epoch nanoseconds."""
+
+    kind: str
+    time: int
+    pid: int
+    ppid: int
+    vpid: int
+    pidns: int
+    tid: int
+    uid: int
+    gid: int
+    comm: str
+    exe: str | None
+    argv: tuple[str, ...] | None
+    start_time: int
+    start_ticks: int  # the unit of /proc/<pid>/stat field 22: with pid, names the process
+    exit_code: int | None  # exit status 0-255; None when a signal ended the process
+    signal: int | None
+    core_dumped: bool
+    cgroup_id: int
+    cgroup: str
+    truncated: tuple[str, ...]  # parts the kernel cut to its bounds: "exe", "argv", "env"
+    untracked: bool  # the kernel's tracked map was full: no exit will follow
+    otel_env: tuple[tuple[str, str], ...]  # allowlisted variables from the exec's environment
+
+    def to_json_dict(self) -> dict[str, object]:
+        d = self._asdict()
+        d["time"] = rfc3339(self.time)
+        d["start_time"] = rfc3339(self.start_time)
+        d["argv"] = list(self.argv) if self.argv is not None else None
+        d["truncated"] = list(self.truncated)
+        d["otel_env"] = dict(self.otel_env)
+        return d
+
+
+def text(raw: bytes) -> str:
+    """Kernel bytes to str; bytes that are not UTF-8 show as \\xNN instead of failing."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _cstr(raw: bytes) -> str:
+    return text(raw.split(b"\0", 1)[0])
+
+
+def parse_otel_env(env: bytes) -> tuple[tuple[str, str], ...]:
+    """The allowlisted variables of a NUL-separated environment block; the rest is not looked at."""
+    found = []
+    for name, at_start, inside in _ENV_NEEDLES:
+        if env.startswith(at_start):
+            start = len(at_start)
+        else:
+            pos = env.find(inside)
+            if pos < 0:
+                continue
+            start = pos + len(inside)
+        end = env.find(b"\0", start)
+        found.append((name, text(env[start : end if end >= 0 else len(env)])))
+    return tuple(found)
+
+
+def _truncated(flags: int) -> tuple[str, ...]:
+    parts = []
+    if flags & record.EVENT_F_EXE_CUT:
+        parts.append("exe")
+    if flags & record.EVENT_F_ARGV_CUT:
+        parts.append("argv")
+    if flags & record.EVENT_F_ENV_CUT:
+        parts.append("env")
+    return tuple(parts)
+
+
+def decode(raw: bytes, clock: BootClock) -> ProcessEvent:
+    """One record as the kernel wrote it (fork and exit records end before data[])."""
+    (time_ns, start_ns, cgroup_id, kind, flags, pid, ppid, tid, vpid, pidns, uid, gid,
+     exit_raw, exe_len, argv_len, env_len, _reserved, comm, cgroup) = record.HEADER.unpack_from(raw)
+    exe = argv = None
+    otel_env: tuple[tuple[str, str], ...] = ()
+    if kind == record.EVENT_EXEC:
+        base = record.HEADER.size
+        exe = _cstr(raw[base : base + exe_len])
+        argv_raw = raw[base + exe_len : base + exe_len + argv_len]
+        argv = tuple(text(arg) for arg in argv_raw.rstrip(b"\0").split(b"\0")) if argv_raw else ()
+        otel_env = parse_otel_env(raw[base + exe_len + argv_len : base + exe_len + argv_len + env_len])
+    exit_code = signal = None
+    core = False
+    if kind == record.EVENT_EXIT:
+        signal = exit_raw & 0x7F or None
+        exit_code = None if signal else (exit_raw >> 8) & 0xFF
+        core = bool(exit_raw & 0x80)
+    offset = clock.offset_ns
+    return ProcessEvent(
+        kind=record.KIND_NAMES.get(kind, str(kind)),
+        time=time_ns + offset,
+        pid=pid,
+        ppid=ppid,
+        vpid=vpid,
+        pidns=pidns,
+        tid=tid,
+        uid=uid,
+        gid=gid,
+        comm=_cstr(comm),
+        exe=exe,
+        argv=argv,
+        start_time=start_ns + offset,
+        start_ticks=start_ns // NS_PER_TICK,
+        exit_code=exit_code,
+        signal=signal,
+        core_dumped=core,
+        cgroup_id=cgroup_id,
+        cgroup=_cstr(cgroup),
+        truncated=_truncated(flags),
+        untracked=bool(flags & record.EVENT_F_UNTRACKED),
+        otel_env=otel_env,
+    )

@@ -1,0 +1,303 @@
+"""The ctypes binding to libbpf.so.1: every ctypes declaration of otelproc lives here.
+
+Only the calls the loader needs, wrapped so that a failure raises LibbpfError
+carrying errno and libbpf's own last message.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from collections import deque
+from typing import Callable
+
+BTF_KIND_STRUCT = 4
+BTF_KIND_DATASEC = 15
+
+LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
+
+BPF_ANY = 0
+
+
+class LibbpfError(OSError):
+    """A libbpf call failed; str() is one line that says which and why."""
+
+
+class _BtfType(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("info", ctypes.c_uint32), ("size", ctypes.c_uint32)]
+
+
+class _BtfMember(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("type", ctypes.c_uint32), ("offset", ctypes.c_uint32)]
+
+
+class _BtfVarSecinfo(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32), ("offset", ctypes.c_uint32), ("size", ctypes.c_uint32)]
+
+
+SampleFn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+_PrintFn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+_P = ctypes.c_void_p
+_SIGNATURES: dict[str, tuple[object, list[object]]] = {
+    "libbpf_set_print": (_P, [_PrintFn]),
+    "libbpf_major_version": (ctypes.c_uint32, []),
+    "libbpf_minor_version": (ctypes.c_uint32, []),
+    "bpf_object__open_file": (_P, [ctypes.c_char_p, _P]),
+    "bpf_object__load": (ctypes.c_int, [_P]),
+    "bpf_object__close": (None, [_P]),
+    "bpf_object__btf": (_P, [_P]),
+    "bpf_object__find_map_by_name": (_P, [_P, ctypes.c_char_p]),
+    "bpf_object__next_program": (_P, [_P, _P]),
+    "bpf_program__name": (ctypes.c_char_p, [_P]),
+    "bpf_program__attach": (_P, [_P]),
+    "bpf_link__destroy": (ctypes.c_int, [_P]),
+    "bpf_map__set_max_entries": (ctypes.c_int, [_P, ctypes.c_uint32]),
+    "bpf_map__max_entries": (ctypes.c_uint32, [_P]),
+    "bpf_map__initial_value": (_P, [_P, ctypes.POINTER(ctypes.c_size_t)]),
+    "bpf_map__fd": (ctypes.c_int, [_P]),
+    "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, _P, _P]),
+    "bpf_map_update_elem": (ctypes.c_int, [ctypes.c_int, _P, _P, ctypes.c_uint64]),
+    "bpf_map_delete_elem": (ctypes.c_int, [ctypes.c_int, _P]),
+    "bpf_map_get_next_key": (ctypes.c_int, [ctypes.c_int, _P, _P]),
+    "btf__find_by_name_kind": (ctypes.c_int32, [_P, ctypes.c_char_p, ctypes.c_uint32]),
+    "btf__type_by_id": (ctypes.POINTER(_BtfType), [_P, ctypes.c_uint32]),
+    "btf__name_by_offset": (ctypes.c_char_p, [_P, ctypes.c_uint32]),
+    "btf__resolve_size": (ctypes.c_int64, [_P, ctypes.c_uint32]),
+    "ring_buffer__new": (_P, [ctypes.c_int, SampleFn, _P, _P]),
+    "ring_buffer__poll": (ctypes.c_int, [_P, ctypes.c_int]),
+    "ring_buffer__consume": (ctypes.c_int, [_P]),
+    "ring_buffer__free": (None, [_P]),
+    "libbpf_num_possible_cpus": (ctypes.c_int, []),
+}
+
+_lib: ctypes.CDLL | None = None
+_messages: deque[str] = deque(maxlen=64)
+
+
+def _vsnprintf() -> Callable[..., int]:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    fn = libc.vsnprintf
+    fn.restype = ctypes.c_int
+    # va_list reaches a callback as a pointer on x86-64 and arm64 alike.
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+    return fn
+
+
+def _keep_message(level: int, fmt: bytes, args: int) -> int:
+    """libbpf's log goes to a ring of recent lines instead of stderr; errors quote it."""
+    if level <= LIBBPF_INFO:
+        buf = ctypes.create_string_buffer(1024)
+        _VSNPRINTF(buf, len(buf), fmt, args)
+        for line in buf.value.decode(errors="replace").splitlines():
+            if line.strip():
+                _messages.append(line.strip())
+    return 0
+
+
+_VSNPRINTF = _vsnprintf()
+_PRINT_CALLBACK = _PrintFn(_keep_message)
+
+
+def lib() -> ctypes.CDLL:
+    """libbpf.so.1, loaded once, with argument types declared and its log captured."""
+    global _lib
+    if _lib is None:
+        try:
+            handle = ctypes.CDLL("libbpf.so.1", use_errno=True)
+        except OSError as exc:
+            raise LibbpfError(errno.ENOENT, f"libbpf.so.1 not found ({exc}); install libbpf1") from None
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            fn = getattr(handle, name)
+            fn.restype = restype
+            fn.argtypes = argtypes
+        handle.libbpf_set_print(_PRINT_CALLBACK)
+        _lib = handle
+    return _lib
+
+
+def version() -> str:
+    return f"{lib().libbpf_major_version()}.{lib().libbpf_minor_version()}"
+
+
+def last_message() -> str:
+    """The most telling line libbpf logged, for an error message."""
+    for line in reversed(_messages):
+        if "error" in line.lower() or "failed" in line.lower():
+            return line
+    return _messages[-1] if _messages else ""
+
+
+def fail(what: str, err: int | None = None) -> LibbpfError:
+    code = err if err is not None else ctypes.get_errno()
+    code = abs(code) if code else errno.EIO
+    detail = last_message()
+    message = f"{what}: {os.strerror(code)}"
+    if detail:
+        message += f" (libbpf: {detail})"
+    _messages.clear()
+    return LibbpfError(code, message)
+
+
+def check(rc: int, what: str) -> int:
+    if rc < 0:
+        raise fail(what, rc)
+    return rc
+
+
+def struct_layout(btf: int, name: str) -> tuple[int, dict[str, int]]:
+    """Size and member byte offsets of `struct name` as the object's BTF records them."""
+    api = lib()
+    type_id = api.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT)
+    if type_id < 0:
+        raise LibbpfError(errno.ENOENT, f"struct {name} is not in the object's BTF")
+    t = api.btf__type_by_id(btf, type_id)
+    vlen = t.contents.info & 0xFFFF
+    members = ctypes.cast(ctypes.addressof(t.contents) + ctypes.sizeof(_BtfType), ctypes.POINTER(_BtfMember))
+    offsets = {}
+    for i in range(vlen):
+        member = members[i]
+        offsets[api.btf__name_by_offset(btf, member.name_off).decode()] = member.offset // 8
+    return t.contents.size, offsets
+
+
+def datasec_offsets(btf: int, section: str) -> dict[str, tuple[int, int]]:
+    """Offset and size of each global variable in a data section such as .rodata."""
+    api = lib()
+    sec_id = api.btf__find_by_name_kind(btf, section.encode(), BTF_KIND_DATASEC)
+    if sec_id < 0:
+        raise LibbpfError(errno.ENOENT, f"section {section} is not in the object's BTF")
+    t = api.btf__type_by_id(btf, sec_id)
+    vlen = t.contents.info & 0xFFFF
+    infos = ctypes.cast(ctypes.addressof(t.contents) + ctypes.sizeof(_BtfType), ctypes.POINTER(_BtfVarSecinfo))
+    out = {}
+    for i in range(vlen):
+        var = api.btf__type_by_id(btf, infos[i].type)
+        out[api.btf__name_by_offset(btf, var.contents.name_off).decode()] = (infos[i].offset, infos[i].size)
+    return out
+
+
+def _buffer(data: bytes) -> ctypes.Array:
+    return ctypes.create_string_buffer(data, len(data))
+
+
+class BpfObject:
+    """An opened (then loaded) BPF object: its maps, its programs, their links."""
+
+    def __init__(self, path: str) -> None:
+        self._api = lib()
+        self._links: list[int] = []
+        self._obj = self._api.bpf_object__open_file(path.encode(), None)
+        if not self._obj:
+            raise fail(f"opening {path}")
+        self.btf = self._api.bpf_object__btf(self._obj)
+
+    def _map(self, name: str) -> int:
+        m = self._api.bpf_object__find_map_by_name(self._obj, name.encode())
+        if not m:
+            raise LibbpfError(errno.ENOENT, f"map {name} is not in the BPF object")
+        return m
+
+    def map_fd(self, name: str) -> int:
+        return check(self._api.bpf_map__fd(self._map(name)), f"map {name}")
+
+    def set_max_entries(self, name: str, entries: int) -> None:
+        check(self._api.bpf_map__set_max_entries(self._map(name), entries), f"sizing map {name}")
+
+    def set_globals(self, section: str, values: dict[str, int]) -> None:
+        """Writes const volatile globals before load, so the verifier sees their values."""
+        size = ctypes.c_size_t()
+        base = self._api.bpf_map__initial_value(self._map(section), ctypes.byref(size))
+        if not base:
+            raise fail(f"reading {section} of the BPF object")
+        layout = datasec_offsets(self.btf, section)
+        for name, value in values.items():
+            offset, width = layout[name]
+            ctypes.memmove(base + offset, int(value).to_bytes(width, "little"), width)
+
+    def load(self) -> None:
+        check(self._api.bpf_object__load(self._obj), "loading the BPF object")
+
+    def attach_all(self) -> None:
+        prog = self._api.bpf_object__next_program(self._obj, None)
+        while prog:
+            link = self._api.bpf_program__attach(prog)
+            if not link:
+                raise fail(f"attaching {self._api.bpf_program__name(prog).decode()}")
+            self._links.append(link)
+            prog = self._api.bpf_object__next_program(self._obj, prog)
+
+    def update(self, name: str, key: bytes, value: bytes) -> None:
+        rc = self._api.bpf_map_update_elem(self.map_fd(name), _buffer(key), _buffer(value), BPF_ANY)
+        check(rc, f"updating map {name}")
+
+    def delete(self, name: str, key: bytes) -> bool:
+        return self._api.bpf_map_delete_elem(self.map_fd(name), _buffer(key)) == 0
+
+    def lookup_percpu(self, name: str, key: bytes, value_size: int) -> list[bytes]:
+        """One value per possible CPU, as a per-CPU map stores them (each padded to 8 bytes)."""
+        slot = (value_size + 7) // 8 * 8
+        ncpu = self._api.libbpf_num_possible_cpus()
+        out = ctypes.create_string_buffer(slot * ncpu)
+        check(self._api.bpf_map_lookup_elem(self.map_fd(name), _buffer(key), out), f"reading map {name}")
+        return [out.raw[i * slot : i * slot + value_size] for i in range(ncpu)]
+
+    def items(self, name: str, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
+        fd = self.map_fd(name)
+        key, next_key = ctypes.create_string_buffer(key_size), ctypes.create_string_buffer(key_size)
+        value = ctypes.create_string_buffer(value_size)
+        out = []
+        prev = None
+        while self._api.bpf_map_get_next_key(fd, prev, next_key) == 0:
+            ctypes.memmove(key, next_key, key_size)
+            if self._api.bpf_map_lookup_elem(fd, key, value) == 0:
+                out.append((key.raw, value.raw))
+            prev = key
+        return out
+
+    def close(self) -> None:
+        """Detaches every program and frees the object; safe to call twice."""
+        for link in self._links:
+            self._api.bpf_link__destroy(link)
+        self._links.clear()
+        if self._obj:
+            self._api.bpf_object__close(self._obj)
+            self._obj = None
+
+
+class RingBuffer:
+    """libbpf's ring-buffer consumer; each record reaches on_record as bytes."""
+
+    def __init__(self, map_fd: int, on_record: Callable[[bytes], None]) -> None:
+        self._api = lib()
+        self._on_record = on_record
+        self._error: BaseException | None = None
+        self._callback = SampleFn(self._sample)
+        self._ring = self._api.ring_buffer__new(map_fd, self._callback, None, None)
+        if not self._ring:
+            raise fail("creating the ring buffer consumer")
+
+    def _sample(self, _ctx: int, data: int, size: int) -> int:
+        try:
+            self._on_record(ctypes.string_at(data, size))
+        except BaseException as exc:  # a ctypes callback cannot raise: poll() re-raises it
+            self._error = exc
+            return -1
+        return 0
+
+    def poll(self, timeout_ms: int) -> int:
+        """Hands every waiting record to on_record; waits up to timeout_ms for the first."""
+        n = self._api.ring_buffer__poll(self._ring, timeout_ms)
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if n < 0 and n != -errno.EINTR:
+            raise fail("polling the ring buffer", n)
+        return max(n, 0)
+
+    def close(self) -> None:
+        if self._ring:
+            self._api.ring_buffer__free(self._ring)
+            self._ring = None

@@ -1,0 +1,173 @@
+"""Loads the compiled BPF object, configures it, attaches it and polls its ring buffer.
+
+Nothing here needs a compiler or kernel headers: the object ships in the
+package and libbpf relocates it against the running kernel's BTF at load time.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+from otelproc import libbpf, record
+from otelproc.libbpf import LibbpfError
+
+DEFAULT_OBJECT = Path(str(resources.files("otelproc") / "bpf" / "otelproc.bpf.o"))
+DEFAULT_RING_BUFFER_BYTES = 16 << 20
+DEFAULT_MAX_TRACKED = 65536
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+@dataclass(frozen=True)
+class MatchRule:
+    """A comm name to track: exactly, or every comm that starts with it."""
+
+    name: str
+    prefix: bool = False
+
+    def key(self) -> bytes:
+        raw = self.name.encode()
+        if not self.prefix:
+            raw += b"\0"  # the terminator keeps "python" from matching "python3"
+        return record.COMM_KEY.pack(len(raw) * 8, raw)
+
+    def __str__(self) -> str:
+        return self.name + ("*" if self.prefix else "")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    match: tuple[MatchRule, ...] = ()
+    trace_all: bool = False
+    scope_pidns: int = 0  # inode of the pid namespace whose members count and whose pids we use; 0 = host
+    scope_cgroup: str | None = None  # a cgroup v2 directory: only processes started under it
+    ring_buffer_bytes: int = DEFAULT_RING_BUFFER_BYTES
+    max_tracked: int = DEFAULT_MAX_TRACKED
+    object_path: Path = DEFAULT_OBJECT
+
+
+def check_layout(btf: int) -> None:
+    """Refuses an object whose struct event differs from record.py: every field would decode wrong."""
+    size, offsets = libbpf.struct_layout(btf, "event")
+    want_size, want_offsets = record.event_layout()
+    if (size, offsets) != (want_size, want_offsets):
+        raise LibbpfError(
+            errno.EPROTO,
+            f"struct event in the BPF object (size {size}) does not match otelproc/record.py "
+            f"(size {want_size}); rebuild it with `make bpf`",
+        )
+
+
+class Probe:
+    """The attached BPF programs and their ring buffer. A context manager; close() detaches."""
+
+    def __init__(self, config: ProbeConfig, on_record: Callable[[bytes], None]) -> None:
+        self.config = config
+        self._obj: libbpf.BpfObject | None = None
+        self._ring: libbpf.RingBuffer | None = None
+        self._cgroup_fd: int | None = None
+        try:
+            self._obj = self._open()
+            self._obj.load()
+            self._fill_maps(self._obj)
+            self._obj.attach_all()
+            self._ring = libbpf.RingBuffer(self._obj.map_fd("events"), on_record)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> libbpf.BpfObject:
+        path = self.config.object_path
+        if not path.is_file():
+            raise LibbpfError(errno.ENOENT, f"BPF object {path} is missing; build it with `make bpf`")
+        obj = libbpf.BpfObject(str(path))
+        try:
+            check_layout(obj.btf)
+            obj.set_globals(
+                ".rodata",
+                {
+                    "trace_all": self.config.trace_all,
+                    "scope_pidns": self.config.scope_pidns,
+                    "scope_cgroup": self.config.scope_cgroup is not None,
+                    "ns_per_tick": 1_000_000_000 // os.sysconf("SC_CLK_TCK"),
+                },
+            )
+            obj.set_max_entries("events", self.config.ring_buffer_bytes)
+            obj.set_max_entries("tracked", self.config.max_tracked)
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    def _fill_maps(self, obj: libbpf.BpfObject) -> None:
+        for rule in self.config.match:
+            obj.update("match_comms", rule.key(), b"\1")
+        if self.config.scope_cgroup is not None:
+            try:
+                self._cgroup_fd = os.open(self.config.scope_cgroup, os.O_RDONLY | os.O_DIRECTORY)
+                obj.update("scope_cgroups", _U32.pack(0), _U32.pack(self._cgroup_fd))
+            except OSError as exc:
+                raise LibbpfError(
+                    exc.errno, f"--scope cgroup={self.config.scope_cgroup}: not a cgroup v2 directory ({exc.strerror})"
+                ) from None
+
+    def _object(self) -> libbpf.BpfObject:
+        if self._obj is None:
+            raise LibbpfError(errno.EBADF, "the probe is closed")
+        return self._obj
+
+    def poll(self, timeout_ms: int) -> int:
+        """Hands every waiting record to on_record; waits up to timeout_ms for the first."""
+        if self._ring is None:
+            raise LibbpfError(errno.EBADF, "the probe is closed")
+        return self._ring.poll(timeout_ms)
+
+    def lost(self) -> dict[str, int]:
+        """Records and processes the kernel side had to drop, by reason, summed over CPUs."""
+        obj = self._object()
+        return {
+            name: sum(_U64.unpack(v)[0] for v in obj.lookup_percpu("lost", _U32.pack(index), 8))
+            for index, name in record.LOST_NAMES.items()
+        }
+
+    def track(self, pid: int, start_ticks: int) -> bool:
+        """Reports fork and exit of a process that was found, not seen to exec (adoption)."""
+        try:
+            self._object().update("tracked", _U32.pack(pid), _U64.pack(start_ticks))
+        except LibbpfError:
+            return False
+        return True
+
+    def untrack(self, pid: int) -> None:
+        self._object().delete("tracked", _U32.pack(pid))
+
+    def tracked(self) -> dict[int, int]:
+        """pid -> start ticks of every process the kernel side tracks now."""
+        return {
+            _U32.unpack(k)[0]: _U64.unpack(v)[0] for k, v in self._object().items("tracked", _U32.size, _U64.size)
+        }
+
+    def close(self) -> None:
+        """Detaches every program and frees everything; safe to call twice."""
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+        if self._cgroup_fd is not None:
+            os.close(self._cgroup_fd)
+            self._cgroup_fd = None
+
+    def __enter__(self) -> Probe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
