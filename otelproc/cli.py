@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from typing import NoReturn, Sequence
@@ -21,7 +20,8 @@ from otelproc.clock import BootClock
 from otelproc.config import ConfigError, Settings
 from otelproc.decoder import decode
 from otelproc.libbpf import LibbpfError
-from otelproc.loader import Probe, ProbeConfig
+from otelproc.loader import Probe
+from otelproc.stop import StopSignal
 
 log = logging.getLogger("otelproc")
 
@@ -62,38 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class StopSignal:
-    """Set by SIGINT or SIGTERM; the loops check it between polls."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        self.signum = signum
-
-    def __bool__(self) -> bool:
-        return self.signum is not None
-
-
-def probe_config(settings: Settings) -> ProbeConfig:
-    scope = settings.scope
-    return ProbeConfig(
-        match=settings.match,
-        trace_all=settings.all,
-        scope_pidns=config.own_pidns_inode() if scope.kind == "pidns" else 0,
-        scope_cgroup=scope.cgroup,
-        ring_buffer_bytes=settings.ring_buffer_size,
-        max_tracked=settings.max_processes,
-    )
-
-
-def describe_tracking(settings: Settings) -> str:
-    what = "every process" if settings.all else "comm " + ",".join(str(r) for r in settings.match)
-    return f"tracking {what}, scope {settings.scope}"
-
-
 def cmd_events(settings: Settings) -> int:
     require_caps(EVENTS_CAPS)
     clock = BootClock()
@@ -104,8 +72,8 @@ def cmd_events(settings: Settings) -> int:
 
     stop = StopSignal()
     deadline = None if settings.duration is None else time.monotonic() + settings.duration
-    with Probe(probe_config(settings), on_record) as probe:
-        log.info("attached; %s", describe_tracking(settings))
+    with Probe(config.probe_config(settings), on_record) as probe:
+        log.info("attached; %s", config.describe_tracking(settings))
         while not stop and (deadline is None or time.monotonic() < deadline):
             clock.refresh()
             probe.poll(POLL_MS)

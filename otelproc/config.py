@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from otelproc.loader import MatchRule
+from otelproc.loader import MatchRule, ProbeConfig
 
 DEFAULT_MATCH = "python,python3,python3.*,uvicorn,gunicorn,hypercorn"
 INITIAL_PIDNS_INODE = 0xEFFFFFFC  # PROC_PID_INIT_INO: the host's pid namespace
@@ -264,3 +264,20 @@ def resolve(command: str, args: argparse.Namespace, environ: dict[str, str] | No
             raise ConfigError(f"{where}: {exc}") from None
         sources[option.name] = source
     return Settings(values, sources)
+
+
+def probe_config(settings: Settings) -> ProbeConfig:
+    scope = settings.scope
+    return ProbeConfig(
+        match=settings.match,
+        trace_all=settings.all,
+        scope_pidns=own_pidns_inode() if scope.kind == "pidns" else 0,
+        scope_cgroup=scope.cgroup,
+        ring_buffer_bytes=settings.ring_buffer_size,
+        max_tracked=settings.max_processes,
+    )
+
+
+def describe_tracking(settings: Settings) -> str:
+    what = "every process" if settings.all else "comm " + ",".join(str(r) for r in settings.match)
+    return f"tracking {what}, scope {settings.scope}"

@@ -1,0 +1,104 @@
+"""Where spans go: the SDK's OTLP exporters (gRPC or HTTP/protobuf) or the console, behind its BatchSpanProcessor.
+
+The SDK reads OTEL_EXPORTER_OTLP_* and OTEL_BSP_* itself; otelproc only picks
+the exporter and passes a flag's value on when one was given.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+from otelproc.config import ConfigError, Settings
+
+# Spans of a process that lived a second should be in the backend about a second later,
+# not after the SDK's default five; OTEL_BSP_SCHEDULE_DELAY still wins when set.
+DEFAULT_SCHEDULE_DELAY_MS = 1000
+DEFAULT_PORTS = {"grpc": 4317, "http/protobuf": 4318}
+
+
+@dataclass(frozen=True)
+class Destination:
+    exporter: SpanExporter
+    description: str  # for the log line that tells the user where spans go
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def protocol(settings: Settings) -> str:
+    chosen = settings.otlp_protocol or _env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+    return chosen or "grpc"
+
+
+def configured_endpoint(settings: Settings) -> str | None:
+    return settings.otlp_endpoint or _env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def collector_answers(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection(("localhost", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def choose(settings: Settings) -> str:
+    """otlp or console: a flag or OTEL_TRACES_EXPORTER decides, else whether a collector is there."""
+    if settings.sources["exporter"] != "default":
+        chosen = settings.exporter
+    else:
+        chosen = {"otlp": "otlp", "console": "console"}.get(os.environ.get("OTEL_TRACES_EXPORTER", ""), "auto")
+    if chosen != "auto":
+        return chosen
+    if configured_endpoint(settings) or collector_answers(DEFAULT_PORTS[protocol(settings)]):
+        return "otlp"
+    return "console"
+
+
+def _http_traces_url(endpoint: str) -> str:
+    """A base URL given by flag gets the signal path the SDK adds to OTEL_EXPORTER_OTLP_ENDPOINT."""
+    url = endpoint if "://" in endpoint else f"http://{endpoint}"
+    if urlparse(url).path in ("", "/"):
+        url = url.rstrip("/") + "/v1/traces"
+    return url
+
+
+def make_destination(settings: Settings) -> Destination:
+    kind = choose(settings)
+    if kind == "console":
+        reason = "" if settings.sources["exporter"] != "default" else (
+            f" (no collector answered on localhost:{DEFAULT_PORTS[protocol(settings)]}; "
+            "set --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT to export)"
+        )
+        return Destination(ConsoleSpanExporter(out=sys.stdout), "printing spans to stdout" + reason)
+    proto = protocol(settings)
+    endpoint = settings.otlp_endpoint or None
+    if proto == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+        exporter: SpanExporter = HttpExporter(endpoint=_http_traces_url(endpoint) if endpoint else None)
+        where = getattr(exporter, "_endpoint", endpoint)
+    elif proto == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        exporter = GrpcExporter(endpoint=endpoint)
+        where = endpoint or configured_endpoint(settings) or "localhost:4317"
+    else:
+        raise ConfigError(f"OTLP protocol {proto!r} is not supported; use grpc or http/protobuf")
+    return Destination(exporter, f"exporting spans over OTLP/{'HTTP' if proto != 'grpc' else 'gRPC'} to {where}")
+
+
+def make_processor(exporter: SpanExporter) -> BatchSpanProcessor:
+    delay = None if os.environ.get("OTEL_BSP_SCHEDULE_DELAY") else DEFAULT_SCHEDULE_DELAY_MS
+    return BatchSpanProcessor(exporter, schedule_delay_millis=delay)

@@ -1,0 +1,120 @@
+"""Trace and span ids derived from a process's identity, so anyone can compute them.
+
+A process is named by what it can see of itself from inside its own container:
+
+    boot id        /proc/sys/kernel/random/boot_id (the same in every namespace)
+    pid namespace  inode of /proc/self/ns/pid
+    vpid           its pid in that namespace
+    start ticks    field 22 of /proc/self/stat (clock ticks since boot)
+
+joined as "<boot id>/<pidns inode>/<vpid>/<start ticks>" (the *process key*).
+Pids are reused; the start time tells two holders of one pid apart.
+
+    span id of the lifetime span  = first  8 bytes of SHA-256("otelproc span "  + key)
+    span id of the 'started' span = first  8 bytes of SHA-256("otelproc start " + key)
+    trace id of a root process    = first 16 bytes of SHA-256("otelproc trace " + key)
+
+Which trace a process's span joins (in this order):
+ 1. a TRACEPARENT in its environment at exec that its tracked parent did not also
+    have: the carrier's trace, as a child of the carrier's span;
+ 2. a tracked parent: the parent's trace, as a child of the parent's span;
+ 3. otherwise its own trace id, as a root span.
+A restarted sidecar and the process itself (otelproc.appside) compute the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from opentelemetry.trace import SpanContext, TraceFlags, TraceState, get_current_span
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+@lru_cache(maxsize=1)
+def boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def _digest(label: bytes, key: str, size: int) -> int:
+    value = int.from_bytes(hashlib.sha256(label + key.encode()).digest()[:size], "big")
+    return value or 1  # all-zero ids are invalid; the odds are 2**-64, the guard is free
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessIdentity:
+    boot_id: str
+    pidns: int
+    vpid: int
+    start_ticks: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.boot_id}/{self.pidns}/{self.vpid}/{self.start_ticks}"
+
+    def span_id(self) -> int:
+        return _digest(b"otelproc span ", self.key, 8)
+
+    def start_span_id(self) -> int:
+        return _digest(b"otelproc start ", self.key, 8)
+
+    def root_trace_id(self) -> int:
+        return _digest(b"otelproc trace ", self.key, 16)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceLink:
+    """Where a process's lifetime span sits: its own ids and its parent span (if any)."""
+
+    trace_id: int
+    span_id: int
+    parent_span_id: int | None
+    trace_state: TraceState | None = None
+    remote_parent: bool = False  # the parent came from a TRACEPARENT carrier
+
+    def span_context(self) -> SpanContext:
+        return SpanContext(self.trace_id, self.span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+
+    def parent_context(self) -> SpanContext | None:
+        if self.parent_span_id is None:
+            return None
+        return SpanContext(
+            self.trace_id,
+            self.parent_span_id,
+            is_remote=self.remote_parent,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            trace_state=self.trace_state,
+        )
+
+
+def carrier_context(traceparent: str | None, tracestate: str | None = None) -> SpanContext | None:
+    """The W3C context in TRACEPARENT/TRACESTATE, or None when absent or malformed."""
+    if not traceparent:
+        return None
+    carrier = {"traceparent": traceparent}
+    if tracestate:
+        carrier["tracestate"] = tracestate
+    context = get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
+    return context if context.is_valid else None
+
+
+def place(
+    identity: ProcessIdentity,
+    traceparent: str | None,
+    tracestate: str | None,
+    parent: TraceLink | None,
+    parent_traceparent: str | None,
+) -> TraceLink:
+    """The rule of the module docstring, shared by the sidecar and the app-side helper."""
+    span_id = identity.span_id()
+    if traceparent and traceparent != parent_traceparent:
+        carrier = carrier_context(traceparent, tracestate)
+        if carrier is not None:
+            return TraceLink(carrier.trace_id, span_id, carrier.span_id, carrier.trace_state, remote_parent=True)
+    if parent is not None:
+        return TraceLink(parent.trace_id, span_id, parent.span_id, parent.trace_state)
+    return TraceLink(identity.root_trace_id(), span_id, None)

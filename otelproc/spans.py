@@ -1,0 +1,210 @@
+"""Finished lifetimes to OpenTelemetry spans (ReadableSpan), under one Resource per service.
+
+Spans are built directly as ReadableSpans with their kernel timestamps: there is
+no live span object, no tracer, no sampler on this path (see bench/ for why).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import signal
+import socket
+import time
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import unquote
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+
+from otelproc import __version__
+from otelproc.tracker import Ended, TrackedProcess
+
+SCOPE = InstrumentationScope("otelproc", __version__)
+_CONTAINER_ID = re.compile(r"(?:[a-z-]+-)?([0-9a-f]{64})(?:\.scope)?")
+_OK = Status(StatusCode.OK)
+
+
+def host_attributes() -> dict[str, str]:
+    attrs = {"host.name": socket.gethostname(), "os.type": "linux"}
+    try:
+        machine_id = Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        machine_id = ""
+    if machine_id:
+        attrs["host.id"] = machine_id
+    return attrs
+
+
+@lru_cache(maxsize=1024)
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def iso_time(wall_ns: int) -> str:
+    """ISO 8601 with milliseconds, as the semantic conventions show process.creation.time."""
+    seconds, nanos = divmod(wall_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1_000_000:03d}Z"
+
+
+def container_id(cgroup_leaf: str) -> str | None:
+    """docker-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope, libpod-<id>.scope, or a bare id."""
+    match = _CONTAINER_ID.fullmatch(cgroup_leaf)
+    return match.group(1) if match else None
+
+
+def parse_resource_attributes(text: str) -> tuple[dict[str, str], int]:
+    """OTEL_RESOURCE_ATTRIBUTES ("k=v,k2=v%2C2"): the attributes, and how many items were malformed."""
+    attrs, bad = {}, 0
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            bad += 1
+            continue
+        attrs[unquote(key)] = unquote(value.strip())
+    return attrs, bad
+
+
+def exit_status(ended: Ended) -> tuple[Status, str | None]:
+    """The span status and error.type for how a process ended."""
+    if ended.signal:
+        name = signal_name(ended.signal)
+        text = f"killed by {name}" + (" (core dumped)" if ended.core_dumped else "")
+        return Status(StatusCode.ERROR, text), name
+    if ended.exit_code:
+        return Status(StatusCode.ERROR, f"exit status {ended.exit_code}"), str(ended.exit_code)
+    if ended.exit_code is None:
+        return Status(StatusCode.UNSET), None  # the end was not seen (found gone by a sweep)
+    return _OK, None
+
+
+class SpanBuilder:
+    def __init__(self, default_service: str, host: dict[str, str]) -> None:
+        self.default_service = default_service
+        self.host = host
+        self._resources: dict[tuple[str | None, str | None], Resource] = {}
+        self.malformed_resource_attributes = 0
+
+    def resource(self, process: TrackedProcess) -> Resource:
+        """One Resource per distinct (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES), built once."""
+        service = process.otel_env.get("OTEL_SERVICE_NAME")
+        extra = process.otel_env.get("OTEL_RESOURCE_ATTRIBUTES")
+        key = (service, extra)
+        resource = self._resources.get(key)
+        if resource is None:
+            attrs: dict[str, str] = dict(self.host)
+            if extra:
+                parsed, bad = parse_resource_attributes(extra)
+                self.malformed_resource_attributes += bad
+                attrs.update(parsed)
+            attrs["service.name"] = service or attrs.get("service.name") or self.default_service
+            resource = Resource(attrs)
+            if len(self._resources) < 4096:  # a bound against processes that invent a service each
+                self._resources[key] = resource
+        return resource
+
+    def attributes(self, process: TrackedProcess) -> dict[str, object]:
+        exe = process.exe or ""
+        attrs: dict[str, object] = {
+            "process.pid": process.pid,
+            "process.parent_pid": process.ppid,
+            "process.vpid": process.vpid,
+            "process.executable.name": os.path.basename(exe) or process.comm,
+            "process.owner": user_name(process.uid),
+            "process.user.id": process.uid,
+            "process.creation.time": iso_time(process.creation_time),
+            "otelproc.comm": process.comm,
+            "otelproc.process.key": process.identity.key,
+            "otelproc.start.source": process.origin,
+        }
+        if exe:
+            attrs["process.executable.path"] = exe
+        if process.argv:
+            attrs["process.command"] = process.argv[0]
+            attrs["process.command_args"] = list(process.argv)
+        if process.cgroup:
+            attrs["otelproc.cgroup"] = process.cgroup
+            cid = container_id(process.cgroup)
+            if cid:
+                attrs["container.id"] = cid
+        if process.truncated:
+            attrs["otelproc.truncated"] = sorted(process.truncated)
+        return attrs
+
+    def lifetime(self, ended: Ended, cgroup_path: str | None = None) -> ReadableSpan:
+        process = ended.process
+        attrs = self.attributes(process)
+        attrs["otelproc.span"] = "lifetime"
+        attrs["process.exit.time"] = iso_time(ended.end_time)
+        if cgroup_path:
+            attrs["process.linux.cgroup"] = cgroup_path
+        if ended.exit_code is not None:
+            attrs["process.exit.code"] = ended.exit_code
+        if ended.signal:
+            attrs["otelproc.exit.signal"] = ended.signal
+            attrs["otelproc.exit.signal_name"] = signal_name(ended.signal)
+            attrs["otelproc.exit.core_dumped"] = ended.core_dumped
+        status, error_type = exit_status(ended)
+        if error_type:
+            attrs["error.type"] = error_type
+        if ended.exit_code is None and not ended.signal:
+            attrs["otelproc.end.approximate"] = True
+        events = [
+            Event(
+                "exec",
+                {"process.executable.path": e.exe or "", "process.command_args": list(e.argv or ())},
+                timestamp=e.time,
+            )
+            for e in process.execs
+        ]
+        link = process.link
+        return ReadableSpan(
+            name=process.program,
+            context=link.span_context(),
+            parent=link.parent_context(),
+            resource=self.resource(process),
+            attributes=attrs,
+            events=events,
+            kind=SpanKind.INTERNAL,
+            status=status,
+            start_time=process.start_time,
+            end_time=max(ended.end_time, process.start_time),
+            instrumentation_scope=SCOPE,
+        )
+
+    def started(self, process: TrackedProcess, cgroup_path: str | None = None) -> ReadableSpan:
+        """A zero-length child of the lifetime span, exported while the process still runs."""
+        attrs = self.attributes(process)
+        attrs["otelproc.span"] = "started"
+        if cgroup_path:
+            attrs["process.linux.cgroup"] = cgroup_path
+        link = process.link
+        context = link.span_context()
+        return ReadableSpan(
+            name=f"{process.program} started",
+            context=SpanContext(link.trace_id, process.identity.start_span_id(), False, context.trace_flags),
+            parent=context,
+            resource=self.resource(process),
+            attributes=attrs,
+            kind=SpanKind.INTERNAL,
+            start_time=process.start_time,
+            end_time=process.start_time,
+            instrumentation_scope=SCOPE,
+        )

@@ -1,0 +1,230 @@
+"""The table of live tracked processes: events in, finished lifetimes out.
+
+Keyed by (pid, start ticks), so a reused pid never merges two processes.
+Bounded: when full, the oldest entry is evicted and counted; if its exit comes
+later it still gets a span, built from the exit record alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from otelproc.decoder import ProcessEvent
+from otelproc.identity import ProcessIdentity, TraceLink, boot_id, carrier_context, place
+
+ProcessKey = tuple[int, int]  # (pid, start ticks)
+
+_PYTHON_OPTIONS_WITH_VALUE = {"-W", "-X", "--check-hash-based-pycs"}
+
+
+def program_name(exe: str | None, argv: tuple[str, ...] | None, comm: str, parent_program: str | None) -> str:
+    """What a person calls the program: the script or module a python runs, else the executable's name."""
+    base = os.path.basename(exe or "") or comm
+    if not argv or not base.startswith("python"):
+        return base
+    args = iter(argv[1:])
+    for arg in args:
+        if arg == "-m":
+            return next(args, base)
+        if arg == "-c":
+            if "--multiprocessing-fork" in argv:  # a worker started by multiprocessing (uvicorn --workers)
+                return f"{parent_program} worker" if parent_program else f"{base} worker"
+            return f"{base} -c"
+        if arg in _PYTHON_OPTIONS_WITH_VALUE:
+            next(args, None)
+        elif not arg.startswith("-"):
+            return os.path.basename(arg)
+    return base
+
+
+@dataclass(slots=True)
+class Exec:
+    """One exec of a tracked process, kept for its span's `exec` events."""
+
+    time: int
+    exe: str | None
+    argv: tuple[str, ...] | None
+
+
+@dataclass(slots=True)
+class TrackedProcess:
+    key: ProcessKey
+    identity: ProcessIdentity
+    origin: str  # how its start was seen: "exec", "fork", "adopted", or "exit" (start known only from its exit)
+    start_time: int  # span start, Unix ns: exec, fork, or creation when adopted
+    creation_time: int  # the process's own start (fork), Unix ns
+    pid: int
+    ppid: int
+    vpid: int
+    pidns: int
+    uid: int
+    gid: int
+    comm: str
+    exe: str | None
+    argv: tuple[str, ...] | None
+    cgroup_id: int
+    cgroup: str
+    otel_env: dict[str, str]
+    truncated: set[str]
+    link: TraceLink
+    parent_key: ProcessKey | None = None
+    execs: list[Exec] = field(default_factory=list)
+    announced: bool = False  # its 'started' span is out: its trace placement is final
+    parent_program: str | None = None
+
+    @property
+    def program(self) -> str:
+        return program_name(self.exe, self.argv, self.comm, self.parent_program)
+
+
+@dataclass(slots=True)
+class Ended:
+    """A finished lifetime, ready to become a span."""
+
+    process: TrackedProcess
+    end_time: int
+    exit_code: int | None
+    signal: int | None
+    core_dumped: bool
+
+
+@dataclass
+class TrackerStats:
+    evicted: int = 0  # table full: the oldest entry was dropped
+    exit_without_start: int = 0  # exits of processes the table did not hold
+    malformed_traceparent: int = 0
+
+
+class Tracker:
+    def __init__(self, max_processes: int, announce_after_ns: int) -> None:
+        self.max_processes = max_processes
+        self.announce_after_ns = announce_after_ns
+        self.processes: dict[ProcessKey, TrackedProcess] = {}
+        self._by_pid: dict[int, ProcessKey] = {}
+        self._announce: collections.deque[tuple[int, ProcessKey]] = collections.deque()
+        self.stats = TrackerStats()
+        self.superseded: list[TrackedProcess] = []  # exits missed, found by pid reuse; the caller drains it
+        self._boot_id = boot_id()
+
+    def __len__(self) -> int:
+        return len(self.processes)
+
+    def parent_of(self, ppid: int) -> TrackedProcess | None:
+        key = self._by_pid.get(ppid)
+        return self.processes.get(key) if key else None
+
+    def handle(self, event: ProcessEvent) -> Ended | None:
+        """Applies one kernel event; returns the lifetime an exit ended."""
+        key = (event.pid, event.start_ticks)
+        if event.kind == "exit":
+            return self._exit(key, event)
+        known = self.processes.get(key)
+        if known is not None:
+            if event.kind == "exec":
+                self._exec_again(known, event)
+            return None
+        if event.kind == "fork":
+            self.add(self._new(event, "fork", event.start_time, inherit=True))
+        elif event.kind == "exec":
+            self.add(self._new(event, "exec", event.time, inherit=False))
+        elif event.kind == "adopt":
+            self.add(self._new(event, "adopted", event.start_time, inherit=False))
+        return None
+
+    def add(self, process: TrackedProcess) -> None:
+        if process.key in self.processes:
+            return
+        while len(self.processes) >= self.max_processes:
+            oldest = next(iter(self.processes))
+            self._forget(oldest)
+            self.stats.evicted += 1
+        old = self._by_pid.get(process.pid)
+        if old is not None:
+            # Same pid, another start: the old holder's exit was missed; it ended by now.
+            superseded = self._forget(old)
+            if superseded is not None:
+                self.superseded.append(superseded)
+        self.processes[process.key] = process
+        self._by_pid[process.pid] = process.key
+        self._announce.append((time.time_ns() + self.announce_after_ns, process.key))
+
+    def _forget(self, key: ProcessKey) -> TrackedProcess | None:
+        process = self.processes.pop(key, None)
+        if process is not None and self._by_pid.get(process.pid) == key:
+            del self._by_pid[process.pid]
+        return process
+
+    def _new(self, event: ProcessEvent, origin: str, start_time: int, inherit: bool) -> TrackedProcess:
+        parent = self.parent_of(event.ppid)
+        exe, argv, otel_env = event.exe, event.argv, dict(event.otel_env)
+        if inherit and parent is not None:
+            # A forked child runs its parent's program, with its parent's environment.
+            exe, argv, otel_env = parent.exe, parent.argv, dict(parent.otel_env)
+        identity = ProcessIdentity(self._boot_id, event.pidns, event.vpid, event.start_ticks)
+        return TrackedProcess(
+            key=(event.pid, event.start_ticks),
+            identity=identity,
+            origin=origin,
+            start_time=start_time,
+            creation_time=event.start_time,
+            pid=event.pid,
+            ppid=event.ppid,
+            vpid=event.vpid,
+            pidns=event.pidns,
+            uid=event.uid,
+            gid=event.gid,
+            comm=event.comm,
+            exe=exe,
+            argv=argv,
+            cgroup_id=event.cgroup_id,
+            cgroup=event.cgroup,
+            otel_env=otel_env,
+            truncated=set(event.truncated),
+            link=self._place(identity, otel_env, parent),
+            parent_key=parent.key if parent else None,
+            parent_program=parent.program if parent else None,
+        )
+
+    def _place(self, identity: ProcessIdentity, otel_env: dict[str, str], parent: TrackedProcess | None) -> TraceLink:
+        traceparent = otel_env.get("TRACEPARENT")
+        parent_traceparent = parent.otel_env.get("TRACEPARENT") if parent else None
+        if traceparent and traceparent != parent_traceparent and carrier_context(traceparent) is None:
+            self.stats.malformed_traceparent += 1
+        return place(
+            identity, traceparent, otel_env.get("TRACESTATE"), parent.link if parent else None, parent_traceparent
+        )
+
+    def _exec_again(self, process: TrackedProcess, event: ProcessEvent) -> None:
+        """Same process, new program: the span stays, the exec becomes a span event."""
+        process.execs.append(Exec(event.time, event.exe, event.argv))
+        process.exe, process.argv, process.comm = event.exe, event.argv, event.comm
+        process.otel_env = dict(event.otel_env)
+        process.truncated |= set(event.truncated)
+        process.cgroup_id, process.cgroup = event.cgroup_id, event.cgroup
+        process.uid, process.gid = event.uid, event.gid
+        if not process.announced:
+            # Nothing of it exported yet: its new environment (a TRACEPARENT
+            # given to the exec, say) may still place it.
+            parent = self.processes.get(process.parent_key) if process.parent_key else None
+            process.link = self._place(process.identity, process.otel_env, parent)
+
+    def _exit(self, key: ProcessKey, event: ProcessEvent) -> Ended:
+        process = self._forget(key)
+        if process is None:
+            self.stats.exit_without_start += 1
+            process = self._new(event, "exit", event.start_time, inherit=True)
+        process.comm = event.comm
+        return Ended(process, event.time, event.exit_code, event.signal, event.core_dumped)
+
+    def due_announcements(self, now_ns: int) -> Iterator[TrackedProcess]:
+        """Processes alive past the announce delay whose 'started' span is not out yet."""
+        while self._announce and self._announce[0][0] <= now_ns:
+            _, key = self._announce.popleft()
+            process = self.processes.get(key)
+            if process is not None and not process.announced:
+                process.announced = True
+                yield process
