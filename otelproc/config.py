@@ -166,8 +166,8 @@ OPTIONS: tuple[Option, ...] = (
         "scope",
         "auto",
         parse_scope,
-        "host | pidns (own pid namespace and below) | cgroup=PATH (a cgroup v2 directory) | auto: pidns "
-        "when not in the host's pid namespace, else host",
+        "host; pidns (its own pid namespace and those below); cgroup=PATH (a cgroup v2 directory); "
+        "auto: pidns when not in the host's pid namespace, else host",
         (EV, RUN),
         "SCOPE",
     ),
@@ -180,7 +180,7 @@ OPTIONS: tuple[Option, ...] = (
         "exporter",
         "auto",
         parse_choice("auto", "otlp", "console"),
-        "otlp | console | auto: otlp when an endpoint is configured or a collector answers, else console",
+        "otlp, console, or auto: otlp when an endpoint is configured or a collector answers, else console",
         (RUN,),
         "NAME",
     ),
@@ -196,7 +196,7 @@ OPTIONS: tuple[Option, ...] = (
         "otlp_protocol",
         "",
         parse_choice("", "grpc", "http/protobuf"),
-        "grpc | http/protobuf; default: the SDK's OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, else grpc",
+        "grpc or http/protobuf; default: the SDK's OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, else grpc",
         (RUN,),
         "PROTOCOL",
     ),
@@ -217,7 +217,7 @@ OPTIONS: tuple[Option, ...] = (
         "SECONDS",
     ),
     Option("adopt", "true", parse_bool, "adopt matching processes already running at start", (RUN,), "BOOL"),
-    Option("log_level", "info", parse_log_level, "debug | info | warning | error (logs go to stderr)", (EV, RUN), "LEVEL"),
+    Option("log_level", "info", parse_log_level, "debug, info, warning or error (logs go to stderr)", (EV, RUN), "LEVEL"),
 )
 
 
@@ -281,3 +281,12 @@ def probe_config(settings: Settings) -> ProbeConfig:
 def describe_tracking(settings: Settings) -> str:
     what = "every process" if settings.all else "comm " + ",".join(str(r) for r in settings.match)
     return f"tracking {what}, scope {settings.scope}"
+
+
+def markdown_table() -> str:
+    """The README's settings table, made from OPTIONS so the two cannot disagree."""
+    rows = ["| flag | environment | default | commands | what it sets |", "|---|---|---|---|---|"]
+    for o in OPTIONS:
+        flag = o.flag if o.flag_only_bool else f"{o.flag} {o.metavar}"
+        rows.append(f"| `{flag}` | `{o.env}` | `{o.default or '(unset)'}` | {', '.join(o.commands)} | {o.help} |")
+    return "\n".join(rows)

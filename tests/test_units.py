@@ -1,0 +1,212 @@
+"""The pure parts, without the kernel: settings, ids, the tracker's table, span contents."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+
+import pytest
+
+from conftest import REPO
+from otelproc import config
+from otelproc.config import ConfigError
+from otelproc.decoder import ProcessEvent, parse_otel_env
+from otelproc.identity import ProcessIdentity, place
+from otelproc.spans import SpanBuilder, container_id, exit_status, parse_resource_attributes
+from otelproc.tracker import Ended, Tracker, program_name
+
+TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def event(kind: str, pid: int, ticks: int, ppid: int = 1, **kw: object) -> ProcessEvent:
+    base = dict(
+        kind=kind, time=1_000 + ticks, pid=pid, ppid=ppid, vpid=pid, pidns=4026531836, tid=pid, uid=0, gid=0,
+        comm="python3", exe="/usr/bin/python3", argv=("python3", "app.py"), start_time=ticks, start_ticks=ticks,
+        exit_code=None, signal=None, core_dumped=False, cgroup_id=0, cgroup="", truncated=(), untracked=False,
+        otel_env=(),
+    )
+    base.update(kw)
+    return ProcessEvent(**base)
+
+
+# settings
+
+
+def resolve(argv: list[str], env: dict[str, str]) -> config.Settings:
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser, "run")
+    return config.resolve("run", parser.parse_args(argv), env)
+
+
+def test_flag_beats_environment_beats_default():
+    assert resolve([], {}).service_name == "otelproc"
+    assert resolve([], {"OTELPROC_SERVICE_NAME": "env"}).service_name == "env"
+    settings = resolve(["--service-name", "flag"], {"OTELPROC_SERVICE_NAME": "env"})
+    assert settings.service_name == "flag" and settings.sources["service_name"] == "flag"
+
+
+@pytest.mark.parametrize(
+    "argv, env, where",
+    [
+        (["--ring-buffer-size", "5000"], {}, "--ring-buffer-size"),
+        ([], {"OTELPROC_MAX_PROCESSES": "-1"}, "OTELPROC_MAX_PROCESSES"),
+        (["--start-span-delay", "soon"], {}, "--start-span-delay"),
+        ([], {"OTELPROC_ADOPT": "maybe"}, "OTELPROC_ADOPT"),
+        (["--scope", "cgroup=/nonexistent"], {}, "--scope"),
+    ],
+)
+def test_bad_settings_name_their_source(argv, env, where):
+    with pytest.raises(ConfigError, match=where):
+        resolve(argv, env)
+
+
+def test_match_list_parsing():
+    rules = config.parse_match("python, python3.*,uvicorn")
+    assert [(r.name, r.prefix) for r in rules] == [("python", False), ("python3.", True), ("uvicorn", False)]
+    assert rules[0].key()[4:11] == b"python\0"  # exact names keep their NUL, so python3 does not match
+
+
+def test_readme_settings_table_matches_the_code():
+    assert config.markdown_table() in (REPO / "README.md").read_text()
+
+
+# identity
+
+
+def test_ids_follow_the_documented_scheme():
+    ident = ProcessIdentity("boot", 4026531836, 42, 1234)
+    key = b"boot/4026531836/42/1234"
+    assert ident.span_id() == int.from_bytes(hashlib.sha256(b"otelproc span " + key).digest()[:8], "big")
+    assert ident.root_trace_id() == int.from_bytes(hashlib.sha256(b"otelproc trace " + key).digest()[:16], "big")
+    assert ident.start_span_id() != ident.span_id()
+
+
+def test_placement_rules():
+    me = ProcessIdentity("b", 1, 2, 3)
+    parent = place(ProcessIdentity("b", 1, 1, 1), None, None, None, None)
+    assert parent.parent_span_id is None and parent.trace_id == ProcessIdentity("b", 1, 1, 1).root_trace_id()
+    under_parent = place(me, None, None, parent, None)
+    assert (under_parent.trace_id, under_parent.parent_span_id) == (parent.trace_id, parent.span_id)
+    carried = place(me, TP, "k=v", parent, None)
+    assert carried.trace_id == 0x0AF7651916CD43DD8448EB211C80319C and carried.parent_span_id == 0xB7AD6B7169203331
+    assert carried.parent_context().trace_state.get("k") == "v"
+    inherited = place(me, TP, None, parent, TP)  # the parent had the same carrier: the tree wins
+    assert inherited.parent_span_id == parent.span_id
+    malformed = place(me, "00-nothex-01", None, None, None)
+    assert malformed.parent_span_id is None and malformed.trace_id == me.root_trace_id()
+
+
+# tracker
+
+
+def test_reused_pid_is_two_processes():
+    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker.handle(event("exec", 100, ticks=5))
+    tracker.handle(event("exec", 100, ticks=9))  # the first one's exit was missed
+    assert set(tracker.processes) == {(100, 9)}
+    assert [p.key for p in tracker.superseded] == [(100, 5)]
+    ended = tracker.handle(event("exit", 100, ticks=9, exit_code=0))
+    assert ended.process.key == (100, 9) and len(tracker) == 0
+
+
+def test_full_table_evicts_oldest_and_still_ends_its_span():
+    tracker = Tracker(max_processes=2, announce_after_ns=0)
+    for pid in (1, 2, 3):
+        tracker.handle(event("exec", pid, ticks=pid))
+    assert tracker.stats.evicted == 1 and (1, 1) not in tracker.processes
+    ended = tracker.handle(event("exit", 1, ticks=1, exit_code=2))
+    assert ended.process.origin == "exit" and ended.exit_code == 2
+    assert tracker.stats.exit_without_start == 1
+
+
+def test_exec_again_keeps_the_span_and_records_the_exec():
+    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker.handle(event("exec", 7, ticks=1, comm="uvicorn", argv=("/usr/bin/env", "python3", "/bin/uvicorn")))
+    tracker.handle(event("exec", 7, ticks=1, time=5_000, argv=("python3", "/bin/uvicorn", "app:app")))
+    (process,) = tracker.processes.values()
+    assert process.start_time == 1_001 and [e.time for e in process.execs] == [5_000]
+    assert process.program == "uvicorn"
+
+
+def test_forked_child_inherits_program_and_parent():
+    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker.handle(event("exec", 10, ticks=1, otel_env=(("OTEL_SERVICE_NAME", "svc"),)))
+    tracker.handle(event("fork", 11, ticks=2, ppid=10, exe=None, argv=None))
+    child = tracker.processes[(11, 2)]
+    parent = tracker.processes[(10, 1)]
+    assert child.argv == parent.argv and child.otel_env == {"OTEL_SERVICE_NAME": "svc"}
+    assert child.link.trace_id == parent.link.trace_id and child.link.parent_span_id == parent.link.span_id
+
+
+def test_started_spans_come_due_once():
+    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker.handle(event("exec", 10, ticks=1))
+    assert [p.pid for p in tracker.due_announcements(2**62)] == [10]
+    assert list(tracker.due_announcements(2**62)) == []
+
+
+@pytest.mark.parametrize(
+    "exe, argv, parent, name",
+    [
+        ("/usr/bin/python3.11", ("python3", "-m", "http.server", "8000"), None, "http.server"),
+        ("/usr/bin/python3", ("python3", "-u", "/srv/app.py"), None, "app.py"),
+        ("/usr/bin/python3", ("python3", "-X", "dev", "tool.py"), None, "tool.py"),
+        ("/usr/bin/python3", ("python3", "-c", "pass"), None, "python3 -c"),
+        ("/usr/bin/python3", ("python3", "-c", "spawn_main()", "--multiprocessing-fork"), "uvicorn", "uvicorn worker"),
+        ("/bin/bash", ("bash", "-c", "x"), None, "bash"),
+        (None, None, None, "comm"),
+    ],
+)
+def test_program_names(exe, argv, parent, name):
+    assert program_name(exe, argv, "comm", parent) == name
+
+
+# spans
+
+
+def test_exit_status_descriptions():
+    def status(code, sig, core=False):
+        s, err = exit_status(Ended(None, 0, code, sig, core))
+        return s.status_code.name, s.description, err
+
+    assert status(0, None) == ("OK", None, None)
+    assert status(3, None) == ("ERROR", "exit status 3", "3")
+    assert status(None, 11, True) == ("ERROR", "killed by SIGSEGV (core dumped)", "SIGSEGV")
+    assert status(None, 9) == ("ERROR", "killed by SIGKILL", "SIGKILL")
+
+
+@pytest.mark.parametrize(
+    "leaf, cid",
+    [
+        ("docker-" + "a" * 64 + ".scope", "a" * 64),
+        ("cri-containerd-" + "b" * 64 + ".scope", "b" * 64),
+        ("c" * 64, "c" * 64),
+        ("user.slice", None),
+        ("054ad49c851de8945147c9409dd4ad94", None),
+    ],
+)
+def test_container_id_from_cgroup(leaf, cid):
+    assert container_id(leaf) == cid
+
+
+def test_resource_attributes_parsing_counts_malformed():
+    attrs, bad = parse_resource_attributes("team=pay%2Cments, region = eu ,broken,=nokey")
+    assert attrs == {"team": "pay,ments", "region": "eu"} and bad == 2
+
+
+def test_resources_are_built_once_per_service():
+    builder = SpanBuilder("default", {"host.name": "h"})
+    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker.handle(event("exec", 1, ticks=1, otel_env=(("OTEL_SERVICE_NAME", "a"),)))
+    tracker.handle(event("exec", 2, ticks=2, otel_env=(("OTEL_SERVICE_NAME", "a"),)))
+    tracker.handle(event("exec", 3, ticks=3))
+    a1, a2, d = (builder.resource(p) for p in tracker.processes.values())
+    assert a1 is a2 and a1.attributes["service.name"] == "a" and d.attributes["service.name"] == "default"
+
+
+# decoder
+
+
+def test_only_allowlisted_variables_are_kept():
+    env = b"OTEL_SERVICE_NAME=first\0XOTEL_RESOURCE_ATTRIBUTES=no\0SECRET=x\0TRACEPARENT=tp\0TRACESTATE=\xff"
+    assert dict(parse_otel_env(env)) == {"OTEL_SERVICE_NAME": "first", "TRACEPARENT": "tp", "TRACESTATE": "\\xff"}
