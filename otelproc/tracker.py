@@ -190,6 +190,10 @@ class Tracker:
         )
 
     def _place(self, identity: ProcessIdentity, otel_env: dict[str, str], parent: TrackedProcess | None) -> TraceLink:
+        if parent is not None and parent.pidns != identity.pidns:
+            # A parent outside the child's pid namespace is invisible from inside it; the child
+            # could not compute a context that depends on it, so it starts a trace of its own.
+            parent = None
         traceparent = otel_env.get("TRACEPARENT")
         parent_traceparent = parent.otel_env.get("TRACEPARENT") if parent else None
         if traceparent and traceparent != parent_traceparent and carrier_context(traceparent) is None:

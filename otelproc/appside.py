@@ -1,0 +1,180 @@
+"""The app side: a traced service links its request spans to its own process's lifetime span.
+
+Runs inside the service (zero code: `opentelemetry-instrument` with
+OTEL_EXPERIMENTAL_RESOURCE_DETECTORS=otelproc; or one line: `otelproc.appside.enable()`).
+It computes its process span's context from /proc alone, by the scheme of
+otelproc.identity: no call to the sidecar, and it works inside a container
+that sees only its own pid namespace.
+
+- Every local root span (no parent, or a remote one) gets a link to the process
+  span and the attribute otelproc.process.key.
+- The resource gets otelproc.process.key, so a search for that key lists the
+  requests a worker served.
+- subprocess children get TRACEPARENT/TRACESTATE of the current span, so a
+  process started inside a request is a child span of that request.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource, ResourceDetector
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from otelproc.config import DEFAULT_MATCH, ConfigError, parse_match
+from otelproc.decoder import parse_otel_env
+from otelproc.identity import ProcessIdentity, TraceLink, boot_id, place
+from otelproc.loader import MatchRule
+
+DETECTOR_NAME = "otelproc"
+LINK_ATTRIBUTES = {"otelproc.link": "process"}
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class _Proc:
+    """What /proc tells about one process of our pid namespace, as the sidecar would see it."""
+
+    def __init__(self, pid: int) -> None:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        head, _, tail = stat.rpartition(b")")
+        fields = tail.split()
+        self.pid = pid
+        self.comm = head.split(b"(", 1)[1].decode(errors="backslashreplace")
+        self.ppid = int(fields[1])
+        self.start_ticks = int(fields[19])
+        self.pidns = os.stat(f"/proc/{pid}/ns/pid").st_ino
+        try:
+            self.exe_name = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+        except OSError:
+            self.exe_name = ""
+        try:
+            self.otel_env = dict(parse_otel_env(Path(f"/proc/{pid}/environ").read_bytes()))
+        except OSError:
+            self.otel_env = {}
+
+    def identity(self) -> ProcessIdentity:
+        return ProcessIdentity(boot_id(), self.pidns, self.pid, self.start_ticks)
+
+
+def _match_rules() -> tuple[MatchRule, ...]:
+    try:
+        return parse_match(os.environ.get("OTELPROC_MATCH", DEFAULT_MATCH))
+    except ConfigError:
+        return parse_match(DEFAULT_MATCH)
+
+
+def _matches(proc: _Proc, rules: tuple[MatchRule, ...]) -> bool:
+    names = (proc.comm, proc.exe_name)
+    return any(name.startswith(r.name) if r.prefix else name == r.name for r in rules for name in names)
+
+
+def process_link(pid: int | None = None) -> TraceLink | None:
+    """The context of a process's lifetime span, or None when the sidecar would not track it.
+
+    The sidecar tracks a process that matches its list (OTELPROC_MATCH, else the
+    default) or descends from one that does; ancestors outside our pid namespace
+    are invisible here, and the sidecar does not link across namespaces either.
+    """
+    rules = _match_rules()
+    chain = [_Proc(pid or os.getpid())]
+    while chain[-1].ppid > 0 and len(chain) < 4096:
+        try:
+            parent = _Proc(chain[-1].ppid)
+        except OSError:
+            break
+        if parent.pidns != chain[-1].pidns:
+            break
+        chain.append(parent)
+    tracked = [_matches(p, rules) for p in chain]
+    if not any(tracked):
+        return None
+    top = max(i for i, hit in enumerate(tracked) if hit)  # everything below it is tracked too
+    link: TraceLink | None = None
+    parent_traceparent = None
+    for proc in reversed(chain[: top + 1]):
+        env = proc.otel_env
+        link = place(proc.identity(), env.get("TRACEPARENT"), env.get("TRACESTATE"), link, parent_traceparent)
+        parent_traceparent = env.get("TRACEPARENT")
+    return link
+
+
+def process_key(pid: int | None = None) -> str:
+    return _Proc(pid or os.getpid()).identity().key
+
+
+class ProcessResourceDetector(ResourceDetector):
+    """Adds otelproc.process.key (and process.pid) to the resource of the process it runs in."""
+
+    def detect(self) -> Resource:
+        return Resource({"otelproc.process.key": process_key(), "process.pid": os.getpid()})
+
+
+class ProcessLinkProcessor(SpanProcessor):
+    """Links every local root span to this process's lifetime span."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._link: trace.Link | None = None
+        self._key = ""
+
+    def _current(self) -> tuple[trace.Link | None, str]:
+        if self._pid != os.getpid():  # first use, or a forked child: another process, another span
+            self._pid = os.getpid()
+            self._key = process_key()
+            link = process_link()
+            self._link = trace.Link(link.span_context(), LINK_ATTRIBUTES) if link else None
+        return self._link, self._key
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        parent = span.parent
+        if parent is not None and not parent.is_remote:
+            return
+        link, key = self._current()
+        span.set_attribute("otelproc.process.key", key)
+        if link is not None:
+            span.add_link(link.context, link.attributes)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pass
+
+
+_original_popen_init = subprocess.Popen.__init__
+
+
+def _popen_init_with_context(self: subprocess.Popen, args: Any, *rest: Any, **kwargs: Any) -> None:
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    if carrier and len(rest) < 10:  # env is rest[9] when passed by position; then it is left alone
+        env = dict(os.environ if kwargs.get("env") is None else kwargs["env"])
+        env["TRACEPARENT"] = carrier["traceparent"]
+        if "tracestate" in carrier:
+            env["TRACESTATE"] = carrier["tracestate"]
+        else:
+            env.pop("TRACESTATE", None)
+        kwargs["env"] = env
+    _original_popen_init(self, args, *rest, **kwargs)
+
+
+def enable(provider: TracerProvider | None = None) -> None:
+    """The one line: links root spans to the process span and passes context to subprocesses."""
+    provider = provider or trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        raise RuntimeError("otelproc.appside.enable() needs the OpenTelemetry SDK's TracerProvider")
+    provider.add_span_processor(ProcessLinkProcessor())
+    subprocess.Popen.__init__ = _popen_init_with_context  # type: ignore[method-assign]
+
+
+def disable() -> None:
+    """Stops passing context to subprocesses (span processors cannot be removed from a provider)."""
+    subprocess.Popen.__init__ = _original_popen_init  # type: ignore[method-assign]
+
+
+def opted_in() -> bool:
+    detectors = os.environ.get("OTEL_EXPERIMENTAL_RESOURCE_DETECTORS", "")
+    return DETECTOR_NAME in {name.strip() for name in detectors.split(",")}

@@ -1,0 +1,27 @@
+"""The zero-code switch: `opentelemetry-instrument` loads this through its entry point.
+
+It does something only when OTEL_EXPERIMENTAL_RESOURCE_DETECTORS names
+"otelproc", the same variable that adds otelproc's resource detector: one
+setting turns on the resource attribute, the span links and the subprocess
+context together.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Collection
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+from otelproc import appside
+
+
+class OtelprocInstrumentor(BaseInstrumentor):
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ()
+
+    def _instrument(self, **kwargs: Any) -> None:
+        if appside.opted_in():
+            appside.enable(kwargs.get("tracer_provider"))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        appside.disable()

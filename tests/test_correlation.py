@@ -1,0 +1,162 @@
+"""Request spans of a traced uvicorn app and process spans of otelproc, linked both ways.
+
+The app and `otelproc run` export to the same real OTLP receiver; everything is a
+real process on the real kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import httpx
+import psutil
+
+from conftest import MATCH_TEST, REPO
+
+APPS = REPO / "tests" / "apps"
+SERVER = 2  # SPAN_KIND_SERVER
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_env(endpoint: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_", "TRACE"))}
+    env.update(
+        OTEL_SERVICE_NAME="shop",
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        OTEL_BSP_SCHEDULE_DELAY="200",
+        OTELPROC_MATCH=MATCH_TEST[1],
+        **extra,
+    )
+    return env
+
+
+def uvicorn_command(test_python: str, port: int, workers: int) -> list[str]:
+    return [test_python, "-m", "uvicorn", "shop:app", "--app-dir", str(APPS), "--port", str(port), "--workers", str(workers)]
+
+
+def zero_code(command: list[str]) -> list[str]:
+    return [shutil.which("opentelemetry-instrument"), *command]
+
+
+def get_pids(port: int, path: str, want: int, timeout: float = 40) -> dict[int, int]:
+    """GETs until `want` distinct answers came back; answer -> number of requests."""
+    seen: dict[int, int] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < want and time.monotonic() < deadline:
+        try:
+            answer = int(httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).text)
+            seen[answer] = seen.get(answer, 0) + 1
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    assert len(seen) >= want, f"only {seen} answered"
+    return seen
+
+
+def request_spans(receiver) -> list:
+    return [s for s in receiver.spans if s.service == "shop" and s.kind == SERVER]
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_request_spans_link_to_the_worker_that_served_them(sidecar, grpc_receiver, test_python):
+    sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
+    port = free_port()
+    env = app_env(grpc_receiver.endpoint, OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otelproc")
+    master = subprocess.Popen(zero_code(uvicorn_command(test_python, port, 2)), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        served = get_pids(port, "/", want=2)
+        workers = sorted(served)
+        grpc_receiver.wait_for(lambda _: {s.resource.get("process.pid") for s in request_spans(grpc_receiver)} >= set(workers))
+        victim = workers[0]
+        assert victim in {c.pid for c in psutil.Process(master.pid).children()}
+        os.kill(victim, signal.SIGKILL)
+        grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(victim))
+    finally:
+        stop(master)
+    grpc_receiver.wait_for(lambda _: all(grpc_receiver.of_pid(w) for w in workers))
+
+    lifetimes = {(s.trace_id, s.span_id): s for s in grpc_receiver.lifetimes()}
+    requests = request_spans(grpc_receiver)
+    assert len(requests) >= sum(served.values())
+    for request in requests:
+        links = [(t, s) for t, s, attrs in request.links if attrs.get("otelproc.link") == "process"]
+        assert len(links) == 1, request
+        process_span = lifetimes.get(links[0])
+        assert process_span is not None, "the link leads to a process span the sidecar exported"
+        assert process_span.attributes["process.pid"] == request.resource["process.pid"]
+        key = process_span.attributes["otelproc.process.key"]
+        assert request.resource["otelproc.process.key"] == key == request.attributes["otelproc.process.key"]
+    (killed,) = grpc_receiver.of_pid(victim)
+    assert killed.status_message == "killed by SIGKILL" and killed.name == "uvicorn worker"
+    # From the process span back: its key finds exactly the requests that worker served.
+    served_by_victim = [r for r in requests if r.resource["otelproc.process.key"] == killed.attributes["otelproc.process.key"]]
+    assert len(served_by_victim) == served[victim]
+
+
+def test_subprocess_in_a_request_is_a_child_of_the_request(sidecar, grpc_receiver, test_python):
+    sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
+    port = free_port()
+    env = app_env(grpc_receiver.endpoint, OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otelproc")
+    master = subprocess.Popen(zero_code(uvicorn_command(test_python, port, 1)), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        (child_pid,) = get_pids(port, "/spawn", want=1)
+        (child,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child_pid))
+        (request,) = grpc_receiver.wait_for(
+            lambda _: [r for r in request_spans(grpc_receiver) if r.attributes.get("http.target", r.attributes.get("url.path")) == "/spawn"]
+        )
+    finally:
+        stop(master)
+    assert (child.trace_id, child.parent_span_id) == (request.trace_id, request.span_id)
+    assert child.attributes["process.command_args"][1:] == ["-c", "import os; print(os.getpid())"]
+
+
+def test_app_in_its_own_pid_namespace(sidecar, grpc_receiver, test_python):
+    """The sidecar in the host's pid namespace, the app (set up in code, one line) in its own."""
+    sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
+    port = free_port()
+    env = app_env(grpc_receiver.endpoint, SHOP_SETUP="code")
+    outer = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", *uvicorn_command(test_python, port, 2)],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        served = get_pids(port, "/", want=2)
+        assert all(pid < 100 for pid in served), "the answers are pids inside the app's namespace"
+        grpc_receiver.wait_for(
+            lambda _: len({s.attributes["otelproc.process.key"] for s in request_spans(grpc_receiver)}) >= 2
+        )
+    finally:
+        for master in psutil.Process(outer.pid).children():
+            master.send_signal(signal.SIGTERM)  # uvicorn is pid 1 in there; unshare follows it out
+        stop(outer)
+    grpc_receiver.wait_for(lambda _: len([s for s in grpc_receiver.lifetimes() if s.attributes["process.vpid"] in served]) >= 2)
+    lifetimes = {(s.trace_id, s.span_id): s for s in grpc_receiver.lifetimes()}
+    for request in request_spans(grpc_receiver):
+        ((trace_id, span_id, _),) = request.links
+        process_span = lifetimes[(trace_id, span_id)]
+        key = request.attributes["otelproc.process.key"]  # boot id / pid namespace / vpid / start ticks
+        assert process_span.attributes["otelproc.process.key"] == key
+        assert process_span.attributes["process.vpid"] == int(key.split("/")[2]) in served
+        assert process_span.attributes["process.pid"] != process_span.attributes["process.vpid"]
