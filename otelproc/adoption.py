@@ -46,6 +46,14 @@ def _nspid(pid: int) -> int:
     return pid
 
 
+def cgroup_v2_path(pid: int) -> str:
+    """The process's cgroup v2 path ("/a/b"), "" when it has none (a cgroup v1 host)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return ""
+
+
 def _cgroup(pid: int, mount: str | None) -> tuple[int, str]:
     """The cgroup v2 id and leaf name; on a cgroup v1 host the memory controller's leaf."""
     v2 = v1 = ""
@@ -111,11 +119,23 @@ def snapshot(pid: int, clock: BootClock, cgroup_mount: str | None) -> ProcessEve
     )
 
 
+def in_cgroup(pid: int, scope: str) -> bool:
+    """Whether a process's cgroup v2 path is `scope` (a path below the cgroup2 mount) or under it."""
+    path = cgroup_v2_path(pid)
+    return path == scope or path.startswith(scope.rstrip("/") + "/")
+
+
 def running(
-    rules: tuple[MatchRule, ...], trace_all: bool, clock: BootClock, cgroup_mount: str | None, stats: AdoptionStats
+    rules: tuple[MatchRule, ...],
+    trace_all: bool,
+    clock: BootClock,
+    cgroup_mount: str | None,
+    stats: AdoptionStats,
+    scope_cgroup: str | None = None,
 ) -> Iterator[ProcessEvent]:
     """What the kernel side would track had it run all along: matching processes and their
-    descendants, parents before children (by start time), otelproc itself left out."""
+    descendants (inside scope_cgroup, a path below the cgroup2 mount, when given), parents
+    before children (by start time), otelproc itself left out."""
     me = os.getpid()
     table: dict[int, tuple[str, int, int]] = {}
     for pid in psutil.pids():
@@ -139,6 +159,8 @@ def running(
     found = sorted((table[pid][2], pid) for pid in table if pid != me and tracked(pid))
     for _ticks, pid in found:
         try:
+            if scope_cgroup is not None and not in_cgroup(pid, scope_cgroup):
+                continue
             event = snapshot(pid, clock, cgroup_mount)
         except (FileNotFoundError, ProcessLookupError, psutil.NoSuchProcess, psutil.ZombieProcess):
             stats.vanished += 1

@@ -59,7 +59,12 @@ class Sidecar:
 
     def adopt(self, probe: Probe) -> None:
         s = self.settings
-        for event in adoption.running(s.match, s.all, self.clock, self.cgroups.mount, self.adoption):
+        scope_cgroup = None
+        if s.scope.cgroup is not None and self.cgroups.mount:
+            relative = os.path.relpath(os.path.realpath(s.scope.cgroup), self.cgroups.mount)
+            scope_cgroup = "/" if relative == "." else "/" + relative
+        found = adoption.running(s.match, s.all, self.clock, self.cgroups.mount, self.adoption, scope_cgroup)
+        for event in found:
             probe.track(event.pid, event.start_ticks)
             self.tracker.handle(event)
         log.info(
