@@ -125,6 +125,21 @@ def in_cgroup(pid: int, scope: str) -> bool:
     return path == scope or path.startswith(scope.rstrip("/") + "/")
 
 
+def snapshot_or_none(pid: int, clock: BootClock, cgroup_mount: str | None, stats: AdoptionStats) -> ProcessEvent | None:
+    """snapshot(), with a process that vanished or cannot be read counted and skipped."""
+    try:
+        event = snapshot(pid, clock, cgroup_mount)
+    except (FileNotFoundError, ProcessLookupError, psutil.NoSuchProcess, psutil.ZombieProcess):
+        stats.vanished += 1
+        return None
+    except (PermissionError, psutil.AccessDenied):
+        stats.unreadable += 1
+        return None
+    if event is None:
+        stats.vanished += 1
+    return event
+
+
 def running(
     rules: tuple[MatchRule, ...],
     trace_all: bool,
@@ -161,15 +176,10 @@ def running(
         try:
             if scope_cgroup is not None and not in_cgroup(pid, scope_cgroup):
                 continue
-            event = snapshot(pid, clock, cgroup_mount)
-        except (FileNotFoundError, ProcessLookupError, psutil.NoSuchProcess, psutil.ZombieProcess):
+        except OSError:
             stats.vanished += 1
             continue
-        except (PermissionError, psutil.AccessDenied):
-            stats.unreadable += 1
-            continue
-        if event is None:
-            stats.vanished += 1
-            continue
-        stats.adopted += 1
-        yield event
+        event = snapshot_or_none(pid, clock, cgroup_mount, stats)
+        if event is not None:
+            stats.adopted += 1
+            yield event

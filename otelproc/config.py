@@ -98,6 +98,13 @@ def parse_seconds(text: str) -> float:
     return value
 
 
+def parse_positive_seconds(text: str) -> float:
+    value = parse_seconds(text)
+    if value == 0:
+        raise ConfigError(f"{text!r} must be more than zero seconds")
+    return value
+
+
 def parse_optional_seconds(text: str) -> float | None:
     return None if text == "" else parse_seconds(text)
 
@@ -217,6 +224,31 @@ OPTIONS: tuple[Option, ...] = (
         "SECONDS",
     ),
     Option("adopt", "true", parse_bool, "adopt matching processes already running at start", (RUN,), "BOOL"),
+    Option(
+        "sweep_interval",
+        "10",
+        parse_positive_seconds,
+        "how often /proc is checked for exits and execs the kernel side lost",
+        (RUN,),
+        "SECONDS",
+    ),
+    Option(
+        "state_file",
+        "/var/lib/otelproc/state.json",
+        parse_path,
+        "live processes, kept for a restarted otelproc (mode 0600); empty: none",
+        (RUN,),
+        "PATH",
+    ),
+    Option("health_port", "", parse_port, "serve /healthz and /readyz on this TCP port; empty: off", (RUN,), "PORT"),
+    Option(
+        "redact",
+        "true",
+        parse_bool,
+        "replace secrets in command lines with *** (see Secrets)",
+        (EV, RUN),
+        "BOOL",
+    ),
     Option("log_level", "info", parse_log_level, "debug, info, warning or error (logs go to stderr)", (EV, RUN), "LEVEL"),
 )
 

@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from otelproc.config import ConfigError, Settings
@@ -26,6 +27,7 @@ DEFAULT_PORTS = {"grpc": 4317, "http/protobuf": 4318}
 class Destination:
     exporter: SpanExporter
     description: str  # for the log line that tells the user where spans go
+    metric_exporter: MetricExporter | None = None  # otelproc's own metrics, beside its spans over OTLP
 
 
 def _env(*names: str) -> str | None:
@@ -66,12 +68,16 @@ def choose(settings: Settings) -> str:
     return "console"
 
 
-def _http_traces_url(endpoint: str) -> str:
+def _http_signal_url(endpoint: str, signal: str) -> str:
     """A base URL given by flag gets the signal path the SDK adds to OTEL_EXPORTER_OTLP_ENDPOINT."""
     url = endpoint if "://" in endpoint else f"http://{endpoint}"
     if urlparse(url).path in ("", "/"):
-        url = url.rstrip("/") + "/v1/traces"
+        url = url.rstrip("/") + f"/v1/{signal}"
     return url
+
+
+def metrics_wanted() -> bool:
+    return os.environ.get("OTEL_METRICS_EXPORTER", "otlp") != "none"
 
 
 def make_destination(settings: Settings) -> Destination:
@@ -84,19 +90,28 @@ def make_destination(settings: Settings) -> Destination:
         return Destination(ConsoleSpanExporter(out=sys.stdout), "printing spans to stdout" + reason)
     proto = protocol(settings)
     endpoint = settings.otlp_endpoint or None
+    metrics: MetricExporter | None = None
     if proto == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetrics
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpans
 
-        exporter: SpanExporter = HttpExporter(endpoint=_http_traces_url(endpoint) if endpoint else None)
+        exporter: SpanExporter = HttpSpans(endpoint=_http_signal_url(endpoint, "traces") if endpoint else None)
+        if metrics_wanted():
+            metrics = HttpMetrics(endpoint=_http_signal_url(endpoint, "metrics") if endpoint else None)
         where = getattr(exporter, "_endpoint", endpoint)
     elif proto == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetrics
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
 
-        exporter = GrpcExporter(endpoint=endpoint)
+        exporter = GrpcSpans(endpoint=endpoint)
+        if metrics_wanted():
+            metrics = GrpcMetrics(endpoint=endpoint)
         where = endpoint or configured_endpoint(settings) or "localhost:4317"
     else:
         raise ConfigError(f"OTLP protocol {proto!r} is not supported; use grpc or http/protobuf")
-    return Destination(exporter, f"exporting spans over OTLP/{'HTTP' if proto != 'grpc' else 'gRPC'} to {where}")
+    what = "spans and its own metrics" if metrics else "spans"
+    kind = "HTTP" if proto != "grpc" else "gRPC"
+    return Destination(exporter, f"exporting {what} over OTLP/{kind} to {where}", metrics)
 
 
 def make_processor(exporter: SpanExporter) -> BatchSpanProcessor:

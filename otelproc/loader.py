@@ -7,6 +7,7 @@ package and libbpf relocates it against the running kernel's BTF at load time.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -136,6 +137,14 @@ class Probe:
             name: sum(_U64.unpack(v)[0] for v in obj.lookup_percpu("lost", _U32.pack(index), 8))
             for index, name in record.LOST_NAMES.items()
         }
+
+    def ring_used(self) -> int:
+        """Bytes written to the ring buffer and not yet consumed (its two position pages)."""
+        fd = self._object().map_fd("events")
+        page = mmap.PAGESIZE
+        with mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=0) as consumer, \
+                mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page) as producer:
+            return _U64.unpack_from(producer)[0] - _U64.unpack_from(consumer)[0]
 
     def track(self, pid: int, start_ticks: int) -> bool:
         """Reports fork and exit of a process that was found, not seen to exec (adoption)."""

@@ -1,7 +1,9 @@
 """`otelproc run`: the probe, the tracker and the span exporter in one loop.
 
 One thread polls the ring buffer and does all the tracking; the SDK's batch
-processor exports on its own thread. Signals only set a flag the loop reads.
+processor exports on its own thread, the health server answers on another.
+Signals only set a flag the loop reads. Between polls the loop does its
+housekeeping: 'started' spans that are due, the /proc sweep, the state file.
 """
 
 from __future__ import annotations
@@ -9,62 +11,106 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 
-from otelproc import adoption
+from opentelemetry.sdk.trace import ReadableSpan
+
+from otelproc import adoption, state
 from otelproc.cgroups import CgroupPaths
 from otelproc.checks import RUN_CAPS, require_caps
 from otelproc.clock import BootClock
 from otelproc.config import Settings, describe_tracking, probe_config
 from otelproc.decoder import decode
 from otelproc.export import make_destination, make_processor
+from otelproc.health import Health, HealthServer
 from otelproc.loader import Probe
-from otelproc.stop import StopSignal
+from otelproc.reconcile import Reconciler, alive
 from otelproc.spans import SpanBuilder, host_attributes
+from otelproc.stop import StopSignal
+from otelproc.telemetry import CountingExporter, Stats, bsp_max_queue_size, start_metrics
 from otelproc.tracker import Ended, Tracker
 
 log = logging.getLogger("otelproc")
 
 POLL_MS = 100
-LOST_CHECK_NS = 5_000_000_000
+LOSS_LOG_NS = 10_000_000_000  # kernel losses are logged at most this often
 
 
 class Sidecar:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.stats = Stats()
         self.clock = BootClock()
         self.destination = make_destination(settings)
-        self.processor = make_processor(self.destination.exporter)
-        self.builder = SpanBuilder(settings.service_name, host_attributes())
-        self.tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9))
+        self.processor = make_processor(CountingExporter(self.destination.exporter, self.stats))
+        self.max_in_flight = bsp_max_queue_size()
+        self.host = host_attributes()
+        self.builder = SpanBuilder(settings.service_name, self.host, settings.redact, self.stats)
+        self.tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9), self.stats)
         self.cgroups = CgroupPaths()
         self.adoption = adoption.AdoptionStats()
+        self.health = Health()
         self.own_pid = os.getpid()
-        self.events_seen = 0
-        self.spans_out = 0
-        self._lost_seen: dict[str, int] = {}
+        self.probe: Probe | None = None
+        self._next_loss_log = 0
+
+    # the hot path
 
     def on_record(self, raw: bytes) -> None:
         event = decode(raw, self.clock)
         if event.pid == self.own_pid:
             return
-        self.events_seen += 1
+        self.stats.events[event.kind] += 1
         ended = self.tracker.handle(event)
         if ended is not None:
             self.export_lifetime(ended)
 
-    def export_lifetime(self, ended: Ended) -> None:
-        span = self.builder.lifetime(ended, self.cgroups.path(ended.process.cgroup_id))
+    def emit(self, span: ReadableSpan, role: str) -> None:
+        """Hands a span to the batch processor, or counts it dropped when its queue is full."""
+        if self.stats.in_flight() >= self.max_in_flight:
+            self.stats.drops["queue_full"] += 1
+            return
+        self.stats.spans[role] += 1
         self.processor.on_end(span)
-        self.spans_out += 1
 
-    def adopt(self, probe: Probe) -> None:
+    def export_lifetime(self, ended: Ended) -> None:
+        self.emit(self.builder.lifetime(ended, self.cgroups.path(ended.process.cgroup_id)), "lifetime")
+
+    # start-up
+
+    def adoption_scan(self):
         s = self.settings
         scope_cgroup = None
         if s.scope.cgroup is not None and self.cgroups.mount:
             relative = os.path.relpath(os.path.realpath(s.scope.cgroup), self.cgroups.mount)
             scope_cgroup = "/" if relative == "." else "/" + relative
-        found = adoption.running(s.match, s.all, self.clock, self.cgroups.mount, self.adoption, scope_cgroup)
-        for event in found:
+        return adoption.running(s.match, s.all, self.clock, self.cgroups.mount, self.adoption, scope_cgroup)
+
+    def resume(self, probe: Probe, path: Path) -> None:
+        """Carries on with the processes a previous otelproc recorded; ends those gone since."""
+        try:
+            recorded = state.load(path)
+        except state.StateFileError as exc:
+            log.warning("%s; starting from /proc alone", exc)
+            return
+        now = time.time_ns()
+        for process in recorded:
+            if alive(process.pid, process.identity.start_ticks):
+                probe.track(process.pid, process.identity.start_ticks)
+                self.tracker.add(process)
+            else:
+                self.stats.reconciled["exited_while_down"] += 1
+                self.export_lifetime(Ended(process, now, None, None, False))
+        if recorded:
+            log.info(
+                "resumed %d processes from %s (%d exited while otelproc was down)",
+                len(recorded) - self.stats.reconciled["exited_while_down"],
+                path,
+                self.stats.reconciled["exited_while_down"],
+            )
+
+    def adopt(self, probe: Probe) -> None:
+        for event in self.adoption_scan():
             probe.track(event.pid, event.start_ticks)
             self.tracker.handle(event)
         log.info(
@@ -72,47 +118,89 @@ class Sidecar:
             self.adoption.adopted, self.adoption.vanished, self.adoption.unreadable,
         )
 
-    def housekeeping(self, probe: Probe) -> None:
-        """Between polls: clock offset, 'started' spans that are due, processes superseded by pid reuse."""
+    # between polls
+
+    def housekeeping(self) -> None:
+        """Clock offset, 'started' spans that are due, processes superseded by pid reuse."""
         self.clock.refresh()
+        self.health.beat()
         now = time.time_ns()
         for process in self.tracker.due_announcements(now):
-            self.processor.on_end(self.builder.started(process, self.cgroups.path(process.cgroup_id)))
-            self.spans_out += 1
+            self.emit(self.builder.started(process, self.cgroups.path(process.cgroup_id)), "started")
         while self.tracker.superseded:
-            process = self.tracker.superseded.pop()
-            self.export_lifetime(Ended(process, now, None, None, False))
+            self.export_lifetime(Ended(self.tracker.superseded.pop(), now, None, None, False))
 
-    def report_losses(self, probe: Probe) -> None:
+    def read_kernel_losses(self, probe: Probe) -> None:
         lost = probe.lost()
-        grown = {k: v - self._lost_seen.get(k, 0) for k, v in lost.items() if v > self._lost_seen.get(k, 0)}
-        if grown:
-            log.warning("kernel side dropped: %s", ", ".join(f"{k} +{v}" for k, v in grown.items()))
-        self._lost_seen = lost
+        grown = {k: v - self.stats.drops[k] for k, v in lost.items() if v > self.stats.drops[k]}
+        self.stats.drops.update(grown)
+        if grown and time.monotonic_ns() >= self._next_loss_log:
+            self._next_loss_log = time.monotonic_ns() + LOSS_LOG_NS
+            log.warning(
+                "the kernel side dropped %s; the /proc sweep will reconcile",
+                ", ".join(f"{v} ({k})" for k, v in grown.items()),
+            )
+
+    def save_state(self, path: Path | None) -> None:
+        if path is None:
+            return
+        try:
+            state.save(path, list(self.tracker.processes.values()), self.settings.redact)
+        except OSError as exc:
+            log.warning("cannot write state file %s: %s", path, exc)
+
+    def gauges(self, probe: Probe) -> dict:
+        return {
+            "otelproc.processes.tracked": (lambda: len(self.tracker), "{process}", "processes in otelproc's table"),
+            "otelproc.kernel.tracked": (lambda: len(probe.tracked()), "{process}", "entries in the kernel's map"),
+            "otelproc.kernel.tracked.limit": (lambda: self.settings.max_processes, "{process}", "its size"),
+            "otelproc.ringbuf.used": (probe.ring_used, "By", "ring buffer bytes not yet read"),
+            "otelproc.ringbuf.size": (lambda: self.settings.ring_buffer_size, "By", "ring buffer size"),
+        }
 
     def run(self) -> int:
         s = self.settings
         stop = StopSignal()
         deadline = None if s.duration is None else time.monotonic() + s.duration
-        with Probe(probe_config(s), self.on_record) as probe:
-            log.info("attached; %s; %s", describe_tracking(s), self.destination.description)
-            if s.adopt:
-                self.adopt(probe)
-            next_lost_check = time.monotonic_ns() + LOST_CHECK_NS
-            while not stop and (deadline is None or time.monotonic() < deadline):
-                probe.poll(POLL_MS)
-                self.housekeeping(probe)
-                if time.monotonic_ns() >= next_lost_check:
-                    self.report_losses(probe)
-                    next_lost_check = time.monotonic_ns() + LOST_CHECK_NS
-            probe.poll(0)
-            self.housekeeping(probe)
-            self.report_losses(probe)
-        self.processor.shutdown()  # exports what is queued
-        log.info(
-            "stopped; %d events, %d spans, %d processes still running",
-            self.events_seen, self.spans_out, len(self.tracker),
-        )
+        server = HealthServer(self.health, s.health_port) if s.health_port else None
+        metrics = None
+        try:
+            with Probe(probe_config(s), self.on_record) as probe:
+                log.info("attached; %s; %s", describe_tracking(s), self.destination.description)
+                if self.destination.metric_exporter is not None:
+                    metrics = start_metrics(self.destination.metric_exporter, self.stats, self.gauges(probe), self.host)
+                if s.state_file is not None:
+                    self.resume(probe, s.state_file)
+                if s.adopt:
+                    self.adopt(probe)
+                self.health.ready = True
+                reconciler = Reconciler(self.tracker, probe, self.clock, self.stats, self.adoption_scan,
+                                        self.cgroups.mount)
+                next_sweep = time.monotonic() + s.sweep_interval
+                while not stop and (deadline is None or time.monotonic() < deadline):
+                    probe.poll(POLL_MS)
+                    self.housekeeping()
+                    if time.monotonic() >= next_sweep:
+                        next_sweep = time.monotonic() + s.sweep_interval
+                        self.read_kernel_losses(probe)
+                        for ended in reconciler.sweep():
+                            self.export_lifetime(ended)
+                        self.save_state(s.state_file)
+                probe.poll(0)
+                self.housekeeping()
+                self.read_kernel_losses(probe)
+                self.save_state(s.state_file)
+                if metrics is not None:
+                    metrics.shutdown()  # its last collection still reads the probe
+                    metrics = None
+        finally:
+            self.health.ready = False
+            self.processor.shutdown()  # exports what is queued, within the exporter's timeout
+            if metrics is not None:
+                metrics.shutdown()
+            if server is not None:
+                server.close()
+        log.info("stopped; %s; %d processes still running", self.stats.summary(), len(self.tracker))
         return 0
 
 

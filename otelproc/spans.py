@@ -22,6 +22,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from otelproc import __version__
+from otelproc.redact import redact_argv
+from otelproc.telemetry import Stats
 from otelproc.tracker import Ended, TrackedProcess
 
 SCOPE = InstrumentationScope("otelproc", __version__)
@@ -96,11 +98,12 @@ def exit_status(ended: Ended) -> tuple[Status, str | None]:
 
 
 class SpanBuilder:
-    def __init__(self, default_service: str, host: dict[str, str]) -> None:
+    def __init__(self, default_service: str, host: dict[str, str], redact: bool = True, stats: Stats | None = None):
         self.default_service = default_service
         self.host = host
+        self.redact = redact
+        self.stats = stats or Stats()
         self._resources: dict[tuple[str | None, str | None], Resource] = {}
-        self.malformed_resource_attributes = 0
 
     def resource(self, process: TrackedProcess) -> Resource:
         """One Resource per distinct (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES), built once."""
@@ -112,7 +115,7 @@ class SpanBuilder:
             attrs: dict[str, str] = dict(self.host)
             if extra:
                 parsed, bad = parse_resource_attributes(extra)
-                self.malformed_resource_attributes += bad
+                self.stats.malformed["resource_attributes"] += bad
                 attrs.update(parsed)
             attrs["service.name"] = service or attrs.get("service.name") or self.default_service
             resource = Resource(attrs)
@@ -137,8 +140,9 @@ class SpanBuilder:
         if exe:
             attrs["process.executable.path"] = exe
         if process.argv:
-            attrs["process.command"] = process.argv[0]
-            attrs["process.command_args"] = list(process.argv)
+            argv = self.command_args(process.argv)
+            attrs["process.command"] = argv[0]
+            attrs["process.command_args"] = argv
         if process.cgroup:
             attrs["otelproc.cgroup"] = process.cgroup
             cid = container_id(process.cgroup)
@@ -147,6 +151,9 @@ class SpanBuilder:
         if process.truncated:
             attrs["otelproc.truncated"] = sorted(process.truncated)
         return attrs
+
+    def command_args(self, argv: tuple[str, ...]) -> list[str]:
+        return redact_argv(argv) if self.redact else list(argv)
 
     def lifetime(self, ended: Ended, cgroup_path: str | None = None) -> ReadableSpan:
         process = ended.process
@@ -169,7 +176,7 @@ class SpanBuilder:
         events = [
             Event(
                 "exec",
-                {"process.executable.path": e.exe or "", "process.command_args": list(e.argv or ())},
+                {"process.executable.path": e.exe or "", "process.command_args": self.command_args(e.argv or ())},
                 timestamp=e.time,
             )
             for e in process.execs

@@ -15,6 +15,7 @@ from typing import Iterator
 
 from otelproc.decoder import ProcessEvent
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id, carrier_context, place
+from otelproc.telemetry import Stats
 
 ProcessKey = tuple[int, int]  # (pid, start ticks)
 
@@ -92,21 +93,14 @@ class Ended:
     core_dumped: bool
 
 
-@dataclass
-class TrackerStats:
-    evicted: int = 0  # table full: the oldest entry was dropped
-    exit_without_start: int = 0  # exits of processes the table did not hold
-    malformed_traceparent: int = 0
-
-
 class Tracker:
-    def __init__(self, max_processes: int, announce_after_ns: int) -> None:
+    def __init__(self, max_processes: int, announce_after_ns: int, stats: Stats | None = None) -> None:
         self.max_processes = max_processes
         self.announce_after_ns = announce_after_ns
         self.processes: dict[ProcessKey, TrackedProcess] = {}
         self._by_pid: dict[int, ProcessKey] = {}
         self._announce: collections.deque[tuple[int, ProcessKey]] = collections.deque()
-        self.stats = TrackerStats()
+        self.stats = stats or Stats()
         self.superseded: list[TrackedProcess] = []  # exits missed, found by pid reuse; the caller drains it
         self._boot_id = boot_id()
 
@@ -140,19 +134,20 @@ class Tracker:
             return
         while len(self.processes) >= self.max_processes:
             oldest = next(iter(self.processes))
-            self._forget(oldest)
-            self.stats.evicted += 1
+            self.forget(oldest)
+            self.stats.drops["table_full"] += 1
         old = self._by_pid.get(process.pid)
         if old is not None:
             # Same pid, another start: the old holder's exit was missed; it ended by now.
-            superseded = self._forget(old)
+            superseded = self.forget(old)
             if superseded is not None:
+                self.stats.reconciled["pid_reused"] += 1
                 self.superseded.append(superseded)
         self.processes[process.key] = process
         self._by_pid[process.pid] = process.key
         self._announce.append((time.time_ns() + self.announce_after_ns, process.key))
 
-    def _forget(self, key: ProcessKey) -> TrackedProcess | None:
+    def forget(self, key: ProcessKey) -> TrackedProcess | None:
         process = self.processes.pop(key, None)
         if process is not None and self._by_pid.get(process.pid) == key:
             del self._by_pid[process.pid]
@@ -197,7 +192,7 @@ class Tracker:
         traceparent = otel_env.get("TRACEPARENT")
         parent_traceparent = parent.otel_env.get("TRACEPARENT") if parent else None
         if traceparent and traceparent != parent_traceparent and carrier_context(traceparent) is None:
-            self.stats.malformed_traceparent += 1
+            self.stats.malformed["traceparent"] += 1
         return place(
             identity, traceparent, otel_env.get("TRACESTATE"), parent.link if parent else None, parent_traceparent
         )
@@ -217,9 +212,9 @@ class Tracker:
             process.link = self._place(process.identity, process.otel_env, parent)
 
     def _exit(self, key: ProcessKey, event: ProcessEvent) -> Ended:
-        process = self._forget(key)
+        process = self.forget(key)
         if process is None:
-            self.stats.exit_without_start += 1
+            self.stats.reconciled["exec_missed"] += 1
             process = self._new(event, "exit", event.start_time, inherit=True)
         process.comm = event.comm
         return Ended(process, event.time, event.exit_code, event.signal, event.core_dumped)

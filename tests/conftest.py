@@ -170,12 +170,16 @@ class SidecarProcess:
 
 
 @pytest.fixture
-def sidecar() -> Iterator[Callable[..., SidecarProcess]]:
-    """Starts `otelproc run` subprocesses; each is stopped (SIGTERM, then SIGKILL) at teardown."""
+def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., SidecarProcess]]:
+    """Starts `otelproc run` subprocesses; each is stopped (SIGTERM, then SIGKILL) at teardown.
+
+    Each gets a state file of its own unless the test passes --state-file (to share one).
+    """
     started: list[SidecarProcess] = []
 
     def start(*args: str, endpoint: str | None = None, env: dict[str, str] | None = None) -> SidecarProcess:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_"))}
+        full_env["OTELPROC_STATE_FILE"] = str(tmp_path_factory.mktemp("state") / "state.json")
         if endpoint:
             full_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
         full_env.update(env or {})

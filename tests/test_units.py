@@ -113,10 +113,10 @@ def test_full_table_evicts_oldest_and_still_ends_its_span():
     tracker = Tracker(max_processes=2, announce_after_ns=0)
     for pid in (1, 2, 3):
         tracker.handle(event("exec", pid, ticks=pid))
-    assert tracker.stats.evicted == 1 and (1, 1) not in tracker.processes
+    assert tracker.stats.drops["table_full"] == 1 and (1, 1) not in tracker.processes
     ended = tracker.handle(event("exit", 1, ticks=1, exit_code=2))
     assert ended.process.origin == "exit" and ended.exit_code == 2
-    assert tracker.stats.exit_without_start == 1
+    assert tracker.stats.reconciled["exec_missed"] == 1
 
 
 def test_exec_again_keeps_the_span_and_records_the_exec():

@@ -1,0 +1,97 @@
+"""The /proc sweep: what the kernel side lost, found again.
+
+A record lost in a full ring buffer leaves the tracker wrong in one of two ways:
+- an exit was lost: the tracker holds a process that is gone. The sweep ends
+  its span at the sweep's time, flagged otelproc.end.approximate.
+- an exec or fork was lost: the kernel tracks a process the tracker does not
+  know. The sweep adopts it from /proc. When the kernel's tracked map was full,
+  the process is not even there, so a full adoption scan runs instead.
+A suspect is acted on only when two sweeps in a row agree, so a record still
+on its way through the ring buffer is never mistaken for a lost one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from otelproc import adoption
+from otelproc.clock import BootClock
+from otelproc.decoder import ProcessEvent
+from otelproc.loader import Probe
+from otelproc.telemetry import Stats
+from otelproc.tracker import Ended, ProcessKey, Tracker
+
+log = logging.getLogger("otelproc")
+
+
+def alive(pid: int, start_ticks: int) -> bool:
+    """Still the same process (zombies count: their exit has not been reaped)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return int(raw.rpartition(b")")[2].split()[19]) == start_ticks
+
+
+class Reconciler:
+    def __init__(
+        self,
+        tracker: Tracker,
+        probe: Probe,
+        clock: BootClock,
+        stats: Stats,
+        scan: Callable[[], Iterator[ProcessEvent]],
+        cgroup_mount: str | None,
+    ) -> None:
+        self.tracker = tracker
+        self.probe = probe
+        self.clock = clock
+        self.stats = stats
+        self.scan = scan  # a full adoption scan of /proc
+        self.cgroup_mount = cgroup_mount
+        self.adoption = adoption.AdoptionStats()
+        self._gone: set[ProcessKey] = set()
+        self._unknown: set[tuple[int, int]] = set()
+        self._map_full_seen = 0
+
+    def sweep(self) -> list[Ended]:
+        """Ends of processes found gone; adopts processes found unknown. Returns the ends to export."""
+        now = time.time_ns()
+        ended = []
+        gone = {key for key, p in self.tracker.processes.items() if not alive(p.pid, p.identity.start_ticks)}
+        for key in gone & self._gone:
+            process = self.tracker.forget(key)
+            if process is not None:
+                self.stats.reconciled["exit_missed"] += 1
+                ended.append(Ended(process, now, None, None, False))
+        self._gone = gone - self._gone
+
+        known = {p.pid for p in self.tracker.processes.values()}
+        unknown = {(pid, ticks) for pid, ticks in self.probe.tracked().items() if pid not in known}
+        for pid, ticks in unknown & self._unknown:
+            self._adopt_one(pid, ticks)
+        self._unknown = unknown - self._unknown
+
+        map_full = self.stats.drops["tracked_map_full"]
+        if map_full > self._map_full_seen:
+            self._map_full_seen = map_full
+            for event in self.scan():
+                if (event.pid, event.start_ticks) not in self.tracker.processes:
+                    self.probe.track(event.pid, event.start_ticks)
+                    self.tracker.handle(event)
+                    self.stats.reconciled["exec_missed"] += 1
+        if ended:
+            log.info("sweep: %d exits the kernel side lost, spans ended now (approximate)", len(ended))
+        return ended
+
+    def _adopt_one(self, pid: int, ticks: int) -> None:
+        if not alive(pid, ticks):
+            self.probe.untrack(pid)  # gone, and its exit record with it
+            return
+        event = adoption.snapshot_or_none(pid, self.clock, self.cgroup_mount, self.adoption)
+        if event is not None and event.start_ticks == ticks:
+            self.tracker.handle(event)
+            self.stats.reconciled["exec_missed"] += 1

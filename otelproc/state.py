@@ -1,0 +1,108 @@
+"""The state file: the live processes of one otelproc, for the next one to carry on with.
+
+Written atomically (mode 0600) every sweep and at SIGTERM. The next otelproc
+of the same boot re-adopts the processes still running with the same span
+identity and start, without exporting their 'started' spans again, and closes
+the spans of those that exited in between. Command lines are stored as the
+spans would show them (redacted); the only environment kept is the allowlist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.trace import TraceState
+
+from otelproc.identity import ProcessIdentity, TraceLink, boot_id
+from otelproc.redact import redact_argv
+from otelproc.tracker import Exec, TrackedProcess
+
+VERSION = 1
+
+
+def _link_to_dict(link: TraceLink) -> dict[str, Any]:
+    return {
+        "trace_id": f"{link.trace_id:032x}",
+        "span_id": f"{link.span_id:016x}",
+        "parent_span_id": None if link.parent_span_id is None else f"{link.parent_span_id:016x}",
+        "trace_state": link.trace_state.to_header() if link.trace_state else None,
+        "remote_parent": link.remote_parent,
+    }
+
+
+def _link_from_dict(d: dict[str, Any]) -> TraceLink:
+    return TraceLink(
+        trace_id=int(d["trace_id"], 16),
+        span_id=int(d["span_id"], 16),
+        parent_span_id=None if d["parent_span_id"] is None else int(d["parent_span_id"], 16),
+        trace_state=TraceState.from_header([d["trace_state"]]) if d["trace_state"] else None,
+        remote_parent=d["remote_parent"],
+    )
+
+
+def to_dict(p: TrackedProcess, redact: bool) -> dict[str, Any]:
+    def argv(value: tuple[str, ...] | None) -> list[str] | None:
+        if value is None:
+            return None
+        return redact_argv(value) if redact else list(value)
+
+    return {
+        "pid": p.pid, "start_ticks": p.identity.start_ticks, "pidns": p.pidns, "vpid": p.vpid, "ppid": p.ppid,
+        "origin": p.origin, "start_time": p.start_time, "creation_time": p.creation_time,
+        "uid": p.uid, "gid": p.gid, "comm": p.comm, "exe": p.exe, "argv": argv(p.argv),
+        "cgroup_id": p.cgroup_id, "cgroup": p.cgroup, "otel_env": p.otel_env, "truncated": sorted(p.truncated),
+        "link": _link_to_dict(p.link), "parent": list(p.parent_key) if p.parent_key else None,
+        "parent_program": p.parent_program, "announced": p.announced,
+        "execs": [{"time": e.time, "exe": e.exe, "argv": argv(e.argv)} for e in p.execs],
+    }
+
+
+def from_dict(d: dict[str, Any]) -> TrackedProcess:
+    return TrackedProcess(
+        key=(d["pid"], d["start_ticks"]),
+        identity=ProcessIdentity(boot_id(), d["pidns"], d["vpid"], d["start_ticks"]),
+        origin=d["origin"], start_time=d["start_time"], creation_time=d["creation_time"],
+        pid=d["pid"], ppid=d["ppid"], vpid=d["vpid"], pidns=d["pidns"], uid=d["uid"], gid=d["gid"],
+        comm=d["comm"], exe=d["exe"], argv=None if d["argv"] is None else tuple(d["argv"]),
+        cgroup_id=d["cgroup_id"], cgroup=d["cgroup"], otel_env=dict(d["otel_env"]), truncated=set(d["truncated"]),
+        link=_link_from_dict(d["link"]), parent_key=tuple(d["parent"]) if d["parent"] else None,
+        parent_program=d["parent_program"], announced=d["announced"],
+        execs=[Exec(e["time"], e["exe"], None if e["argv"] is None else tuple(e["argv"])) for e in d["execs"]],
+    )
+
+
+def save(path: Path, processes: list[TrackedProcess], redact: bool) -> None:
+    """Replaces the file in one rename, so a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    data = {"version": VERSION, "boot_id": boot_id(), "processes": [to_dict(p, redact) for p in processes]}
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        json.dump(data, f, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def load(path: Path) -> list[TrackedProcess]:
+    """The processes a previous otelproc of this boot recorded; none after a reboot or from a bad file."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise StateFileError(f"state file {path} is unreadable ({exc}); move it away or pass another --state-file")
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        raise StateFileError(f"state file {path} is not an otelproc state file of version {VERSION}")
+    if data.get("boot_id") != boot_id():
+        return []  # pids and start times of another boot mean nothing now
+    try:
+        return [from_dict(d) for d in data["processes"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StateFileError(f"state file {path} is damaged ({exc!r}); move it away") from None
+
+
+class StateFileError(ValueError):
+    """The state file exists but cannot be used; the message says what to do."""

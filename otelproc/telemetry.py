@@ -1,0 +1,118 @@
+"""otelproc's account of itself: what it saw, sent and dropped, as counters and OTLP metrics.
+
+The hot path only adds to plain integers; the OpenTelemetry metrics SDK reads
+them through observable instruments when it collects, so self-telemetry costs
+nothing per event.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from otelproc import __version__
+
+log = logging.getLogger("otelproc")
+
+DEFAULT_BSP_MAX_QUEUE_SIZE = 2048
+
+
+@dataclass
+class Stats:
+    events: Counter[str] = field(default_factory=Counter)  # by kind
+    spans: Counter[str] = field(default_factory=Counter)  # handed to the exporter, by otelproc.span
+    exported: int = 0  # spans the collector accepted
+    export_failures: int = 0  # export calls that failed after the SDK's retries
+    drops: Counter[str] = field(default_factory=Counter)  # by reason; see README, "What otelproc drops"
+    reconciled: Counter[str] = field(default_factory=Counter)  # ends and starts found by /proc sweeps
+    malformed: Counter[str] = field(default_factory=Counter)  # bad input from traced processes, ignored
+
+    def in_flight(self) -> int:
+        return sum(self.spans.values()) - self.exported - self.drops["export_failed"]
+
+    def summary(self) -> str:
+        drops = ", ".join(f"{k}={v}" for k, v in sorted(self.drops.items()) if v) or "none"
+        return (
+            f"{sum(self.events.values())} events, {sum(self.spans.values())} spans, {self.exported} exported, "
+            f"dropped: {drops}"
+        )
+
+
+def bsp_max_queue_size() -> int:
+    """The batch processor's queue bound, as the SDK reads it (OTEL_BSP_MAX_QUEUE_SIZE)."""
+    try:
+        value = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_BSP_MAX_QUEUE_SIZE))
+    except ValueError:
+        return DEFAULT_BSP_MAX_QUEUE_SIZE
+    return value if value > 0 else DEFAULT_BSP_MAX_QUEUE_SIZE
+
+
+class CountingExporter(SpanExporter):
+    """Wraps the real exporter to count what the collector took and what was lost after retries."""
+
+    def __init__(self, inner: SpanExporter, stats: Stats) -> None:
+        self.inner = inner
+        self.stats = stats
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception:  # the SDK would log and drop the batch; count it first
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            self.stats.exported += len(spans)
+        else:
+            self.stats.drops["export_failed"] += len(spans)
+            self.stats.export_failures += 1
+            log.warning("export of %d spans failed; %d lost so far", len(spans), self.stats.drops["export_failed"])
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def _by_attribute(counter: Counter[str], key: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    return lambda _options: [Observation(v, {key: k}) for k, v in list(counter.items())]
+
+
+def _value(read: Callable[[], int]) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    return lambda _options: [Observation(read())]
+
+
+def start_metrics(
+    exporter: MetricExporter, stats: Stats, gauges: dict[str, tuple[Callable[[], int], str, str]], host: dict[str, str]
+) -> MeterProvider:
+    """OTLP metrics of the sidecar itself, every OTEL_METRIC_EXPORT_INTERVAL (SDK default 60 s)."""
+    resource = Resource({**host, "service.name": "otelproc", "service.version": __version__})
+    provider = MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(exporter)])
+    meter = provider.get_meter("otelproc", __version__)
+    meter.create_observable_counter("otelproc.events", [_by_attribute(stats.events, "kind")], "{event}",
+                                    "process events received from the kernel")
+    meter.create_observable_counter("otelproc.spans", [_by_attribute(stats.spans, "otelproc.span")], "{span}",
+                                    "spans handed to the exporter")
+    meter.create_observable_counter("otelproc.spans.exported", [_value(lambda: stats.exported)], "{span}",
+                                    "spans the collector accepted")
+    meter.create_observable_counter("otelproc.export.failures", [_value(lambda: stats.export_failures)], "{call}",
+                                    "export calls that failed after retries")
+    meter.create_observable_counter("otelproc.drops", [_by_attribute(stats.drops, "reason")], "{item}",
+                                    "records, processes or spans dropped, by reason")
+    meter.create_observable_counter("otelproc.reconciled", [_by_attribute(stats.reconciled, "what")], "{process}",
+                                    "process starts and ends found by /proc sweeps instead of the kernel")
+    meter.create_observable_counter("otelproc.input.malformed", [_by_attribute(stats.malformed, "what")], "{item}",
+                                    "malformed input from traced processes, ignored")
+    for name, (read, unit, description) in gauges.items():
+        meter.create_observable_gauge(name, [_value(read)], unit, description)
+    return provider
