@@ -19,7 +19,7 @@ from otelproc import adoption, state
 from otelproc.cgroups import CgroupPaths
 from otelproc.checks import RUN_CAPS, require_caps
 from otelproc.clock import BootClock
-from otelproc.config import Settings, describe_tracking, probe_config
+from otelproc.config import ConfigError, Settings, describe_tracking, probe_config
 from otelproc.decoder import decode
 from otelproc.export import make_destination, make_processor
 from otelproc.health import Health, HealthServer
@@ -162,7 +162,12 @@ class Sidecar:
         s = self.settings
         stop = StopSignal()
         deadline = None if s.duration is None else time.monotonic() + s.duration
-        server = HealthServer(self.health, s.health_port) if s.health_port else None
+        server = None
+        if s.health_port:
+            try:
+                server = HealthServer(self.health, s.health_port)
+            except OSError as exc:
+                raise ConfigError(f"--health-port {s.health_port}: {exc.strerror}") from None
         metrics = None
         try:
             with Probe(probe_config(s), self.on_record) as probe:
@@ -204,6 +209,18 @@ class Sidecar:
         return 0
 
 
+def check_state_file(path: Path) -> None:
+    """A state file that cannot be written is a configuration error, found at start, not at the first save."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--state-file {path}: cannot create {path.parent} ({exc.strerror})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise ConfigError(f"--state-file {path}: {path.parent} is not writable")
+
+
 def run_sidecar(settings: Settings) -> int:
     require_caps(RUN_CAPS)
+    if settings.state_file is not None:
+        check_state_file(settings.state_file)
     return Sidecar(settings).run()

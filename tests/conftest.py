@@ -119,12 +119,13 @@ def proc_start_ticks(pid: int) -> int:
 class SidecarProcess:
     """`otelproc run` as a real subprocess; its stderr is collected line by line."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], command: list[str] | None = None) -> None:
         self.args = args
+        self.env = env
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "otelproc", "run", *args],
+            command or [PYTHON, "-m", "otelproc", "run", *args],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True).start()

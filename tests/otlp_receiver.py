@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
@@ -85,6 +86,7 @@ def flatten(request: trace_service_pb2.ExportTraceServiceRequest) -> list[Receiv
 
 class _Store:
     def __init__(self) -> None:
+        self.metric_requests: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
         self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
         self.spans: list[ReceivedSpan] = []
         self.refusing = False
@@ -109,6 +111,26 @@ class _Store:
                     names = [(s.name, s.attributes.get("process.pid")) for s in self.spans[-30:]]
                     raise AssertionError(f"timed out waiting for spans; last received: {names}")
                 self._cond.wait(min(left, 0.2))
+
+    def add_metrics(self, request: metrics_service_pb2.ExportMetricsServiceRequest) -> None:
+        with self._cond:
+            self.metric_requests.append(request)
+            self._cond.notify_all()
+
+    def metric_points(self) -> dict[tuple[str, tuple[tuple[str, Any], ...]], float]:
+        """The latest value of every metric data point: (name, sorted attributes) -> value."""
+        latest: dict[tuple[str, tuple[tuple[str, Any], ...]], float] = {}
+        with self._cond:
+            for request in self.metric_requests:
+                for rm in request.resource_metrics:
+                    for sm in rm.scope_metrics:
+                        for metric in sm.metrics:
+                            data = metric.sum if metric.HasField("sum") else metric.gauge
+                            for point in data.data_points:
+                                attrs = tuple(sorted((kv.key, any_value(kv.value)) for kv in point.attributes))
+                                value = point.as_int if point.HasField("as_int") else point.as_double
+                                latest[(metric.name, attrs)] = value
+        return latest
 
     def lifetimes(self) -> list[ReceivedSpan]:
         with self._cond:
@@ -141,8 +163,16 @@ class GrpcReceiver(_Store):
                 store.add(request)
                 return trace_service_pb2.ExportTraceServiceResponse()
 
+        class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
+            def Export(self, request, context):  # noqa: N802 (the gRPC method's name)
+                if store.refusing:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "refusing, as the test asked")
+                store.add_metrics(request)
+                return metrics_service_pb2.ExportMetricsServiceResponse()
+
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self._server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(), self._server)
         self.port = self._server.add_insecure_port(f"127.0.0.1:{self.port}")
         self._server.start()
 
@@ -157,7 +187,7 @@ class GrpcReceiver(_Store):
 
 
 class HttpReceiver(_Store):
-    """An OTLP/HTTP receiver (POST /v1/traces, protobuf) on 127.0.0.1."""
+    """An OTLP/HTTP receiver (POST /v1/traces and /v1/metrics, protobuf) on 127.0.0.1."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -166,20 +196,29 @@ class HttpReceiver(_Store):
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
-                    self.send_response(404)
-                elif store.refusing:
+                status, reply = 200, b""
+                if store.refusing:
                     store.refused += 1
-                    self.send_response(503)
-                else:
+                    status = 503
+                elif self.headers.get("Content-Type") != "application/x-protobuf":
+                    status = 415
+                elif self.path == "/v1/traces":
                     request = trace_service_pb2.ExportTraceServiceRequest()
                     request.ParseFromString(body)
                     store.add(request)
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/x-protobuf")
+                    reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                elif self.path == "/v1/metrics":
+                    metrics = metrics_service_pb2.ExportMetricsServiceRequest()
+                    metrics.ParseFromString(body)
+                    store.add_metrics(metrics)
+                    reply = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
+                else:
+                    status = 404
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
-                if self.command == "POST" and not store.refusing:
-                    self.wfile.write(trace_service_pb2.ExportTraceServiceResponse().SerializeToString())
+                self.wfile.write(reply)
 
             def log_message(self, *args: object) -> None:
                 pass

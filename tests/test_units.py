@@ -210,3 +210,73 @@ def test_resources_are_built_once_per_service():
 def test_only_allowlisted_variables_are_kept():
     env = b"OTEL_SERVICE_NAME=first\0XOTEL_RESOURCE_ATTRIBUTES=no\0SECRET=x\0TRACEPARENT=tp\0TRACESTATE=\xff"
     assert dict(parse_otel_env(env)) == {"OTEL_SERVICE_NAME": "first", "TRACEPARENT": "tp", "TRACESTATE": "\\xff"}
+
+
+# secrets
+
+
+@pytest.mark.parametrize(
+    "argv, redacted",
+    [
+        (["app", "--password=hunter2", "--verbose"], ["app", "--password=***", "--verbose"]),
+        (["app", "--db-token", "abc", "next"], ["app", "--db-token", "***", "next"]),
+        (["app", "-secret=x"], ["app", "-secret=***"]),
+        (["psql", "postgres://user:pa55@db:5432/x"], ["psql", "postgres://user:***@db:5432/x"]),
+        (["env", "AWS_SECRET_ACCESS_KEY=abc", "HOME=/root"], ["env", "AWS_SECRET_ACCESS_KEY=***", "HOME=/root"]),
+        (["/usr/bin/mysql", "-uroot", "-phunter2", "db"], ["/usr/bin/mysql", "-uroot", "-p***", "db"]),
+        (["mysql", "-p", "db"], ["mysql", "-p", "db"]),  # -p alone prompts; db is a database name
+        (["sshpass", "-p", "hunter2", "ssh", "h"], ["sshpass", "-p", "***", "ssh", "h"]),
+        (["redis-cli", "-a", "hunter2", "ping"], ["redis-cli", "-a", "***", "ping"]),
+        (["python3", "-m", "uvicorn", "app:app", "--port", "80"], ["python3", "-m", "uvicorn", "app:app", "--port", "80"]),
+        (["python3", "-c", "print('token')"], ["python3", "-c", "print('token')"]),
+    ],
+)
+def test_redaction(argv, redacted):
+    from otelproc.redact import redact_argv
+
+    assert redact_argv(argv) == redacted
+
+
+# adoption races: a process exits, or its pid is reused, between two reads of /proc.
+# The real race cannot be timed from a test, so the second read is made to see it.
+
+
+def test_adoption_skips_a_process_that_exits_while_read(monkeypatch):
+    import subprocess
+    import sys
+
+    from otelproc import adoption
+    from otelproc.clock import BootClock
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    real_nspid = adoption._nspid
+
+    def exits_meanwhile(pid: int) -> int:
+        child.kill()
+        child.wait()
+        return real_nspid(pid)
+
+    monkeypatch.setattr(adoption, "_nspid", exits_meanwhile)
+    stats = adoption.AdoptionStats()
+    assert adoption.snapshot_or_none(child.pid, BootClock(), None, stats) is None
+    assert stats.vanished == 1
+
+
+def test_adoption_skips_a_pid_reused_while_read(monkeypatch):
+    import os
+
+    from otelproc import adoption
+    from otelproc.clock import BootClock
+
+    real_stat = adoption._stat
+    reads = []
+
+    def reused(pid: int):
+        comm, ppid, ticks = real_stat(pid)
+        reads.append(pid)
+        return comm, ppid, ticks + (1 if len(reads) > 1 else 0)  # the second read finds a newer process
+
+    monkeypatch.setattr(adoption, "_stat", reused)
+    stats = adoption.AdoptionStats()
+    assert adoption.snapshot_or_none(os.getpid(), BootClock(), None, stats) is None
+    assert stats.vanished == 1 and len(reads) == 2
