@@ -2,7 +2,8 @@
 # Installs otelproc and what it needs on Debian/Ubuntu (run as root).
 #   ./install.sh          libbpf1 and the Python package: enough for `otelproc run`
 #   ./install.sh --test   also clang, bpftool and libbpf-dev (to rebuild the BPF object),
-#                         the test tools, and the Python test dependencies
+#                         the test tools, the Python test dependencies, and the Jaeger
+#                         binary the end-to-end test runs (built with Go, cached)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -24,3 +25,7 @@ fi
 
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".${extras}"
 command -v pyenv >/dev/null && pyenv rehash || true  # puts the `otelproc` script on a pyenv PATH
+
+if [[ "${1:-}" == "--test" ]]; then
+    deploy/jaeger/build.sh >/dev/null
+fi

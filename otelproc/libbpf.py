@@ -7,10 +7,10 @@ carrying errno and libbpf's own last message.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from collections import deque
+from functools import lru_cache
 from typing import Callable
 
 BTF_KIND_STRUCT = 4
@@ -77,8 +77,10 @@ _lib: ctypes.CDLL | None = None
 _messages: deque[str] = deque(maxlen=64)
 
 
+@lru_cache(maxsize=1)
 def _vsnprintf() -> Callable[..., int]:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    # By name: ctypes.util.find_library would run ldconfig, a process of its own.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
     fn = libc.vsnprintf
     fn.restype = ctypes.c_int
     # va_list reaches a callback as a pointer on x86-64 and arm64 alike.
@@ -90,14 +92,13 @@ def _keep_message(level: int, fmt: bytes, args: int) -> int:
     """libbpf's log goes to a ring of recent lines instead of stderr; errors quote it."""
     if level <= LIBBPF_INFO:
         buf = ctypes.create_string_buffer(1024)
-        _VSNPRINTF(buf, len(buf), fmt, args)
+        _vsnprintf()(buf, len(buf), fmt, args)
         for line in buf.value.decode(errors="replace").splitlines():
             if line.strip():
                 _messages.append(line.strip())
     return 0
 
 
-_VSNPRINTF = _vsnprintf()
 _PRINT_CALLBACK = _PrintFn(_keep_message)
 
 
@@ -288,14 +289,22 @@ class RingBuffer:
         return 0
 
     def poll(self, timeout_ms: int) -> int:
-        """Hands every waiting record to on_record; waits up to timeout_ms for the first."""
+        """Waits up to timeout_ms for a wake-up, then hands every waiting record to on_record."""
         n = self._api.ring_buffer__poll(self._ring, timeout_ms)
+        self._raise_callback_error()
+        if n < 0 and n != -errno.EINTR:
+            raise fail("polling the ring buffer", n)
+        # Records submitted without a wake-up are there too; take them now.
+        m = self._api.ring_buffer__consume(self._ring)
+        self._raise_callback_error()
+        if m < 0:
+            raise fail("reading the ring buffer", m)
+        return max(n, 0) + m
+
+    def _raise_callback_error(self) -> None:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
-        if n < 0 and n != -errno.EINTR:
-            raise fail("polling the ring buffer", n)
-        return max(n, 0)
 
     def close(self) -> None:
         if self._ring:

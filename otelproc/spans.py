@@ -57,10 +57,15 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+@lru_cache(maxsize=64)
+def _iso_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def iso_time(wall_ns: int) -> str:
     """ISO 8601 with milliseconds, as the semantic conventions show process.creation.time."""
     seconds, nanos = divmod(wall_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1_000_000:03d}Z"
+    return f"{_iso_second(seconds)}.{nanos // 1_000_000:03d}Z"
 
 
 def container_id(cgroup_leaf: str) -> str | None:
@@ -197,7 +202,7 @@ class SpanBuilder:
         )
 
     def started(self, process: TrackedProcess, cgroup_path: str | None = None) -> ReadableSpan:
-        """A zero-length child of the lifetime span, exported while the process still runs."""
+        """A 1 ns child of the lifetime span, exported while the process still runs (Jaeger flags 0 ns)."""
         attrs = self.attributes(process)
         attrs["otelproc.span"] = "started"
         if cgroup_path:
@@ -212,6 +217,6 @@ class SpanBuilder:
             attributes=attrs,
             kind=SpanKind.INTERNAL,
             start_time=process.start_time,
-            end_time=process.start_time,
+            end_time=process.start_time + 1,
             instrumentation_scope=SCOPE,
         )

@@ -1,0 +1,391 @@
+"""The deployment files fit together: compose, Kubernetes, Dockerfiles and the Collector config.
+
+No container runs here. The files are parsed and followed the way Docker, Kubernetes
+and the Collector would follow them: an endpoint must name a service that exists and a
+port it listens on, a scope must fit the pid namespace the sidecar is given, the
+capabilities must be the ones otelproc checks for. The Collector config is checked
+against the components of both distributions it runs under and validated by the Jaeger
+binary.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from conftest import REPO
+from otelproc.checks import CAP_NAMES, RUN_CAPS
+from otelproc.config import options_for
+from test_jaeger_e2e import ALL_IN_ONE, COLLECTOR_CONFIG, jaeger_binary
+
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+KUBERNETES = [doc for f in sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))
+              for doc in yaml.safe_load_all(f.read_text()) if doc]
+# Set by the Jaeger image itself (jaeger's cmd/jaeger/Dockerfile: ENV JAEGER_LISTEN_HOST=0.0.0.0).
+JAEGER_IMAGE_ENV = {"JAEGER_LISTEN_HOST": "0.0.0.0"}
+# Component types of the core distribution, otel/opentelemetry-collector (its manifest,
+# distributions/otelcol/manifest.yaml in opentelemetry-collector-releases: the same modules
+# from v0.140 to v0.159). otlp_grpc and otlp_http are the newer names of otlp and otlphttp.
+CORE_COMPONENTS = {
+    "receivers": {"nop", "otlp", "hostmetrics", "jaeger", "kafka", "prometheus", "zipkin"},
+    "processors": {"batch", "memory_limiter", "attributes", "resource", "span", "probabilistic_sampler", "filter"},
+    "exporters": {"debug", "nop", "otlp", "otlp_grpc", "otlphttp", "otlp_http", "file", "kafka", "prometheus",
+                  "prometheusremotewrite", "zipkin"},
+    "extensions": {"zpages", "health_check", "pprof"},
+    "connectors": {"forward"},
+}
+RUN_CAP_NAMES = {CAP_NAMES[c].removeprefix("CAP_") for c in RUN_CAPS}
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+# --- following the files --------------------------------------------------------------------
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """The Collector's ${env:NAME:-default}, with `env` as the process environment."""
+    return _ENV_REF.sub(lambda m: env.get(m.group(1), m.group(2) or ""), text)
+
+
+def collector_config(path: Path, env: dict[str, str]) -> dict[str, Any]:
+    return yaml.safe_load(expand(path.read_text(), env))
+
+
+def host_port(endpoint: str) -> tuple[str, int]:
+    """'http://collector:4317' or 'jaeger:4317' -> (host, port)."""
+    parts = urlsplit(endpoint if "://" in endpoint else "//" + endpoint)
+    assert parts.hostname and parts.port, f"{endpoint!r} names no host and port"
+    return parts.hostname, parts.port
+
+
+def otlp_receiver(config: dict[str, Any], protocol: str) -> tuple[str, int]:
+    """Where a config's otlp receiver listens for `protocol` (grpc or http)."""
+    return host_port(config["receivers"]["otlp"]["protocols"][protocol]["endpoint"])
+
+
+def otlp_protocol(env: dict[str, str]) -> str:
+    """Which receiver an OpenTelemetry SDK's OTLP exporter talks to, as its variables say."""
+    return "http" if env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc").startswith("http") else "grpc"
+
+
+def otelproc_setting(name: str, env: dict[str, str], args: list[str]) -> str:
+    """A setting as `otelproc run` resolves it: --flag, else OTELPROC_* variable, else default."""
+    (option,) = [o for o in options_for("run") if o.name == name]
+    for i, arg in enumerate(args):
+        if arg == option.flag:
+            return args[i + 1]
+        if arg.startswith(option.flag + "="):
+            return arg.split("=", 1)[1]
+    return env.get(option.env, option.default)
+
+
+def compose_service(name: str) -> dict[str, Any]:
+    assert name in COMPOSE["services"], f"docker-compose.yml has no service {name!r}"
+    return COMPOSE["services"][name]
+
+
+def compose_env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    assert isinstance(env, dict), "environment as a mapping"
+    return {k: str(v) for k, v in env.items()}
+
+
+def compose_mount(service: dict[str, Any], source: Path) -> str:
+    """Where a service mounts a repository file, read-only."""
+    for volume in service.get("volumes", []):
+        host, target, *mode = volume.split(":")
+        if (REPO / host).resolve() == source:
+            assert mode == ["ro"], f"{volume}: mount it read-only"
+            return target
+    raise AssertionError(f"no mount of {source.relative_to(REPO)}")
+
+
+def k8s(kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in KUBERNETES if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"deploy/kubernetes/ should hold one {kind} {name}"
+    return found[0]
+
+
+def k8s_container(workload: dict[str, Any], name: str) -> dict[str, Any]:
+    (container,) = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+    return container
+
+
+def k8s_env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def k8s_container_port(container: dict[str, Any], port: int | str) -> int:
+    """A container's port by number or name."""
+    for p in container.get("ports", []):
+        if port in (p["containerPort"], p.get("name")):
+            return p["containerPort"]
+    raise AssertionError(f"container {container['name']} has no port {port!r}")
+
+
+def k8s_service_target(endpoint: str, namespace: str) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """The Deployment, container and container port an in-cluster endpoint reaches through its Service."""
+    host, port = host_port(endpoint)
+    service = k8s("Service", host)
+    assert service["metadata"]["namespace"] == namespace, f"{endpoint}: Service {host} is in another namespace"
+    entries = [p for p in service["spec"]["ports"] if p["port"] == port]
+    assert len(entries) == 1, f"{endpoint}: Service {host} has no port {port}"
+    selector = service["spec"]["selector"]
+    (deployment,) = [d for d in KUBERNETES if d["kind"] == "Deployment"
+                     and d["spec"]["template"]["metadata"]["labels"].items() >= selector.items()]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return deployment, container, k8s_container_port(container, entries[0].get("targetPort", port))
+
+
+def otelproc_deployments() -> dict[str, dict[str, Any]]:
+    """Each deployment's otelproc: its pid namespace, environment, arguments and capabilities."""
+    compose = compose_service("otelproc")
+    pid = str(compose.get("pid", ""))
+    found = {"compose": {
+        "pid": "host" if pid == "host" else "shared with a service" if pid.startswith("service:") else "own",
+        "env": compose_env(compose), "args": list(compose.get("command", [])),
+        "add": set(compose.get("cap_add", [])), "drop": set(compose.get("cap_drop", [])),
+        "privileged": compose.get("privileged", False),
+    }}
+    sidecar, daemonset = k8s("Deployment", "demo"), k8s("DaemonSet", "otelproc")
+    for name, workload in (("kubernetes sidecar", sidecar), ("kubernetes daemonset", daemonset)):
+        pod = workload["spec"]["template"]["spec"]
+        container = k8s_container(workload, "otelproc")
+        security = container.get("securityContext", {})
+        found[name] = {
+            "pid": "host" if pod.get("hostPID") else "shared with a service" if pod.get("shareProcessNamespace") else "own",
+            "env": k8s_env(container), "args": container.get("args", []),
+            "add": set(security.get("capabilities", {}).get("add", [])),
+            "drop": set(security.get("capabilities", {}).get("drop", [])),
+            "privileged": security.get("privileged", False), "container": container,
+            "namespace": workload["metadata"]["namespace"],
+        }
+    return found
+
+
+DEPLOYMENTS = otelproc_deployments()
+
+
+# --- compose --------------------------------------------------------------------------------
+
+def test_compose_otlp_senders_reach_the_collector_receiver():
+    collector = compose_service("collector")
+    assert collector["image"].startswith("otel/opentelemetry-collector:")
+    # The image's default config path: the mounted file is what it runs.
+    assert compose_mount(collector, COLLECTOR_CONFIG) == "/etc/otelcol/config.yaml"
+    config = collector_config(COLLECTOR_CONFIG, compose_env(collector))
+    for sender in ("otelproc", "demo"):
+        env = compose_env(compose_service(sender))
+        host, port = host_port(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        listen_host, listen_port = otlp_receiver(config, otlp_protocol(env))
+        assert (host, port) == ("collector", listen_port), sender
+        assert listen_host == "0.0.0.0", "the collector container must listen beyond its loopback"
+
+
+def test_compose_collector_exports_to_jaeger_otlp_grpc():
+    collector = compose_service("collector")
+    exporter = collector_config(COLLECTOR_CONFIG, compose_env(collector))["exporters"]["otlp/jaeger"]
+    host, port = host_port(exporter["endpoint"])
+    jaeger = compose_service(host)
+    assert jaeger["image"].startswith(("jaegertracing/jaeger:2.", "cr.jaegertracing.io/jaegertracing/jaeger:2."))
+    mounted = compose_mount(jaeger, ALL_IN_ONE)
+    assert jaeger["command"] == ["--config", f"file:{mounted}"]
+    jaeger_config = collector_config(ALL_IN_ONE, {**JAEGER_IMAGE_ENV, **compose_env(jaeger)})
+    assert otlp_receiver(jaeger_config, "grpc") == ("0.0.0.0", port)
+    ui_port = int(jaeger_config["extensions"]["jaeger_query"]["http"]["endpoint"].rsplit(":", 1)[1])
+    assert f"{ui_port}:{ui_port}" in jaeger["ports"], "the UI is published"
+
+
+def test_compose_otelproc_watches_the_demo_and_mounts_read_only():
+    otelproc, demo = compose_service("otelproc"), compose_service("demo")
+    # The demo's pid namespace: its own (joined as service:demo), or one it joins too.
+    demo_namespace = demo.get("pid", "service:demo")
+    assert otelproc["pid"] == demo_namespace and demo_namespace.startswith("service:")
+    owner = demo_namespace.removeprefix("service:")
+    assert owner == "demo" or owner in otelproc["depends_on"]
+    assert demo["build"] == {"context": ".", "dockerfile": "demo/Dockerfile"} and otelproc["build"] == "."
+    assert otelproc.get("read_only") is True
+    for volume in otelproc["volumes"]:
+        source, target, *mode = volume.split(":")
+        if source.startswith("/"):  # a host path
+            assert mode == ["ro"], f"{volume}: host paths are mounted read-only"
+        else:
+            assert target == os.path.dirname(otelproc_setting("state_file", compose_env(otelproc), [])), volume
+
+
+# --- Kubernetes -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["kubernetes sidecar", "kubernetes daemonset"])
+def test_kubernetes_otelproc_exports_to_the_collector_receiver(name):
+    deployment = DEPLOYMENTS[name]
+    _, container, port = k8s_service_target(deployment["env"]["OTEL_EXPORTER_OTLP_ENDPOINT"], deployment["namespace"])
+    assert container["image"].startswith("otel/opentelemetry-collector:")
+    assert {"name": "config", "mountPath": "/etc/otelcol", "readOnly": True} in container["volumeMounts"]
+    config = collector_config(COLLECTOR_CONFIG, k8s_env(container))
+    assert otlp_receiver(config, otlp_protocol(deployment["env"])) == ("0.0.0.0", port)
+
+
+def test_kubernetes_demo_app_exports_to_the_same_collector():
+    app = k8s_env(k8s_container(k8s("Deployment", "demo"), "demo"))
+    sidecar = DEPLOYMENTS["kubernetes sidecar"]["env"]
+    assert app["OTEL_EXPORTER_OTLP_ENDPOINT"] == sidecar["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    assert app["OTEL_EXPERIMENTAL_RESOURCE_DETECTORS"] == "otelproc" and app["OTEL_SERVICE_NAME"] == "demo"
+
+
+def test_kubernetes_collector_exports_to_jaeger_otlp_grpc():
+    collector = k8s("Deployment", "otel-collector")
+    (container,) = collector["spec"]["template"]["spec"]["containers"]
+    exporter = collector_config(COLLECTOR_CONFIG, k8s_env(container))["exporters"]["otlp/jaeger"]
+    _, jaeger, port = k8s_service_target(exporter["endpoint"], collector["metadata"]["namespace"])
+    assert jaeger["args"] == ["--config", "file:/etc/jaeger/all-in-one.yaml"]
+    jaeger_config = collector_config(ALL_IN_ONE, {**JAEGER_IMAGE_ENV, **k8s_env(jaeger)})
+    assert otlp_receiver(jaeger_config, "grpc") == ("0.0.0.0", port)
+
+
+@pytest.mark.parametrize("name", ["kubernetes sidecar", "kubernetes daemonset"])
+def test_kubernetes_probes_and_resources(name):
+    container = DEPLOYMENTS[name]["container"]
+    health_port = int(otelproc_setting("health_port", DEPLOYMENTS[name]["env"], DEPLOYMENTS[name]["args"]) or 0)
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = container[probe]["httpGet"]
+        assert get["path"] == path and k8s_container_port(container, get["port"]) == health_port, probe
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= resources["requests"].keys() and "memory" in resources["limits"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    state_dir = os.path.dirname(otelproc_setting("state_file", DEPLOYMENTS[name]["env"], DEPLOYMENTS[name]["args"]))
+    assert not mounts.pop(state_dir).get("readOnly"), "the state file's directory is writable"
+    assert all(m.get("readOnly") for m in mounts.values()), "everything else is mounted read-only"
+
+
+def test_kubernetes_namespace_admits_the_capabilities():
+    namespaces = {d["metadata"]["namespace"] for d in KUBERNETES if d["kind"] != "Namespace"}
+    (namespace,) = namespaces
+    labels = k8s("Namespace", namespace)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+# --- every deployment of otelproc ----------------------------------------------------------
+
+@pytest.mark.parametrize("name", DEPLOYMENTS)
+def test_scope_fits_the_pid_namespace(name):
+    deployment = DEPLOYMENTS[name]
+    scope = otelproc_setting("scope", deployment["env"], deployment["args"])
+    # In a pid namespace of its own, otelproc would see nothing but itself: no scope fits.
+    expected = {"shared with a service": {"pidns", "auto"}, "host": {"host", "auto"}}.get(deployment["pid"], set())
+    assert scope in expected, f"{name}: pid namespace {deployment['pid']}, scope {scope}"
+
+
+@pytest.mark.parametrize("name", DEPLOYMENTS)
+def test_capabilities_are_what_otelproc_needs_and_no_more(name):
+    deployment = DEPLOYMENTS[name]
+    assert not deployment["privileged"], "privileged is the documented fallback, not the default"
+    assert deployment["drop"] == {"ALL"}
+    # Exactly what `otelproc run` checks for; tests/test_privileges.py runs it with just these.
+    assert deployment["add"] == RUN_CAP_NAMES, f"otelproc run needs {sorted(RUN_CAP_NAMES)}"
+
+
+@pytest.mark.parametrize("name", DEPLOYMENTS)
+def test_otelproc_variables_are_real_settings(name):
+    """A misspelt OTELPROC_* variable would be ignored silently; each must be a setting that parses."""
+    options = {o.env: o for o in options_for("run")}
+    for variable, value in DEPLOYMENTS[name]["env"].items():
+        if variable.startswith("OTELPROC_"):
+            assert variable in options, f"{name}: {variable} is no setting of `otelproc run`"
+            options[variable].parse(value)
+
+
+# --- images ---------------------------------------------------------------------------------
+
+def dockerfile_stages(path: Path) -> list[list[tuple[str, str]]]:
+    """(INSTRUCTION, arguments) per stage, with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", "\n".join(line for line in path.read_text().splitlines()
+                                          if not line.lstrip().startswith("#")))
+    stages: list[list[tuple[str, str]]] = []
+    for line in filter(str.strip, text.splitlines()):
+        instruction, _, arguments = line.strip().partition(" ")
+        if instruction.upper() == "FROM":
+            stages.append([])
+        stages[-1].append((instruction.upper(), " ".join(arguments.split())))
+    return stages
+
+
+def dockerignored() -> set[str]:
+    return {line for line in (REPO / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")}
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "demo/Dockerfile"])
+def test_dockerfile_copies_only_what_the_context_holds(dockerfile):
+    for stage in dockerfile_stages(REPO / dockerfile):
+        for instruction, arguments in stage:
+            if instruction == "COPY" and not arguments.startswith("--from="):
+                for source in arguments.split()[:-1]:
+                    assert (REPO / source).exists(), f"{dockerfile}: COPY {source}: not in the repository"
+                    assert Path(source).parts[0] not in dockerignored(), f"{dockerfile}: {source} is .dockerignored"
+
+
+def test_dockerfile_builds_the_bpf_object_and_installs_libbpf():
+    build, runtime = dockerfile_stages(REPO / "Dockerfile")
+    stage_name = build[0][1].split(" AS ")[1]
+    assert build[0][1].startswith("debian:bookworm")
+    runs = " ".join(args for instruction, args in build if instruction == "RUN")
+    assert "clang" in runs and "llvm" in runs and re.search(r"\bmake bpf\b", runs)
+    assert runtime[0] == ("FROM", "python:3.11-slim-bookworm")
+    runtime_runs = " ".join(args for instruction, args in runtime if instruction == "RUN")
+    assert re.search(r"apt-get install .*\blibbpf1\b", runtime_runs) and "pip install" in runtime_runs
+    copied = f"--from={stage_name} /src/otelproc/bpf/otelproc.bpf.o otelproc/bpf/otelproc.bpf.o"
+    assert ("COPY", copied) in runtime
+    # The object is copied in before the package is installed from the same directory.
+    assert runtime.index(("COPY", copied)) < [i for i, (ins, args) in enumerate(runtime) if "pip install" in args][0]
+    assert runtime[-1] == ("ENTRYPOINT", '["otelproc", "run"]')
+
+
+def test_demo_image_runs_the_app_under_the_auto_instrumentation_with_the_helper():
+    (stage,) = dockerfile_stages(REPO / "demo" / "Dockerfile")
+    env = " ".join(args for instruction, args in stage if instruction == "ENV")
+    assert "OTEL_SERVICE_NAME=demo" in env and "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS=otelproc" in env
+    cmd = dict(stage)["CMD"]
+    assert cmd.startswith('["opentelemetry-instrument", "uvicorn", "app:app"')
+    runs = " ".join(args for instruction, args in stage if instruction == "RUN")
+    assert "pip install" in runs and "/src/otelproc" in runs, "otelproc (the helper) from the repository"
+
+
+# --- the Collector config under both distributions -----------------------------------------
+
+def components_used(path: Path) -> dict[str, set[str]]:
+    config = collector_config(path, {})
+    return {kind: {name.split("/")[0] for name in config.get(kind) or {}} for kind in CORE_COMPONENTS}
+
+
+def jaeger_components() -> dict[str, set[str]]:
+    result = subprocess.run([jaeger_binary(), "components"], capture_output=True, text=True, timeout=60, check=True)
+    listed = yaml.safe_load(result.stdout)
+    return {kind: {c["name"] for c in listed.get(kind) or []} for kind in CORE_COMPONENTS}
+
+
+def test_collector_config_uses_only_components_of_both_distributions():
+    used, jaeger = components_used(COLLECTOR_CONFIG), jaeger_components()
+    for kind, names in used.items():
+        assert names <= CORE_COMPONENTS[kind], f"{kind} missing from the core collector: {names - CORE_COMPONENTS[kind]}"
+        assert names <= jaeger[kind], f"{kind} missing from the Jaeger binary: {names - jaeger[kind]}"
+    config = collector_config(COLLECTOR_CONFIG, {})
+    pipelines = config["service"]["pipelines"]
+    assert set(pipelines) == {"traces", "metrics"}
+    for pipeline in pipelines.values():
+        assert pipeline["processors"][0] == "memory_limiter" and "batch" in pipeline["processors"]
+        assert "debug" in pipeline["exporters"]
+    assert "otlp/jaeger" in pipelines["traces"]["exporters"]
+
+
+@pytest.mark.parametrize("config", [COLLECTOR_CONFIG, ALL_IN_ONE], ids=lambda p: p.name)
+def test_jaeger_validates_the_config(config):
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}
+    result = subprocess.run([jaeger_binary(), "validate", "--config", f"file:{config}"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
