@@ -12,6 +12,7 @@ const volatile bool trace_all = false;		/* track every process, ignore match_com
 const volatile __u32 scope_pidns = 0;		/* 0: host; else inode of the scope's pid namespace */
 const volatile bool scope_cgroup = false;	/* only start tracking inside scope_cgroups[0] */
 const volatile __u64 ns_per_tick = 10000000;	/* NSEC_PER_SEC / USER_HZ, as /proc/<pid>/stat */
+const volatile __u64 wakeup_bytes = 0;		/* wake the reader only past this much unread; 0: always */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -194,6 +195,17 @@ static __always_inline __u32 read_user_block(struct event *e, __u32 off, unsigne
 	return len;
 }
 
+/* Waking the reader for every record costs a context switch per event; with
+ * wakeup_bytes set, records accumulate until that much is unread, and the
+ * reader, which polls on a timer anyway, collects them in one go. */
+static __always_inline __u64 submit_flags(void)
+{
+	if (!wakeup_bytes)
+		return 0;
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+									      : BPF_RB_NO_WAKEUP;
+}
+
 /* The fork and exit records carry no data[]: only the fixed part goes out. */
 static __always_inline struct event *reserve_small(void)
 {
@@ -254,7 +266,7 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 	off += e->env_len;
 	if (off > DATA_MAX)
 		return 0;
-	if (bpf_ringbuf_output(&events, e, offsetof(struct event, data) + off, 0))
+	if (bpf_ringbuf_output(&events, e, offsetof(struct event, data) + off, submit_flags()))
 		count_lost(LOST_RINGBUF);
 	return 0;
 }
@@ -288,7 +300,7 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 	fill_common(e, child, EVENT_FORK, pid);
 	if (!track(pid, ticks))
 		e->flags = EVENT_F_UNTRACKED;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, submit_flags());
 	return 0;
 }
 
@@ -315,7 +327,7 @@ int BPF_PROG(handle_exit, struct task_struct *task)
 	fill_common(e, task, EVENT_EXIT, pid);
 	/* Set by do_exit before this tracepoint; for a group exit it is the group's code. */
 	e->exit_code = BPF_CORE_READ(task, exit_code);
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, submit_flags());
 	return 0;
 }
 

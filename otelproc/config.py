@@ -307,6 +307,8 @@ def probe_config(settings: Settings) -> ProbeConfig:
         scope_cgroup=scope.cgroup,
         ring_buffer_bytes=settings.ring_buffer_size,
         max_tracked=settings.max_processes,
+        # The commands poll every 100 ms; waking them per record would cost a context switch per event.
+        wakeup_bytes=settings.ring_buffer_size // 8,
     )
 
 

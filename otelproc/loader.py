@@ -51,6 +51,7 @@ class ProbeConfig:
     scope_cgroup: str | None = None  # a cgroup v2 directory: only processes started under it
     ring_buffer_bytes: int = DEFAULT_RING_BUFFER_BYTES
     max_tracked: int = DEFAULT_MAX_TRACKED
+    wakeup_bytes: int = 0  # wake the reader only past this many unread bytes (it must poll on a timer); 0: always
     object_path: Path = DEFAULT_OBJECT
 
 
@@ -98,6 +99,7 @@ class Probe:
                     "scope_pidns": self.config.scope_pidns,
                     "scope_cgroup": self.config.scope_cgroup is not None,
                     "ns_per_tick": 1_000_000_000 // os.sysconf("SC_CLK_TCK"),
+                    "wakeup_bytes": self.config.wakeup_bytes,
                 },
             )
             obj.set_max_entries("events", self.config.ring_buffer_bytes)

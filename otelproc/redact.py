@@ -25,6 +25,8 @@ SECRET_PARTS = ("pass", "pwd", "auth")
 _FLAG = re.compile(r"^(-{1,2}[A-Za-z][\w.-]*)(?:=(.*))?$", re.DOTALL)
 _KEY_VALUE = re.compile(r"^([A-Za-z_][\w.-]*)=(.*)$", re.DOTALL)
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^/\s:@]*:)(?P<password>[^@\s/]+)(?P<at>@)")
+# Any argument that could need masking contains one of these (lower-cased); most command lines have none.
+_TRIGGER = re.compile(r"pass|pwd|auth|secret|token|key|credential|://|^-[pa]", re.IGNORECASE | re.MULTILINE)
 # (program name prefix, option, value attached to the option rather than the next argument)
 _TOOL_OPTIONS = (("mysql", "-p", True), ("mariadb", "-p", True), ("sshpass", "-p", False), ("redis-cli", "-a", False))
 
@@ -38,6 +40,8 @@ def says_secret(name: str) -> bool:
 
 def redact_argv(argv: tuple[str, ...] | list[str]) -> list[str]:
     """A copy of argv with secret values replaced by ***; everything else as it was."""
+    if not _TRIGGER.search("\n".join(argv)):
+        return list(argv)
     program = os.path.basename(argv[0]) if argv else ""
     tool = [(option, attached) for prefix, option, attached in _TOOL_OPTIONS if program.startswith(prefix)]
     out: list[str] = []
