@@ -102,13 +102,28 @@ def exit_status(ended: Ended) -> tuple[Status, str | None]:
     return _OK, None
 
 
+class ServiceResource(Resource):
+    """A Resource whose hash is computed once: the OTLP encoder groups every span by its
+    resource, and Resource.__hash__ serializes all attributes to JSON on each call."""
+
+    def __init__(self, attributes: dict[str, str]) -> None:
+        super().__init__(attributes)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return super().__eq__(other)
+
+
 class SpanBuilder:
     def __init__(self, default_service: str, host: dict[str, str], redact: bool = True, stats: Stats | None = None):
         self.default_service = default_service
         self.host = host
         self.redact = redact
         self.stats = stats or Stats()
-        self._resources: dict[tuple[str | None, str | None], Resource] = {}
+        self._resources: dict[tuple[str | None, str | None], ServiceResource] = {}
 
     def resource(self, process: TrackedProcess) -> Resource:
         """One Resource per distinct (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES), built once."""
@@ -123,7 +138,7 @@ class SpanBuilder:
                 self.stats.malformed["resource_attributes"] += bad
                 attrs.update(parsed)
             attrs["service.name"] = service or attrs.get("service.name") or self.default_service
-            resource = Resource(attrs)
+            resource = ServiceResource(attrs)
             if len(self._resources) < 4096:  # a bound against processes that invent a service each
                 self._resources[key] = resource
         return resource
