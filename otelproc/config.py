@@ -182,7 +182,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_processes", "65536", parse_positive_int, "processes tracked at once (kernel map and table)", (EV, RUN), "N"
     ),
-    Option("ring_buffer_size", str(16 << 20), parse_ring_size, "kernel ring buffer bytes (power of two)", (EV, RUN), "BYTES"),
+    Option("ring_buffer_size", str(8 << 20), parse_ring_size, "kernel ring buffer bytes (power of two)", (EV, RUN), "BYTES"),
     Option(
         "exporter",
         "auto",

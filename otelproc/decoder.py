@@ -101,7 +101,7 @@ def decode(raw: bytes, clock: BootClock) -> ProcessEvent:
         base = record.HEADER.size
         exe = _cstr(raw[base : base + exe_len])
         argv_raw = raw[base + exe_len : base + exe_len + argv_len]
-        argv = tuple(text(arg) for arg in argv_raw.rstrip(b"\0").split(b"\0")) if argv_raw else ()
+        argv = tuple(text(argv_raw.rstrip(b"\0")).split("\0")) if argv_raw else ()
         otel_env = parse_otel_env(raw[base + exe_len + argv_len : base + exe_len + argv_len + env_len])
     exit_code = signal = None
     core = False

@@ -229,7 +229,7 @@ def test_self_telemetry_and_health(sidecar, grpc_receiver, test_python):
     points = grpc_receiver.wait_for(lambda _: (m := grpc_receiver.metric_points()) and all(m.get(k, 0) >= v for k, v in want.items()) and m)
     for name in ("otelproc.processes.tracked", "otelproc.kernel.tracked", "otelproc.ringbuf.used", "otelproc.ringbuf.size"):
         assert (name, ()) in points
-    assert points[("otelproc.ringbuf.size", ())] == 16 << 20
+    assert points[("otelproc.ringbuf.size", ())] == 8 << 20
     resource = {kv.key: kv.value.string_value for kv in grpc_receiver.metric_requests[-1].resource_metrics[0].resource.attributes}
     assert resource["service.name"] == "otelproc"
     assert side.stop() == 0
