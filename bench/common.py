@@ -685,3 +685,13 @@ def pyplot() -> Any:
         print("matplotlib is not installed (pip install -r bench/requirements.txt): no plot")
         return None
     return plt
+
+
+def save_plot(fig: Any, path: Path) -> None:
+    """Writes a finished figure as PNG and frees it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"(plot: {path})")

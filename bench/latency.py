@@ -32,10 +32,7 @@ def plot(latencies_ms: list[float], path: Path) -> None:
     ax.set_ylabel("fraction of spans")
     ax.set_title("Export latency with otelproc's default settings")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"(plot: {path})")
+    common.save_plot(fig, path)
 
 
 def main() -> None:

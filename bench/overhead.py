@@ -146,10 +146,7 @@ def plot(runs: list[dict[str, Any]], medians: dict[tuple[str, str], float], path
     ax.set_ylim(0, ax.get_ylim()[1] * 1.2)
     ax.set_title("Overhead on a fork+exec+wait storm (bars: medians, dots: runs)")
     ax.legend(fontsize=8, loc="upper center", ncol=4)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"(plot: {path})")
+    common.save_plot(fig, path)
 
 
 def main() -> None:

@@ -50,10 +50,7 @@ def plot(samples: list[tuple[float, int, float, int]], path: Path) -> None:
     more = spans.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower right")
     ax.set_title("Soak: otelproc's memory while processes run through it")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"(plot: {path})")
+    common.save_plot(fig, path)
 
 
 def main() -> None:

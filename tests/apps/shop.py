@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+from hello import lifespan
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
 if os.environ.get("SHOP_SETUP") == "code":
@@ -29,13 +30,8 @@ if os.environ.get("SHOP_SETUP") == "code":
 
 async def _app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     body = str(os.getpid())
     if scope["path"] == "/spawn":
         child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
