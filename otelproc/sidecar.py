@@ -179,6 +179,7 @@ class Sidecar:
                 if s.adopt:
                     self.adopt(probe)
                 self.health.ready = True
+                log.info("ready; %d processes tracked", len(self.tracker))
                 reconciler = Reconciler(self.tracker, probe, self.clock, self.stats, self.adoption_scan,
                                         self.cgroups.mount)
                 next_sweep = time.monotonic() + s.sweep_interval

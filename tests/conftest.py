@@ -131,8 +131,7 @@ class SidecarProcess:
         threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True).start()
         self.stdout_lines: list[str] = []
         threading.Thread(target=self._read_stdout, daemon=True).start()
-        # Ready once attached and, unless adoption is off, done adopting.
-        self.wait_line("attached" if "--adopt" in args and "false" in args else "adopted", timeout=30)
+        self.wait_line("ready;", timeout=30)  # attached, done adopting, /readyz answers 200
 
     def _read(self, stream) -> None:
         for line in stream:
