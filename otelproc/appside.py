@@ -29,7 +29,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from otelproc.config import DEFAULT_MATCH, ConfigError, parse_match
 from otelproc.decoder import parse_otel_env
-from otelproc.identity import ProcessIdentity, TraceLink, boot_id, place
+from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
 from otelproc.loader import MatchRule
 
 DETECTOR_NAME = "otelproc"
@@ -99,7 +99,8 @@ def process_link(pid: int | None = None) -> TraceLink | None:
     parent_traceparent = None
     for proc in reversed(chain[: top + 1]):
         env = proc.otel_env
-        link = place(proc.identity(), env.get("TRACEPARENT"), env.get("TRACESTATE"), link, parent_traceparent)
+        carrier, _malformed = fresh_carrier(env.get("TRACEPARENT"), env.get("TRACESTATE"), parent_traceparent)
+        link = place(proc.identity(), carrier, link)
         parent_traceparent = env.get("TRACEPARENT")
     return link
 

@@ -102,19 +102,22 @@ def carrier_context(traceparent: str | None, tracestate: str | None = None) -> S
     return context if context.is_valid else None
 
 
-def place(
-    identity: ProcessIdentity,
-    traceparent: str | None,
-    tracestate: str | None,
-    parent: TraceLink | None,
-    parent_traceparent: str | None,
-) -> TraceLink:
+def fresh_carrier(
+    traceparent: str | None, tracestate: str | None, parent_traceparent: str | None
+) -> tuple[SpanContext | None, bool]:
+    """The context a process was given in TRACEPARENT at its exec, and whether that value was
+    malformed. One its tracked parent also had was inherited, not given: it does not count."""
+    if not traceparent or traceparent == parent_traceparent:
+        return None, False
+    carrier = carrier_context(traceparent, tracestate)
+    return carrier, carrier is None
+
+
+def place(identity: ProcessIdentity, carrier: SpanContext | None, parent: TraceLink | None) -> TraceLink:
     """The rule of the module docstring, shared by the sidecar and the app-side helper."""
     span_id = identity.span_id()
-    if traceparent and traceparent != parent_traceparent:
-        carrier = carrier_context(traceparent, tracestate)
-        if carrier is not None:
-            return TraceLink(carrier.trace_id, span_id, carrier.span_id, carrier.trace_state, remote_parent=True)
+    if carrier is not None:
+        return TraceLink(carrier.trace_id, span_id, carrier.span_id, carrier.trace_state, remote_parent=True)
     if parent is not None:
         return TraceLink(parent.trace_id, span_id, parent.span_id, parent.trace_state)
     return TraceLink(identity.root_trace_id(), span_id, None)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from otelproc.decoder import ProcessEvent
-from otelproc.identity import ProcessIdentity, TraceLink, boot_id, carrier_context, place
+from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
 from otelproc.telemetry import Stats
 
 ProcessKey = tuple[int, int]  # (pid, start ticks)
@@ -189,13 +189,11 @@ class Tracker:
             # A parent outside the child's pid namespace is invisible from inside it; the child
             # could not compute a context that depends on it, so it starts a trace of its own.
             parent = None
-        traceparent = otel_env.get("TRACEPARENT")
         parent_traceparent = parent.otel_env.get("TRACEPARENT") if parent else None
-        if traceparent and traceparent != parent_traceparent and carrier_context(traceparent) is None:
+        carrier, malformed = fresh_carrier(otel_env.get("TRACEPARENT"), otel_env.get("TRACESTATE"), parent_traceparent)
+        if malformed:
             self.stats.malformed["traceparent"] += 1
-        return place(
-            identity, traceparent, otel_env.get("TRACESTATE"), parent.link if parent else None, parent_traceparent
-        )
+        return place(identity, carrier, parent.link if parent else None)
 
     def _exec_again(self, process: TrackedProcess, event: ProcessEvent) -> None:
         """Same process, new program: the span stays, the exec becomes a span event."""

@@ -11,7 +11,7 @@ from conftest import REPO
 from otelproc import config
 from otelproc.config import ConfigError
 from otelproc.decoder import ProcessEvent, parse_otel_env
-from otelproc.identity import ProcessIdentity, place
+from otelproc.identity import ProcessIdentity, fresh_carrier, place
 from otelproc.spans import SpanBuilder, container_id, exit_status, parse_resource_attributes
 from otelproc.tracker import Ended, Tracker, program_name
 
@@ -83,17 +83,19 @@ def test_ids_follow_the_documented_scheme():
 
 def test_placement_rules():
     me = ProcessIdentity("b", 1, 2, 3)
-    parent = place(ProcessIdentity("b", 1, 1, 1), None, None, None, None)
+    parent = place(ProcessIdentity("b", 1, 1, 1), None, None)
     assert parent.parent_span_id is None and parent.trace_id == ProcessIdentity("b", 1, 1, 1).root_trace_id()
-    under_parent = place(me, None, None, parent, None)
+    under_parent = place(me, None, parent)
     assert (under_parent.trace_id, under_parent.parent_span_id) == (parent.trace_id, parent.span_id)
-    carried = place(me, TP, "k=v", parent, None)
+    carrier, malformed = fresh_carrier(TP, "k=v", None)
+    carried = place(me, carrier, parent)
+    assert not malformed
     assert carried.trace_id == 0x0AF7651916CD43DD8448EB211C80319C and carried.parent_span_id == 0xB7AD6B7169203331
     assert carried.parent_context().trace_state.get("k") == "v"
-    inherited = place(me, TP, None, parent, TP)  # the parent had the same carrier: the tree wins
-    assert inherited.parent_span_id == parent.span_id
-    malformed = place(me, "00-nothex-01", None, None, None)
-    assert malformed.parent_span_id is None and malformed.trace_id == me.root_trace_id()
+    assert fresh_carrier(TP, None, TP) == (None, False)  # the parent had the same carrier: the tree wins
+    carrier, malformed = fresh_carrier("00-nothex-01", None, None)
+    assert carrier is None and malformed
+    assert place(me, carrier, None).trace_id == me.root_trace_id()
 
 
 # tracker
