@@ -16,7 +16,7 @@ import psutil
 
 from otelproc.clock import BootClock
 from otelproc.decoder import NS_PER_TICK, ProcessEvent, parse_otel_env, text
-from otelproc.loader import MatchRule
+from otelproc.loader import MatchRule, any_match
 
 
 @dataclass
@@ -26,16 +26,20 @@ class AdoptionStats:
     unreadable: int = 0  # permission denied: a capability is missing
 
 
-def comm_matches(comm: str, rules: tuple[MatchRule, ...]) -> bool:
-    return any(comm.startswith(r.name) if r.prefix else comm == r.name for r in rules)
-
-
-def _stat(pid: int) -> tuple[str, int, int]:
+def read_stat(pid: int) -> tuple[str, int, int]:
     """comm, ppid and start ticks from /proc/<pid>/stat (comm may hold spaces and parentheses)."""
     raw = Path(f"/proc/{pid}/stat").read_bytes()
     head, _, tail = raw.rpartition(b")")
     fields = tail.split()
     return text(head.split(b"(", 1)[1]), int(fields[1]), int(fields[19])
+
+
+def alive(pid: int, start_ticks: int) -> bool:
+    """Still the same process (zombies count: their exit has not been reaped)."""
+    try:
+        return readread_stat(pid)[2] == start_ticks
+    except OSError:
+        return False
 
 
 def _nspid(pid: int) -> int:
@@ -75,7 +79,7 @@ def _cgroup(pid: int, mount: str | None) -> tuple[int, str]:
 
 def snapshot(pid: int, clock: BootClock, cgroup_mount: str | None) -> ProcessEvent | None:
     """One running process as an 'adopt' event; None if it changed or vanished meanwhile."""
-    comm, ppid, ticks = _stat(pid)
+    comm, ppid, ticks = read_stat(pid)
     proc = psutil.Process(pid)
     with proc.oneshot():
         uids, gids = proc.uids(), proc.gids()
@@ -90,7 +94,7 @@ def snapshot(pid: int, clock: BootClock, cgroup_mount: str | None) -> ProcessEve
     vpid = _nspid(pid)
     pidns = os.stat(f"/proc/{pid}/ns/pid").st_ino
     cgroup_id, cgroup = _cgroup(pid, cgroup_mount)
-    if _stat(pid)[2] != ticks:
+    if read_stat(pid)[2] != ticks:
         return None  # the pid now names another process
     start_time = clock.to_wall(ticks * NS_PER_TICK)
     return ProcessEvent(
@@ -155,7 +159,7 @@ def running(
     table: dict[int, tuple[str, int, int]] = {}
     for pid in psutil.pids():
         try:
-            table[pid] = _stat(pid)
+            table[pid] = read_stat(pid)
         except (FileNotFoundError, ProcessLookupError):
             continue  # gone before it was looked at: nothing to adopt
     chosen: dict[int, bool] = {}
@@ -167,7 +171,7 @@ def running(
             pid = table[pid][1]
         verdict = chosen.get(pid, False)
         for link in reversed(chain):  # from the oldest ancestor down
-            verdict = verdict or trace_all or comm_matches(table[link][0], rules)
+            verdict = verdict or trace_all or any_match(rules, table[link][0])
             chosen[link] = verdict
         return verdict
 

@@ -30,7 +30,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from otelproc.config import DEFAULT_MATCH, ConfigError, parse_match
 from otelproc.decoder import parse_otel_env
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
-from otelproc.loader import MatchRule
+from otelproc.adoption import read_stat
+from otelproc.loader import MatchRule, any_match
 
 DETECTOR_NAME = "otelproc"
 LINK_ATTRIBUTES = {"otelproc.link": "process"}
@@ -41,13 +42,8 @@ class _Proc:
     """What /proc tells about one process of our pid namespace, as the sidecar would see it."""
 
     def __init__(self, pid: int) -> None:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-        head, _, tail = stat.rpartition(b")")
-        fields = tail.split()
         self.pid = pid
-        self.comm = head.split(b"(", 1)[1].decode(errors="backslashreplace")
-        self.ppid = int(fields[1])
-        self.start_ticks = int(fields[19])
+        self.comm, self.ppid, self.start_ticks = read_stat(pid)
         self.pidns = os.stat(f"/proc/{pid}/ns/pid").st_ino
         try:
             self.exe_name = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
@@ -69,11 +65,6 @@ def _match_rules() -> tuple[MatchRule, ...]:
         return parse_match(DEFAULT_MATCH)
 
 
-def _matches(proc: _Proc, rules: tuple[MatchRule, ...]) -> bool:
-    names = (proc.comm, proc.exe_name)
-    return any(name.startswith(r.name) if r.prefix else name == r.name for r in rules for name in names)
-
-
 def process_link(pid: int | None = None) -> TraceLink | None:
     """The context of a process's lifetime span, or None when the sidecar would not track it.
 
@@ -91,7 +82,7 @@ def process_link(pid: int | None = None) -> TraceLink | None:
         if parent.pidns != chain[-1].pidns:
             break
         chain.append(parent)
-    tracked = [_matches(p, rules) for p in chain]
+    tracked = [any_match(rules, p.comm, p.exe_name) for p in chain]
     if not any(tracked):
         return None
     top = max(i for i, hit in enumerate(tracked) if hit)  # everything below it is tracked too

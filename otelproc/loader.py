@@ -42,6 +42,14 @@ class MatchRule:
     def __str__(self) -> str:
         return self.name + ("*" if self.prefix else "")
 
+    def matches(self, comm: str) -> bool:
+        """The userspace twin of the kernel's LPM-trie lookup."""
+        return comm.startswith(self.name) if self.prefix else comm == self.name
+
+
+def any_match(rules: tuple[MatchRule, ...], *names: str) -> bool:
+    return any(rule.matches(name) for rule in rules for name in names)
+
 
 @dataclass(frozen=True)
 class ProbeConfig:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Callable, Iterator
 
 from otelproc import adoption
+from otelproc.adoption import alive
 from otelproc.clock import BootClock
 from otelproc.decoder import ProcessEvent
 from otelproc.loader import Probe
@@ -25,15 +25,6 @@ from otelproc.telemetry import Stats
 from otelproc.tracker import Ended, ProcessKey, Tracker
 
 log = logging.getLogger("otelproc")
-
-
-def alive(pid: int, start_ticks: int) -> bool:
-    """Still the same process (zombies count: their exit has not been reaped)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return int(raw.rpartition(b")")[2].split()[19]) == start_ticks
 
 
 class Reconciler:

@@ -24,7 +24,8 @@ from otelproc.decoder import decode
 from otelproc.export import make_destination, make_processor
 from otelproc.health import Health, HealthServer
 from otelproc.loader import Probe
-from otelproc.reconcile import Reconciler, alive
+from otelproc.adoption import alive
+from otelproc.reconcile import Reconciler
 from otelproc.spans import SpanBuilder, host_attributes
 from otelproc.stop import StopSignal
 from otelproc.telemetry import CountingExporter, Stats, bsp_max_queue_size, start_metrics

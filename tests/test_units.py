@@ -270,7 +270,7 @@ def test_adoption_skips_a_pid_reused_while_read(monkeypatch):
     from otelproc import adoption
     from otelproc.clock import BootClock
 
-    real_stat = adoption._stat
+    real_stat = adoption.read_stat
     reads = []
 
     def reused(pid: int):
@@ -278,7 +278,7 @@ def test_adoption_skips_a_pid_reused_while_read(monkeypatch):
         reads.append(pid)
         return comm, ppid, ticks + (1 if len(reads) > 1 else 0)  # the second read finds a newer process
 
-    monkeypatch.setattr(adoption, "_stat", reused)
+    monkeypatch.setattr(adoption, "read_stat", reused)
     stats = adoption.AdoptionStats()
     assert adoption.snapshot_or_none(os.getpid(), BootClock(), None, stats) is None
     assert stats.vanished == 1 and len(reads) == 2
