@@ -17,7 +17,7 @@ from typing import NoReturn, Sequence
 from otelproc import __version__, config
 from otelproc.checks import EVENTS_CAPS, CheckFailed, require_caps, run_checks
 from otelproc.clock import BootClock
-from otelproc.config import ConfigError, Settings
+from otelproc.config import POLL_MS, ConfigError, Settings
 from otelproc.decoder import decode
 from otelproc.libbpf import LibbpfError
 from otelproc.loader import Probe
@@ -27,7 +27,6 @@ log = logging.getLogger("otelproc")
 
 EXIT_KERNEL = 1
 EXIT_USAGE = 2
-POLL_MS = 100
 
 
 class UsageError(Exception):

@@ -19,6 +19,7 @@ from otelproc.loader import MatchRule, ProbeConfig
 DEFAULT_MATCH = "python,python3,python3.*,uvicorn,gunicorn,hypercorn"
 INITIAL_PIDNS_INODE = 0xEFFFFFFC  # PROC_PID_INIT_INO: the host's pid namespace
 TASK_COMM_MAX = 15
+POLL_MS = 100  # how often the commands read the ring buffer when no wake-up comes first
 
 
 class ConfigError(ValueError):
@@ -307,7 +308,7 @@ def probe_config(settings: Settings) -> ProbeConfig:
         scope_cgroup=scope.cgroup,
         ring_buffer_bytes=settings.ring_buffer_size,
         max_tracked=settings.max_processes,
-        # The commands poll every 100 ms; waking them per record would cost a context switch per event.
+        # The commands poll every POLL_MS; waking them per record would cost a context switch per event.
         wakeup_bytes=settings.ring_buffer_size // 8,
     )
 

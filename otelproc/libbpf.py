@@ -16,7 +16,7 @@ from typing import Callable
 BTF_KIND_STRUCT = 4
 BTF_KIND_DATASEC = 15
 
-LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
+LIBBPF_INFO = 1  # libbpf's levels: 0 warn, 1 info, 2 debug
 
 BPF_ANY = 0
 
@@ -55,7 +55,6 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_program__attach": (_P, [_P]),
     "bpf_link__destroy": (ctypes.c_int, [_P]),
     "bpf_map__set_max_entries": (ctypes.c_int, [_P, ctypes.c_uint32]),
-    "bpf_map__max_entries": (ctypes.c_uint32, [_P]),
     "bpf_map__initial_value": (_P, [_P, ctypes.POINTER(ctypes.c_size_t)]),
     "bpf_map__fd": (ctypes.c_int, [_P]),
     "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, _P, _P]),
@@ -65,7 +64,6 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "btf__find_by_name_kind": (ctypes.c_int32, [_P, ctypes.c_char_p, ctypes.c_uint32]),
     "btf__type_by_id": (ctypes.POINTER(_BtfType), [_P, ctypes.c_uint32]),
     "btf__name_by_offset": (ctypes.c_char_p, [_P, ctypes.c_uint32]),
-    "btf__resolve_size": (ctypes.c_int64, [_P, ctypes.c_uint32]),
     "ring_buffer__new": (_P, [ctypes.c_int, SampleFn, _P, _P]),
     "ring_buffer__poll": (ctypes.c_int, [_P, ctypes.c_int]),
     "ring_buffer__consume": (ctypes.c_int, [_P]),

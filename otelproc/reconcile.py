@@ -36,6 +36,7 @@ class Reconciler:
         stats: Stats,
         scan: Callable[[], Iterator[ProcessEvent]],
         cgroup_mount: str | None,
+        adoption_stats: adoption.AdoptionStats,
     ) -> None:
         self.tracker = tracker
         self.probe = probe
@@ -43,7 +44,7 @@ class Reconciler:
         self.stats = stats
         self.scan = scan  # a full adoption scan of /proc
         self.cgroup_mount = cgroup_mount
-        self.adoption = adoption.AdoptionStats()
+        self.adoption = adoption_stats
         self._gone: set[ProcessKey] = set()
         self._unknown: set[tuple[int, int]] = set()
         self._map_full_seen = 0

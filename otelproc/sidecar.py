@@ -19,7 +19,7 @@ from otelproc import adoption, state
 from otelproc.cgroups import CgroupPaths
 from otelproc.checks import RUN_CAPS, require_caps
 from otelproc.clock import BootClock
-from otelproc.config import ConfigError, Settings, describe_tracking, probe_config
+from otelproc.config import POLL_MS, ConfigError, Settings, describe_tracking, probe_config
 from otelproc.decoder import decode
 from otelproc.export import make_destination, make_processor
 from otelproc.health import Health, HealthServer
@@ -33,7 +33,6 @@ from otelproc.tracker import Ended, Tracker
 
 log = logging.getLogger("otelproc")
 
-POLL_MS = 100
 LOSS_LOG_NS = 10_000_000_000  # kernel losses are logged at most this often
 
 
@@ -51,7 +50,6 @@ class Sidecar:
         self.cgroups = CgroupPaths()
         self.adoption = adoption.AdoptionStats()
         self.health = Health()
-        self.own_pid = os.getpid()
         self.probe: Probe | None = None
         self._next_loss_log = 0
 
@@ -59,8 +57,6 @@ class Sidecar:
 
     def on_record(self, raw: bytes) -> None:
         event = decode(raw, self.clock)
-        if event.pid == self.own_pid:
-            return
         self.stats.events[event.kind] += 1
         ended = self.tracker.handle(event)
         if ended is not None:
@@ -95,6 +91,8 @@ class Sidecar:
             log.warning("%s; starting from /proc alone", exc)
             return
         now = time.time_ns()
+        # otelproc itself is left out, as from adoption: its own exit could never be reported.
+        recorded = [p for p in recorded if p.pid != os.getpid()]
         for process in recorded:
             if alive(process.pid, process.identity.start_ticks):
                 probe.track(process.pid, process.identity.start_ticks)
@@ -182,7 +180,7 @@ class Sidecar:
                 self.health.ready = True
                 log.info("ready; %d processes tracked", len(self.tracker))
                 reconciler = Reconciler(self.tracker, probe, self.clock, self.stats, self.adoption_scan,
-                                        self.cgroups.mount)
+                                        self.cgroups.mount, self.adoption)
                 next_sweep = time.monotonic() + s.sweep_interval
                 while not stop and (deadline is None or time.monotonic() < deadline):
                     probe.poll(POLL_MS)
