@@ -62,7 +62,6 @@ def to_dict(p: TrackedProcess, redact: bool) -> dict[str, Any]:
 
 def from_dict(d: dict[str, Any]) -> TrackedProcess:
     return TrackedProcess(
-        key=(d["pid"], d["start_ticks"]),
         identity=ProcessIdentity(boot_id(), d["pidns"], d["vpid"], d["start_ticks"]),
         origin=d["origin"], start_time=d["start_time"], creation_time=d["creation_time"],
         pid=d["pid"], ppid=d["ppid"], vpid=d["vpid"], pidns=d["pidns"], uid=d["uid"], gid=d["gid"],

@@ -53,7 +53,6 @@ class Exec:
 
 @dataclass(slots=True)
 class TrackedProcess:
-    key: ProcessKey
     identity: ProcessIdentity
     origin: str  # how its start was seen: "exec", "fork", "adopted", or "exit" (start known only from its exit)
     start_time: int  # span start, Unix ns: exec, fork, or creation when adopted
@@ -76,6 +75,10 @@ class TrackedProcess:
     execs: list[Exec] = field(default_factory=list)
     announced: bool = False  # its 'started' span is out: its trace placement is final
     parent_program: str | None = None
+
+    @property
+    def key(self) -> ProcessKey:
+        return (self.pid, self.identity.start_ticks)
 
     @property
     def program(self) -> str:
@@ -161,7 +164,6 @@ class Tracker:
             exe, argv, otel_env = parent.exe, parent.argv, dict(parent.otel_env)
         identity = ProcessIdentity(self._boot_id, event.pidns, event.vpid, event.start_ticks)
         return TrackedProcess(
-            key=(event.pid, event.start_ticks),
             identity=identity,
             origin=origin,
             start_time=start_time,
