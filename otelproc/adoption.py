@@ -37,7 +37,7 @@ def read_stat(pid: int) -> tuple[str, int, int]:
 def alive(pid: int, start_ticks: int) -> bool:
     """Still the same process (zombies count: their exit has not been reaped)."""
     try:
-        return readread_stat(pid)[2] == start_ticks
+        return read_stat(pid)[2] == start_ticks
     except OSError:
         return False
 

@@ -8,6 +8,7 @@ rather than once at start-up.
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 
 REFRESH_NS = 2_000_000_000
 
@@ -45,7 +46,18 @@ class BootClock:
         return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
 
+@lru_cache(maxsize=64)
+def _utc_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def rfc3339(wall_ns: int) -> str:
     """2026-11-25T12:30:02.123456789Z"""
     seconds, nanos = divmod(wall_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+    return f"{_utc_second(seconds)}.{nanos:09d}Z"
+
+
+def iso_millis(wall_ns: int) -> str:
+    """2026-11-25T12:30:02.123Z, as the semantic conventions show process.creation.time."""
+    seconds, nanos = divmod(wall_ns, 1_000_000_000)
+    return f"{_utc_second(seconds)}.{nanos // 1_000_000:03d}Z"

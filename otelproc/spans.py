@@ -11,7 +11,6 @@ import pwd
 import re
 import signal
 import socket
-import time
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import unquote
@@ -22,6 +21,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from otelproc import __version__
+from otelproc.clock import iso_millis
 from otelproc.redact import redact_argv
 from otelproc.telemetry import Stats
 from otelproc.tracker import Ended, TrackedProcess
@@ -55,17 +55,6 @@ def signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
-
-
-@lru_cache(maxsize=64)
-def _iso_second(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-
-
-def iso_time(wall_ns: int) -> str:
-    """ISO 8601 with milliseconds, as the semantic conventions show process.creation.time."""
-    seconds, nanos = divmod(wall_ns, 1_000_000_000)
-    return f"{_iso_second(seconds)}.{nanos // 1_000_000:03d}Z"
 
 
 def container_id(cgroup_leaf: str) -> str | None:
@@ -152,7 +141,7 @@ class SpanBuilder:
             "process.executable.name": os.path.basename(exe) or process.comm,
             "process.owner": user_name(process.uid),
             "process.user.id": process.uid,
-            "process.creation.time": iso_time(process.creation_time),
+            "process.creation.time": iso_millis(process.creation_time),
             "otelproc.comm": process.comm,
             "otelproc.process.key": process.identity.key,
             "otelproc.start.source": process.origin,
@@ -179,7 +168,7 @@ class SpanBuilder:
         process = ended.process
         attrs = self.attributes(process)
         attrs["otelproc.span"] = "lifetime"
-        attrs["process.exit.time"] = iso_time(ended.end_time)
+        attrs["process.exit.time"] = iso_millis(ended.end_time)
         if cgroup_path:
             attrs["process.linux.cgroup"] = cgroup_path
         if ended.exit_code is not None:

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
@@ -21,6 +21,9 @@ from otelproc.checks import EVENTS_CAPS, missing_caps
 from otelproc.clock import BootClock
 from otelproc.decoder import ProcessEvent, decode
 from otelproc.loader import MatchRule, Probe, ProbeConfig
+
+if TYPE_CHECKING:
+    from otlp_receiver import GrpcReceiver, HttpReceiver
 
 # The interpreter itself: `python3` on PATH may be a pyenv shim (a bash script) whose
 # helper processes would show up as events of their own.
