@@ -58,7 +58,7 @@ class Reconciler:
             process = self.tracker.forget(key)
             if process is not None:
                 self.stats.reconciled["exit_missed"] += 1
-                ended.append(Ended(process, now, None, None, False))
+                ended.append(Ended.unseen(process, now))
         self._gone = gone - self._gone
 
         known = {p.pid for p in self.tracker.processes.values()}

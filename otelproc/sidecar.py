@@ -50,7 +50,6 @@ class Sidecar:
         self.cgroups = CgroupPaths()
         self.adoption = adoption.AdoptionStats()
         self.health = Health()
-        self.probe: Probe | None = None
         self._next_loss_log = 0
 
     # the hot path
@@ -99,7 +98,7 @@ class Sidecar:
                 self.tracker.add(process)
             else:
                 self.stats.reconciled["exited_while_down"] += 1
-                self.export_lifetime(Ended(process, now, None, None, False))
+                self.export_lifetime(Ended.unseen(process, now))
         if recorded:
             log.info(
                 "resumed %d processes from %s (%d exited while otelproc was down)",
@@ -127,7 +126,7 @@ class Sidecar:
         for process in self.tracker.due_announcements(now):
             self.emit(self.builder.started(process, self.cgroups.path(process.cgroup_id)), "started")
         while self.tracker.superseded:
-            self.export_lifetime(Ended(self.tracker.superseded.pop(), now, None, None, False))
+            self.export_lifetime(Ended.unseen(self.tracker.superseded.pop(), now))
 
     def read_kernel_losses(self, probe: Probe) -> None:
         lost = probe.lost()

@@ -95,6 +95,11 @@ class Ended:
     signal: int | None
     core_dumped: bool
 
+    @classmethod
+    def unseen(cls, process: TrackedProcess, noticed_at: int) -> Ended:
+        """A process found gone without its exit record: ended when that was noticed, status unknown."""
+        return cls(process, noticed_at, None, None, False)
+
 
 class Tracker:
     def __init__(self, max_processes: int, announce_after_ns: int, stats: Stats | None = None) -> None:
