@@ -21,7 +21,6 @@ from otelproc.loader import MatchRule, any_match
 
 @dataclass
 class AdoptionStats:
-    adopted: int = 0
     vanished: int = 0  # exited, or pid reused, while being read
     unreadable: int = 0  # permission denied: a capability is missing
 
@@ -185,5 +184,4 @@ def running(
             continue
         event = snapshot_or_none(pid, clock, cgroup_mount, stats)
         if event is not None:
-            stats.adopted += 1
             yield event

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 from otelproc import adoption
 from otelproc.adoption import alive
 from otelproc.clock import BootClock
-from otelproc.decoder import ProcessEvent
 from otelproc.loader import Probe
 from otelproc.telemetry import Stats
 from otelproc.tracker import Ended, ProcessKey, Tracker
@@ -34,7 +33,7 @@ class Reconciler:
         probe: Probe,
         clock: BootClock,
         stats: Stats,
-        scan: Callable[[], Iterator[ProcessEvent]],
+        adopt: Callable[[], int],
         cgroup_mount: str | None,
         adoption_stats: adoption.AdoptionStats,
     ) -> None:
@@ -42,7 +41,7 @@ class Reconciler:
         self.probe = probe
         self.clock = clock
         self.stats = stats
-        self.scan = scan  # a full adoption scan of /proc
+        self.adopt = adopt  # a full adoption scan of /proc; returns how many it added
         self.cgroup_mount = cgroup_mount
         self.adoption = adoption_stats
         self._gone: set[ProcessKey] = set()
@@ -70,11 +69,7 @@ class Reconciler:
         map_full = self.stats.drops["tracked_map_full"]
         if map_full > self._map_full_seen:
             self._map_full_seen = map_full
-            for event in self.scan():
-                if (event.pid, event.start_ticks) not in self.tracker.processes:
-                    self.probe.track(event.pid, event.start_ticks)
-                    self.tracker.handle(event)
-                    self.stats.reconciled["exec_missed"] += 1
+            self.stats.reconciled["exec_missed"] += self.adopt()
         if ended:
             log.info("sweep: %d exits the kernel side lost, spans ended now (approximate)", len(ended))
         return ended

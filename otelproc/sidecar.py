@@ -74,14 +74,6 @@ class Sidecar:
 
     # start-up
 
-    def adoption_scan(self):
-        s = self.settings
-        scope_cgroup = None
-        if s.scope.cgroup is not None and self.cgroups.mount:
-            relative = os.path.relpath(os.path.realpath(s.scope.cgroup), self.cgroups.mount)
-            scope_cgroup = "/" if relative == "." else "/" + relative
-        return adoption.running(s.match, s.all, self.clock, self.cgroups.mount, self.adoption, scope_cgroup)
-
     def resume(self, probe: Probe, path: Path) -> None:
         """Carries on with the processes a previous otelproc recorded; ends those gone since."""
         try:
@@ -107,14 +99,25 @@ class Sidecar:
                 self.stats.reconciled["exited_while_down"],
             )
 
-    def adopt(self, probe: Probe) -> None:
-        for event in self.adoption_scan():
+    def adopt(self, probe: Probe) -> int:
+        """Takes on the matching processes /proc shows that the table does not hold; returns how many."""
+        s = self.settings
+        scope_cgroup = None
+        if s.scope.cgroup is not None and self.cgroups.mount:
+            relative = os.path.relpath(os.path.realpath(s.scope.cgroup), self.cgroups.mount)
+            scope_cgroup = "/" if relative == "." else "/" + relative
+        added = 0
+        for event in adoption.running(s.match, s.all, self.clock, self.cgroups.mount, self.adoption, scope_cgroup):
+            if (event.pid, event.start_ticks) in self.tracker.processes:
+                continue
             probe.track(event.pid, event.start_ticks)
             self.tracker.handle(event)
+            added += 1
         log.info(
             "adopted %d running processes (%d vanished while read, %d unreadable)",
-            self.adoption.adopted, self.adoption.vanished, self.adoption.unreadable,
+            added, self.adoption.vanished, self.adoption.unreadable,
         )
+        return added
 
     # between polls
 
@@ -178,7 +181,7 @@ class Sidecar:
                     self.adopt(probe)
                 self.health.ready = True
                 log.info("ready; %d processes tracked", len(self.tracker))
-                reconciler = Reconciler(self.tracker, probe, self.clock, self.stats, self.adoption_scan,
+                reconciler = Reconciler(self.tracker, probe, self.clock, self.stats, lambda: self.adopt(probe),
                                         self.cgroups.mount, self.adoption)
                 next_sweep = time.monotonic() + s.sweep_interval
                 while not stop and (deadline is None or time.monotonic() < deadline):
