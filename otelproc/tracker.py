@@ -140,10 +140,6 @@ class Tracker:
     def add(self, process: TrackedProcess) -> None:
         if process.key in self.processes:
             return
-        while len(self.processes) >= self.max_processes:
-            oldest = next(iter(self.processes))
-            self.forget(oldest)
-            self.stats.drops["table_full"] += 1
         old = self._by_pid.get(process.pid)
         if old is not None:
             # Same pid, another start: the old holder's exit was missed; it ended by now.
@@ -151,6 +147,9 @@ class Tracker:
             if superseded is not None:
                 self.stats.reconciled["pid_reused"] += 1
                 self.superseded.append(superseded)
+        while len(self.processes) >= self.max_processes:  # only once a reused pid has made its room
+            self.forget(next(iter(self.processes)))
+            self.stats.drops["table_full"] += 1
         self.processes[process.key] = process
         self._by_pid[process.pid] = process.key
         self._announce.append((time.time_ns() + self.announce_after_ns, process.key))
