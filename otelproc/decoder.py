@@ -60,6 +60,11 @@ def text(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def split_argv(block: bytes) -> tuple[str, ...]:
+    """A NUL-separated argument block (the kernel's argv record, /proc/<pid>/cmdline) as arguments."""
+    return tuple(text(block.rstrip(b"\0")).split("\0")) if block else ()
+
+
 def _cstr(raw: bytes) -> str:
     return text(raw.split(b"\0", 1)[0])
 
@@ -100,8 +105,7 @@ def decode(raw: bytes, clock: BootClock) -> ProcessEvent:
     if kind == record.EVENT_EXEC:
         base = record.HEADER.size
         exe = _cstr(raw[base : base + exe_len])
-        argv_raw = raw[base + exe_len : base + exe_len + argv_len]
-        argv = tuple(text(argv_raw.rstrip(b"\0")).split("\0")) if argv_raw else ()
+        argv = split_argv(raw[base + exe_len : base + exe_len + argv_len])
         otel_env = parse_otel_env(raw[base + exe_len + argv_len : base + exe_len + argv_len + env_len])
     exit_code = signal = None
     core = False
