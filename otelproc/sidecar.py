@@ -1,9 +1,15 @@
 """`otelproc run`: the probe, the tracker and the span exporter in one loop.
 
 One thread polls the ring buffer and does all the tracking; the SDK's batch
-processor exports on its own thread, the health server answers on another.
+processor exports on its own thread, the health server answers on another, and
+the /proc sweep and the state file have a thread of their own (reconcile.Sweeper),
+so that nothing which grows with the host keeps the ring buffer waiting.
 Signals only set a flag the loop reads. Between polls the loop does its
-housekeeping: 'started' spans that are due, the /proc sweep, the state file.
+housekeeping: 'started' spans that are due, what the sweeps found.
+
+Each stage of the event path (decode, track, build, export, sweep, state file)
+is isolated: a failure is counted by stage (otelproc.failures), logged at most
+every few seconds, and the loop goes on with the next record.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 from opentelemetry.sdk.trace import ReadableSpan
 
@@ -20,15 +27,15 @@ from otelproc.cgroups import CgroupPaths
 from otelproc.checks import RUN_CAPS, require_caps
 from otelproc.clock import BootClock
 from otelproc.config import POLL_MS, ConfigError, Settings, describe_tracking, probe_config
-from otelproc.decoder import decode
+from otelproc.decoder import ProcessEvent, decode
 from otelproc.export import make_destination, make_processor
 from otelproc.health import Health, HealthServer
 from otelproc.loader import Probe
 from otelproc.adoption import alive
-from otelproc.reconcile import Reconciler
+from otelproc.reconcile import Reconciler, Sweeper
 from otelproc.spans import SpanBuilder, host_attributes
 from otelproc.stop import StopSignal
-from otelproc.telemetry import CountingExporter, Stats, bsp_max_queue_size, start_metrics
+from otelproc.telemetry import CountingExporter, Stats, ThrottledLog, bsp_max_queue_size, stage_failed, start_metrics
 from otelproc.tracker import Ended, Tracker
 
 log = logging.getLogger("otelproc")
@@ -50,14 +57,25 @@ class Sidecar:
         self.cgroups = CgroupPaths()
         self.adoption = adoption.AdoptionStats()
         self.health = Health()
+        self.throttled = ThrottledLog()
+        self.sweeper: Sweeper | None = None
         self._next_loss_log = 0
+
+    def failed(self, stage: str, exc: BaseException) -> None:
+        stage_failed(self.stats, self.throttled, stage, exc)
 
     # the hot path
 
     def on_record(self, raw: bytes) -> None:
-        event = decode(raw, self.clock)
-        self.stats.events[event.kind] += 1
-        ended = self.tracker.handle(event)
+        stage = "decode"
+        try:
+            event = decode(raw, self.clock)
+            self.stats.events[event.kind] += 1
+            stage = "track"
+            ended = self.tracker.handle(event)
+        except Exception as exc:  # noqa: BLE001 -- one record must not end the sidecar
+            self.failed(stage, exc)
+            return
         if ended is not None:
             self.export_lifetime(ended)
 
@@ -70,7 +88,19 @@ class Sidecar:
         self.processor.on_end(span)
 
     def export_lifetime(self, ended: Ended) -> None:
-        self.emit(self.builder.lifetime(ended, self.cgroups.path(ended.process.cgroup_id)), "lifetime")
+        self.export(lambda: self.builder.lifetime(ended, self.cgroups.path(ended.process.cgroup_id)), "lifetime")
+
+    def export(self, build: Callable[[], ReadableSpan], role: str) -> None:
+        """Builds a span and hands it on; a failure of either is counted and skipped."""
+        try:
+            span = build()
+        except Exception as exc:  # noqa: BLE001
+            self.failed("build", exc)
+            return
+        try:
+            self.emit(span, role)
+        except Exception as exc:  # noqa: BLE001
+            self.failed("export", exc)
 
     # start-up
 
@@ -101,15 +131,8 @@ class Sidecar:
 
     def adopt(self, probe: Probe) -> int:
         """Takes on the matching processes /proc shows that the table does not hold; returns how many."""
-        s = self.settings
-        scope_cgroup = None
-        if s.scope.cgroup is not None and self.cgroups.mount:
-            relative = os.path.relpath(os.path.realpath(s.scope.cgroup), self.cgroups.mount)
-            scope_cgroup = "/" if relative == "." else "/" + relative
         added = 0
-        for event in adoption.running(s.match, s.all, self.clock, self.cgroups.mount, self.adoption, scope_cgroup):
-            if (event.pid, event.start_ticks) in self.tracker.processes:
-                continue
+        for event in self.scan(lambda pid, start_ticks: (pid, start_ticks) in self.tracker.processes):
             probe.track(event.pid, event.start_ticks)
             self.tracker.handle(event)
             added += 1
@@ -119,15 +142,36 @@ class Sidecar:
         )
         return added
 
+    def scan(self, skip: Callable[[int, int], bool]) -> Iterator[ProcessEvent]:
+        """The processes /proc shows that the kernel side would track, as 'adopt' events."""
+        s = self.settings
+        scope_cgroup = None
+        if s.scope.cgroup is not None and self.cgroups.mount:
+            relative = os.path.relpath(os.path.realpath(s.scope.cgroup), self.cgroups.mount)
+            scope_cgroup = "/" if relative == "." else "/" + relative
+        return adoption.running(s.match, s.all, self.clock, self.cgroups.mount, self.adoption, scope_cgroup, skip)
+
+    def snapshot(self, pid: int) -> ProcessEvent | None:
+        return adoption.snapshot_or_none(pid, self.clock, self.cgroups.mount, self.adoption)
+
     # between polls
 
     def housekeeping(self) -> None:
-        """Clock offset, 'started' spans that are due, processes superseded by pid reuse."""
+        """Clock offset, 'started' spans that are due, processes superseded by pid reuse, what sweeps found."""
         self.clock.refresh()
         self.health.beat()
         now = time.time_ns()
+        if self.sweeper is not None:
+            for findings in self.sweeper.ready():
+                try:
+                    ends = self.sweeper.reconciler.apply(findings)
+                except Exception as exc:  # noqa: BLE001
+                    self.failed("sweep", exc)
+                    continue
+                for ended in ends:
+                    self.export_lifetime(ended)
         for process in self.tracker.due_announcements(now):
-            self.emit(self.builder.started(process, self.cgroups.path(process.cgroup_id)), "started")
+            self.export(lambda p=process: self.builder.started(p, self.cgroups.path(p.cgroup_id)), "started")
         while self.tracker.superseded:
             self.export_lifetime(Ended.unseen(self.tracker.superseded.pop(), now))
 
@@ -142,13 +186,11 @@ class Sidecar:
                 ", ".join(f"{v} ({k})" for k, v in grown.items()),
             )
 
-    def save_state(self, path: Path | None) -> None:
-        if path is None:
-            return
-        try:
-            state.save(path, list(self.tracker.processes.values()), self.settings.redact)
-        except OSError as exc:
-            log.warning("cannot write state file %s: %s", path, exc)
+    def save_state(self) -> None:
+        """Raises on failure: the caller counts it (stage state_file). Safe on the sweep thread: it
+        reads one copy of the table's entries."""
+        if self.settings.state_file is not None:
+            state.save(self.settings.state_file, list(self.tracker.processes.values()), self.settings.redact)
 
     def gauges(self, probe: Probe) -> dict:
         return {
@@ -157,6 +199,8 @@ class Sidecar:
             "otelproc.kernel.tracked.limit": (lambda: self.settings.max_processes, "{process}", "its size"),
             "otelproc.ringbuf.used": (probe.ring_used, "By", "ring buffer bytes not yet read"),
             "otelproc.ringbuf.size": (lambda: self.settings.ring_buffer_size, "By", "ring buffer size"),
+            "otelproc.ringbuf.away.max": (lambda: self.stats.ring_away_max_ns // 1_000_000, "ms",
+                                          "longest time the reader spent between two reads of the ring buffer"),
         }
 
     def run(self) -> int:
@@ -181,33 +225,42 @@ class Sidecar:
                     self.adopt(probe)
                 self.health.ready = True
                 log.info("ready; %d processes tracked", len(self.tracker))
-                reconciler = Reconciler(self.tracker, probe, self.clock, self.stats, lambda: self.adopt(probe),
-                                        self.cgroups.mount, self.adoption)
-                next_sweep = time.monotonic() + s.sweep_interval
+                reconciler = Reconciler(self.tracker, probe, self.stats, self.snapshot, self.scan, s.max_processes)
+                self.sweeper = Sweeper(reconciler, s.sweep_interval, self.save_state, self.failed)
+                self.sweeper.start()
+                next_loss_read = time.monotonic() + s.sweep_interval
+                polled = time.monotonic_ns()
                 while not stop and (deadline is None or time.monotonic() < deadline):
+                    self.stats.ring_away_max_ns = max(self.stats.ring_away_max_ns, time.monotonic_ns() - polled)
                     probe.poll(POLL_MS)
+                    polled = time.monotonic_ns()
                     self.housekeeping()
-                    if time.monotonic() >= next_sweep:
-                        next_sweep = time.monotonic() + s.sweep_interval
+                    if time.monotonic() >= next_loss_read:
+                        next_loss_read = time.monotonic() + s.sweep_interval
                         self.read_kernel_losses(probe)
-                        for ended in reconciler.sweep():
-                            self.export_lifetime(ended)
-                        self.save_state(s.state_file)
+                self.sweeper.stop()
                 probe.poll(0)
                 self.housekeeping()
                 self.read_kernel_losses(probe)
-                self.save_state(s.state_file)
+                try:
+                    self.save_state()
+                except Exception as exc:  # noqa: BLE001
+                    self.failed("state_file", exc)
                 if metrics is not None:
                     metrics.shutdown()  # its last collection still reads the probe
                     metrics = None
         finally:
             self.health.ready = False
+            if self.sweeper is not None:
+                self.sweeper.stop()
             self.processor.shutdown()  # exports what is queued, within the exporter's timeout
             if metrics is not None:
                 metrics.shutdown()
             if server is not None:
                 server.close()
-        log.info("stopped; %s; %d processes still running", self.stats.summary(), len(self.tracker))
+        log.info("stopped; %s; %d processes still running; failed: %s; longest away from the ring buffer: %d ms",
+                 self.stats.summary(), len(self.tracker), self.stats.failures_summary(),
+                 self.stats.ring_away_max_ns // 1_000_000)
         return 0
 
 
