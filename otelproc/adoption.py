@@ -15,6 +15,7 @@ from otelproc import procfs
 from otelproc.clock import BootClock
 from otelproc.decoder import NS_PER_TICK, ProcessEvent, parse_otel_env
 from otelproc.loader import MatchRule, any_match
+from otelproc.record import EventKind
 
 
 @dataclass
@@ -90,7 +91,7 @@ def snapshot(pid: int, clock: BootClock, cgroup_mount: str | None) -> ProcessEve
         return None  # the pid now names another process
     start_time = clock.to_wall(ticks * NS_PER_TICK)
     return ProcessEvent(
-        kind="adopt",
+        kind=EventKind.ADOPT,
         time=clock.to_wall(clock.boot_now()),
         pid=pid,
         ppid=ppid,

@@ -33,6 +33,7 @@ from otelproc.health import Health, HealthServer
 from otelproc.loader import Probe
 from otelproc.adoption import alive
 from otelproc.reconcile import Reconciler, Sweeper
+from otelproc.record import EventLayout
 from otelproc.spans import SpanBuilder, host_attributes
 from otelproc.stop import StopSignal
 from otelproc.telemetry import CountingExporter, Stats, ThrottledLog, bsp_max_queue_size, stage_failed, start_metrics
@@ -60,6 +61,7 @@ class Sidecar:
         self.throttled = ThrottledLog()
         self.sweeper: Sweeper | None = None
         self._next_loss_log = 0
+        self.layout: EventLayout | None = None  # the probe's struct event, once it is open
 
     def failed(self, stage: str, exc: BaseException) -> None:
         stage_failed(self.stats, self.throttled, stage, exc)
@@ -69,7 +71,7 @@ class Sidecar:
     def on_record(self, raw: bytes) -> None:
         stage = "decode"
         try:
-            event = decode(raw, self.clock)
+            event = decode(raw, self.clock, self.layout)
             self.stats.events[event.kind] += 1
             stage = "track"
             ended = self.tracker.handle(event)
@@ -216,6 +218,7 @@ class Sidecar:
         metrics = None
         try:
             with Probe(probe_config(s), self.on_record) as probe:
+                self.layout = probe.layout
                 log.info("attached; %s; %s", describe_tracking(s), self.destination.description)
                 if self.destination.metric_exporter is not None:
                     metrics = start_metrics(self.destination.metric_exporter, self.stats, self.gauges(probe), self.host)
