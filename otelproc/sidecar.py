@@ -26,7 +26,9 @@ from otelproc import adoption, state
 from otelproc.cgroups import CgroupPaths
 from otelproc.checks import RUN_CAPS, require_caps
 from otelproc.clock import BootClock
-from otelproc.config import POLL_MS, ConfigError, Settings, describe_tracking, probe_config
+from otelproc.config import (
+    INITIAL_PIDNS_INODE, POLL_MS, ConfigError, Settings, describe_tracking, own_pidns_inode, probe_config,
+)
 from otelproc.decoder import ProcessEvent, decode
 from otelproc.export import make_destination, make_processor
 from otelproc.health import Health, HealthServer
@@ -37,7 +39,8 @@ from otelproc.record import EventLayout
 from otelproc.spans import SpanBuilder, host_attributes
 from otelproc.stop import StopSignal
 from otelproc.telemetry import CountingExporter, Stats, ThrottledLog, bsp_max_queue_size, stage_failed, start_metrics
-from otelproc.tracker import Ended, Tracker
+from otelproc.owners import Owners
+from otelproc.tracker import DEFAULT_MAX_EXECS, Ended, Tracker
 
 log = logging.getLogger("otelproc")
 
@@ -54,7 +57,8 @@ class Sidecar:
         self.max_in_flight = bsp_max_queue_size()
         self.host = host_attributes()
         self.builder = SpanBuilder(settings.service_name, self.host, settings.redact, self.stats)
-        self.tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9), self.stats)
+        self.tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9), self.stats, Owners(),
+                               self.builder.limits.max_events or DEFAULT_MAX_EXECS)
         self.cgroups = CgroupPaths()
         self.adoption = adoption.AdoptionStats()
         self.health = Health()
@@ -277,7 +281,18 @@ def check_state_file(path: Path) -> None:
         raise ConfigError(f"--state-file {path}: {path.parent} is not writable")
 
 
+def check_scope(settings: Settings) -> None:
+    """Host and cgroup scopes number processes as the host does; inside a pid namespace of its own
+    otelproc's /proc numbers them otherwise, so every sweep would find them all gone."""
+    if settings.scope.kind != "pidns" and own_pidns_inode() != INITIAL_PIDNS_INODE:
+        raise ConfigError(
+            f"--scope {settings.scope}: otelproc runs in a pid namespace of its own, whose /proc does not show "
+            "the host's pids; use --scope pidns, or run otelproc in the host's pid namespace (hostPID: true)"
+        )
+
+
 def run_sidecar(settings: Settings) -> int:
+    check_scope(settings)
     require_caps(RUN_CAPS)
     if settings.state_file is not None:
         check_state_file(settings.state_file)
