@@ -292,3 +292,21 @@ def test_owner_is_the_name_in_the_process_own_passwd(sidecar, grpc_receiver, har
     (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(pid))
     assert span.attributes["process.owner"] == "containerroot" and span.attributes["process.user.id"] == 0
     assert side.stop() == 0
+
+
+def test_a_process_that_execs_in_a_loop_keeps_a_bounded_history():
+    """Item 10: execs beyond the span event limit are let go (and counted), not kept forever."""
+    from otelproc.clock import BootClock
+    from otelproc.decoder import decode, default_layout
+    from otelproc.spans import SpanBuilder
+    from otelproc.tracker import Ended, Tracker
+
+    layout, clock = default_layout(), BootClock()
+    tracker = Tracker(16, 10**18)
+    exec_record = layout.pack(b"/bin/x\0x\0", kind=1, pid=4242, vpid=4242, start_time_ns=10**9, exe_len=7, argv_len=2)
+    for _ in range(1000):
+        tracker.handle(decode(exec_record, clock))
+    (process,) = tracker.processes.values()
+    assert len(process.execs) == 128 and process.execs_dropped == 1000 - 1 - 128
+    span = SpanBuilder("svc", {}).lifetime(Ended(process, process.start_time + 1, 0, None, False))
+    assert len(span.events) == 128 and span.dropped_events == 1000 - 1 - 128
