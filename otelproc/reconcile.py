@@ -113,16 +113,18 @@ class Reconciler:
             log.info("sweep: tracked map had room; %d processes found untracked, %d still refused", len(found), refused)
         return found
 
-    def apply(self, findings: Findings) -> list[Ended]:
-        """Changes the tracker; returns the ends to export. On the ring-buffer thread, right after a poll."""
+    def apply(self, findings: Findings, deadline_ns: int) -> list[Ended]:
+        """Changes the tracker; returns the ends to export. On the ring-buffer thread, right after a
+        poll, until deadline_ns (monotonic): what is left stays in findings for the next turn."""
         now = time.time_ns()
         ended = []
-        for key in findings.gone:
-            process = self.tracker.forget(key)
+        while findings.gone and time.monotonic_ns() < deadline_ns:
+            process = self.tracker.forget(findings.gone.pop())
             if process is not None:  # its exit record may have come meanwhile
                 self.stats.reconciled["exit_missed"] += 1
                 ended.append(Ended.unseen(process, now))
-        for event in findings.found:
+        while findings.found and time.monotonic_ns() < deadline_ns:
+            event = findings.found.pop()
             # A process that ended since it was read has had its exit record read, or will have:
             # adopting it now would give it a second span.
             if (event.pid, event.start_ticks) in self.tracker.processes or not adoption.running_now(event.pid, event.start_ticks):
@@ -150,6 +152,7 @@ class Sweeper:
         self.save_state = save_state
         self.failed = failed
         self.findings: queue.SimpleQueue[Findings] = queue.SimpleQueue()
+        self._applying: Findings | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="otelproc-sweep", daemon=True)
 
@@ -169,14 +172,15 @@ class Sweeper:
             except Exception as exc:  # noqa: BLE001
                 self.failed("state_file", exc)
 
-    def ready(self) -> list[Findings]:
-        """What the sweeps found since the last call."""
-        out = []
-        while True:
+    def ready(self) -> Findings | None:
+        """What the sweeps found and the ring-buffer thread has not yet applied, oldest first."""
+        while self._applying is None or not (self._applying.gone or self._applying.found):
             try:
-                out.append(self.findings.get_nowait())
+                self._applying = self.findings.get_nowait()
             except queue.Empty:
-                return out
+                self._applying = None
+                return None
+        return self._applying
 
     def stop(self) -> None:
         self._stop.set()

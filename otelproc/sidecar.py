@@ -45,6 +45,7 @@ from otelproc.tracker import DEFAULT_MAX_EXECS, Ended, Tracker
 log = logging.getLogger("otelproc")
 
 LOSS_LOG_NS = 10_000_000_000  # kernel losses are logged at most this often
+HOUSEKEEPING_NS = 10_000_000  # work between two polls of the ring buffer, at most about this long
 
 
 class Sidecar:
@@ -163,21 +164,29 @@ class Sidecar:
     # between polls
 
     def housekeeping(self) -> None:
-        """Clock offset, 'started' spans that are due, processes superseded by pid reuse, what sweeps found."""
+        """Clock offset, what sweeps found, 'started' spans that are due, processes superseded by
+        pid reuse. Within HOUSEKEEPING_NS: what is left waits for the next turn, so that the ring
+        buffer is read again soon (20,000 processes started at once are 20,000 'started' spans)."""
         self.clock.refresh()
         self.health.beat()
         now = time.time_ns()
-        if self.sweeper is not None:
-            for findings in self.sweeper.ready():
-                try:
-                    ends = self.sweeper.reconciler.apply(findings)
-                except Exception as exc:  # noqa: BLE001
-                    self.failed("sweep", exc)
-                    continue
-                for ended in ends:
-                    self.export_lifetime(ended)
+        deadline = time.monotonic_ns() + HOUSEKEEPING_NS
+        findings = self.sweeper.ready() if self.sweeper is not None else None
+        while findings is not None and time.monotonic_ns() < deadline:
+            try:
+                ends = self.sweeper.reconciler.apply(findings, deadline)
+            except Exception as exc:  # noqa: BLE001
+                findings.gone.clear()
+                findings.found.clear()
+                self.failed("sweep", exc)
+                ends = []
+            for ended in ends:
+                self.export_lifetime(ended)
+            findings = self.sweeper.ready()
         for process in self.tracker.due_announcements(now):
             self.export(lambda p=process: self.builder.started(p, self.cgroups.path(p.cgroup_id)), "started")
+            if time.monotonic_ns() >= deadline:
+                break
         while self.tracker.superseded:
             self.export_lifetime(Ended.unseen(self.tracker.superseded.pop(), now))
 
@@ -248,6 +257,8 @@ class Sidecar:
                 self.sweeper.stop()
                 probe.poll(0)
                 self.housekeeping()
+                while self.sweeper.ready() is not None:  # what the last sweep found, all of it
+                    self.housekeeping()
                 self.read_kernel_losses(probe)
                 try:
                     self.save_state()
