@@ -246,7 +246,7 @@ OPTIONS: tuple[Option, ...] = (
         "redact",
         "true",
         parse_bool,
-        "replace secrets in command lines with *** (see Secrets)",
+        "replace secrets in command lines with *** (see docs/security.md)",
         (EV, RUN),
         "BOOL",
     ),
@@ -319,7 +319,7 @@ def describe_tracking(settings: Settings) -> str:
 
 
 def markdown_table() -> str:
-    """The README's settings table, made from OPTIONS so the two cannot disagree."""
+    """The settings table of docs/configuration.md, made from OPTIONS so the two cannot disagree."""
     rows = ["| flag | environment | default | commands | what it sets |", "|---|---|---|---|---|"]
     for o in OPTIONS:
         flag = o.flag if o.flag_only_bool else f"{o.flag} {o.metavar}"
