@@ -187,8 +187,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "exporter",
         "auto",
-        parse_choice("auto", "otlp", "console"),
-        "otlp, console, or auto: otlp when an endpoint is configured or a collector answers, else console",
+        parse_choice("auto", "otlp", "console", "console-json"),
+        "otlp; console (one line per span); console-json (every span in full, one JSON object per line); "
+        "or auto: otlp when an endpoint is configured or a collector answers, else console",
         (RUN,),
         "NAME",
     ),
