@@ -2,7 +2,7 @@
 
 A command line is readable by every user of the host in /proc, but a tracing
 backend is read by many more people, kept for longer and copied further.
-What is replaced by *** (README, "Secrets"):
+What is replaced by *** (docs/security.md):
 
 - the value of a flag whose name says secret: `--password=x`, `--db-token x`, `-secret=x`
 - the password options of known tools: mysql/mariadb `-pVALUE`, sshpass `-p VALUE`, redis-cli `-a VALUE`
