@@ -18,7 +18,7 @@ from otelproc.record import DEFAULT_OBJECT, KERNEL_KINDS, EventKind, EventLayout
 
 NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
-# The only environment variables otelproc ever keeps (see README, "Secrets").
+# The only environment variables otelproc ever keeps (see docs/security.md).
 OTEL_ENV_ALLOWLIST = ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "TRACEPARENT", "TRACESTATE")
 _ENV_NEEDLES = tuple((name, name.encode() + b"=", b"\0" + name.encode() + b"=") for name in OTEL_ENV_ALLOWLIST)
 

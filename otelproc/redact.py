@@ -6,8 +6,8 @@ Children of Python processes are tracked too, so `subprocess.run(["curl", ...])`
 is on this path. The rules follow how secret scanners classify what they find
 (gitleaks' rules, detect-secrets' plugins): a secret is named by what holds it
 (a keyword), by where it sits (a header, a URL, a tool's password option), or
-by its own shape (a provider's token prefix). What is replaced by *** (README,
-"Secrets"):
+by its own shape (a provider's token prefix). What is replaced by ***
+(docs/security.md):
 
 1. keyword: the value of a flag or KEY=VALUE whose name says secret:
    `--password=x`, `--db-token x`, `-Dapp.secret=x`, `API_KEY=x`;

@@ -34,7 +34,7 @@ class Stats:
     spans: Counter[str] = field(default_factory=Counter)  # handed to the exporter, by otelproc.span
     exported: int = 0  # spans the collector accepted
     export_failures: int = 0  # export calls that failed after the SDK's retries
-    drops: Counter[str] = field(default_factory=Counter)  # by reason; see README, "What otelproc drops"
+    drops: Counter[str] = field(default_factory=Counter)  # by reason; see docs/operations.md, "What otelproc drops"
     reconciled: Counter[str] = field(default_factory=Counter)  # ends and starts found by /proc sweeps
     malformed: Counter[str] = field(default_factory=Counter)  # bad input from traced processes, ignored
     failures: Counter[str] = field(default_factory=Counter)  # by stage: work that raised and was skipped
