@@ -57,6 +57,7 @@ def representative_spans() -> list:
         tracker.handle(event("exec", pid, ticks=pid, **in_container))
         tracker.handle(event("exec", pid, ticks=pid, time=9_000, argv=("python3", "b.py"), **in_container))
         (process,) = [p for p in tracker.processes.values() if p.pid == pid]
+        process.owner = "app"  # what the sidecar finds in the process's own /etc/passwd
         spans.append(builder.started(process, "0::/system.slice/app.service"))
         ended = tracker.handle(event("exit", pid, ticks=pid, time=10_000, **ending))
         spans.append(builder.lifetime(ended, "0::/system.slice/app.service"))

@@ -279,18 +279,18 @@ def test_adoption_skips_a_process_that_exits_while_read(monkeypatch):
     import subprocess
     import sys
 
-    from otelproc import adoption
+    from otelproc import adoption, procfs
     from otelproc.clock import BootClock
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    real_nspid = adoption._nspid
+    real_environ = procfs.environ
 
-    def exits_meanwhile(pid: int) -> int:
+    def exits_meanwhile(pid: int) -> bytes:
         child.kill()
         child.wait()
-        return real_nspid(pid)
+        return real_environ(pid)
 
-    monkeypatch.setattr(adoption, "_nspid", exits_meanwhile)
+    monkeypatch.setattr(procfs, "environ", exits_meanwhile)
     stats = adoption.AdoptionStats()
     assert adoption.snapshot_or_none(child.pid, BootClock(), None, stats) is None
     assert stats.vanished == 1
@@ -299,18 +299,18 @@ def test_adoption_skips_a_process_that_exits_while_read(monkeypatch):
 def test_adoption_skips_a_pid_reused_while_read(monkeypatch):
     import os
 
-    from otelproc import adoption
+    from otelproc import adoption, procfs
     from otelproc.clock import BootClock
 
-    real_stat = adoption.read_stat
+    real_stat = procfs.stat
     reads = []
 
-    def reused(pid: int):
-        comm, ppid, ticks = real_stat(pid)
+    def reused(pid: int) -> procfs.Stat:
+        stat = real_stat(pid)
         reads.append(pid)
-        return comm, ppid, ticks + (1 if len(reads) > 1 else 0)  # the second read finds a newer process
+        return stat._replace(start_ticks=stat.start_ticks + (1 if len(reads) > 1 else 0))  # the second read finds a newer process
 
-    monkeypatch.setattr(adoption, "read_stat", reused)
+    monkeypatch.setattr(procfs, "stat", reused)
     stats = adoption.AdoptionStats()
     assert adoption.snapshot_or_none(os.getpid(), BootClock(), None, stats) is None
     assert stats.vanished == 1 and len(reads) == 2
