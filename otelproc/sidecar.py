@@ -46,7 +46,7 @@ class Sidecar:
         self.processor = make_processor(CountingExporter(self.destination.exporter, self.stats))
         self.max_in_flight = bsp_max_queue_size()
         self.host = host_attributes()
-        self.builder = SpanBuilder(settings.service_name, self.host, settings.redact, self.stats)
+        self.builder = SpanBuilder(settings.service_name, self.host, settings.redact, self.stats, settings.clean_signals)
         self.tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9), self.stats)
         self.cgroups = CgroupPaths()
         self.adoption = adoption.AdoptionStats()
