@@ -34,6 +34,9 @@ class OptionalProgram:
     first_arg_kind: int | None  # BTF kind its first argument must have, where kernels changed it
     gives: str  # what spans lack without it
 
+    def warning(self) -> str:
+        return f"this kernel has no usable tracepoint {self.tracepoint}: spans will not say {self.gives}"
+
     def available(self) -> bool:
         kinds = libbpf.tracepoint_arg_kinds(self.tracepoint)
         if kinds is None:

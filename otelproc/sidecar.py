@@ -176,6 +176,8 @@ class Sidecar:
             with Probe(probe_config(s), self.on_record) as probe:
                 self.layout = probe.layout
                 log.info("attached; %s; %s", describe_tracking(s), self.destination.description)
+                for program in probe.left_out:
+                    log.warning("%s", program.warning())
                 if self.destination.metric_exporter is not None:
                     metrics = start_metrics(self.destination.metric_exporter, self.stats, self.gauges(probe), self.host)
                 if s.state_file is not None:
