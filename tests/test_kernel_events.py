@@ -281,3 +281,32 @@ def test_exit_status_is_the_one_wait_reports(kernel_events, tmp_path):
             child.kill()
     assert child.wait(10) == 3
     assert events.wait_exit(child.pid).exit_code == 3
+
+
+SIGNALED = """
+import signal, sys, time
+signal.signal(signal.SIGUSR1, lambda *_: print('usr1', flush=True))
+signal.signal(signal.SIGTERM, lambda *_: print('term', flush=True))
+print('ready', flush=True)
+time.sleep(60)
+"""
+
+
+def test_signals_recorded_are_the_ones_that_can_end_it(kernel_events):
+    """A handled SIGUSR1 and a SIGCHLD change nothing: no record. A handled SIGTERM asks it to
+    stop: recorded. A SIGUSR2 with no handler ends it: recorded, with its sender."""
+    events = kernel_events()
+    child = subprocess.Popen([PYTHON, "-c", SIGNALED], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "ready\n"
+    for signum, answer in ((signal.SIGUSR1, "usr1\n"), (signal.SIGCHLD, None), (signal.SIGTERM, "term\n")):
+        os.kill(child.pid, signum)
+        if answer:
+            assert child.stdout.readline() == answer
+    os.kill(child.pid, signal.SIGUSR2)
+    assert child.wait() == -signal.SIGUSR2
+    events.wait_exit(child.pid)
+    sent = [e.sent for e in events.of(child.pid, "signal")]
+    assert [(s.signal, s.sender_pid, s.code, s.from_kernel) for s in sent] == [
+        (signal.SIGTERM, os.getpid(), 0, False), (signal.SIGUSR2, os.getpid(), 0, False)
+    ]
+    assert {s.sender_comm for s in sent} == {Path("/proc/self/comm").read_text().strip()}

@@ -17,7 +17,7 @@ from otelproc.identity import ProcessIdentity, fresh_carrier, place
 from otelproc.record import EventKind
 from otelproc.signals import DEFAULT_CLEAN, code_name, parse_signal_set
 from otelproc.spans import CLEAN_SIGNALS, SpanBuilder, container_id, exit_status, parse_resource_attributes
-from otelproc.tracker import Ended, Tracker, program_name
+from otelproc.tracker import MAX_SIGNALS, Ended, Tracker, program_name
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -149,6 +149,26 @@ def test_started_spans_come_due_once():
     tracker.handle(event("exec", 10, ticks=1))
     assert [p.pid for p in tracker.due_announcements(2**62)] == [10]
     assert list(tracker.due_announcements(2**62)) == []
+
+
+def test_signals_kept_per_process_are_bounded_and_become_span_events():
+    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker.handle(event("exec", 10, ticks=1))
+    for n in range(MAX_SIGNALS + 4):
+        sent = SignalSent(2_000 + n, signal.SIGHUP, 0, False, 500 + n, "sender")
+        tracker.handle(event("signal", 10, ticks=1, sent=sent))
+    tracker.handle(event("signal", 99, ticks=1, sent=sent))  # not a tracked process: ignored
+    ended = tracker.handle(event("exit", 10, ticks=1, signal=signal.SIGKILL))
+    assert ended.process.signals_dropped == 4
+    assert [s.sender_pid for s in ended.process.signals] == list(range(504, 504 + MAX_SIGNALS))
+    span = SpanBuilder("default", {"host.name": "h"}).lifetime(ended)
+    assert span.attributes["otelproc.signals.dropped"] == 4
+    signal_events = [e for e in span.events if e.name == "signal"]
+    assert len(signal_events) == MAX_SIGNALS
+    assert dict(signal_events[0].attributes) == {
+        "otelproc.signal.name": "SIGHUP", "otelproc.signal.code": "SI_USER", "otelproc.signal.sender": "process",
+        "otelproc.signal.sender_pid": 504, "otelproc.signal.sender_name": "sender",
+    }
 
 
 @pytest.mark.parametrize(
