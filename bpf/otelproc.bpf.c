@@ -34,7 +34,7 @@
 #define SIGURG 23
 #define SIGWINCH 28
 #define SIGSYS 31
-#define SIG_BIT(sig) (1ULL << (sig))
+#define SIG_BIT(sig) (1ULL << ((sig) & 63))
 /* Reported whatever the process does with them: the usual ways to ask a process to stop. */
 #define STOP_REQUESTS (SIG_BIT(SIGTERM) | SIG_BIT(SIGINT) | SIG_BIT(SIGHUP) | SIG_BIT(SIGQUIT))
 /* A fault the kernel raised in the process itself, often handled (faulthandler) then re-raised. */
@@ -426,7 +426,8 @@ static __always_inline int signal_code(struct kernel_siginfo *info)
 	return BPF_CORE_READ(info, si_code);
 }
 
-/* Whether a signal may end the process or asks it to: worth a record. */
+/* Whether a signal that cannot be harmless by default may end the process or
+ * asks it to: worth a record. */
 static __always_inline bool signal_matters(int sig, int code, struct task_struct *task)
 {
 	void *handler;
@@ -435,8 +436,6 @@ static __always_inline bool signal_matters(int sig, int code, struct task_struct
 		return true;
 	if (SIG_BIT(sig) & FAULTS && code > 0)
 		return true;
-	if (SIG_BIT(sig) & HARMLESS_BY_DEFAULT)
-		return false;
 	/* Any other signal ends the process only if it has no handler. */
 	if (bpf_core_read(&handler, sizeof(handler), &task->sighand->action[(sig - 1) & 63].sa.sa_handler))
 		return false;
@@ -452,9 +451,10 @@ int BPF_PROG(handle_signal, int sig, struct kernel_siginfo *info, struct task_st
 	__u32 pid;
 	int code;
 
+	/* First what the arguments alone tell, SIGCHLD above all: the most frequent signal. */
 	if (result != TRACE_SIGNAL_DELIVERED && result != TRACE_SIGNAL_LOSE_INFO)
 		return 0;	/* ignored, or already pending: it changes nothing */
-	if (sig < 1 || sig > 64)
+	if (sig < 1 || sig > 64 || SIG_BIT(sig) & HARMLESS_BY_DEFAULT)
 		return 0;
 	pid = scoped_tgid(task);
 	if (!pid || !is_tracked(pid, start_ticks(task)))

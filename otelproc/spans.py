@@ -132,18 +132,27 @@ def signal_attributes(sent: SignalSent, pid: int) -> dict[str, object]:
 
 
 def usage_attributes(usage: Usage) -> dict[str, object]:
-    """What the process used, named after the semantic conventions' process metrics (metric.attribute value)."""
-    return {
+    """What the process used, named after the semantic conventions' process metrics (metric.attribute value).
+
+    CPU time and peak memory always; the counters only when not zero (most processes
+    never wait on a major fault or write to storage, and every attribute costs its export).
+    """
+    attrs: dict[str, object] = {
         "process.cpu.time.user": usage.cpu_user_ns / 1e9,
         "process.cpu.time.system": usage.cpu_system_ns / 1e9,
         "otelproc.memory.peak": usage.max_rss_bytes,
-        "process.paging.faults.minor": usage.minor_faults,
-        "process.paging.faults.major": usage.major_faults,
-        "process.context_switches.voluntary": usage.voluntary_switches,
-        "process.context_switches.involuntary": usage.involuntary_switches,
-        "process.disk.io.read": usage.disk_read_bytes,
-        "process.disk.io.write": usage.disk_write_bytes,
     }
+    for key, value in (
+        ("process.paging.faults.minor", usage.minor_faults),
+        ("process.paging.faults.major", usage.major_faults),
+        ("process.context_switches.voluntary", usage.voluntary_switches),
+        ("process.context_switches.involuntary", usage.involuntary_switches),
+        ("process.disk.io.read", usage.disk_read_bytes),
+        ("process.disk.io.write", usage.disk_write_bytes),
+    ):
+        if value:
+            attrs[key] = value
+    return attrs
 
 
 def oom_attributes(oom: OomKill) -> dict[str, object]:
@@ -246,7 +255,8 @@ class SpanBuilder:
         if ended.exit_code is not None:
             attrs["process.exit.code"] = ended.exit_code
         status, error_type, reason = exit_status(ended, self.clean_signals)
-        attrs["otelproc.exit.reason"] = reason
+        if status.status_code is StatusCode.OK and ended.signal:
+            attrs["otelproc.exit.reason"] = reason  # an OK status carries no description
         fatal = None
         if ended.signal:
             attrs["otelproc.exit.signal"] = ended.signal

@@ -35,7 +35,7 @@ def test_sigkill_names_the_process_that_sent_it(sidecar, grpc_receiver, test_pyt
     (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
     assert span.status == "ERROR"
     assert span.status_message == f"killed by SIGKILL from pid {killer.pid} (kill)"
-    assert span.attributes["otelproc.exit.reason"] == span.status_message
+    assert "otelproc.exit.reason" not in span.attributes  # an ERROR status says it
     assert span.attributes["error.type"] == "SIGKILL"
     assert span.attributes["otelproc.exit.sender"] == "process"
     assert span.attributes["otelproc.exit.sender_pid"] == killer.pid
@@ -132,10 +132,11 @@ def test_cpu_time_and_peak_memory_of_the_whole_process(sidecar, grpc_receiver, t
     assert a["otelproc.memory.peak"] >= 256 << 20
     assert a["otelproc.memory.peak"] == usage.ru_maxrss * 1024
     assert 256 << 20 >> 12 <= a["process.paging.faults.minor"] <= usage.ru_minflt
-    assert a["process.paging.faults.major"] <= usage.ru_majflt
-    assert 0 < a["process.context_switches.voluntary"] <= usage.ru_nvcsw
-    assert a["process.context_switches.involuntary"] <= usage.ru_nivcsw
-    assert a["process.disk.io.read"] >= 0 and a["process.disk.io.write"] >= 0
+    # Counters that are zero are left out. The last thread switches out once more after the exit.
+    assert a.get("process.paging.faults.major", 0) == usage.ru_majflt
+    assert usage.ru_nvcsw - 1 <= a["process.context_switches.voluntary"] <= usage.ru_nvcsw
+    assert usage.ru_nivcsw - 1 <= a.get("process.context_switches.involuntary", 0) <= usage.ru_nivcsw
+    assert a.get("process.disk.io.read", 0) >= usage.ru_inblock * 512 and a.get("process.disk.io.write", 0) >= 0
 
 
 EAT_MEMORY = """
