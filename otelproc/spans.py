@@ -7,25 +7,25 @@ no live span object, no tracer, no sampler on this path (see bench/ for why).
 from __future__ import annotations
 
 import os
-import pwd
 import re
-import signal
 import socket
-from functools import lru_cache
 from pathlib import Path
+from typing import Mapping, Sequence
 from urllib.parse import unquote
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from otelproc import __version__
 from otelproc.clock import iso_millis
-from otelproc.redact import redact_argv
-from otelproc.telemetry import Stats
 from otelproc.decoder import OomKill, SignalSent, Usage
+from otelproc.redact import redact_argv
 from otelproc.signals import DEFAULT_CLEAN, SI_KERNEL, code_name, parse_signal_set, signal_name
+from otelproc.telemetry import Stats
 from otelproc.tracker import Ended, TrackedProcess
 
 SCOPE = InstrumentationScope("otelproc", __version__)
@@ -44,14 +44,6 @@ def host_attributes() -> dict[str, str]:
     if machine_id:
         attrs["host.id"] = machine_id
     return attrs
-
-
-@lru_cache(maxsize=1024)
-def user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 def container_id(cgroup_leaf: str) -> str | None:
@@ -193,6 +185,7 @@ class SpanBuilder:
         self.host = host
         self.redact = redact
         self.stats = stats or Stats()
+        self.limits = SpanLimits()  # OTEL_SPAN_* and OTEL_ATTRIBUTE_* limits, read as the SDK reads them
         self._resources: dict[tuple[str | None, str | None], ServiceResource] = {}
 
     def resource(self, process: TrackedProcess) -> Resource:
@@ -220,13 +213,14 @@ class SpanBuilder:
             "process.parent_pid": process.ppid,
             "process.vpid": process.vpid,
             "process.executable.name": os.path.basename(exe) or process.comm,
-            "process.owner": user_name(process.uid),
             "process.user.id": process.uid,
             "process.creation.time": iso_millis(process.creation_time),
             "otelproc.comm": process.comm,
             "otelproc.process.key": process.identity.key,
             "otelproc.start.source": process.origin,
         }
+        if process.owner is not None:
+            attrs["process.owner"] = process.owner
         if exe:
             attrs["process.executable.path"] = exe
         if process.argv:
@@ -241,6 +235,23 @@ class SpanBuilder:
         if process.truncated:
             attrs["otelproc.truncated"] = sorted(process.truncated)
         return attrs
+
+    @staticmethod
+    def limited(attrs: dict[str, object], count: int | None, length: int | None) -> Mapping[str, object]:
+        """The SDK's SpanLimits, as its own spans get them (BoundedAttributes counts what it drops);
+        within the limits, the dict as it is: the defaults (128 attributes, any length) cost nothing."""
+        if (count is None or len(attrs) <= count) and length is None:
+            return attrs
+        return BoundedAttributes(count, attrs, immutable=True, max_value_len=length)  # type: ignore[arg-type]
+
+    def limited_events(self, events: list[Event], dropped_before: int) -> Sequence[Event]:
+        """At most OTEL_SPAN_EVENT_COUNT_LIMIT events, the latest, with the count of those let go."""
+        if self.limits.max_events is not None and len(events) + dropped_before > self.limits.max_events:
+            bounded: BoundedList = BoundedList(self.limits.max_events)
+            bounded.extend(events)
+            bounded.dropped += dropped_before
+            return bounded
+        return events
 
     def command_args(self, argv: tuple[str, ...]) -> list[str]:
         return redact_argv(argv) if self.redact else list(argv)
@@ -281,24 +292,29 @@ class SpanBuilder:
         events = [
             Event(
                 "exec",
-                {"process.executable.path": e.exe or "", "process.command_args": self.command_args(e.argv or ())},
+                self.limited(
+                    {"process.executable.path": e.exe or "", "process.command_args": self.command_args(e.argv or ())},
+                    self.limits.max_event_attributes, self.limits.max_attribute_length,
+                ),
                 timestamp=e.time,
             )
             for e in process.execs
         ]
-        for sent in process.signals:
-            if sent is not fatal:
-                attributes = {"otelproc.signal.name": signal_name(sent.signal)}
-                attributes.update((f"otelproc.signal.{k}", v) for k, v in signal_attributes(sent, process.pid).items())
-                events.append(Event("signal", attributes, timestamp=sent.time))
+        if process.signals:
+            for sent in process.signals:
+                if sent is not fatal:
+                    attributes = {"otelproc.signal.name": signal_name(sent.signal)}
+                    attributes.update((f"otelproc.signal.{k}", v) for k, v in signal_attributes(sent, process.pid).items())
+                    events.append(Event("signal", attributes, timestamp=sent.time))
+            events.sort(key=lambda event: event.timestamp)
         link = process.link
         return ReadableSpan(
             name=process.program,
             context=link.span_context(),
             parent=link.parent_context(),
             resource=self.resource(process),
-            attributes=attrs,
-            events=events,
+            attributes=self.limited(attrs, self.limits.max_span_attributes, self.limits.max_span_attribute_length),
+            events=self.limited_events(events, process.execs_dropped),
             kind=SpanKind.INTERNAL,
             status=status,
             start_time=process.start_time,
@@ -319,7 +335,7 @@ class SpanBuilder:
             context=SpanContext(link.trace_id, process.identity.start_span_id(), False, context.trace_flags),
             parent=context,
             resource=self.resource(process),
-            attributes=attrs,
+            attributes=self.limited(attrs, self.limits.max_span_attributes, self.limits.max_span_attribute_length),
             kind=SpanKind.INTERNAL,
             start_time=process.start_time,
             end_time=process.start_time + 1,
