@@ -344,6 +344,31 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 	return 0;
 }
 
+static __always_inline __u64 rss_pages(struct mm_struct *mm, int member)
+{
+	/* get_mm_counter(): the counter's shared count, not the per-CPU deltas, as the kernel reports it. */
+	__s64 count = BPF_CORE_READ(mm, rss_stat[member & 3].count);
+
+	return count > 0 ? count : 0;
+}
+
+/* Before Linux 6.2 the mm's RSS counters were a struct mm_rss_stat of atomics. */
+struct mm_rss_stat___pre62 {
+	atomic_long_t count[4];
+} __attribute__((preserve_access_index));
+
+/* The mm's high-water mark of resident pages, as get_mm_hiwater_rss(); 0 where unknown. */
+static __always_inline __u64 mm_peak_pages(struct mm_struct *mm)
+{
+	__u64 rss, hiwater;
+
+	if (!mm || bpf_core_type_exists(struct mm_rss_stat___pre62))
+		return 0;
+	rss = rss_pages(mm, MM_FILEPAGES) + rss_pages(mm, MM_ANONPAGES) + rss_pages(mm, MM_SHMEMPAGES);
+	hiwater = BPF_CORE_READ(mm, hiwater_rss);
+	return hiwater > rss ? hiwater : rss;
+}
+
 /* Adds what a task used to the record's totals. */
 static __always_inline void add_usage(struct event *e, struct task_struct *t)
 {
@@ -354,8 +379,10 @@ static __always_inline void add_usage(struct event *e, struct task_struct *t)
 	e->maj_flt += t->maj_flt;
 	e->nvcsw += t->nvcsw;
 	e->nivcsw += t->nivcsw;
-	e->read_bytes += t->ioac.read_bytes;
-	e->write_bytes += t->ioac.write_bytes;
+	if (bpf_core_field_exists(t->ioac.read_bytes)) {	/* CONFIG_TASK_IO_ACCOUNTING */
+		e->read_bytes += t->ioac.read_bytes;
+		e->write_bytes += t->ioac.write_bytes;
+	}
 }
 
 /* The whole group's usage, as wait4() would report it. Threads that are gone
@@ -374,13 +401,23 @@ static __always_inline void fill_usage(struct event *e, struct task_struct *task
 	e->maj_flt = sig->maj_flt;
 	e->nvcsw = sig->nvcsw;
 	e->nivcsw = sig->nivcsw;
-	e->read_bytes = sig->ioac.read_bytes;
-	e->write_bytes = sig->ioac.write_bytes;
+	e->read_bytes = 0;
+	e->write_bytes = 0;
+	if (bpf_core_field_exists(sig->ioac.read_bytes)) {
+		e->read_bytes = sig->ioac.read_bytes;
+		e->write_bytes = sig->ioac.write_bytes;
+	}
 	add_usage(e, task);
 	if (leader != task)
 		add_usage(e, leader);
-	/* do_exit sets it from the mm's high-water mark when the group dies, before this tracepoint. */
-	e->maxrss_pages = sig->maxrss;
+	/* Since Linux 6.16 this tracepoint comes before exit_mm(): the mm's own
+	 * peak is that of the program run since the last exec. signal->maxrss
+	 * (getrusage's ru_maxrss, set when the group dies, before this
+	 * tracepoint) also counts the images before that exec, for a child of a
+	 * large parent the parent's size. */
+	e->maxrss_pages = mm_peak_pages(task->mm);
+	if (!e->maxrss_pages)
+		e->maxrss_pages = sig->maxrss;
 }
 
 SEC("tp_btf/sched_process_exit")
@@ -492,14 +529,6 @@ int BPF_PROG(handle_signal, int sig, struct kernel_siginfo *info, struct task_st
 	BPF_CORE_READ_STR_INTO(&e->comm, task, group_leader, comm);
 	bpf_ringbuf_submit(e, submit_flags());
 	return 0;
-}
-
-static __always_inline __u64 rss_pages(struct mm_struct *mm, int member)
-{
-	/* get_mm_counter(): the counter's shared count, not the per-CPU deltas, as the kernel reports it. */
-	__s64 count = BPF_CORE_READ(mm, rss_stat[member & 3].count);
-
-	return count > 0 ? count : 0;
 }
 
 /* The OOM killer does not say why it ran. A memory cgroup at its limit when

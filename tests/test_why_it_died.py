@@ -139,6 +139,27 @@ def test_cpu_time_and_peak_memory_of_the_whole_process(sidecar, grpc_receiver, t
     assert a.get("process.disk.io.read", 0) >= usage.ru_inblock * 512 and a.get("process.disk.io.write", 0) >= 0
 
 
+BIG_PARENT = """
+import os, subprocess, sys
+block = bytearray(300 << 20)
+block[::4096] = b'x' * len(range(0, 300 << 20, 4096))
+child = subprocess.Popen([sys.executable, '-c', 'pass'])
+_, _, usage = os.wait4(child.pid, 0)
+print(child.pid, usage.ru_maxrss * 1024, flush=True)
+"""
+
+
+def test_peak_memory_is_the_programs_own_not_its_parents(sidecar, grpc_receiver, test_python):
+    """getrusage's ru_maxrss of an exec'd child counts the image it replaced: the size of its parent.
+    The span's peak is that of the program it ran."""
+    sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
+    parent = subprocess.run([test_python, "-c", BIG_PARENT], capture_output=True, text=True, timeout=60)
+    child_pid, child_ru_maxrss = map(int, parent.stdout.split())
+    assert child_ru_maxrss >= 300 << 20
+    (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child_pid))
+    assert 1 << 20 < span.attributes["otelproc.memory.peak"] < 100 << 20
+
+
 EAT_MEMORY = """
 import os, sys
 open(os.path.join(sys.argv[1], 'cgroup.procs'), 'w').write(str(os.getpid()))
