@@ -208,6 +208,8 @@ static __always_inline void fill_common(struct event *e, struct task_struct *tas
 	e->argv_len = 0;
 	e->env_len = 0;
 	e->reserved = 0;
+	/* The exit's usage and the signal and oom fields: whoever needs them fills them. */
+	__builtin_memset(&e->cpu_ns, 0, offsetof(struct event, comm) - offsetof(struct event, cpu_ns));
 	/* The leader's name is the process's (/proc/<pid>/comm); threads may name themselves. */
 	BPF_CORE_READ_STR_INTO(&e->comm, leader, comm);
 	fill_cgroup(e, task);
@@ -352,17 +354,16 @@ static __always_inline __u64 rss_pages(struct mm_struct *mm, int member)
 	return count > 0 ? count : 0;
 }
 
-/* Before Linux 6.2 the mm's RSS counters were a struct mm_rss_stat of atomics. */
-struct mm_rss_stat___pre62 {
-	atomic_long_t count[4];
-} __attribute__((preserve_access_index));
-
 /* The mm's high-water mark of resident pages, as get_mm_hiwater_rss(); 0 where unknown. */
 static __always_inline __u64 mm_peak_pages(struct mm_struct *mm)
 {
 	__u64 rss, hiwater;
 
-	if (!mm || bpf_core_type_exists(struct mm_rss_stat___pre62))
+	/* Per-CPU counters since Linux 6.2; before, a struct of atomics (and this
+	 * tracepoint came after exit_mm() until 6.16 anyway). Sizes, not a type
+	 * name: a type missing from vmlinux sends libbpf looking through module
+	 * BTF, which takes CAP_SYS_ADMIN. */
+	if (!mm || bpf_core_field_size(mm->rss_stat) != 4 * bpf_core_type_size(struct percpu_counter))
 		return 0;
 	rss = rss_pages(mm, MM_FILEPAGES) + rss_pages(mm, MM_ANONPAGES) + rss_pages(mm, MM_SHMEMPAGES);
 	hiwater = BPF_CORE_READ(mm, hiwater_rss);
