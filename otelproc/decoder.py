@@ -64,7 +64,8 @@ class OomKill(NamedTuple):
 
 
 class ProcessEvent(NamedTuple):
-    """One exec, fork or exit of a tracked process. Times are Unix-epoch nanoseconds."""
+    """One exec, fork or exit of a tracked process, a signal sent to it or the OOM killer's choice of it.
+    Times are Unix-epoch nanoseconds."""
 
     kind: EventKind
     time: int

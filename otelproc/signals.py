@@ -31,10 +31,11 @@ _FAULT_CODES = {
 
 
 class SignalNameError(ValueError):
-    pass
+    """A name in a signal list that is no signal's; the message says which."""
 
 
 def signal_name(number: int) -> str:
+    """SIGTERM for 15; "signal 40" for a number without a name (a real-time signal)."""
     try:
         return signal.Signals(number).name
     except ValueError:
