@@ -42,6 +42,8 @@ def ending(span: ReadableSpan) -> str:
         return "running"
     if span.status.status_code is StatusCode.ERROR:
         return span.status.description or "error"
+    if "otelproc.exit.reason" in attributes:  # stopped cleanly by a signal: OK, and an OK status has no words
+        return str(attributes["otelproc.exit.reason"])
     if "process.exit.code" in attributes:
         return f"exit status {attributes['process.exit.code']}"
     return "ended, exit not seen"
