@@ -58,7 +58,7 @@ class Sidecar:
         self.processor = make_processor(CountingExporter(self.destination.exporter, self.stats))
         self.max_in_flight = bsp_max_queue_size()
         self.host = host_attributes()
-        self.builder = SpanBuilder(settings.service_name, self.host, settings.redact, self.stats)
+        self.builder = SpanBuilder(settings.service_name, self.host, settings.redact, self.stats, settings.clean_signals)
         self.tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9), self.stats, Owners(),
                                self.builder.limits.max_events or DEFAULT_MAX_EXECS)
         self.cgroups = CgroupPaths()
@@ -238,6 +238,8 @@ class Sidecar:
             with Probe(probe_config(s), self.on_record) as probe:
                 self.layout = probe.layout
                 log.info("attached; %s; %s", describe_tracking(s), self.destination.description)
+                for program in probe.left_out:
+                    log.warning("%s", program.warning())
                 if self.destination.metric_exporter is not None:
                     metrics = start_metrics(self.destination.metric_exporter, self.stats, self.gauges(probe), self.host)
                 if s.state_file is not None:
