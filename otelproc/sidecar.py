@@ -250,6 +250,7 @@ class Sidecar:
                 # What exists now (modules, the SDK, gRPC: some 100,000 objects) stays for otelproc's
                 # life. Frozen, it is left out of every garbage collection, which holds the GIL and
                 # so keeps the ring buffer waiting; what is frozen is still freed when unreferenced.
+                gc.collect()  # what is garbage already goes first: frozen, it would stay
                 gc.freeze()
                 log.info("ready; %d processes tracked", len(self.tracker))
                 reconciler = Reconciler(self.tracker, probe, self.stats, self.snapshot, self.scan, s.max_processes)
