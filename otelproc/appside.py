@@ -106,14 +106,25 @@ class ProcessResourceDetector(ResourceDetector):
     def detect(self) -> Resource:
         return Resource({"otelproc.process.key": process_key(), "process.pid": os.getpid()})
 
+    def is_process_dependent(self) -> bool:
+        """A forked child is another process: the SDK (1.44+) runs this detector again in it
+        and updates its TracerProvider's resource, so a pre-fork worker exports as itself."""
+        return True
+
 
 class ProcessLinkProcessor(SpanProcessor):
-    """Links every local root span to this process's lifetime span."""
+    """Links every span that is the first of its trace in this process to this process's lifetime span.
+
+    That is a span without a parent, with a remote one, or with one started in
+    another process: a forked worker (a pool's, a pre-fork server's) inherits its
+    parent's current span, so its first span has a local parent that is not ours.
+    """
 
     def __init__(self) -> None:
         self._pid = -1
         self._link: trace.Link | None = None
         self._key = ""
+        self._open: set[int] = set()  # span ids started in this process and not yet ended
 
     def _current(self) -> tuple[trace.Link | None, str]:
         if self._pid != os.getpid():  # first use, or a forked child: another process, another span
@@ -121,19 +132,22 @@ class ProcessLinkProcessor(SpanProcessor):
             self._key = process_key()
             link = process_link()
             self._link = trace.Link(link.span_context(), LINK_ATTRIBUTES) if link else None
+            self._open = set()
         return self._link, self._key
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        parent = span.parent
-        if parent is not None and not parent.is_remote:
-            return
         link, key = self._current()
+        self._open.add(span.context.span_id)
+        parent = span.parent
+        if parent is not None and not parent.is_remote and parent.span_id in self._open:
+            return
         span.set_attribute("otelproc.process.key", key)
         if link is not None:
             span.add_link(link.context, link.attributes)
 
     def on_end(self, span: ReadableSpan) -> None:
-        pass
+        if self._pid == os.getpid():
+            self._open.discard(span.context.span_id)
 
 
 _original_popen_init = subprocess.Popen.__init__
