@@ -16,7 +16,7 @@ import psutil
 
 from otelproc.clock import BootClock
 from otelproc.decoder import NS_PER_TICK, ProcessEvent, parse_otel_env, text
-from otelproc.loader import MatchRule, any_match
+from otelproc.matching import MatchRule, starts_tracked
 
 
 @dataclass
@@ -170,7 +170,7 @@ def running(
             pid = table[pid][1]
         verdict = chosen.get(pid, False)
         for link in reversed(chain):  # from the oldest ancestor down
-            verdict = verdict or trace_all or any_match(rules, table[link][0])
+            verdict = verdict or starts_tracked(link, rules, trace_all)
             chosen[link] = verdict
         return verdict
 

@@ -27,11 +27,11 @@ from opentelemetry.sdk.resources import Resource, ResourceDetector
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from otelproc.config import DEFAULT_MATCH, ConfigError, parse_match
+from otelproc.config import DEFAULT_MATCH, ConfigError, parse_bool, parse_match
 from otelproc.decoder import parse_otel_env
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
 from otelproc.adoption import read_stat
-from otelproc.loader import MatchRule, any_match
+from otelproc.matching import MatchRule, starts_tracked
 
 DETECTOR_NAME = "otelproc"
 LINK_ATTRIBUTES = {"otelproc.link": "process"}
@@ -43,12 +43,8 @@ class _Proc:
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.comm, self.ppid, self.start_ticks = read_stat(pid)
+        _comm, self.ppid, self.start_ticks = read_stat(pid)
         self.pidns = os.stat(f"/proc/{pid}/ns/pid").st_ino
-        try:
-            self.exe_name = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
-        except OSError:
-            self.exe_name = ""
         try:
             self.otel_env = dict(parse_otel_env(Path(f"/proc/{pid}/environ").read_bytes()))
         except OSError:
@@ -58,21 +54,27 @@ class _Proc:
         return ProcessIdentity(boot_id(), self.pidns, self.pid, self.start_ticks)
 
 
-def _match_rules() -> tuple[MatchRule, ...]:
+def _match_settings() -> tuple[tuple[MatchRule, ...], bool]:
+    """The sidecar's --match and --all, as far as this process's environment tells them."""
     try:
-        return parse_match(os.environ.get("OTELPROC_MATCH", DEFAULT_MATCH))
+        rules = parse_match(os.environ.get("OTELPROC_MATCH", DEFAULT_MATCH))
     except ConfigError:
-        return parse_match(DEFAULT_MATCH)
+        rules = parse_match(DEFAULT_MATCH)
+    try:
+        trace_all = parse_bool(os.environ.get("OTELPROC_ALL", ""))
+    except ConfigError:
+        trace_all = False
+    return rules, trace_all
 
 
 def process_link(pid: int | None = None) -> TraceLink | None:
     """The context of a process's lifetime span, or None when the sidecar would not track it.
 
-    The sidecar tracks a process that matches its list (OTELPROC_MATCH, else the
-    default) or descends from one that does; ancestors outside our pid namespace
+    The sidecar tracks a process whose executable matches its list (OTELPROC_MATCH,
+    else the default; OTELPROC_ALL: every process) or that descends from one; ancestors outside our pid namespace
     are invisible here, and the sidecar does not link across namespaces either.
     """
-    rules = _match_rules()
+    rules, trace_all = _match_settings()
     chain = [_Proc(pid or os.getpid())]
     while chain[-1].ppid > 0 and len(chain) < 4096:
         try:
@@ -82,7 +84,7 @@ def process_link(pid: int | None = None) -> TraceLink | None:
         if parent.pidns != chain[-1].pidns:
             break
         chain.append(parent)
-    tracked = [any_match(rules, p.comm, p.exe_name) for p in chain]
+    tracked = [starts_tracked(p.pid, rules, trace_all) for p in chain]
     if not any(tracked):
         return None
     top = max(i for i, hit in enumerate(tracked) if hit)  # everything below it is tracked too

@@ -56,7 +56,8 @@ EVENT_FIELDS: tuple[tuple[str, str], ...] = (
 HEADER = struct.Struct("<" + "".join(fmt for name, fmt in EVENT_FIELDS if name != "data"))
 EVENT_SIZE = HEADER.size + DATA_MAX
 
-COMM_KEY = struct.Struct(f"<I{TASK_COMM_LEN}s")  # struct comm_key: prefixlen in bits, comm bytes
+EXE_NAME_LEN = 64
+EXE_NAME_KEY = struct.Struct(f"<I{EXE_NAME_LEN}s")  # struct exe_name_key: prefixlen in bits, name bytes
 
 
 def event_layout() -> tuple[int, dict[str, int]]:

@@ -13,7 +13,7 @@ from otelproc.libbpf import LibbpfError
 from otelproc.loader import DEFAULT_OBJECT, check_layout
 
 CONSTANTS = (
-    "TASK_COMM_LEN CGROUP_NAME_MAX EXE_MAX ARGV_MAX ENV_MAX DATA_MAX EVENT_EXEC EVENT_FORK EVENT_EXIT "
+    "TASK_COMM_LEN EXE_NAME_LEN CGROUP_NAME_MAX EXE_MAX ARGV_MAX ENV_MAX DATA_MAX EVENT_EXEC EVENT_FORK EVENT_EXIT "
     "EVENT_F_EXE_CUT EVENT_F_ARGV_CUT EVENT_F_ENV_CUT EVENT_F_UNTRACKED LOST_RINGBUF LOST_TRACKED_FULL LOST_MAX"
 ).split()
 
@@ -23,7 +23,7 @@ def c_layout(tmp_path) -> dict[str, int]:
     fields = [name for name, _ in record.EVENT_FIELDS]
     lines = [f'printf("offset.{f} %zu\\n", offsetof(struct event, {f}));' for f in fields]
     lines += [f'printf("const.{c} %ld\\n", (long){c});' for c in CONSTANTS]
-    lines += ['printf("size.event %zu\\n", sizeof(struct event));', 'printf("size.comm_key %zu\\n", sizeof(struct comm_key));']
+    lines += ['printf("size.event %zu\\n", sizeof(struct event));', 'printf("size.exe_name_key %zu\\n", sizeof(struct exe_name_key));']
     src = tmp_path / "layout.c"
     src.write_text(
         "#include <stdio.h>\n#include <stddef.h>\n#include <linux/types.h>\n#include \"otelproc.h\"\n"
@@ -40,7 +40,7 @@ def test_c_compiler_layout_matches_python(tmp_path):
     size, offsets = record.event_layout()
     assert c["size.event"] == size == record.EVENT_SIZE
     assert {f: c[f"offset.{f}"] for f in offsets} == offsets
-    assert c["size.comm_key"] == record.COMM_KEY.size
+    assert c["size.exe_name_key"] == record.EXE_NAME_KEY.size
     assert {name: c[f"const.{name}"] for name in CONSTANTS} == {name: getattr(record, name) for name in CONSTANTS}
 
 
