@@ -11,15 +11,14 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from otelproc import libbpf, record
+from otelproc import decoder, libbpf, record
 from otelproc.libbpf import LibbpfError
 from otelproc.matching import MatchRule
+from otelproc.record import DEFAULT_OBJECT
 
-DEFAULT_OBJECT = Path(str(resources.files("otelproc") / "bpf" / "otelproc.bpf.o"))
 DEFAULT_RING_BUFFER_BYTES = 16 << 20
 DEFAULT_MAX_TRACKED = 65536
 
@@ -47,18 +46,6 @@ class ProbeConfig:
     object_path: Path = DEFAULT_OBJECT
 
 
-def check_layout(btf: int) -> None:
-    """Refuses an object whose struct event differs from record.py: every field would decode wrong."""
-    size, offsets = libbpf.struct_layout(btf, "event")
-    want_size, want_offsets = record.event_layout()
-    if (size, offsets) != (want_size, want_offsets):
-        raise LibbpfError(
-            errno.EPROTO,
-            f"struct event in the BPF object (size {size}) does not match otelproc/record.py "
-            f"(size {want_size}); rebuild it with `make bpf`",
-        )
-
-
 class Probe:
     """The attached BPF programs and their ring buffer. A context manager; close() detaches."""
 
@@ -67,6 +54,7 @@ class Probe:
         self._obj: libbpf.BpfObject | None = None
         self._ring: libbpf.RingBuffer | None = None
         self._cgroup_fd: int | None = None
+        self.layout: record.EventLayout  # struct event of this object, for decoding its records
         try:
             self._obj = self._open()
             self._obj.load()
@@ -83,7 +71,8 @@ class Probe:
             raise LibbpfError(errno.ENOENT, f"BPF object {path} is missing; build it with `make bpf`")
         obj = libbpf.BpfObject(str(path))
         try:
-            check_layout(obj.btf)
+            self.layout = record.EventLayout.from_btf(obj.btf)
+            decoder.check_layout(self.layout)
             obj.set_globals(
                 ".rodata",
                 {
