@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from otelproc import record
 
 # Every CPython build's file is named python... (python3.13, python3.13t, python3.13-dbg, python2.7),
-# PyPy's pypy... (pypy3.10, pypy3.10-c), GraalPy's graalpy.
+# PyPy's pypy... (pypy3, pypy3.10), GraalPy's graalpy.
 PYTHON_INTERPRETERS = "python*,pypy*,graalpy*"
 # The kernel reads EXE_NAME_LEN - 1 bytes of a name: a longer name is cut, and a rule that long could not tell.
 EXE_NAME_MAX = record.EXE_NAME_LEN - 2

@@ -93,7 +93,7 @@ def test_the_longest_name_fits_the_kernel_key_with_its_terminator():
     "exe_name, python",
     [
         ("python", True), ("python3", True), ("python3.13", True), ("python3.13t", True), ("python3.11-dbg", True),
-        ("python2.7", True), ("pypy3.10", True), ("pypy3.10-c", True), ("graalpy", True),
+        ("python2.7", True), ("pypy3.10", True), ("pypy", True), ("graalpy", True),
         ("bash", False), ("uvicorn", False), ("celery", False), ("uwsgi", False), ("env", False), (None, False),
     ],
 )
