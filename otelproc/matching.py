@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from otelproc import record
+from otelproc import procfs, record
 
 # Every CPython build's file is named python... (python3.13, python3.13t, python3.13-dbg, python2.7),
 # PyPy's pypy... (pypy3, pypy3.10), GraalPy's graalpy.
@@ -48,11 +48,8 @@ PYTHON_RULES = rules(PYTHON_INTERPRETERS)
 def exe_name(pid: int) -> str | None:
     """The name of the file the process's last exec loaded; None for a kernel thread, a zombie or a
     process that is gone (/proc/<pid>/exe cannot be read)."""
-    try:
-        name = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
-    except OSError:
-        return None
-    return name.removesuffix(_DELETED)
+    path = procfs.exe(pid)
+    return os.path.basename(path).removesuffix(_DELETED) if path else None
 
 
 def any_match(match: tuple[MatchRule, ...], name: str | None) -> bool:

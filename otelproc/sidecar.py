@@ -1,9 +1,15 @@
 """`otelproc run`: the probe, the tracker and the span exporter in one loop.
 
 One thread polls the ring buffer and does all the tracking; the SDK's batch
-processor exports on its own thread, the health server answers on another.
+processor exports on its own thread, the health server answers on another, and
+the /proc sweep and the state file have a thread of their own (reconcile.Sweeper),
+so that nothing which grows with the host keeps the ring buffer waiting.
 Signals only set a flag the loop reads. Between polls the loop does its
-housekeeping: 'started' spans that are due, the /proc sweep, the state file.
+housekeeping: 'started' spans that are due, what the sweeps found.
+
+Each stage of the event path (decode, track, build, export, sweep, state file)
+is isolated: a failure is counted by stage (otelproc.failures), logged at most
+every few seconds, and the loop goes on with the next record.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 from opentelemetry.sdk.trace import ReadableSpan
 
@@ -19,22 +26,26 @@ from otelproc import adoption, state
 from otelproc.cgroups import CgroupPaths
 from otelproc.checks import RUN_CAPS, require_caps
 from otelproc.clock import BootClock
-from otelproc.config import POLL_MS, ConfigError, Settings, describe_tracking, probe_config
-from otelproc.decoder import decode
+from otelproc.config import (
+    INITIAL_PIDNS_INODE, POLL_MS, ConfigError, Settings, describe_tracking, own_pidns_inode, probe_config,
+)
+from otelproc.decoder import ProcessEvent, decode
 from otelproc.export import make_destination, make_processor
 from otelproc.health import Health, HealthServer
 from otelproc.loader import Probe
 from otelproc.adoption import alive
-from otelproc.reconcile import Reconciler
+from otelproc.reconcile import Reconciler, Sweeper
 from otelproc.record import EventLayout
 from otelproc.spans import SpanBuilder, host_attributes
 from otelproc.stop import StopSignal
-from otelproc.telemetry import CountingExporter, Stats, bsp_max_queue_size, start_metrics
-from otelproc.tracker import Ended, Tracker
+from otelproc.telemetry import CountingExporter, Stats, ThrottledLog, bsp_max_queue_size, stage_failed, start_metrics
+from otelproc.owners import Owners
+from otelproc.tracker import DEFAULT_MAX_EXECS, Ended, Tracker
 
 log = logging.getLogger("otelproc")
 
 LOSS_LOG_NS = 10_000_000_000  # kernel losses are logged at most this often
+HOUSEKEEPING_NS = 10_000_000  # work between two polls of the ring buffer, at most about this long
 
 
 class Sidecar:
@@ -47,19 +58,31 @@ class Sidecar:
         self.max_in_flight = bsp_max_queue_size()
         self.host = host_attributes()
         self.builder = SpanBuilder(settings.service_name, self.host, settings.redact, self.stats)
-        self.tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9), self.stats)
+        self.tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9), self.stats, Owners(),
+                               self.builder.limits.max_events or DEFAULT_MAX_EXECS)
         self.cgroups = CgroupPaths()
         self.adoption = adoption.AdoptionStats()
         self.health = Health()
+        self.throttled = ThrottledLog()
+        self.sweeper: Sweeper | None = None
         self._next_loss_log = 0
         self.layout: EventLayout | None = None  # the probe's struct event, once it is open
+
+    def failed(self, stage: str, exc: BaseException) -> None:
+        stage_failed(self.stats, self.throttled, stage, exc)
 
     # the hot path
 
     def on_record(self, raw: bytes) -> None:
-        event = decode(raw, self.clock, self.layout)
-        self.stats.events[event.kind] += 1
-        ended = self.tracker.handle(event)
+        stage = "decode"
+        try:
+            event = decode(raw, self.clock, self.layout)
+            self.stats.events[event.kind] += 1
+            stage = "track"
+            ended = self.tracker.handle(event)
+        except Exception as exc:  # noqa: BLE001 -- one record must not end the sidecar
+            self.failed(stage, exc)
+            return
         if ended is not None:
             self.export_lifetime(ended)
 
@@ -72,7 +95,19 @@ class Sidecar:
         self.processor.on_end(span)
 
     def export_lifetime(self, ended: Ended) -> None:
-        self.emit(self.builder.lifetime(ended, self.cgroups.path(ended.process.cgroup_id)), "lifetime")
+        self.export(lambda: self.builder.lifetime(ended, self.cgroups.path(ended.process.cgroup_id)), "lifetime")
+
+    def export(self, build: Callable[[], ReadableSpan], role: str) -> None:
+        """Builds a span and hands it on; a failure of either is counted and skipped."""
+        try:
+            span = build()
+        except Exception as exc:  # noqa: BLE001
+            self.failed("build", exc)
+            return
+        try:
+            self.emit(span, role)
+        except Exception as exc:  # noqa: BLE001
+            self.failed("export", exc)
 
     # start-up
 
@@ -103,15 +138,8 @@ class Sidecar:
 
     def adopt(self, probe: Probe) -> int:
         """Takes on the matching processes /proc shows that the table does not hold; returns how many."""
-        s = self.settings
-        scope_cgroup = None
-        if s.scope.cgroup is not None and self.cgroups.mount:
-            relative = os.path.relpath(os.path.realpath(s.scope.cgroup), self.cgroups.mount)
-            scope_cgroup = "/" if relative == "." else "/" + relative
         added = 0
-        for event in adoption.running(s.match, s.all, self.clock, self.cgroups.mount, self.adoption, scope_cgroup):
-            if (event.pid, event.start_ticks) in self.tracker.processes:
-                continue
+        for event in self.scan(lambda pid, start_ticks: (pid, start_ticks) in self.tracker.processes):
             probe.track(event.pid, event.start_ticks)
             self.tracker.handle(event)
             added += 1
@@ -121,15 +149,44 @@ class Sidecar:
         )
         return added
 
+    def scan(self, skip: Callable[[int, int], bool]) -> Iterator[ProcessEvent]:
+        """The processes /proc shows that the kernel side would track, as 'adopt' events."""
+        s = self.settings
+        scope_cgroup = None
+        if s.scope.cgroup is not None and self.cgroups.mount:
+            relative = os.path.relpath(os.path.realpath(s.scope.cgroup), self.cgroups.mount)
+            scope_cgroup = "/" if relative == "." else "/" + relative
+        return adoption.running(s.match, s.all, self.clock, self.cgroups.mount, self.adoption, scope_cgroup, skip)
+
+    def snapshot(self, pid: int) -> ProcessEvent | None:
+        return adoption.snapshot_or_none(pid, self.clock, self.cgroups.mount, self.adoption)
+
     # between polls
 
     def housekeeping(self) -> None:
-        """Clock offset, 'started' spans that are due, processes superseded by pid reuse."""
+        """Clock offset, what sweeps found, 'started' spans that are due, processes superseded by
+        pid reuse. Within HOUSEKEEPING_NS: what is left waits for the next turn, so that the ring
+        buffer is read again soon (20,000 processes started at once are 20,000 'started' spans)."""
         self.clock.refresh()
         self.health.beat()
         now = time.time_ns()
+        deadline = time.monotonic_ns() + HOUSEKEEPING_NS
+        findings = self.sweeper.ready() if self.sweeper is not None else None
+        while findings is not None and time.monotonic_ns() < deadline:
+            try:
+                ends = self.sweeper.reconciler.apply(findings, deadline)
+            except Exception as exc:  # noqa: BLE001
+                findings.gone.clear()
+                findings.found.clear()
+                self.failed("sweep", exc)
+                ends = []
+            for ended in ends:
+                self.export_lifetime(ended)
+            findings = self.sweeper.ready()
         for process in self.tracker.due_announcements(now):
-            self.emit(self.builder.started(process, self.cgroups.path(process.cgroup_id)), "started")
+            self.export(lambda p=process: self.builder.started(p, self.cgroups.path(p.cgroup_id)), "started")
+            if time.monotonic_ns() >= deadline:
+                break
         while self.tracker.superseded:
             self.export_lifetime(Ended.unseen(self.tracker.superseded.pop(), now))
 
@@ -144,13 +201,11 @@ class Sidecar:
                 ", ".join(f"{v} ({k})" for k, v in grown.items()),
             )
 
-    def save_state(self, path: Path | None) -> None:
-        if path is None:
-            return
-        try:
-            state.save(path, list(self.tracker.processes.values()), self.settings.redact)
-        except OSError as exc:
-            log.warning("cannot write state file %s: %s", path, exc)
+    def save_state(self) -> None:
+        """Raises on failure: the caller counts it (stage state_file). Safe on the sweep thread: it
+        reads one copy of the table's entries."""
+        if self.settings.state_file is not None:
+            state.save(self.settings.state_file, list(self.tracker.processes.values()), self.settings.redact)
 
     def gauges(self, probe: Probe) -> dict:
         return {
@@ -159,6 +214,8 @@ class Sidecar:
             "otelproc.kernel.tracked.limit": (lambda: self.settings.max_processes, "{process}", "its size"),
             "otelproc.ringbuf.used": (probe.ring_used, "By", "ring buffer bytes not yet read"),
             "otelproc.ringbuf.size": (lambda: self.settings.ring_buffer_size, "By", "ring buffer size"),
+            "otelproc.ringbuf.away.max": (lambda: self.stats.ring_away_max_ns // 1_000_000, "ms",
+                                          "longest time the reader spent between two reads of the ring buffer"),
         }
 
     def run(self) -> int:
@@ -184,33 +241,44 @@ class Sidecar:
                     self.adopt(probe)
                 self.health.ready = True
                 log.info("ready; %d processes tracked", len(self.tracker))
-                reconciler = Reconciler(self.tracker, probe, self.clock, self.stats, lambda: self.adopt(probe),
-                                        self.cgroups.mount, self.adoption)
-                next_sweep = time.monotonic() + s.sweep_interval
+                reconciler = Reconciler(self.tracker, probe, self.stats, self.snapshot, self.scan, s.max_processes)
+                self.sweeper = Sweeper(reconciler, s.sweep_interval, self.save_state, self.failed)
+                self.sweeper.start()
+                next_loss_read = time.monotonic() + s.sweep_interval
+                polled = time.monotonic_ns()
                 while not stop and (deadline is None or time.monotonic() < deadline):
+                    self.stats.ring_away_max_ns = max(self.stats.ring_away_max_ns, time.monotonic_ns() - polled)
                     probe.poll(POLL_MS)
+                    polled = time.monotonic_ns()
                     self.housekeeping()
-                    if time.monotonic() >= next_sweep:
-                        next_sweep = time.monotonic() + s.sweep_interval
+                    if time.monotonic() >= next_loss_read:
+                        next_loss_read = time.monotonic() + s.sweep_interval
                         self.read_kernel_losses(probe)
-                        for ended in reconciler.sweep():
-                            self.export_lifetime(ended)
-                        self.save_state(s.state_file)
+                self.sweeper.stop()
                 probe.poll(0)
                 self.housekeeping()
+                while self.sweeper.ready() is not None:  # what the last sweep found, all of it
+                    self.housekeeping()
                 self.read_kernel_losses(probe)
-                self.save_state(s.state_file)
+                try:
+                    self.save_state()
+                except Exception as exc:  # noqa: BLE001
+                    self.failed("state_file", exc)
                 if metrics is not None:
                     metrics.shutdown()  # its last collection still reads the probe
                     metrics = None
         finally:
             self.health.ready = False
+            if self.sweeper is not None:
+                self.sweeper.stop()
             self.processor.shutdown()  # exports what is queued, within the exporter's timeout
             if metrics is not None:
                 metrics.shutdown()
             if server is not None:
                 server.close()
-        log.info("stopped; %s; %d processes still running", self.stats.summary(), len(self.tracker))
+        log.info("stopped; %s; %d processes still running; failed: %s; longest away from the ring buffer: %d ms",
+                 self.stats.summary(), len(self.tracker), self.stats.failures_summary(),
+                 self.stats.ring_away_max_ns // 1_000_000)
         return 0
 
 
@@ -224,7 +292,18 @@ def check_state_file(path: Path) -> None:
         raise ConfigError(f"--state-file {path}: {path.parent} is not writable")
 
 
+def check_scope(settings: Settings) -> None:
+    """Host and cgroup scopes number processes as the host does; inside a pid namespace of its own
+    otelproc's /proc numbers them otherwise, so every sweep would find them all gone."""
+    if settings.scope.kind != "pidns" and own_pidns_inode() != INITIAL_PIDNS_INODE:
+        raise ConfigError(
+            f"--scope {settings.scope}: otelproc runs in a pid namespace of its own, whose /proc does not show "
+            "the host's pids; use --scope pidns, or run otelproc in the host's pid namespace (hostPID: true)"
+        )
+
+
 def run_sidecar(settings: Settings) -> int:
+    check_scope(settings)
     require_caps(RUN_CAPS)
     if settings.state_file is not None:
         check_state_file(settings.state_file)

@@ -57,6 +57,7 @@ def to_dict(p: TrackedProcess, redact: bool) -> dict[str, Any]:
         "link": _link_to_dict(p.link), "parent": list(p.parent_key) if p.parent_key else None,
         "parent_program": p.parent_program, "announced": p.announced,
         "execs": [{"time": e.time, "exe": e.exe, "argv": argv(e.argv)} for e in p.execs],
+        "execs_dropped": p.execs_dropped, "owner": p.owner,
     }
 
 
@@ -70,6 +71,7 @@ def from_dict(d: dict[str, Any]) -> TrackedProcess:
         link=_link_from_dict(d["link"]), parent_key=tuple(d["parent"]) if d["parent"] else None,
         parent_program=d["parent_program"], announced=d["announced"],
         execs=[Exec(e["time"], e["exe"], None if e["argv"] is None else tuple(e["argv"])) for e in d["execs"]],
+        execs_dropped=d.get("execs_dropped", 0), owner=d.get("owner"),
     )
 
 
