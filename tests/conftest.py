@@ -222,13 +222,18 @@ def http_receiver() -> Iterator["HttpReceiver"]:
         receiver.stop()
 
 
+def python_named(directory: Path, name: str) -> str:
+    """PYTHON as an executable file named `name`: the kernel side matches the name of the file an exec
+    loads (symlinks resolved), so a symlink would not do. A copy in a venv (--copies) made in
+    `directory`, so that it finds its standard library and sees the installed packages."""
+    subprocess.run([PYTHON, "-m", "venv", "--copies", "--system-site-packages", "--without-pip", str(directory)],
+                   check=True)
+    python = directory / "bin" / name
+    (directory / "bin" / os.path.basename(PYTHON)).rename(python)
+    return str(python)
+
+
 @pytest.fixture(scope="session")
 def test_python(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An interpreter whose executable file is named TEST_COMM: the kernel side matches the name of
-    the file an exec loads (symlinks resolved), so a symlink would not do. A copy of PYTHON in a
-    venv (--copies) that sees the installed packages; removed with pytest's other temporary files."""
-    venv = tmp_path_factory.mktemp("venv")
-    subprocess.run([PYTHON, "-m", "venv", "--copies", "--system-site-packages", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / TEST_COMM
-    (venv / "bin" / os.path.basename(PYTHON)).rename(python)
-    return str(python)
+    """An interpreter whose executable file is named TEST_COMM; removed with pytest's other temporary files."""
+    return python_named(tmp_path_factory.mktemp("venv"), TEST_COMM)
