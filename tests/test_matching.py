@@ -1,22 +1,24 @@
-"""What the default match list tracks: every process that runs a Python interpreter, whatever it was exec'd as.
+"""What is tracked: every process that runs a Python interpreter, whatever it was exec'd as.
 
 The sidecar runs with its default list, so every Python on this machine is
 tracked, other test runs' too: the assertions look only at pids these tests
 started. The subjects are started from pytest, a Python that is itself not
 tracked: it exec'd before the probe attached and --adopt false leaves it alone,
 so no subject inherits tracking and each is tracked only by its own exec
-(test_the_launcher_is_not_tracked holds that premise).
+(test_the_launcher_is_not_tracked holds that premise). Adoption and the app-side helper follow the
+same rule: the last tests.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON
+from conftest import PYTHON, REPO, TEST_COMM
 
 
 @pytest.fixture
@@ -112,3 +114,34 @@ def test_unmatched_program_is_absent(default_sidecar, grpc_receiver, tmp_path):
     (tmp_path / "python3").symlink_to("/bin/sleep")  # named like python, loads sleep
     pids = {run(["/bin/sleep", "0.05"])[0], run([str(tmp_path / "python3"), "0.05"])[0]}
     assert_no_span(grpc_receiver, pids)
+
+
+def test_a_running_console_script_is_adopted_by_its_interpreter(sidecar, grpc_receiver, test_python, tmp_path):
+    """Adoption reads /proc/<pid>/exe, as the kernel side looks at the loaded file: the comm is the script's."""
+    script = write_script(tmp_path / "otp-adoptee", f"#!{test_python}\nimport sys\nsys.stdin.read()\n")
+    running = subprocess.Popen([str(script)], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{running.pid}/comm").read_text().strip() != "otp-adoptee" and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the exec is done
+        sidecar("--match", TEST_COMM, endpoint=grpc_receiver.endpoint)
+    finally:
+        running.communicate(b"")
+    span = lifetime(grpc_receiver, running.pid)
+    assert span.attributes["otelproc.start.source"] == "adopted"
+    assert span.name == "otp-adoptee"
+
+
+def test_the_app_side_does_not_count_a_shim_as_tracked(test_python, tmp_path):
+    """The helper's "am I tracked?" is the sidecar's rule: a bash script named like the match list is not
+    a tracked parent; a process that loaded a matching interpreter is."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    code = "import otelproc.appside as a; print(a.process_link() is not None, flush=True)"
+    write_script(shims / TEST_COMM, f"#!/bin/bash\n{PYTHON} -c '{code}'\n")  # python as the shim's child
+    env = {**os.environ, "OTELPROC_MATCH": TEST_COMM, "PYTHONPATH": str(REPO)}
+    under_shim = subprocess.run([str(shims / TEST_COMM)], env=env, capture_output=True, text=True, timeout=30)
+    assert under_shim.stdout.strip() == "False", under_shim.stderr
+    parent = f"import subprocess; subprocess.run([{PYTHON!r}, '-c', {code!r}])"
+    under_python = subprocess.run([test_python, "-c", parent], env=env, capture_output=True, text=True, timeout=30)
+    assert under_python.stdout.strip() == "True", under_python.stderr
