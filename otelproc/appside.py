@@ -70,8 +70,9 @@ def process_link(pid: int | None = None) -> TraceLink | None:
     """The context of a process's lifetime span, or None when the sidecar would not track it.
 
     The sidecar tracks a process whose executable matches its list (OTELPROC_MATCH,
-    else the default; OTELPROC_ALL: every process) or that descends from one; ancestors outside our pid namespace
-    are invisible here, and the sidecar does not link across namespaces either.
+    else the default; OTELPROC_ALL: every process) or that descends from one (the
+    rule of otelproc.matching); ancestors outside our pid namespace are invisible
+    here, and the sidecar does not link across namespaces either.
     """
     rules, trace_all = _match_settings()
     chain = [_Proc(pid or os.getpid())]
@@ -119,6 +120,7 @@ class ProcessLinkProcessor(SpanProcessor):
     That is a span without a parent, with a remote one, or with one started in
     another process: a forked worker (a pool's, a pre-fork server's) inherits its
     parent's current span, so its first span has a local parent that is not ours.
+    (A span whose local parent has already ended is linked too: a harmless extra.)
     """
 
     def __init__(self) -> None:
