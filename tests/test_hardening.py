@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, proc_start_ticks, python_named, python_named
+from conftest import PYTHON, REPO, proc_start_ticks, python_named
 from test_run_spans import HOST_PIDNS, expected_ids
 
 QUIET = {"OTEL_METRICS_EXPORTER": "none"}
@@ -77,7 +77,7 @@ def test_a_non_utf8_argv_does_not_take_its_batch_down(sidecar, grpc_receiver, ha
         time.sleep(0.3)
         side = sidecar("--match", COMM, "--start-span-delay", "3600", endpoint=grpc_receiver.endpoint,
                        env={**QUIET, "OTEL_BSP_SCHEDULE_DELAY": "3000"})
-        others = [waiting(hard_python, f"other-{i}") for i in range(5)]
+        others = [waiting(str(link), f"other-{i}") for i in range(5)]
         time.sleep(0.5)
     finally:
         finish(odd)
