@@ -1,6 +1,6 @@
 """The span path in isolation: CPU per process lifetime from ring-buffer record to OTLP bytes.
 
-Synthetic records, built with otelproc/record.py's layout the way the kernel writes them (an
+Synthetic records, built with the shipped object's struct event layout the way the kernel writes them (an
 exec, then an exit, per process), go through otelproc's own stages: decoder.decode,
 tracker.Tracker, spans.SpanBuilder, and a BatchSpanProcessor whose exporter serializes each
 batch with the OTLP encoder (encode_spans(...).SerializeToString()) but sends nothing. No
@@ -35,10 +35,10 @@ sys.path.insert(0, str(REPO))  # otelproc from this tree, whatever copy may be i
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from otelproc import record
 from otelproc.cgroups import CgroupPaths
 from otelproc.clock import BootClock
-from otelproc.decoder import decode
+from otelproc.decoder import decode, default_layout
+from otelproc.record import KERNEL_KINDS, EventKind
 from otelproc.spans import SpanBuilder, host_attributes
 from otelproc.tracker import Tracker
 
@@ -67,11 +67,12 @@ KINDS: dict[str, dict[str, Any]] = {
 }
 
 
+KIND_NUMBER = {kind: number for number, kind in KERNEL_KINDS.items()}
+
+
 def _record(**fields: Any) -> bytes:
-    """One ring-buffer record: the header as record.HEADER packs it, then data[] (exec only)."""
-    data = fields.pop("data", b"")
-    values = [fields.get(name, b"" if fmt.endswith("s") else 0) for name, fmt in record.EVENT_FIELDS if name != "data"]
-    return record.HEADER.pack(*values) + data
+    """One ring-buffer record: the header as the shipped object's struct event lays it out, then data[]."""
+    return default_layout().pack(**fields)
 
 
 def records(kind: str, count: int, first_pid: int = 100_000) -> list[bytes]:
@@ -90,10 +91,10 @@ def records(kind: str, count: int, first_pid: int = 100_000) -> list[bytes]:
             uid=0, gid=0, comm=spec["comm"].encode(), cgroup=spec["cgroup"].encode(),
         )
         out.append(_record(
-            time_ns=start + 50_000, kind=record.EVENT_EXEC, exe_len=len(exe), argv_len=len(argv), env_len=len(env),
+            time_ns=start + 50_000, kind=KIND_NUMBER[EventKind.EXEC], exe_len=len(exe), argv_len=len(argv), env_len=len(env),
             data=exe + argv + env, **common_fields,
         ))
-        out.append(_record(time_ns=start + 900_000, kind=record.EVENT_EXIT, exit_code=0, **common_fields))
+        out.append(_record(time_ns=start + 900_000, kind=KIND_NUMBER[EventKind.EXIT], exit_code=0, **common_fields))
     return out
 
 

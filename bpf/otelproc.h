@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
- * The one record the BPF program writes to the ring buffer. otelproc/record.py
- * mirrors it field by field; the loader checks that mirror against this
- * struct's BTF in the compiled object before it attaches anything.
+ * The one record the BPF program writes to the ring buffer. Python reads its
+ * layout from the compiled object's BTF (otelproc/record.py) and the decoder
+ * uses fields by name: a new field needs no mirror. Enum values and bounds are
+ * not in BTF; record.py mirrors the few it needs, checked by the tests.
  */
 #ifndef __OTELPROC_H
 #define __OTELPROC_H

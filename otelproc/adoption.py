@@ -17,6 +17,7 @@ import psutil
 from otelproc.clock import BootClock
 from otelproc.decoder import NS_PER_TICK, ProcessEvent, parse_otel_env, text
 from otelproc.loader import MatchRule, any_match
+from otelproc.record import EventKind
 
 
 @dataclass
@@ -97,7 +98,7 @@ def snapshot(pid: int, clock: BootClock, cgroup_mount: str | None) -> ProcessEve
         return None  # the pid now names another process
     start_time = clock.to_wall(ticks * NS_PER_TICK)
     return ProcessEvent(
-        kind="adopt",
+        kind=EventKind.ADOPT,
         time=clock.to_wall(clock.boot_now()),
         pid=pid,
         ppid=ppid,

@@ -21,6 +21,7 @@ from otelproc.config import POLL_MS, ConfigError, Settings
 from otelproc.decoder import decode
 from otelproc.libbpf import LibbpfError
 from otelproc.loader import Probe
+from otelproc.record import EventLayout
 from otelproc.stop import StopSignal
 
 log = logging.getLogger("otelproc")
@@ -65,13 +66,15 @@ def cmd_events(settings: Settings) -> int:
     require_caps(EVENTS_CAPS)
     clock = BootClock()
     out = sys.stdout
+    layout: EventLayout | None = None  # the probe's struct event, once it is open
 
     def on_record(raw: bytes) -> None:
-        out.write(json.dumps(decode(raw, clock).to_json_dict()) + "\n")
+        out.write(json.dumps(decode(raw, clock, layout).to_json_dict()) + "\n")
 
     stop = StopSignal()
     deadline = None if settings.duration is None else time.monotonic() + settings.duration
     with Probe(config.probe_config(settings), on_record) as probe:
+        layout = probe.layout
         log.info("attached; %s", config.describe_tracking(settings))
         while not stop and (deadline is None or time.monotonic() < deadline):
             clock.refresh()

@@ -6,11 +6,15 @@ OpenTelemetry variables in OTEL_ENV_ALLOWLIST survive into the event.
 
 from __future__ import annotations
 
+import errno
 import os
+from functools import lru_cache
 from typing import NamedTuple
 
 from otelproc import record
 from otelproc.clock import BootClock, rfc3339
+from otelproc.libbpf import LibbpfError
+from otelproc.record import DEFAULT_OBJECT, KERNEL_KINDS, EventKind, EventLayout
 
 NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
@@ -22,7 +26,7 @@ _ENV_NEEDLES = tuple((name, name.encode() + b"=", b"\0" + name.encode() + b"=") 
 class ProcessEvent(NamedTuple):
     """One exec, fork or exit of a tracked process. Times are Unix-epoch nanoseconds."""
 
-    kind: str
+    kind: EventKind
     time: int
     pid: int
     ppid: int
@@ -91,46 +95,70 @@ def _truncated(flags: int) -> tuple[str, ...]:
     return tuple(parts)
 
 
-def decode(raw: bytes, clock: BootClock) -> ProcessEvent:
-    """One record as the kernel wrote it (fork and exit records end before data[])."""
-    (time_ns, start_ns, cgroup_id, kind, flags, pid, ppid, tid, vpid, pidns, uid, gid,
-     exit_raw, exe_len, argv_len, env_len, _reserved, comm, cgroup) = record.HEADER.unpack_from(raw)
+def decode(raw: bytes, clock: BootClock, layout: EventLayout | None = None) -> ProcessEvent:
+    """One record as the kernel wrote it (fork and exit records end before data[]).
+
+    layout: the struct event of the object that wrote it; default, the shipped object's.
+    """
+    layout = layout or default_layout()
+    r = layout.unpack(raw)
     exe = argv = None
     otel_env: tuple[tuple[str, str], ...] = ()
-    if kind == record.EVENT_EXEC:
-        base = record.HEADER.size
-        exe = _cstr(raw[base : base + exe_len])
-        argv_raw = raw[base + exe_len : base + exe_len + argv_len]
+    kind = KERNEL_KINDS.get(r.kind)
+    if kind is None:
+        raise ValueError(f"unknown event kind {r.kind}")
+    if kind is EventKind.EXEC:
+        base = layout.header.size
+        exe = _cstr(raw[base : base + r.exe_len])
+        argv_at, env_at = base + r.exe_len, base + r.exe_len + r.argv_len
+        argv_raw = raw[argv_at:env_at]
         argv = tuple(text(argv_raw.rstrip(b"\0")).split("\0")) if argv_raw else ()
-        otel_env = parse_otel_env(raw[base + exe_len + argv_len : base + exe_len + argv_len + env_len])
+        otel_env = parse_otel_env(raw[env_at : env_at + r.env_len])
     exit_code = signal = None
     core = False
-    if kind == record.EVENT_EXIT:
-        signal = exit_raw & 0x7F or None
-        exit_code = None if signal else (exit_raw >> 8) & 0xFF
-        core = bool(exit_raw & 0x80)
+    if kind is EventKind.EXIT:
+        signal = r.exit_code & 0x7F or None
+        exit_code = None if signal else (r.exit_code >> 8) & 0xFF
+        core = bool(r.exit_code & 0x80)
     offset = clock.offset_ns
     return ProcessEvent(
-        kind=record.KIND_NAMES.get(kind, str(kind)),
-        time=time_ns + offset,
-        pid=pid,
-        ppid=ppid,
-        vpid=vpid,
-        pidns=pidns,
-        tid=tid,
-        uid=uid,
-        gid=gid,
-        comm=_cstr(comm),
+        kind=kind,
+        time=r.time_ns + offset,
+        pid=r.pid,
+        ppid=r.ppid,
+        vpid=r.vpid,
+        pidns=r.pidns,
+        tid=r.tid,
+        uid=r.uid,
+        gid=r.gid,
+        comm=_cstr(r.comm),
         exe=exe,
         argv=argv,
-        start_time=start_ns + offset,
-        start_ticks=start_ns // NS_PER_TICK,
+        start_time=r.start_time_ns + offset,
+        start_ticks=r.start_time_ns // NS_PER_TICK,
         exit_code=exit_code,
         signal=signal,
         core_dumped=core,
-        cgroup_id=cgroup_id,
-        cgroup=_cstr(cgroup),
-        truncated=_truncated(flags),
-        untracked=bool(flags & record.EVENT_F_UNTRACKED),
+        cgroup_id=r.cgroup_id,
+        cgroup=_cstr(r.cgroup),
+        truncated=_truncated(r.flags),
+        untracked=bool(r.flags & record.EVENT_F_UNTRACKED),
         otel_env=otel_env,
     )
+
+
+@lru_cache(maxsize=1)
+def default_layout() -> EventLayout:
+    return EventLayout.from_object(DEFAULT_OBJECT)
+
+
+def check_layout(layout: EventLayout) -> None:
+    """Refuses a struct event this decoder cannot read (a field it uses is missing), before any record."""
+    try:
+        for kind in KERNEL_KINDS:
+            decode(layout.pack(kind=kind), BootClock(), layout)
+    except AttributeError as exc:
+        missing = getattr(exc, "name", None) or str(exc)
+        raise LibbpfError(
+            errno.EPROTO, f"struct event in the BPF object has no field {missing}; rebuild it with `make bpf`"
+        ) from None

@@ -10,11 +10,14 @@ import ctypes
 import errno
 import os
 from collections import deque
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
 
+BTF_KIND_INT = 1
 BTF_KIND_STRUCT = 4
 BTF_KIND_DATASEC = 15
+BTF_INT_SIGNED = 1
 
 LIBBPF_INFO = 1  # libbpf's levels: 0 warn, 1 info, 2 debug
 
@@ -65,6 +68,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "btf__find_by_name_kind": (ctypes.c_int32, [_P, ctypes.c_char_p, ctypes.c_uint32]),
     "btf__type_by_id": (ctypes.POINTER(_BtfType), [_P, ctypes.c_uint32]),
     "btf__name_by_offset": (ctypes.c_char_p, [_P, ctypes.c_uint32]),
+    "btf__resolve_type": (ctypes.c_int, [_P, ctypes.c_uint32]),
+    "btf__resolve_size": (ctypes.c_int64, [_P, ctypes.c_uint32]),
     "ring_buffer__new": (_P, [ctypes.c_int, SampleFn, _P, _P]),
     "ring_buffer__poll": (ctypes.c_int, [_P, ctypes.c_int]),
     "ring_buffer__consume": (ctypes.c_int, [_P]),
@@ -159,20 +164,44 @@ def check(rc: int, what: str) -> int:
     return rc
 
 
-def struct_layout(btf: int, name: str) -> tuple[int, dict[str, int]]:
-    """Size and member byte offsets of `struct name` as the object's BTF records them."""
+@dataclass(frozen=True)
+class Member:
+    """One member of a struct as BTF describes it."""
+
+    name: str
+    offset: int  # bytes from the start of the struct
+    size: int  # bytes
+    kind: str  # "uint", "int" (signed) or "bytes" (an array, or anything else that is not an integer)
+
+
+def _btf_struct(btf: int, name: str) -> tuple[ctypes._Pointer, ctypes.Array]:
     api = lib()
     type_id = api.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT)
     if type_id < 0:
         raise LibbpfError(errno.ENOENT, f"struct {name} is not in the object's BTF")
     t = api.btf__type_by_id(btf, type_id)
-    vlen = t.contents.info & 0xFFFF
     members = ctypes.cast(ctypes.addressof(t.contents) + ctypes.sizeof(_BtfType), ctypes.POINTER(_BtfMember))
-    offsets = {}
-    for i in range(vlen):
+    return t, members
+
+
+def struct_members(btf: int, name: str) -> tuple[int, list[Member]]:
+    """Size and members of `struct name` as the object's BTF records them (typedefs resolved)."""
+    api = lib()
+    t, members = _btf_struct(btf, name)
+    out = []
+    for i in range(t.contents.info & 0xFFFF):
         member = members[i]
-        offsets[api.btf__name_by_offset(btf, member.name_off).decode()] = member.offset // 8
-    return t.contents.size, offsets
+        resolved = api.btf__resolve_type(btf, member.type)
+        size = api.btf__resolve_size(btf, member.type)
+        if resolved < 0 or size < 0:
+            raise LibbpfError(errno.EPROTO, f"struct {name}: member {i} has a type BTF cannot size")
+        mtype = api.btf__type_by_id(btf, resolved).contents
+        kind = "bytes"
+        if (mtype.info >> 24) & 0x1F == BTF_KIND_INT:
+            encoding = ctypes.c_uint32.from_address(ctypes.addressof(mtype) + ctypes.sizeof(_BtfType)).value
+            kind = "int" if (encoding >> 24) & BTF_INT_SIGNED else "uint"
+        out.append(Member(api.btf__name_by_offset(btf, member.name_off).decode(), member.offset // 8, size, kind))
+    return t.contents.size, out
 
 
 def datasec_offsets(btf: int, section: str) -> dict[str, tuple[int, int]]:
@@ -257,7 +286,8 @@ def _prog_info_layout() -> tuple[int, dict[str, int]]:
     if not btf:
         raise fail("loading the kernel's BTF")
     try:
-        return struct_layout(btf, "bpf_prog_info")
+        size, members = struct_members(btf, "bpf_prog_info")
+        return size, {m.name: m.offset for m in members}
     finally:
         lib().btf__free(btf)
 

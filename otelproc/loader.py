@@ -12,14 +12,13 @@ import os
 import struct
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from otelproc import libbpf, pins, record
+from otelproc import decoder, libbpf, pins, record
 from otelproc.libbpf import LibbpfError
+from otelproc.record import DEFAULT_OBJECT
 
-DEFAULT_OBJECT = Path(str(resources.files("otelproc") / "bpf" / "otelproc.bpf.o"))
 DEFAULT_RING_BUFFER_BYTES = 16 << 20
 DEFAULT_MAX_TRACKED = 65536
 
@@ -74,18 +73,6 @@ class ProbeConfig:
         }
 
 
-def check_layout(btf: int) -> None:
-    """Refuses an object whose struct event differs from record.py: every field would decode wrong."""
-    size, offsets = libbpf.struct_layout(btf, "event")
-    want_size, want_offsets = record.event_layout()
-    if (size, offsets) != (want_size, want_offsets):
-        raise LibbpfError(
-            errno.EPROTO,
-            f"struct event in the BPF object (size {size}) does not match otelproc/record.py "
-            f"(size {want_size}); rebuild it with `make bpf`",
-        )
-
-
 def boot_ns() -> int:
     """Now on the clock the probe stamps its records with (CLOCK_BOOTTIME)."""
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
@@ -136,6 +123,7 @@ class PreviousProbe:
     def __init__(self, probe_dir: Path) -> None:
         self.dir = probe_dir
         self.btf: libbpf.KernelBtf | None = None
+        self.layout: record.EventLayout  # its struct event, which may differ from this otelproc's
         self._maps = _PinnedMaps(probe_dir)
         try:
             ids = pins.prog_ids(probe_dir)
@@ -147,7 +135,8 @@ class PreviousProbe:
                     "remove it with `otelproc detach` (its unread records are lost)",
                 )
             self.btf = libbpf.KernelBtf(btf_id)
-            libbpf.struct_layout(self.btf.handle, "event")
+            self.layout = record.EventLayout.from_btf(self.btf.handle)
+            decoder.check_layout(self.layout)
         except BaseException:
             self.close()
             raise
@@ -187,6 +176,7 @@ class Probe:
         self.previous: PreviousProbe | None = None  # one of another fingerprint, to take over from
         self.pinned_at: Path | None = None  # this probe's pin directory
         self.attached_at = 0  # boot ns just before this probe's programs began attaching
+        self.layout: record.EventLayout  # struct event of this object, for decoding its records
         self._obj: libbpf.BpfObject | None = None
         self._ring: libbpf.RingBuffer | None = None
         self._cgroup_fd: int | None = None
@@ -241,7 +231,8 @@ class Probe:
             raise LibbpfError(errno.ENOENT, f"BPF object {path} is missing; build it with `make bpf`")
         obj = libbpf.BpfObject(str(path))
         try:
-            check_layout(obj.btf)
+            self.layout = record.EventLayout.from_btf(obj.btf)
+            decoder.check_layout(self.layout)
             obj.set_globals(
                 ".rodata",
                 {

@@ -1,68 +1,108 @@
-"""The Python mirror of bpf/otelproc.h: the ring-buffer record, its constants, the match-list key.
+"""The ring-buffer record, read from the BPF object's BTF: bpf/otelproc.h is its one definition.
 
-Field order, types and sizes must equal the C struct; the loader compares this
-layout with the struct's BTF in the compiled object before it attaches, and
-tests/test_record_layout.py compares it with the C compiler's own offsetof().
+The layout of `struct event` (names, offsets, sizes) comes from the compiled
+object, so a new kernel field is a change to the C header and to the code that
+uses it, nothing in between. What Python cannot read from BTF (enum values and
+#define bounds, which clang does not emit) is mirrored here, and
+tests/test_record_layout.py checks the mirror against the C compiler.
 """
 
 from __future__ import annotations
 
+import errno
 import struct
+from collections import namedtuple
+from dataclasses import dataclass
+from enum import Enum
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
 
+from otelproc import libbpf
+from otelproc.libbpf import LibbpfError
+
+DEFAULT_OBJECT = Path(str(resources.files("otelproc") / "bpf" / "otelproc.bpf.o"))  # the one shipped
 TASK_COMM_LEN = 16
-CGROUP_NAME_MAX = 128
-EXE_MAX = 512
-ARGV_MAX = 8192
-ENV_MAX = 16384
-DATA_MAX = EXE_MAX + ARGV_MAX + ENV_MAX
 
-EVENT_EXEC, EVENT_FORK, EVENT_EXIT = 1, 2, 3
-KIND_NAMES = {EVENT_EXEC: "exec", EVENT_FORK: "fork", EVENT_EXIT: "exit"}
 
+class EventKind(str, Enum):
+    """What happened to a process. A str, so that kinds print and serialize as their names."""
+
+    EXEC = "exec"
+    FORK = "fork"
+    EXIT = "exit"
+    ADOPT = "adopt"  # found running in /proc, not seen by the kernel side
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# enum event_kind in bpf/otelproc.h
+KERNEL_KINDS = {1: EventKind.EXEC, 2: EventKind.FORK, 3: EventKind.EXIT}
+
+# enum event_flag
 EVENT_F_EXE_CUT = 1
 EVENT_F_ARGV_CUT = 2
 EVENT_F_ENV_CUT = 4
 EVENT_F_UNTRACKED = 8
 
+# enum lost_reason
 LOST_RINGBUF, LOST_TRACKED_FULL, LOST_MAX = 0, 1, 2
 LOST_NAMES = {LOST_RINGBUF: "ringbuf_full", LOST_TRACKED_FULL: "tracked_map_full"}
 
-# (name, struct format) in C order; "<" formats add no padding, so the C
-# struct must have none either (the layout checks catch it if it does).
-EVENT_FIELDS: tuple[tuple[str, str], ...] = (
-    ("time_ns", "Q"),
-    ("start_time_ns", "Q"),
-    ("cgroup_id", "Q"),
-    ("kind", "I"),
-    ("flags", "I"),
-    ("pid", "I"),
-    ("ppid", "I"),
-    ("tid", "I"),
-    ("vpid", "I"),
-    ("pidns", "I"),
-    ("uid", "I"),
-    ("gid", "I"),
-    ("exit_code", "I"),
-    ("exe_len", "H"),
-    ("argv_len", "H"),
-    ("env_len", "H"),
-    ("reserved", "H"),
-    ("comm", f"{TASK_COMM_LEN}s"),
-    ("cgroup", f"{CGROUP_NAME_MAX}s"),
-    ("data", f"{DATA_MAX}s"),
-)
-
-# Everything before data[]: what every record holds, and all a fork or exit record holds.
-HEADER = struct.Struct("<" + "".join(fmt for name, fmt in EVENT_FIELDS if name != "data"))
-EVENT_SIZE = HEADER.size + DATA_MAX
-
 COMM_KEY = struct.Struct(f"<I{TASK_COMM_LEN}s")  # struct comm_key: prefixlen in bits, comm bytes
 
+_INT_FORMATS = {("uint", 1): "B", ("uint", 2): "H", ("uint", 4): "I", ("uint", 8): "Q",
+                ("int", 1): "b", ("int", 2): "h", ("int", 4): "i", ("int", 8): "q"}
 
-def event_layout() -> tuple[int, dict[str, int]]:
-    """Size and byte offset of every field, to compare with the C struct."""
-    offsets, offset = {}, 0
-    for name, fmt in EVENT_FIELDS:
-        offsets[name] = offset
-        offset += struct.calcsize("<" + fmt)
-    return offset, offsets
+
+@dataclass(frozen=True)
+class EventLayout:
+    """struct event of one BPF object: the fixed header every record starts with, then data[]."""
+
+    header: struct.Struct  # every member before data[]; a fork or exit record is just this
+    fields: Any  # a namedtuple class over the header's members, in order
+    size: int  # sizeof(struct event), data[] included
+    offsets: dict[str, int]
+
+    @classmethod
+    def from_btf(cls, btf: int) -> EventLayout:
+        size, members = libbpf.struct_members(btf, "event")
+        if not members or members[-1].name != "data":
+            raise LibbpfError(errno.EPROTO, "struct event in the BPF object does not end with data[]")
+        fmt, names, defaults, at = "<", [], [], 0
+        for member in members[:-1]:
+            if member.offset < at:
+                raise LibbpfError(errno.EPROTO, f"struct event: member {member.name} overlaps another")
+            fmt += "x" * (member.offset - at)  # padding the compiler put in
+            code = _INT_FORMATS.get((member.kind, member.size))
+            fmt += code or f"{member.size}s"
+            names.append(member.name)
+            defaults.append(0 if code else b"")
+            at = member.offset + member.size
+        fmt += "x" * (members[-1].offset - at)
+        return cls(
+            header=struct.Struct(fmt),
+            fields=namedtuple("EventFields", names, defaults=defaults),  # type: ignore[misc]
+            size=size,
+            offsets={m.name: m.offset for m in members},
+        )
+
+    @classmethod
+    @lru_cache(maxsize=8)
+    def from_object(cls, path: Path) -> EventLayout:
+        """The layout in a compiled object on disk, without loading it into the kernel."""
+        obj = libbpf.BpfObject(str(path))
+        try:
+            return cls.from_btf(obj.btf)
+        finally:
+            obj.close()
+
+    def unpack(self, raw: bytes) -> Any:
+        """The header fields of a record, by name (a namedtuple)."""
+        return self.fields._make(self.header.unpack_from(raw))
+
+    def pack(self, data: bytes = b"", **values: Any) -> bytes:
+        """A record as the kernel would write it, fields not given zero (for tests and benchmarks)."""
+        return self.header.pack(*self.fields(**values)) + data

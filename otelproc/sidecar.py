@@ -26,6 +26,7 @@ from otelproc.health import Health, HealthServer
 from otelproc.loader import Probe
 from otelproc.adoption import alive
 from otelproc.reconcile import Reconciler
+from otelproc.record import EventLayout
 from otelproc.spans import SpanBuilder, host_attributes
 from otelproc.stop import StopSignal
 from otelproc.telemetry import CountingExporter, Stats, bsp_max_queue_size, start_metrics
@@ -51,11 +52,12 @@ class Sidecar:
         self.adoption = adoption.AdoptionStats()
         self.health = Health()
         self._next_loss_log = 0
+        self.layout: EventLayout | None = None  # the probe's struct event, once it is open
 
     # the hot path
 
     def on_record(self, raw: bytes) -> None:
-        event = decode(raw, self.clock)
+        event = decode(raw, self.clock, self.layout)
         self.stats.events[event.kind] += 1
         ended = self.tracker.handle(event)
         if ended is not None:
@@ -172,6 +174,7 @@ class Sidecar:
         metrics = None
         try:
             with Probe(probe_config(s), self.on_record) as probe:
+                self.layout = probe.layout
                 log.info("attached; %s; %s", describe_tracking(s), self.destination.description)
                 if self.destination.metric_exporter is not None:
                     metrics = start_metrics(self.destination.metric_exporter, self.stats, self.gauges(probe), self.host)

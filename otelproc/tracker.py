@@ -15,6 +15,7 @@ from typing import Iterator
 
 from otelproc.decoder import ProcessEvent
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
+from otelproc.record import EventKind
 from otelproc.telemetry import Stats
 
 ProcessKey = tuple[int, int]  # (pid, start ticks)
@@ -122,18 +123,18 @@ class Tracker:
     def handle(self, event: ProcessEvent) -> Ended | None:
         """Applies one kernel event; returns the lifetime an exit ended."""
         key = (event.pid, event.start_ticks)
-        if event.kind == "exit":
+        if event.kind is EventKind.EXIT:
             return self._exit(key, event)
         known = self.processes.get(key)
         if known is not None:
-            if event.kind == "exec":
+            if event.kind is EventKind.EXEC:
                 self._exec_again(known, event)
             return None
-        if event.kind == "fork":
+        if event.kind is EventKind.FORK:
             self.add(self._new(event, "fork", event.start_time, inherit=True))
-        elif event.kind == "exec":
+        elif event.kind is EventKind.EXEC:
             self.add(self._new(event, "exec", event.time, inherit=False))
-        elif event.kind == "adopt":
+        elif event.kind is EventKind.ADOPT:
             self.add(self._new(event, "adopted", event.start_time, inherit=False))
         return None
 

@@ -58,7 +58,7 @@ class EventCollector:
         self._thread.start()
 
     def _on_record(self, raw: bytes) -> None:
-        event = decode(raw, self.clock)
+        event = decode(raw, self.clock, self.probe.layout)
         with self._cond:
             self.events.append(event)
             self._cond.notify_all()

@@ -1,4 +1,8 @@
-"""The C event record and its Python mirror agree, checked three independent ways."""
+"""bpf/otelproc.h is the one definition of the record: Python reads its layout from the object's BTF.
+
+Checked against the C compiler's own sizeof/offsetof, and what BTF cannot carry (the
+enum values and bounds mirrored in otelproc/record.py) against the header.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,22 @@ import subprocess
 import pytest
 
 from conftest import REPO
-from otelproc import libbpf, record
+from otelproc import decoder, libbpf, record
+from otelproc.clock import BootClock
 from otelproc.libbpf import LibbpfError
-from otelproc.loader import DEFAULT_OBJECT, check_layout
+from otelproc.loader import Probe, ProbeConfig
+from otelproc.record import DEFAULT_OBJECT, EventLayout
 
 CONSTANTS = (
-    "TASK_COMM_LEN CGROUP_NAME_MAX EXE_MAX ARGV_MAX ENV_MAX DATA_MAX EVENT_EXEC EVENT_FORK EVENT_EXIT "
-    "EVENT_F_EXE_CUT EVENT_F_ARGV_CUT EVENT_F_ENV_CUT EVENT_F_UNTRACKED LOST_RINGBUF LOST_TRACKED_FULL LOST_MAX"
+    "TASK_COMM_LEN EVENT_F_EXE_CUT EVENT_F_ARGV_CUT EVENT_F_ENV_CUT EVENT_F_UNTRACKED "
+    "LOST_RINGBUF LOST_TRACKED_FULL LOST_MAX"
 ).split()
 
 
-def c_layout(tmp_path) -> dict[str, int]:
+def c_layout(tmp_path, fields: list[str], constants: list[str]) -> dict[str, int]:
     """sizeof, offsetof and the constants, as the C compiler sees bpf/otelproc.h."""
-    fields = [name for name, _ in record.EVENT_FIELDS]
     lines = [f'printf("offset.{f} %zu\\n", offsetof(struct event, {f}));' for f in fields]
-    lines += [f'printf("const.{c} %ld\\n", (long){c});' for c in CONSTANTS]
+    lines += [f'printf("const.{c} %ld\\n", (long){c});' for c in constants]
     lines += ['printf("size.event %zu\\n", sizeof(struct event));', 'printf("size.comm_key %zu\\n", sizeof(struct comm_key));']
     src = tmp_path / "layout.c"
     src.write_text(
@@ -35,34 +40,62 @@ def c_layout(tmp_path) -> dict[str, int]:
     return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
 
 
-def test_c_compiler_layout_matches_python(tmp_path):
-    c = c_layout(tmp_path)
-    size, offsets = record.event_layout()
-    assert c["size.event"] == size == record.EVENT_SIZE
-    assert {f: c[f"offset.{f}"] for f in offsets} == offsets
+def test_btf_layout_is_the_c_compilers(tmp_path):
+    layout = EventLayout.from_object(DEFAULT_OBJECT)
+    kinds = {f"EVENT_{k.name}": v for v, k in record.KERNEL_KINDS.items()}
+    c = c_layout(tmp_path, list(layout.offsets), [*CONSTANTS, *kinds])
+    assert c["size.event"] == layout.size
+    assert {f: c[f"offset.{f}"] for f in layout.offsets} == layout.offsets
+    assert layout.header.size == layout.offsets["data"], "the header is everything before data[]"
     assert c["size.comm_key"] == record.COMM_KEY.size
     assert {name: c[f"const.{name}"] for name in CONSTANTS} == {name: getattr(record, name) for name in CONSTANTS}
+    assert {name: c[f"const.{name}"] for name in kinds} == kinds
 
 
-def test_object_btf_layout_matches_python():
+def test_a_new_field_needs_no_python_mirror(tmp_path):
+    """A field added to the header is decoded by name, from a rebuilt object, with nothing else edited."""
+    bpf = tmp_path / "bpf"
+    subprocess.run(["cp", "-r", str(REPO / "bpf"), str(bpf)], check=True)
+    header = bpf / "otelproc.h"
+    header.write_text(header.read_text().replace("\t__u32 kind;", "\t__u16 novelty;\n\t__u32 kind;", 1))
+    built = tmp_path / "otelproc.bpf.o"
+    subprocess.run(["make", "-s", "-C", str(bpf), f"OUT={built}"], check=True)
+
+    layout = EventLayout.from_object(built)
+    shipped = EventLayout.from_object(DEFAULT_OBJECT)
+    assert layout.offsets["kind"] == shipped.offsets["kind"] + 4  # the u16 plus the padding C adds
+    raw = layout.pack(kind=3, pid=4242, novelty=7, exit_code=5 << 8)
+    assert layout.unpack(raw).novelty == 7
+    event = decoder.decode(raw, BootClock(), layout)
+    assert (event.kind, event.pid, event.exit_code) == ("exit", 4242, 5)
+    with Probe(ProbeConfig(object_path=built), lambda raw: None) as probe:
+        assert probe.layout.offsets == layout.offsets
+
+
+def test_an_object_missing_a_field_the_decoder_reads_is_refused(tmp_path):
+    bpf = tmp_path / "bpf"
+    subprocess.run(["cp", "-r", str(REPO / "bpf"), str(bpf)], check=True)
+    header = bpf / "otelproc.h"
+    header.write_text(header.read_text().replace("__u32 vpid;", "__u32 vpid_renamed;"))
+    source = bpf / "otelproc.bpf.c"
+    source.write_text(source.read_text().replace("e->vpid", "e->vpid_renamed"))
+    built = tmp_path / "otelproc.bpf.o"
+    subprocess.run(["make", "-s", "-C", str(bpf), f"OUT={built}"], check=True)
+    with pytest.raises(LibbpfError, match="has no field vpid; rebuild it"):
+        Probe(ProbeConfig(object_path=built), lambda raw: None)
+
+
+def test_struct_members_resolve_typedefs():
     obj = libbpf.BpfObject(str(DEFAULT_OBJECT))
     try:
-        assert libbpf.struct_layout(obj.btf, "event") == record.event_layout()
-        check_layout(obj.btf)
+        size, members = libbpf.struct_members(obj.btf, "event")
     finally:
         obj.close()
-
-
-def test_drifted_mirror_is_refused(monkeypatch):
-    swapped = list(record.EVENT_FIELDS)
-    swapped[4], swapped[5] = swapped[5], swapped[4]  # flags before pid: same size, wrong offsets
-    monkeypatch.setattr(record, "EVENT_FIELDS", tuple((n, f) for n, f in swapped))
-    obj = libbpf.BpfObject(str(DEFAULT_OBJECT))
-    try:
-        with pytest.raises(LibbpfError, match="does not match"):
-            check_layout(obj.btf)
-    finally:
-        obj.close()
+    by_name = {m.name: m for m in members}
+    assert (by_name["time_ns"].size, by_name["time_ns"].kind) == (8, "uint")  # __u64
+    assert (by_name["exe_len"].size, by_name["exe_len"].kind) == (2, "uint")  # __u16
+    assert (by_name["comm"].size, by_name["comm"].kind) == (record.TASK_COMM_LEN, "bytes")
+    assert members[-1].name == "data" and members[-1].offset + members[-1].size == size
 
 
 def test_committed_object_is_built_from_the_sources(tmp_path):

@@ -12,6 +12,7 @@ from otelproc import config
 from otelproc.config import ConfigError
 from otelproc.decoder import ProcessEvent, parse_otel_env
 from otelproc.identity import ProcessIdentity, fresh_carrier, place
+from otelproc.record import EventKind
 from otelproc.spans import SpanBuilder, container_id, exit_status, parse_resource_attributes
 from otelproc.tracker import Ended, Tracker, program_name
 
@@ -20,7 +21,7 @@ TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 def event(kind: str, pid: int, ticks: int, ppid: int = 1, **kw: object) -> ProcessEvent:
     base = dict(
-        kind=kind, time=1_000 + ticks, pid=pid, ppid=ppid, vpid=pid, pidns=4026531836, tid=pid, uid=0, gid=0,
+        kind=EventKind(kind), time=1_000 + ticks, pid=pid, ppid=ppid, vpid=pid, pidns=4026531836, tid=pid, uid=0, gid=0,
         comm="python3", exe="/usr/bin/python3", argv=("python3", "app.py"), start_time=ticks, start_ticks=ticks,
         exit_code=None, signal=None, core_dumped=False, cgroup_id=0, cgroup="", truncated=(), untracked=False,
         otel_env=(),
