@@ -166,7 +166,7 @@ class Option:
         return "OTELPROC_" + self.name.upper()
 
 
-EV, RUN = "events", "run"
+EV, RUN, DETACH = "events", "run", "detach"
 OPTIONS: tuple[Option, ...] = (
     Option("match", DEFAULT_MATCH, parse_match, "comm names to track; a trailing * matches a prefix", (EV, RUN), "LIST"),
     Option("all", "false", parse_bool, "track every process (ignores --match)", (EV, RUN), flag_only_bool=True),
@@ -238,7 +238,15 @@ OPTIONS: tuple[Option, ...] = (
         "/var/lib/otelproc/state.json",
         parse_path,
         "live processes, kept for a restarted otelproc (mode 0600); empty: none",
-        (RUN,),
+        (RUN, DETACH),
+        "PATH",
+    ),
+    Option(
+        "pin_dir",
+        "/sys/fs/bpf/otelproc",
+        parse_path,
+        "bpffs directory where the probe is pinned, so it keeps recording across restarts; empty: no pinning",
+        (RUN, DETACH),
         "PATH",
     ),
     Option("health_port", "", parse_port, "serve /healthz and /readyz on this TCP port; empty: off", (RUN,), "PORT"),
@@ -250,7 +258,10 @@ OPTIONS: tuple[Option, ...] = (
         (EV, RUN),
         "BOOL",
     ),
-    Option("log_level", "info", parse_log_level, "debug, info, warning or error (logs go to stderr)", (EV, RUN), "LEVEL"),
+    Option(
+        "log_level", "info", parse_log_level, "debug, info, warning or error (logs go to stderr)", (EV, RUN, DETACH),
+        "LEVEL",
+    ),
 )
 
 
@@ -299,9 +310,10 @@ def resolve(command: str, args: argparse.Namespace, environ: dict[str, str] | No
     return Settings(values, sources)
 
 
-def probe_config(settings: Settings) -> ProbeConfig:
+def probe_config(settings: Settings, pin_dir: Path | None = None) -> ProbeConfig:
     scope = settings.scope
     return ProbeConfig(
+        pin_dir=pin_dir,
         match=settings.match,
         trace_all=settings.all,
         scope_pidns=own_pidns_inode() if scope.kind == "pidns" else 0,
@@ -311,6 +323,14 @@ def probe_config(settings: Settings) -> ProbeConfig:
         # The commands poll every POLL_MS; waking them per record would cost a context switch per event.
         wakeup_bytes=settings.ring_buffer_size // 8,
     )
+
+
+def tracking_config(settings: Settings) -> str:
+    """What decides which processes are tracked and how they are numbered: a state file of other tracking is not resumed."""
+    scope = settings.scope
+    pidns = own_pidns_inode() if scope.kind == "pidns" else 0
+    match = "all" if settings.all else ",".join(str(r) for r in settings.match)
+    return f"match={match} scope={scope} pidns={pidns}"
 
 
 def describe_tracking(settings: Settings) -> str:

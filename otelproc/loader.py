@@ -174,6 +174,7 @@ class Probe:
         self.config = config
         self.resumed = False  # the probe a previous otelproc pinned, same fingerprint, still recording
         self.previous: PreviousProbe | None = None  # one of another fingerprint, to take over from
+        self.previous_dir: Path | None = None  # where that one was pinned, once it is retired
         self.pinned_at: Path | None = None  # this probe's pin directory
         self.attached_at = 0  # boot ns just before this probe's programs began attaching
         self.layout: record.EventLayout  # struct event of this object, for decoding its records
@@ -216,7 +217,7 @@ class Probe:
             obj.attach_all()
             self._carry_tracked()  # what the old probe began tracking while this one attached
             if here is not None:
-                here.mkdir(mode=0o700)
+                here.mkdir(mode=0o700, parents=True)
                 try:
                     obj.pin(str(here), pins.LINK_PREFIX, pins.MAP_PREFIX)
                 except BaseException:
@@ -285,7 +286,10 @@ class Probe:
     def retire_previous(self, on_record: Callable[[bytes], None]) -> int:
         """Ends the takeover: the old probe's programs detached, its ring read, its pins gone."""
         previous, self.previous = self.previous, None
-        return 0 if previous is None else previous.retire(on_record)
+        if previous is None:
+            return 0
+        self.previous_dir = previous.dir
+        return previous.retire(on_record)
 
     def poll(self, timeout_ms: int) -> int:
         """Hands every waiting record to on_record; waits up to timeout_ms for the first."""

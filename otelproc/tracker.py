@@ -95,11 +95,17 @@ class Ended:
     exit_code: int | None
     signal: int | None
     core_dumped: bool
+    gone_by: int | None = None  # set when the end lies in a window: end_time is its start (last seen alive)
 
     @classmethod
     def unseen(cls, process: TrackedProcess, noticed_at: int) -> Ended:
         """A process found gone without its exit record: ended when that was noticed, status unknown."""
         return cls(process, noticed_at, None, None, False)
+
+    @classmethod
+    def between(cls, process: TrackedProcess, last_alive: int, noticed_at: int) -> Ended:
+        """A process that ended while otelproc was down, unseen: its span ends when it was last known alive."""
+        return cls(process, last_alive, None, None, False, noticed_at)
 
 
 class Tracker:
