@@ -193,14 +193,15 @@ def proc_start_ticks(pid: int) -> int:
 class SidecarProcess:
     """`otelproc run` as a real subprocess; its stderr is collected line by line."""
 
-    def __init__(self, args: list[str], env: dict[str, str], command: list[str] | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], command: list[str] | None = None,
+                 cwd: Path = REPO) -> None:
         self.args = args
         self.env = env
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
             command or [PYTHON, "-m", "otelproc", "run", *args],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True).start()
         self.stdout_lines: list[str] = []
@@ -266,18 +267,19 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory, pin_root: PinRoot) -> Iter
     and its pinned probe removed, even when the test failed.
 
     Each gets a state file and a pin directory of its own unless the test passes
-    --state-file / --pin-dir (to share one).
+    --state-file / --pin-dir (to share one). cwd: the tree whose otelproc runs.
     """
     started: list[SidecarProcess] = []
     pin_dirs: list[str] = []
 
-    def start(*args: str, endpoint: str | None = None, env: dict[str, str] | None = None) -> SidecarProcess:
+    def start(*args: str, endpoint: str | None = None, env: dict[str, str] | None = None,
+              cwd: Path = REPO) -> SidecarProcess:
         full_env = sidecar_env(tmp_path_factory, pin_root)
         if endpoint:
             full_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
         full_env.update(env or {})
         pin_dirs.append(pin_dir_of(list(args), full_env))
-        process = SidecarProcess(list(args), full_env)
+        process = SidecarProcess(list(args), full_env, cwd=cwd)
         started.append(process)
         return process
 
