@@ -354,10 +354,9 @@ def run_sidecar(settings: Settings) -> int:
     require_caps(RUN_CAPS)
     if settings.state_file is not None:
         check_state_file(settings.state_file)
-    sidecar = Sidecar(settings)
     pin_dir, lock = pinning(settings)
     try:
-        return sidecar.run(pin_dir)
+        return Sidecar(settings).run(pin_dir)
     finally:
         if lock is not None:
             lock.release()
