@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,36 @@ def test_state_file_names_why_it_is_not_resumed(tmp_path, monkeypatch):
     with pytest.raises(state.StateFileError, match="from another host"):
         state.load(path, "match=a scope=host pidns=0")
     assert state.load(tmp_path / "none.json", "x").processes == []
+
+
+def test_takeover_takes_what_both_probes_saw_once(pin_root, tmp_path):
+    """In process, with the real probes: the old probe alone records X; then both run and record Y.
+    The sidecar reads the old ring (X, Y) and skips the new ring's Y."""
+    from otelproc import cli, config
+    from otelproc.loader import Probe
+    from otelproc.sidecar import Sidecar
+
+    shell = tmp_path / "otpoverlap"
+    shutil.copy("/bin/sh", shell)
+    pin_dir = pin_root.new_dir()
+    args = ["run", "--match", "otpoverlap", "--exporter", "console", "--state-file", "", "--pin-dir", pin_dir]
+    settings = config.resolve("run", cli.build_parser().parse_args(args))
+    old = config.probe_config(settings, Path(pin_dir))
+    try:
+        Probe(replace(old, max_tracked=1024), lambda raw: None).close()  # pinned, nobody reads it
+        x = subprocess.run([shell, "-c", "exit 6"]).returncode
+        sidecar = Sidecar(settings)
+        ended = []
+        sidecar.export_lifetime = ended.append
+        with Probe(old, sidecar.on_record) as probe:
+            sidecar.layout = probe.layout
+            assert probe.previous is not None, "another fingerprint: a takeover"
+            y = subprocess.Popen([shell, "-c", "exit 7"])
+            assert (x, y.wait()) == (6, 7)
+            sidecar.take_over(probe)
+            probe.poll(0)
+        codes = sorted(e.exit_code for e in ended if e.process.comm == "otpoverlap")
+        assert codes == [6, 7], "each exit once, the overlap's from the old ring"
+        assert [p.name for p in pins.probes(Path(pin_dir))] == [probe.pinned_at.name], "the old probe's pins are gone"
+    finally:
+        pin_root.remove(pin_dir)
