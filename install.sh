@@ -2,30 +2,56 @@
 # Installs otelproc and what it needs on Debian/Ubuntu (run as root).
 #   ./install.sh          libbpf1 and the Python package: enough for `otelproc run`
 #   ./install.sh --test   also clang, bpftool and libbpf-dev (to rebuild the BPF object),
-#                         the test tools, the Python test dependencies, and the Jaeger
-#                         binary the end-to-end test runs (built with Go, cached)
+#                         the test tools, the Python test and demo dependencies, and the Jaeger
+#                         binary the end-to-end tests and the local stack run (built with Go, cached)
 set -euo pipefail
 cd "$(dirname "$0")"
 
+step() { echo "install.sh: $*"; }
+fail() { echo "install.sh: $*" >&2; exit 1; }
+
+test_setup=false
+case "${1:-}" in
+    --test) test_setup=true ;;
+    "") ;;
+    *) fail "unknown option $1 (use no option, or --test)" ;;
+esac
+
 packages=(libbpf1)
 extras=""
-if [[ "${1:-}" == "--test" ]]; then
+if $test_setup; then
     packages+=(clang llvm bpftool libbpf-dev make gcc libc6-dev util-linux libcap2-bin procps)
     extras="[test]"
+    # Before anything is installed: the Jaeger build needs a Go this script does not install.
+    step "checking for the Jaeger binary, or a Go that can build it"
+    if jaeger=$(deploy/jaeger/build.sh --print-path 2>/dev/null); then
+        step "  Jaeger binary cached: $jaeger"
+    elif ! deploy/jaeger/build.sh --check-go; then
+        fail "the tests need Go for the Jaeger build (above); install it, then run ./install.sh --test again"
+    fi
 fi
 
+step "checking packages: ${packages[*]}"
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
 if ((${#missing[@]})); then
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    step "  installing with apt-get: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+    step "  all installed"
 fi
 
+step "installing the otelproc Python package (pip install -e .$extras; about 10 s)"
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".${extras}"
 command -v pyenv >/dev/null && pyenv rehash || true  # puts the `otelproc` script on a pyenv PATH
 
-if [[ "${1:-}" == "--test" ]]; then
-    deploy/jaeger/build.sh >/dev/null
+if $test_setup; then
+    step "building the Jaeger binary unless cached (deploy/jaeger/build.sh; the first time, a few minutes)"
+    step "  Jaeger binary: $(deploy/jaeger/build.sh)"
+    step "done: run the tests with \`python3 -m pytest\` (as root), or the local stack with deploy/local/up.sh"
+else
+    step "done: \`otelproc check\` says whether it can run here; \`otelproc run\` runs it"
 fi

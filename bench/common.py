@@ -425,6 +425,15 @@ _SDK_QUEUE_FULL = "Queue full"  # the SDK's own warning, when spans reach a full
 _ROUTINE = ("attached;", "adopted", "resumed", "stopped;", "kernel side dropped", _SDK_QUEUE_FULL)
 
 
+_AWAY = re.compile(r"longest away from the ring buffer: (\d+) ms")
+
+
+def parse_away_ms(text: str) -> int | None:
+    """otelproc's longest time between two reads of the ring buffer, from its last line."""
+    found = _AWAY.search(text)
+    return int(found.group(1)) if found else None
+
+
 def parse_stop(returncode: int, text: str) -> StopReport:
     """otelproc's own account of a run, from its stderr."""
     logged: dict[str, int] = {}

@@ -276,6 +276,7 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 {
 	__u32 pid, ppid;
 	struct event *e;
+	bool tracked_now;
 	__u64 ticks;
 
 	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
@@ -294,11 +295,15 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 		return 0;
 	ticks = start_ticks(child);
 
+	/* Track first, report second: with the ring buffer full the fork record
+	 * is lost, but the child is still tracked, so its exit is reported and
+	 * the /proc sweep finds it in the map. */
+	tracked_now = track(pid, ticks);
 	e = reserve_small();
 	if (!e)
 		return 0;
 	fill_common(e, child, EVENT_FORK, pid);
-	if (!track(pid, ticks))
+	if (!tracked_now)
 		e->flags = EVENT_F_UNTRACKED;
 	bpf_ringbuf_submit(e, submit_flags());
 	return 0;

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-import psutil
-
+from otelproc import procfs
 from otelproc.clock import BootClock
-from otelproc.decoder import NS_PER_TICK, ProcessEvent, parse_otel_env, text
+from otelproc.decoder import NS_PER_TICK, ProcessEvent, parse_otel_env
 from otelproc.loader import MatchRule, any_match
 from otelproc.record import EventKind
 
@@ -26,43 +24,46 @@ class AdoptionStats:
     unreadable: int = 0  # permission denied: a capability is missing
 
 
-def read_stat(pid: int) -> tuple[str, int, int]:
-    """comm, ppid and start ticks from /proc/<pid>/stat (comm may hold spaces and parentheses)."""
-    raw = Path(f"/proc/{pid}/stat").read_bytes()
-    head, _, tail = raw.rpartition(b")")
-    fields = tail.split()
-    return text(head.split(b"(", 1)[1]), int(fields[1]), int(fields[19])
-
-
 def alive(pid: int, start_ticks: int) -> bool:
     """Still the same process (zombies count: their exit has not been reaped)."""
     try:
-        return read_stat(pid)[2] == start_ticks
+        return procfs.stat(pid).start_ticks == start_ticks
     except OSError:
         return False
 
 
-def _nspid(pid: int) -> int:
+def running_now(pid: int, start_ticks: int) -> bool:
+    """The same process, and not yet exited (a zombie's exit record has been written)."""
+    try:
+        stat = procfs.stat(pid)
+    except OSError:
+        return False
+    return stat.start_ticks == start_ticks and stat.state not in ("Z", "X")
+
+
+def _nspid(status: dict[str, str], pid: int) -> int:
     """The pid in the process's own (innermost) pid namespace."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("NSpid:"):
-            return int(line.split()[-1])
-    return pid
+    nspid = status.get("NSpid", "").split()
+    return int(nspid[-1]) if nspid else pid
+
+
+def _ids(status: dict[str, str], key: str) -> int:
+    """The real uid or gid ("Uid:\treal\teffective\tsaved\tfs")."""
+    return int(status[key].split()[0])
 
 
 def cgroup_v2_path(pid: int) -> str:
     """The process's cgroup v2 path ("/a/b"), "" when it has none (a cgroup v1 host)."""
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        if line.startswith("0::"):
-            return line[3:]
+    for hierarchy, controllers, path in procfs.cgroups(pid):
+        if hierarchy == "0" and not controllers:
+            return path
     return ""
 
 
 def _cgroup(pid: int, mount: str | None) -> tuple[int, str]:
     """The cgroup v2 id and leaf name; on a cgroup v1 host the memory controller's leaf."""
     v2 = v1 = ""
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        hierarchy, controllers, path = line.split(":", 2)
+    for hierarchy, controllers, path in procfs.cgroups(pid):
         if hierarchy == "0" and not controllers:
             v2 = path
         elif "memory" in controllers.split(","):
@@ -79,22 +80,14 @@ def _cgroup(pid: int, mount: str | None) -> tuple[int, str]:
 
 def snapshot(pid: int, clock: BootClock, cgroup_mount: str | None) -> ProcessEvent | None:
     """One running process as an 'adopt' event; None if it changed or vanished meanwhile."""
-    comm, ppid, ticks = read_stat(pid)
-    proc = psutil.Process(pid)
-    with proc.oneshot():
-        uids, gids = proc.uids(), proc.gids()
-        argv = tuple(proc.cmdline())
-        try:
-            exe = proc.exe() or None
-        except (psutil.AccessDenied, psutil.ZombieProcess):
-            exe = None
-    environ = Path(f"/proc/{pid}/environ").read_bytes()
-    otel_env = parse_otel_env(environ)
-    del environ  # only the allowlisted variables are kept
-    vpid = _nspid(pid)
-    pidns = os.stat(f"/proc/{pid}/ns/pid").st_ino
+    comm, ppid, ticks, _state = procfs.stat(pid)
+    status = procfs.status(pid)
+    argv = procfs.cmdline(pid)
+    exe = procfs.exe(pid)
+    otel_env = parse_otel_env(procfs.environ(pid))  # only the allowlisted variables are kept
+    pidns = procfs.pidns(pid)
     cgroup_id, cgroup = _cgroup(pid, cgroup_mount)
-    if read_stat(pid)[2] != ticks:
+    if procfs.stat(pid).start_ticks != ticks:
         return None  # the pid now names another process
     start_time = clock.to_wall(ticks * NS_PER_TICK)
     return ProcessEvent(
@@ -102,11 +95,11 @@ def snapshot(pid: int, clock: BootClock, cgroup_mount: str | None) -> ProcessEve
         time=clock.to_wall(clock.boot_now()),
         pid=pid,
         ppid=ppid,
-        vpid=vpid,
+        vpid=_nspid(status, pid),
         pidns=pidns,
         tid=pid,
-        uid=uids.real,
-        gid=gids.real,
+        uid=_ids(status, "Uid"),
+        gid=_ids(status, "Gid"),
         comm=comm,
         exe=exe,
         argv=argv,
@@ -133,10 +126,10 @@ def snapshot_or_none(pid: int, clock: BootClock, cgroup_mount: str | None, stats
     """snapshot(), with a process that vanished or cannot be read counted and skipped."""
     try:
         event = snapshot(pid, clock, cgroup_mount)
-    except (FileNotFoundError, ProcessLookupError, psutil.NoSuchProcess, psutil.ZombieProcess):
+    except (FileNotFoundError, ProcessLookupError):
         stats.vanished += 1
         return None
-    except (PermissionError, psutil.AccessDenied):
+    except PermissionError:
         stats.unreadable += 1
         return None
     if event is None:
@@ -151,15 +144,16 @@ def running(
     cgroup_mount: str | None,
     stats: AdoptionStats,
     scope_cgroup: str | None = None,
+    skip: Callable[[int, int], bool] = lambda pid, start_ticks: False,
 ) -> Iterator[ProcessEvent]:
     """What the kernel side would track had it run all along: matching processes and their
     descendants (inside scope_cgroup, a path below the cgroup2 mount, when given), parents
-    before children (by start time), otelproc itself left out."""
+    before children (by start time), otelproc itself and those `skip` names left out."""
     me = os.getpid()
-    table: dict[int, tuple[str, int, int]] = {}
-    for pid in psutil.pids():
+    table: dict[int, procfs.Stat] = {}
+    for pid in procfs.pids():
         try:
-            table[pid] = read_stat(pid)
+            table[pid] = procfs.stat(pid)
         except (FileNotFoundError, ProcessLookupError):
             continue  # gone before it was looked at: nothing to adopt
     chosen: dict[int, bool] = {}
@@ -168,15 +162,17 @@ def running(
         chain: list[int] = []
         while pid in table and pid not in chosen and pid not in chain:
             chain.append(pid)
-            pid = table[pid][1]
+            pid = table[pid].ppid
         verdict = chosen.get(pid, False)
         for link in reversed(chain):  # from the oldest ancestor down
-            verdict = verdict or trace_all or any_match(rules, table[link][0])
+            verdict = verdict or trace_all or any_match(rules, table[link].comm)
             chosen[link] = verdict
         return verdict
 
-    found = sorted((table[pid][2], pid) for pid in table if pid != me and tracked(pid))
-    for _ticks, pid in found:
+    found = sorted((table[pid].start_ticks, pid) for pid in table if pid != me and tracked(pid))
+    for ticks, pid in found:
+        if skip(pid, ticks):
+            continue
         try:
             if scope_cgroup is not None and not in_cgroup(pid, scope_cgroup):
                 continue

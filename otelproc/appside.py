@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
@@ -27,10 +26,10 @@ from opentelemetry.sdk.resources import Resource, ResourceDetector
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from otelproc import procfs
 from otelproc.config import DEFAULT_MATCH, ConfigError, parse_match
 from otelproc.decoder import parse_otel_env
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
-from otelproc.adoption import read_stat
 from otelproc.loader import MatchRule, any_match
 
 DETECTOR_NAME = "otelproc"
@@ -43,14 +42,11 @@ class _Proc:
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.comm, self.ppid, self.start_ticks = read_stat(pid)
-        self.pidns = os.stat(f"/proc/{pid}/ns/pid").st_ino
+        self.comm, self.ppid, self.start_ticks, _state = procfs.stat(pid)
+        self.pidns = procfs.pidns(pid)
+        self.exe_name = os.path.basename(procfs.exe(pid) or "")
         try:
-            self.exe_name = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
-        except OSError:
-            self.exe_name = ""
-        try:
-            self.otel_env = dict(parse_otel_env(Path(f"/proc/{pid}/environ").read_bytes()))
+            self.otel_env = dict(parse_otel_env(procfs.environ(pid)))
         except OSError:
             self.otel_env = {}
 

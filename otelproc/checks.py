@@ -24,7 +24,7 @@ CAP_NAMES = {
     CAP_PERFMON: "CAP_PERFMON",
     CAP_BPF: "CAP_BPF",
 }
-# What each capability is for (measured: README, "Least privilege"); `events` needs the first two.
+# What each capability is for (measured: docs/security.md, "Least privilege"); `events` needs the first two.
 CAP_PURPOSE = {
     CAP_BPF: "to load BPF programs and maps",
     CAP_PERFMON: "to attach to tracepoints and read kernel memory",

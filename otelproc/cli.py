@@ -18,10 +18,11 @@ from otelproc import __version__, config
 from otelproc.checks import EVENTS_CAPS, CheckFailed, require_caps, run_checks
 from otelproc.clock import BootClock
 from otelproc.config import POLL_MS, ConfigError, Settings
-from otelproc.decoder import decode
+from otelproc.decoder import MalformedRecord, decode
 from otelproc.libbpf import LibbpfError
 from otelproc.loader import Probe
 from otelproc.record import EventLayout
+from otelproc.redact import redact_argv
 from otelproc.stop import StopSignal
 
 log = logging.getLogger("otelproc")
@@ -76,7 +77,14 @@ def cmd_events(settings: Settings) -> int:
     layout: EventLayout | None = None  # the probe's struct event, once it is open
 
     def on_record(raw: bytes) -> None:
-        out.write(json.dumps(decode(raw, clock, layout).to_json_dict()) + "\n")
+        try:
+            event = decode(raw, clock, layout)
+        except MalformedRecord as exc:
+            log.warning("skipped a record: %s", exc)
+            return
+        if settings.redact and event.argv:
+            event = event._replace(argv=tuple(redact_argv(event.argv)))
+        out.write(json.dumps(event.to_json_dict()) + "\n")
 
     stop = StopSignal()
     deadline = None if settings.duration is None else time.monotonic() + settings.duration

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from otelproc.loader import MatchRule, ProbeConfig
 
@@ -187,8 +187,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "exporter",
         "auto",
-        parse_choice("auto", "otlp", "console"),
-        "otlp, console, or auto: otlp when an endpoint is configured or a collector answers, else console",
+        parse_choice("auto", "otlp", "console", "console-json"),
+        "otlp; console (one line per span); console-json (every span in full, one JSON object per line); "
+        "or auto: otlp when an endpoint is configured or a collector answers, else console",
         (RUN,),
         "NAME",
     ),
@@ -254,7 +255,7 @@ OPTIONS: tuple[Option, ...] = (
         "redact",
         "true",
         parse_bool,
-        "replace secrets in command lines with *** (see Secrets)",
+        "replace secrets in command lines with *** (see docs/security.md)",
         (EV, RUN),
         "BOOL",
     ),
@@ -280,25 +281,57 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 @dataclass(frozen=True)
 class Settings:
-    values: dict[str, Any]
-    sources: dict[str, str]  # where each value came from: "flag", "env" or "default"
+    """Every setting, parsed and typed: one field per Option in OPTIONS, with the same name.
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    A setting that the command does not take holds its default. `sources` says where each
+    value came from: "flag", "env" or "default".
+    """
+
+    match: tuple[MatchRule, ...]
+    all: bool
+    scope: Scope
+    duration: float | None
+    max_processes: int
+    ring_buffer_size: int
+    exporter: str
+    otlp_endpoint: str
+    otlp_protocol: str
+    service_name: str
+    start_span_delay: float
+    adopt: bool
+    sweep_interval: float
+    state_file: Path | None
+    pin_dir: Path | None
+    health_port: int | None
+    redact: bool
+    log_level: str
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
 
 
-def resolve(command: str, args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+def _check_settings_fields() -> None:
+    """OPTIONS and Settings name the same settings: adding one to only one of them fails at import."""
+    option_names = {o.name for o in OPTIONS}
+    field_names = {f.name for f in fields(Settings)} - {"sources"}
+    if option_names != field_names:
+        raise TypeError(
+            f"config.Settings and OPTIONS differ: options without a field {sorted(option_names - field_names)}, "
+            f"fields without an option {sorted(field_names - option_names)}"
+        )
+
+
+_check_settings_fields()
+
+
+def resolve(command: str, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
     """Flag, else OTELPROC_* variable, else default; each parsed, errors naming the setting."""
     env = os.environ if environ is None else environ
     values, sources = {}, {}
-    for option in options_for(command):
-        raw = getattr(args, option.name, None)
-        source = "flag"
-        if raw is None:
-            raw, source = env.get(option.env), "env"
+    for option in OPTIONS:
+        raw, source = None, "flag"
+        if command in option.commands:
+            raw = getattr(args, option.name, None)
+            if raw is None:
+                raw, source = env.get(option.env), "env"
         if raw is None:
             raw, source = option.default, "default"
         try:
@@ -307,7 +340,7 @@ def resolve(command: str, args: argparse.Namespace, environ: dict[str, str] | No
             where = option.flag if source == "flag" else option.env if source == "env" else "default"
             raise ConfigError(f"{where}: {exc}") from None
         sources[option.name] = source
-    return Settings(values, sources)
+    return Settings(**values, sources=sources)
 
 
 def probe_config(settings: Settings, pin_dir: Path | None = None) -> ProbeConfig:
@@ -339,7 +372,7 @@ def describe_tracking(settings: Settings) -> str:
 
 
 def markdown_table() -> str:
-    """The README's settings table, made from OPTIONS so the two cannot disagree."""
+    """The settings table of docs/configuration.md, made from OPTIONS so the two cannot disagree."""
     rows = ["| flag | environment | default | commands | what it sets |", "|---|---|---|---|---|"]
     for o in OPTIONS:
         flag = o.flag if o.flag_only_bool else f"{o.flag} {o.metavar}"

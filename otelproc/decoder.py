@@ -18,7 +18,7 @@ from otelproc.record import DEFAULT_OBJECT, KERNEL_KINDS, EventKind, EventLayout
 
 NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
-# The only environment variables otelproc ever keeps (see README, "Secrets").
+# The only environment variables otelproc ever keeps (see docs/security.md).
 OTEL_ENV_ALLOWLIST = ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "TRACEPARENT", "TRACESTATE")
 _ENV_NEEDLES = tuple((name, name.encode() + b"=", b"\0" + name.encode() + b"=") for name in OTEL_ENV_ALLOWLIST)
 
@@ -64,6 +64,11 @@ def text(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def split_argv(block: bytes) -> tuple[str, ...]:
+    """A NUL-separated argument block (the kernel's argv record, /proc/<pid>/cmdline) as arguments."""
+    return tuple(text(block.rstrip(b"\0")).split("\0")) if block else ()
+
+
 def _cstr(raw: bytes) -> str:
     return text(raw.split(b"\0", 1)[0])
 
@@ -95,24 +100,32 @@ def _truncated(flags: int) -> tuple[str, ...]:
     return tuple(parts)
 
 
+class MalformedRecord(ValueError):
+    """A record no probe of this layout writes: too short, of no known kind, or with lengths past its end."""
+
+
 def decode(raw: bytes, clock: BootClock, layout: EventLayout | None = None) -> ProcessEvent:
     """One record as the kernel wrote it (fork and exit records end before data[]).
 
     layout: the struct event of the object that wrote it; default, the shipped object's.
+    Anything else raises MalformedRecord, and nothing else.
     """
     layout = layout or default_layout()
+    base = layout.header.size
+    if len(raw) < base:
+        raise MalformedRecord(f"a record of {len(raw)} bytes, shorter than its {base}-byte header")
     r = layout.unpack(raw)
     exe = argv = None
     otel_env: tuple[tuple[str, str], ...] = ()
     kind = KERNEL_KINDS.get(r.kind)
     if kind is None:
-        raise ValueError(f"unknown event kind {r.kind}")
+        raise MalformedRecord(f"unknown event kind {r.kind}")
     if kind is EventKind.EXEC:
-        base = layout.header.size
+        if base + r.exe_len + r.argv_len + r.env_len > len(raw):
+            raise MalformedRecord(f"exec record of {len(raw)} bytes with data lengths past its end")
         exe = _cstr(raw[base : base + r.exe_len])
         argv_at, env_at = base + r.exe_len, base + r.exe_len + r.argv_len
-        argv_raw = raw[argv_at:env_at]
-        argv = tuple(text(argv_raw.rstrip(b"\0")).split("\0")) if argv_raw else ()
+        argv = split_argv(raw[argv_at:env_at])
         otel_env = parse_otel_env(raw[env_at : env_at + r.env_len])
     exit_code = signal = None
     core = False

@@ -1,4 +1,5 @@
-"""Where spans go: the SDK's OTLP exporters (gRPC or HTTP/protobuf) or the console, behind its BatchSpanProcessor.
+"""Where spans go: the SDK's OTLP exporters (gRPC or HTTP/protobuf), or the console as lines or JSON,
+behind the SDK's BatchSpanProcessor.
 
 The SDK reads OTEL_EXPORTER_OTLP_* and OTEL_BSP_* itself; otelproc only picks
 the exporter and passes a flag's value on when one was given.
@@ -16,6 +17,7 @@ from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from otelproc.config import ConfigError, Settings
+from otelproc.console import ConsoleLineExporter
 
 # Spans of a process that lived a second should be in the backend about a second later,
 # not after the SDK's default five; OTEL_BSP_SCHEDULE_DELAY still wins when set.
@@ -56,7 +58,7 @@ def collector_answers(port: int, timeout: float = 0.5) -> bool:
 
 
 def choose(settings: Settings) -> str:
-    """otlp or console: a flag or OTEL_TRACES_EXPORTER decides, else whether a collector is there."""
+    """otlp, console or console-json: a flag or OTEL_TRACES_EXPORTER decides, else whether a collector is there."""
     if settings.sources["exporter"] != "default":
         chosen = settings.exporter
     else:
@@ -82,12 +84,15 @@ def metrics_wanted() -> bool:
 
 def make_destination(settings: Settings) -> Destination:
     kind = choose(settings)
-    if kind == "console":
+    if kind in ("console", "console-json"):
         reason = "" if settings.sources["exporter"] != "default" else (
             f" (no collector answered on localhost:{DEFAULT_PORTS[protocol(settings)]}; "
             "set --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT to export)"
         )
-        return Destination(ConsoleSpanExporter(out=sys.stdout), "printing spans to stdout" + reason)
+        if kind == "console":
+            return Destination(ConsoleLineExporter(sys.stdout), "printing one line per span to stdout" + reason)
+        exporter = ConsoleSpanExporter(out=sys.stdout, formatter=lambda span: span.to_json(indent=None) + "\n")
+        return Destination(exporter, "printing spans to stdout as JSON, one per line" + reason)
     proto = protocol(settings)
     endpoint = settings.otlp_endpoint or None
     metrics: MetricExporter | None = None

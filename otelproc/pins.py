@@ -5,9 +5,9 @@ probe keeps recording into its ring buffer while otelproc is down. A pin
 directory (/sys/fs/bpf/otelproc by default) holds one subdirectory per probe,
 named after its fingerprint: the BPF object's bytes and every setting baked in
 at load time. A successor whose fingerprint is the same reuses the probe; one
-whose fingerprint differs (an upgrade, a new setting) takes it over. bpffs
-holds only pins, so the lock that keeps two otelprocs from owning the same
-pins is a file beside the state file (in /run/otelproc when there is none).
+whose fingerprint differs (an upgrade, a new setting) takes it over. Two
+otelprocs never own the same pins: the first holds an flock on the pin
+directory.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 from otelproc import libbpf
 
 BPFFS_ROOT = "/sys/fs/bpf"
-LOCK_DIR = Path("/run/otelproc")
 LINK_PREFIX = "link_"
 MAP_PREFIX = "map_"
 
@@ -127,27 +126,37 @@ def remove_all(pin_dir: Path) -> int:
     return len(found)
 
 
-class PinLock:
-    """An exclusive flock for one pin directory, held for as long as otelproc runs."""
+def _lock_holder(fd: int) -> str:
+    """The pid /proc/locks names for the flock on fd's inode ("?" when it is not to be seen)."""
+    st = os.fstat(fd)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == inode:
+            return fields[4]
+    return "?"
 
-    def __init__(self, pin_dir: Path, lock_dir: Path = LOCK_DIR) -> None:
-        name = hashlib.sha256(os.path.abspath(pin_dir).encode()).hexdigest()[:16]
-        self.path = lock_dir / f"pins-{name}.lock"
+
+class PinLock:
+    """An exclusive flock on the pin directory itself, held for as long as otelproc runs.
+
+    bpffs holds no regular files, but its directories can be opened and locked;
+    every otelproc that shares the pins sees the lock, whatever its state file
+    or container."""
+
+    def __init__(self, pin_dir: Path) -> None:
         try:
-            lock_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fd = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise PinError(exc.errno, f"cannot create lock file {self.path} ({exc.strerror})") from None
+            raise PinError(exc.errno, f"cannot open {pin_dir} ({exc.strerror})") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "?"
+            holder = _lock_holder(self._fd)
             os.close(self._fd)
             raise PinError(
                 errno.EBUSY, f"another otelproc (pid {holder}) owns the pinned probe in {pin_dir}; stop it first"
             ) from None
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
 
     def release(self) -> None:
         if self._fd >= 0:

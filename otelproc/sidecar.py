@@ -1,9 +1,16 @@
 """`otelproc run`: the probe, the tracker and the span exporter in one loop.
 
 One thread polls the ring buffer and does all the tracking; the SDK's batch
-processor exports on its own thread, the health server answers on another.
+processor exports on its own thread, the health server answers on another, and
+the /proc sweep and the state file have a thread of their own (reconcile.Sweeper),
+so that nothing which grows with the host keeps the ring buffer waiting.
 Signals only set a flag the loop reads. Between polls the loop does its
-housekeeping: 'started' spans that are due, the /proc sweep, the state file.
+housekeeping: 'started' spans that are due, what the sweeps found. The state
+file is written on a thread of its own too (state.Writer).
+
+Each stage of the event path (decode, track, build, export, sweep, state file)
+is isolated: a failure is counted by stage (otelproc.failures), logged at most
+every few seconds, and the loop goes on with the next record.
 
 The probe is pinned in bpffs (see pins.py), so it records while otelproc is
 down; a SIGTERM leaves it pinned, for the next otelproc to drain and carry on
@@ -16,6 +23,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 from opentelemetry.sdk.trace import ReadableSpan
 
@@ -23,23 +31,27 @@ from otelproc import adoption, pins, state
 from otelproc.cgroups import CgroupPaths
 from otelproc.checks import RUN_CAPS, require_caps
 from otelproc.clock import BootClock
-from otelproc.config import POLL_MS, ConfigError, Settings, describe_tracking, probe_config, tracking_config
+from otelproc.config import (
+    INITIAL_PIDNS_INODE, POLL_MS, ConfigError, Settings, describe_tracking, own_pidns_inode, probe_config,
+    tracking_config,
+)
 from otelproc.decoder import ProcessEvent, decode
 from otelproc.export import make_destination, make_processor
 from otelproc.health import Health, HealthServer
 from otelproc.loader import Probe
 from otelproc.adoption import alive
-from otelproc.reconcile import Reconciler
+from otelproc.reconcile import Reconciler, Sweeper
 from otelproc.record import EventKind, EventLayout
 from otelproc.spans import SpanBuilder, host_attributes
 from otelproc.stop import StopSignal
-from otelproc.telemetry import CountingExporter, Stats, bsp_max_queue_size, start_metrics
-from otelproc.tracker import Ended, Tracker
+from otelproc.telemetry import CountingExporter, Stats, ThrottledLog, bsp_max_queue_size, stage_failed, start_metrics
+from otelproc.owners import Owners
+from otelproc.tracker import DEFAULT_MAX_EXECS, Ended, Tracker
 
 log = logging.getLogger("otelproc")
 
 LOSS_LOG_NS = 10_000_000_000  # kernel losses are logged at most this often
-STATE_EVERY_NS = 1_000_000_000  # the state file is at most this far behind the table
+HOUSEKEEPING_NS = 10_000_000  # work between two polls of the ring buffer, at most about this long
 
 
 def event_key(event: ProcessEvent) -> tuple:
@@ -59,32 +71,50 @@ class Sidecar:
         self.max_in_flight = bsp_max_queue_size()
         self.host = host_attributes()
         self.builder = SpanBuilder(settings.service_name, self.host, settings.redact, self.stats)
-        self.tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9), self.stats)
+        self.tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9), self.stats, Owners(),
+                               self.builder.limits.max_events or DEFAULT_MAX_EXECS)
         self.cgroups = CgroupPaths()
         self.adoption = adoption.AdoptionStats()
         self.health = Health()
+        self.throttled = ThrottledLog()
+        self.sweeper: Sweeper | None = None
         self._next_loss_log = 0
         self.layout: EventLayout | None = None  # the probe's struct event, once it is open
+        self.state_writer: state.Writer | None = None
         self._lost_seen: dict[str, int] = {}  # the kernel's loss counters as last read
         self._overlap: set[tuple] = set()  # events the old probe of a takeover recorded while both ran
-        self._changed = False  # the table changed since the state file was written
-        self._next_state = 0  # monotonic ns: when the state file may be written (or touched) again
+        self._overlap_from = 0  # Unix ns: when both began to run
+
+    def failed(self, stage: str, exc: BaseException) -> None:
+        stage_failed(self.stats, self.throttled, stage, exc)
 
     # the hot path
 
-    def on_record(self, raw: bytes) -> None:
-        event = decode(raw, self.clock, self.layout)
-        if self._overlap and event_key(event) in self._overlap:
-            self._overlap.discard(event_key(event))
-            return  # the old probe's copy of it was taken already
-        self.handle(event)
-
-    def handle(self, event: ProcessEvent) -> None:
-        self.stats.events[event.kind] += 1
-        self._changed = True
-        ended = self.tracker.handle(event)
+    def on_record(self, raw: bytes, layout: EventLayout | None = None) -> None:
+        """One record of this probe's ring buffer (or, with its layout, of the probe taken over)."""
+        stage = "decode"
+        try:
+            event = decode(raw, self.clock, layout or self.layout)
+            if layout is not None:
+                if event.time >= self._overlap_from:  # both probes were attached: the new one has it too
+                    self._overlap.add(event_key(event))
+            elif self._overlap and event_key(event) in self._overlap:
+                self._overlap.discard(event_key(event))
+                return  # the old probe's copy of it was taken already
+            self.stats.events[event.kind] += 1
+            stage = "track"
+            ended = self.tracker.handle(event)
+        except Exception as exc:  # noqa: BLE001 -- one record must not end the sidecar
+            self.failed(stage, exc)
+            return
+        self.changed()
         if ended is not None:
             self.export_lifetime(ended)
+
+    def changed(self) -> None:
+        """The table changed: the state file is rewritten within a second."""
+        if self.state_writer is not None:
+            self.state_writer.dirty = True
 
     def emit(self, span: ReadableSpan, role: str) -> None:
         """Hands a span to the batch processor, or counts it dropped when its queue is full."""
@@ -95,7 +125,20 @@ class Sidecar:
         self.processor.on_end(span)
 
     def export_lifetime(self, ended: Ended) -> None:
-        self.emit(self.builder.lifetime(ended, self.cgroups.path(ended.process.cgroup_id)), "lifetime")
+        self.changed()
+        self.export(lambda: self.builder.lifetime(ended, self.cgroups.path(ended.process.cgroup_id)), "lifetime")
+
+    def export(self, build: Callable[[], ReadableSpan], role: str) -> None:
+        """Builds a span and hands it on; a failure of either is counted and skipped."""
+        try:
+            span = build()
+        except Exception as exc:  # noqa: BLE001
+            self.failed("build", exc)
+            return
+        try:
+            self.emit(span, role)
+        except Exception as exc:  # noqa: BLE001
+            self.failed("export", exc)
 
     # start-up
 
@@ -123,17 +166,11 @@ class Sidecar:
         previous = probe.previous
         if previous is None:
             return
-        both_from = self.clock.to_wall(probe.attached_at)
+        self._overlap_from = self.clock.to_wall(probe.attached_at)
         self._lost_seen = {k: max(v, self._lost_seen.get(k, 0)) for k, v in previous.lost().items()}
 
-        def on_old_record(raw: bytes) -> None:
-            event = decode(raw, self.clock, previous.layout)
-            if event.time >= both_from:
-                self._overlap.add(event_key(event))
-            self.handle(event)
-
-        where = previous.dir
-        drained = probe.retire_previous(on_old_record)
+        where, layout = previous.dir, previous.layout
+        drained = probe.retire_previous(lambda raw: self.on_record(raw, layout))
         log.info("took over the probe pinned in %s: %d records read in its own layout, then removed", where, drained)
 
     def count_downtime_losses(self, lost: dict[str, int], saved: state.Saved) -> bool:
@@ -174,17 +211,11 @@ class Sidecar:
 
     def adopt(self, probe: Probe) -> int:
         """Takes on the matching processes /proc shows that the table does not hold; returns how many."""
-        s = self.settings
-        scope_cgroup = None
-        if s.scope.cgroup is not None and self.cgroups.mount:
-            relative = os.path.relpath(os.path.realpath(s.scope.cgroup), self.cgroups.mount)
-            scope_cgroup = "/" if relative == "." else "/" + relative
         added = 0
-        for event in adoption.running(s.match, s.all, self.clock, self.cgroups.mount, self.adoption, scope_cgroup):
-            if (event.pid, event.start_ticks) in self.tracker.processes:
-                continue
+        for event in self.scan(lambda pid, start_ticks: (pid, start_ticks) in self.tracker.processes):
             probe.track(event.pid, event.start_ticks)
             self.tracker.handle(event)
+            self.changed()
             added += 1
         log.info(
             "adopted %d running processes (%d vanished while read, %d unreadable)",
@@ -192,15 +223,45 @@ class Sidecar:
         )
         return added
 
+    def scan(self, skip: Callable[[int, int], bool]) -> Iterator[ProcessEvent]:
+        """The processes /proc shows that the kernel side would track, as 'adopt' events."""
+        s = self.settings
+        scope_cgroup = None
+        if s.scope.cgroup is not None and self.cgroups.mount:
+            relative = os.path.relpath(os.path.realpath(s.scope.cgroup), self.cgroups.mount)
+            scope_cgroup = "/" if relative == "." else "/" + relative
+        return adoption.running(s.match, s.all, self.clock, self.cgroups.mount, self.adoption, scope_cgroup, skip)
+
+    def snapshot(self, pid: int) -> ProcessEvent | None:
+        return adoption.snapshot_or_none(pid, self.clock, self.cgroups.mount, self.adoption)
+
     # between polls
 
     def housekeeping(self) -> None:
-        """Clock offset, 'started' spans that are due, processes superseded by pid reuse."""
+        """Clock offset, what sweeps found, 'started' spans that are due, processes superseded by
+        pid reuse. Within HOUSEKEEPING_NS: what is left waits for the next turn, so that the ring
+        buffer is read again soon (20,000 processes started at once are 20,000 'started' spans)."""
         self.clock.refresh()
         self.health.beat()
         now = time.time_ns()
+        deadline = time.monotonic_ns() + HOUSEKEEPING_NS
+        findings = self.sweeper.ready() if self.sweeper is not None else None
+        while findings is not None and time.monotonic_ns() < deadline:
+            try:
+                ends = self.sweeper.reconciler.apply(findings, deadline)
+            except Exception as exc:  # noqa: BLE001
+                findings.gone.clear()
+                findings.found.clear()
+                self.failed("sweep", exc)
+                ends = []
+            for ended in ends:
+                self.export_lifetime(ended)
+            findings = self.sweeper.ready()
         for process in self.tracker.due_announcements(now):
-            self.emit(self.builder.started(process, self.cgroups.path(process.cgroup_id)), "started")
+            self.changed()  # announced: the state file says so, and the next otelproc sends it no more
+            self.export(lambda p=process: self.builder.started(p, self.cgroups.path(p.cgroup_id)), "started")
+            if time.monotonic_ns() >= deadline:
+                break
         while self.tracker.superseded:
             self.export_lifetime(Ended.unseen(self.tracker.superseded.pop(), now))
 
@@ -216,20 +277,9 @@ class Sidecar:
                 ", ".join(f"{v} ({k})" for k, v in grown.items()),
             )
 
-    def save_state(self, path: Path | None, now: bool = False) -> None:
-        """Writes the table at most a second after it changed; else refreshes the file's mtime each second."""
-        if path is None or not (now or time.monotonic_ns() >= self._next_state):
-            return
-        self._next_state = time.monotonic_ns() + STATE_EVERY_NS
-        try:
-            if self._changed or now or not path.exists():
-                self._changed = False
-                state.save(path, list(self.tracker.processes.values()), self.settings.redact,
-                           tracking_config(self.settings), self._lost_seen)
-            else:
-                state.touch(path)
-        except OSError as exc:
-            log.warning("cannot write state file %s: %s", path, exc)
+    def table(self) -> list:
+        """One copy of the table's entries, for the state file's thread."""
+        return list(self.tracker.processes.values())
 
     def gauges(self, probe: Probe) -> dict:
         return {
@@ -238,6 +288,8 @@ class Sidecar:
             "otelproc.kernel.tracked.limit": (lambda: self.settings.max_processes, "{process}", "its size"),
             "otelproc.ringbuf.used": (probe.ring_used, "By", "ring buffer bytes not yet read"),
             "otelproc.ringbuf.size": (lambda: self.settings.ring_buffer_size, "By", "ring buffer size"),
+            "otelproc.ringbuf.away.max": (lambda: self.stats.ring_away_max_ns // 1_000_000, "ms",
+                                          "longest time the reader spent between two reads of the ring buffer"),
         }
 
     def start(self, probe: Probe) -> None:
@@ -255,17 +307,27 @@ class Sidecar:
         self.settle(probe, saved, exits_read=lost_then is not None and not lost_while_down)
         if s.adopt:
             self.adopt(probe)
-        self.save_state(s.state_file, now=True)
+        if s.state_file is not None:
+            self.state_writer = state.Writer(s.state_file, self.table, s.redact, tracking_config(s),
+                                             lambda: dict(self._lost_seen), self.failed)
+            self.state_writer.write(force=True)
+            self.state_writer.start()
 
     def stop(self, probe: Probe) -> None:
         """A clean stop leaves the probe pinned and recording; one removed meanwhile (detach) goes for good."""
-        path = self.settings.state_file
+        writer, self.state_writer = self.state_writer, None
+        if writer is not None:
+            writer.stop()
         if probe.pinned_at is not None and not probe.pinned_at.exists():
             log.info("the probe was detached; it goes with this process, and so does the state file")
-            if path is not None:
-                state.remove(path)
+            if writer is not None:
+                state.remove(writer.path)
             return
-        self.save_state(path, now=True)
+        if writer is not None:
+            try:
+                writer.write(force=True)
+            except Exception as exc:  # noqa: BLE001
+                self.failed("state_file", exc)
         if probe.pinned_at is not None:
             log.info("the probe stays pinned in %s and keeps recording for the next otelproc; "
                      "`otelproc detach` removes it", probe.pinned_at)
@@ -290,22 +352,25 @@ class Sidecar:
                 self.start(probe)
                 self.health.ready = True
                 log.info("ready; %d processes tracked", len(self.tracker))
-                reconciler = Reconciler(self.tracker, probe, self.clock, self.stats, lambda: self.adopt(probe),
-                                        self.cgroups.mount, self.adoption)
-                next_sweep = time.monotonic() + s.sweep_interval
+                reconciler = Reconciler(self.tracker, probe, self.stats, self.snapshot, self.scan, s.max_processes)
+                self.sweeper = Sweeper(reconciler, s.sweep_interval, self.failed)
+                self.sweeper.start()
+                next_loss_read = time.monotonic() + s.sweep_interval
+                polled = time.monotonic_ns()
                 while not stop and (deadline is None or time.monotonic() < deadline):
+                    self.stats.ring_away_max_ns = max(self.stats.ring_away_max_ns, time.monotonic_ns() - polled)
                     probe.poll(POLL_MS)
+                    polled = time.monotonic_ns()
                     self.housekeeping()
-                    if time.monotonic() >= next_sweep:
-                        next_sweep = time.monotonic() + s.sweep_interval
-                        self._overlap.clear()  # the takeover's overlap was read long ago
+                    if time.monotonic() >= next_loss_read:
+                        next_loss_read = time.monotonic() + s.sweep_interval
+                        self._overlap.clear()  # a takeover's overlap was read long ago
                         self.read_kernel_losses(probe)
-                        for ended in reconciler.sweep():
-                            self._changed = True
-                            self.export_lifetime(ended)
-                    self.save_state(s.state_file)
+                self.sweeper.stop()
                 probe.poll(0)
                 self.housekeeping()
+                while self.sweeper.ready() is not None:  # what the last sweep found, all of it
+                    self.housekeeping()
                 self.read_kernel_losses(probe)
                 self.stop(probe)
                 if metrics is not None:
@@ -313,12 +378,18 @@ class Sidecar:
                     metrics = None
         finally:
             self.health.ready = False
+            if self.sweeper is not None:
+                self.sweeper.stop()
+            if self.state_writer is not None:
+                self.state_writer.stop()
             self.processor.shutdown()  # exports what is queued, within the exporter's timeout
             if metrics is not None:
                 metrics.shutdown()
             if server is not None:
                 server.close()
-        log.info("stopped; %s; %d processes still running", self.stats.summary(), len(self.tracker))
+        log.info("stopped; %s; %d processes still running; failed: %s; longest away from the ring buffer: %d ms",
+                 self.stats.summary(), len(self.tracker), self.stats.failures_summary(),
+                 self.stats.ring_away_max_ns // 1_000_000)
         return 0
 
 
@@ -332,25 +403,33 @@ def check_state_file(path: Path) -> None:
         raise ConfigError(f"--state-file {path}: {path.parent} is not writable")
 
 
+def check_scope(settings: Settings) -> None:
+    """Host and cgroup scopes number processes as the host does; inside a pid namespace of its own
+    otelproc's /proc numbers them otherwise, so every sweep would find them all gone."""
+    if settings.scope.kind != "pidns" and own_pidns_inode() != INITIAL_PIDNS_INODE:
+        raise ConfigError(
+            f"--scope {settings.scope}: otelproc runs in a pid namespace of its own, whose /proc does not show "
+            "the host's pids; use --scope pidns, or run otelproc in the host's pid namespace (hostPID: true)"
+        )
+
+
 def pinning(settings: Settings) -> tuple[Path | None, pins.PinLock | None]:
     """The pin directory to use, locked for this otelproc; none where bpffs cannot be had (said in one line)."""
     pin_dir = settings.pin_dir
     if pin_dir is None:
         return None, None
-    lock_dir = settings.state_file.parent if settings.state_file is not None else pins.LOCK_DIR
-    try:
-        lock = pins.PinLock(pin_dir, lock_dir)
-    except pins.PinError as exc:
-        raise ConfigError(str(exc)) from None
     reason = pins.ensure_bpffs(pin_dir)
     if reason is not None:
-        lock.release()
         log.warning("not pinning the probe: %s; a restart resumes from the state file alone", reason)
         return None, None
-    return pin_dir, lock
+    try:
+        return pin_dir, pins.PinLock(pin_dir)
+    except pins.PinError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def run_sidecar(settings: Settings) -> int:
+    check_scope(settings)
     require_caps(RUN_CAPS)
     if settings.state_file is not None:
         check_state_file(settings.state_file)
@@ -377,3 +456,4 @@ def detach(settings: Settings) -> int:
     else:
         log.info("nothing pinned in %s%s", pin_dir, "" if not forgot else "; removed the state file")
     return 0
+

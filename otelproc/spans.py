@@ -7,16 +7,17 @@ no live span object, no tracer, no sampler on this path (see bench/ for why).
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import signal
 import socket
-from functools import lru_cache
 from pathlib import Path
+from typing import Mapping, Sequence
 from urllib.parse import unquote
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
@@ -40,14 +41,6 @@ def host_attributes() -> dict[str, str]:
     if machine_id:
         attrs["host.id"] = machine_id
     return attrs
-
-
-@lru_cache(maxsize=1024)
-def user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 def signal_name(number: int) -> str:
@@ -112,6 +105,7 @@ class SpanBuilder:
         self.host = host
         self.redact = redact
         self.stats = stats or Stats()
+        self.limits = SpanLimits()  # OTEL_SPAN_* and OTEL_ATTRIBUTE_* limits, read as the SDK reads them
         self._resources: dict[tuple[str | None, str | None], ServiceResource] = {}
 
     def resource(self, process: TrackedProcess) -> Resource:
@@ -139,13 +133,14 @@ class SpanBuilder:
             "process.parent_pid": process.ppid,
             "process.vpid": process.vpid,
             "process.executable.name": os.path.basename(exe) or process.comm,
-            "process.owner": user_name(process.uid),
             "process.user.id": process.uid,
             "process.creation.time": iso_millis(process.creation_time),
             "otelproc.comm": process.comm,
             "otelproc.process.key": process.identity.key,
             "otelproc.start.source": process.origin,
         }
+        if process.owner is not None:
+            attrs["process.owner"] = process.owner
         if exe:
             attrs["process.executable.path"] = exe
         if process.argv:
@@ -160,6 +155,23 @@ class SpanBuilder:
         if process.truncated:
             attrs["otelproc.truncated"] = sorted(process.truncated)
         return attrs
+
+    @staticmethod
+    def limited(attrs: dict[str, object], count: int | None, length: int | None) -> Mapping[str, object]:
+        """The SDK's SpanLimits, as its own spans get them (BoundedAttributes counts what it drops);
+        within the limits, the dict as it is: the defaults (128 attributes, any length) cost nothing."""
+        if (count is None or len(attrs) <= count) and length is None:
+            return attrs
+        return BoundedAttributes(count, attrs, immutable=True, max_value_len=length)  # type: ignore[arg-type]
+
+    def limited_events(self, events: list[Event], dropped_before: int) -> Sequence[Event]:
+        """At most OTEL_SPAN_EVENT_COUNT_LIMIT events, the latest, with the count of those let go."""
+        if self.limits.max_events is not None and len(events) + dropped_before > self.limits.max_events:
+            bounded: BoundedList = BoundedList(self.limits.max_events)
+            bounded.extend(events)
+            bounded.dropped += dropped_before
+            return bounded
+        return events
 
     def command_args(self, argv: tuple[str, ...]) -> list[str]:
         return redact_argv(argv) if self.redact else list(argv)
@@ -188,7 +200,10 @@ class SpanBuilder:
         events = [
             Event(
                 "exec",
-                {"process.executable.path": e.exe or "", "process.command_args": self.command_args(e.argv or ())},
+                self.limited(
+                    {"process.executable.path": e.exe or "", "process.command_args": self.command_args(e.argv or ())},
+                    self.limits.max_event_attributes, self.limits.max_attribute_length,
+                ),
                 timestamp=e.time,
             )
             for e in process.execs
@@ -199,8 +214,8 @@ class SpanBuilder:
             context=link.span_context(),
             parent=link.parent_context(),
             resource=self.resource(process),
-            attributes=attrs,
-            events=events,
+            attributes=self.limited(attrs, self.limits.max_span_attributes, self.limits.max_span_attribute_length),
+            events=self.limited_events(events, process.execs_dropped),
             kind=SpanKind.INTERNAL,
             status=status,
             start_time=process.start_time,
@@ -221,7 +236,7 @@ class SpanBuilder:
             context=SpanContext(link.trace_id, process.identity.start_span_id(), False, context.trace_flags),
             parent=context,
             resource=self.resource(process),
-            attributes=attrs,
+            attributes=self.limited(attrs, self.limits.max_span_attributes, self.limits.max_span_attribute_length),
             kind=SpanKind.INTERNAL,
             start_time=process.start_time,
             end_time=process.start_time + 1,

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from opentelemetry.trace import TraceState
 
@@ -61,6 +62,7 @@ def to_dict(p: TrackedProcess, redact: bool) -> dict[str, Any]:
         "link": _link_to_dict(p.link), "parent": list(p.parent_key) if p.parent_key else None,
         "parent_program": p.parent_program, "announced": p.announced,
         "execs": [{"time": e.time, "exe": e.exe, "argv": argv(e.argv)} for e in p.execs],
+        "execs_dropped": p.execs_dropped, "owner": p.owner,
     }
 
 
@@ -74,6 +76,7 @@ def from_dict(d: dict[str, Any]) -> TrackedProcess:
         link=_link_from_dict(d["link"]), parent_key=tuple(d["parent"]) if d["parent"] else None,
         parent_program=d["parent_program"], announced=d["announced"],
         execs=[Exec(e["time"], e["exe"], None if e["argv"] is None else tuple(e["argv"])) for e in d["execs"]],
+        execs_dropped=d.get("execs_dropped", 0), owner=d.get("owner"),
     )
 
 
@@ -146,6 +149,55 @@ def remove(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+class Writer:
+    """Keeps the state file at most `every` seconds behind the table, on a thread of its own:
+    the table can hold tens of thousands of processes, and writing it must not keep the ring
+    buffer waiting. The ring-buffer thread sets `dirty` on every change; while nothing changes,
+    the file's mtime is refreshed instead (it says when the processes were last known alive)."""
+
+    def __init__(
+        self,
+        path: Path,
+        table: Callable[[], list[TrackedProcess]],
+        redact: bool,
+        config: str,
+        lost: Callable[[], dict[str, int]],
+        failed: Callable[[str, BaseException], None],
+        every: float = 1.0,
+    ) -> None:
+        self.path = path
+        self.dirty = True
+        self._table, self._redact, self._config, self._lost, self._failed = table, redact, config, lost, failed
+        self._every = every
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="otelproc-state", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                self.write()
+            except Exception as exc:  # noqa: BLE001 -- the next second tries again
+                self._failed("state_file", exc)
+
+    def write(self, force: bool = False) -> None:
+        """The table if it changed (or force), else a touch. Raises on failure."""
+        with self._lock:
+            if self.dirty or force or not self.path.exists():
+                self.dirty = False  # before the copy: a change made during the write is written next time
+                save(self.path, self._table(), self._redact, self._config, self._lost())
+            else:
+                touch(self.path)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 class StateFileError(ValueError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -33,12 +34,14 @@ class Stats:
     spans: Counter[str] = field(default_factory=Counter)  # handed to the exporter, by otelproc.span
     exported: int = 0  # spans the collector accepted
     export_failures: int = 0  # export calls that failed after the SDK's retries
-    drops: Counter[str] = field(default_factory=Counter)  # by reason; see README, "What otelproc drops"
+    drops: Counter[str] = field(default_factory=Counter)  # by reason; see docs/operations.md, "What otelproc drops"
     reconciled: Counter[str] = field(default_factory=Counter)  # ends and starts found by /proc sweeps
     malformed: Counter[str] = field(default_factory=Counter)  # bad input from traced processes, ignored
+    failures: Counter[str] = field(default_factory=Counter)  # by stage: work that raised and was skipped
+    ring_away_max_ns: int = 0  # longest time the reader spent between two reads of the ring buffer
 
     def in_flight(self) -> int:
-        return sum(self.spans.values()) - self.exported - self.drops["export_failed"]
+        return sum(self.spans.values()) - self.exported - self.drops["export_failed"] - self.drops["span_invalid"]
 
     def summary(self) -> str:
         drops = ", ".join(f"{k}={v}" for k, v in sorted(self.drops.items()) if v) or "none"
@@ -46,6 +49,35 @@ class Stats:
             f"{sum(self.events.values())} events, {sum(self.spans.values())} spans, {self.exported} exported, "
             f"dropped: {drops}"
         )
+
+    def failures_summary(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in sorted(self.failures.items()) if v) or "none"
+
+
+class ThrottledLog:
+    """A warning per topic at most every interval_ns, with how many were held back meanwhile:
+    a fault that repeats per event must not flood the log."""
+
+    def __init__(self, interval_ns: int = 5_000_000_000) -> None:
+        self.interval_ns = interval_ns
+        self._next: dict[str, int] = {}
+        self._held: Counter[str] = Counter()
+
+    def warning(self, topic: str, message: str, *args: object) -> None:
+        now = time.monotonic_ns()
+        if now < self._next.get(topic, 0):
+            self._held[topic] += 1
+            return
+        self._next[topic] = now + self.interval_ns
+        held = self._held.pop(topic, 0)
+        log.warning(message + (f" (and {held} more like it)" if held else ""), *args)
+
+
+def stage_failed(stats: Stats, throttled: ThrottledLog, stage: str, exc: BaseException) -> None:
+    """Counts a failure of one stage of the event path; the loop goes on."""
+    stats.failures[stage] += 1
+    throttled.warning(stage, "%s failed: %s: %s; skipped, %d so far", stage, type(exc).__name__, exc,
+                      stats.failures[stage])
 
 
 def bsp_max_queue_size() -> int:
@@ -58,17 +90,31 @@ def bsp_max_queue_size() -> int:
 
 
 class CountingExporter(SpanExporter):
-    """Wraps the real exporter to count what the collector took and what was lost after retries."""
+    """Wraps the real exporter to count what the collector took and what was lost after retries.
+
+    A span the exporter cannot encode (the SDK raises; a string that is not valid
+    Unicode, say) must not take the rest of its batch down: a batch that raises
+    is split in halves until the spans at fault are alone, and only those are dropped.
+    """
 
     def __init__(self, inner: SpanExporter, stats: Stats) -> None:
         self.inner = inner
         self.stats = stats
+        self.throttled = ThrottledLog()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
             result = self.inner.export(spans)
-        except Exception:  # the SDK would log and drop the batch; count it first
-            result = SpanExportResult.FAILURE
+        except Exception as exc:  # noqa: BLE001 -- the SDK would log and drop the whole batch
+            if len(spans) > 1:
+                half = len(spans) // 2
+                first, second = self.export(spans[:half]), self.export(spans[half:])
+                ok = first is SpanExportResult.SUCCESS and second is SpanExportResult.SUCCESS
+                return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+            self.stats.drops["span_invalid"] += 1
+            self.throttled.warning("span_invalid", "span %r could not be exported (%s); dropped, %d so far",
+                                   spans[0].name, exc, self.stats.drops["span_invalid"])
+            return SpanExportResult.SUCCESS  # nothing left to retry
         if result is SpanExportResult.SUCCESS:
             self.stats.exported += len(spans)
         else:
@@ -111,6 +157,8 @@ def start_metrics(
                                     "records, processes or spans dropped, by reason")
     meter.create_observable_counter("otelproc.reconciled", [_by_attribute(stats.reconciled, "what")], "{process}",
                                     "process starts and ends found by /proc sweeps instead of the kernel")
+    meter.create_observable_counter("otelproc.failures", [_by_attribute(stats.failures, "stage")], "{failure}",
+                                    "work of one stage that raised and was skipped, by stage")
     meter.create_observable_counter("otelproc.input.malformed", [_by_attribute(stats.malformed, "what")], "{item}",
                                     "malformed input from traced processes, ignored")
     for name, (read, unit, description) in gauges.items():

@@ -16,9 +16,12 @@ from typing import Iterator
 from otelproc.decoder import ProcessEvent
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
 from otelproc.record import EventKind
+from otelproc.owners import Owners
 from otelproc.telemetry import Stats
 
 ProcessKey = tuple[int, int]  # (pid, start ticks)
+# The SDK's default span event limit (OTEL_SPAN_EVENT_COUNT_LIMIT): more execs could not be exported anyway.
+DEFAULT_MAX_EXECS = 128
 
 _PYTHON_OPTIONS_WITH_VALUE = {"-W", "-X", "--check-hash-based-pycs"}
 
@@ -73,7 +76,9 @@ class TrackedProcess:
     truncated: set[str]
     link: TraceLink
     parent_key: ProcessKey | None = None
-    execs: list[Exec] = field(default_factory=list)
+    execs: list[Exec] = field(default_factory=list)  # the latest max_execs of them
+    execs_dropped: int = 0  # older execs let go, so that a process that execs in a loop stays bounded
+    owner: str | None = None  # user name of uid in the process's own view (owners.py)
     announced: bool = False  # its 'started' span is out: its trace placement is final
     parent_program: str | None = None
 
@@ -109,9 +114,18 @@ class Ended:
 
 
 class Tracker:
-    def __init__(self, max_processes: int, announce_after_ns: int, stats: Stats | None = None) -> None:
+    def __init__(
+        self,
+        max_processes: int,
+        announce_after_ns: int,
+        stats: Stats | None = None,
+        owners: Owners | None = None,
+        max_execs: int = DEFAULT_MAX_EXECS,
+    ) -> None:
         self.max_processes = max_processes
         self.announce_after_ns = announce_after_ns
+        self.owners = owners
+        self.max_execs = max_execs
         self.processes: dict[ProcessKey, TrackedProcess] = {}
         self._by_pid: dict[int, ProcessKey] = {}
         self._announce: collections.deque[tuple[int, ProcessKey]] = collections.deque()
@@ -195,7 +209,13 @@ class Tracker:
             link=self._place(identity, otel_env, parent),
             parent_key=parent.key if parent else None,
             parent_program=parent.program if parent else None,
+            owner=self._owner(event, parent),
         )
+
+    def _owner(self, event: ProcessEvent, parent: TrackedProcess | None) -> str | None:
+        if self.owners is None:
+            return None
+        return self.owners.name(event.pid, event.uid, event.pidns, (parent.uid, parent.owner) if parent else None)
 
     def _place(self, identity: ProcessIdentity, otel_env: dict[str, str], parent: TrackedProcess | None) -> TraceLink:
         if parent is not None and parent.pidns != identity.pidns:
@@ -211,11 +231,15 @@ class Tracker:
     def _exec_again(self, process: TrackedProcess, event: ProcessEvent) -> None:
         """Same process, new program: the span stays, the exec becomes a span event."""
         process.execs.append(Exec(event.time, event.exe, event.argv))
+        if len(process.execs) > self.max_execs:
+            del process.execs[0]
+            process.execs_dropped += 1
         process.exe, process.argv, process.comm = event.exe, event.argv, event.comm
         process.otel_env = dict(event.otel_env)
         process.truncated |= set(event.truncated)
         process.cgroup_id, process.cgroup = event.cgroup_id, event.cgroup
         process.uid, process.gid = event.uid, event.gid
+        process.owner = self._owner(event, None)
         if not process.announced:
             # Nothing of it exported yet: its new environment (a TRACEPARENT
             # given to the exec, say) may still place it.

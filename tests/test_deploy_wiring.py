@@ -290,7 +290,7 @@ def k8s_expand(value: str, container: dict[str, Any]) -> str:
 def test_kubernetes_probe_is_pinned_on_the_nodes_bpffs(name):
     """The pin directory is on the node's bpffs, so the probe outlives the container; a sidecar's is
     the pod's own and goes with the pod (preStop: otelproc detach); the DaemonSet's stays across a
-    rolling update, and its state file and lock are on the node too."""
+    rolling update, and its state file is on the node too."""
     deployment = DEPLOYMENTS[name]
     container = deployment["container"]
     workload = k8s("Deployment", "demo") if name == "kubernetes sidecar" else k8s("DaemonSet", "otelproc")
@@ -309,7 +309,7 @@ def test_kubernetes_probe_is_pinned_on_the_nodes_bpffs(name):
         assert pre_stop == [], "a rolling update keeps the probe for the next pod"
         state_dir = os.path.dirname(otelproc_setting("state_file", deployment["env"], deployment["args"]))
         (state,) = [m for m in container["volumeMounts"] if m["mountPath"] == state_dir]
-        assert "hostPath" in k8s_volume(workload, state), "the next pod finds the state file and the lock"
+        assert "hostPath" in k8s_volume(workload, state), "the next pod finds the state file"
         text = (REPO / "deploy" / "kubernetes" / "daemonset.yaml").read_text()
         assert "kubectl -n otelproc-demo exec ds/otelproc -- otelproc detach" in text
 

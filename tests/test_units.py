@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
+import types
+import typing
 
 import pytest
 
@@ -61,14 +64,42 @@ def test_bad_settings_name_their_source(argv, env, where):
         resolve(argv, env)
 
 
+def fits(value: object, hint: object) -> bool:
+    """Whether a value is of a type hint: unions, Optional, tuple[X, ...] and plain classes."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(fits(value, arg) for arg in args)
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, tuple) and all(fits(v, args[0]) for v in value)
+    return value is None if hint is type(None) else isinstance(value, hint)
+
+
+def test_settings_are_typed_one_field_per_option():
+    hints = typing.get_type_hints(config.Settings)
+    settings = resolve(["--health-port", "9464", "--duration", "2.5"], {"OTELPROC_STATE_FILE": ""})
+    for option in config.OPTIONS:
+        assert fits(getattr(settings, option.name), hints[option.name]), option.name
+        assert fits(option.parse(option.default), hints[option.name]), f"default of {option.name}"
+    assert (settings.health_port, settings.duration, settings.state_file) == (9464, 2.5, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.adopt = False  # type: ignore[misc]
+
+
+def test_an_option_without_a_settings_field_is_refused(monkeypatch):
+    extra = config.Option("spool_dir", "", str, "somewhere", ("run",))
+    monkeypatch.setattr(config, "OPTIONS", (*config.OPTIONS, extra))
+    with pytest.raises(TypeError, match="spool_dir"):
+        config._check_settings_fields()
+
+
 def test_match_list_parsing():
     rules = config.parse_match("python, python3.*,uvicorn")
     assert [(r.name, r.prefix) for r in rules] == [("python", False), ("python3.", True), ("uvicorn", False)]
     assert rules[0].key()[4:11] == b"python\0"  # exact names keep their NUL, so python3 does not match
 
 
-def test_readme_settings_table_matches_the_code():
-    assert config.markdown_table() in (REPO / "README.md").read_text()
+def test_documented_settings_table_matches_the_code():
+    assert config.markdown_table() in (REPO / "docs" / "configuration.md").read_text()
 
 
 # identity
@@ -248,18 +279,18 @@ def test_adoption_skips_a_process_that_exits_while_read(monkeypatch):
     import subprocess
     import sys
 
-    from otelproc import adoption
+    from otelproc import adoption, procfs
     from otelproc.clock import BootClock
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    real_nspid = adoption._nspid
+    real_environ = procfs.environ
 
-    def exits_meanwhile(pid: int) -> int:
+    def exits_meanwhile(pid: int) -> bytes:
         child.kill()
         child.wait()
-        return real_nspid(pid)
+        return real_environ(pid)
 
-    monkeypatch.setattr(adoption, "_nspid", exits_meanwhile)
+    monkeypatch.setattr(procfs, "environ", exits_meanwhile)
     stats = adoption.AdoptionStats()
     assert adoption.snapshot_or_none(child.pid, BootClock(), None, stats) is None
     assert stats.vanished == 1
@@ -268,18 +299,18 @@ def test_adoption_skips_a_process_that_exits_while_read(monkeypatch):
 def test_adoption_skips_a_pid_reused_while_read(monkeypatch):
     import os
 
-    from otelproc import adoption
+    from otelproc import adoption, procfs
     from otelproc.clock import BootClock
 
-    real_stat = adoption.read_stat
+    real_stat = procfs.stat
     reads = []
 
-    def reused(pid: int):
-        comm, ppid, ticks = real_stat(pid)
+    def reused(pid: int) -> procfs.Stat:
+        stat = real_stat(pid)
         reads.append(pid)
-        return comm, ppid, ticks + (1 if len(reads) > 1 else 0)  # the second read finds a newer process
+        return stat._replace(start_ticks=stat.start_ticks + (1 if len(reads) > 1 else 0))  # the second read finds a newer process
 
-    monkeypatch.setattr(adoption, "read_stat", reused)
+    monkeypatch.setattr(procfs, "stat", reused)
     stats = adoption.AdoptionStats()
     assert adoption.snapshot_or_none(os.getpid(), BootClock(), None, stats) is None
     assert stats.vanished == 1 and len(reads) == 2

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The local stack without Docker (as root): Jaeger all-in-one and the Collector (both under the
+# Jaeger binary of deploy/jaeger/build.sh), `otelproc run` and the demo app, as processes on
+# loopback. deploy/local/down.sh stops exactly what this started.
+#
+# Every address can be moved by its variable (defaults below); OTELPROC_* variables reach
+# otelproc (OTELPROC_MATCH the demo's helper too); PYTHON is the demo's interpreter.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+source deploy/local/common.sh
+
+: "${JAEGER_OTLP_GRPC_PORT:=14317}" "${JAEGER_OTLP_HTTP_PORT:=14318}"
+: "${JAEGER_QUERY_HTTP_PORT:=16686}" "${JAEGER_QUERY_GRPC_PORT:=16685}"
+: "${COLLECTOR_OTLP_GRPC_PORT:=4317}" "${COLLECTOR_OTLP_HTTP_PORT:=4318}" "${COLLECTOR_TELEMETRY_PORT:=8888}"
+: "${DEMO_PORT:=8000}" "${PYTHON:=python3}"
+HOST=127.0.0.1
+
+say() { echo "local stack: $*"; }
+fail() { echo "local stack: $*" >&2; stop_all >&2; exit 1; }
+
+listening() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# wait_for NAME PORT: until NAME's process listens on PORT; it dying, or 90 s, is a failure.
+wait_for() {
+    local name=$1 port=$2
+    for _ in $(seq 180); do
+        listening "$port" && return 0
+        alive "$name" || fail "$name exited; the end of $STACK_DIR/$name.log:
+$(tail -n 15 "$STACK_DIR/$name.log")"
+        sleep 0.5
+    done
+    fail "$name did not listen on $HOST:$port within 90 s (log: $STACK_DIR/$name.log)"
+}
+
+# start NAME COMMAND...: in a session of its own (down.sh signals the whole group), output to its log.
+start() {
+    local name=$1
+    shift
+    setsid "$@" >"$STACK_DIR/$name.log" 2>&1 < /dev/null &
+    record "$name" $!
+}
+
+for name in "${STACK[@]}"; do
+    alive "$name" && { echo "local stack: already up ($name runs); deploy/local/down.sh stops it" >&2; exit 1; }
+done
+for variable in JAEGER_OTLP_GRPC_PORT JAEGER_OTLP_HTTP_PORT JAEGER_QUERY_HTTP_PORT JAEGER_QUERY_GRPC_PORT \
+                COLLECTOR_OTLP_GRPC_PORT COLLECTOR_OTLP_HTTP_PORT COLLECTOR_TELEMETRY_PORT DEMO_PORT; do
+    if listening "${!variable}"; then
+        echo "local stack: port ${!variable} is taken; set $variable to another port" >&2
+        exit 1
+    fi
+done
+python=$("$PYTHON" -c 'import sys; print(sys.executable)') || { echo "local stack: no python at PYTHON=$PYTHON" >&2; exit 1; }
+instrument=$(dirname "$python")/opentelemetry-instrument
+[[ -x $instrument ]] || instrument=$(command -v opentelemetry-instrument) || {
+    echo "local stack: opentelemetry-instrument is missing for $python: pip install \".[app]\" (or ./install.sh --test)" >&2
+    exit 1
+}
+"$python" -c 'import uvicorn, opentelemetry.instrumentation.asgi' 2>/dev/null || {
+    echo "local stack: the demo app needs uvicorn and the ASGI instrumentation: pip install -r demo/requirements.txt" >&2
+    exit 1
+}
+mkdir -p "$STACK_DIR"
+
+if ! jaeger=$(deploy/jaeger/build.sh --print-path 2>/dev/null); then
+    say "building the Jaeger binary (deploy/jaeger/build.sh; once, a few minutes)"
+    jaeger=$(deploy/jaeger/build.sh) || { echo "local stack: no Jaeger binary" >&2; exit 1; }
+fi
+# A clean environment: the binary would otherwise pick up OTEL_* variables meant for others.
+base_env=(env -i "PATH=$PATH" "HOME=${HOME:-/root}")
+
+say "starting Jaeger all-in-one (deploy/jaeger/all-in-one.yaml)"
+start jaeger "${base_env[@]}" JAEGER_LISTEN_HOST=$HOST \
+    JAEGER_OTLP_GRPC_PORT="$JAEGER_OTLP_GRPC_PORT" JAEGER_OTLP_HTTP_PORT="$JAEGER_OTLP_HTTP_PORT" \
+    JAEGER_QUERY_HTTP_PORT="$JAEGER_QUERY_HTTP_PORT" JAEGER_QUERY_GRPC_PORT="$JAEGER_QUERY_GRPC_PORT" \
+    "$jaeger" --config "file:$REPO/deploy/jaeger/all-in-one.yaml"
+wait_for jaeger "$JAEGER_QUERY_HTTP_PORT"
+wait_for jaeger "$JAEGER_OTLP_GRPC_PORT"
+
+say "starting the Collector (collector-config.yaml, under the same binary)"
+start collector "${base_env[@]}" COLLECTOR_LISTEN_HOST=$HOST \
+    COLLECTOR_OTLP_GRPC_PORT="$COLLECTOR_OTLP_GRPC_PORT" COLLECTOR_OTLP_HTTP_PORT="$COLLECTOR_OTLP_HTTP_PORT" \
+    COLLECTOR_TELEMETRY_PORT="$COLLECTOR_TELEMETRY_PORT" JAEGER_OTLP_ENDPOINT="$HOST:$JAEGER_OTLP_GRPC_PORT" \
+    "$jaeger" --config "file:$REPO/collector-config.yaml"
+wait_for collector "$COLLECTOR_OTLP_GRPC_PORT"
+
+say "starting otelproc run"
+start otelproc env PYTHONPATH="$REPO" OTELPROC_STATE_FILE="$STATE_FILE" OTELPROC_PIN_DIR="$PIN_DIR" \
+    "$python" -m otelproc run --otlp-endpoint "http://$HOST:$COLLECTOR_OTLP_GRPC_PORT" --otlp-protocol grpc
+for _ in $(seq 120); do
+    grep -q "otelproc: ready" "$STACK_DIR/otelproc.log" && break
+    alive otelproc || fail "otelproc exited: $(tail -n 3 "$STACK_DIR/otelproc.log")"
+    sleep 0.5
+done
+grep -q "otelproc: ready" "$STACK_DIR/otelproc.log" || fail "otelproc was not ready within 60 s"
+
+say "starting the demo app (demo/app.py under opentelemetry-instrument uvicorn, 2 workers)"
+start demo env PYTHONPATH="$REPO" OTEL_SERVICE_NAME=demo OTEL_EXPERIMENTAL_RESOURCE_DETECTORS=otelproc \
+    OTEL_EXPORTER_OTLP_ENDPOINT="http://$HOST:$COLLECTOR_OTLP_GRPC_PORT" OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
+    OTEL_TRACES_EXPORTER=otlp OTEL_METRICS_EXPORTER=otlp OTEL_LOGS_EXPORTER=none OTEL_BSP_SCHEDULE_DELAY=1000 \
+    PYTHONUNBUFFERED=1 \
+    "$instrument" "$python" -m uvicorn app:app --app-dir "$REPO/demo" --host $HOST --port "$DEMO_PORT" --workers 2
+wait_for demo "$DEMO_PORT"
+
+cat <<EOF
+
+The local stack is up (logs and pid files in $STACK_DIR):
+  demo app          http://$HOST:$DEMO_PORT/   also /work, /spawn, /fail
+  Jaeger API        http://$HOST:$JAEGER_QUERY_HTTP_PORT/api/services   (no UI in this build; docs/correlation.md shows what to ask)
+  Collector         OTLP $HOST:$COLLECTOR_OTLP_GRPC_PORT (gRPC), $HOST:$COLLECTOR_OTLP_HTTP_PORT (HTTP)
+  otelproc          $STACK_DIR/otelproc.log
+Try:  curl -s $HOST:$DEMO_PORT/spawn; sleep 5; curl -s $HOST:$JAEGER_QUERY_HTTP_PORT/api/services
+Stop: deploy/local/down.sh
+EOF

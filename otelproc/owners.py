@@ -1,0 +1,71 @@
+"""process.owner as the process itself would say it: the user name its own /etc/passwd gives its uid.
+
+A process in a container sees the container's /etc/passwd, not the host's (nor
+otelproc's, which may sit in a container of its own). The kernel shows a
+process's view of the filesystem at /proc/<pid>/root; its passwd file is read
+there while the process runs, parsed once per distinct file (device, inode,
+modification time), and the name kept with the tracked process.
+
+A process gone before it could be looked at (it lived shorter than the poll
+interval) takes its tracked parent's view when the uid is the same, else
+otelproc's own /etc/passwd when it runs in otelproc's pid namespace, else no
+name at all: process.user.id is always there.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+from otelproc.decoder import text
+
+MAX_FILES = 256  # distinct passwd files kept parsed (containers with their own images)
+
+
+class Owners:
+    def __init__(self) -> None:
+        self._own_pidns = os.stat("/proc/self/ns/pid").st_ino
+        self._files: dict[tuple[int, int, int], dict[int, str]] = {}
+        self._own: dict[int, str | None] = {}
+
+    def name(self, pid: int, uid: int, pidns: int, parent: tuple[int, str | None] | None = None) -> str | None:
+        """The user name of uid as process pid sees it; parent: (uid, owner) of its tracked parent."""
+        path = f"/proc/{pid}/root/etc/passwd"
+        try:
+            st = os.stat(path)
+        except OSError:
+            if os.path.exists(f"/proc/{pid}/root/"):
+                return None  # it runs, and its view has no /etc/passwd: no names there
+            if parent is not None and parent[0] == uid:
+                return parent[1]
+            return self._own_name(uid) if pidns == self._own_pidns else None
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        names = self._files.get(key)
+        if names is None:
+            try:
+                names = _parse(path)
+            except OSError:
+                return self._own_name(uid) if pidns == self._own_pidns else None
+            if len(self._files) >= MAX_FILES:
+                self._files.pop(next(iter(self._files)))
+            self._files[key] = names
+        return names.get(uid)
+
+    def _own_name(self, uid: int) -> str | None:
+        if uid not in self._own:
+            try:
+                self._own[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._own[uid] = None
+        return self._own[uid]
+
+
+def _parse(path: str) -> dict[int, str]:
+    """name:password:uid:... lines; the first name given to a uid wins, as getpwuid's does."""
+    names: dict[int, str] = {}
+    with open(path, "rb") as f:
+        for line in f.read(1 << 20).splitlines():
+            fields = line.split(b":")
+            if len(fields) >= 3 and fields[2].isdigit():
+                names.setdefault(int(fields[2]), text(fields[0]))
+    return names

@@ -1,0 +1,77 @@
+"""/proc, read as bytes and decoded once, the way the kernel's records are (decoder.text).
+
+A traced process chooses its own name, arguments and environment: none of it
+is guaranteed UTF-8 (a comm cut at 15 bytes can end inside a character). Every
+/proc read of otelproc (adoption, the sweep, the app-side helper) goes through
+here, so no such byte can raise, and the same bytes give the same text whether
+they came from the kernel's record or from /proc.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from otelproc.decoder import split_argv, text
+
+
+class Stat(NamedTuple):
+    comm: str
+    ppid: int
+    start_ticks: int  # field 22: with the pid, names the process
+    state: str  # R, S, D, ...; Z: exited, not yet reaped
+
+
+def _read(pid: int, name: str) -> bytes:
+    with open(f"/proc/{pid}/{name}", "rb") as f:
+        return f.read()
+
+
+def pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def stat(pid: int) -> Stat:
+    """comm, ppid, start ticks and state from /proc/<pid>/stat (comm may hold spaces and parentheses)."""
+    raw = _read(pid, "stat")
+    head, _, tail = raw.rpartition(b")")
+    fields = tail.split()
+    return Stat(text(head.split(b"(", 1)[1]), int(fields[1]), int(fields[19]), text(fields[0]))
+
+
+def status(pid: int) -> dict[str, str]:
+    """The "Key:\\tvalue" lines of /proc/<pid>/status."""
+    fields = {}
+    for line in _read(pid, "status").splitlines():
+        key, _, value = line.partition(b":")
+        fields[text(key)] = text(value.strip())
+    return fields
+
+
+def cmdline(pid: int) -> tuple[str, ...]:
+    return split_argv(_read(pid, "cmdline"))
+
+
+def exe(pid: int) -> str | None:
+    """The loaded executable's path; None for a kernel thread or a zombie."""
+    try:
+        return text(os.readlink(f"/proc/{pid}/exe".encode()))
+    except (FileNotFoundError, PermissionError):
+        return None
+
+
+def environ(pid: int) -> bytes:
+    return _read(pid, "environ")
+
+
+def cgroups(pid: int) -> list[tuple[str, str, str]]:
+    """(hierarchy id, controllers, path) for each line of /proc/<pid>/cgroup."""
+    lines = []
+    for line in text(_read(pid, "cgroup")).splitlines():
+        hierarchy, controllers, path = line.split(":", 2)
+        lines.append((hierarchy, controllers, path))
+    return lines
+
+
+def pidns(pid: int) -> int:
+    return os.stat(f"/proc/{pid}/ns/pid").st_ino

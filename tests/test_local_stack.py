@@ -1,0 +1,107 @@
+"""The local stack without Docker, as a person runs it: deploy/local/up.sh, a request, Jaeger's API, down.sh.
+
+up.sh starts Jaeger, the Collector, otelproc and the demo app as processes on loopback;
+the test moves every port to a free one and the pid files to its own directory (the
+variables the docs name), and tracks only its own interpreter name. down.sh must stop
+everything up.sh started, children included, and leave nothing listening.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import httpx
+import psutil
+
+from conftest import REPO, TEST_COMM
+from otelproc import pins
+from test_jaeger_e2e import SERVER, find_spans, free_ports, path_of, request_spans, wait_for
+
+UP, DOWN = REPO / "deploy" / "local" / "up.sh", REPO / "deploy" / "local" / "down.sh"
+PORT_VARIABLES = ("JAEGER_OTLP_GRPC_PORT", "JAEGER_OTLP_HTTP_PORT", "JAEGER_QUERY_HTTP_PORT", "JAEGER_QUERY_GRPC_PORT",
+                  "COLLECTOR_OTLP_GRPC_PORT", "COLLECTOR_OTLP_HTTP_PORT", "COLLECTOR_TELEMETRY_PORT", "DEMO_PORT")
+
+
+def stack_env(stack_dir: Path, test_python: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_", "TRACE"))}
+    env.update(zip(PORT_VARIABLES, map(str, free_ports(len(PORT_VARIABLES)))))
+    env.update(OTELPROC_LOCAL_DIR=str(stack_dir), PYTHON=test_python, OTELPROC_MATCH=TEST_COMM, OTELPROC_ADOPT="false")
+    return env
+
+
+def sessions(stack_dir: Path) -> list[psutil.Process]:
+    """Every process in the sessions up.sh started (one per pid file); psutil.Process remembers start times."""
+    leaders = {int(f.read_text().split()[0]) for f in stack_dir.glob("*.pid")}
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) in leaders:
+                found.append(process)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return found
+
+
+def running(process: psutil.Process) -> bool:
+    """Still running: not gone, not a zombie waiting to be reaped (that is an ended process)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_up_request_spans_in_jaeger_down_leaves_nothing(tmp_path, test_python, pin_root):
+    stack_dir = tmp_path / "stack"
+    env = stack_env(stack_dir, test_python)
+    env["OTELPROC_PIN_DIR"] = pin_dir = pin_root.new_dir()  # the session's bpffs, not the host's
+    since = datetime.datetime.now(datetime.timezone.utc)
+    up = subprocess.run([str(UP)], env=env, capture_output=True, text=True, timeout=600)
+    started: list[psutil.Process] = []
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"http://127.0.0.1:{env['DEMO_PORT']}/" in up.stdout and "deploy/local/down.sh" in up.stdout
+        started = sessions(stack_dir)
+        names = {p.name() for p in started}
+        assert {"jaeger", TEST_COMM} <= names
+        master = int((stack_dir / "demo.pid").read_text().split()[0])
+
+        demo = f"http://127.0.0.1:{env['DEMO_PORT']}"
+        body = httpx.get(f"{demo}/spawn", timeout=30).json()
+        worker = body["worker"]
+
+        def request_and_processes() -> list | None:
+            spans = find_spans(f"http://127.0.0.1:{env['JAEGER_QUERY_HTTP_PORT']}", "demo", since)
+            requests = [s for s in request_spans(spans) if path_of(s) == "/spawn"]
+            started_spans = {s.attributes["process.pid"]: s for s in spans if s.role == "started"}
+            return (requests, started_spans) if requests and {master, worker} <= started_spans.keys() else None
+
+        (request,), processes = wait_for(request_and_processes, "the /spawn request span and the 'started' spans "
+                                         "of the uvicorn master and the worker that served it", timeout=90)
+        assert request.kind == SERVER and request.resource["process.pid"] == worker
+        assert processes[master].name == "uvicorn started"
+        # The request links to its worker's lifetime span: the parent of the worker's 'started' span.
+        worker_span = processes[worker]
+        assert worker_span.name == "uvicorn worker started"
+        assert (worker_span.trace_id, worker_span.parent_span_id) in [(t, s) for t, s, _ in request.links]
+    finally:
+        started = started or sessions(stack_dir)
+        down = subprocess.run([str(DOWN)], env=env, capture_output=True, text=True, timeout=300)
+        pinned = pin_dir and pins.probes(Path(pin_dir))
+        pin_root.remove(pin_dir)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not pinned, "down.sh detaches otelproc's pinned probe"
+    left = [p for p in started if running(p)]
+    for process in left:  # ours (psutil checks the start time): not left behind even when the test fails
+        process.kill()
+    assert left == [], f"down.sh left running: {left}"
+    assert not list(stack_dir.glob("*.pid"))
+    assert [v for v in PORT_VARIABLES if listening(int(env[v]))] == []
