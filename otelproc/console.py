@@ -44,6 +44,8 @@ def ending(span: ReadableSpan) -> str:
         return span.status.description or "error"
     if "process.exit.code" in attributes:
         return f"exit status {attributes['process.exit.code']}"
+    if "otelproc.end.before" in attributes:
+        return "ended while otelproc was down, exit not seen"
     return "ended, exit not seen"
 
 

@@ -29,7 +29,8 @@ def test_one_aligned_line_per_span_says_how_it_ended():
     assert len({m.end(5) for m in parsed}) == 1, "durations are right-aligned"
     endings = [m.group(6) for m in parsed]
     assert endings == ["running", "exit status 3", "running", "killed by SIGSEGV (core dumped)",
-                       "running", "exit status 0", "ended, exit not seen"]
+                       "running", "exit status 0", "ended, exit not seen",
+                       "ended while otelproc was down, exit not seen"]
     assert [m.group(3) for m in parsed[:2]] == [str(spans[0].attributes["process.pid"])] * 2
 
 
