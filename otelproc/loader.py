@@ -174,7 +174,6 @@ class Probe:
         self.config = config
         self.resumed = False  # the probe a previous otelproc pinned, same fingerprint, still recording
         self.previous: PreviousProbe | None = None  # one of another fingerprint, to take over from
-        self.previous_dir: Path | None = None  # where that one was pinned, once it is retired
         self.pinned_at: Path | None = None  # this probe's pin directory
         self.attached_at = 0  # boot ns just before this probe's programs began attaching
         self.layout: record.EventLayout  # struct event of this object, for decoding its records
@@ -199,8 +198,8 @@ class Probe:
                 if probe_dir == here and pins.links(probe_dir):
                     self._pinned = _PinnedMaps(probe_dir)
                     self.resumed = True
-                elif probe_dir == here or self.previous is not None:
-                    pins.remove(probe_dir)  # half pinned, or a third probe: nothing to carry on with
+                elif probe_dir == here or self.previous is not None or not pins.links(probe_dir):
+                    pins.remove(probe_dir)  # half pinned or half removed, or a third: nothing to carry on with
                 else:
                     self.previous = PreviousProbe(probe_dir)
         if self.resumed:
@@ -286,10 +285,7 @@ class Probe:
     def retire_previous(self, on_record: Callable[[bytes], None]) -> int:
         """Ends the takeover: the old probe's programs detached, its ring read, its pins gone."""
         previous, self.previous = self.previous, None
-        if previous is None:
-            return 0
-        self.previous_dir = previous.dir
-        return previous.retire(on_record)
+        return 0 if previous is None else previous.retire(on_record)
 
     def poll(self, timeout_ms: int) -> int:
         """Hands every waiting record to on_record; waits up to timeout_ms for the first."""

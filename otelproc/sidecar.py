@@ -167,8 +167,6 @@ class Sidecar:
         if previous is None:
             return
         self._overlap_from = self.clock.to_wall(probe.attached_at)
-        self._lost_seen = {k: max(v, self._lost_seen.get(k, 0)) for k, v in previous.lost().items()}
-
         where, layout = previous.dir, previous.layout
         drained = probe.retire_previous(lambda raw: self.on_record(raw, layout))
         log.info("took over the probe pinned in %s: %d records read in its own layout, then removed", where, drained)
@@ -310,7 +308,10 @@ class Sidecar:
         if s.state_file is not None:
             self.state_writer = state.Writer(s.state_file, self.table, s.redact, tracking_config(s),
                                              lambda: dict(self._lost_seen), self.failed)
-            self.state_writer.write(force=True)
+            try:
+                self.state_writer.write(force=True)
+            except Exception as exc:  # noqa: BLE001 -- its thread tries again each second
+                self.failed("state_file", exc)
             self.state_writer.start()
 
     def stop(self, probe: Probe) -> None:

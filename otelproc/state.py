@@ -190,7 +190,11 @@ class Writer:
         with self._lock:
             if self.dirty or force or not self.path.exists():
                 self.dirty = False  # before the copy: a change made during the write is written next time
-                save(self.path, self._table(), self._redact, self._config, self._lost())
+                try:
+                    save(self.path, self._table(), self._redact, self._config, self._lost())
+                except BaseException:
+                    self.dirty = True  # a touch would vouch for a stale file: the next second writes it
+                    raise
             else:
                 touch(self.path)
 
