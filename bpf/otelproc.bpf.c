@@ -8,6 +8,41 @@
 
 #define MAX_PIDNS_DEPTH 8
 
+/* Not in BTF: #defines of the kernel's (the same on every architecture this runs on). */
+#define SIGNAL_GROUP_EXIT 0x00000004	/* include/linux/sched/signal.h */
+#define PF_KTHREAD 0x00200000
+#define SI_USER 0
+#define SI_KERNEL 0x80
+#define SI_QUEUE -1
+#define SI_TKILL -6
+#define SIGHUP 1
+#define SIGINT 2
+#define SIGQUIT 3
+#define SIGILL 4
+#define SIGTRAP 5
+#define SIGBUS 7
+#define SIGFPE 8
+#define SIGKILL 9
+#define SIGSEGV 11
+#define SIGTERM 15
+#define SIGCHLD 17
+#define SIGCONT 18
+#define SIGSTOP 19
+#define SIGTSTP 20
+#define SIGTTIN 21
+#define SIGTTOU 22
+#define SIGURG 23
+#define SIGWINCH 28
+#define SIGSYS 31
+#define SIG_BIT(sig) (1ULL << ((sig) & 63))
+/* Reported whatever the process does with them: the usual ways to ask a process to stop. */
+#define STOP_REQUESTS (SIG_BIT(SIGTERM) | SIG_BIT(SIGINT) | SIG_BIT(SIGHUP) | SIG_BIT(SIGQUIT))
+/* A fault the kernel raised in the process itself, often handled (faulthandler) then re-raised. */
+#define FAULTS (SIG_BIT(SIGSEGV) | SIG_BIT(SIGBUS) | SIG_BIT(SIGILL) | SIG_BIT(SIGFPE) | SIG_BIT(SIGSYS) | SIG_BIT(SIGTRAP))
+/* Signals whose default action is not to end the process. */
+#define HARMLESS_BY_DEFAULT (SIG_BIT(SIGCHLD) | SIG_BIT(SIGCONT) | SIG_BIT(SIGSTOP) | SIG_BIT(SIGTSTP) | \
+			     SIG_BIT(SIGTTIN) | SIG_BIT(SIGTTOU) | SIG_BIT(SIGURG) | SIG_BIT(SIGWINCH))
+
 const volatile bool trace_all = false;		/* track every process, ignore match_comms */
 const volatile __u32 scope_pidns = 0;		/* 0: host; else inode of the scope's pid namespace */
 const volatile bool scope_cgroup = false;	/* only start tracking inside scope_cgroups[0] */
@@ -173,6 +208,8 @@ static __always_inline void fill_common(struct event *e, struct task_struct *tas
 	e->argv_len = 0;
 	e->env_len = 0;
 	e->reserved = 0;
+	/* The exit's usage and the signal and oom fields: whoever needs them fills them. */
+	__builtin_memset(&e->cpu_ns, 0, offsetof(struct event, comm) - offsetof(struct event, cpu_ns));
 	/* The leader's name is the process's (/proc/<pid>/comm); threads may name themselves. */
 	BPF_CORE_READ_STR_INTO(&e->comm, leader, comm);
 	fill_cgroup(e, task);
@@ -309,9 +346,85 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 	return 0;
 }
 
+static __always_inline __u64 rss_pages(struct mm_struct *mm, int member)
+{
+	/* get_mm_counter(): the counter's shared count, not the per-CPU deltas, as the kernel reports it. */
+	__s64 count = BPF_CORE_READ(mm, rss_stat[member & 3].count);
+
+	return count > 0 ? count : 0;
+}
+
+/* The mm's high-water mark of resident pages, as get_mm_hiwater_rss(); 0 where unknown. */
+static __always_inline __u64 mm_peak_pages(struct mm_struct *mm)
+{
+	__u64 rss, hiwater;
+
+	/* Per-CPU counters since Linux 6.2; before, a struct of atomics (and this
+	 * tracepoint came after exit_mm() until 6.16 anyway). Sizes, not a type
+	 * name: a type missing from vmlinux sends libbpf looking through module
+	 * BTF, which takes CAP_SYS_ADMIN. */
+	if (!mm || bpf_core_field_size(mm->rss_stat) != 4 * bpf_core_type_size(struct percpu_counter))
+		return 0;
+	rss = rss_pages(mm, MM_FILEPAGES) + rss_pages(mm, MM_ANONPAGES) + rss_pages(mm, MM_SHMEMPAGES);
+	hiwater = BPF_CORE_READ(mm, hiwater_rss);
+	return hiwater > rss ? hiwater : rss;
+}
+
+/* Adds what a task used to the record's totals. */
+static __always_inline void add_usage(struct event *e, struct task_struct *t)
+{
+	e->cpu_ns += t->se.sum_exec_runtime;
+	e->utime_ns += t->utime;
+	e->stime_ns += t->stime;
+	e->min_flt += t->min_flt;
+	e->maj_flt += t->maj_flt;
+	e->nvcsw += t->nvcsw;
+	e->nivcsw += t->nivcsw;
+	if (bpf_core_field_exists(t->ioac.read_bytes)) {	/* CONFIG_TASK_IO_ACCOUNTING */
+		e->read_bytes += t->ioac.read_bytes;
+		e->write_bytes += t->ioac.write_bytes;
+	}
+}
+
+/* The whole group's usage, as wait4() would report it. Threads that are gone
+ * left theirs in signal_struct; the leader's stays in its task until it is
+ * reaped; the last thread is this one. (A thread that died at the same instant
+ * and is not yet released is missed: the kernel folds it in just after this.) */
+static __always_inline void fill_usage(struct event *e, struct task_struct *task)
+{
+	struct signal_struct *sig = task->signal;
+	struct task_struct *leader = task->group_leader;
+
+	e->cpu_ns = sig->sum_sched_runtime;
+	e->utime_ns = sig->utime;
+	e->stime_ns = sig->stime;
+	e->min_flt = sig->min_flt;
+	e->maj_flt = sig->maj_flt;
+	e->nvcsw = sig->nvcsw;
+	e->nivcsw = sig->nivcsw;
+	e->read_bytes = 0;
+	e->write_bytes = 0;
+	if (bpf_core_field_exists(sig->ioac.read_bytes)) {
+		e->read_bytes = sig->ioac.read_bytes;
+		e->write_bytes = sig->ioac.write_bytes;
+	}
+	add_usage(e, task);
+	if (leader != task)
+		add_usage(e, leader);
+	/* Since Linux 6.16 this tracepoint comes before exit_mm(): the mm's own
+	 * peak is that of the program run since the last exec. signal->maxrss
+	 * (getrusage's ru_maxrss, set when the group dies, before this
+	 * tracepoint) also counts the images before that exec, for a child of a
+	 * large parent the parent's size. */
+	e->maxrss_pages = mm_peak_pages(task->mm);
+	if (!e->maxrss_pages)
+		e->maxrss_pages = sig->maxrss;
+}
+
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(handle_exit, struct task_struct *task)
 {
+	struct signal_struct *sig;
 	__u32 pid;
 	struct event *e;
 
@@ -330,8 +443,162 @@ int BPF_PROG(handle_exit, struct task_struct *task)
 	if (!e)
 		return 0;
 	fill_common(e, task, EVENT_EXIT, pid);
-	/* Set by do_exit before this tracepoint; for a group exit it is the group's code. */
-	e->exit_code = BPF_CORE_READ(task, exit_code);
+	/* The status wait() reports (wait_task_zombie): the group's when it
+	 * exited as a group, else the leader's. The last thread's own code may
+	 * differ: it can have called exit() itself while the group ended otherwise. */
+	sig = task->signal;
+	if (sig->flags & SIGNAL_GROUP_EXIT)
+		e->exit_code = sig->group_exit_code;
+	else
+		e->exit_code = task->group_leader->exit_code;
+	fill_usage(e, task);
+	bpf_ringbuf_submit(e, submit_flags());
+	return 0;
+}
+
+/* si_code as the signal_generate tracepoint itself reports it: the kernel
+ * passes two special pointer values instead of a siginfo. */
+static __always_inline int signal_code(struct kernel_siginfo *info)
+{
+	unsigned long special = (unsigned long)info;
+
+	if (special == 0)	/* SEND_SIG_NOINFO: as if by kill() from current */
+		return SI_USER;
+	if (special == 1)	/* SEND_SIG_PRIV: from the kernel */
+		return SI_KERNEL;
+	return BPF_CORE_READ(info, si_code);
+}
+
+/* Whether a signal that cannot be harmless by default may end the process or
+ * asks it to: worth a record. */
+static __always_inline bool signal_matters(int sig, int code, struct task_struct *task)
+{
+	void *handler;
+
+	if (SIG_BIT(sig) & STOP_REQUESTS || sig == SIGKILL)
+		return true;
+	if (SIG_BIT(sig) & FAULTS && code > 0)
+		return true;
+	/* Any other signal ends the process only if it has no handler. */
+	if (bpf_core_read(&handler, sizeof(handler), &task->sighand->action[(sig - 1) & 63].sa.sa_handler))
+		return false;
+	return handler == NULL;	/* SIG_DFL */
+}
+
+/* Fires in the sender's context (current), for every signal on the machine. */
+SEC("tp_btf/signal_generate")
+int BPF_PROG(handle_signal, int sig, struct kernel_siginfo *info, struct task_struct *task, int group, int result)
+{
+	struct task_struct *sender;
+	struct event *e;
+	__u32 pid;
+	int code;
+
+	/* First what the arguments alone tell, SIGCHLD above all: the most frequent signal. */
+	if (result != TRACE_SIGNAL_DELIVERED && result != TRACE_SIGNAL_LOSE_INFO)
+		return 0;	/* ignored, or already pending: it changes nothing */
+	if (sig < 1 || sig > 64 || SIG_BIT(sig) & HARMLESS_BY_DEFAULT)
+		return 0;
+	pid = scoped_tgid(task);
+	if (!pid || !is_tracked(pid, start_ticks(task)))
+		return 0;
+	code = signal_code(info);
+	if (!signal_matters(sig, code, task))
+		return 0;
+
+	e = reserve_small();
+	if (!e)
+		return 0;
+	__builtin_memset(e, 0, offsetof(struct event, data));
+	e->time_ns = bpf_ktime_get_boot_ns();
+	e->start_time_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	e->kind = EVENT_SIGNAL;
+	e->pid = pid;
+	e->tid = pid;
+	e->signo = sig;
+	e->si_code = code;
+	sender = bpf_get_current_task_btf();
+	/* Only kill(), tgkill() and sigqueue() come from the process that runs
+	 * now; timers, faults and the kernel's own kills raise signals from
+	 * whatever context the kernel is in. */
+	if ((code == SI_USER || code == SI_TKILL || code == SI_QUEUE) && !(sender->flags & PF_KTHREAD)) {
+		e->sender_pid = scoped_tgid(sender);
+		BPF_CORE_READ_STR_INTO(&e->sender_comm, sender, group_leader, comm);
+	} else {
+		e->flags = EVENT_F_SENDER_KERNEL;
+	}
+	BPF_CORE_READ_STR_INTO(&e->comm, task, group_leader, comm);
+	bpf_ringbuf_submit(e, submit_flags());
+	return 0;
+}
+
+/* The OOM killer does not say why it ran. A memory cgroup at its limit when
+ * one of its members is chosen made it (its charge failed: usage + the charge
+ * > max); when the system runs out, cgroups are as a rule below their limits. */
+#define OOM_CHARGE_SLACK 512	/* pages: the largest charge that fails, a huge page */
+#define MAX_MEMCG_DEPTH 8
+
+static __always_inline struct mem_cgroup *limited_memcg(struct task_struct *task)
+{
+	int memory = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
+	struct cgroup_subsys_state *css, *parent;
+	struct mem_cgroup *memcg;
+
+	if (memory < 0 || memory >= 12)
+		return NULL;
+	css = BPF_CORE_READ(task, cgroups, subsys[memory]);
+	for (int i = 0; i < MAX_MEMCG_DEPTH && css; i++) {
+		parent = BPF_CORE_READ(css, parent);
+		if (!parent)
+			break;	/* the root has no limit */
+		memcg = (void *)css - bpf_core_field_offset(struct mem_cgroup, css);
+		if (BPF_CORE_READ(memcg, memory.usage.counter) + OOM_CHARGE_SLACK >= BPF_CORE_READ(memcg, memory.max))
+			return memcg;
+		css = parent;
+	}
+	return NULL;
+}
+
+/* The OOM killer has sent SIGKILL to its victim and now marks it. */
+SEC("tp_btf/mark_victim")
+int BPF_PROG(handle_oom_victim, struct task_struct *task)
+{
+	struct mem_cgroup *memcg;
+	struct mm_struct *mm;
+	struct event *e;
+	__u32 pid;
+
+	pid = scoped_tgid(task);
+	if (!pid || !is_tracked(pid, start_ticks(task)))
+		return 0;
+
+	e = reserve_small();
+	if (!e)
+		return 0;
+	__builtin_memset(e, 0, offsetof(struct event, data));
+	e->time_ns = bpf_ktime_get_boot_ns();
+	e->start_time_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	e->kind = EVENT_OOM;
+	e->pid = pid;
+	e->tid = pid;
+	BPF_CORE_READ_STR_INTO(&e->comm, task, group_leader, comm);
+	/* mark_oom_victim() has just set oom_mm; task->mm is gone if the leader already exited. */
+	mm = BPF_CORE_READ(task, signal, oom_mm);
+	if (!mm)
+		mm = BPF_CORE_READ(task, mm);
+	if (mm) {
+		e->oom_total_vm = BPF_CORE_READ(mm, total_vm);
+		e->oom_anon_rss = rss_pages(mm, MM_ANONPAGES);
+		e->oom_file_rss = rss_pages(mm, MM_FILEPAGES);
+		e->oom_shmem_rss = rss_pages(mm, MM_SHMEMPAGES);
+		e->oom_pgtables_bytes = BPF_CORE_READ(mm, pgtables_bytes.counter);
+	}
+	e->oom_score_adj = BPF_CORE_READ(task, signal, oom_score_adj);
+	memcg = limited_memcg(task);
+	if (memcg) {
+		e->flags = EVENT_F_OOM_MEMCG;
+		bpf_probe_read_kernel_str(e->cgroup, sizeof(e->cgroup), BPF_CORE_READ(memcg, css.cgroup, kn, name));
+	}
 	bpf_ringbuf_submit(e, submit_flags());
 	return 0;
 }

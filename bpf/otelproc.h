@@ -19,6 +19,8 @@ enum event_kind {
 	EVENT_EXEC = 1,
 	EVENT_FORK = 2,
 	EVENT_EXIT = 3,
+	EVENT_SIGNAL = 4,	/* a signal that may end it was sent to a tracked process */
+	EVENT_OOM = 5,		/* the OOM killer chose a tracked process */
 };
 
 enum event_flag {
@@ -26,6 +28,8 @@ enum event_flag {
 	EVENT_F_ARGV_CUT = 2,	/* argv longer than ARGV_MAX bytes */
 	EVENT_F_ENV_CUT = 4,	/* environment longer than ENV_MAX bytes */
 	EVENT_F_UNTRACKED = 8,	/* tracked map full: no fork or exit will follow */
+	EVENT_F_SENDER_KERNEL = 16,	/* signal: the kernel sent it, not the process in sender_* */
+	EVENT_F_OOM_MEMCG = 32,	/* oom: a memory cgroup's limit was hit (cgroup names it), not the system's */
 };
 
 /* Indexes of the per-CPU "lost" counters. */
@@ -53,8 +57,31 @@ struct event {
 	__u16 argv_len;
 	__u16 env_len;
 	__u16 reserved;
+	/* exit: what the whole process (every thread) used, read at the group's exit */
+	__u64 cpu_ns;		/* time on CPU (sum_exec_runtime) */
+	__u64 utime_ns;		/* user and system time as the tick samples them: */
+	__u64 stime_ns;		/* they split cpu_ns the way getrusage() does */
+	__u64 maxrss_pages;	/* peak resident set size (getrusage ru_maxrss) */
+	__u64 min_flt;		/* page faults served without I/O */
+	__u64 maj_flt;		/* page faults that read from storage */
+	__u64 nvcsw;		/* voluntary context switches */
+	__u64 nivcsw;		/* involuntary context switches */
+	__u64 read_bytes;	/* storage I/O it caused (/proc/<pid>/io) */
+	__u64 write_bytes;
+	/* oom: the victim's memory as the OOM killer saw it, in pages (pgtables in bytes) */
+	__u64 oom_total_vm;
+	__u64 oom_anon_rss;
+	__u64 oom_file_rss;
+	__u64 oom_shmem_rss;
+	__u64 oom_pgtables_bytes;
+	__s32 oom_score_adj;
+	/* signal: which one, why, and who sent it */
+	__u32 signo;
+	__s32 si_code;		/* SI_USER, SI_TKILL, SI_KERNEL, SEGV_MAPERR, ... */
+	__u32 sender_pid;	/* tgid, scope numbering; 0 outside the scope or from the kernel */
+	char sender_comm[TASK_COMM_LEN];
 	char comm[TASK_COMM_LEN];
-	char cgroup[CGROUP_NAME_MAX];	/* leaf name of the process's cgroup */
+	char cgroup[CGROUP_NAME_MAX];	/* leaf name of the process's cgroup; oom with EVENT_F_OOM_MEMCG: the limited one */
 	char data[DATA_MAX];	/* exec only; fork and exit records end before it */
 };
 

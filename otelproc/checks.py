@@ -114,11 +114,12 @@ def check_probe() -> Result:
 
     started = time.perf_counter()
     try:
-        with Probe(ProbeConfig(), lambda raw: None):
+        with Probe(ProbeConfig(), lambda raw: None) as probe:
             elapsed = time.perf_counter() - started
+            left_out = "".join(f"; {program.warning()}" for program in probe.left_out)
     except LibbpfError as exc:
         return Result(False, f"BPF programs do not load: {exc}")
-    return Result(True, f"BPF programs: loaded, attached and detached in {elapsed * 1000:.0f} ms")
+    return Result(True, f"BPF programs: loaded, attached and detached in {elapsed * 1000:.0f} ms{left_out}")
 
 
 def run_checks() -> list[Result]:

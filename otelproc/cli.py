@@ -91,6 +91,8 @@ def cmd_events(settings: Settings) -> int:
     with Probe(config.probe_config(settings), on_record) as probe:
         layout = probe.layout
         log.info("attached; %s", config.describe_tracking(settings))
+        for program in probe.left_out:
+            log.warning("%s", program.warning())
         while not stop and (deadline is None or time.monotonic() < deadline):
             clock.refresh()
             probe.poll(POLL_MS)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from otelproc.loader import MatchRule, ProbeConfig
+from otelproc.signals import DEFAULT_CLEAN, SignalNameError, parse_signal_set
 
 DEFAULT_MATCH = "python,python3,python3.*,uvicorn,gunicorn,hypercorn"
 INITIAL_PIDNS_INODE = 0xEFFFFFFC  # PROC_PID_INIT_INO: the host's pid namespace
@@ -141,6 +142,13 @@ def parse_path(text: str) -> Path | None:
     return Path(text) if text else None
 
 
+def parse_clean_signals(text: str) -> frozenset[int]:
+    try:
+        return parse_signal_set(text)
+    except SignalNameError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def parse_log_level(text: str) -> str:
     return parse_choice("debug", "info", "warning", "error")(text.lower())
 
@@ -260,6 +268,15 @@ OPTIONS: tuple[Option, ...] = (
         "BOOL",
     ),
     Option(
+        "clean_signals",
+        DEFAULT_CLEAN,
+        parse_clean_signals,
+        "a process ended by one of these signals, without a core dump, stopped cleanly: its span is not an error; "
+        "empty: every fatal signal is an error",
+        (RUN,),
+        "LIST",
+    ),
+    Option(
         "log_level", "info", parse_log_level, "debug, info, warning or error (logs go to stderr)", (EV, RUN, DETACH),
         "LEVEL",
     ),
@@ -304,6 +321,7 @@ class Settings:
     pin_dir: Path | None
     health_port: int | None
     redact: bool
+    clean_signals: frozenset[int]
     log_level: str
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 

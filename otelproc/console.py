@@ -1,6 +1,6 @@
 """Spans as one readable line each, for a person at a terminal (`--exporter console`).
 
-    17:42:03.127  python3 -c                pid 41873 <- 41790     1.02 s  exit status 0
+    17:42:03.127  python3.11 -c             pid 41873 <- 41790     1.02 s  exit status 0
     17:42:06.541  uvicorn worker started    pid 41880 <- 41873          -  running
 
 When it started (local time), the span's name, pid <- parent pid, how long the
@@ -42,6 +42,8 @@ def ending(span: ReadableSpan) -> str:
         return "running"
     if span.status.status_code is StatusCode.ERROR:
         return span.status.description or "error"
+    if "otelproc.exit.reason" in attributes:  # stopped cleanly by a signal: OK, and an OK status has no words
+        return str(attributes["otelproc.exit.reason"])
     if "process.exit.code" in attributes:
         return f"exit status {attributes['process.exit.code']}"
     if "otelproc.end.before" in attributes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import os
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from otelproc import record
 from otelproc.clock import BootClock, rfc3339
@@ -17,14 +17,55 @@ from otelproc.libbpf import LibbpfError
 from otelproc.record import DEFAULT_OBJECT, KERNEL_KINDS, EventKind, EventLayout
 
 NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 # The only environment variables otelproc ever keeps (see docs/security.md).
 OTEL_ENV_ALLOWLIST = ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "TRACEPARENT", "TRACESTATE")
 _ENV_NEEDLES = tuple((name, name.encode() + b"=", b"\0" + name.encode() + b"=") for name in OTEL_ENV_ALLOWLIST)
 
 
+class Usage(NamedTuple):
+    """What a process used over its life, all its threads together, as the kernel counted it at exit."""
+
+    cpu_user_ns: int
+    cpu_system_ns: int
+    max_rss_bytes: int
+    minor_faults: int
+    major_faults: int
+    voluntary_switches: int
+    involuntary_switches: int
+    disk_read_bytes: int
+    disk_write_bytes: int
+
+
+class SignalSent(NamedTuple):
+    """A signal sent to a tracked process that could end it, and who sent it."""
+
+    time: int
+    signal: int
+    code: int  # si_code: SI_USER, SI_TKILL, SI_KERNEL, SEGV_MAPERR, ...
+    from_kernel: bool  # else sender_pid/sender_comm name the process that sent it
+    sender_pid: int  # 0 when from the kernel or from outside the scope's pid namespace
+    sender_comm: str
+
+
+class OomKill(NamedTuple):
+    """The OOM killer's choice of this process, with its memory as the killer saw it (bytes)."""
+
+    time: int
+    memcg: bool  # a memory cgroup's limit was reached (cgroup names it), not the system's memory
+    cgroup: str
+    total_vm: int
+    anon_rss: int
+    file_rss: int
+    shmem_rss: int
+    pgtables: int
+    score_adj: int
+
+
 class ProcessEvent(NamedTuple):
-    """One exec, fork or exit of a tracked process. Times are Unix-epoch nanoseconds."""
+    """One exec, fork or exit of a tracked process, a signal sent to it or the OOM killer's choice of it.
+    Times are Unix-epoch nanoseconds."""
 
     kind: EventKind
     time: int
@@ -48,9 +89,15 @@ class ProcessEvent(NamedTuple):
     truncated: tuple[str, ...]  # parts the kernel cut to its bounds: "exe", "argv", "env"
     untracked: bool  # the kernel's tracked map was full: no exit will follow
     otel_env: tuple[tuple[str, str], ...]  # allowlisted variables from the exec's environment
+    usage: Usage | None = None  # exit only
+    sent: SignalSent | None = None  # signal only
+    oom: OomKill | None = None  # oom only
 
     def to_json_dict(self) -> dict[str, object]:
         d = self._asdict()
+        for name in ("usage", "sent", "oom"):
+            value = getattr(self, name)
+            d[name] = value._asdict() if value is not None else None
         d["time"] = rfc3339(self.time)
         d["start_time"] = rfc3339(self.start_time)
         d["argv"] = list(self.argv) if self.argv is not None else None
@@ -100,6 +147,36 @@ def _truncated(flags: int) -> tuple[str, ...]:
     return tuple(parts)
 
 
+def cpu_split(cpu_ns: int, utime_ns: int, stime_ns: int) -> tuple[int, int]:
+    """User and system time from the exact total and the tick samples, as getrusage() splits them."""
+    if stime_ns == 0:
+        return cpu_ns, 0
+    if utime_ns == 0:
+        return 0, cpu_ns
+    system = cpu_ns * stime_ns // (stime_ns + utime_ns)
+    return cpu_ns - system, system
+
+
+def _usage(r: Any) -> Usage:
+    user, system = cpu_split(r.cpu_ns, r.utime_ns, r.stime_ns)
+    return Usage(user, system, r.maxrss_pages * PAGE_SIZE, r.min_flt, r.maj_flt, r.nvcsw, r.nivcsw,
+                 r.read_bytes, r.write_bytes)
+
+
+def _oom(r: Any, time: int) -> OomKill:
+    return OomKill(
+        time=time,
+        memcg=bool(r.flags & record.EVENT_F_OOM_MEMCG),
+        cgroup=_cstr(r.cgroup) if r.flags & record.EVENT_F_OOM_MEMCG else "",
+        total_vm=r.oom_total_vm * PAGE_SIZE,
+        anon_rss=r.oom_anon_rss * PAGE_SIZE,
+        file_rss=r.oom_file_rss * PAGE_SIZE,
+        shmem_rss=r.oom_shmem_rss * PAGE_SIZE,
+        pgtables=r.oom_pgtables_bytes,
+        score_adj=r.oom_score_adj,
+    )
+
+
 class MalformedRecord(ValueError):
     """A record no probe of this layout writes: too short, of no known kind, or with lengths past its end."""
 
@@ -127,13 +204,19 @@ def decode(raw: bytes, clock: BootClock, layout: EventLayout | None = None) -> P
         argv_at, env_at = base + r.exe_len, base + r.exe_len + r.argv_len
         argv = split_argv(raw[argv_at:env_at])
         otel_env = parse_otel_env(raw[env_at : env_at + r.env_len])
-    exit_code = signal = None
+    exit_code = signal = usage = sent = oom = None
     core = False
+    offset = clock.offset_ns
     if kind is EventKind.EXIT:
         signal = r.exit_code & 0x7F or None
         exit_code = None if signal else (r.exit_code >> 8) & 0xFF
         core = bool(r.exit_code & 0x80)
-    offset = clock.offset_ns
+        usage = _usage(r)
+    elif kind is EventKind.SIGNAL:
+        from_kernel = bool(r.flags & record.EVENT_F_SENDER_KERNEL)
+        sent = SignalSent(r.time_ns + offset, r.signo, r.si_code, from_kernel, r.sender_pid, _cstr(r.sender_comm))
+    elif kind is EventKind.OOM:
+        oom = _oom(r, r.time_ns + offset)
     return ProcessEvent(
         kind=kind,
         time=r.time_ns + offset,
@@ -157,6 +240,9 @@ def decode(raw: bytes, clock: BootClock, layout: EventLayout | None = None) -> P
         truncated=_truncated(r.flags),
         untracked=bool(r.flags & record.EVENT_F_UNTRACKED),
         otel_env=otel_env,
+        usage=usage,
+        sent=sent,
+        oom=oom,
     )
 
 

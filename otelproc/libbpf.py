@@ -15,7 +15,9 @@ from functools import lru_cache
 from typing import Callable
 
 BTF_KIND_INT = 1
+BTF_KIND_PTR = 2
 BTF_KIND_STRUCT = 4
+BTF_KIND_TYPEDEF = 8
 BTF_KIND_DATASEC = 15
 BTF_INT_SIGNED = 1
 
@@ -37,6 +39,10 @@ class _BtfMember(ctypes.Structure):
     _fields_ = [("name_off", ctypes.c_uint32), ("type", ctypes.c_uint32), ("offset", ctypes.c_uint32)]
 
 
+class _BtfParam(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("type", ctypes.c_uint32)]
+
+
 class _BtfVarSecinfo(ctypes.Structure):
     _fields_ = [("type", ctypes.c_uint32), ("offset", ctypes.c_uint32), ("size", ctypes.c_uint32)]
 
@@ -56,6 +62,10 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_object__find_map_by_name": (_P, [_P, ctypes.c_char_p]),
     "bpf_object__next_program": (_P, [_P, _P]),
     "bpf_program__name": (ctypes.c_char_p, [_P]),
+    "bpf_object__find_program_by_name": (_P, [_P, ctypes.c_char_p]),
+    "bpf_program__set_autoload": (ctypes.c_int, [_P, ctypes.c_bool]),
+    "bpf_program__autoload": (ctypes.c_bool, [_P]),
+    "btf__load_vmlinux_btf": (_P, []),
     "bpf_program__attach": (_P, [_P]),
     "bpf_link__destroy": (ctypes.c_int, [_P]),
     "bpf_map__set_max_entries": (ctypes.c_int, [_P, ctypes.c_uint32]),
@@ -202,6 +212,34 @@ def struct_members(btf: int, name: str) -> tuple[int, list[Member]]:
             kind = "int" if (encoding >> 24) & BTF_INT_SIGNED else "uint"
         out.append(Member(api.btf__name_by_offset(btf, member.name_off).decode(), member.offset // 8, size, kind))
     return t.contents.size, out
+
+
+@lru_cache(maxsize=1)
+def _vmlinux_btf() -> int | None:
+    """The running kernel's BTF, loaded once and kept for the life of the process."""
+    return lib().btf__load_vmlinux_btf() or None
+
+
+def tracepoint_arg_kinds(name: str) -> tuple[int, ...] | None:
+    """BTF kinds (typedefs resolved) of a tracepoint's arguments in the running kernel; None if it has none.
+
+    Each tracepoint's BTF is the typedef btf_trace_<name>: a pointer to a function
+    whose first parameter is the context, then the tracepoint's own arguments.
+    """
+    api, btf = lib(), _vmlinux_btf()
+    if btf is None:
+        return None
+    type_id = api.btf__find_by_name_kind(btf, f"btf_trace_{name}".encode(), BTF_KIND_TYPEDEF)
+    if type_id < 0:
+        return None
+    pointer = api.btf__type_by_id(btf, api.btf__resolve_type(btf, type_id)).contents
+    proto = api.btf__type_by_id(btf, pointer.size).contents  # size is a union with the pointed-to type
+    params = ctypes.cast(ctypes.addressof(proto) + ctypes.sizeof(_BtfType), ctypes.POINTER(_BtfParam))
+    kinds = []
+    for i in range(1, proto.info & 0xFFFF):
+        resolved = api.btf__resolve_type(btf, params[i].type)
+        kinds.append((api.btf__type_by_id(btf, resolved).contents.info >> 24) & 0x1F if resolved >= 0 else 0)
+    return tuple(kinds)
 
 
 def datasec_offsets(btf: int, section: str) -> dict[str, tuple[int, int]]:
@@ -388,14 +426,23 @@ class BpfObject:
     def load(self) -> None:
         check(self._api.bpf_object__load(self._obj), "loading the BPF object")
 
+    def leave_out(self, program: str) -> None:
+        """Neither loads nor attaches a program (call before load)."""
+        prog = self._api.bpf_object__find_program_by_name(self._obj, program.encode())
+        if not prog:
+            raise LibbpfError(errno.ENOENT, f"program {program} is not in the BPF object")
+        check(self._api.bpf_program__set_autoload(prog, False), f"leaving out {program}")
+
     def attach_all(self) -> None:
+        """Attaches every program that was loaded (not left out)."""
         prog = self._api.bpf_object__next_program(self._obj, None)
         while prog:
-            name = self._api.bpf_program__name(prog).decode()
-            link = self._api.bpf_program__attach(prog)
-            if not link:
-                raise fail(f"attaching {name}")
-            self._links.append((name, link))
+            if self._api.bpf_program__autoload(prog):
+                name = self._api.bpf_program__name(prog).decode()
+                link = self._api.bpf_program__attach(prog)
+                if not link:
+                    raise fail(f"attaching {name}")
+                self._links.append((name, link))
             prog = self._api.bpf_object__next_program(self._obj, prog)
 
     def link_prog_ids(self) -> list[int]:

@@ -28,6 +28,32 @@ NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
+class OptionalProgram:
+    """A program that only adds detail: left out where the running kernel lacks its tracepoint."""
+
+    name: str
+    tracepoint: str
+    first_arg_kind: int | None  # BTF kind its first argument must have, where kernels changed it
+    gives: str  # what spans lack without it
+
+    def warning(self) -> str:
+        return f"this kernel has no usable tracepoint {self.tracepoint}: spans will not say {self.gives}"
+
+    def available(self) -> bool:
+        kinds = libbpf.tracepoint_arg_kinds(self.tracepoint)
+        if kinds is None:
+            return False
+        return self.first_arg_kind is None or (bool(kinds) and kinds[0] == self.first_arg_kind)
+
+
+OPTIONAL_PROGRAMS = (
+    OptionalProgram("handle_signal", "signal_generate", None, "who sent the signal that ended a process"),
+    # Older kernels have mark_victim(int pid); 6.x kernels mark_victim(struct task_struct *task, uid_t uid).
+    OptionalProgram("handle_oom_victim", "mark_victim", libbpf.BTF_KIND_PTR, "which processes the OOM killer ended"),
+)
+
+
+@dataclass(frozen=True)
 class MatchRule:
     """A comm name to track: exactly, or every comm that starts with it."""
 
@@ -177,6 +203,7 @@ class Probe:
         self.pinned_at: Path | None = None  # this probe's pin directory
         self.attached_at = 0  # boot ns just before this probe's programs began attaching
         self.layout: record.EventLayout  # struct event of this object, for decoding its records
+        self.left_out: list[OptionalProgram] = []  # what this kernel cannot give
         self._obj: libbpf.BpfObject | None = None
         self._ring: libbpf.RingBuffer | None = None
         self._cgroup_fd: int | None = None
@@ -245,6 +272,10 @@ class Probe:
             )
             obj.set_max_entries("events", self.config.ring_buffer_bytes)
             obj.set_max_entries("tracked", self.config.max_tracked)
+            for program in OPTIONAL_PROGRAMS:
+                if not program.available():
+                    obj.leave_out(program.name)
+                    self.left_out.append(program)
         except BaseException:
             obj.close()
             raise

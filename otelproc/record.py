@@ -32,6 +32,8 @@ class EventKind(str, Enum):
     EXEC = "exec"
     FORK = "fork"
     EXIT = "exit"
+    SIGNAL = "signal"  # a signal that may end it was sent to it
+    OOM = "oom"  # the OOM killer chose it
     ADOPT = "adopt"  # found running in /proc, not seen by the kernel side
 
     def __str__(self) -> str:
@@ -39,13 +41,15 @@ class EventKind(str, Enum):
 
 
 # enum event_kind in bpf/otelproc.h
-KERNEL_KINDS = {1: EventKind.EXEC, 2: EventKind.FORK, 3: EventKind.EXIT}
+KERNEL_KINDS = {1: EventKind.EXEC, 2: EventKind.FORK, 3: EventKind.EXIT, 4: EventKind.SIGNAL, 5: EventKind.OOM}
 
 # enum event_flag
 EVENT_F_EXE_CUT = 1
 EVENT_F_ARGV_CUT = 2
 EVENT_F_ENV_CUT = 4
 EVENT_F_UNTRACKED = 8
+EVENT_F_SENDER_KERNEL = 16
+EVENT_F_OOM_MEMCG = 32
 
 # enum lost_reason
 LOST_RINGBUF, LOST_TRACKED_FULL, LOST_MAX = 0, 1, 2

@@ -19,6 +19,7 @@ with. `otelproc detach` removes it for good.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -70,7 +71,7 @@ class Sidecar:
         self.processor = make_processor(CountingExporter(self.destination.exporter, self.stats))
         self.max_in_flight = bsp_max_queue_size()
         self.host = host_attributes()
-        self.builder = SpanBuilder(settings.service_name, self.host, settings.redact, self.stats)
+        self.builder = SpanBuilder(settings.service_name, self.host, settings.redact, self.stats, settings.clean_signals)
         self.tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9), self.stats, Owners(),
                                self.builder.limits.max_events or DEFAULT_MAX_EXECS)
         self.cgroups = CgroupPaths()
@@ -264,7 +265,11 @@ class Sidecar:
             self.export_lifetime(Ended.unseen(self.tracker.superseded.pop(), now))
 
     def read_kernel_losses(self, probe: Probe) -> None:
-        lost = probe.lost()
+        try:
+            lost = probe.lost()
+        except Exception as exc:  # noqa: BLE001
+            self.failed("sweep", exc)
+            return
         grown = {k: v - self._lost_seen.get(k, 0) for k, v in lost.items() if v > self._lost_seen.get(k, 0)}
         self._lost_seen = lost
         self.stats.drops.update(grown)
@@ -348,10 +353,16 @@ class Sidecar:
             with Probe(probe_config(s, pin_dir), self.on_record) as probe:
                 self.layout = probe.layout
                 log.info("attached; %s; %s", describe_tracking(s), self.destination.description)
+                for program in probe.left_out:
+                    log.warning("%s", program.warning())
                 if self.destination.metric_exporter is not None:
                     metrics = start_metrics(self.destination.metric_exporter, self.stats, self.gauges(probe), self.host)
                 self.start(probe)
                 self.health.ready = True
+                # What exists now (modules, the SDK, gRPC: some 100,000 objects) stays for otelproc's
+                # life. Frozen, it is left out of every garbage collection, which holds the GIL and
+                # so keeps the ring buffer waiting; what is frozen is still freed when unreferenced.
+                gc.freeze()
                 log.info("ready; %d processes tracked", len(self.tracker))
                 reconciler = Reconciler(self.tracker, probe, self.stats, self.snapshot, self.scan, s.max_processes)
                 self.sweeper = Sweeper(reconciler, s.sweep_interval, self.failed)

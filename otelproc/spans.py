@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -23,13 +22,17 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from otelproc import __version__
 from otelproc.clock import iso_millis
+from otelproc.decoder import OomKill, SignalSent, Usage
 from otelproc.redact import redact_argv
+from otelproc.signals import DEFAULT_CLEAN, SI_KERNEL, code_name, parse_signal_set, signal_name
 from otelproc.telemetry import Stats
 from otelproc.tracker import Ended, TrackedProcess
 
 SCOPE = InstrumentationScope("otelproc", __version__)
 _CONTAINER_ID = re.compile(r"(?:[a-z-]+-)?([0-9a-f]{64})(?:\.scope)?")
 _OK = Status(StatusCode.OK)
+CLEAN_SIGNALS = parse_signal_set(DEFAULT_CLEAN)
+OOM_ERROR_TYPE = "OOMKilled"
 
 
 def host_attributes() -> dict[str, str]:
@@ -41,13 +44,6 @@ def host_attributes() -> dict[str, str]:
     if machine_id:
         attrs["host.id"] = machine_id
     return attrs
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def container_id(cgroup_leaf: str) -> str | None:
@@ -71,17 +67,99 @@ def parse_resource_attributes(text: str) -> tuple[dict[str, str], int]:
     return attrs, bad
 
 
-def exit_status(ended: Ended) -> tuple[Status, str | None]:
-    """The span status and error.type for how a process ended."""
+def sender_phrase(sent: SignalSent | None, pid: int) -> tuple[str, str | None]:
+    """Who sent a signal, for a sentence ("from pid 812 (gunicorn)", "from itself", "from the kernel"),
+    and the kernel's reason where it gives one (SEGV_MAPERR); ("", None) when the sending was not seen."""
+    if sent is None:
+        return "", None
+    if sent.from_kernel:
+        return " from the kernel", None if sent.code == SI_KERNEL else code_name(sent.signal, sent.code)
+    if sent.sender_pid == pid:
+        return " from itself", None
+    if sent.sender_pid:
+        return f" from pid {sent.sender_pid} ({sent.sender_comm})", None
+    return f" from {sent.sender_comm} (outside the pid namespace)", None
+
+
+def sender_kind(sent: SignalSent, pid: int) -> str:
+    return "kernel" if sent.from_kernel else "self" if sent.sender_pid == pid else "process"
+
+
+def exit_status(ended: Ended, clean: frozenset[int] = CLEAN_SIGNALS) -> tuple[Status, str | None, str]:
+    """The span status, error.type and one sentence that says how a process ended.
+
+    A signal in `clean` without a core dump is a requested, orderly stop (systemd's
+    rule); the OOM killer, other signals and a non-zero exit status are errors.
+    """
     if ended.signal:
         name = signal_name(ended.signal)
-        text = f"killed by {name}" + (" (core dumped)" if ended.core_dumped else "")
-        return Status(StatusCode.ERROR, text), name
+        oom = ended.oom_kill()
+        if oom is not None:
+            why = f"memory cgroup limit, cgroup {oom.cgroup}" if oom.memcg else "system out of memory"
+            return _error(f"killed by SIGKILL from the OOM killer ({why})", OOM_ERROR_TYPE)
+        sender, detail = sender_phrase(ended.fatal_signal(), ended.process.pid)
+        if ended.signal in clean and not ended.core_dumped:
+            return _OK, None, f"stopped by {name}{sender}"
+        details = ", ".join(d for d in (detail, "core dumped" if ended.core_dumped else None) if d)
+        return _error(f"killed by {name}{sender}" + (f" ({details})" if details else ""), name)
     if ended.exit_code:
-        return Status(StatusCode.ERROR, f"exit status {ended.exit_code}"), str(ended.exit_code)
+        return _error(f"exit status {ended.exit_code}", str(ended.exit_code))
     if ended.exit_code is None:
-        return Status(StatusCode.UNSET), None  # the end was not seen (found gone by a sweep)
-    return _OK, None
+        return Status(StatusCode.UNSET), None, "ended; its exit was not seen"
+    return _OK, None, "exit status 0"
+
+
+def _error(reason: str, error_type: str) -> tuple[Status, str, str]:
+    return Status(StatusCode.ERROR, reason), error_type, reason
+
+
+def signal_attributes(sent: SignalSent, pid: int) -> dict[str, object]:
+    """How a signal came and who sent it; keys relative to otelproc.exit. (span) or otelproc.signal. (events)."""
+    attrs: dict[str, object] = {"code": code_name(sent.signal, sent.code), "sender": sender_kind(sent, pid)}
+    if not sent.from_kernel:
+        if sent.sender_pid:
+            attrs["sender_pid"] = sent.sender_pid
+        attrs["sender_name"] = sent.sender_comm
+    return attrs
+
+
+def usage_attributes(usage: Usage) -> dict[str, object]:
+    """What the process used, named after the semantic conventions' process metrics (metric.attribute value).
+
+    CPU time and peak memory always; the counters only when not zero (most processes
+    never wait on a major fault or write to storage, and every attribute costs its export).
+    """
+    attrs: dict[str, object] = {
+        "process.cpu.time.user": usage.cpu_user_ns / 1e9,
+        "process.cpu.time.system": usage.cpu_system_ns / 1e9,
+        "otelproc.memory.peak": usage.max_rss_bytes,
+    }
+    for key, value in (
+        ("process.paging.faults.minor", usage.minor_faults),
+        ("process.paging.faults.major", usage.major_faults),
+        ("process.context_switches.voluntary", usage.voluntary_switches),
+        ("process.context_switches.involuntary", usage.involuntary_switches),
+        ("process.disk.io.read", usage.disk_read_bytes),
+        ("process.disk.io.write", usage.disk_write_bytes),
+    ):
+        if value:
+            attrs[key] = value
+    return attrs
+
+
+def oom_attributes(oom: OomKill) -> dict[str, object]:
+    attrs: dict[str, object] = {
+        "otelproc.oom.constraint": "memcg" if oom.memcg else "system",
+        "otelproc.oom.total_vm": oom.total_vm,
+        "otelproc.oom.anon_rss": oom.anon_rss,
+        "otelproc.oom.file_rss": oom.file_rss,
+        "otelproc.oom.shmem_rss": oom.shmem_rss,
+        "otelproc.oom.pgtables": oom.pgtables,
+        "otelproc.oom.score_adj": oom.score_adj,
+    }
+    if oom.cgroup:
+        attrs["otelproc.oom.cgroup"] = oom.cgroup
+    return attrs
 
 
 class ServiceResource(Resource):
@@ -100,8 +178,10 @@ class ServiceResource(Resource):
 
 
 class SpanBuilder:
-    def __init__(self, default_service: str, host: dict[str, str], redact: bool = True, stats: Stats | None = None):
+    def __init__(self, default_service: str, host: dict[str, str], redact: bool = True, stats: Stats | None = None,
+                 clean_signals: frozenset[int] = CLEAN_SIGNALS):
         self.default_service = default_service
+        self.clean_signals = clean_signals
         self.host = host
         self.redact = redact
         self.stats = stats or Stats()
@@ -185,11 +265,24 @@ class SpanBuilder:
             attrs["process.linux.cgroup"] = cgroup_path
         if ended.exit_code is not None:
             attrs["process.exit.code"] = ended.exit_code
+        status, error_type, reason = exit_status(ended, self.clean_signals)
+        if status.status_code is StatusCode.OK and ended.signal:
+            attrs["otelproc.exit.reason"] = reason  # an OK status carries no description
+        fatal = None
         if ended.signal:
             attrs["otelproc.exit.signal"] = ended.signal
             attrs["otelproc.exit.signal_name"] = signal_name(ended.signal)
             attrs["otelproc.exit.core_dumped"] = ended.core_dumped
-        status, error_type = exit_status(ended)
+            fatal = ended.fatal_signal()
+            if fatal is not None:
+                for key, value in signal_attributes(fatal, process.pid).items():
+                    attrs["otelproc.exit.signal_code" if key == "code" else f"otelproc.exit.{key}"] = value
+            if ended.oom_kill() is not None:
+                attrs["otelproc.exit.sender"] = "oom-killer"
+        if process.oom is not None:
+            attrs.update(oom_attributes(process.oom))
+        if ended.usage is not None:
+            attrs.update(usage_attributes(ended.usage))
         if error_type:
             attrs["error.type"] = error_type
         if ended.exit_code is None and not ended.signal:
@@ -197,6 +290,8 @@ class SpanBuilder:
         if ended.gone_by is not None:  # it ended somewhere in this window, unseen
             attrs["otelproc.end.after"] = iso_millis(ended.end_time)
             attrs["otelproc.end.before"] = iso_millis(ended.gone_by)
+        if process.signals_dropped:
+            attrs["otelproc.signals.dropped"] = process.signals_dropped
         events = [
             Event(
                 "exec",
@@ -208,6 +303,13 @@ class SpanBuilder:
             )
             for e in process.execs
         ]
+        if process.signals:
+            for sent in process.signals:
+                if sent is not fatal:
+                    attributes = {"otelproc.signal.name": signal_name(sent.signal)}
+                    attributes.update((f"otelproc.signal.{k}", v) for k, v in signal_attributes(sent, process.pid).items())
+                    events.append(Event("signal", attributes, timestamp=sent.time))
+            events.sort(key=lambda event: event.timestamp)
         link = process.link
         return ReadableSpan(
             name=process.program,

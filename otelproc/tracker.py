@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from otelproc.decoder import ProcessEvent
+from otelproc.decoder import OomKill, ProcessEvent, SignalSent, Usage
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
 from otelproc.record import EventKind
 from otelproc.owners import Owners
 from otelproc.telemetry import Stats
 
 ProcessKey = tuple[int, int]  # (pid, start ticks)
+MAX_SIGNALS = 16  # signals kept per process, the most recent: a bound on its span events
 # The SDK's default span event limit (OTEL_SPAN_EVENT_COUNT_LIMIT): more execs could not be exported anyway.
 DEFAULT_MAX_EXECS = 128
 
@@ -81,6 +83,9 @@ class TrackedProcess:
     owner: str | None = None  # user name of uid in the process's own view (owners.py)
     announced: bool = False  # its 'started' span is out: its trace placement is final
     parent_program: str | None = None
+    signals: list[SignalSent] = field(default_factory=list)  # the last MAX_SIGNALS that could end it
+    signals_dropped: int = 0  # older ones, forgotten
+    oom: OomKill | None = None  # the OOM killer chose it
 
     @property
     def key(self) -> ProcessKey:
@@ -100,6 +105,7 @@ class Ended:
     exit_code: int | None
     signal: int | None
     core_dumped: bool
+    usage: Usage | None = None  # what it used; None when its exit was not seen
     gone_by: int | None = None  # set when the end lies in a window: end_time is its start (last seen alive)
 
     @classmethod
@@ -110,7 +116,24 @@ class Ended:
     @classmethod
     def between(cls, process: TrackedProcess, last_alive: int, noticed_at: int) -> Ended:
         """A process that ended while otelproc was down, unseen: its span ends when it was last known alive."""
-        return cls(process, last_alive, None, None, False, noticed_at)
+        return cls(process, last_alive, None, None, False, gone_by=noticed_at)
+
+    def oom_kill(self) -> OomKill | None:
+        """The OOM killer's choice of it, when that is what ended it (its SIGKILL)."""
+        return self.process.oom if self.signal == signal.SIGKILL else None
+
+    def fatal_signal(self) -> SignalSent | None:
+        """The sending of the signal that ended it, if it was seen.
+
+        A process that handles a signal and then re-raises it to die by it (uvicorn
+        with SIGTERM, Python with SIGINT, faulthandler with SIGSEGV) sends the last
+        one to itself: the one that asked it to stop came before, from elsewhere.
+        """
+        sent = [s for s in self.process.signals if s.signal == self.signal]
+        for s in reversed(sent):
+            if s.from_kernel or s.sender_pid != self.process.pid:
+                return s
+        return sent[-1] if sent else None
 
 
 class Tracker:
@@ -145,6 +168,11 @@ class Tracker:
         key = (event.pid, event.start_ticks)
         if event.kind is EventKind.EXIT:
             return self._exit(key, event)
+        if event.kind is EventKind.SIGNAL or event.kind is EventKind.OOM:
+            target = self.processes.get(key)
+            if target is not None:
+                self._note(target, event)
+            return None
         known = self.processes.get(key)
         if known is not None:
             if event.kind is EventKind.EXEC:
@@ -246,13 +274,24 @@ class Tracker:
             parent = self.processes.get(process.parent_key) if process.parent_key else None
             process.link = self._place(process.identity, process.otel_env, parent)
 
+    @staticmethod
+    def _note(process: TrackedProcess, event: ProcessEvent) -> None:
+        """A signal sent to it, or the OOM killer's choice: kept for its span."""
+        if event.oom is not None:
+            process.oom = event.oom
+        if event.sent is not None:
+            if len(process.signals) >= MAX_SIGNALS:
+                del process.signals[0]
+                process.signals_dropped += 1
+            process.signals.append(event.sent)
+
     def _exit(self, key: ProcessKey, event: ProcessEvent) -> Ended:
         process = self.forget(key)
         if process is None:
             self.stats.reconciled["exec_missed"] += 1
             process = self._new(event, "exit", event.start_time, inherit=True)
         process.comm = event.comm
-        return Ended(process, event.time, event.exit_code, event.signal, event.core_dumped)
+        return Ended(process, event.time, event.exit_code, event.signal, event.core_dumped, event.usage)
 
     def due_announcements(self, now_ns: int) -> Iterator[TrackedProcess]:
         """Processes alive past the announce delay whose 'started' span is not out yet."""

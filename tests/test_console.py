@@ -29,7 +29,9 @@ def test_one_aligned_line_per_span_says_how_it_ended():
     assert len({m.end(5) for m in parsed}) == 1, "durations are right-aligned"
     endings = [m.group(6) for m in parsed]
     assert endings == ["running", "exit status 3", "running", "killed by SIGSEGV (core dumped)",
-                       "running", "exit status 0", "ended, exit not seen",
+                       "running", "exit status 0", "running", "stopped by SIGTERM from pid 812 (gunicorn)",
+                       "running", "killed by SIGKILL from the OOM killer (memory cgroup limit, cgroup app.service)",
+                       "ended, exit not seen",
                        "ended while otelproc was down, exit not seen"]
     assert [m.group(3) for m in parsed[:2]] == [str(spans[0].attributes["process.pid"])] * 2
 
@@ -53,7 +55,7 @@ def test_run_prints_a_line_per_process(sidecar, test_python):
     assert killed.wait(30) == -signal.SIGKILL and failed.wait(30) == 3
     assert side.stop() == 0
     by_pid = {int(m.group(3)): m for m in map(LINE.fullmatch, (l.rstrip("\n") for l in side.stdout_lines)) if m}
-    assert by_pid[killed.pid].group(6) == "killed by SIGKILL"
+    assert by_pid[killed.pid].group(6) == "killed by SIGKILL from itself"
     assert by_pid[failed.pid].group(6) == "exit status 3"
     assert by_pid[failed.pid].group(2) == "python-otptest -c"
     assert all(LINE.fullmatch(l.rstrip("\n")) for l in side.stdout_lines), side.stdout_lines

@@ -8,13 +8,15 @@ lifetimes. (The settings table is checked against OPTIONS in test_units.py.)
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
+from otelproc.decoder import OomKill, ProcessEvent, SignalSent, Usage
 from otelproc.spans import SpanBuilder, host_attributes
-from otelproc.tracker import Ended, Tracker
+from otelproc.tracker import MAX_SIGNALS, Ended, Tracker
 from test_units import event
 
 DOCS = REPO / "docs"
@@ -47,18 +49,36 @@ def representative_spans() -> list:
     builder = SpanBuilder("svc", host_attributes())
     tracker = Tracker(max_processes=10, announce_after_ns=0)
     spans = []
+    used = Usage(1_500_000, 500_000, 64 << 20, 1_200, 3, 10, 4, 4096, 8192)
+    memcg = OomKill(9_800, True, "app.service", 80 << 20, 70 << 20, 6 << 20, 0, 200 << 10, 0)
+
+    def stopped_by_gunicorn(pid: int) -> list[ProcessEvent]:
+        """More signals than a span keeps; the last a re-raise of the one that asked it to stop."""
+        asked = [SignalSent(9_000 + n, signal.SIGHUP, 0, False, 812, "gunicorn") for n in range(MAX_SIGNALS)]
+        asked += [SignalSent(9_500, signal.SIGTERM, 0, False, 812, "gunicorn"),
+                  SignalSent(9_600, signal.SIGTERM, -6, False, pid, "python3")]
+        return [event("signal", pid, ticks=pid, sent=sent) for sent in asked]
+
+    def oom_killed(pid: int) -> list[ProcessEvent]:
+        return [event("signal", pid, ticks=pid, sent=SignalSent(9_700, signal.SIGKILL, 0x80, True, 0, "")),
+                event("oom", pid, ticks=pid, oom=memcg)]
+
     cases = [
-        dict(exit_code=3),
-        dict(exit_code=None, signal=11, core_dumped=True),
-        dict(exit_code=0),
+        (dict(exit_code=3, usage=used), None),
+        (dict(exit_code=None, signal=11, core_dumped=True, usage=used), None),
+        (dict(exit_code=0, usage=used), None),
+        (dict(exit_code=None, signal=signal.SIGTERM, usage=used), stopped_by_gunicorn),
+        (dict(exit_code=None, signal=signal.SIGKILL, usage=used), oom_killed),
     ]
-    for pid, ending in enumerate(cases, start=100):
+    for pid, (ending, before) in enumerate(cases, start=100):
         in_container = dict(cgroup=f"docker-{CONTAINER}.scope", truncated=("argv",))
         tracker.handle(event("exec", pid, ticks=pid, **in_container))
         tracker.handle(event("exec", pid, ticks=pid, time=9_000, argv=("python3", "b.py"), **in_container))
         (process,) = [p for p in tracker.processes.values() if p.pid == pid]
         process.owner = "app"  # what the sidecar finds in the process's own /etc/passwd
         spans.append(builder.started(process, "0::/system.slice/app.service"))
+        for kernel_event in before(pid) if before else ():
+            tracker.handle(kernel_event)
         ended = tracker.handle(event("exit", pid, ticks=pid, time=10_000, **ending))
         spans.append(builder.lifetime(ended, "0::/system.slice/app.service"))
     tracker.handle(event("exec", 200, ticks=200, exe=None, argv=None))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -233,3 +234,79 @@ def test_allowlisted_environment_only(kernel_events):
     exec_event = events.of(pid, "exec")[0]
     assert dict(exec_event.otel_env) == {"OTEL_SERVICE_NAME": "billing", "TRACEPARENT": env["TRACEPARENT"]}
     assert "hunter2" not in repr(exec_event)
+
+
+# The leader and another thread each call the raw exit syscall (not exit_group), with
+# different codes. The thread exits first but is held, by a ptrace stop, inside its
+# exit; the leader then exits, and being the last to begin its exit it sets the group's
+# status. The held thread is the last to die: its own code is not what wait() reports.
+RAW_EXITS = """
+import ctypes, os, platform, sys, threading, time
+SYS_exit = {"x86_64": 60, "aarch64": 93}[platform.machine()]
+libc = ctypes.CDLL(None)
+def thread():
+    print(threading.get_native_id(), flush=True)
+    sys.stdin.readline()
+    libc.syscall(SYS_exit, 5)
+threading.Thread(target=thread).start()
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.01)
+libc.syscall(SYS_exit, 3)
+"""
+PTRACE_CONT, PTRACE_SEIZE, PTRACE_O_TRACEEXIT, WALL = 7, 0x4206, 0x40, 0x40000000
+
+
+def test_exit_status_is_the_one_wait_reports(kernel_events, tmp_path):
+    events = kernel_events()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    go = tmp_path / "leader-go"
+    child = subprocess.Popen([PYTHON, "-c", RAW_EXITS, str(go)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        tid = int(child.stdout.readline())
+        assert libc.ptrace(PTRACE_SEIZE, tid, None, PTRACE_O_TRACEEXIT) == 0, os.strerror(ctypes.get_errno())
+        child.stdin.write("exit\n")
+        child.stdin.flush()
+        _, status = os.waitpid(tid, WALL)
+        assert status >> 8 == signal.SIGTRAP | (6 << 8), "the thread stops in its exit (PTRACE_EVENT_EXIT)"
+        go.touch()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/task/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the leader did not exit"
+            time.sleep(0.01)
+        assert libc.ptrace(PTRACE_CONT, tid, None, None) == 0
+        os.waitpid(tid, WALL)  # the traced thread is reaped by its tracer
+    finally:
+        if child.poll() is None and child.returncode is None:
+            child.kill()
+    assert child.wait(10) == 3
+    assert events.wait_exit(child.pid).exit_code == 3
+
+
+SIGNALED = """
+import signal, sys, time
+signal.signal(signal.SIGUSR1, lambda *_: print('usr1', flush=True))
+signal.signal(signal.SIGTERM, lambda *_: print('term', flush=True))
+print('ready', flush=True)
+time.sleep(60)
+"""
+
+
+def test_signals_recorded_are_the_ones_that_can_end_it(kernel_events):
+    """A handled SIGUSR1 and a SIGCHLD change nothing: no record. A handled SIGTERM asks it to
+    stop: recorded. A SIGUSR2 with no handler ends it: recorded, with its sender."""
+    events = kernel_events()
+    child = subprocess.Popen([PYTHON, "-c", SIGNALED], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "ready\n"
+    for signum, answer in ((signal.SIGUSR1, "usr1\n"), (signal.SIGCHLD, None), (signal.SIGTERM, "term\n")):
+        os.kill(child.pid, signum)
+        if answer:
+            assert child.stdout.readline() == answer
+    os.kill(child.pid, signal.SIGUSR2)
+    assert child.wait() == -signal.SIGUSR2
+    events.wait_exit(child.pid)
+    sent = [e.sent for e in events.of(child.pid, "signal")]
+    assert [(s.signal, s.sender_pid, s.code, s.from_kernel) for s in sent] == [
+        (signal.SIGTERM, os.getpid(), 0, False), (signal.SIGUSR2, os.getpid(), 0, False)
+    ]
+    assert {s.sender_comm for s in sent} == {Path("/proc/self/comm").read_text().strip()}

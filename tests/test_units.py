@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import signal
 import types
 import typing
 
@@ -13,11 +14,12 @@ import pytest
 from conftest import REPO
 from otelproc import config
 from otelproc.config import ConfigError
-from otelproc.decoder import ProcessEvent, parse_otel_env
+from otelproc.decoder import OomKill, ProcessEvent, SignalSent, cpu_split, parse_otel_env
 from otelproc.identity import ProcessIdentity, fresh_carrier, place
 from otelproc.record import EventKind
-from otelproc.spans import SpanBuilder, container_id, exit_status, parse_resource_attributes
-from otelproc.tracker import Ended, Tracker, program_name
+from otelproc.signals import DEFAULT_CLEAN, code_name, parse_signal_set
+from otelproc.spans import CLEAN_SIGNALS, SpanBuilder, container_id, exit_status, parse_resource_attributes
+from otelproc.tracker import MAX_SIGNALS, Ended, Tracker, program_name
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -65,12 +67,12 @@ def test_bad_settings_name_their_source(argv, env, where):
 
 
 def fits(value: object, hint: object) -> bool:
-    """Whether a value is of a type hint: unions, Optional, tuple[X, ...] and plain classes."""
+    """Whether a value is of a type hint: unions, Optional, tuple[X, ...], frozenset[X] and plain classes."""
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return any(fits(value, arg) for arg in args)
-    if typing.get_origin(hint) is tuple:
-        return isinstance(value, tuple) and all(fits(v, args[0]) for v in value)
+    if typing.get_origin(hint) in (tuple, frozenset):
+        return isinstance(value, typing.get_origin(hint)) and all(fits(v, args[0]) for v in value)
     return value is None if hint is type(None) else isinstance(value, hint)
 
 
@@ -179,6 +181,26 @@ def test_started_spans_come_due_once():
     assert list(tracker.due_announcements(2**62)) == []
 
 
+def test_signals_kept_per_process_are_bounded_and_become_span_events():
+    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker.handle(event("exec", 10, ticks=1))
+    for n in range(MAX_SIGNALS + 4):
+        sent = SignalSent(2_000 + n, signal.SIGHUP, 0, False, 500 + n, "sender")
+        tracker.handle(event("signal", 10, ticks=1, sent=sent))
+    tracker.handle(event("signal", 99, ticks=1, sent=sent))  # not a tracked process: ignored
+    ended = tracker.handle(event("exit", 10, ticks=1, signal=signal.SIGKILL))
+    assert ended.process.signals_dropped == 4
+    assert [s.sender_pid for s in ended.process.signals] == list(range(504, 504 + MAX_SIGNALS))
+    span = SpanBuilder("default", {"host.name": "h"}).lifetime(ended)
+    assert span.attributes["otelproc.signals.dropped"] == 4
+    signal_events = [e for e in span.events if e.name == "signal"]
+    assert len(signal_events) == MAX_SIGNALS
+    assert dict(signal_events[0].attributes) == {
+        "otelproc.signal.name": "SIGHUP", "otelproc.signal.code": "SI_USER", "otelproc.signal.sender": "process",
+        "otelproc.signal.sender_pid": 504, "otelproc.signal.sender_name": "sender",
+    }
+
+
 @pytest.mark.parametrize(
     "exe, argv, parent, name",
     [
@@ -198,15 +220,62 @@ def test_program_names(exe, argv, parent, name):
 # spans
 
 
-def test_exit_status_descriptions():
-    def status(code, sig, core=False):
-        s, err = exit_status(Ended(None, 0, code, sig, core))
-        return s.status_code.name, s.description, err
+def _ended(code, sig, core=False, signals=(), oom=None):
+    process = types.SimpleNamespace(pid=100, signals=list(signals), oom=oom)
+    return Ended(process, 0, code, sig, core)
 
-    assert status(0, None) == ("OK", None, None)
+
+def _sent(sig, sender_pid=0, comm="", code=0, from_kernel=False):
+    return SignalSent(0, sig, code, from_kernel, sender_pid, comm)
+
+
+def test_exit_status_descriptions():
+    def status(code, sig, core=False, signals=(), oom=None, clean=CLEAN_SIGNALS):
+        s, err, reason = exit_status(_ended(code, sig, core, signals, oom), clean)
+        assert s.status_code.name != "ERROR" or s.description == reason
+        return s.status_code.name, reason, err
+
+    assert status(0, None) == ("OK", "exit status 0", None)
     assert status(3, None) == ("ERROR", "exit status 3", "3")
-    assert status(None, 11, True) == ("ERROR", "killed by SIGSEGV (core dumped)", "SIGSEGV")
+    assert status(None, None) == ("UNSET", "ended; its exit was not seen", None)
     assert status(None, 9) == ("ERROR", "killed by SIGKILL", "SIGKILL")
+    segv = [_sent(11, code=1, from_kernel=True)]
+    assert status(None, 11, True, segv) == ("ERROR", "killed by SIGSEGV from the kernel (SEGV_MAPERR, core dumped)", "SIGSEGV")
+    assert status(None, 11, True) == ("ERROR", "killed by SIGSEGV (core dumped)", "SIGSEGV")
+    gunicorn = _sent(15, 812, "gunicorn")
+    assert status(None, 15, signals=[gunicorn]) == ("OK", "stopped by SIGTERM from pid 812 (gunicorn)", None)
+    # Handled, then re-raised by the process itself: the one that asked it to stop is named.
+    assert status(None, 15, signals=[gunicorn, _sent(15, 100, "uvicorn", code=-6)])[1] == "stopped by SIGTERM from pid 812 (gunicorn)"
+    assert status(None, 2, signals=[_sent(2, 100, "python", code=-6)])[1] == "stopped by SIGINT from itself"
+    assert status(None, 15, signals=[gunicorn], clean=frozenset()) == (
+        "ERROR", "killed by SIGTERM from pid 812 (gunicorn)", "SIGTERM")
+    # A clean signal that dumps core (SIGQUIT is not clean; a core dump never is).
+    assert status(None, 3, True)[0] == "ERROR"
+    memcg = OomKill(0, True, "otp-oom", 0, 0, 0, 0, 0, 0)
+    assert status(None, 9, signals=[_sent(9, code=0x80, from_kernel=True)], oom=memcg) == (
+        "ERROR", "killed by SIGKILL from the OOM killer (memory cgroup limit, cgroup otp-oom)", "OOMKilled")
+    system = memcg._replace(memcg=False, cgroup="")
+    assert status(None, 9, oom=system)[1] == "killed by SIGKILL from the OOM killer (system out of memory)"
+
+
+def test_clean_signals_setting():
+    assert parse_signal_set(DEFAULT_CLEAN) == {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE}
+    assert parse_signal_set("sigterm, USR1") == {signal.SIGTERM, signal.SIGUSR1}
+    assert parse_signal_set("") == frozenset()
+    with pytest.raises(config.ConfigError, match="'TERMINATE' is not a signal name"):
+        config.parse_clean_signals("TERM,TERMINATE")
+
+
+def test_si_code_names():
+    assert [code_name(15, c) for c in (0, -6, -1, 0x80, -2)] == ["SI_USER", "SI_TKILL", "SI_QUEUE", "SI_KERNEL", "SI_TIMER"]
+    assert code_name(signal.SIGSEGV, 2) == "SEGV_ACCERR" and code_name(signal.SIGSYS, 1) == "SYS_SECCOMP"
+    assert code_name(signal.SIGSEGV, 99) == "99"
+
+
+def test_cpu_time_split_like_getrusage():
+    assert cpu_split(1000, 3, 1) == (750, 250)
+    assert cpu_split(1000, 0, 0) == (1000, 0)  # no tick landed: all user, as the kernel does
+    assert cpu_split(1000, 0, 5) == (0, 1000)
 
 
 @pytest.mark.parametrize(

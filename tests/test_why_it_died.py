@@ -1,0 +1,241 @@
+"""Why a process died and what it cost, on its lifetime span: real kernel, real processes, real signals.
+
+Every subject runs as TEST_COMM (the only name the sidecar tracks) and is started by
+this test, so every sender and every figure is one the test knows independently.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import MATCH_TEST
+
+OWN_COMM = Path("/proc/self/comm").read_text().strip()
+MEMORY_V1 = Path("/sys/fs/cgroup/memory")
+
+
+def wait_ready(child: subprocess.Popen) -> None:
+    """Subjects print a line once their signal handlers are in place."""
+    assert child.stdout.readline().strip() == "ready"
+
+
+def test_sigkill_names_the_process_that_sent_it(sidecar, grpc_receiver, test_python):
+    sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
+    child = subprocess.Popen([test_python, "-c", "print('ready', flush=True); import time; time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    wait_ready(child)
+    killer = subprocess.Popen(["/bin/kill", "-KILL", str(child.pid)])
+    assert killer.wait() == 0
+    assert child.wait() == -signal.SIGKILL
+    (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
+    assert span.status == "ERROR"
+    assert span.status_message == f"killed by SIGKILL from pid {killer.pid} (kill)"
+    assert "otelproc.exit.reason" not in span.attributes  # an ERROR status says it
+    assert span.attributes["error.type"] == "SIGKILL"
+    assert span.attributes["otelproc.exit.sender"] == "process"
+    assert span.attributes["otelproc.exit.sender_pid"] == killer.pid
+    assert span.attributes["otelproc.exit.sender_name"] == "kill"
+    assert span.attributes["otelproc.exit.signal_code"] == "SI_USER"
+
+
+HANDLES_SIGTERM = """
+import os, signal, sys, time
+def stop(signum, frame):
+    print('finishing requests', flush=True)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+signal.signal(signal.SIGTERM, stop)
+print('ready', flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_server_that_handles_sigterm_and_reraises_it_stopped_cleanly(sidecar, grpc_receiver, test_python):
+    sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
+    child = subprocess.Popen([test_python, "-c", HANDLES_SIGTERM], stdout=subprocess.PIPE, text=True)
+    wait_ready(child)
+    child.send_signal(signal.SIGTERM)
+    assert child.stdout.readline().strip() == "finishing requests"
+    assert child.wait() == -signal.SIGTERM
+    (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
+    assert span.status == "OK" and "error.type" not in span.attributes
+    assert span.attributes["otelproc.exit.signal_name"] == "SIGTERM"
+    # The process killed itself with the re-raised SIGTERM; who asked it to stop was this test.
+    assert span.attributes["otelproc.exit.reason"] == f"stopped by SIGTERM from pid {os.getpid()} ({OWN_COMM})"
+    assert span.attributes["otelproc.exit.sender_pid"] == os.getpid()
+    events = [attrs for name, _, attrs in span.events if name == "signal"]
+    assert [(e["otelproc.signal.name"], e["otelproc.signal.sender"], e["otelproc.signal.code"]) for e in events] == [
+        ("SIGTERM", "self", "SI_USER")
+    ]
+
+
+def test_clean_signals_is_a_setting(sidecar, grpc_receiver, test_python):
+    sidecar(*MATCH_TEST, "--clean-signals", "INT", endpoint=grpc_receiver.endpoint)
+    child = subprocess.Popen([test_python, "-c", "print('ready', flush=True); import time; time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    wait_ready(child)
+    child.terminate()
+    assert child.wait() == -signal.SIGTERM
+    (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
+    assert span.status == "ERROR"
+    assert span.status_message == f"killed by SIGTERM from pid {os.getpid()} ({OWN_COMM})"
+
+
+def test_sigsegv_is_an_error_from_the_kernel(sidecar, grpc_receiver, test_python, tmp_path):
+    sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
+    crash = "import ctypes; ctypes.string_at(0)"
+    plain = subprocess.Popen([test_python, "-c", crash], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    # faulthandler catches the fault, prints a traceback, then raises SIGSEGV again itself.
+    handled = subprocess.Popen([test_python, "-X", "faulthandler", "-c", crash], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    assert plain.wait() == -signal.SIGSEGV and handled.wait() == -signal.SIGSEGV
+    for child in (plain, handled):
+        (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
+        assert span.status == "ERROR" and span.attributes["error.type"] == "SIGSEGV"
+        assert span.status_message.startswith("killed by SIGSEGV from the kernel (SEGV_MAPERR")
+        assert span.attributes["otelproc.exit.sender"] == "kernel"
+        assert span.attributes["otelproc.exit.signal_code"] == "SEGV_MAPERR"
+        assert "otelproc.exit.sender_pid" not in span.attributes
+
+
+BUSY_THEN_BIG = """
+import threading, time
+def burn(seconds):
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+worker = threading.Thread(target=burn, args=(0.5,))  # a thread that is gone before the process ends
+worker.start()
+worker.join()
+burn(0.5)
+block = bytearray(256 << 20)
+block[::4096] = b'x' * len(range(0, 256 << 20, 4096))  # every page touched
+"""
+
+
+def test_cpu_time_and_peak_memory_of_the_whole_process(sidecar, grpc_receiver, test_python):
+    sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
+    child = subprocess.Popen([test_python, "-c", BUSY_THEN_BIG])
+    _, status, usage = os.wait4(child.pid, 0)  # the kernel's own account, as its parent gets it
+    child.returncode = os.waitstatus_to_exitcode(status)
+    assert child.returncode == 0
+    (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
+    a = span.attributes
+    cpu = a["process.cpu.time.user"] + a["process.cpu.time.system"]
+    assert 0.8 <= cpu <= 1.2 * (usage.ru_utime + usage.ru_stime) + 0.05, (cpu, usage)
+    assert abs(cpu - (usage.ru_utime + usage.ru_stime)) <= 0.2 * cpu
+    assert abs(a["process.cpu.time.user"] - usage.ru_utime) <= 0.2 * cpu  # split as getrusage splits it
+    assert a["otelproc.memory.peak"] >= 256 << 20
+    assert a["otelproc.memory.peak"] == usage.ru_maxrss * 1024
+    assert 256 << 20 >> 12 <= a["process.paging.faults.minor"] <= usage.ru_minflt
+    # Counters that are zero are left out. The last thread switches out once more after the exit.
+    assert a.get("process.paging.faults.major", 0) == usage.ru_majflt
+    assert usage.ru_nvcsw - 1 <= a["process.context_switches.voluntary"] <= usage.ru_nvcsw
+    assert usage.ru_nivcsw - 1 <= a.get("process.context_switches.involuntary", 0) <= usage.ru_nivcsw
+    assert a.get("process.disk.io.read", 0) >= usage.ru_inblock * 512 and a.get("process.disk.io.write", 0) >= 0
+
+
+BIG_PARENT = """
+import os, subprocess, sys
+block = bytearray(300 << 20)
+block[::4096] = b'x' * len(range(0, 300 << 20, 4096))
+child = subprocess.Popen([sys.executable, '-c', 'pass'])
+_, _, usage = os.wait4(child.pid, 0)
+print(child.pid, usage.ru_maxrss * 1024, flush=True)
+"""
+
+
+def test_peak_memory_is_the_programs_own_not_its_parents(sidecar, grpc_receiver, test_python):
+    """getrusage's ru_maxrss of an exec'd child counts the image it replaced: the size of its parent.
+    The span's peak is that of the program it ran."""
+    sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
+    parent = subprocess.run([test_python, "-c", BIG_PARENT], capture_output=True, text=True, timeout=60)
+    child_pid, child_ru_maxrss = map(int, parent.stdout.split())
+    assert child_ru_maxrss >= 300 << 20
+    (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child_pid))
+    assert 1 << 20 < span.attributes["otelproc.memory.peak"] < 100 << 20
+
+
+EAT_MEMORY = """
+import os, sys
+open(os.path.join(sys.argv[1], 'cgroup.procs'), 'w').write(str(os.getpid()))
+print('inside', flush=True)
+blocks = []
+while True:
+    block = bytearray(16 << 20)
+    block[::4096] = b'x' * len(range(0, 16 << 20, 4096))
+    blocks.append(block)
+"""
+
+
+def test_oom_kill_in_a_memory_cgroup(sidecar, grpc_receiver, test_python):
+    cgroup = MEMORY_V1 / f"otelproc-test-{os.getpid()}"
+    cgroup.mkdir()
+    try:
+        (cgroup / "memory.limit_in_bytes").write_text(str(64 << 20))
+        sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
+        child = subprocess.Popen([test_python, "-c", EAT_MEMORY, str(cgroup)], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "inside"
+        assert child.wait(60) == -signal.SIGKILL
+    finally:
+        _remove_cgroup(cgroup)
+    (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
+    a = span.attributes
+    assert span.status == "ERROR"
+    assert span.status_message == f"killed by SIGKILL from the OOM killer (memory cgroup limit, cgroup {cgroup.name})"
+    assert a["error.type"] == "OOMKilled"
+    assert a["otelproc.exit.sender"] == "oom-killer"
+    assert a["otelproc.oom.constraint"] == "memcg" and a["otelproc.oom.cgroup"] == cgroup.name
+    # The figures the kernel logged for its kill (anon-rss is above the limit: what the
+    # interpreter used before it joined the cgroup stays charged where it was).
+    logged = kernel_oom_report(child.pid)
+    assert logged["oom_memcg"] == f"/{cgroup.name}"
+    assert a["otelproc.oom.anon_rss"] == logged["anon-rss"] >= 48 << 20
+    assert a["otelproc.oom.total_vm"] == logged["total-vm"]
+    assert a["otelproc.oom.file_rss"] == logged["file-rss"]
+    assert a["otelproc.oom.shmem_rss"] == logged["shmem-rss"]
+    assert a["otelproc.oom.pgtables"] == logged["pgtables"]
+    assert a["otelproc.oom.score_adj"] == logged["oom_score_adj"] == 0
+
+
+def kernel_oom_report(pid: int) -> dict[str, object]:
+    """The OOM killer's two log lines about a victim: its constraint line and its figures (in bytes)."""
+    log = subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout.splitlines()
+    (constraint,) = [line for line in log if "oom-kill:" in line and f",pid={pid}," in line]
+    (killed,) = [line for line in log if f"Killed process {pid} (" in line]
+    report: dict[str, object] = dict(kv.split("=", 1) for kv in constraint.split("oom-kill:", 1)[1].split(","))
+    for name, value in re.findall(r"([a-z_-]+):(-?\d+)", killed.split(")", 1)[1]):
+        report[name] = int(value) * 1024 if name != "oom_score_adj" else int(value)
+    return report
+
+
+def _remove_cgroup(path: Path) -> None:
+    """rmdir once the kernel has let go of the dead member (its pages are uncharged lazily)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            path.rmdir()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_a_kernel_without_a_tracepoint_still_runs(kernel_events, monkeypatch):
+    """On a kernel without the tracepoint (older ones lack mark_victim's task argument) the program
+    is left out, said once, and processes are still followed."""
+    from otelproc import loader
+
+    missing = loader.OptionalProgram("handle_oom_victim", "no_such_tracepoint", None, "OOM kills")
+    monkeypatch.setattr(loader, "OPTIONAL_PROGRAMS", (missing,))
+    events = kernel_events()
+    assert events.probe.left_out == [missing]
+    assert missing.warning() == "this kernel has no usable tracepoint no_such_tracepoint: spans will not say OOM kills"
+    child = subprocess.Popen([os.path.realpath(__import__("sys").executable), "-c", "import sys; sys.exit(7)"])
+    assert child.wait() == 7
+    assert events.wait_exit(child.pid).exit_code == 7
