@@ -466,8 +466,10 @@ class Otelproc:
     def __init__(self, match: str, endpoint: str, *extra: str, env: dict[str, str] | None = None) -> None:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_"))}
         full_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
-        # No state file: each run starts from nothing, and none resumes another's processes.
+        # No state file and no pinned probe: each run starts from nothing, none resumes another's
+        # processes, and a stopped run leaves no probe recording behind.
         full_env["OTELPROC_STATE_FILE"] = ""
+        full_env["OTELPROC_PIN_DIR"] = ""
         full_env.update(env or {})
         self.args = ["run", "--match", match, "--adopt", "false", "--exporter", "otlp", *extra]
         self.launched = time.monotonic()

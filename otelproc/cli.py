@@ -1,4 +1,4 @@
-"""The `otelproc` command: check, events, run.
+"""The `otelproc` command: check, events, run, detach.
 
 Every failure the user can act on is one line on stderr and a non-zero exit:
 2 for bad usage, configuration or missing privileges, 1 when the kernel refuses.
@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         "and OTEL_BSP_* itself.",
     )
     config.add_arguments(run, "run")
+    detach = sub.add_parser(
+        "detach",
+        help="remove the probe `otelproc run` leaves pinned, for good",
+        description="Removes the probe pinned in --pin-dir (its programs stop, its maps and unread records go) "
+        "and the state file. An otelproc still running keeps its probe until it stops.",
+    )
+    config.add_arguments(detach, "detach")
     return parser
 
 
@@ -114,8 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger().setLevel(settings.log_level.upper())
         if args.command == "events":
             return cmd_events(settings)
-        from otelproc.sidecar import run_sidecar
+        from otelproc.sidecar import detach, run_sidecar
 
+        if args.command == "detach":
+            return detach(settings)
         return run_sidecar(settings)
     except (UsageError, ConfigError, CheckFailed) as exc:
         print(f"otelproc: error: {exc}", file=sys.stderr)

@@ -174,7 +174,7 @@ class Option:
         return "OTELPROC_" + self.name.upper()
 
 
-EV, RUN = "events", "run"
+EV, RUN, DETACH = "events", "run", "detach"
 OPTIONS: tuple[Option, ...] = (
     Option(
         "match",
@@ -255,7 +255,15 @@ OPTIONS: tuple[Option, ...] = (
         "/var/lib/otelproc/state.json",
         parse_path,
         "live processes, kept for a restarted otelproc (mode 0600); empty: none",
-        (RUN,),
+        (RUN, DETACH),
+        "PATH",
+    ),
+    Option(
+        "pin_dir",
+        "/sys/fs/bpf/otelproc",
+        parse_path,
+        "bpffs directory where the probe is pinned, so it keeps recording across restarts; empty: no pinning",
+        (RUN, DETACH),
         "PATH",
     ),
     Option("health_port", "", parse_port, "serve /healthz and /readyz on this TCP port; empty: off", (RUN,), "PORT"),
@@ -276,7 +284,10 @@ OPTIONS: tuple[Option, ...] = (
         (RUN,),
         "LIST",
     ),
-    Option("log_level", "info", parse_log_level, "debug, info, warning or error (logs go to stderr)", (EV, RUN), "LEVEL"),
+    Option(
+        "log_level", "info", parse_log_level, "debug, info, warning or error (logs go to stderr)", (EV, RUN, DETACH),
+        "LEVEL",
+    ),
 )
 
 
@@ -315,6 +326,7 @@ class Settings:
     adopt: bool
     sweep_interval: float
     state_file: Path | None
+    pin_dir: Path | None
     health_port: int | None
     redact: bool
     clean_signals: frozenset[int]
@@ -357,9 +369,10 @@ def resolve(command: str, args: argparse.Namespace, environ: Mapping[str, str] |
     return Settings(**values, sources=sources)
 
 
-def probe_config(settings: Settings) -> ProbeConfig:
+def probe_config(settings: Settings, pin_dir: Path | None = None) -> ProbeConfig:
     scope = settings.scope
     return ProbeConfig(
+        pin_dir=pin_dir,
         match=settings.match,
         trace_all=settings.all,
         scope_pidns=own_pidns_inode() if scope.kind == "pidns" else 0,
@@ -369,6 +382,14 @@ def probe_config(settings: Settings) -> ProbeConfig:
         # The commands poll every POLL_MS; waking them per record would cost a context switch per event.
         wakeup_bytes=settings.ring_buffer_size // 8,
     )
+
+
+def tracking_config(settings: Settings) -> str:
+    """What decides which processes are tracked and how they are numbered: a state file of other tracking is not resumed."""
+    scope = settings.scope
+    pidns = own_pidns_inode() if scope.kind == "pidns" else 0
+    match = "all" if settings.all else ",".join(str(r) for r in settings.match)
+    return f"match={match} scope={scope} pidns={pidns}"
 
 
 def describe_tracking(settings: Settings) -> str:

@@ -46,6 +46,8 @@ def ending(span: ReadableSpan) -> str:
         return str(attributes["otelproc.exit.reason"])
     if "process.exit.code" in attributes:
         return f"exit status {attributes['process.exit.code']}"
+    if "otelproc.end.before" in attributes:
+        return "ended while otelproc was down, exit not seen"
     return "ended, exit not seen"
 
 

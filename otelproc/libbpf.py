@@ -24,6 +24,7 @@ BTF_INT_SIGNED = 1
 LIBBPF_INFO = 1  # libbpf's levels: 0 warn, 1 info, 2 debug
 
 BPF_ANY = 0
+BPF_NOEXIST = 1
 
 
 class LibbpfError(OSError):
@@ -84,6 +85,18 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ring_buffer__consume": (ctypes.c_int, [_P]),
     "ring_buffer__free": (None, [_P]),
     "libbpf_num_possible_cpus": (ctypes.c_int, []),
+    "bpf_object__next_map": (_P, [_P, _P]),
+    "bpf_map__name": (ctypes.c_char_p, [_P]),
+    "bpf_map__pin": (ctypes.c_int, [_P, ctypes.c_char_p]),
+    "bpf_link__pin": (ctypes.c_int, [_P, ctypes.c_char_p]),
+    "bpf_link__open": (_P, [ctypes.c_char_p]),
+    "bpf_link__fd": (ctypes.c_int, [_P]),
+    "bpf_obj_get": (ctypes.c_int, [ctypes.c_char_p]),
+    "bpf_obj_get_info_by_fd": (ctypes.c_int, [ctypes.c_int, _P, ctypes.POINTER(ctypes.c_uint32)]),
+    "bpf_prog_get_fd_by_id": (ctypes.c_int, [ctypes.c_uint32]),
+    "btf__load_from_kernel_by_id": (_P, [ctypes.c_uint32]),
+    "btf__load_vmlinux_btf": (_P, []),
+    "btf__free": (None, [_P]),
 }
 
 _lib: ctypes.CDLL | None = None
@@ -249,12 +262,128 @@ def _buffer(data: bytes) -> ctypes.Array:
     return ctypes.create_string_buffer(data, len(data))
 
 
+def map_update(fd: int, key: bytes, value: bytes, what: str, flags: int = BPF_ANY) -> None:
+    check(lib().bpf_map_update_elem(fd, _buffer(key), _buffer(value), flags), f"updating map {what}")
+
+
+def map_delete(fd: int, key: bytes) -> bool:
+    return lib().bpf_map_delete_elem(fd, _buffer(key)) == 0
+
+
+def map_lookup_percpu(fd: int, key: bytes, value_size: int, what: str) -> list[bytes]:
+    """One value per possible CPU, as a per-CPU map stores them (each padded to 8 bytes)."""
+    api = lib()
+    slot = (value_size + 7) // 8 * 8
+    ncpu = api.libbpf_num_possible_cpus()
+    out = ctypes.create_string_buffer(slot * ncpu)
+    check(api.bpf_map_lookup_elem(fd, _buffer(key), out), f"reading map {what}")
+    return [out.raw[i * slot : i * slot + value_size] for i in range(ncpu)]
+
+
+def map_items(fd: int, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
+    api = lib()
+    key, next_key = ctypes.create_string_buffer(key_size), ctypes.create_string_buffer(key_size)
+    value = ctypes.create_string_buffer(value_size)
+    out = []
+    prev = None
+    while api.bpf_map_get_next_key(fd, prev, next_key) == 0:
+        ctypes.memmove(key, next_key, key_size)
+        if api.bpf_map_lookup_elem(fd, key, value) == 0:
+            out.append((key.raw, value.raw))
+        prev = key
+    return out
+
+
+def obj_get(path: str) -> int:
+    """A new fd for the map, program or link pinned at path."""
+    fd = lib().bpf_obj_get(path.encode())
+    if fd < 0:
+        raise fail(f"opening pin {path}")
+    return fd
+
+
+def _info(fd: int, size: int, what: str) -> bytes:
+    buf = ctypes.create_string_buffer(size)
+    length = ctypes.c_uint32(size)
+    check(lib().bpf_obj_get_info_by_fd(fd, buf, ctypes.byref(length)), f"reading info of {what}")
+    return buf.raw
+
+
+_BPF_LINK_INFO_PROG_ID = 8  # struct bpf_link_info { __u32 type; __u32 id; __u32 prog_id; ... }
+
+
+def link_prog_id(link_fd: int) -> int:
+    """The id of the program a link attaches."""
+    return int.from_bytes(_info(link_fd, 64, "a link")[_BPF_LINK_INFO_PROG_ID:][:4], "little")
+
+
+@lru_cache(maxsize=1)
+def _prog_info_layout() -> tuple[int, dict[str, int]]:
+    """struct bpf_prog_info as the running kernel defines it, from its own BTF."""
+    btf = lib().btf__load_vmlinux_btf()
+    if not btf:
+        raise fail("loading the kernel's BTF")
+    try:
+        size, members = struct_members(btf, "bpf_prog_info")
+        return size, {m.name: m.offset for m in members}
+    finally:
+        lib().btf__free(btf)
+
+
+def prog_btf_id(prog_id: int) -> int:
+    """The id of the BTF a loaded program carries (its object's types, struct event among them); 0: none."""
+    fd = lib().bpf_prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        raise fail(f"opening program {prog_id}")
+    try:
+        size, offsets = _prog_info_layout()
+        return int.from_bytes(_info(fd, size, f"program {prog_id}")[offsets["btf_id"]:][:4], "little")
+    finally:
+        os.close(fd)
+
+
+def prog_exists(prog_id: int) -> bool:
+    fd = lib().bpf_prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        return False
+    os.close(fd)
+    return True
+
+
+class KernelBtf:
+    """A BTF object the kernel holds (a loaded program's), loaded by id; close() frees it."""
+
+    def __init__(self, btf_id: int) -> None:
+        self.handle = lib().btf__load_from_kernel_by_id(btf_id)
+        if not self.handle:
+            raise fail(f"loading BTF {btf_id} from the kernel")
+
+    def close(self) -> None:
+        if self.handle:
+            lib().btf__free(self.handle)
+            self.handle = None
+
+
+_BPF_FS_MAGIC = 0xCAFE4A11
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
+
+
+def mount_bpffs(path: str) -> None:
+    """mount -t bpf bpf PATH (needs CAP_SYS_ADMIN in the mount namespace's owner)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.mount.restype = ctypes.c_int
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+    if libc.mount(b"bpf", path.encode(), b"bpf", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+
+
 class BpfObject:
     """An opened (then loaded) BPF object: its maps, its programs, their links."""
 
     def __init__(self, path: str) -> None:
         self._api = lib()
-        self._links: list[int] = []
+        self._links: list[tuple[str, int]] = []  # (program name, link)
         self._obj = self._api.bpf_object__open_file(path.encode(), None)
         if not self._obj:
             raise fail(f"opening {path}")
@@ -268,6 +397,17 @@ class BpfObject:
 
     def map_fd(self, name: str) -> int:
         return check(self._api.bpf_map__fd(self._map(name)), f"map {name}")
+
+    def map_names(self) -> list[str]:
+        """The object's own maps; libbpf's internal ones (.rodata and the like) left out."""
+        names = []
+        m = self._api.bpf_object__next_map(self._obj, None)
+        while m:
+            name = self._api.bpf_map__name(m).decode()
+            if "." not in name:
+                names.append(name)
+            m = self._api.bpf_object__next_map(self._obj, m)
+        return names
 
     def set_max_entries(self, name: str, entries: int) -> None:
         check(self._api.bpf_map__set_max_entries(self._map(name), entries), f"sizing map {name}")
@@ -298,43 +438,30 @@ class BpfObject:
         prog = self._api.bpf_object__next_program(self._obj, None)
         while prog:
             if self._api.bpf_program__autoload(prog):
+                name = self._api.bpf_program__name(prog).decode()
                 link = self._api.bpf_program__attach(prog)
                 if not link:
-                    raise fail(f"attaching {self._api.bpf_program__name(prog).decode()}")
-                self._links.append(link)
+                    raise fail(f"attaching {name}")
+                self._links.append((name, link))
             prog = self._api.bpf_object__next_program(self._obj, prog)
 
+    def link_prog_ids(self) -> list[int]:
+        return [link_prog_id(self._api.bpf_link__fd(link)) for _, link in self._links]
+
+    def pin(self, directory: str, link_prefix: str, map_prefix: str) -> None:
+        """Pins every link and every map of the object under directory; they then outlive this process."""
+        for name, link in self._links:
+            check(self._api.bpf_link__pin(link, f"{directory}/{link_prefix}{name}".encode()), f"pinning link {name}")
+        for name in self.map_names():
+            check(self._api.bpf_map__pin(self._map(name), f"{directory}/{map_prefix}{name}".encode()),
+                  f"pinning map {name}")
+
     def update(self, name: str, key: bytes, value: bytes) -> None:
-        rc = self._api.bpf_map_update_elem(self.map_fd(name), _buffer(key), _buffer(value), BPF_ANY)
-        check(rc, f"updating map {name}")
-
-    def delete(self, name: str, key: bytes) -> bool:
-        return self._api.bpf_map_delete_elem(self.map_fd(name), _buffer(key)) == 0
-
-    def lookup_percpu(self, name: str, key: bytes, value_size: int) -> list[bytes]:
-        """One value per possible CPU, as a per-CPU map stores them (each padded to 8 bytes)."""
-        slot = (value_size + 7) // 8 * 8
-        ncpu = self._api.libbpf_num_possible_cpus()
-        out = ctypes.create_string_buffer(slot * ncpu)
-        check(self._api.bpf_map_lookup_elem(self.map_fd(name), _buffer(key), out), f"reading map {name}")
-        return [out.raw[i * slot : i * slot + value_size] for i in range(ncpu)]
-
-    def items(self, name: str, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
-        fd = self.map_fd(name)
-        key, next_key = ctypes.create_string_buffer(key_size), ctypes.create_string_buffer(key_size)
-        value = ctypes.create_string_buffer(value_size)
-        out = []
-        prev = None
-        while self._api.bpf_map_get_next_key(fd, prev, next_key) == 0:
-            ctypes.memmove(key, next_key, key_size)
-            if self._api.bpf_map_lookup_elem(fd, key, value) == 0:
-                out.append((key.raw, value.raw))
-            prev = key
-        return out
+        map_update(self.map_fd(name), key, value, name)
 
     def close(self) -> None:
-        """Detaches every program and frees the object; safe to call twice."""
-        for link in self._links:
+        """Detaches every program not pinned and frees the object; safe to call twice."""
+        for _, link in self._links:
             self._api.bpf_link__destroy(link)
         self._links.clear()
         if self._obj:

@@ -10,11 +10,12 @@ import errno
 import mmap
 import os
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from otelproc import decoder, libbpf, record
+from otelproc import decoder, libbpf, pins, record
 from otelproc.libbpf import LibbpfError
 from otelproc.matching import MatchRule
 from otelproc.record import DEFAULT_OBJECT
@@ -24,6 +25,7 @@ DEFAULT_MAX_TRACKED = 65536
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -70,27 +72,169 @@ class ProbeConfig:
     max_tracked: int = DEFAULT_MAX_TRACKED
     wakeup_bytes: int = 0  # wake the reader only past this many unread bytes (it must poll on a timer); 0: always
     object_path: Path = DEFAULT_OBJECT
+    pin_dir: Path | None = None  # pin the probe here (a bpffs directory) so that it outlives this process
+
+    def baked(self) -> dict[str, object]:
+        """What is fixed when the object loads; the match list is a map, rewritten at any start."""
+        return {
+            "trace_all": self.trace_all, "scope_pidns": self.scope_pidns, "scope_cgroup": self.scope_cgroup,
+            "ring_buffer_bytes": self.ring_buffer_bytes, "max_tracked": self.max_tracked,
+            "wakeup_bytes": self.wakeup_bytes, "ns_per_tick": NS_PER_TICK,
+        }
 
 
-class Probe:
-    """The attached BPF programs and their ring buffer. A context manager; close() detaches."""
+def boot_ns() -> int:
+    """Now on the clock the probe stamps its records with (CLOCK_BOOTTIME)."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
-    def __init__(self, config: ProbeConfig, on_record: Callable[[bytes], None]) -> None:
-        self.config = config
-        self._obj: libbpf.BpfObject | None = None
-        self._ring: libbpf.RingBuffer | None = None
-        self._cgroup_fd: int | None = None
-        self.layout: record.EventLayout  # struct event of this object, for decoding its records
-        self.left_out: list[OptionalProgram] = []  # what this kernel cannot give
+
+def _lost_counts(lost_fd: int) -> dict[str, int]:
+    return {
+        name: sum(_U64.unpack(v)[0] for v in libbpf.map_lookup_percpu(lost_fd, _U32.pack(index), 8, "lost"))
+        for index, name in record.LOST_NAMES.items()
+    }
+
+
+def _tracked_items(tracked_fd: int) -> list[tuple[bytes, bytes]]:
+    return libbpf.map_items(tracked_fd, _U32.size, _U64.size)
+
+
+class _PinnedMaps:
+    """Fds of the maps a pinned probe holds, opened from their pins."""
+
+    def __init__(self, probe_dir: Path) -> None:
+        self.fds: dict[str, int] = {}
         try:
-            self._obj = self._open()
-            self._obj.load()
-            self._fill_maps(self._obj)
-            self._obj.attach_all()
-            self._ring = libbpf.RingBuffer(self._obj.map_fd("events"), on_record)
+            for path in probe_dir.iterdir():
+                if path.name.startswith(pins.MAP_PREFIX):
+                    self.fds[path.name[len(pins.MAP_PREFIX):]] = libbpf.obj_get(str(path))
         except BaseException:
             self.close()
             raise
+        missing = {"events", "tracked", "lost"} - self.fds.keys()
+        if missing:
+            self.close()
+            raise LibbpfError(errno.ENOENT, f"the probe pinned in {probe_dir} has no map {', '.join(sorted(missing))}")
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+class PreviousProbe:
+    """A pinned probe of another fingerprint (an older otelproc's, or other settings).
+
+    It keeps recording until the new probe is attached; then its programs are
+    detached, its ring drained with its own record layout (read from its
+    program's BTF in the kernel) and its pins removed.
+    """
+
+    def __init__(self, probe_dir: Path) -> None:
+        self.dir = probe_dir
+        self.btf: libbpf.KernelBtf | None = None
+        self.layout: record.EventLayout  # its struct event, which may differ from this otelproc's
+        self._maps = _PinnedMaps(probe_dir)
+        try:
+            ids = pins.prog_ids(probe_dir)
+            btf_id = libbpf.prog_btf_id(ids[0]) if ids else 0
+            if not btf_id:
+                raise LibbpfError(
+                    errno.EPROTO,
+                    f"the probe pinned in {probe_dir} carries no BTF, so its records cannot be read; "
+                    "remove it with `otelproc detach` (its unread records are lost)",
+                )
+            self.btf = libbpf.KernelBtf(btf_id)
+            self.layout = record.EventLayout.from_btf(self.btf.handle)
+            decoder.check_layout(self.layout)
+        except BaseException:
+            self.close()
+            raise
+
+    def tracked(self) -> list[tuple[bytes, bytes]]:
+        return _tracked_items(self._maps.fds["tracked"])
+
+    def lost(self) -> dict[str, int]:
+        return _lost_counts(self._maps.fds["lost"])
+
+    def retire(self, on_record: Callable[[bytes], None]) -> int:
+        """Detaches its programs, hands every record left in its ring to on_record, unpins it; returns how many."""
+        pins.unpin_links(self.dir)
+        ring = libbpf.RingBuffer(self._maps.fds["events"], on_record)
+        try:
+            drained = ring.poll(0)
+        finally:
+            ring.close()
+        pins.remove(self.dir)
+        self.close()
+        return drained
+
+    def close(self) -> None:
+        self._maps.close()
+        if self.btf is not None:
+            self.btf.close()
+            self.btf = None
+
+
+class Probe:
+    """The attached BPF programs and their ring buffer. A context manager; close() detaches
+    what is not pinned (a pinned probe stays attached until removed: see pins.py)."""
+
+    def __init__(self, config: ProbeConfig, on_record: Callable[[bytes], None]) -> None:
+        self.config = config
+        self.resumed = False  # the probe a previous otelproc pinned, same fingerprint, still recording
+        self.previous: PreviousProbe | None = None  # one of another fingerprint, to take over from
+        self.pinned_at: Path | None = None  # this probe's pin directory
+        self.attached_at = 0  # boot ns just before this probe's programs began attaching
+        self.layout: record.EventLayout  # struct event of this object, for decoding its records
+        self.left_out: list[OptionalProgram] = []  # what this kernel cannot give
+        self._obj: libbpf.BpfObject | None = None
+        self._ring: libbpf.RingBuffer | None = None
+        self._cgroup_fd: int | None = None
+        self._pinned: _PinnedMaps | None = None
+        self._maps: dict[str, int] = {}
+        try:
+            self._start(on_record)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, on_record: Callable[[bytes], None]) -> None:
+        obj = self._open()
+        pin_dir = self.config.pin_dir
+        here = None if pin_dir is None else pin_dir / pins.fingerprint(self.config.object_path.read_bytes(),
+                                                                         self.config.baked())
+        if pin_dir is not None:
+            for probe_dir in pins.probes(pin_dir):
+                if probe_dir == here and pins.links(probe_dir):
+                    self._pinned = _PinnedMaps(probe_dir)
+                    self.resumed = True
+                elif probe_dir == here or self.previous is not None or not pins.links(probe_dir):
+                    pins.remove(probe_dir)  # half pinned or half removed, or a third: nothing to carry on with
+                else:
+                    self.previous = PreviousProbe(probe_dir)
+        if self.resumed:
+            obj.close()
+            self._maps = dict(self._pinned.fds)
+            self._refill_match()
+        else:
+            self._obj = obj
+            obj.load()
+            self._maps = {name: obj.map_fd(name) for name in obj.map_names()}
+            self._fill_maps()
+            self._carry_tracked()
+            self.attached_at = boot_ns()
+            obj.attach_all()
+            self._carry_tracked()  # what the old probe began tracking while this one attached
+            if here is not None:
+                here.mkdir(mode=0o700, parents=True)
+                try:
+                    obj.pin(str(here), pins.LINK_PREFIX, pins.MAP_PREFIX)
+                except BaseException:
+                    pins.remove(here)
+                    raise
+        self.pinned_at = here
+        self._ring = libbpf.RingBuffer(self._maps["events"], on_record)
 
     def _open(self) -> libbpf.BpfObject:
         path = self.config.object_path
@@ -106,7 +250,7 @@ class Probe:
                     "trace_all": self.config.trace_all,
                     "scope_pidns": self.config.scope_pidns,
                     "scope_cgroup": self.config.scope_cgroup is not None,
-                    "ns_per_tick": 1_000_000_000 // os.sysconf("SC_CLK_TCK"),
+                    "ns_per_tick": NS_PER_TICK,
                     "wakeup_bytes": self.config.wakeup_bytes,
                 },
             )
@@ -121,22 +265,42 @@ class Probe:
             raise
         return obj
 
-    def _fill_maps(self, obj: libbpf.BpfObject) -> None:
+    def _fill_maps(self) -> None:
         for rule in self.config.match:
-            obj.update("match_exe_names", match_key(rule), b"\1")
+            libbpf.map_update(self._maps["match_exe_names"], match_key(rule), b"\1", "match_exe_names")
         if self.config.scope_cgroup is not None:
             try:
                 self._cgroup_fd = os.open(self.config.scope_cgroup, os.O_RDONLY | os.O_DIRECTORY)
-                obj.update("scope_cgroups", _U32.pack(0), _U32.pack(self._cgroup_fd))
+                libbpf.map_update(self._maps["scope_cgroups"], _U32.pack(0), _U32.pack(self._cgroup_fd),
+                                  "scope_cgroups")
             except OSError as exc:
                 raise LibbpfError(
                     exc.errno, f"--scope cgroup={self.config.scope_cgroup}: not a cgroup v2 directory ({exc.strerror})"
                 ) from None
 
-    def _object(self) -> libbpf.BpfObject:
-        if self._obj is None:
-            raise LibbpfError(errno.EBADF, "the probe is closed")
-        return self._obj
+    def _refill_match(self) -> None:
+        """A resumed probe matches what this otelproc was told, not what its predecessor was."""
+        fd = self._maps["match_exe_names"]
+        wanted = {match_key(rule) for rule in self.config.match}
+        for key, _ in libbpf.map_items(fd, record.EXE_NAME_KEY.size, 1):
+            if key not in wanted:
+                libbpf.map_delete(fd, key)
+        for key in wanted:
+            libbpf.map_update(fd, key, b"\1", "match_exe_names")
+
+    def _carry_tracked(self) -> None:
+        """The old probe's tracked processes are this one's too: their forks and exits keep coming."""
+        if self.previous is not None:
+            for key, value in self.previous.tracked():
+                try:
+                    libbpf.map_update(self._maps["tracked"], key, value, "tracked", libbpf.BPF_NOEXIST)
+                except LibbpfError:
+                    pass  # there already (or the map is full: the sweep adopts what it finds)
+
+    def retire_previous(self, on_record: Callable[[bytes], None]) -> int:
+        """Ends the takeover: the old probe's programs detached, its ring read, its pins gone."""
+        previous, self.previous = self.previous, None
+        return 0 if previous is None else previous.retire(on_record)
 
     def poll(self, timeout_ms: int) -> int:
         """Hands every waiting record to on_record; waits up to timeout_ms for the first."""
@@ -144,17 +308,18 @@ class Probe:
             raise LibbpfError(errno.EBADF, "the probe is closed")
         return self._ring.poll(timeout_ms)
 
+    def _fd(self, name: str) -> int:
+        if self._ring is None:
+            raise LibbpfError(errno.EBADF, "the probe is closed")
+        return self._maps[name]
+
     def lost(self) -> dict[str, int]:
         """Records and processes the kernel side had to drop, by reason, summed over CPUs."""
-        obj = self._object()
-        return {
-            name: sum(_U64.unpack(v)[0] for v in obj.lookup_percpu("lost", _U32.pack(index), 8))
-            for index, name in record.LOST_NAMES.items()
-        }
+        return _lost_counts(self._fd("lost"))
 
     def ring_used(self) -> int:
         """Bytes written to the ring buffer and not yet consumed (its two position pages)."""
-        fd = self._object().map_fd("events")
+        fd = self._fd("events")
         page = mmap.PAGESIZE
         with mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=0) as consumer, \
                 mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page) as producer:
@@ -163,28 +328,38 @@ class Probe:
     def track(self, pid: int, start_ticks: int) -> bool:
         """Reports fork and exit of a process that was found, not seen to exec (adoption)."""
         try:
-            self._object().update("tracked", _U32.pack(pid), _U64.pack(start_ticks))
+            libbpf.map_update(self._fd("tracked"), _U32.pack(pid), _U64.pack(start_ticks), "tracked")
         except LibbpfError:
             return False
         return True
 
     def untrack(self, pid: int) -> None:
-        self._object().delete("tracked", _U32.pack(pid))
+        libbpf.map_delete(self._fd("tracked"), _U32.pack(pid))
 
     def tracked(self) -> dict[int, int]:
         """pid -> start ticks of every process the kernel side tracks now."""
-        return {
-            _U32.unpack(k)[0]: _U64.unpack(v)[0] for k, v in self._object().items("tracked", _U32.size, _U64.size)
-        }
+        return {_U32.unpack(k)[0]: _U64.unpack(v)[0] for k, v in _tracked_items(self._fd("tracked"))}
+
+    def unpin(self) -> None:
+        """Removes this probe's pins: it detaches when this process closes it (or exits)."""
+        if self.pinned_at is not None and self.pinned_at.exists():
+            pins.remove(self.pinned_at)
 
     def close(self) -> None:
-        """Detaches every program and frees everything; safe to call twice."""
+        """Frees everything this process holds; a pinned probe keeps running in the kernel."""
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+        if self.previous is not None:
+            self.previous.close()
+            self.previous = None
+        if self._pinned is not None:
+            self._pinned.close()
+            self._pinned = None
         if self._obj is not None:
             self._obj.close()
             self._obj = None
+        self._maps = {}
         if self._cgroup_fd is not None:
             os.close(self._cgroup_fd)
             self._cgroup_fd = None

@@ -139,19 +139,17 @@ class Reconciler:
 
 
 class Sweeper:
-    """Runs Reconciler.look, then the state file's save, every interval, on its own thread.
-    A failure of either is counted by stage and the next sweep comes all the same."""
+    """Runs Reconciler.look every interval, on its own thread (the state file has one of its
+    own: state.Writer). A failure is counted by stage and the next sweep comes all the same."""
 
     def __init__(
         self,
         reconciler: Reconciler,
         interval: float,
-        save_state: Callable[[], None],
         failed: Callable[[str, BaseException], None],
     ) -> None:
         self.reconciler = reconciler
         self.interval = interval
-        self.save_state = save_state
         self.failed = failed
         self.findings: queue.SimpleQueue[Findings] = queue.SimpleQueue()
         self._applying: Findings | None = None
@@ -167,12 +165,6 @@ class Sweeper:
                 self.findings.put(self.reconciler.look())
             except Exception as exc:  # noqa: BLE001 -- one bad sweep must not end the sweeps
                 self.failed("sweep", exc)
-            if self._stop.is_set():
-                break
-            try:
-                self.save_state()
-            except Exception as exc:  # noqa: BLE001
-                self.failed("state_file", exc)
 
     def ready(self) -> Findings | None:
         """What the sweeps found and the ring-buffer thread has not yet applied, oldest first."""

@@ -5,11 +5,16 @@ processor exports on its own thread, the health server answers on another, and
 the /proc sweep and the state file have a thread of their own (reconcile.Sweeper),
 so that nothing which grows with the host keeps the ring buffer waiting.
 Signals only set a flag the loop reads. Between polls the loop does its
-housekeeping: 'started' spans that are due, what the sweeps found.
+housekeeping: 'started' spans that are due, what the sweeps found. The state
+file is written on a thread of its own too (state.Writer).
 
 Each stage of the event path (decode, track, build, export, sweep, state file)
 is isolated: a failure is counted by stage (otelproc.failures), logged at most
 every few seconds, and the loop goes on with the next record.
+
+The probe is pinned in bpffs (see pins.py), so it records while otelproc is
+down; a SIGTERM leaves it pinned, for the next otelproc to drain and carry on
+with. `otelproc detach` removes it for good.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from typing import Callable, Iterator
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-from otelproc import adoption, state
+from otelproc import adoption, pins, state
 from otelproc.cgroups import CgroupPaths
 from otelproc.checks import RUN_CAPS, require_caps
 from otelproc.clock import BootClock
 from otelproc.config import (
     INITIAL_PIDNS_INODE, POLL_MS, ConfigError, Settings, describe_tracking, own_pidns_inode, probe_config,
+    tracking_config,
 )
 from otelproc.decoder import ProcessEvent, decode
 from otelproc.export import make_destination, make_processor
@@ -36,7 +42,7 @@ from otelproc.health import Health, HealthServer
 from otelproc.loader import Probe
 from otelproc.adoption import alive
 from otelproc.reconcile import Reconciler, Sweeper
-from otelproc.record import EventLayout
+from otelproc.record import EventKind, EventLayout
 from otelproc.spans import SpanBuilder, host_attributes
 from otelproc.stop import StopSignal
 from otelproc.telemetry import CountingExporter, Stats, ThrottledLog, bsp_max_queue_size, stage_failed, start_metrics
@@ -47,6 +53,13 @@ log = logging.getLogger("otelproc")
 
 LOSS_LOG_NS = 10_000_000_000  # kernel losses are logged at most this often
 HOUSEKEEPING_NS = 10_000_000  # work between two polls of the ring buffer, at most about this long
+
+
+def event_key(event: ProcessEvent) -> tuple:
+    """Names one kernel event, so that the same event seen by two probes counts once."""
+    if event.kind is EventKind.EXEC:
+        return (event.kind, event.pid, event.start_ticks, event.exe, event.argv)
+    return (event.kind, event.pid, event.start_ticks)
 
 
 class Sidecar:
@@ -68,24 +81,41 @@ class Sidecar:
         self.sweeper: Sweeper | None = None
         self._next_loss_log = 0
         self.layout: EventLayout | None = None  # the probe's struct event, once it is open
+        self.state_writer: state.Writer | None = None
+        self._lost_seen: dict[str, int] = {}  # the kernel's loss counters as last read
+        self._overlap: set[tuple] = set()  # events the old probe of a takeover recorded while both ran
+        self._overlap_from = 0  # Unix ns: when both began to run
 
     def failed(self, stage: str, exc: BaseException) -> None:
         stage_failed(self.stats, self.throttled, stage, exc)
 
     # the hot path
 
-    def on_record(self, raw: bytes) -> None:
+    def on_record(self, raw: bytes, layout: EventLayout | None = None) -> None:
+        """One record of this probe's ring buffer (or, with its layout, of the probe taken over)."""
         stage = "decode"
         try:
-            event = decode(raw, self.clock, self.layout)
+            event = decode(raw, self.clock, layout or self.layout)
+            if layout is not None:
+                if event.time >= self._overlap_from:  # both probes were attached: the new one has it too
+                    self._overlap.add(event_key(event))
+            elif self._overlap and event_key(event) in self._overlap:
+                self._overlap.discard(event_key(event))
+                return  # the old probe's copy of it was taken already
             self.stats.events[event.kind] += 1
             stage = "track"
             ended = self.tracker.handle(event)
         except Exception as exc:  # noqa: BLE001 -- one record must not end the sidecar
             self.failed(stage, exc)
             return
+        self.changed()
         if ended is not None:
             self.export_lifetime(ended)
+
+    def changed(self) -> None:
+        """The table changed: the state file is rewritten within a second."""
+        if self.state_writer is not None:
+            self.state_writer.dirty = True
 
     def emit(self, span: ReadableSpan, role: str) -> None:
         """Hands a span to the batch processor, or counts it dropped when its queue is full."""
@@ -96,6 +126,7 @@ class Sidecar:
         self.processor.on_end(span)
 
     def export_lifetime(self, ended: Ended) -> None:
+        self.changed()
         self.export(lambda: self.builder.lifetime(ended, self.cgroups.path(ended.process.cgroup_id)), "lifetime")
 
     def export(self, build: Callable[[], ReadableSpan], role: str) -> None:
@@ -112,30 +143,70 @@ class Sidecar:
 
     # start-up
 
-    def resume(self, probe: Probe, path: Path) -> None:
-        """Carries on with the processes a previous otelproc recorded; ends those gone since."""
+    def resume(self, path: Path | None) -> state.Saved:
+        """Takes the processes a previous otelproc recorded into the table, alive or not (see settle)."""
+        if path is None:
+            return state.Saved()
         try:
-            recorded = state.load(path)
+            saved = state.load(path, tracking_config(self.settings))
         except state.StateFileError as exc:
             log.warning("%s; starting from /proc alone", exc)
-            return
-        now = time.time_ns()
+            return state.Saved()
         # otelproc itself is left out, as from adoption: its own exit could never be reported.
-        recorded = [p for p in recorded if p.pid != os.getpid()]
-        for process in recorded:
+        saved.processes = [p for p in saved.processes if p.pid != os.getpid()]
+        for process in saved.processes:
+            self.tracker.add(process)
+        return saved
+
+    def take_over(self, probe: Probe) -> None:
+        """Reads what the old probe recorded up to now, in its own layout, then removes it.
+
+        Both probes ran for a moment: what the old one recorded from then on is
+        remembered, and the new probe's copy of it is skipped.
+        """
+        previous = probe.previous
+        if previous is None:
+            return
+        self._overlap_from = self.clock.to_wall(probe.attached_at)
+        where, layout = previous.dir, previous.layout
+        drained = probe.retire_previous(lambda raw: self.on_record(raw, layout))
+        log.info("took over the probe pinned in %s: %d records read in its own layout, then removed", where, drained)
+
+    def count_downtime_losses(self, lost: dict[str, int], saved: state.Saved) -> bool:
+        """What the pinned probe dropped while nobody read it (its ring was full): counted, logged."""
+        grown = {k: v - saved.lost.get(k, 0) for k, v in lost.items() if v > saved.lost.get(k, 0)}
+        self.stats.drops.update(grown)
+        if grown:
+            log.warning("while otelproc was down the kernel side dropped %s; the sweep will reconcile",
+                        ", ".join(f"{v} ({k})" for k, v in grown.items()))
+        return bool(grown)
+
+    def settle(self, probe: Probe, saved: state.Saved, exits_read: bool) -> None:
+        """After the downtime's records: the recorded processes that are gone with no exit record.
+
+        exits_read: a pinned probe recorded the downtime and lost nothing, so
+        their exits were read, by the previous otelproc in its last second.
+        Otherwise each ends when it was last known alive, flagged approximate,
+        with the window it ended in.
+        """
+        now = time.time_ns()
+        gone = 0
+        for process in saved.processes:
+            if process.key not in self.tracker.processes:
+                continue  # its exit came through the ring buffer
             if alive(process.pid, process.identity.start_ticks):
                 probe.track(process.pid, process.identity.start_ticks)
-                self.tracker.add(process)
+                continue
+            self.tracker.forget(process.key)
+            gone += 1
+            if exits_read:
+                self.stats.reconciled["exit_read_before_restart"] += 1
             else:
                 self.stats.reconciled["exited_while_down"] += 1
-                self.export_lifetime(Ended.unseen(process, now))
-        if recorded:
-            log.info(
-                "resumed %d processes from %s (%d exited while otelproc was down)",
-                len(recorded) - self.stats.reconciled["exited_while_down"],
-                path,
-                self.stats.reconciled["exited_while_down"],
-            )
+                self.export_lifetime(Ended.between(process, saved.last_alive, now))
+        if saved.processes:
+            log.info("resumed %d processes from the state file (%d gone with no exit record)",
+                     len(saved.processes), gone)
 
     def adopt(self, probe: Probe) -> int:
         """Takes on the matching processes /proc shows that the table does not hold; returns how many."""
@@ -143,6 +214,7 @@ class Sidecar:
         for event in self.scan(lambda pid, start_ticks: (pid, start_ticks) in self.tracker.processes):
             probe.track(event.pid, event.start_ticks)
             self.tracker.handle(event)
+            self.changed()
             added += 1
         log.info(
             "adopted %d running processes (%d vanished while read, %d unreadable)",
@@ -185,6 +257,7 @@ class Sidecar:
                 self.export_lifetime(ended)
             findings = self.sweeper.ready()
         for process in self.tracker.due_announcements(now):
+            self.changed()  # announced: the state file says so, and the next otelproc sends it no more
             self.export(lambda p=process: self.builder.started(p, self.cgroups.path(p.cgroup_id)), "started")
             if time.monotonic_ns() >= deadline:
                 break
@@ -197,7 +270,8 @@ class Sidecar:
         except Exception as exc:  # noqa: BLE001
             self.failed("sweep", exc)
             return
-        grown = {k: v - self.stats.drops[k] for k, v in lost.items() if v > self.stats.drops[k]}
+        grown = {k: v - self._lost_seen.get(k, 0) for k, v in lost.items() if v > self._lost_seen.get(k, 0)}
+        self._lost_seen = lost
         self.stats.drops.update(grown)
         if grown and time.monotonic_ns() >= self._next_loss_log:
             self._next_loss_log = time.monotonic_ns() + LOSS_LOG_NS
@@ -206,11 +280,9 @@ class Sidecar:
                 ", ".join(f"{v} ({k})" for k, v in grown.items()),
             )
 
-    def save_state(self) -> None:
-        """Raises on failure: the caller counts it (stage state_file). Safe on the sweep thread: it
-        reads one copy of the table's entries."""
-        if self.settings.state_file is not None:
-            state.save(self.settings.state_file, list(self.tracker.processes.values()), self.settings.redact)
+    def table(self) -> list:
+        """One copy of the table's entries, for the state file's thread."""
+        return list(self.tracker.processes.values())
 
     def gauges(self, probe: Probe) -> dict:
         return {
@@ -223,7 +295,50 @@ class Sidecar:
                                           "longest time the reader spent between two reads of the ring buffer"),
         }
 
-    def run(self) -> int:
+    def start(self, probe: Probe) -> None:
+        """Carries on where the previous otelproc stopped, then adopts what /proc shows besides."""
+        s = self.settings
+        if probe.resumed:
+            log.info("resumed the probe pinned in %s; reading what it recorded while otelproc was down",
+                     probe.pinned_at)
+        saved = self.resume(s.state_file)
+        lost_then = probe.previous.lost() if probe.previous else probe.lost() if probe.resumed else None
+        self.take_over(probe)
+        probe.poll(0)  # what the resumed probe recorded while nobody read it
+        self._lost_seen = probe.lost()
+        lost_while_down = lost_then is not None and self.count_downtime_losses(lost_then, saved)
+        self.settle(probe, saved, exits_read=lost_then is not None and not lost_while_down)
+        if s.adopt:
+            self.adopt(probe)
+        if s.state_file is not None:
+            self.state_writer = state.Writer(s.state_file, self.table, s.redact, tracking_config(s),
+                                             lambda: dict(self._lost_seen), self.failed)
+            try:
+                self.state_writer.write(force=True)
+            except Exception as exc:  # noqa: BLE001 -- its thread tries again each second
+                self.failed("state_file", exc)
+            self.state_writer.start()
+
+    def stop(self, probe: Probe) -> None:
+        """A clean stop leaves the probe pinned and recording; one removed meanwhile (detach) goes for good."""
+        writer, self.state_writer = self.state_writer, None
+        if writer is not None:
+            writer.stop()
+        if probe.pinned_at is not None and not probe.pinned_at.exists():
+            log.info("the probe was detached; it goes with this process, and so does the state file")
+            if writer is not None:
+                state.remove(writer.path)
+            return
+        if writer is not None:
+            try:
+                writer.write(force=True)
+            except Exception as exc:  # noqa: BLE001
+                self.failed("state_file", exc)
+        if probe.pinned_at is not None:
+            log.info("the probe stays pinned in %s and keeps recording for the next otelproc; "
+                     "`otelproc detach` removes it", probe.pinned_at)
+
+    def run(self, pin_dir: Path | None = None) -> int:
         s = self.settings
         stop = StopSignal()
         deadline = None if s.duration is None else time.monotonic() + s.duration
@@ -235,17 +350,14 @@ class Sidecar:
                 raise ConfigError(f"--health-port {s.health_port}: {exc.strerror}") from None
         metrics = None
         try:
-            with Probe(probe_config(s), self.on_record) as probe:
+            with Probe(probe_config(s, pin_dir), self.on_record) as probe:
                 self.layout = probe.layout
                 log.info("attached; %s; %s", describe_tracking(s), self.destination.description)
                 for program in probe.left_out:
                     log.warning("%s", program.warning())
                 if self.destination.metric_exporter is not None:
                     metrics = start_metrics(self.destination.metric_exporter, self.stats, self.gauges(probe), self.host)
-                if s.state_file is not None:
-                    self.resume(probe, s.state_file)
-                if s.adopt:
-                    self.adopt(probe)
+                self.start(probe)
                 self.health.ready = True
                 # What exists now (modules, the SDK, gRPC: some 100,000 objects) stays for otelproc's
                 # life. Frozen, it is left out of every garbage collection, which holds the GIL and
@@ -254,7 +366,7 @@ class Sidecar:
                 gc.freeze()
                 log.info("ready; %d processes tracked", len(self.tracker))
                 reconciler = Reconciler(self.tracker, probe, self.stats, self.snapshot, self.scan, s.max_processes)
-                self.sweeper = Sweeper(reconciler, s.sweep_interval, self.save_state, self.failed)
+                self.sweeper = Sweeper(reconciler, s.sweep_interval, self.failed)
                 self.sweeper.start()
                 try:
                     next_loss_read = time.monotonic() + s.sweep_interval
@@ -266,6 +378,7 @@ class Sidecar:
                         self.housekeeping()
                         if time.monotonic() >= next_loss_read:
                             next_loss_read = time.monotonic() + s.sweep_interval
+                            self._overlap.clear()  # a takeover's overlap was read long ago
                             self.read_kernel_losses(probe)
                 finally:
                     self.sweeper.stop()  # before the probe closes: a sweep reads its map
@@ -274,15 +387,14 @@ class Sidecar:
                 while self.sweeper.ready() is not None:  # what the last sweep found, all of it
                     self.housekeeping()
                 self.read_kernel_losses(probe)
-                try:
-                    self.save_state()
-                except Exception as exc:  # noqa: BLE001
-                    self.failed("state_file", exc)
+                self.stop(probe)
                 if metrics is not None:
                     metrics.shutdown()  # its last collection still reads the probe
                     metrics = None
         finally:
             self.health.ready = False
+            if self.state_writer is not None:
+                self.state_writer.stop()
             self.processor.shutdown()  # exports what is queued, within the exporter's timeout
             if metrics is not None:
                 metrics.shutdown()
@@ -314,9 +426,47 @@ def check_scope(settings: Settings) -> None:
         )
 
 
+def pinning(settings: Settings) -> tuple[Path | None, pins.PinLock | None]:
+    """The pin directory to use, locked for this otelproc; none where bpffs cannot be had (said in one line)."""
+    pin_dir = settings.pin_dir
+    if pin_dir is None:
+        return None, None
+    reason = pins.ensure_bpffs(pin_dir)
+    if reason is not None:
+        log.warning("not pinning the probe: %s; a restart resumes from the state file alone", reason)
+        return None, None
+    try:
+        return pin_dir, pins.PinLock(pin_dir)
+    except pins.PinError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def run_sidecar(settings: Settings) -> int:
     check_scope(settings)
     require_caps(RUN_CAPS)
     if settings.state_file is not None:
         check_state_file(settings.state_file)
-    return Sidecar(settings).run()
+    pin_dir, lock = pinning(settings)
+    try:
+        return Sidecar(settings).run(pin_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def detach(settings: Settings) -> int:
+    """Removes the pinned probe for good (its programs, maps and pins) and the state file."""
+    pin_dir = settings.pin_dir
+    removed = 0
+    if pin_dir is not None and pin_dir.exists():
+        try:
+            removed = pins.remove_all(pin_dir)
+        except OSError as exc:
+            raise ConfigError(f"cannot remove the probe pinned in {pin_dir} ({exc.strerror})") from None
+    forgot = settings.state_file is not None and state.remove(settings.state_file)
+    if removed:
+        log.info("detached: removed the probe pinned in %s%s", pin_dir, "" if not forgot else ", and the state file")
+    else:
+        log.info("nothing pinned in %s%s", pin_dir, "" if not forgot else "; removed the state file")
+    return 0
+

@@ -287,6 +287,9 @@ class SpanBuilder:
             attrs["error.type"] = error_type
         if ended.exit_code is None and not ended.signal:
             attrs["otelproc.end.approximate"] = True
+        if ended.gone_by is not None:  # it ended somewhere in this window, unseen
+            attrs["otelproc.end.after"] = iso_millis(ended.end_time)
+            attrs["otelproc.end.before"] = iso_millis(ended.gone_by)
         if process.signals_dropped:
             attrs["otelproc.signals.dropped"] = process.signals_dropped
         events = [

@@ -1,18 +1,23 @@
 """The state file: the live processes of one otelproc, for the next one to carry on with.
 
-Written atomically (mode 0600) every sweep and at SIGTERM. The next otelproc
-of the same boot re-adopts the processes still running with the same span
-identity and start, without exporting their 'started' spans again, and closes
-the spans of those that exited in between. Command lines are stored as the
-spans would show them (redacted); the only environment kept is the allowlist.
+Written atomically (mode 0600) at most a second after the table changes, and
+at SIGTERM; while nothing changes its mtime is refreshed every second, so it
+also says when otelproc last knew its processes alive. The next otelproc of
+the same boot, host and tracking configuration carries on with the processes
+still running (same span identity and start, no second 'started' span) and
+ends the spans of those that exited in between. Command lines are stored as
+the spans would show them (redacted); the only environment kept is the allowlist.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from opentelemetry.trace import TraceState
 
@@ -20,7 +25,7 @@ from otelproc.identity import ProcessIdentity, TraceLink, boot_id
 from otelproc.redact import redact_argv
 from otelproc.tracker import Exec, TrackedProcess
 
-VERSION = 1
+VERSION = 2
 
 
 def _link_to_dict(link: TraceLink) -> dict[str, Any]:
@@ -75,13 +80,30 @@ def from_dict(d: dict[str, Any]) -> TrackedProcess:
     )
 
 
-def save(path: Path, processes: list[TrackedProcess], redact: bool) -> None:
+def host() -> str:
+    return os.uname().nodename
+
+
+@dataclass
+class Saved:
+    """What a state file holds, once it is known to be this boot's, host's and configuration's."""
+
+    processes: list[TrackedProcess] = field(default_factory=list)
+    last_alive: int = 0  # Unix ns: when the writer last knew these processes alive
+    lost: dict[str, int] = field(default_factory=dict)  # the kernel side's loss counters then
+
+
+def save(path: Path, processes: list[TrackedProcess], redact: bool, config: str, lost: dict[str, int]) -> None:
     """Replaces the file in one rename, so a reader never sees half of it. Written one process
     at a time: with tens of thousands, a whole document built first would be as many objects
     for the garbage collector to walk (while every thread waits)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    head = json.dumps({"version": VERSION, "boot_id": boot_id()}, separators=(",", ":"))
+    head = json.dumps(
+        {"version": VERSION, "boot_id": boot_id(), "host": host(), "config": config, "saved_at": time.time_ns(),
+         "lost": lost},
+        separators=(",", ":"),
+    )
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         os.fchmod(f.fileno(), 0o600)
@@ -92,22 +114,100 @@ def save(path: Path, processes: list[TrackedProcess], redact: bool) -> None:
     os.replace(tmp, path)
 
 
-def load(path: Path) -> list[TrackedProcess]:
-    """The processes a previous otelproc of this boot recorded; none after a reboot or from a bad file."""
+def touch(path: Path) -> None:
+    """Nothing changed, everything is still alive as of now: the mtime says so."""
+    os.utime(path)
+
+
+def load(path: Path, config: str) -> Saved:
+    """What a previous otelproc of this boot, host and configuration recorded; nothing if there is no file.
+
+    Raises StateFileError (its message one line) for a file that is unreadable, or not to be resumed.
+    """
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
+        mtime = path.stat().st_mtime_ns
+        data = json.loads(text)
     except FileNotFoundError:
-        return []
+        return Saved()
     except (OSError, ValueError) as exc:
         raise StateFileError(f"state file {path} is unreadable ({exc}); move it away or pass another --state-file")
     if not isinstance(data, dict) or data.get("version") != VERSION:
-        raise StateFileError(f"state file {path} is not an otelproc state file of version {VERSION}")
+        raise StateFileError(f"state file {path} is not an otelproc state file of version {VERSION}; not resumed")
+    # pids and start times of another boot or host name other processes; another configuration tracked others.
     if data.get("boot_id") != boot_id():
-        return []  # pids and start times of another boot mean nothing now
+        raise StateFileError(f"state file {path} is from another boot (boot id {data.get('boot_id')}); not resumed")
+    if data.get("host") != host():
+        raise StateFileError(f"state file {path} is from another host ({data.get('host')}); not resumed")
+    if data.get("config") != config:
+        raise StateFileError(f"state file {path} was written with other tracking settings ({data.get('config')}); "
+                             "not resumed")
     try:
-        return [from_dict(d) for d in data["processes"]]
-    except (KeyError, TypeError, ValueError) as exc:
+        processes = [from_dict(d) for d in data["processes"]]
+        return Saved(processes, max(int(data["saved_at"]), mtime), {k: int(v) for k, v in data["lost"].items()})
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StateFileError(f"state file {path} is damaged ({exc!r}); move it away") from None
+
+
+def remove(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+class Writer:
+    """Keeps the state file at most `every` seconds behind the table, on a thread of its own:
+    the table can hold tens of thousands of processes, and writing it must not keep the ring
+    buffer waiting. The ring-buffer thread sets `dirty` on every change; while nothing changes,
+    the file's mtime is refreshed instead (it says when the processes were last known alive)."""
+
+    def __init__(
+        self,
+        path: Path,
+        table: Callable[[], list[TrackedProcess]],
+        redact: bool,
+        config: str,
+        lost: Callable[[], dict[str, int]],
+        failed: Callable[[str, BaseException], None],
+        every: float = 1.0,
+    ) -> None:
+        self.path = path
+        self.dirty = True
+        self._table, self._redact, self._config, self._lost, self._failed = table, redact, config, lost, failed
+        self._every = every
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="otelproc-state", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                self.write()
+            except Exception as exc:  # noqa: BLE001 -- the next second tries again
+                self._failed("state_file", exc)
+
+    def write(self, force: bool = False) -> None:
+        """The table if it changed (or force), else a touch. Raises on failure."""
+        with self._lock:
+            if self.dirty or force or not self.path.exists():
+                self.dirty = False  # before the copy: a change made during the write is written next time
+                try:
+                    save(self.path, self._table(), self._redact, self._config, self._lost())
+                except BaseException:
+                    self.dirty = True  # a touch would vouch for a stale file: the next second writes it
+                    raise
+            else:
+                touch(self.path)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 class StateFileError(ValueError):

@@ -107,11 +107,17 @@ class Ended:
     signal: int | None
     core_dumped: bool
     usage: Usage | None = None  # what it used; None when its exit was not seen
+    gone_by: int | None = None  # set when the end lies in a window: end_time is its start (last seen alive)
 
     @classmethod
     def unseen(cls, process: TrackedProcess, noticed_at: int) -> Ended:
         """A process found gone without its exit record: ended when that was noticed, status unknown."""
         return cls(process, noticed_at, None, None, False)
+
+    @classmethod
+    def between(cls, process: TrackedProcess, last_alive: int, noticed_at: int) -> Ended:
+        """A process that ended while otelproc was down, unseen: its span ends when it was last known alive."""
+        return cls(process, last_alive, None, None, False, gone_by=noticed_at)
 
     def oom_kill(self) -> OomKill | None:
         """The OOM killer's choice of it, when that is what ended it (its SIGKILL)."""

@@ -10,13 +10,16 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
+from otelproc import libbpf, pins
 from otelproc.checks import EVENTS_CAPS, missing_caps
 from otelproc.clock import BootClock
 from otelproc.decoder import ProcessEvent, decode
@@ -46,6 +49,74 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         problems.append("a kernel with BTF (/sys/kernel/btf/vmlinux)")
     if problems:
         pytest.exit("the kernel tests need " + " and ".join(problems) + "; they do not skip", returncode=3)
+
+
+class PinRoot:
+    """A bpffs of the test session's own (a tmp mount), so no test touches /sys/fs/bpf/otelproc.
+
+    Every sidecar pins under a directory of its own here. At the end of the
+    session nothing may be left: no pin, no program of a pin still loaded, and
+    no /sys/fs/bpf/otelproc that was not there before.
+    """
+
+    def __init__(self) -> None:
+        self.path: Path | None = Path(tempfile.mkdtemp(prefix="otelproc-bpffs-"))
+        self.prog_ids: set[int] = set()
+        self.production_existed = Path(pins.BPFFS_ROOT, "otelproc").exists()
+        try:
+            libbpf.mount_bpffs(str(self.path))
+        except OSError:  # no CAP_SYS_ADMIN (the least-privilege run): the sidecars do not pin
+            os.rmdir(self.path)
+            self.path = None
+
+    def new_dir(self) -> str:
+        """A pin directory for one sidecar (or two that share it); "" (no pinning) without a bpffs."""
+        return "" if self.path is None else str(self.path / uuid.uuid4().hex[:12])
+
+    def note(self, pin_dir: str | os.PathLike) -> None:
+        """Remembers the programs pinned in pin_dir, to check at the end that they are gone."""
+        for probe_dir in pins.probes(Path(pin_dir)):
+            try:
+                self.prog_ids.update(pins.prog_ids(probe_dir))
+            except OSError:
+                pass
+
+    def remove(self, pin_dir: str | os.PathLike) -> None:
+        """What `otelproc detach` does, for a teardown that must not fail half way."""
+        if pin_dir:
+            self.note(pin_dir)
+            pins.remove_all(Path(pin_dir))
+
+    def leftovers(self) -> list[str]:
+        found = []
+        if self.path is not None:
+            for probe_dir in sorted(self.path.glob("*/*")):
+                found.append(f"pinned probe left: {probe_dir} ({', '.join(p.name for p in probe_dir.iterdir())})")
+                self.remove(probe_dir.parent)
+        time.sleep(0.1)  # a link is released after its last reference, through RCU
+        found += [f"BPF program {i} of a test's pinned probe is still loaded" for i in sorted(self.prog_ids)
+                  if libbpf.prog_exists(i)]
+        if not self.production_existed and Path(pins.BPFFS_ROOT, "otelproc").exists():
+            found.append(f"a test pinned in {pins.BPFFS_ROOT}/otelproc, the production default")
+        return found
+
+    def close(self) -> None:
+        if self.path is not None:
+            subprocess.run(["umount", "-l", str(self.path)], check=False)
+            os.rmdir(self.path)
+            self.path = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pin_root() -> Iterator[PinRoot]:
+    """The session's bpffs; fails the session loudly if any test leaves a probe behind."""
+    root = PinRoot()
+    try:
+        yield root
+        left = root.leftovers()
+        assert not left, "otelproc probes left behind by the tests:\n" + "\n".join(left)
+    finally:
+        root.close()
 
 
 class EventCollector:
@@ -124,14 +195,15 @@ def proc_start_ticks(pid: int) -> int:
 class SidecarProcess:
     """`otelproc run` as a real subprocess; its stderr is collected line by line."""
 
-    def __init__(self, args: list[str], env: dict[str, str], command: list[str] | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], command: list[str] | None = None,
+                 cwd: Path = REPO) -> None:
         self.args = args
         self.env = env
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
             command or [PYTHON, "-m", "otelproc", "run", *args],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True).start()
         self.stdout_lines: list[str] = []
@@ -174,21 +246,42 @@ class SidecarProcess:
         self.proc.wait(30)
 
 
-@pytest.fixture
-def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., SidecarProcess]]:
-    """Starts `otelproc run` subprocesses; each is stopped (SIGTERM, then SIGKILL) at teardown.
+def sidecar_env(tmp_path_factory: pytest.TempPathFactory, pin_root: PinRoot) -> dict[str, str]:
+    """The environment of a test's `otelproc run`: no OTEL_*/OTELPROC_* of the caller's, a state
+    file and a pin directory of its own (under the session's bpffs)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_"))}
+    env["OTELPROC_STATE_FILE"] = str(tmp_path_factory.mktemp("state") / "state.json")
+    env["OTELPROC_PIN_DIR"] = pin_root.new_dir()
+    return env
 
-    Each gets a state file of its own unless the test passes --state-file (to share one).
+
+def pin_dir_of(args: list[str], env: dict[str, str]) -> str:
+    """Where a sidecar started with args and env pins its probe ("" for nowhere)."""
+    for i, arg in enumerate(args):
+        if arg == "--pin-dir":
+            return args[i + 1]
+    return env.get("OTELPROC_PIN_DIR", "")
+
+
+@pytest.fixture
+def sidecar(tmp_path_factory: pytest.TempPathFactory, pin_root: PinRoot) -> Iterator[Callable[..., SidecarProcess]]:
+    """Starts `otelproc run` subprocesses; at teardown each is stopped (SIGTERM, then SIGKILL)
+    and its pinned probe removed, even when the test failed.
+
+    Each gets a state file and a pin directory of its own unless the test passes
+    --state-file / --pin-dir (to share one). cwd: the tree whose otelproc runs.
     """
     started: list[SidecarProcess] = []
+    pin_dirs: list[str] = []
 
-    def start(*args: str, endpoint: str | None = None, env: dict[str, str] | None = None) -> SidecarProcess:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_"))}
-        full_env["OTELPROC_STATE_FILE"] = str(tmp_path_factory.mktemp("state") / "state.json")
+    def start(*args: str, endpoint: str | None = None, env: dict[str, str] | None = None,
+              cwd: Path = REPO) -> SidecarProcess:
+        full_env = sidecar_env(tmp_path_factory, pin_root)
         if endpoint:
             full_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
         full_env.update(env or {})
-        process = SidecarProcess(list(args), full_env)
+        pin_dirs.append(pin_dir_of(list(args), full_env))
+        process = SidecarProcess(list(args), full_env, cwd=cwd)
         started.append(process)
         return process
 
@@ -200,6 +293,8 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., 
                 process.stop(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+        for pin_dir in pin_dirs:
+            pin_root.remove(pin_dir)
 
 
 @pytest.fixture

@@ -31,7 +31,8 @@ def test_one_aligned_line_per_span_says_how_it_ended():
     assert endings == ["running", "exit status 3", "running", "killed by SIGSEGV (core dumped)",
                        "running", "exit status 0", "running", "stopped by SIGTERM from pid 812 (gunicorn)",
                        "running", "killed by SIGKILL from the OOM killer (memory cgroup limit, cgroup app.service)",
-                       "ended, exit not seen"]
+                       "ended, exit not seen",
+                       "ended while otelproc was down, exit not seen"]
     assert [m.group(3) for m in parsed[:2]] == [str(spans[0].attributes["process.pid"])] * 2
 
 

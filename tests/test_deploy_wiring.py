@@ -42,6 +42,7 @@ CORE_COMPONENTS = {
     "connectors": {"forward"},
 }
 RUN_CAP_NAMES = {CAP_NAMES[c].removeprefix("CAP_") for c in RUN_CAPS}
+BPFFS = "/sys/fs/bpf"  # where the deployments give otelproc the host's bpffs
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -212,7 +213,9 @@ def test_compose_otelproc_watches_the_demo_and_mounts_read_only():
     assert otelproc.get("read_only") is True
     for volume in otelproc["volumes"]:
         source, target, *mode = volume.split(":")
-        if source.startswith("/"):  # a host path
+        if source == target == BPFFS:
+            assert mode == [], f"{volume}: otelproc pins its probe there"
+        elif source.startswith("/"):  # a host path
             assert mode == ["ro"], f"{volume}: host paths are mounted read-only"
         else:
             assert target == os.path.dirname(otelproc_setting("state_file", compose_env(otelproc), [])), volume
@@ -261,7 +264,61 @@ def test_kubernetes_probes_and_resources(name):
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     state_dir = os.path.dirname(otelproc_setting("state_file", DEPLOYMENTS[name]["env"], DEPLOYMENTS[name]["args"]))
     assert not mounts.pop(state_dir).get("readOnly"), "the state file's directory is writable"
+    assert not mounts.pop(BPFFS).get("readOnly"), "the bpffs otelproc pins its probe in is writable"
     assert all(m.get("readOnly") for m in mounts.values()), "everything else is mounted read-only"
+
+
+def k8s_volume(workload: dict[str, Any], mount: dict[str, Any]) -> dict[str, Any]:
+    (volume,) = [v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    return volume
+
+
+def k8s_expand(value: str, container: dict[str, Any]) -> str:
+    """Kubernetes' $(VAR) in an env value: VAR must be defined before, here by the downward API."""
+    defined: list[str] = []
+    for entry in container["env"]:
+        if "value" in entry and value == entry["value"]:
+            break
+        defined.append(entry["name"])
+    for var in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", value):
+        assert var in defined, f"$({var}) is used before it is defined"
+        value = value.replace(f"$({var})", "POD-UID")
+    return value
+
+
+@pytest.mark.parametrize("name", ["kubernetes sidecar", "kubernetes daemonset"])
+def test_kubernetes_probe_is_pinned_on_the_nodes_bpffs(name):
+    """The pin directory is on the node's bpffs, so the probe outlives the container; a sidecar's is
+    the pod's own and goes with the pod (preStop: otelproc detach); the DaemonSet's stays across a
+    rolling update, and its state file is on the node too."""
+    deployment = DEPLOYMENTS[name]
+    container = deployment["container"]
+    workload = k8s("Deployment", "demo") if name == "kubernetes sidecar" else k8s("DaemonSet", "otelproc")
+    pin_dir = k8s_expand(otelproc_setting("pin_dir", deployment["env"], deployment["args"]), container)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == BPFFS]
+    assert pin_dir.startswith(BPFFS + "/") and not mount.get("readOnly")
+    assert mount.get("mountPropagation") == "HostToContainer", "a bpffs the node mounts later is seen"
+    assert k8s_volume(workload, mount)["hostPath"] == {"path": BPFFS, "type": "Directory"}
+    pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    if name == "kubernetes sidecar":
+        assert "POD-UID" in pin_dir, "each pod pins in a directory of its own"
+        (uid,) = [e for e in container["env"] if e["name"] == "POD_UID"]
+        assert uid["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
+        assert pre_stop == ["otelproc", "detach"], "the probe goes with the pod"
+    else:
+        assert pre_stop == [], "a rolling update keeps the probe for the next pod"
+        state_dir = os.path.dirname(otelproc_setting("state_file", deployment["env"], deployment["args"]))
+        (state,) = [m for m in container["volumeMounts"] if m["mountPath"] == state_dir]
+        assert "hostPath" in k8s_volume(workload, state), "the next pod finds the state file"
+        text = (REPO / "deploy" / "kubernetes" / "daemonset.yaml").read_text()
+        assert "kubectl -n otelproc-demo exec ds/otelproc -- otelproc detach" in text
+
+
+def test_compose_probe_is_pinned_on_the_hosts_bpffs_and_detach_is_documented():
+    otelproc = compose_service("otelproc")
+    pin_dir = otelproc_setting("pin_dir", compose_env(otelproc), [])
+    assert pin_dir.startswith(BPFFS + "/") and f"{BPFFS}:{BPFFS}" in otelproc["volumes"]
+    assert "docker compose exec otelproc otelproc detach" in (REPO / "docker-compose.yml").read_text()
 
 
 def test_kubernetes_namespace_admits_the_capabilities():

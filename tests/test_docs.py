@@ -83,6 +83,8 @@ def representative_spans() -> list:
         spans.append(builder.lifetime(ended, "0::/system.slice/app.service"))
     tracker.handle(event("exec", 200, ticks=200, exe=None, argv=None))
     spans.append(builder.lifetime(Ended.unseen(tracker.forget((200, 200)), 20_000)))
+    tracker.handle(event("exec", 201, ticks=201))
+    spans.append(builder.lifetime(Ended.between(tracker.forget((201, 201)), 20_000, 30_000)))  # while down
     return spans
 
 

@@ -17,6 +17,7 @@ import httpx
 import psutil
 
 from conftest import REPO, TEST_COMM
+from otelproc import pins
 from test_jaeger_e2e import SERVER, find_spans, free_ports, path_of, request_spans, wait_for
 
 UP, DOWN = REPO / "deploy" / "local" / "up.sh", REPO / "deploy" / "local" / "down.sh"
@@ -52,11 +53,12 @@ def running(process: psutil.Process) -> bool:
         return False
 
 
-def test_up_request_spans_in_jaeger_down_leaves_nothing(tmp_path, test_python):
+def test_up_request_spans_in_jaeger_down_leaves_nothing(tmp_path, test_python, pin_root):
     stack_dir = tmp_path / "stack"
+    pin_dir = pin_root.new_dir()  # the session's bpffs, not the host's
     since = datetime.datetime.now(datetime.timezone.utc)
     for _ in range(3):  # a free port chosen here may be taken by another program before up.sh checks it
-        env = stack_env(stack_dir, test_python)
+        env = {**stack_env(stack_dir, test_python), "OTELPROC_PIN_DIR": pin_dir}
         up = subprocess.run([str(UP)], env=env, capture_output=True, text=True, timeout=600)
         if "is taken; set" not in up.stderr:
             break
@@ -92,7 +94,10 @@ def test_up_request_spans_in_jaeger_down_leaves_nothing(tmp_path, test_python):
             print(f"--- {log.name}", *log.read_text(errors="replace").splitlines()[-15:], sep="\n")
         started = started or sessions(stack_dir)
         down = subprocess.run([str(DOWN)], env=env, capture_output=True, text=True, timeout=300)
+        pinned = pin_dir and pins.probes(Path(pin_dir))
+        pin_root.remove(pin_dir)
     assert down.returncode == 0, down.stdout + down.stderr
+    assert not pinned, "down.sh detaches otelproc's pinned probe"
     left = [p for p in started if running(p)]
     for process in left:  # ours (psutil checks the start time): not left behind even when the test fails
         process.kill()

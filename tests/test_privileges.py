@@ -12,10 +12,12 @@ import shutil
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import PYTHON, REPO, SidecarProcess
+from otelproc import pins
 from otelproc.checks import CAP_NAMES, CAP_SYS_ADMIN, RUN_CAPS
 
 NEEDED = {CAP_NAMES[c].lower() for c in RUN_CAPS}
@@ -37,15 +39,16 @@ def only(keep: set[str]) -> list[str]:
 def test_one_missing_capability_is_named(cap):
     # CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, so it goes too.
     keep = NEEDED - {CAP_NAMES[cap].lower()} - {CAP_NAMES[CAP_SYS_ADMIN].lower()}
-    command = shlex.join([PYTHON, "-m", "otelproc", "run", "--duration", "1", "--exporter", "console"])
+    command = shlex.join([PYTHON, "-m", "otelproc", "run", "--duration", "1", "--exporter", "console", "--pin-dir", ""])
     result = subprocess.run([*only(keep), command], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"missing capability {CAP_NAMES[cap]}" in lines[0], lines
 
 
-def test_run_with_exactly_the_named_capabilities(grpc_receiver, tmp_path_factory):
-    """Adopts another user's process (its environ and exe need the /proc capabilities) and traces a new one."""
+def test_run_with_exactly_the_named_capabilities(grpc_receiver, tmp_path_factory, pin_root):
+    """Adopts another user's process (its environ and exe need the /proc capabilities) and traces a new one;
+    pins its probe (in the session's bpffs) with no capability more."""
     bindir = tempfile.mkdtemp(prefix="otelproc-caps-")
     try:
         os.chmod(bindir, 0o755)
@@ -59,7 +62,8 @@ def test_run_with_exactly_the_named_capabilities(grpc_receiver, tmp_path_factory
         time.sleep(0.5)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_"))}
         env.update(OTEL_EXPORTER_OTLP_ENDPOINT=grpc_receiver.endpoint, OTEL_METRICS_EXPORTER="none",
-                   OTELPROC_STATE_FILE=str(tmp_path_factory.mktemp("state") / "state.json"))
+                   OTELPROC_STATE_FILE=str(tmp_path_factory.mktemp("state") / "state.json"),
+                   OTELPROC_PIN_DIR=pin_root.new_dir())
         args = ["--match", "otpnobody"]
         command = shlex.join([PYTHON, "-m", "otelproc", "run", *args])
         side = SidecarProcess(args, env, command=[*only(NEEDED), command])
@@ -72,8 +76,11 @@ def test_run_with_exactly_the_named_capabilities(grpc_receiver, tmp_path_factory
             (new,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(fresh.pid))
         finally:
             side.stop()
+            pinned = bool(pins.probes(Path(env["OTELPROC_PIN_DIR"])))
+            pin_root.remove(env["OTELPROC_PIN_DIR"])
     finally:
         shutil.rmtree(bindir)
+    assert pinned or not env["OTELPROC_PIN_DIR"], "the probe was pinned with only the named capabilities"
     assert adopted.service == "nobodysvc", "environ of another user's process was read"
     assert adopted.attributes["process.executable.path"] == program, "exe of another user's process was read"
     assert adopted.attributes["process.owner"] == "nobody"

@@ -98,8 +98,9 @@ def test_tiny_ring_buffer_losses_are_counted_and_reconciled(sidecar, grpc_receiv
 
 
 def test_kill9_and_restart_lose_nothing_duplicate_nothing(sidecar, grpc_receiver, test_python, tmp_path):
-    args = ("--match", TEST_COMM, "--state-file", str(tmp_path / "state.json"), "--sweep-interval", "0.3",
-            "--start-span-delay", "0.2")
+    # No pinning: what the state file alone carries across (test_restart.py has the pinned probe).
+    args = ("--match", TEST_COMM, "--state-file", str(tmp_path / "state.json"), "--pin-dir", "",
+            "--sweep-interval", "0.3", "--start-span-delay", "0.2")
     first = sidecar(*args, endpoint=grpc_receiver.endpoint, env=QUIET)
     waiting = "import sys; sys.stdin.read()"
     a = spawn(test_python, waiting, "a", stdin=subprocess.PIPE)
@@ -128,6 +129,7 @@ def test_kill9_and_restart_lose_nothing_duplicate_nothing(sidecar, grpc_receiver
     assert a_span.attributes["process.exit.code"] == 0
     (b_span,) = grpc_receiver.of_pid(b.pid)
     assert b_span.attributes["otelproc.end.approximate"] is True
+    assert b_span.attributes["otelproc.end.after"] < b_span.attributes["otelproc.end.before"]
     (c_span,) = grpc_receiver.of_pid(c.pid)
     assert c_span.attributes["otelproc.start.source"] == "adopted"
 
@@ -241,7 +243,8 @@ def test_self_telemetry_and_health(sidecar, grpc_receiver, test_python):
 ])
 def test_bad_configuration_is_one_line(bad):
     result = subprocess.run([PYTHON, "-m", "otelproc", "run", *bad, "--duration", "1"], capture_output=True,
-                            text=True, cwd=REPO, timeout=60, env={**os.environ, **QUIET, "OTELPROC_EXPORTER": "console"})
+                            text=True, cwd=REPO, timeout=60,
+                            env={**os.environ, **QUIET, "OTELPROC_EXPORTER": "console", "OTELPROC_PIN_DIR": ""})
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and bad[0] in lines[0] and "Traceback" not in result.stderr

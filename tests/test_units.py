@@ -90,9 +90,9 @@ def test_settings_are_typed_one_field_per_option():
 
 
 def test_an_option_without_a_settings_field_is_refused(monkeypatch):
-    extra = config.Option("pin_dir", "", str, "somewhere", ("run",))
+    extra = config.Option("spool_dir", "", str, "somewhere", ("run",))
     monkeypatch.setattr(config, "OPTIONS", (*config.OPTIONS, extra))
-    with pytest.raises(TypeError, match="pin_dir"):
+    with pytest.raises(TypeError, match="spool_dir"):
         config._check_settings_fields()
 
 

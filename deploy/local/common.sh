@@ -5,6 +5,9 @@
 # process and every child it started (uvicorn's workers), nothing else.
 
 STACK_DIR=${OTELPROC_LOCAL_DIR:-${TMPDIR:-/tmp}/otelproc-local}
+# otelproc's state file and pinned probe: the stack's own, never a production otelproc's.
+STATE_FILE=${OTELPROC_STATE_FILE:-$STACK_DIR/state.json}
+PIN_DIR=${OTELPROC_PIN_DIR-/sys/fs/bpf/otelproc-local}
 STACK=(jaeger collector otelproc demo)  # in start order; down.sh stops them in reverse
 
 start_ticks() { local stat; stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; stat=${stat##*) }; set -- $stat; echo "${20}"; }

@@ -9,8 +9,6 @@ source deploy/local/common.sh
 stop_all
 # A probe pinned in bpffs outlives otelproc by design (it keeps recording for the next one):
 # the stack is going away, so it goes too, where this otelproc has `otelproc detach`.
-if PYTHONPATH=$PWD "${PYTHON:-python3}" -m otelproc detach --help >/dev/null 2>&1; then
-    echo "local stack: removing otelproc's pinned probe"
-    PYTHONPATH=$PWD "${PYTHON:-python3}" -m otelproc detach
-fi
+echo "local stack: removing otelproc's pinned probe"
+OTELPROC_STATE_FILE="$STATE_FILE" OTELPROC_PIN_DIR="$PIN_DIR" PYTHONPATH=$PWD "${PYTHON:-python3}" -m otelproc detach
 echo "local stack: down (logs kept in $STACK_DIR)"

@@ -86,7 +86,7 @@ start collector "${base_env[@]}" COLLECTOR_LISTEN_HOST=$HOST \
 wait_for collector "$COLLECTOR_OTLP_GRPC_PORT"
 
 say "starting otelproc run"
-start otelproc env PYTHONPATH="$REPO" OTELPROC_STATE_FILE="${OTELPROC_STATE_FILE:-$STACK_DIR/state.json}" \
+start otelproc env PYTHONPATH="$REPO" OTELPROC_STATE_FILE="$STATE_FILE" OTELPROC_PIN_DIR="$PIN_DIR" \
     "$python" -m otelproc run --otlp-endpoint "http://$HOST:$COLLECTOR_OTLP_GRPC_PORT" --otlp-protocol grpc
 for _ in $(seq 120); do
     grep -q "otelproc: ready" "$STACK_DIR/otelproc.log" && break

@@ -1,0 +1,288 @@
+"""A restart of otelproc loses nothing: the pinned probe records while otelproc is down.
+
+Real kernel, real `otelproc run` subprocesses, the real OTLP receiver. Every
+sidecar pins in a bpffs of the test session's own (conftest.PinRoot), and its
+probe is removed at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, REPO, TEST_COMM
+from otelproc import libbpf, pins, state
+from test_run_spans import HOST_PIDNS, expected_ids
+
+QUIET = {"OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "200"}
+WAITING = "import sys; sys.stdin.read(); sys.exit(int(sys.argv[1]))"
+
+
+def proc_ticks(span) -> int:
+    """The start ticks in a span's otelproc.process.key (boot/pidns/vpid/ticks)."""
+    return int(span.attributes["otelproc.process.key"].split("/")[3])
+
+
+def spawn(test_python: str, code: str, *args: str, **kwargs: object) -> subprocess.Popen:
+    return subprocess.Popen([test_python, "-c", code, *args], **kwargs)
+
+
+def waiting(test_python: str, exit_status: int) -> subprocess.Popen:
+    """A subject that runs until its stdin closes, then exits with exit_status."""
+    return spawn(test_python, WAITING, str(exit_status), stdin=subprocess.PIPE)
+
+
+def ended_at(child: subprocess.Popen) -> int:
+    """Lets a waiting subject exit; returns (about) when it did, in Unix ns."""
+    child.communicate(b"")
+    return time.time_ns()
+
+
+class Storm:
+    """Short-lived subjects, one after another, each exiting with status 6, until stopped."""
+
+    def __init__(self, test_python: str) -> None:
+        self.test_python = test_python
+        self.exits: dict[int, int] = {}  # pid -> when it was reaped, Unix ns
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            child = spawn(self.test_python, "import sys; sys.exit(6)")
+            child.wait(30)
+            self.exits[child.pid] = time.time_ns()
+            time.sleep(0.02)
+
+    def stop(self) -> dict[int, int]:
+        self._stop.set()
+        self._thread.join(60)
+        return self.exits
+
+
+@pytest.fixture(scope="module")
+def old_otelproc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This otelproc, but with a BPF object whose struct event has one more field (every offset after
+    it moves): the "old version" an upgrade replaces. Returns the tree to run it from."""
+    root = tmp_path_factory.mktemp("old")
+    bpf = root / "bpf"
+    shutil.copytree(REPO / "bpf", bpf)
+    header = bpf / "otelproc.h"
+    header.write_text(header.read_text().replace("\t__u32 kind;", "\t__u64 old_field;\n\t__u32 kind;", 1))
+    built = root / "otelproc.bpf.o"
+    subprocess.run(["make", "-s", "-C", str(bpf), f"OUT={built}"], check=True)
+    shutil.copytree(REPO / "otelproc", root / "otelproc", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(built, root / "otelproc" / "bpf" / "otelproc.bpf.o")
+    return root
+
+
+def stop_first(side, how: str) -> None:
+    if how == "kill":
+        side.kill()
+    else:
+        assert side.stop() == 0
+
+
+@pytest.mark.parametrize("how,version", [("kill", "same"), ("sigterm", "same"), ("sigterm", "upgrade"),
+                                         ("kill", "upgrade")])
+def test_restart_loses_nothing_and_duplicates_nothing(how, version, sidecar, grpc_receiver, test_python, pin_root,
+                                                      tmp_path, request):
+    pin_dir = pin_root.new_dir()
+    args = ("--match", TEST_COMM, "--state-file", str(tmp_path / "state.json"), "--pin-dir", pin_dir,
+            "--sweep-interval", "0.5", "--start-span-delay", "0.2")
+    first_tree = request.getfixturevalue("old_otelproc") if version == "upgrade" else REPO
+    first = sidecar(*args, endpoint=grpc_receiver.endpoint, env=QUIET, cwd=first_tree)
+    a, b = waiting(test_python, 3), waiting(test_python, 4)
+    grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(a.pid, "started") and grpc_receiver.of_pid(b.pid, "started"))
+    # A clean stop reads everything first, so the storm may run through it; a kill -9 loses
+    # what the killed otelproc held in memory, so the storm begins after it.
+    storm = Storm(test_python) if how == "sigterm" else None
+    time.sleep(1.5)  # the state file is at most a second behind
+    stop_first(first, how)
+    storm = storm or Storm(test_python)
+    b_end = ended_at(b)  # started before, ended in the gap
+    gap = spawn(test_python, "import sys; sys.exit(6)")  # started and ended in the gap
+    assert gap.wait(30) == 6
+    gap_end = time.time_ns()
+    c = waiting(test_python, 5)  # started in the gap, ends after it
+    time.sleep(0.3)
+    second = sidecar(*args, endpoint=grpc_receiver.endpoint, env=QUIET)
+    if version == "upgrade":
+        assert any("took over the probe pinned in" in line for line in second.lines), second.lines
+    else:
+        assert any("resumed the probe pinned in" in line for line in second.lines), second.lines
+    time.sleep(1)
+    storm_exits = storm.stop()
+    a_end, c_end = ended_at(a), ended_at(c)
+    everyone = [a.pid, b.pid, c.pid, gap.pid, *storm_exits]
+    grpc_receiver.wait_for(lambda _: all(grpc_receiver.of_pid(p) for p in everyone), timeout=30)
+    time.sleep(1.5)  # a duplicate, if one were sent, would be here by now
+    assert second.stop() == 0
+
+    ends = {a.pid: (a_end, 3), b.pid: (b_end, 4), c.pid: (c_end, 5), gap.pid: (gap_end, 6),
+            **{pid: (t, 6) for pid, t in storm_exits.items()}}
+    for pid, (end, status) in ends.items():
+        spans = grpc_receiver.of_pid(pid)
+        assert len(spans) == 1, f"pid {pid}: {len(spans)} lifetime spans"
+        (span,) = spans
+        assert span.attributes["process.exit.code"] == status, pid
+        assert "otelproc.end.approximate" not in span.attributes, pid
+        assert abs(span.end_ns - end) < 500_000_000, f"pid {pid}: its real exit time"
+        assert len(grpc_receiver.of_pid(pid, "started")) <= 1, f"pid {pid}: one 'started' span at most"
+    (a_started,) = grpc_receiver.of_pid(a.pid, "started")
+    (a_span,) = grpc_receiver.of_pid(a.pid)
+    assert a_started.parent_span_id == a_span.span_id, "one span id for a process that outlived the gap"
+    assert a_span.span_id == expected_ids(HOST_PIDNS, a.pid, proc_ticks(a_span))[1]
+    assert a_span.attributes["otelproc.start.source"] == "exec"  # carried over, not adopted anew
+    (gap_span,) = grpc_receiver.of_pid(gap.pid)
+    assert gap_span.attributes["otelproc.start.source"] == "exec", "its exec was read from the pinned ring"
+    left = pins.probes(Path(pin_dir))
+    assert len(left) == 1, f"one probe pinned after the restart, not {left}"
+
+
+def test_a_second_instance_is_refused(sidecar, grpc_receiver):
+    first = sidecar("--match", TEST_COMM, endpoint=grpc_receiver.endpoint, env=QUIET)
+    result = subprocess.run([PYTHON, "-m", "otelproc", "run", "--match", TEST_COMM, "--duration", "5"],
+                            cwd=REPO, env=first.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"another otelproc (pid {first.proc.pid}) owns the pinned probe" in lines[0], lines
+    assert first.proc.poll() is None
+    assert len(pins.probes(Path(first.env["OTELPROC_PIN_DIR"]))) == 1
+
+
+def test_state_file_of_another_boot_is_not_resumed(sidecar, grpc_receiver, test_python, tmp_path):
+    path = tmp_path / "state.json"
+    first = sidecar("--match", TEST_COMM, "--adopt", "false", "--state-file", str(path), "--start-span-delay", "3600",
+                    endpoint=grpc_receiver.endpoint, env=QUIET)
+    child = waiting(test_python, 0)
+    try:
+        time.sleep(1.5)
+        assert first.stop() == 0
+    finally:
+        child.communicate(b"")
+    saved = json.loads(path.read_text())
+    assert child.pid in [p["pid"] for p in saved["processes"]]
+    saved["boot_id"] = "00000000-0000-0000-0000-000000000000"
+    path.write_text(json.dumps(saved))
+    # A fresh pin directory: the first probe would hold the child's exit, and this is about the file.
+    second = sidecar("--match", TEST_COMM, "--adopt", "false", "--state-file", str(path),
+                     endpoint=grpc_receiver.endpoint, env=QUIET)
+    (line,) = [line for line in second.lines if "state file" in line]
+    assert "from another boot" in line and "not resumed" in line
+    time.sleep(1)
+    assert second.stop() == 0
+    assert grpc_receiver.of_pid(child.pid) == [], "nothing exported for a process of another boot"
+
+
+def test_detach_leaves_no_program_and_no_pin(sidecar, grpc_receiver, tmp_path):
+    side = sidecar("--match", TEST_COMM, endpoint=grpc_receiver.endpoint, env=QUIET)
+    pin_dir, state_file = Path(side.env["OTELPROC_PIN_DIR"]), Path(side.env["OTELPROC_STATE_FILE"])
+    assert side.stop() == 0
+    assert any("stays pinned" in line for line in side.lines)
+    (probe_dir,) = pins.probes(pin_dir)
+    prog_ids = pins.prog_ids(probe_dir)
+    assert prog_ids and all(libbpf.prog_exists(i) for i in prog_ids), "SIGTERM leaves the probe attached"
+    shown = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    assert all(f"{i}: " in shown for i in prog_ids)
+
+    result = subprocess.run([PYTHON, "-m", "otelproc", "detach"], cwd=REPO, env=side.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "removed the probe pinned in" in result.stderr
+    time.sleep(0.2)  # links go after their last reference, through RCU
+    assert not pin_dir.exists() and not state_file.exists()
+    assert not any(libbpf.prog_exists(i) for i in prog_ids)
+    shown = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    assert not any(line.startswith(f"{i}: ") for line in shown.splitlines() for i in prog_ids)
+    again = subprocess.run([PYTHON, "-m", "otelproc", "detach"], cwd=REPO, env=side.env,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "nothing pinned" in again.stderr
+
+
+def test_without_bpffs_the_state_file_bounds_what_ended_unseen(sidecar, grpc_receiver, test_python, tmp_path):
+    path, not_bpffs = tmp_path / "state.json", tmp_path / "pins"
+    args = ("--match", TEST_COMM, "--state-file", str(path), "--pin-dir", str(not_bpffs),
+            "--start-span-delay", "0.2")
+    first = sidecar(*args, endpoint=grpc_receiver.endpoint, env=QUIET)
+    (warning,) = [line for line in first.lines if "not pinning" in line]
+    assert f"{not_bpffs} is not on a bpffs mount" in warning
+    a = waiting(test_python, 0)
+    grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(a.pid, "started"))
+    time.sleep(1.5)  # the state file caught up; from now on only its mtime moves
+    last_alive = time.time_ns()
+    time.sleep(1.2)
+    first.kill()
+    killed = time.time_ns()
+    a_end = ended_at(a)
+    second = sidecar(*args, endpoint=grpc_receiver.endpoint, env=QUIET)
+    started = time.time_ns()
+    (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(a.pid))
+    assert span.attributes["otelproc.end.approximate"] is True
+    # Its end is the last time otelproc knew it alive: no later than the real one.
+    assert last_alive <= span.end_ns <= killed and span.end_ns <= a_end
+    after, before = span.attributes["otelproc.end.after"], span.attributes["otelproc.end.before"]
+    assert after < before
+    assert grpc_receiver.of_pid(a.pid, "started")[0].parent_span_id == span.span_id
+    assert started >= span.end_ns
+    assert second.stop() == 0
+
+
+# --- the state file on its own --------------------------------------------------------------
+
+def test_state_file_names_why_it_is_not_resumed(tmp_path, monkeypatch):
+    path = tmp_path / "state.json"
+    state.save(path, [], True, "match=a scope=host pidns=0", {"ringbuf_full": 2})
+    saved = state.load(path, "match=a scope=host pidns=0")
+    assert saved.processes == [] and saved.lost == {"ringbuf_full": 2}
+    later = time.time_ns() + 5_000_000_000
+    os.utime(path, ns=(later, later))
+    assert state.load(path, "match=a scope=host pidns=0").last_alive == later, "the mtime says when, once touched"
+    with pytest.raises(state.StateFileError, match="other tracking settings"):
+        state.load(path, "match=b scope=host pidns=0")
+    monkeypatch.setattr(state, "host", lambda: "elsewhere")
+    with pytest.raises(state.StateFileError, match="from another host"):
+        state.load(path, "match=a scope=host pidns=0")
+    assert state.load(tmp_path / "none.json", "x").processes == []
+
+
+def test_takeover_takes_what_both_probes_saw_once(pin_root, tmp_path):
+    """In process, with the real probes: the old probe alone records X; then both run and record Y.
+    The sidecar reads the old ring (X, Y) and skips the new ring's Y."""
+    from otelproc import cli, config
+    from otelproc.loader import Probe
+    from otelproc.sidecar import Sidecar
+
+    shell = tmp_path / "otpoverlap"
+    shutil.copy("/bin/sh", shell)
+    pin_dir = pin_root.new_dir()
+    args = ["run", "--match", "otpoverlap", "--exporter", "console", "--state-file", "", "--pin-dir", pin_dir]
+    settings = config.resolve("run", cli.build_parser().parse_args(args))
+    old = config.probe_config(settings, Path(pin_dir))
+    try:
+        Probe(replace(old, max_tracked=1024), lambda raw: None).close()  # pinned, nobody reads it
+        x = subprocess.run([shell, "-c", "exit 6"]).returncode
+        sidecar = Sidecar(settings)
+        ended = []
+        sidecar.export_lifetime = ended.append
+        with Probe(old, sidecar.on_record) as probe:
+            sidecar.layout = probe.layout
+            assert probe.previous is not None, "another fingerprint: a takeover"
+            y = subprocess.Popen([shell, "-c", "exit 7"])
+            assert (x, y.wait()) == (6, 7)
+            sidecar.take_over(probe)
+            probe.poll(0)
+        codes = sorted(e.exit_code for e in ended if e.process.comm == "otpoverlap")
+        assert codes == [6, 7], "each exit once, the overlap's from the old ring"
+        assert [p.name for p in pins.probes(Path(pin_dir))] == [probe.pinned_at.name], "the old probe's pins are gone"
+    finally:
+        pin_root.remove(pin_dir)
