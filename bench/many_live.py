@@ -28,6 +28,7 @@ from common import Otelproc, Receiver, RssSampler, Table, Target
 IDLE = "otpidle"
 TARGET_AWAY_MS = 50
 MB = 2**20
+RATE = 1000  # processes started, and later killed, per second: a steady arrival, not a burst
 
 
 def build_idle() -> Path:
@@ -77,7 +78,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(program: Path, processes: int, hold_s: float, sweep_s: float) -> dict[str, Any]:
+def pace(started: float, done: int, rate: float) -> None:
+    ahead = started + done / rate - time.monotonic()
+    if ahead > 0:
+        time.sleep(ahead)
+
+
+def run(program: Path, processes: int, hold_s: float, sweep_s: float, rate: float) -> dict[str, Any]:
     receiver = Receiver()
     state_dir = Path(tempfile.mkdtemp(prefix="otelproc-many-"))
     port = free_port()
@@ -90,8 +97,9 @@ def run(program: Path, processes: int, hold_s: float, sweep_s: float) -> dict[st
         health = HealthProbe(port)
         sampler = RssSampler(otelproc.pid, 1.0)
         started = time.monotonic()
-        for _ in range(processes):
+        for i in range(processes):
             pids.append(os.posix_spawn(str(program), [IDLE], {}))
+            pace(started, i, rate)
         spawn_s = time.monotonic() - started
         # every process gets its 'started' span a second after its exec: then otelproc holds them all
         all_started = receiver.wait_for(processes, timeout=max(120.0, processes / 100), idle=30)
@@ -99,10 +107,11 @@ def run(program: Path, processes: int, hold_s: float, sweep_s: float) -> dict[st
         time.sleep(hold_s)
         state_bytes = (state_dir / "state.json").stat().st_size if (state_dir / "state.json").exists() else 0
         rss_live = otelproc.rss_bytes()
-        for pid in pids:
+        killing = time.monotonic()
+        for i, pid in enumerate(pids):
             os.kill(pid, signal.SIGKILL)
-        for pid in pids:
             os.waitpid(pid, 0)
+            pace(killing, i, rate)
         pids.clear()
         all_ended = receiver.wait_for(2 * processes, timeout=max(120.0, processes / 100), idle=30)
         time.sleep(sweep_s * 2 + 1)  # sweeps over an empty table, the state file shrinks back
@@ -141,13 +150,14 @@ def main() -> None:
     p.add_argument("--processes", type=int, help="live tracked processes at once (default 20000; --quick 2000)")
     p.add_argument("--hold", type=float, help="seconds they stay live (default 30; --quick 6)")
     p.add_argument("--sweep", type=float, default=2.0, help="otelproc's --sweep-interval (default 2)")
+    p.add_argument("--rate", type=float, default=RATE, help=f"processes started and killed per second (default {RATE})")
     args = p.parse_args()
     common.require_root()
     processes = args.processes or (2_000 if args.quick else 20_000)
     hold_s = args.hold or (6.0 if args.quick else 30.0)
     out = common.out_dir(args)
     info = common.machine()
-    r = run(build_idle(), processes, hold_s, args.sweep)
+    r = run(build_idle(), processes, hold_s, args.sweep, args.rate)
     away = r["away_max_ms"]
     table = Table(
         f"{processes:,} live tracked processes", ["what", "value"],
@@ -178,7 +188,7 @@ def main() -> None:
     ]
     common.write_results(
         out, "many_live", "Many live processes: the ring-buffer reader under a large table", info,
-        {"processes": processes, "hold_s": hold_s, "sweep_s": args.sweep}, [table], targets, r,
+        {"processes": processes, "hold_s": hold_s, "sweep_s": args.sweep, "rate": args.rate}, [table], targets, r,
     )
 
 

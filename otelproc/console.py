@@ -1,6 +1,6 @@
 """Spans as one readable line each, for a person at a terminal (`--exporter console`).
 
-    17:42:03.127  python3 -c                pid 41873 <- 41790     1.02 s  exit status 0
+    17:42:03.127  python3.11 -c             pid 41873 <- 41790     1.02 s  exit status 0
     17:42:06.541  uvicorn worker started    pid 41880 <- 41873          -  running
 
 When it started (local time), the span's name, pid <- parent pid, how long the

@@ -9,7 +9,8 @@ modification time), and the name kept with the tracked process.
 A process gone before it could be looked at (it lived shorter than the poll
 interval) takes its tracked parent's view when the uid is the same, else
 otelproc's own /etc/passwd when it runs in otelproc's pid namespace, else no
-name at all: process.user.id is always there.
+name at all (process.user.id is always there). A uid the file does not name is
+given as text, as `ps` shows it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class Owners:
     def __init__(self) -> None:
         self._own_pidns = os.stat("/proc/self/ns/pid").st_ino
         self._files: dict[tuple[int, int, int], dict[int, str]] = {}
-        self._own: dict[int, str | None] = {}
+        self._own: dict[int, str] = {}
 
     def name(self, pid: int, uid: int, pidns: int, parent: tuple[int, str | None] | None = None) -> str | None:
         """The user name of uid as process pid sees it; parent: (uid, owner) of its tracked parent."""
@@ -35,7 +36,7 @@ class Owners:
             st = os.stat(path)
         except OSError:
             if os.path.exists(f"/proc/{pid}/root/"):
-                return None  # it runs, and its view has no /etc/passwd: no names there
+                return str(uid)  # it runs, and its view has no /etc/passwd: no names there
             if parent is not None and parent[0] == uid:
                 return parent[1]
             return self._own_name(uid) if pidns == self._own_pidns else None
@@ -49,14 +50,14 @@ class Owners:
             if len(self._files) >= MAX_FILES:
                 self._files.pop(next(iter(self._files)))
             self._files[key] = names
-        return names.get(uid)
+        return names.get(uid, str(uid))
 
-    def _own_name(self, uid: int) -> str | None:
+    def _own_name(self, uid: int) -> str:
         if uid not in self._own:
             try:
                 self._own[uid] = pwd.getpwuid(uid).pw_name
             except KeyError:
-                self._own[uid] = None
+                self._own[uid] = str(uid)  # a uid with no name: as `ps` shows it
         return self._own[uid]
 
 

@@ -14,6 +14,7 @@ every few seconds, and the loop goes on with the next record.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -191,7 +192,11 @@ class Sidecar:
             self.export_lifetime(Ended.unseen(self.tracker.superseded.pop(), now))
 
     def read_kernel_losses(self, probe: Probe) -> None:
-        lost = probe.lost()
+        try:
+            lost = probe.lost()
+        except Exception as exc:  # noqa: BLE001
+            self.failed("sweep", exc)
+            return
         grown = {k: v - self.stats.drops[k] for k, v in lost.items() if v > self.stats.drops[k]}
         self.stats.drops.update(grown)
         if grown and time.monotonic_ns() >= self._next_loss_log:
@@ -242,6 +247,10 @@ class Sidecar:
                 if s.adopt:
                     self.adopt(probe)
                 self.health.ready = True
+                # What exists now (modules, the SDK, gRPC: some 100,000 objects) stays for otelproc's
+                # life. Frozen, it is left out of every garbage collection, which holds the GIL and
+                # so keeps the ring buffer waiting; what is frozen is still freed when unreferenced.
+                gc.freeze()
                 log.info("ready; %d processes tracked", len(self.tracker))
                 reconciler = Reconciler(self.tracker, probe, self.stats, self.snapshot, self.scan, s.max_processes)
                 self.sweeper = Sweeper(reconciler, s.sweep_interval, self.save_state, self.failed)

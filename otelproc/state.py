@@ -76,14 +76,19 @@ def from_dict(d: dict[str, Any]) -> TrackedProcess:
 
 
 def save(path: Path, processes: list[TrackedProcess], redact: bool) -> None:
-    """Replaces the file in one rename, so a reader never sees half of it."""
+    """Replaces the file in one rename, so a reader never sees half of it. Written one process
+    at a time: with tens of thousands, a whole document built first would be as many objects
+    for the garbage collector to walk (while every thread waits)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    data = {"version": VERSION, "boot_id": boot_id(), "processes": [to_dict(p, redact) for p in processes]}
+    head = json.dumps({"version": VERSION, "boot_id": boot_id()}, separators=(",", ":"))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         os.fchmod(f.fileno(), 0o600)
-        json.dump(data, f, separators=(",", ":"))
+        f.write(head[:-1] + ',"processes":[')
+        for i, p in enumerate(processes):
+            f.write(("," if i else "") + json.dumps(to_dict(p, redact), separators=(",", ":")))
+        f.write("]}")
     os.replace(tmp, path)
 
 
