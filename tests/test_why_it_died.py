@@ -102,6 +102,32 @@ def test_sigsegv_is_an_error_from_the_kernel(sidecar, grpc_receiver, test_python
         assert "otelproc.exit.sender_pid" not in span.attributes
 
 
+# A seccomp filter that kills the process at its first getppid(): load the syscall number,
+# compare, return SECCOMP_RET_KILL_PROCESS or SECCOMP_RET_ALLOW.
+SECCOMP_KILL = """
+import ctypes, os, platform, struct
+getppid = {"x86_64": 110, "aarch64": 173}[platform.machine()]
+code = struct.pack("=HBBI", 0x20, 0, 0, 0) + struct.pack("=HBBI", 0x15, 0, 1, getppid)
+code += struct.pack("=HBBI", 0x06, 0, 0, 0x80000000) + struct.pack("=HBBI", 0x06, 0, 0, 0x7FFF0000)
+buf = ctypes.create_string_buffer(code, len(code))
+fprog = struct.pack("=HxxxxxxQ", 4, ctypes.addressof(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0, os.strerror(ctypes.get_errno())  # SECCOMP_MODE_FILTER
+os.getppid()
+"""
+
+
+def test_a_seccomp_kill_is_the_kernels_and_says_why(sidecar, grpc_receiver, test_python, tmp_path):
+    sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
+    child = subprocess.Popen([test_python, "-c", SECCOMP_KILL], cwd=tmp_path)
+    assert child.wait() == -signal.SIGSYS
+    (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
+    assert span.status == "ERROR" and span.attributes["error.type"] == "SIGSYS"
+    assert span.status_message.startswith("killed by SIGSYS from the kernel (SYS_SECCOMP")
+    assert span.attributes["otelproc.exit.signal_code"] == "SYS_SECCOMP"
+
+
 BUSY_THEN_BIG = """
 import threading, time
 def burn(seconds):
