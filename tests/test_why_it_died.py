@@ -265,3 +265,29 @@ def test_a_kernel_without_a_tracepoint_still_runs(kernel_events, monkeypatch):
     child = subprocess.Popen([os.path.realpath(__import__("sys").executable), "-c", "import sys; sys.exit(7)"])
     assert child.wait() == 7
     assert events.wait_exit(child.pid).exit_code == 7
+
+
+IGNORES_ONE_SIGTERM = """
+import signal, time
+signal.signal(signal.SIGTERM, lambda *_: print('not yet', flush=True))
+print('ready', flush=True)
+time.sleep(60)
+"""
+
+
+def test_signals_seen_before_a_restart_stay_on_the_span(sidecar, grpc_receiver, test_python, tmp_path):
+    args = (*MATCH_TEST, "--state-file", str(tmp_path / "state.json"))
+    first = sidecar(*args, endpoint=grpc_receiver.endpoint)
+    child = subprocess.Popen([test_python, "-c", IGNORES_ONE_SIGTERM], stdout=subprocess.PIPE, text=True)
+    wait_ready(child)
+    child.terminate()
+    assert child.stdout.readline().strip() == "not yet"
+    time.sleep(0.5)  # the signal record is read within a poll
+    assert first.stop() == 0  # writes the state file
+    sidecar(*args, endpoint=grpc_receiver.endpoint)
+    killer = subprocess.Popen(["/bin/kill", "-KILL", str(child.pid)])
+    assert killer.wait() == 0 and child.wait() == -signal.SIGKILL
+    (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
+    assert span.status_message == f"killed by SIGKILL from pid {killer.pid} (kill)"
+    assert [(name, attrs["otelproc.signal.name"], attrs["otelproc.signal.sender_pid"])
+            for name, _, attrs in span.events if name == "signal"] == [("signal", "SIGTERM", os.getpid())]
