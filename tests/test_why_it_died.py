@@ -13,7 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import MATCH_TEST
+from conftest import MATCH_TEST, PYTHON
+from otelproc import loader
 
 OWN_COMM = Path("/proc/self/comm").read_text().strip()
 MEMORY_V1 = Path("/sys/fs/cgroup/memory")
@@ -255,14 +256,12 @@ def _remove_cgroup(path: Path) -> None:
 def test_a_kernel_without_a_tracepoint_still_runs(kernel_events, monkeypatch):
     """On a kernel without the tracepoint (older ones lack mark_victim's task argument) the program
     is left out, said once, and processes are still followed."""
-    from otelproc import loader
-
     missing = loader.OptionalProgram("handle_oom_victim", "no_such_tracepoint", None, "OOM kills")
     monkeypatch.setattr(loader, "OPTIONAL_PROGRAMS", (missing,))
     events = kernel_events()
     assert events.probe.left_out == [missing]
     assert missing.warning() == "this kernel has no usable tracepoint no_such_tracepoint: spans will not say OOM kills"
-    child = subprocess.Popen([os.path.realpath(__import__("sys").executable), "-c", "import sys; sys.exit(7)"])
+    child = subprocess.Popen([PYTHON, "-c", "import sys; sys.exit(7)"])
     assert child.wait() == 7
     assert events.wait_exit(child.pid).exit_code == 7
 
