@@ -37,7 +37,7 @@ QUICK_RESULTS = WORK / "results-quick"
 PYTHON = os.path.realpath(sys.executable)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-# The tiny program under two names: the kernel names a process after the file it execs,
+# The tiny program under two names: the kernel side matches the name of the file an exec loads,
 # so the same binary is tracked as MATCHED and ignored as UNMATCHED by `--match MATCHED`.
 MATCHED = "otpbench"
 UNMATCHED = "otpnomatch"

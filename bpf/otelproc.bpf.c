@@ -43,7 +43,7 @@
 #define HARMLESS_BY_DEFAULT (SIG_BIT(SIGCHLD) | SIG_BIT(SIGCONT) | SIG_BIT(SIGSTOP) | SIG_BIT(SIGTSTP) | \
 			     SIG_BIT(SIGTTIN) | SIG_BIT(SIGTTOU) | SIG_BIT(SIGURG) | SIG_BIT(SIGWINCH))
 
-const volatile bool trace_all = false;		/* track every process, ignore match_comms */
+const volatile bool trace_all = false;		/* track every process, ignore match_exe_names */
 const volatile __u32 scope_pidns = 0;		/* 0: host; else inode of the scope's pid namespace */
 const volatile bool scope_cgroup = false;	/* only start tracking inside scope_cgroups[0] */
 const volatile __u64 ns_per_tick = 10000000;	/* NSEC_PER_SEC / USER_HZ, as /proc/<pid>/stat */
@@ -52,10 +52,10 @@ const volatile __u64 wakeup_bytes = 0;		/* wake the reader only past this much u
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 256);
-	__type(key, struct comm_key);
+	__type(key, struct exe_name_key);
 	__type(value, __u8);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-} match_comms SEC(".maps");
+} match_exe_names SEC(".maps");
 
 /* pid (scope numbering) -> start time in clock ticks, which tells a reused pid apart */
 struct {
@@ -146,12 +146,15 @@ static __always_inline bool track(__u32 pid, __u64 ticks)
 	return true;
 }
 
-static __always_inline bool comm_matches(void)
+/* bprm->file is the file the kernel loads (what /proc/<pid>/exe names): for a
+ * #! script, its interpreter, symlinks resolved; not the name that was exec'd,
+ * which is the comm. */
+static __always_inline bool exe_name_matches(struct linux_binprm *bprm)
 {
-	struct comm_key key = { .prefixlen = TASK_COMM_LEN * 8 };
+	struct exe_name_key key = { .prefixlen = EXE_NAME_LEN * 8 };
 
-	bpf_get_current_comm(key.comm, sizeof(key.comm));
-	return bpf_map_lookup_elem(&match_comms, &key) != NULL;
+	bpf_probe_read_kernel_str(key.name, sizeof(key.name), bprm->file->f_path.dentry->d_name.name);
+	return bpf_map_lookup_elem(&match_exe_names, &key) != NULL;
 }
 
 static __always_inline bool in_cgroup_scope(void)
@@ -264,10 +267,10 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 
 	if (!pid)
 		return 0;
-	/* Tracking is decided here, once, by the comm the exec gave; a later
+	/* Tracking is decided here, once, by the file the exec loaded; a later
 	 * rename or exec keeps a process tracked. */
 	if (!is_tracked(pid, ticks)) {
-		if (!trace_all && !comm_matches())
+		if (!trace_all && !exe_name_matches(bprm))
 			return 0;
 		if (!in_cgroup_scope())
 			return 0;

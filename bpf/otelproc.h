@@ -85,11 +85,15 @@ struct event {
 	char data[DATA_MAX];	/* exec only; fork and exit records end before it */
 };
 
-/* Key of the comm match list: an LPM trie over comm bytes. An exact name is
- * stored with its NUL terminator so it cannot match longer names. */
-struct comm_key {
+#define EXE_NAME_LEN 64
+
+/* Key of the executable-name match list: an LPM trie over the name of the file
+ * an exec loads. An exact name is stored with its NUL terminator so it cannot
+ * match longer names; a name of EXE_NAME_LEN - 1 bytes or more is cut and has
+ * no terminator where a listed name (at most EXE_NAME_LEN - 2 bytes) has one. */
+struct exe_name_key {
 	__u32 prefixlen;	/* in bits */
-	char comm[TASK_COMM_LEN];
+	char name[EXE_NAME_LEN];
 };
 
 #endif /* __OTELPROC_H */

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 from otelproc import procfs
 from otelproc.clock import BootClock
 from otelproc.decoder import NS_PER_TICK, ProcessEvent, parse_otel_env
-from otelproc.loader import MatchRule, any_match
+from otelproc.matching import MatchRule, starts_tracked
 from otelproc.record import EventKind
 
 
@@ -165,7 +165,7 @@ def running(
             pid = table[pid].ppid
         verdict = chosen.get(pid, False)
         for link in reversed(chain):  # from the oldest ancestor down
-            verdict = verdict or trace_all or any_match(rules, table[link].comm)
+            verdict = verdict or starts_tracked(link, rules, trace_all)
             chosen[link] = verdict
         return verdict
 

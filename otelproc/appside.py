@@ -27,10 +27,10 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerPro
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otelproc import procfs
-from otelproc.config import DEFAULT_MATCH, ConfigError, parse_match
+from otelproc.config import DEFAULT_MATCH, ConfigError, parse_bool, parse_match
 from otelproc.decoder import parse_otel_env
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
-from otelproc.loader import MatchRule, any_match
+from otelproc.matching import MatchRule, starts_tracked
 
 DETECTOR_NAME = "otelproc"
 LINK_ATTRIBUTES = {"otelproc.link": "process"}
@@ -42,9 +42,8 @@ class _Proc:
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.comm, self.ppid, self.start_ticks, _state = procfs.stat(pid)
+        _comm, self.ppid, self.start_ticks, _state = procfs.stat(pid)
         self.pidns = procfs.pidns(pid)
-        self.exe_name = os.path.basename(procfs.exe(pid) or "")
         try:
             self.otel_env = dict(parse_otel_env(procfs.environ(pid)))
         except OSError:
@@ -54,21 +53,28 @@ class _Proc:
         return ProcessIdentity(boot_id(), self.pidns, self.pid, self.start_ticks)
 
 
-def _match_rules() -> tuple[MatchRule, ...]:
+def _match_settings() -> tuple[tuple[MatchRule, ...], bool]:
+    """The sidecar's --match and --all, as far as this process's environment tells them."""
     try:
-        return parse_match(os.environ.get("OTELPROC_MATCH", DEFAULT_MATCH))
+        rules = parse_match(os.environ.get("OTELPROC_MATCH", DEFAULT_MATCH))
     except ConfigError:
-        return parse_match(DEFAULT_MATCH)
+        rules = parse_match(DEFAULT_MATCH)
+    try:
+        trace_all = parse_bool(os.environ.get("OTELPROC_ALL", ""))
+    except ConfigError:
+        trace_all = False
+    return rules, trace_all
 
 
 def process_link(pid: int | None = None) -> TraceLink | None:
     """The context of a process's lifetime span, or None when the sidecar would not track it.
 
-    The sidecar tracks a process that matches its list (OTELPROC_MATCH, else the
-    default) or descends from one that does; ancestors outside our pid namespace
-    are invisible here, and the sidecar does not link across namespaces either.
+    The sidecar tracks a process whose executable matches its list (OTELPROC_MATCH,
+    else the default; OTELPROC_ALL: every process) or that descends from one (the
+    rule of otelproc.matching); ancestors outside our pid namespace are invisible
+    here, and the sidecar does not link across namespaces either.
     """
-    rules = _match_rules()
+    rules, trace_all = _match_settings()
     chain = [_Proc(pid or os.getpid())]
     while chain[-1].ppid > 0 and len(chain) < 4096:
         try:
@@ -78,7 +84,7 @@ def process_link(pid: int | None = None) -> TraceLink | None:
         if parent.pidns != chain[-1].pidns:
             break
         chain.append(parent)
-    tracked = [any_match(rules, p.comm, p.exe_name) for p in chain]
+    tracked = [starts_tracked(p.pid, rules, trace_all) for p in chain]
     if not any(tracked):
         return None
     top = max(i for i, hit in enumerate(tracked) if hit)  # everything below it is tracked too
@@ -102,14 +108,26 @@ class ProcessResourceDetector(ResourceDetector):
     def detect(self) -> Resource:
         return Resource({"otelproc.process.key": process_key(), "process.pid": os.getpid()})
 
+    def is_process_dependent(self) -> bool:
+        """A forked child is another process: the SDK (1.44+) runs this detector again in it
+        and updates its TracerProvider's resource, so a pre-fork worker exports as itself."""
+        return True
+
 
 class ProcessLinkProcessor(SpanProcessor):
-    """Links every local root span to this process's lifetime span."""
+    """Links every span that is the first of its trace in this process to this process's lifetime span.
+
+    That is a span without a parent, with a remote one, or with one started in
+    another process: a forked worker (a pool's, a pre-fork server's) inherits its
+    parent's current span, so its first span has a local parent that is not ours.
+    (A span whose local parent has already ended is linked too: a harmless extra.)
+    """
 
     def __init__(self) -> None:
         self._pid = -1
         self._link: trace.Link | None = None
         self._key = ""
+        self._open: set[int] = set()  # span ids started in this process and not yet ended
 
     def _current(self) -> tuple[trace.Link | None, str]:
         if self._pid != os.getpid():  # first use, or a forked child: another process, another span
@@ -117,19 +135,22 @@ class ProcessLinkProcessor(SpanProcessor):
             self._key = process_key()
             link = process_link()
             self._link = trace.Link(link.span_context(), LINK_ATTRIBUTES) if link else None
+            self._open = set()
         return self._link, self._key
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        parent = span.parent
-        if parent is not None and not parent.is_remote:
-            return
         link, key = self._current()
+        self._open.add(span.context.span_id)
+        parent = span.parent
+        if parent is not None and not parent.is_remote and parent.span_id in self._open:
+            return
         span.set_attribute("otelproc.process.key", key)
         if link is not None:
             span.add_link(link.context, link.attributes)
 
     def on_end(self, span: ReadableSpan) -> None:
-        pass
+        if self._pid == os.getpid():
+            self._open.discard(span.context.span_id)
 
 
 _original_popen_init = subprocess.Popen.__init__

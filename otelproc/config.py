@@ -14,12 +14,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from otelproc.loader import MatchRule, ProbeConfig
+from otelproc.loader import ProbeConfig
+from otelproc.matching import EXE_NAME_MAX, PYTHON_INTERPRETERS, MatchRule
 from otelproc.signals import DEFAULT_CLEAN, SignalNameError, parse_signal_set
 
-DEFAULT_MATCH = "python,python3,python3.*,uvicorn,gunicorn,hypercorn"
+DEFAULT_MATCH = PYTHON_INTERPRETERS
 INITIAL_PIDNS_INODE = 0xEFFFFFFC  # PROC_PID_INIT_INO: the host's pid namespace
-TASK_COMM_MAX = 15
 POLL_MS = 100  # how often the commands read the ring buffer when no wake-up comes first
 
 
@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 
 
 def parse_match(text: str) -> tuple[MatchRule, ...]:
-    """"python,python3.*": exact comm names; a trailing * makes a prefix."""
+    """"python,python3.*": exact executable file names; a trailing * makes a prefix."""
     rules = []
     for item in text.split(","):
         name = item.strip()
@@ -39,10 +39,10 @@ def parse_match(text: str) -> tuple[MatchRule, ...]:
             name = name[:-1]
         if not name or "*" in name:
             raise ConfigError(f"{item.strip()!r}: only one trailing * (a prefix) is allowed, after a name")
-        if len(name.encode()) > TASK_COMM_MAX:
-            raise ConfigError(f"{name!r} is longer than {TASK_COMM_MAX} bytes, and the kernel cuts comm names there")
+        if len(name.encode()) > EXE_NAME_MAX:
+            raise ConfigError(f"{name!r} is longer than {EXE_NAME_MAX} bytes, and the kernel compares no more")
         if "/" in name or "\0" in name:
-            raise ConfigError(f"{name!r}: a comm name has no '/' (match the program's name, not its path)")
+            raise ConfigError(f"{name!r}: a file name has no '/' (match the executable's name, not its path)")
         rules.append(MatchRule(name, prefix))
     return tuple(rules)
 
@@ -176,7 +176,15 @@ class Option:
 
 EV, RUN = "events", "run"
 OPTIONS: tuple[Option, ...] = (
-    Option("match", DEFAULT_MATCH, parse_match, "comm names to track; a trailing * matches a prefix", (EV, RUN), "LIST"),
+    Option(
+        "match",
+        DEFAULT_MATCH,
+        parse_match,
+        "track a process whose exec loads an executable file of one of these names (a #! script: its "
+        "interpreter), and its descendants; a trailing * matches a prefix",
+        (EV, RUN),
+        "LIST",
+    ),
     Option("all", "false", parse_bool, "track every process (ignores --match)", (EV, RUN), flag_only_bool=True),
     Option(
         "scope",
@@ -364,7 +372,7 @@ def probe_config(settings: Settings) -> ProbeConfig:
 
 
 def describe_tracking(settings: Settings) -> str:
-    what = "every process" if settings.all else "comm " + ",".join(str(r) for r in settings.match)
+    what = "every process" if settings.all else "executables " + ",".join(str(r) for r in settings.match)
     return f"tracking {what}, scope {settings.scope}"
 
 

@@ -16,6 +16,7 @@ from typing import Callable
 
 from otelproc import decoder, libbpf, record
 from otelproc.libbpf import LibbpfError
+from otelproc.matching import MatchRule
 from otelproc.record import DEFAULT_OBJECT
 
 DEFAULT_RING_BUFFER_BYTES = 16 << 20
@@ -51,29 +52,12 @@ OPTIONAL_PROGRAMS = (
 )
 
 
-@dataclass(frozen=True)
-class MatchRule:
-    """A comm name to track: exactly, or every comm that starts with it."""
-
-    name: str
-    prefix: bool = False
-
-    def key(self) -> bytes:
-        raw = self.name.encode()
-        if not self.prefix:
-            raw += b"\0"  # the terminator keeps "python" from matching "python3"
-        return record.COMM_KEY.pack(len(raw) * 8, raw)
-
-    def __str__(self) -> str:
-        return self.name + ("*" if self.prefix else "")
-
-    def matches(self, comm: str) -> bool:
-        """The userspace twin of the kernel's LPM-trie lookup."""
-        return comm.startswith(self.name) if self.prefix else comm == self.name
-
-
-def any_match(rules: tuple[MatchRule, ...], *names: str) -> bool:
-    return any(rule.matches(name) for rule in rules for name in names)
+def match_key(rule: MatchRule) -> bytes:
+    """The rule as a key of the kernel's match_exe_names LPM trie."""
+    raw = rule.name.encode()
+    if not rule.prefix:
+        raw += b"\0"  # the terminator keeps "python" from matching "python3"
+    return record.EXE_NAME_KEY.pack(len(raw) * 8, raw)
 
 
 @dataclass(frozen=True)
@@ -139,7 +123,7 @@ class Probe:
 
     def _fill_maps(self, obj: libbpf.BpfObject) -> None:
         for rule in self.config.match:
-            obj.update("match_comms", rule.key(), b"\1")
+            obj.update("match_exe_names", match_key(rule), b"\1")
         if self.config.scope_cgroup is not None:
             try:
                 self._cgroup_fd = os.open(self.config.scope_cgroup, os.O_RDONLY | os.O_DIRECTORY)

@@ -55,7 +55,8 @@ EVENT_F_OOM_MEMCG = 32
 LOST_RINGBUF, LOST_TRACKED_FULL, LOST_MAX = 0, 1, 2
 LOST_NAMES = {LOST_RINGBUF: "ringbuf_full", LOST_TRACKED_FULL: "tracked_map_full"}
 
-COMM_KEY = struct.Struct(f"<I{TASK_COMM_LEN}s")  # struct comm_key: prefixlen in bits, comm bytes
+EXE_NAME_LEN = 64  # #define in bpf/otelproc.h
+EXE_NAME_KEY = struct.Struct(f"<I{EXE_NAME_LEN}s")  # struct exe_name_key: prefixlen in bits, name bytes
 
 _INT_FORMATS = {("uint", 1): "B", ("uint", 2): "H", ("uint", 4): "I", ("uint", 8): "Q",
                 ("int", 1): "b", ("int", 2): "h", ("int", 4): "i", ("int", 8): "q"}

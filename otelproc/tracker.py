@@ -16,6 +16,7 @@ from typing import Iterator
 
 from otelproc.decoder import OomKill, ProcessEvent, SignalSent, Usage
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
+from otelproc.matching import is_python
 from otelproc.record import EventKind
 from otelproc.owners import Owners
 from otelproc.telemetry import Stats
@@ -31,7 +32,7 @@ _PYTHON_OPTIONS_WITH_VALUE = {"-W", "-X", "--check-hash-based-pycs"}
 def program_name(exe: str | None, argv: tuple[str, ...] | None, comm: str, parent_program: str | None) -> str:
     """What a person calls the program: the script or module a python runs, else the executable's name."""
     base = os.path.basename(exe or "") or comm
-    if not argv or not base.startswith("python"):
+    if not argv or not is_python(base):
         return base
     args = iter(argv[1:])
     for arg in args:

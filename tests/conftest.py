@@ -20,7 +20,8 @@ import pytest
 from otelproc.checks import EVENTS_CAPS, missing_caps
 from otelproc.clock import BootClock
 from otelproc.decoder import ProcessEvent, decode
-from otelproc.loader import MatchRule, Probe, ProbeConfig
+from otelproc.loader import Probe, ProbeConfig
+from otelproc.matching import rules
 
 if TYPE_CHECKING:
     from otlp_receiver import GrpcReceiver, HttpReceiver
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 # helper processes would show up as events of their own.
 PYTHON = os.path.realpath(sys.executable)
 REPO = Path(__file__).resolve().parent.parent
-# Processes the run tests spawn go through a symlink to PYTHON with a name of their own,
+# Processes the run tests spawn run a copy of PYTHON with a name of their own (test_python),
 # so that a sidecar matching only that name sees them and not the test runner.
 TEST_COMM = "python-otptest"
 MATCH_TEST = ("--match", TEST_COMM, "--adopt", "false")
@@ -101,8 +102,7 @@ def kernel_events() -> Iterator[Callable[..., EventCollector]]:
     started: list[EventCollector] = []
 
     def start(match: str = "python3.*", **kwargs: object) -> EventCollector:
-        rules = tuple(MatchRule(m.rstrip("*"), m.endswith("*")) for m in match.split(","))
-        collector = EventCollector(ProbeConfig(match=rules, **kwargs))
+        collector = EventCollector(ProbeConfig(match=rules(match), **kwargs))
         started.append(collector)
         return collector
 
@@ -222,9 +222,18 @@ def http_receiver() -> Iterator["HttpReceiver"]:
         receiver.stop()
 
 
+def python_named(directory: Path, name: str) -> str:
+    """PYTHON as an executable file named `name`: the kernel side matches the name of the file an exec
+    loads (symlinks resolved), so a symlink would not do. A copy in a venv (--copies) made in
+    `directory`, so that it finds its standard library and sees the installed packages."""
+    subprocess.run([PYTHON, "-m", "venv", "--copies", "--system-site-packages", "--without-pip", str(directory)],
+                   check=True)
+    python = directory / "bin" / name
+    (directory / "bin" / os.path.basename(PYTHON)).rename(python)
+    return str(python)
+
+
 @pytest.fixture(scope="session")
 def test_python(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """PYTHON under the name TEST_COMM (the kernel names a process after the file it execs)."""
-    link = tmp_path_factory.mktemp("bin") / TEST_COMM
-    link.symlink_to(PYTHON)
-    return str(link)
+    """An interpreter whose executable file is named TEST_COMM; removed with pytest's other temporary files."""
+    return python_named(tmp_path_factory.mktemp("venv"), TEST_COMM)

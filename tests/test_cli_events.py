@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import PYTHON, REPO
+from otelproc.matching import EXE_NAME_MAX
 
 OTELPROC = [PYTHON, "-m", "otelproc"]
 KEYS = {
@@ -75,7 +76,7 @@ def test_unknown_flag_is_one_line():
     assert_one_line_error(otelproc("events", "--frobnicate"), "--frobnicate")
 
 
-@pytest.mark.parametrize("bad", ["py*thon", "", "python,,uvicorn", "a" * 16, "/usr/bin/python3"])
+@pytest.mark.parametrize("bad", ["py*thon", "", "python,,uvicorn", "a" * (EXE_NAME_MAX + 1), "/usr/bin/python3"])
 def test_malformed_match_list_is_one_line(bad):
     assert_one_line_error(otelproc("events", "--match", bad), "--match")
 

@@ -2,7 +2,7 @@
 
 Each test drives a real `otelproc run` (or `otelproc events`) against the real kernel and a real
 OTLP receiver, with subjects started from pytest (which is not tracked: the sidecars here match
-names of their own, given to the interpreter through symlinks).
+a name of their own, given to a copy of the interpreter).
 """
 
 from __future__ import annotations
@@ -17,20 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, proc_start_ticks
+from conftest import PYTHON, REPO, proc_start_ticks, python_named
 from test_run_spans import HOST_PIDNS, expected_ids
 
 QUIET = {"OTEL_METRICS_EXPORTER": "none"}
 # Names no other test (nor another helper's) runs under: a tiny map or ring must hold only ours.
-COMM = "py-i13-hard"
+COMM = "python-i13-hard"  # named like python: spans are named after the script it runs
 PR_SET_NAME = 15
 
 
 @pytest.fixture(scope="module")
 def hard_python(tmp_path_factory: pytest.TempPathFactory) -> str:
-    link = tmp_path_factory.mktemp("bin") / COMM
-    link.symlink_to(PYTHON)
-    return str(link)
+    return python_named(tmp_path_factory.mktemp("venv"), COMM)
 
 
 def waiting(python: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -57,7 +55,7 @@ def test_adopts_a_process_whose_comm_is_not_utf8(sidecar, grpc_receiver, hard_py
     try:
         assert renamed.stdout.readline() == b"renamed\n"
         assert Path(f"/proc/{renamed.pid}/comm").read_bytes() == b"py-caf\xc3\n"
-        side = sidecar("--match", "py-caf*", endpoint=grpc_receiver.endpoint, env=QUIET)  # adopts at start
+        side = sidecar("--match", COMM, endpoint=grpc_receiver.endpoint, env=QUIET)  # adopts at start
         assert any("adopted" in line for line in side.lines)
     finally:
         finish(renamed)
@@ -67,11 +65,11 @@ def test_adopts_a_process_whose_comm_is_not_utf8(sidecar, grpc_receiver, hard_py
     assert side.proc.poll() is None
 
 
-def test_a_non_utf8_argv_does_not_take_its_batch_down(sidecar, grpc_receiver, tmp_path):
+def test_a_non_utf8_argv_does_not_take_its_batch_down(sidecar, grpc_receiver, hard_python, tmp_path):
     """Item 2: an adopted python runs a script whose name is not UTF-8 (the span is named after it),
     and ends within one batch of five others: all six spans arrive."""
     link = tmp_path / COMM
-    link.symlink_to(PYTHON)
+    link.symlink_to(hard_python)
     script = os.fsencode(tmp_path) + b"/job-\xfe.py"
     Path(os.fsdecode(script)).write_text("import sys; sys.stdin.read()")
     odd = subprocess.Popen([bytes(link), script, b"arg-\xfe"], stdin=subprocess.PIPE, env={"PATH": "/usr/bin"})

@@ -19,7 +19,7 @@ from otelproc.loader import Probe, ProbeConfig
 from otelproc.record import DEFAULT_OBJECT, EventLayout
 
 CONSTANTS = (
-    "TASK_COMM_LEN EVENT_F_EXE_CUT EVENT_F_ARGV_CUT EVENT_F_ENV_CUT EVENT_F_UNTRACKED "
+    "TASK_COMM_LEN EXE_NAME_LEN EVENT_F_EXE_CUT EVENT_F_ARGV_CUT EVENT_F_ENV_CUT EVENT_F_UNTRACKED "
     "EVENT_F_SENDER_KERNEL EVENT_F_OOM_MEMCG "
     "LOST_RINGBUF LOST_TRACKED_FULL LOST_MAX"
 ).split()
@@ -29,7 +29,7 @@ def c_layout(tmp_path, fields: list[str], constants: list[str]) -> dict[str, int
     """sizeof, offsetof and the constants, as the C compiler sees bpf/otelproc.h."""
     lines = [f'printf("offset.{f} %zu\\n", offsetof(struct event, {f}));' for f in fields]
     lines += [f'printf("const.{c} %ld\\n", (long){c});' for c in constants]
-    lines += ['printf("size.event %zu\\n", sizeof(struct event));', 'printf("size.comm_key %zu\\n", sizeof(struct comm_key));']
+    lines += ['printf("size.event %zu\\n", sizeof(struct event));', 'printf("size.exe_name_key %zu\\n", sizeof(struct exe_name_key));']
     src = tmp_path / "layout.c"
     src.write_text(
         "#include <stdio.h>\n#include <stddef.h>\n#include <linux/types.h>\n#include \"otelproc.h\"\n"
@@ -48,7 +48,7 @@ def test_btf_layout_is_the_c_compilers(tmp_path):
     assert c["size.event"] == layout.size
     assert {f: c[f"offset.{f}"] for f in layout.offsets} == layout.offsets
     assert layout.header.size == layout.offsets["data"], "the header is everything before data[]"
-    assert c["size.comm_key"] == record.COMM_KEY.size
+    assert c["size.exe_name_key"] == record.EXE_NAME_KEY.size
     assert {name: c[f"const.{name}"] for name in CONSTANTS} == {name: getattr(record, name) for name in CONSTANTS}
     assert {name: c[f"const.{name}"] for name in kinds} == kinds
 

@@ -182,11 +182,12 @@ def test_malformed_input_is_ignored_and_counted(sidecar, grpc_receiver, test_pyt
                    env={"OTEL_METRIC_EXPORT_INTERVAL": "300"})
     bad_env = {"OTEL_RESOURCE_ATTRIBUTES": "=nokey,novalue,team=ok", "TRACEPARENT": "00-zzzz-01", "PATH": "/usr/bin"}
     first = spawn(test_python, "pass", env=bad_env)
-    # A name, an argument and a path that are not UTF-8, through a link named with a 0xff byte.
+    # A name, an argument and a path that are not UTF-8, through a link named with a 0xff byte
+    # (to test_python: the file the kernel loads is python-otptest, which the match list names).
     odd = tmp_path / "odd\udcffdir"
     odd.mkdir()
     link = os.fsencode(odd) + b"/python-otp\xff"
-    os.symlink(PYTHON, link)
+    os.symlink(test_python, link)
     second = os.posix_spawn(link, [link, b"-c", b"pass", b"arg-\xfe"], {b"PATH": b"/usr/bin"})
     big = spawn(test_python, "pass", "y" * 100_000)
     assert first.wait(30) == 0 and os.waitpid(second, 0)[1] == 0 and big.wait(30) == 0

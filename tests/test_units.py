@@ -12,7 +12,9 @@ import typing
 import pytest
 
 from conftest import REPO
-from otelproc import config
+from otelproc import config, matching, record
+from otelproc.loader import match_key
+from otelproc.matching import EXE_NAME_MAX
 from otelproc.config import ConfigError
 from otelproc.decoder import OomKill, ProcessEvent, SignalSent, cpu_split, parse_otel_env
 from otelproc.identity import ProcessIdentity, fresh_carrier, place
@@ -97,7 +99,40 @@ def test_an_option_without_a_settings_field_is_refused(monkeypatch):
 def test_match_list_parsing():
     rules = config.parse_match("python, python3.*,uvicorn")
     assert [(r.name, r.prefix) for r in rules] == [("python", False), ("python3.", True), ("uvicorn", False)]
-    assert rules[0].key()[4:11] == b"python\0"  # exact names keep their NUL, so python3 does not match
+    assert match_key(rules[0])[4:11] == b"python\0"  # exact names keep their NUL, so python3 does not match
+    assert match_key(rules[1])[:4] == (8 * len("python3.")).to_bytes(4, "little")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("python,", "empty name"),
+        ("py*thon", "only one trailing *"),
+        ("/usr/bin/python3", "no '/'"),
+        ("p" * (EXE_NAME_MAX + 1), "longer than"),
+    ],
+)
+def test_bad_match_lists_say_why(text, message):
+    with pytest.raises(ConfigError, match=message):
+        config.parse_match(text)
+
+
+def test_the_longest_name_fits_the_kernel_key_with_its_terminator():
+    (rule,) = config.parse_match("p" * EXE_NAME_MAX)
+    assert len(match_key(rule)) == record.EXE_NAME_KEY.size and match_key(rule).endswith(b"p\0\0")
+
+
+@pytest.mark.parametrize(
+    "exe_name, python",
+    [
+        ("python", True), ("python3", True), ("python3.13", True), ("python3.13t", True), ("python3.11-dbg", True),
+        ("python2.7", True), ("pypy3.10", True), ("pypy", True), ("graalpy", True),
+        ("bash", False), ("uvicorn", False), ("celery", False), ("uwsgi", False), ("env", False), (None, False),
+    ],
+)
+def test_default_list_is_the_python_interpreters(exe_name, python):
+    assert matching.any_match(config.parse_match(config.DEFAULT_MATCH), exe_name) is python
+    assert matching.is_python(exe_name) is python
 
 
 def test_documented_settings_table_matches_the_code():
@@ -209,6 +244,9 @@ def test_signals_kept_per_process_are_bounded_and_become_span_events():
         ("/usr/bin/python3", ("python3", "-X", "dev", "tool.py"), None, "tool.py"),
         ("/usr/bin/python3", ("python3", "-c", "pass"), None, "python3 -c"),
         ("/usr/bin/python3", ("python3", "-c", "spawn_main()", "--multiprocessing-fork"), "uvicorn", "uvicorn worker"),
+        ("/venv/bin/python", ("/venv/bin/python", "/venv/bin/celery", "-A", "proj", "worker"), None, "celery"),
+        ("/usr/bin/python3", ("/usr/bin/python3", "-u", "./manage.py", "runserver"), None, "manage.py"),
+        ("/opt/pypy/bin/pypy3.10", ("pypy3.10", "-m", "gunicorn", "app:app"), None, "gunicorn"),
         ("/bin/bash", ("bash", "-c", "x"), None, "bash"),
         (None, None, None, "comm"),
     ],

@@ -3,7 +3,7 @@
 Traced by opentelemetry-instrumentation-asgi. The process link comes from otelproc's
 app-side helper: zero code under `opentelemetry-instrument` with
 OTEL_EXPERIMENTAL_RESOURCE_DETECTORS=otelproc, or, with SHOP_SETUP=code, the one line
-`otelproc.appside.enable()` after setting up the SDK here.
+`otelproc.appside.enable()` after setting up the SDK (otel_setup.py).
 """
 
 import os
@@ -13,19 +13,7 @@ import sys
 from hello import lifespan
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-if os.environ.get("SHOP_SETUP") == "code":
-    from opentelemetry import trace
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    import otelproc.appside
-
-    provider = TracerProvider(resource=Resource.create())
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
-    otelproc.appside.enable()
+import otel_setup  # noqa: F401 (sets up the SDK when SHOP_SETUP=code)
 
 
 async def _app(scope, receive, send):
