@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from opentelemetry.trace import TraceState
 
+from otelproc.decoder import OomKill, SignalSent
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id
 from otelproc.redact import redact_argv
 from otelproc.tracker import Exec, TrackedProcess
@@ -63,6 +64,8 @@ def to_dict(p: TrackedProcess, redact: bool) -> dict[str, Any]:
         "parent_program": p.parent_program, "announced": p.announced,
         "execs": [{"time": e.time, "exe": e.exe, "argv": argv(e.argv)} for e in p.execs],
         "execs_dropped": p.execs_dropped, "owner": p.owner,
+        "signals": [list(sent) for sent in p.signals], "signals_dropped": p.signals_dropped,
+        "oom": list(p.oom) if p.oom else None,
     }
 
 
@@ -77,6 +80,8 @@ def from_dict(d: dict[str, Any]) -> TrackedProcess:
         parent_program=d["parent_program"], announced=d["announced"],
         execs=[Exec(e["time"], e["exe"], None if e["argv"] is None else tuple(e["argv"])) for e in d["execs"]],
         execs_dropped=d.get("execs_dropped", 0), owner=d.get("owner"),
+        signals=[SignalSent(*sent) for sent in d.get("signals", ())], signals_dropped=d.get("signals_dropped", 0),
+        oom=OomKill(*d["oom"]) if d.get("oom") else None,
     )
 
 

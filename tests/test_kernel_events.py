@@ -310,3 +310,26 @@ def test_signals_recorded_are_the_ones_that_can_end_it(kernel_events):
         (signal.SIGTERM, os.getpid(), 0, False), (signal.SIGUSR2, os.getpid(), 0, False)
     ]
     assert {s.sender_comm for s in sent} == {Path("/proc/self/comm").read_text().strip()}
+
+
+def test_usage_of_threads_dying_together_is_the_whole_process(kernel_events):
+    """Four busy threads killed at once by os._exit: the exit record counts them all, as wait4() does."""
+    events = kernel_events()
+    code = (
+        "import os, threading, time\n"
+        "def burn():\n"
+        "    while True:\n"
+        "        pass\n"
+        "for _ in range(4):\n"
+        "    threading.Thread(target=burn, daemon=True).start()\n"
+        "time.sleep(0.5)\n"
+        "os._exit(0)\n"
+    )
+    child = subprocess.Popen([PYTHON, "-c", code])
+    _, status, kernel = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    usage = events.wait_exit(child.pid).usage
+    cpu, expected = (usage.cpu_user_ns + usage.cpu_system_ns) / 1e9, kernel.ru_utime + kernel.ru_stime
+    assert expected > 0.4 and abs(cpu - expected) <= 0.05 * expected, (usage, kernel)
+    assert usage.minor_faults == kernel.ru_minflt
+    assert kernel.ru_nivcsw - 1 <= usage.involuntary_switches <= kernel.ru_nivcsw

@@ -13,7 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import MATCH_TEST
+from conftest import MATCH_TEST, PYTHON
+from otelproc import loader
 
 OWN_COMM = Path("/proc/self/comm").read_text().strip()
 MEMORY_V1 = Path("/sys/fs/cgroup/memory")
@@ -100,6 +101,32 @@ def test_sigsegv_is_an_error_from_the_kernel(sidecar, grpc_receiver, test_python
         assert span.attributes["otelproc.exit.sender"] == "kernel"
         assert span.attributes["otelproc.exit.signal_code"] == "SEGV_MAPERR"
         assert "otelproc.exit.sender_pid" not in span.attributes
+
+
+# A seccomp filter that kills the process at its first getppid(): load the syscall number,
+# compare, return SECCOMP_RET_KILL_PROCESS or SECCOMP_RET_ALLOW.
+SECCOMP_KILL = """
+import ctypes, os, platform, struct
+getppid = {"x86_64": 110, "aarch64": 173}[platform.machine()]
+code = struct.pack("=HBBI", 0x20, 0, 0, 0) + struct.pack("=HBBI", 0x15, 0, 1, getppid)
+code += struct.pack("=HBBI", 0x06, 0, 0, 0x80000000) + struct.pack("=HBBI", 0x06, 0, 0, 0x7FFF0000)
+buf = ctypes.create_string_buffer(code, len(code))
+fprog = struct.pack("=HxxxxxxQ", 4, ctypes.addressof(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0, os.strerror(ctypes.get_errno())  # SECCOMP_MODE_FILTER
+os.getppid()
+"""
+
+
+def test_a_seccomp_kill_is_the_kernels_and_says_why(sidecar, grpc_receiver, test_python, tmp_path):
+    sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
+    child = subprocess.Popen([test_python, "-c", SECCOMP_KILL], cwd=tmp_path)
+    assert child.wait() == -signal.SIGSYS
+    (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
+    assert span.status == "ERROR" and span.attributes["error.type"] == "SIGSYS"
+    assert span.status_message.startswith("killed by SIGSYS from the kernel (SYS_SECCOMP")
+    assert span.attributes["otelproc.exit.signal_code"] == "SYS_SECCOMP"
 
 
 BUSY_THEN_BIG = """
@@ -229,13 +256,37 @@ def _remove_cgroup(path: Path) -> None:
 def test_a_kernel_without_a_tracepoint_still_runs(kernel_events, monkeypatch):
     """On a kernel without the tracepoint (older ones lack mark_victim's task argument) the program
     is left out, said once, and processes are still followed."""
-    from otelproc import loader
-
     missing = loader.OptionalProgram("handle_oom_victim", "no_such_tracepoint", None, "OOM kills")
     monkeypatch.setattr(loader, "OPTIONAL_PROGRAMS", (missing,))
     events = kernel_events()
     assert events.probe.left_out == [missing]
     assert missing.warning() == "this kernel has no usable tracepoint no_such_tracepoint: spans will not say OOM kills"
-    child = subprocess.Popen([os.path.realpath(__import__("sys").executable), "-c", "import sys; sys.exit(7)"])
+    child = subprocess.Popen([PYTHON, "-c", "import sys; sys.exit(7)"])
     assert child.wait() == 7
     assert events.wait_exit(child.pid).exit_code == 7
+
+
+IGNORES_ONE_SIGTERM = """
+import signal, time
+signal.signal(signal.SIGTERM, lambda *_: print('not yet', flush=True))
+print('ready', flush=True)
+time.sleep(60)
+"""
+
+
+def test_signals_seen_before_a_restart_stay_on_the_span(sidecar, grpc_receiver, test_python, tmp_path):
+    args = (*MATCH_TEST, "--state-file", str(tmp_path / "state.json"))
+    first = sidecar(*args, endpoint=grpc_receiver.endpoint)
+    child = subprocess.Popen([test_python, "-c", IGNORES_ONE_SIGTERM], stdout=subprocess.PIPE, text=True)
+    wait_ready(child)
+    child.terminate()
+    assert child.stdout.readline().strip() == "not yet"
+    time.sleep(0.5)  # the signal record is read within a poll
+    assert first.stop() == 0  # writes the state file
+    sidecar(*args, endpoint=grpc_receiver.endpoint)
+    killer = subprocess.Popen(["/bin/kill", "-KILL", str(child.pid)])
+    assert killer.wait() == 0 and child.wait() == -signal.SIGKILL
+    (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
+    assert span.status_message == f"killed by SIGKILL from pid {killer.pid} (kill)"
+    assert [(name, attrs["otelproc.signal.name"], attrs["otelproc.signal.sender_pid"])
+            for name, _, attrs in span.events if name == "signal"] == [("signal", "SIGTERM", os.getpid())]
