@@ -14,11 +14,12 @@ on its way through the ring buffer is never mistaken for a lost one.
 The sweep reads /proc for every tracked process and walks the kernel's map:
 work that grows with the host. It runs on a thread of its own (Sweeper) and
 hands what it found (Findings) to the ring-buffer thread, which alone changes
-the tracker, and does so in time proportional to what was found.
+the tracker, a bounded amount per turn between two reads of the ring buffer.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -39,7 +40,8 @@ log = logging.getLogger("otelproc")
 @dataclass
 class Findings:
     gone: list[ProcessKey] = field(default_factory=list)  # exits the kernel side lost
-    found: list[ProcessEvent] = field(default_factory=list)  # 'adopt' events of processes the table lacks
+    # 'adopt' events of processes the table lacks, parents before children (as the tracker needs them)
+    found: collections.deque[ProcessEvent] = field(default_factory=collections.deque)
 
 
 class Reconciler:
@@ -76,7 +78,7 @@ class Reconciler:
         kernel = self.probe.tracked()
         known_pids = {pid for pid, _ticks in known}
         unknown = {(pid, ticks) for pid, ticks in kernel.items() if pid not in known_pids}
-        for pid, ticks in unknown & self._unknown:
+        for pid, ticks in sorted(unknown & self._unknown, key=lambda k: k[1]):  # parents first
             event = self._lost_start(pid, ticks)
             if event is not None:
                 findings.found.append(event)
@@ -87,7 +89,7 @@ class Reconciler:
             self._map_full_seen = map_full
             self._refused = True
         if self._refused and len(kernel) < self.max_tracked:
-            findings.found += self._track_refused(kernel, set(known))
+            findings.found.extend(self._track_refused(kernel, set(known)))
         return findings
 
     def _lost_start(self, pid: int, ticks: int) -> ProcessEvent | None:
@@ -124,7 +126,7 @@ class Reconciler:
                 self.stats.reconciled["exit_missed"] += 1
                 ended.append(Ended.unseen(process, now))
         while findings.found and time.monotonic_ns() < deadline_ns:
-            event = findings.found.pop()
+            event = findings.found.popleft()
             # A process that ended since it was read has had its exit record read, or will have:
             # adopting it now would give it a second span.
             if (event.pid, event.start_ticks) in self.tracker.processes or not adoption.running_now(event.pid, event.start_ticks):

@@ -362,23 +362,26 @@ class Sidecar:
                 # What exists now (modules, the SDK, gRPC: some 100,000 objects) stays for otelproc's
                 # life. Frozen, it is left out of every garbage collection, which holds the GIL and
                 # so keeps the ring buffer waiting; what is frozen is still freed when unreferenced.
+                gc.collect()  # what is garbage already goes first: frozen, it would stay
                 gc.freeze()
                 log.info("ready; %d processes tracked", len(self.tracker))
                 reconciler = Reconciler(self.tracker, probe, self.stats, self.snapshot, self.scan, s.max_processes)
                 self.sweeper = Sweeper(reconciler, s.sweep_interval, self.failed)
                 self.sweeper.start()
-                next_loss_read = time.monotonic() + s.sweep_interval
-                polled = time.monotonic_ns()
-                while not stop and (deadline is None or time.monotonic() < deadline):
-                    self.stats.ring_away_max_ns = max(self.stats.ring_away_max_ns, time.monotonic_ns() - polled)
-                    probe.poll(POLL_MS)
+                try:
+                    next_loss_read = time.monotonic() + s.sweep_interval
                     polled = time.monotonic_ns()
-                    self.housekeeping()
-                    if time.monotonic() >= next_loss_read:
-                        next_loss_read = time.monotonic() + s.sweep_interval
-                        self._overlap.clear()  # a takeover's overlap was read long ago
-                        self.read_kernel_losses(probe)
-                self.sweeper.stop()
+                    while not stop and (deadline is None or time.monotonic() < deadline):
+                        self.stats.ring_away_max_ns = max(self.stats.ring_away_max_ns, time.monotonic_ns() - polled)
+                        probe.poll(POLL_MS)
+                        polled = time.monotonic_ns()
+                        self.housekeeping()
+                        if time.monotonic() >= next_loss_read:
+                            next_loss_read = time.monotonic() + s.sweep_interval
+                            self._overlap.clear()  # a takeover's overlap was read long ago
+                            self.read_kernel_losses(probe)
+                finally:
+                    self.sweeper.stop()  # before the probe closes: a sweep reads its map
                 probe.poll(0)
                 self.housekeeping()
                 while self.sweeper.ready() is not None:  # what the last sweep found, all of it
@@ -390,8 +393,6 @@ class Sidecar:
                     metrics = None
         finally:
             self.health.ready = False
-            if self.sweeper is not None:
-                self.sweeper.stop()
             if self.state_writer is not None:
                 self.state_writer.stop()
             self.processor.shutdown()  # exports what is queued, within the exporter's timeout

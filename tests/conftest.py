@@ -34,8 +34,10 @@ if TYPE_CHECKING:
 PYTHON = os.path.realpath(sys.executable)
 REPO = Path(__file__).resolve().parent.parent
 # Processes the run tests spawn run a copy of PYTHON with a name of their own (test_python),
-# so that a sidecar matching only that name sees them and not the test runner.
-TEST_COMM = "python-otptest"
+# so that a sidecar matching only that name sees them and not the test runner. The name is
+# this session's own (15 bytes, the kernel's limit): another test session on the same host
+# runs its subjects under another, and a sidecar here never counts them.
+TEST_COMM = f"python-otp{os.getpid() % 100000:05d}"
 MATCH_TEST = ("--match", TEST_COMM, "--adopt", "false")
 
 

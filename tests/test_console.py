@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from conftest import MATCH_TEST
+from conftest import MATCH_TEST, TEST_COMM
 from otelproc.console import ConsoleLineExporter, duration_text
 from test_docs import representative_spans
 
@@ -57,7 +57,7 @@ def test_run_prints_a_line_per_process(sidecar, test_python):
     by_pid = {int(m.group(3)): m for m in map(LINE.fullmatch, (l.rstrip("\n") for l in side.stdout_lines)) if m}
     assert by_pid[killed.pid].group(6) == "killed by SIGKILL from itself"
     assert by_pid[failed.pid].group(6) == "exit status 3"
-    assert by_pid[failed.pid].group(2) == "python-otptest -c"
+    assert by_pid[failed.pid].group(2) == f"{TEST_COMM} -c"
     assert all(LINE.fullmatch(l.rstrip("\n")) for l in side.stdout_lines), side.stdout_lines
     assert "printing one line per span" in side.wait_line("attached;")
 

@@ -185,7 +185,7 @@ def test_malformed_input_is_ignored_and_counted(sidecar, grpc_receiver, test_pyt
     bad_env = {"OTEL_RESOURCE_ATTRIBUTES": "=nokey,novalue,team=ok", "TRACEPARENT": "00-zzzz-01", "PATH": "/usr/bin"}
     first = spawn(test_python, "pass", env=bad_env)
     # A name, an argument and a path that are not UTF-8, through a link named with a 0xff byte
-    # (to test_python: the file the kernel loads is python-otptest, which the match list names).
+    # (to test_python: the file the kernel loads is named TEST_COMM, which the match list names).
     odd = tmp_path / "odd\udcffdir"
     odd.mkdir()
     link = os.fsencode(odd) + b"/python-otp\xff"
