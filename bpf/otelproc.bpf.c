@@ -237,13 +237,16 @@ static __always_inline __u32 read_user_block(struct event *e, __u32 off, unsigne
 
 /* Waking the reader for every record costs a context switch per event; with
  * wakeup_bytes set, records accumulate until that much is unread, and the
- * reader, which polls on a timer anyway, collects them in one go. */
-static __always_inline __u64 submit_flags(void)
+ * reader, which polls on a timer anyway, collects them in one go. Only the
+ * record that takes the unread part past wakeup_bytes asks for a wake-up: a
+ * reader that lags, or is not there at all (a pinned probe while otelproc is
+ * down), is not asked again for each record, at some 20 us of the traced
+ * process's time each. unread counts this record's size bytes. */
+static __always_inline __u64 submit_flags(__u64 unread, __u64 size)
 {
 	if (!wakeup_bytes)
 		return 0;
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
-									      : BPF_RB_NO_WAKEUP;
+	return unread >= wakeup_bytes && unread - size < wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
 /* The fork and exit records carry no data[]: only the fixed part goes out. */
@@ -256,11 +259,36 @@ static __always_inline struct event *reserve_small(void)
 	return e;
 }
 
+/* A reserved record is already counted as unread. */
+static __always_inline void submit_small(struct event *e)
+{
+	__u64 size = offsetof(struct event, data);
+
+	bpf_ringbuf_submit(e, submit_flags(bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA), size));
+}
+
+/* A signal or OOM record: whose and when; every other field zero. */
+static __always_inline struct event *reserve_brief(struct task_struct *task, __u32 kind, __u32 pid)
+{
+	struct event *e = reserve_small();
+
+	if (!e)
+		return NULL;
+	__builtin_memset(e, 0, offsetof(struct event, data));
+	e->time_ns = bpf_ktime_get_boot_ns();
+	e->start_time_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	e->kind = kind;
+	e->pid = pid;
+	e->tid = pid;
+	BPF_CORE_READ_STR_INTO(&e->comm, task, group_leader, comm);
+	return e;
+}
+
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
 {
 	__u32 pid = scoped_tgid(task), zero = 0, flags = 0, off;
-	__u64 ticks = start_ticks(task);
+	__u64 ticks = start_ticks(task), size, unread;
 	struct mm_struct *mm;
 	struct event *e;
 	long n;
@@ -306,7 +334,9 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 	off += e->env_len;
 	if (off > DATA_MAX)
 		return 0;
-	if (bpf_ringbuf_output(&events, e, offsetof(struct event, data) + off, submit_flags()))
+	size = offsetof(struct event, data) + off;
+	unread = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size;
+	if (bpf_ringbuf_output(&events, e, size, submit_flags(unread, size)))
 		count_lost(LOST_RINGBUF);
 	return 0;
 }
@@ -345,7 +375,7 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 	fill_common(e, child, EVENT_FORK, pid);
 	if (!tracked_now)
 		e->flags = EVENT_F_UNTRACKED;
-	bpf_ringbuf_submit(e, submit_flags());
+	submit_small(e);
 	return 0;
 }
 
@@ -455,7 +485,7 @@ int BPF_PROG(handle_exit, struct task_struct *task)
 	else
 		e->exit_code = task->group_leader->exit_code;
 	fill_usage(e, task);
-	bpf_ringbuf_submit(e, submit_flags());
+	submit_small(e);
 	return 0;
 }
 
@@ -509,15 +539,9 @@ int BPF_PROG(handle_signal, int sig, struct kernel_siginfo *info, struct task_st
 	if (!signal_matters(sig, code, task))
 		return 0;
 
-	e = reserve_small();
+	e = reserve_brief(task, EVENT_SIGNAL, pid);
 	if (!e)
 		return 0;
-	__builtin_memset(e, 0, offsetof(struct event, data));
-	e->time_ns = bpf_ktime_get_boot_ns();
-	e->start_time_ns = BPF_CORE_READ(task, group_leader, start_boottime);
-	e->kind = EVENT_SIGNAL;
-	e->pid = pid;
-	e->tid = pid;
 	e->signo = sig;
 	e->si_code = code;
 	sender = bpf_get_current_task_btf();
@@ -530,8 +554,7 @@ int BPF_PROG(handle_signal, int sig, struct kernel_siginfo *info, struct task_st
 	} else {
 		e->flags = EVENT_F_SENDER_KERNEL;
 	}
-	BPF_CORE_READ_STR_INTO(&e->comm, task, group_leader, comm);
-	bpf_ringbuf_submit(e, submit_flags());
+	submit_small(e);
 	return 0;
 }
 
@@ -575,16 +598,9 @@ int BPF_PROG(handle_oom_victim, struct task_struct *task)
 	if (!pid || !is_tracked(pid, start_ticks(task)))
 		return 0;
 
-	e = reserve_small();
+	e = reserve_brief(task, EVENT_OOM, pid);
 	if (!e)
 		return 0;
-	__builtin_memset(e, 0, offsetof(struct event, data));
-	e->time_ns = bpf_ktime_get_boot_ns();
-	e->start_time_ns = BPF_CORE_READ(task, group_leader, start_boottime);
-	e->kind = EVENT_OOM;
-	e->pid = pid;
-	e->tid = pid;
-	BPF_CORE_READ_STR_INTO(&e->comm, task, group_leader, comm);
 	/* mark_oom_victim() has just set oom_mm; task->mm is gone if the leader already exited. */
 	mm = BPF_CORE_READ(task, signal, oom_mm);
 	if (!mm)
@@ -602,7 +618,7 @@ int BPF_PROG(handle_oom_victim, struct task_struct *task)
 		e->flags = EVENT_F_OOM_MEMCG;
 		bpf_probe_read_kernel_str(e->cgroup, sizeof(e->cgroup), BPF_CORE_READ(memcg, css.cgroup, kn, name));
 	}
-	bpf_ringbuf_submit(e, submit_flags());
+	submit_small(e);
 	return 0;
 }
 

@@ -95,7 +95,6 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_obj_get_info_by_fd": (ctypes.c_int, [ctypes.c_int, _P, ctypes.POINTER(ctypes.c_uint32)]),
     "bpf_prog_get_fd_by_id": (ctypes.c_int, [ctypes.c_uint32]),
     "btf__load_from_kernel_by_id": (_P, [ctypes.c_uint32]),
-    "btf__load_vmlinux_btf": (_P, []),
     "btf__free": (None, [_P]),
 }
 

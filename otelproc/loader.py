@@ -70,7 +70,7 @@ class ProbeConfig:
     scope_cgroup: str | None = None  # a cgroup v2 directory: only processes started under it
     ring_buffer_bytes: int = DEFAULT_RING_BUFFER_BYTES
     max_tracked: int = DEFAULT_MAX_TRACKED
-    wakeup_bytes: int = 0  # wake the reader only past this many unread bytes (it must poll on a timer); 0: always
+    wakeup_bytes: int = 0  # wake the reader when this many bytes become unread (it must poll on a timer); 0: always
     object_path: Path = DEFAULT_OBJECT
     pin_dir: Path | None = None  # pin the probe here (a bpffs directory) so that it outlives this process
 

@@ -7,11 +7,9 @@ a name of their own, given to a copy of the interpreter).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 

@@ -58,7 +58,7 @@ SECRET = [
     (["aws", "configure", "set", "aws_access_key_id", AKIA], ["aws", "configure", "set", "aws_access_key_id", "***"]),
     (["python3", "deploy.py", GLPAT, STRIPE, OPENAI, GOOGLE], ["python3", "deploy.py", "***", "***", "***", "***"]),
     (["python3", "client.py", "--jwt", JWT], ["python3", "client.py", "--jwt", "***"]),
-    (["curl", f"https://s3.amazonaws.com/b/k?X-Amz-Credential=AK%2F20240101&X-Amz-Signature=abcdef&x=1"],
+    (["curl", "https://s3.amazonaws.com/b/k?X-Amz-Credential=AK%2F20240101&X-Amz-Signature=abcdef&x=1"],
      ["curl", "https://s3.amazonaws.com/b/k?X-Amz-Credential=***&X-Amz-Signature=***&x=1"]),
     (["wget", "https://api.example.com/data?access_token=abc123&page=2"],
      ["wget", "https://api.example.com/data?access_token=***&page=2"]),
