@@ -286,3 +286,31 @@ def test_takeover_takes_what_both_probes_saw_once(pin_root, tmp_path):
         assert [p.name for p in pins.probes(Path(pin_dir))] == [probe.pinned_at.name], "the old probe's pins are gone"
     finally:
         pin_root.remove(pin_dir)
+
+
+def test_a_resumed_probe_matches_what_this_otelproc_was_told(pin_root, tmp_path):
+    """The match list is a map, not part of the fingerprint: a restart with another --match resumes
+    the probe and rewrites the list."""
+    from otelproc.clock import BootClock
+    from otelproc.decoder import decode
+    from otelproc.loader import Probe, ProbeConfig
+    from otelproc.matching import MatchRule
+
+    old_name, new_name = tmp_path / "otpmatchold", tmp_path / "otpmatchnew"
+    for program in (old_name, new_name):
+        shutil.copy("/bin/true", program)
+    pin_dir = Path(pin_root.new_dir())
+    try:
+        Probe(ProbeConfig(match=(MatchRule("otpmatchold"),), pin_dir=pin_dir), lambda raw: None).close()
+        events = []
+        with Probe(ProbeConfig(match=(MatchRule("otpmatchnew"),), pin_dir=pin_dir), events.append) as probe:
+            assert probe.resumed
+            probe.poll(0)
+            events.clear()  # what the old list matched before: not this test's business
+            for program in (old_name, new_name):
+                assert subprocess.run([program]).returncode == 0
+            probe.poll(0)
+            seen = {decode(raw, BootClock(), probe.layout).comm for raw in events}
+        assert seen == {"otpmatchnew"}
+    finally:
+        pin_root.remove(pin_dir)
