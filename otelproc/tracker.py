@@ -17,8 +17,8 @@ from typing import Iterator
 from otelproc.decoder import OomKill, ProcessEvent, SignalSent, Usage
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
 from otelproc.matching import is_python
-from otelproc.record import EventKind
 from otelproc.owners import Owners
+from otelproc.record import EventKind
 from otelproc.telemetry import Stats
 
 ProcessKey = tuple[int, int]  # (pid, start ticks)
@@ -47,6 +47,15 @@ def program_name(exe: str | None, argv: tuple[str, ...] | None, comm: str, paren
         elif not arg.startswith("-"):
             return os.path.basename(arg)
     return base
+
+
+def keep_latest(items: list, item: object, limit: int) -> int:
+    """Appends item and lets the oldest go past limit; returns how many went (0 or 1)."""
+    items.append(item)
+    if len(items) <= limit:
+        return 0
+    del items[0]
+    return 1
 
 
 @dataclass(slots=True)
@@ -214,8 +223,11 @@ class Tracker:
         parent = self.parent_of(event.ppid)
         exe, argv, otel_env = event.exe, event.argv, dict(event.otel_env)
         if inherit and parent is not None:
-            # A forked child runs its parent's program, with its parent's environment.
+            # A forked child runs its parent's program, with its parent's environment and root.
             exe, argv, otel_env = parent.exe, parent.argv, dict(parent.otel_env)
+            owner = parent.owner if parent.uid == event.uid else self._owner(event, parent)
+        else:
+            owner = self._owner(event, parent)
         identity = ProcessIdentity(self._boot_id, event.pidns, event.vpid, event.start_ticks)
         return TrackedProcess(
             identity=identity,
@@ -238,7 +250,7 @@ class Tracker:
             link=self._place(identity, otel_env, parent),
             parent_key=parent.key if parent else None,
             parent_program=parent.program if parent else None,
-            owner=self._owner(event, parent),
+            owner=owner,
         )
 
     def _owner(self, event: ProcessEvent, parent: TrackedProcess | None) -> str | None:
@@ -259,10 +271,7 @@ class Tracker:
 
     def _exec_again(self, process: TrackedProcess, event: ProcessEvent) -> None:
         """Same process, new program: the span stays, the exec becomes a span event."""
-        process.execs.append(Exec(event.time, event.exe, event.argv))
-        if len(process.execs) > self.max_execs:
-            del process.execs[0]
-            process.execs_dropped += 1
+        process.execs_dropped += keep_latest(process.execs, Exec(event.time, event.exe, event.argv), self.max_execs)
         process.exe, process.argv, process.comm = event.exe, event.argv, event.comm
         process.otel_env = dict(event.otel_env)
         process.truncated |= set(event.truncated)
@@ -281,10 +290,7 @@ class Tracker:
         if event.oom is not None:
             process.oom = event.oom
         if event.sent is not None:
-            if len(process.signals) >= MAX_SIGNALS:
-                del process.signals[0]
-                process.signals_dropped += 1
-            process.signals.append(event.sent)
+            process.signals_dropped += keep_latest(process.signals, event.sent, MAX_SIGNALS)
 
     def _exit(self, key: ProcessKey, event: ProcessEvent) -> Ended:
         process = self.forget(key)
