@@ -99,9 +99,11 @@ class Sidecar:
             if layout is not None:
                 if event.time >= self._overlap_from:  # both probes were attached: the new one has it too
                     self._overlap.add(event_key(event))
-            elif self._overlap and event_key(event) in self._overlap:
-                self._overlap.discard(event_key(event))
-                return  # the old probe's copy of it was taken already
+            elif self._overlap:
+                key = event_key(event)
+                if key in self._overlap:
+                    self._overlap.discard(key)
+                    return  # the old probe's copy of it was taken already
             self.stats.events[event.kind] += 1
             stage = "track"
             ended = self.tracker.handle(event)
