@@ -89,8 +89,6 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_map__name": (ctypes.c_char_p, [_P]),
     "bpf_map__pin": (ctypes.c_int, [_P, ctypes.c_char_p]),
     "bpf_link__pin": (ctypes.c_int, [_P, ctypes.c_char_p]),
-    "bpf_link__open": (_P, [ctypes.c_char_p]),
-    "bpf_link__fd": (ctypes.c_int, [_P]),
     "bpf_obj_get": (ctypes.c_int, [ctypes.c_char_p]),
     "bpf_obj_get_info_by_fd": (ctypes.c_int, [ctypes.c_int, _P, ctypes.POINTER(ctypes.c_uint32)]),
     "bpf_prog_get_fd_by_id": (ctypes.c_int, [ctypes.c_uint32]),
@@ -319,14 +317,11 @@ def link_prog_id(link_fd: int) -> int:
 @lru_cache(maxsize=1)
 def _prog_info_layout() -> tuple[int, dict[str, int]]:
     """struct bpf_prog_info as the running kernel defines it, from its own BTF."""
-    btf = lib().btf__load_vmlinux_btf()
-    if not btf:
+    btf = _vmlinux_btf()
+    if btf is None:
         raise fail("loading the kernel's BTF")
-    try:
-        size, members = struct_members(btf, "bpf_prog_info")
-        return size, {m.name: m.offset for m in members}
-    finally:
-        lib().btf__free(btf)
+    size, members = struct_members(btf, "bpf_prog_info")
+    return size, {m.name: m.offset for m in members}
 
 
 def prog_btf_id(prog_id: int) -> int:
@@ -363,7 +358,6 @@ class KernelBtf:
             self.handle = None
 
 
-_BPF_FS_MAGIC = 0xCAFE4A11
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 
 
@@ -444,9 +438,6 @@ class BpfObject:
                 self._links.append((name, link))
             prog = self._api.bpf_object__next_program(self._obj, prog)
 
-    def link_prog_ids(self) -> list[int]:
-        return [link_prog_id(self._api.bpf_link__fd(link)) for _, link in self._links]
-
     def pin(self, directory: str, link_prefix: str, map_prefix: str) -> None:
         """Pins every link and every map of the object under directory; they then outlive this process."""
         for name, link in self._links:
@@ -454,9 +445,6 @@ class BpfObject:
         for name in self.map_names():
             check(self._api.bpf_map__pin(self._map(name), f"{directory}/{map_prefix}{name}".encode()),
                   f"pinning map {name}")
-
-    def update(self, name: str, key: bytes, value: bytes) -> None:
-        map_update(self.map_fd(name), key, value, name)
 
     def close(self) -> None:
         """Detaches every program not pinned and frees the object; safe to call twice."""
