@@ -14,12 +14,8 @@ from dataclasses import dataclass
 
 from otelproc import procfs, record
 
-# Every CPython build's file is named python... (python3.13, python3.13t, python3.13-dbg, python2.7),
-# PyPy's pypy... (pypy3, pypy3.10), GraalPy's graalpy.
-PYTHON_INTERPRETERS = "python*,pypy*,graalpy*"
 # The kernel reads EXE_NAME_LEN - 1 bytes of a name: a longer name is cut, and a rule that long could not tell.
 EXE_NAME_MAX = record.EXE_NAME_LEN - 2
-_DELETED = " (deleted)"  # readlink's suffix for a file replaced since it was loaded (an upgraded interpreter)
 
 
 @dataclass(frozen=True)
@@ -37,19 +33,17 @@ class MatchRule:
         return exe_name.startswith(self.name) if self.prefix else exe_name == self.name
 
 
-def rules(text: str) -> tuple[MatchRule, ...]:
-    """A well-formed list ("a,b*") as rules; config.parse_match is the checking parser for user input."""
-    return tuple(MatchRule(name.rstrip("*"), name.endswith("*")) for name in text.split(","))
-
-
-PYTHON_RULES = rules(PYTHON_INTERPRETERS)
+# Every CPython build's file is named python... (python3.13, python3.13t, python3.13-dbg, python2.7),
+# PyPy's pypy... (pypy3, pypy3.10), GraalPy's graalpy.
+PYTHON_RULES = (MatchRule("python", True), MatchRule("pypy", True), MatchRule("graalpy", True))
+PYTHON_INTERPRETERS = ",".join(map(str, PYTHON_RULES))
 
 
 def exe_name(pid: int) -> str | None:
     """The name of the file the process's last exec loaded; None for a kernel thread, a zombie or a
     process that is gone (/proc/<pid>/exe cannot be read)."""
     path = procfs.exe(pid)
-    return os.path.basename(path).removesuffix(_DELETED) if path else None
+    return os.path.basename(path) if path else None
 
 
 def any_match(match: tuple[MatchRule, ...], name: str | None) -> bool:

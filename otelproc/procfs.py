@@ -52,10 +52,13 @@ def cmdline(pid: int) -> tuple[str, ...]:
     return split_argv(_read(pid, "cmdline"))
 
 
+_DELETED = " (deleted)"  # readlink's suffix for a file replaced since it was loaded (an upgraded interpreter)
+
+
 def exe(pid: int) -> str | None:
-    """The loaded executable's path; None for a kernel thread or a zombie."""
+    """The loaded executable's path, as the kernel recorded it at exec; None for a kernel thread or a zombie."""
     try:
-        return text(os.readlink(f"/proc/{pid}/exe".encode()))
+        return text(os.readlink(f"/proc/{pid}/exe".encode())).removesuffix(_DELETED)
     except (FileNotFoundError, PermissionError):
         return None
 

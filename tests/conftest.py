@@ -22,9 +22,9 @@ import pytest
 from otelproc import libbpf, pins
 from otelproc.checks import EVENTS_CAPS, missing_caps
 from otelproc.clock import BootClock
+from otelproc.config import parse_match
 from otelproc.decoder import ProcessEvent, decode
 from otelproc.loader import Probe, ProbeConfig
-from otelproc.matching import rules
 
 if TYPE_CHECKING:
     from otlp_receiver import GrpcReceiver, HttpReceiver
@@ -175,7 +175,7 @@ def kernel_events() -> Iterator[Callable[..., EventCollector]]:
     started: list[EventCollector] = []
 
     def start(match: str = "python3.*", **kwargs: object) -> EventCollector:
-        collector = EventCollector(ProbeConfig(match=rules(match), **kwargs))
+        collector = EventCollector(ProbeConfig(match=parse_match(match), **kwargs))
         started.append(collector)
         return collector
 
