@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from otelproc import procfs
 from otelproc.loader import ProbeConfig
 from otelproc.matching import EXE_NAME_MAX, PYTHON_INTERPRETERS, MatchRule
 from otelproc.signals import DEFAULT_CLEAN, SignalNameError, parse_signal_set
@@ -57,7 +58,7 @@ class Scope:
 
 
 def own_pidns_inode() -> int:
-    return os.stat("/proc/self/ns/pid").st_ino
+    return procfs.pidns(os.getpid())
 
 
 def parse_scope(text: str) -> Scope:
@@ -369,13 +370,18 @@ def resolve(command: str, args: argparse.Namespace, environ: Mapping[str, str] |
     return Settings(**values, sources=sources)
 
 
+def scope_pidns(scope: Scope) -> int:
+    """The pid namespace whose numbering the kernel side uses; 0: the host's."""
+    return own_pidns_inode() if scope.kind == "pidns" else 0
+
+
 def probe_config(settings: Settings, pin_dir: Path | None = None) -> ProbeConfig:
     scope = settings.scope
     return ProbeConfig(
         pin_dir=pin_dir,
         match=settings.match,
         trace_all=settings.all,
-        scope_pidns=own_pidns_inode() if scope.kind == "pidns" else 0,
+        scope_pidns=scope_pidns(scope),
         scope_cgroup=scope.cgroup,
         ring_buffer_bytes=settings.ring_buffer_size,
         max_tracked=settings.max_processes,
@@ -387,7 +393,7 @@ def probe_config(settings: Settings, pin_dir: Path | None = None) -> ProbeConfig
 def tracking_config(settings: Settings) -> str:
     """What decides which processes are tracked and how they are numbered: a state file of other tracking is not resumed."""
     scope = settings.scope
-    pidns = own_pidns_inode() if scope.kind == "pidns" else 0
+    pidns = scope_pidns(scope)
     match = "all" if settings.all else ",".join(str(r) for r in settings.match)
     return f"match={match} scope={scope} pidns={pidns}"
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import pwd
 
+from otelproc import procfs
 from otelproc.decoder import text
 
 MAX_FILES = 256  # distinct passwd files kept parsed (containers with their own images)
@@ -25,7 +26,7 @@ MAX_FILES = 256  # distinct passwd files kept parsed (containers with their own 
 
 class Owners:
     def __init__(self) -> None:
-        self._own_pidns = os.stat("/proc/self/ns/pid").st_ino
+        self._own_pidns = procfs.pidns(os.getpid())
         self._files: dict[tuple[int, int, int], dict[int, str]] = {}
         self._own: dict[int, str] = {}
 
