@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import lru_cache
 
 MASK = "***"
 SECRET_WORDS = (
@@ -182,3 +183,9 @@ def redact_argv(argv: tuple[str, ...] | list[str]) -> list[str]:
         else:
             out.append(_header(arg) or _in_place(arg))
     return out
+
+
+@lru_cache(maxsize=1024)
+def redacted(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """redact_argv once per distinct command line: a pool of workers, or a script run in a loop, repeats one."""
+    return tuple(redact_argv(argv))
