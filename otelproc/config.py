@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from otelproc import procfs
+from otelproc.decoder import DEFAULT_USAGE, USAGE_GROUPS
 from otelproc.loader import ProbeConfig
 from otelproc.matching import EXE_NAME_MAX, PYTHON_INTERPRETERS, MatchRule
 from otelproc.signals import DEFAULT_CLEAN, SignalNameError, parse_signal_set
@@ -148,6 +149,14 @@ def parse_clean_signals(text: str) -> frozenset[int]:
         return parse_signal_set(text)
     except SignalNameError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def parse_usage(text: str) -> frozenset[str]:
+    groups = frozenset(g.strip() for g in text.split(",") if g.strip())
+    unknown = sorted(groups - set(USAGE_GROUPS))
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: not a usage group; choose from {', '.join(USAGE_GROUPS)}")
+    return groups
 
 
 def parse_log_level(text: str) -> str:
@@ -286,6 +295,15 @@ OPTIONS: tuple[Option, ...] = (
         "LIST",
     ),
     Option(
+        "usage",
+        DEFAULT_USAGE,
+        parse_usage,
+        "what a lifetime span says the process used: cpu (user and system time), memory (peak resident), "
+        "faults (page faults), switches (context switches), io (storage bytes); empty: none",
+        (RUN,),
+        "LIST",
+    ),
+    Option(
         "log_level", "info", parse_log_level, "debug, info, warning or error (logs go to stderr)", (EV, RUN, DETACH),
         "LEVEL",
     ),
@@ -331,6 +349,7 @@ class Settings:
     health_port: int | None
     redact: bool
     clean_signals: frozenset[int]
+    usage: frozenset[str]
     log_level: str
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 

@@ -71,7 +71,9 @@ class Sidecar:
         self.processor = make_processor(CountingExporter(self.destination.exporter, self.stats))
         self.max_in_flight = bsp_max_queue_size()
         self.host = host_attributes()
-        self.builder = SpanBuilder(settings.service_name, self.host, settings.redact, self.stats, settings.clean_signals)
+        self.builder = SpanBuilder(
+            settings.service_name, self.host, settings.redact, self.stats, settings.clean_signals, settings.usage
+        )
         self.tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9), self.stats, Owners(),
                                self.builder.limits.max_events or DEFAULT_MAX_EXECS)
         self.cgroups = CgroupPaths()

@@ -22,8 +22,8 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from otelproc import __version__
 from otelproc.clock import iso_millis
-from otelproc.decoder import OomKill, SignalSent, Usage
-from otelproc.redact import redact_argv
+from otelproc.decoder import DEFAULT_USAGE, OomKill, SignalSent, Usage
+from otelproc.redact import redacted
 from otelproc.signals import DEFAULT_CLEAN, SI_KERNEL, code_name, parse_signal_set, signal_name
 from otelproc.telemetry import Stats
 from otelproc.tracker import Ended, TrackedProcess
@@ -32,6 +32,8 @@ SCOPE = InstrumentationScope("otelproc", __version__)
 _CONTAINER_ID = re.compile(r"(?:[a-z-]+-)?([0-9a-f]{64})(?:\.scope)?")
 _OK = Status(StatusCode.OK)
 CLEAN_SIGNALS = parse_signal_set(DEFAULT_CLEAN)
+USAGE = frozenset(DEFAULT_USAGE.split(","))
+TASK_COMM_LEN = 16
 OOM_ERROR_TYPE = "OOMKilled"
 
 
@@ -123,26 +125,28 @@ def signal_attributes(sent: SignalSent, pid: int) -> dict[str, object]:
     return attrs
 
 
-def usage_attributes(usage: Usage) -> dict[str, object]:
-    """What the process used, named after the semantic conventions' process metrics (metric.attribute value).
+def usage_attributes(usage: Usage, groups: frozenset[str] = USAGE) -> dict[str, object]:
+    """What the process used, named after the semantic conventions' process metrics (metric.attribute value),
+    in the groups asked for (decoder.USAGE_GROUPS).
 
     CPU time and peak memory always; the counters only when not zero (most processes
     never wait on a major fault or write to storage, and every attribute costs its export).
     """
-    attrs: dict[str, object] = {
-        "process.cpu.time.user": usage.cpu_user_ns / 1e9,
-        "process.cpu.time.system": usage.cpu_system_ns / 1e9,
-        "otelproc.memory.peak": usage.max_rss_bytes,
-    }
-    for key, value in (
-        ("process.paging.faults.minor", usage.minor_faults),
-        ("process.paging.faults.major", usage.major_faults),
-        ("process.context_switches.voluntary", usage.voluntary_switches),
-        ("process.context_switches.involuntary", usage.involuntary_switches),
-        ("process.disk.io.read", usage.disk_read_bytes),
-        ("process.disk.io.write", usage.disk_write_bytes),
+    attrs: dict[str, object] = {}
+    if "cpu" in groups:
+        attrs["process.cpu.time.user"] = usage.cpu_user_ns / 1e9
+        attrs["process.cpu.time.system"] = usage.cpu_system_ns / 1e9
+    if "memory" in groups:
+        attrs["otelproc.memory.peak"] = usage.max_rss_bytes
+    for group, key, value in (
+        ("faults", "process.paging.faults.minor", usage.minor_faults),
+        ("faults", "process.paging.faults.major", usage.major_faults),
+        ("switches", "process.context_switches.voluntary", usage.voluntary_switches),
+        ("switches", "process.context_switches.involuntary", usage.involuntary_switches),
+        ("io", "process.disk.io.read", usage.disk_read_bytes),
+        ("io", "process.disk.io.write", usage.disk_write_bytes),
     ):
-        if value:
+        if value and group in groups:
             attrs[key] = value
     return attrs
 
@@ -179,9 +183,10 @@ class ServiceResource(Resource):
 
 class SpanBuilder:
     def __init__(self, default_service: str, host: dict[str, str], redact: bool = True, stats: Stats | None = None,
-                 clean_signals: frozenset[int] = CLEAN_SIGNALS):
+                 clean_signals: frozenset[int] = CLEAN_SIGNALS, usage: frozenset[str] = USAGE):
         self.default_service = default_service
         self.clean_signals = clean_signals
+        self.usage = usage
         self.host = host
         self.redact = redact
         self.stats = stats or Stats()
@@ -206,19 +211,25 @@ class SpanBuilder:
                 self._resources[key] = resource
         return resource
 
-    def attributes(self, process: TrackedProcess) -> dict[str, object]:
+    def attributes(self, process: TrackedProcess, cgroup_path: str | None) -> dict[str, object]:
+        """The attributes of both spans of a process. One that would repeat another is left out (each
+        costs about 2 µs per span to export): vpid when it is the pid, the comm when it is the
+        executable's name, the cgroup's name when its path ends with it."""
         exe = process.exe or ""
+        name = os.path.basename(exe) or process.comm
         attrs: dict[str, object] = {
             "process.pid": process.pid,
             "process.parent_pid": process.ppid,
-            "process.vpid": process.vpid,
-            "process.executable.name": os.path.basename(exe) or process.comm,
+            "process.executable.name": name,
             "process.user.id": process.uid,
             "process.creation.time": iso_millis(process.creation_time),
-            "otelproc.comm": process.comm,
             "otelproc.process.key": process.identity.key,
             "otelproc.start.source": process.origin,
         }
+        if process.vpid != process.pid:
+            attrs["process.vpid"] = process.vpid
+        if process.comm != name[: TASK_COMM_LEN - 1]:  # the kernel cuts a task's name to 15 bytes
+            attrs["otelproc.comm"] = process.comm
         if process.owner is not None:
             attrs["process.owner"] = process.owner
         if exe:
@@ -227,8 +238,11 @@ class SpanBuilder:
             argv = self.command_args(process.argv)
             attrs["process.command"] = argv[0]
             attrs["process.command_args"] = argv
+        if cgroup_path:
+            attrs["process.linux.cgroup"] = cgroup_path
         if process.cgroup:
-            attrs["otelproc.cgroup"] = process.cgroup
+            if not (cgroup_path and cgroup_path.endswith("/" + process.cgroup)):
+                attrs["otelproc.cgroup"] = process.cgroup
             cid = container_id(process.cgroup)
             if cid:
                 attrs["container.id"] = cid
@@ -253,16 +267,13 @@ class SpanBuilder:
             return bounded
         return events
 
-    def command_args(self, argv: tuple[str, ...]) -> list[str]:
-        return redact_argv(argv) if self.redact else list(argv)
+    def command_args(self, argv: tuple[str, ...]) -> tuple[str, ...]:
+        return redacted(argv) if self.redact else argv
 
     def lifetime(self, ended: Ended, cgroup_path: str | None = None) -> ReadableSpan:
         process = ended.process
-        attrs = self.attributes(process)
+        attrs = self.attributes(process, cgroup_path)
         attrs["otelproc.span"] = "lifetime"
-        attrs["process.exit.time"] = iso_millis(ended.end_time)
-        if cgroup_path:
-            attrs["process.linux.cgroup"] = cgroup_path
         if ended.exit_code is not None:
             attrs["process.exit.code"] = ended.exit_code
         status, error_type, reason = exit_status(ended, self.clean_signals)
@@ -282,7 +293,7 @@ class SpanBuilder:
         if process.oom is not None:
             attrs.update(oom_attributes(process.oom))
         if ended.usage is not None:
-            attrs.update(usage_attributes(ended.usage))
+            attrs.update(usage_attributes(ended.usage, self.usage))
         if error_type:
             attrs["error.type"] = error_type
         if ended.exit_code is None and not ended.signal:
@@ -327,10 +338,8 @@ class SpanBuilder:
 
     def started(self, process: TrackedProcess, cgroup_path: str | None = None) -> ReadableSpan:
         """A 1 ns child of the lifetime span, exported while the process still runs (Jaeger flags 0 ns)."""
-        attrs = self.attributes(process)
+        attrs = self.attributes(process, cgroup_path)
         attrs["otelproc.span"] = "started"
-        if cgroup_path:
-            attrs["process.linux.cgroup"] = cgroup_path
         link = process.link
         context = link.span_context()
         return ReadableSpan(

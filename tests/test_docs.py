@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from otelproc.decoder import OomKill, ProcessEvent, SignalSent, Usage
+from otelproc.decoder import USAGE_GROUPS, OomKill, ProcessEvent, SignalSent, Usage
 from otelproc.spans import SpanBuilder, host_attributes
 from otelproc.tracker import MAX_SIGNALS, Ended, Tracker
 from test_units import event
@@ -45,8 +45,9 @@ def documented_keys(rows: list[list[str]]) -> set[str]:
 
 
 def representative_spans() -> list:
-    """Lifetime and 'started' spans of processes that end every way the kernel reports, plus one unseen end."""
-    builder = SpanBuilder("svc", host_attributes())
+    """Lifetime and 'started' spans of processes that end every way the kernel reports, plus one unseen end;
+    each with every usage group, the ones in containers with their own pid and a name they gave themselves."""
+    builder = SpanBuilder("svc", host_attributes(), usage=frozenset(USAGE_GROUPS))
     tracker = Tracker(max_processes=10, announce_after_ns=0)
     spans = []
     used = Usage(1_500_000, 500_000, 64 << 20, 1_200, 3, 10, 4, 4096, 8192)
@@ -71,7 +72,7 @@ def representative_spans() -> list:
         (dict(exit_code=None, signal=signal.SIGKILL, usage=used), oom_killed),
     ]
     for pid, (ending, before) in enumerate(cases, start=100):
-        in_container = dict(cgroup=f"docker-{CONTAINER}.scope", truncated=("argv",))
+        in_container = dict(cgroup=f"docker-{CONTAINER}.scope", truncated=("argv",), vpid=7, comm="gunicorn: work")
         tracker.handle(event("exec", pid, ticks=pid, **in_container))
         tracker.handle(event("exec", pid, ticks=pid, time=9_000, argv=("python3", "b.py"), **in_container))
         (process,) = [p for p in tracker.processes.values() if p.pid == pid]
@@ -83,7 +84,7 @@ def representative_spans() -> list:
         spans.append(builder.lifetime(ended, "0::/system.slice/app.service"))
     tracker.handle(event("exec", 200, ticks=200, exe=None, argv=None))
     spans.append(builder.lifetime(Ended.unseen(tracker.forget((200, 200)), 20_000)))
-    tracker.handle(event("exec", 201, ticks=201))
+    tracker.handle(event("exec", 201, ticks=201, cgroup="app.service"))  # no cgroup v2 path known
     spans.append(builder.lifetime(Ended.between(tracker.forget((201, 201)), 20_000, 30_000)))  # while down
     return spans
 

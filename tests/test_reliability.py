@@ -198,7 +198,7 @@ def test_malformed_input_is_ignored_and_counted(sidecar, grpc_receiver, test_pyt
     (first_span,), (odd_span,), (big_span,) = spans
     assert first_span.resource["team"] == "ok" and first_span.service == "otelproc"
     assert first_span.parent_span_id == "" and first_span.status == "OK"
-    assert odd_span.attributes["otelproc.comm"] == "python-otp\\xff"
+    assert odd_span.attributes["process.executable.name"] == "python-otp\\xff"  # and the comm, so no otelproc.comm
     assert odd_span.attributes["process.command_args"][-1] == "arg-\\xfe"
     assert odd_span.attributes["process.executable.path"].endswith("/python-otp\\xff")
     assert big_span.attributes["otelproc.truncated"] == ["argv"]

@@ -16,7 +16,7 @@ from otelproc import config, matching, record
 from otelproc.loader import match_key
 from otelproc.matching import EXE_NAME_MAX
 from otelproc.config import ConfigError
-from otelproc.decoder import OomKill, ProcessEvent, SignalSent, cpu_split, parse_otel_env
+from otelproc.decoder import USAGE_GROUPS, OomKill, ProcessEvent, SignalSent, Usage, cpu_split, parse_otel_env
 from otelproc.identity import ProcessIdentity, fresh_carrier, place
 from otelproc.record import EventKind
 from otelproc.signals import DEFAULT_CLEAN, code_name, parse_signal_set
@@ -343,6 +343,51 @@ def test_resources_are_built_once_per_service():
     tracker.handle(event("exec", 3, ticks=3))
     a1, a2, d = (builder.resource(p) for p in tracker.processes.values())
     assert a1 is a2 and a1.attributes["service.name"] == "a" and d.attributes["service.name"] == "default"
+
+
+def _lifetime(builder: SpanBuilder, cgroup_path: str | None = None, **exec_fields: object) -> dict[str, object]:
+    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker.handle(event("exec", 10, ticks=1, **exec_fields))
+    used = Usage(3_000_000, 1_000_000, 9 << 20, 1_150, 0, 2, 3, 0, 4096)
+    ended = tracker.handle(event("exit", 10, ticks=1, exit_code=0, usage=used, comm=exec_fields.get("comm", "python3")))
+    return dict(builder.lifetime(ended, cgroup_path).attributes)
+
+
+def test_usage_groups_say_what_a_span_carries():
+    default = _lifetime(SpanBuilder("svc", {}))
+    assert {k for k in default if k.startswith(("process.cpu", "otelproc.memory", "process.paging",
+                                                   "process.context", "process.disk"))} == {
+        "process.cpu.time.user", "process.cpu.time.system", "otelproc.memory.peak"}
+    assert default["process.cpu.time.user"] == 0.003 and default["otelproc.memory.peak"] == 9 << 20
+    everything = _lifetime(SpanBuilder("svc", {}, usage=frozenset(USAGE_GROUPS)))
+    assert everything["process.paging.faults.minor"] == 1_150 and everything["process.disk.io.write"] == 4096
+    assert everything["process.context_switches.involuntary"] == 3
+    assert "process.paging.faults.major" not in everything and "process.disk.io.read" not in everything  # zero
+    io_only = _lifetime(SpanBuilder("svc", {}, usage=frozenset({"io"})))
+    assert "process.cpu.time.user" not in io_only and io_only["process.disk.io.write"] == 4096
+
+
+def test_usage_setting():
+    assert resolve([], {}).usage == {"cpu", "memory"}
+    assert resolve(["--usage", "cpu, io"], {}).usage == {"cpu", "io"}
+    assert resolve([], {"OTELPROC_USAGE": ""}).usage == frozenset()
+    with pytest.raises(ConfigError, match="disk: not a usage group; choose from cpu, memory, faults, switches, io"):
+        resolve(["--usage", "cpu,disk"], {})
+
+
+def test_attributes_that_would_repeat_another_are_left_out():
+    builder = SpanBuilder("svc", {})
+    plain = _lifetime(builder, comm="python3", exe="/usr/bin/python3")
+    assert "process.vpid" not in plain and "otelproc.comm" not in plain and "process.exit.time" not in plain
+    cut = _lifetime(builder, comm="python-otp12345", exe="/venv/bin/python-otp1234567")  # the kernel's 15 bytes
+    assert "otelproc.comm" not in cut
+    contained = _lifetime(builder, vpid=7, comm="python3", exe="/usr/bin/python3.11", cgroup="app.service")
+    assert contained["process.vpid"] == 7 and contained["process.pid"] == 10
+    assert contained["otelproc.comm"] == "python3" and contained["otelproc.cgroup"] == "app.service"
+    with_path = _lifetime(builder, cgroup="app.service", cgroup_path="0::/system.slice/app.service")
+    assert "otelproc.cgroup" not in with_path and with_path["process.linux.cgroup"] == "0::/system.slice/app.service"
+    other_leaf = _lifetime(builder, cgroup="mem-7", cgroup_path="0::/system.slice/app.service")  # a v1 memory cgroup
+    assert other_leaf["otelproc.cgroup"] == "mem-7"
 
 
 # decoder

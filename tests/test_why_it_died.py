@@ -145,7 +145,7 @@ block[::4096] = b'x' * len(range(0, 256 << 20, 4096))  # every page touched
 
 
 def test_cpu_time_and_peak_memory_of_the_whole_process(sidecar, grpc_receiver, test_python):
-    sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
+    sidecar(*MATCH_TEST, "--usage", "cpu,memory,faults,switches,io", endpoint=grpc_receiver.endpoint)
     child = subprocess.Popen([test_python, "-c", BUSY_THEN_BIG])
     _, status, usage = os.wait4(child.pid, 0)  # the kernel's own account, as its parent gets it
     child.returncode = os.waitstatus_to_exitcode(status)
