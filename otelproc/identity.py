@@ -25,7 +25,7 @@ A restarted sidecar and the process itself (otelproc.appside) compute the same i
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -51,10 +51,10 @@ class ProcessIdentity:
     pidns: int
     vpid: int
     start_ticks: int
+    key: str = field(init=False, repr=False, compare=False)  # joined once: three ids and an attribute use it
 
-    @property
-    def key(self) -> str:
-        return f"{self.boot_id}/{self.pidns}/{self.vpid}/{self.start_ticks}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.boot_id}/{self.pidns}/{self.vpid}/{self.start_ticks}")
 
     def span_id(self) -> int:
         return _digest(b"otelproc span ", self.key, 8)

@@ -36,7 +36,7 @@ class Owners:
         try:
             st = os.stat(path)
         except OSError:
-            if os.path.exists(f"/proc/{pid}/root/"):
+            if os.access(f"/proc/{pid}/root/", os.F_OK):  # (no exception to raise when gone: storms)
                 return str(uid)  # it runs, and its view has no /etc/passwd: no names there
             if parent is not None and parent[0] == uid:
                 return parent[1]
