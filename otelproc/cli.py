@@ -22,7 +22,7 @@ from otelproc.decoder import MalformedRecord, decode
 from otelproc.libbpf import LibbpfError
 from otelproc.loader import Probe
 from otelproc.record import EventLayout
-from otelproc.redact import redact_argv
+from otelproc.redact import redacted
 from otelproc.stop import StopSignal
 
 log = logging.getLogger("otelproc")
@@ -83,7 +83,7 @@ def cmd_events(settings: Settings) -> int:
             log.warning("skipped a record: %s", exc)
             return
         if settings.redact and event.argv:
-            event = event._replace(argv=tuple(redact_argv(event.argv)))
+            event = event._replace(argv=redacted(event.argv))
         out.write(json.dumps(event.to_json_dict()) + "\n")
 
     stop = StopSignal()

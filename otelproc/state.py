@@ -23,7 +23,7 @@ from opentelemetry.trace import TraceState
 
 from otelproc.decoder import OomKill, SignalSent
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id
-from otelproc.redact import redact_argv
+from otelproc.redact import redacted
 from otelproc.tracker import Exec, TrackedProcess
 
 VERSION = 2
@@ -53,7 +53,7 @@ def to_dict(p: TrackedProcess, redact: bool) -> dict[str, Any]:
     def argv(value: tuple[str, ...] | None) -> list[str] | None:
         if value is None:
             return None
-        return redact_argv(value) if redact else list(value)
+        return list(redacted(value) if redact else value)
 
     return {
         "pid": p.pid, "start_ticks": p.identity.start_ticks, "pidns": p.pidns, "vpid": p.vpid, "ppid": p.ppid,
