@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from otelproc import __version__
 from otelproc.clock import iso_millis
+from otelproc.record import TASK_COMM_LEN
 from otelproc.decoder import DEFAULT_USAGE, OomKill, SignalSent, Usage
 from otelproc.redact import redacted
 from otelproc.signals import DEFAULT_CLEAN, SI_KERNEL, code_name, parse_signal_set, signal_name
@@ -33,7 +34,6 @@ _CONTAINER_ID = re.compile(r"(?:[a-z-]+-)?([0-9a-f]{64})(?:\.scope)?")
 _OK = Status(StatusCode.OK)
 CLEAN_SIGNALS = parse_signal_set(DEFAULT_CLEAN)
 USAGE = frozenset(DEFAULT_USAGE.split(","))
-TASK_COMM_LEN = 16
 OOM_ERROR_TYPE = "OOMKilled"
 
 
@@ -129,8 +129,8 @@ def usage_attributes(usage: Usage, groups: frozenset[str] = USAGE) -> dict[str, 
     """What the process used, named after the semantic conventions' process metrics (metric.attribute value),
     in the groups asked for (decoder.USAGE_GROUPS).
 
-    CPU time and peak memory always; the counters only when not zero (most processes
-    never wait on a major fault or write to storage, and every attribute costs its export).
+    Counters only when not zero: most processes never wait on a major fault or write to
+    storage, and every attribute costs its export.
     """
     attrs: dict[str, object] = {}
     if "cpu" in groups:
