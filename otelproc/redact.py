@@ -185,7 +185,7 @@ def redact_argv(argv: tuple[str, ...] | list[str]) -> list[str]:
     return out
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=256)  # at most 256 x 2 x ARGV_MAX (8 KiB): 4 MiB held, when every command line is long
 def redacted(argv: tuple[str, ...]) -> tuple[str, ...]:
     """redact_argv once per distinct command line: a pool of workers, or a script run in a loop, repeats one."""
     return tuple(redact_argv(argv))

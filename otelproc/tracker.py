@@ -30,7 +30,7 @@ DEFAULT_MAX_EXECS = 128
 _PYTHON_OPTIONS_WITH_VALUE = {"-W", "-X", "--check-hash-based-pycs"}
 
 
-@lru_cache(maxsize=4096)  # asked for each span and each child; a pool of workers shares one answer
+@lru_cache(maxsize=256)  # asked for each span and each child; a pool of workers shares one answer (argv: 8 KiB at most)
 def program_name(exe: str | None, argv: tuple[str, ...] | None, comm: str, parent_program: str | None) -> str:
     """What a person calls the program: the script or module a python runs, else the executable's name."""
     base = os.path.basename(exe or "") or comm
