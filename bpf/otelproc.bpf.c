@@ -162,6 +162,21 @@ static __always_inline bool in_cgroup_scope(void)
 	return !scope_cgroup || bpf_current_task_under_cgroup(&scope_cgroups, 0) == 1;
 }
 
+/* The task's place in the memory controller's hierarchy; NULL on a kernel
+ * built without it (the enum value must be checked before it is relocated).
+ * 12 bounds the subsys[] index for the verifier: no kernel has more. */
+static __always_inline struct cgroup_subsys_state *memory_css(struct task_struct *task)
+{
+	int memory;
+
+	if (!bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id))
+		return NULL;
+	memory = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
+	if (memory < 0 || memory >= 12)
+		return NULL;
+	return BPF_CORE_READ(task, cgroups, subsys[memory]);
+}
+
 static __always_inline void fill_cgroup(struct event *e, struct task_struct *task)
 {
 	struct cgroup *cgrp = BPF_CORE_READ(task, cgroups, dfl_cgrp);
@@ -170,16 +185,11 @@ static __always_inline void fill_cgroup(struct event *e, struct task_struct *tas
 	e->cgroup_id = BPF_CORE_READ(kn, id);
 	/* On a cgroup v1 host every task sits in the v2 root; the memory
 	 * controller's hierarchy then holds the container's name. */
-	if (BPF_CORE_READ(cgrp, level) == 0 &&
-	    bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id)) {
-		int memory = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
-		struct cgroup_subsys_state *css;
+	if (BPF_CORE_READ(cgrp, level) == 0) {
+		struct cgroup_subsys_state *css = memory_css(task);
 
-		if (memory >= 0 && memory < 12) {
-			css = BPF_CORE_READ(task, cgroups, subsys[memory]);
-			if (css)
-				kn = BPF_CORE_READ(css, cgroup, kn);
-		}
+		if (css)
+			kn = BPF_CORE_READ(css, cgroup, kn);
 	}
 	bpf_probe_read_kernel_str(e->cgroup, sizeof(e->cgroup), BPF_CORE_READ(kn, name));
 }
@@ -435,8 +445,6 @@ static __always_inline void fill_usage(struct event *e, struct task_struct *task
 	e->maj_flt = sig->maj_flt;
 	e->nvcsw = sig->nvcsw;
 	e->nivcsw = sig->nivcsw;
-	e->read_bytes = 0;
-	e->write_bytes = 0;
 	if (bpf_core_field_exists(sig->ioac.read_bytes)) {
 		e->read_bytes = sig->ioac.read_bytes;
 		e->write_bytes = sig->ioac.write_bytes;
@@ -566,13 +574,9 @@ int BPF_PROG(handle_signal, int sig, struct kernel_siginfo *info, struct task_st
 
 static __always_inline struct mem_cgroup *limited_memcg(struct task_struct *task)
 {
-	int memory = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
-	struct cgroup_subsys_state *css, *parent;
+	struct cgroup_subsys_state *css = memory_css(task), *parent;
 	struct mem_cgroup *memcg;
 
-	if (memory < 0 || memory >= 12)
-		return NULL;
-	css = BPF_CORE_READ(task, cgroups, subsys[memory]);
 	for (int i = 0; i < MAX_MEMCG_DEPTH && css; i++) {
 		parent = BPF_CORE_READ(css, parent);
 		if (!parent)
