@@ -6,13 +6,14 @@ carrying errno and libbpf's own last message.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Iterator
 
 BTF_KIND_INT = 1
 BTF_KIND_PTR = 2
@@ -211,21 +212,24 @@ def struct_members(btf: int, name: str) -> tuple[int, list[Member]]:
     return t.contents.size, out
 
 
-@lru_cache(maxsize=1)
-def _vmlinux_btf() -> int | None:
-    """The running kernel's BTF, loaded once and kept for the life of the process."""
-    return lib().btf__load_vmlinux_btf() or None
+@contextlib.contextmanager
+def vmlinux_btf() -> Iterator[int | None]:
+    """The running kernel's BTF (None without one), freed after use: it takes some 6 MB of memory."""
+    btf = lib().btf__load_vmlinux_btf() or None
+    try:
+        yield btf
+    finally:
+        if btf is not None:
+            lib().btf__free(btf)
 
 
-def tracepoint_arg_kinds(name: str) -> tuple[int, ...] | None:
-    """BTF kinds (typedefs resolved) of a tracepoint's arguments in the running kernel; None if it has none.
+def tracepoint_arg_kinds(btf: int, name: str) -> tuple[int, ...] | None:
+    """BTF kinds (typedefs resolved) of a tracepoint's arguments in the kernel's BTF; None if it has none.
 
     Each tracepoint's BTF is the typedef btf_trace_<name>: a pointer to a function
     whose first parameter is the context, then the tracepoint's own arguments.
     """
-    api, btf = lib(), _vmlinux_btf()
-    if btf is None:
-        return None
+    api = lib()
     type_id = api.btf__find_by_name_kind(btf, f"btf_trace_{name}".encode(), BTF_KIND_TYPEDEF)
     if type_id < 0:
         return None
@@ -317,10 +321,10 @@ def link_prog_id(link_fd: int) -> int:
 @lru_cache(maxsize=1)
 def _prog_info_layout() -> tuple[int, dict[str, int]]:
     """struct bpf_prog_info as the running kernel defines it, from its own BTF."""
-    btf = _vmlinux_btf()
-    if btf is None:
-        raise fail("loading the kernel's BTF")
-    size, members = struct_members(btf, "bpf_prog_info")
+    with vmlinux_btf() as btf:
+        if btf is None:
+            raise fail("loading the kernel's BTF")
+        size, members = struct_members(btf, "bpf_prog_info")
     return size, {m.name: m.offset for m in members}
 
 

@@ -25,7 +25,6 @@ DEFAULT_MAX_TRACKED = 65536
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -40,8 +39,9 @@ class OptionalProgram:
     def warning(self) -> str:
         return f"this kernel has no usable tracepoint {self.tracepoint}: spans will not say {self.gives}"
 
-    def available(self) -> bool:
-        kinds = libbpf.tracepoint_arg_kinds(self.tracepoint)
+    def available(self, btf: int | None) -> bool:
+        """Whether the kernel whose BTF this is has the tracepoint, with the argument this program reads."""
+        kinds = libbpf.tracepoint_arg_kinds(btf, self.tracepoint) if btf is not None else None
         if kinds is None:
             return False
         return self.first_arg_kind is None or (bool(kinds) and kinds[0] == self.first_arg_kind)
@@ -79,7 +79,7 @@ class ProbeConfig:
         return {
             "trace_all": self.trace_all, "scope_pidns": self.scope_pidns, "scope_cgroup": self.scope_cgroup,
             "ring_buffer_bytes": self.ring_buffer_bytes, "max_tracked": self.max_tracked,
-            "wakeup_bytes": self.wakeup_bytes, "ns_per_tick": NS_PER_TICK,
+            "wakeup_bytes": self.wakeup_bytes, "ns_per_tick": decoder.NS_PER_TICK,
         }
 
 
@@ -250,16 +250,17 @@ class Probe:
                     "trace_all": self.config.trace_all,
                     "scope_pidns": self.config.scope_pidns,
                     "scope_cgroup": self.config.scope_cgroup is not None,
-                    "ns_per_tick": NS_PER_TICK,
+                    "ns_per_tick": decoder.NS_PER_TICK,
                     "wakeup_bytes": self.config.wakeup_bytes,
                 },
             )
             obj.set_max_entries("events", self.config.ring_buffer_bytes)
             obj.set_max_entries("tracked", self.config.max_tracked)
-            for program in OPTIONAL_PROGRAMS:
-                if not program.available():
-                    obj.leave_out(program.name)
-                    self.left_out.append(program)
+            with libbpf.vmlinux_btf() as btf:
+                for program in OPTIONAL_PROGRAMS:
+                    if not program.available(btf):
+                        obj.leave_out(program.name)
+                        self.left_out.append(program)
         except BaseException:
             obj.close()
             raise
@@ -339,11 +340,6 @@ class Probe:
     def tracked(self) -> dict[int, int]:
         """pid -> start ticks of every process the kernel side tracks now."""
         return {_U32.unpack(k)[0]: _U64.unpack(v)[0] for k, v in _tracked_items(self._fd("tracked"))}
-
-    def unpin(self) -> None:
-        """Removes this probe's pins: it detaches when this process closes it (or exits)."""
-        if self.pinned_at is not None and self.pinned_at.exists():
-            pins.remove(self.pinned_at)
 
     def close(self) -> None:
         """Frees everything this process holds; a pinned probe keeps running in the kernel."""
