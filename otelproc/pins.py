@@ -84,10 +84,6 @@ def links(probe_dir: Path) -> list[Path]:
     return sorted(p for p in probe_dir.iterdir() if p.name.startswith(LINK_PREFIX))
 
 
-def map_path(probe_dir: Path, name: str) -> Path:
-    return probe_dir / (MAP_PREFIX + name)
-
-
 def prog_ids(probe_dir: Path) -> list[int]:
     """The programs a pinned probe's links attach."""
     ids = []
