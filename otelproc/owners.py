@@ -6,11 +6,12 @@ process's view of the filesystem at /proc/<pid>/root; its passwd file is read
 there while the process runs, parsed once per distinct file (device, inode,
 modification time), and the name kept with the tracked process.
 
-A process gone before it could be looked at (it lived shorter than the poll
-interval) takes its tracked parent's view when the uid is the same, else
-otelproc's own /etc/passwd when it runs in otelproc's pid namespace, else no
-name at all (process.user.id is always there). A uid the file does not name is
-given as text, as `ps` shows it.
+A process with the uid of its tracked parent takes the parent's name without
+a look (a fork keeps the root, and so does an exec: tracker.Tracker._owner).
+Else a process gone before it could be looked at (it lived shorter than the
+poll interval) takes otelproc's own /etc/passwd when it runs in otelproc's pid
+namespace, or no name at all (process.user.id is always there). A uid the file
+does not name is given as text, as `ps` shows it.
 """
 
 from __future__ import annotations
@@ -30,16 +31,14 @@ class Owners:
         self._files: dict[tuple[int, int, int], dict[int, str]] = {}
         self._own: dict[int, str] = {}
 
-    def name(self, pid: int, uid: int, pidns: int, parent: tuple[int, str | None] | None = None) -> str | None:
-        """The user name of uid as process pid sees it; parent: (uid, owner) of its tracked parent."""
+    def name(self, pid: int, uid: int, pidns: int) -> str | None:
+        """The user name of uid as process pid sees it."""
         path = f"/proc/{pid}/root/etc/passwd"
         try:
             st = os.stat(path)
         except OSError:
             if os.access(f"/proc/{pid}/root/", os.F_OK):  # (no exception to raise when gone: storms)
                 return str(uid)  # it runs, and its view has no /etc/passwd: no names there
-            if parent is not None and parent[0] == uid:
-                return parent[1]
             return self._own_name(uid) if pidns == self._own_pidns else None
         key = (st.st_dev, st.st_ino, st.st_mtime_ns)
         names = self._files.get(key)

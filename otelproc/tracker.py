@@ -227,9 +227,7 @@ class Tracker:
         if inherit and parent is not None:
             # A forked child runs its parent's program, with its parent's environment and root.
             exe, argv, otel_env = parent.exe, parent.argv, dict(parent.otel_env)
-            owner = parent.owner if parent.uid == event.uid else self._owner(event, parent)
-        else:
-            owner = self._owner(event, parent)
+        owner = self._owner(event, parent)
         identity = ProcessIdentity(self._boot_id, event.pidns, event.vpid, event.start_ticks)
         return TrackedProcess(
             identity=identity,
@@ -255,10 +253,14 @@ class Tracker:
             owner=owner,
         )
 
-    def _owner(self, event: ProcessEvent, parent: TrackedProcess | None) -> str | None:
+    def _owner(self, event: ProcessEvent, same_root: TrackedProcess | None) -> str | None:
+        """The owner's name; one a process of the same root already has for the same uid is taken as it
+        is (a child from its parent, a process from itself before an exec): no /proc read on this thread."""
+        if same_root is not None and same_root.uid == event.uid:
+            return same_root.owner
         if self.owners is None:
             return None
-        return self.owners.name(event.pid, event.uid, event.pidns, (parent.uid, parent.owner) if parent else None)
+        return self.owners.name(event.pid, event.uid, event.pidns)
 
     def _place(self, identity: ProcessIdentity, otel_env: dict[str, str], parent: TrackedProcess | None) -> TraceLink:
         if parent is not None and parent.pidns != identity.pidns:
@@ -278,8 +280,8 @@ class Tracker:
         process.otel_env = dict(event.otel_env)
         process.truncated |= set(event.truncated)
         process.cgroup_id, process.cgroup = event.cgroup_id, event.cgroup
+        process.owner = self._owner(event, process)  # an exec keeps the root: a new name only with a new uid
         process.uid, process.gid = event.uid, event.gid
-        process.owner = self._owner(event, None)
         if not process.announced:
             # Nothing of it exported yet: its new environment (a TRACEPARENT
             # given to the exec, say) may still place it.

@@ -216,6 +216,24 @@ def test_started_spans_come_due_once():
     assert list(tracker.due_announcements(2**62)) == []
 
 
+def test_an_exec_keeps_the_owner_its_fork_gave_it():
+    """A child gone before its exec record is read (pid 4000000 is past pid_max) in a container: its
+    owner is the one its fork gave it, not lost to a /proc look that finds nothing."""
+    from otelproc.owners import Owners
+
+    tracker = Tracker(max_processes=10, announce_after_ns=0, owners=Owners())
+    container = dict(pidns=4026532999, uid=1000)
+    tracker.handle(event("exec", 4_000_000, ticks=1, **container))
+    parent = tracker.processes[(4_000_000, 1)]
+    assert parent.owner is None  # gone, and not in otelproc's pid namespace: nobody to ask
+    parent.owner = "app"  # as the sidecar found it while the parent ran
+    tracker.handle(event("fork", 4_000_001, ticks=2, ppid=4_000_000, **container))
+    tracker.handle(event("exec", 4_000_001, ticks=2, ppid=4_000_000, **container))
+    assert tracker.processes[(4_000_001, 2)].owner == "app"
+    tracker.handle(event("exec", 4_000_001, ticks=2, ppid=4_000_000, pidns=4026532999, uid=0))  # a new uid
+    assert tracker.processes[(4_000_001, 2)].owner is None
+
+
 def test_signals_kept_per_process_are_bounded_and_become_span_events():
     tracker = Tracker(max_processes=10, announce_after_ns=0)
     tracker.handle(event("exec", 10, ticks=1))
