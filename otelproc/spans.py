@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from otelproc import __version__
 from otelproc.clock import iso_millis
+from otelproc.config import parse_usage
 from otelproc.record import TASK_COMM_LEN
 from otelproc.decoder import DEFAULT_USAGE, OomKill, SignalSent, Usage
 from otelproc.redact import redacted
@@ -33,7 +34,7 @@ SCOPE = InstrumentationScope("otelproc", __version__)
 _CONTAINER_ID = re.compile(r"(?:[a-z-]+-)?([0-9a-f]{64})(?:\.scope)?")
 _OK = Status(StatusCode.OK)
 CLEAN_SIGNALS = parse_signal_set(DEFAULT_CLEAN)
-USAGE = frozenset(DEFAULT_USAGE.split(","))
+USAGE = parse_usage(DEFAULT_USAGE)
 OOM_ERROR_TYPE = "OOMKilled"
 
 
