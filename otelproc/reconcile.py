@@ -54,14 +54,12 @@ class Reconciler:
         stats: Stats,
         snapshot: Callable[[int], ProcessEvent | None],
         scan: Callable[[Callable[[int, int], bool]], Iterable[ProcessEvent]],
-        max_tracked: int,
     ) -> None:
         self.tracker = tracker
         self.probe = probe
         self.stats = stats
         self.snapshot = snapshot  # one pid from /proc as an 'adopt' event, None if it vanished
         self.scan = scan  # every process /proc shows that the kernel side would track, but those it skips
-        self.max_tracked = max_tracked
         self._gone: set[ProcessKey] = set()
         self._unknown: set[tuple[int, int]] = set()
         self._map_full_seen = 0
@@ -88,7 +86,7 @@ class Reconciler:
         if map_full > self._map_full_seen:
             self._map_full_seen = map_full
             self._refused = True
-        if self._refused and len(kernel) < self.max_tracked:
+        if self._refused and len(kernel) < self.probe.config.max_tracked:
             findings.found.extend(self._track_refused(kernel, set(known)))
         return findings
 

@@ -81,7 +81,7 @@ class Sidecar:
         self.health = Health()
         self.throttled = ThrottledLog()
         self.sweeper: Sweeper | None = None
-        self._next_loss_log = 0
+        self.loss_log = ThrottledLog(LOSS_LOG_NS)
         self.layout: EventLayout | None = None  # the probe's struct event, once it is open
         self.state_writer: state.Writer | None = None
         self._lost_seen: dict[str, int] = {}  # the kernel's loss counters as last read
@@ -277,10 +277,9 @@ class Sidecar:
         grown = {k: v - self._lost_seen.get(k, 0) for k, v in lost.items() if v > self._lost_seen.get(k, 0)}
         self._lost_seen = lost
         self.stats.drops.update(grown)
-        if grown and time.monotonic_ns() >= self._next_loss_log:
-            self._next_loss_log = time.monotonic_ns() + LOSS_LOG_NS
-            log.warning(
-                "the kernel side dropped %s; the /proc sweep will reconcile",
+        if grown:
+            self.loss_log.warning(
+                "kernel", "the kernel side dropped %s; the /proc sweep will reconcile",
                 ", ".join(f"{v} ({k})" for k, v in grown.items()),
             )
 
@@ -369,7 +368,7 @@ class Sidecar:
                 gc.collect()  # what is garbage already goes first: frozen, it would stay
                 gc.freeze()
                 log.info("ready; %d processes tracked", len(self.tracker))
-                reconciler = Reconciler(self.tracker, probe, self.stats, self.snapshot, self.scan, s.max_processes)
+                reconciler = Reconciler(self.tracker, probe, self.stats, self.snapshot, self.scan)
                 self.sweeper = Sweeper(reconciler, s.sweep_interval, self.failed)
                 self.sweeper.start()
                 try:
