@@ -332,4 +332,6 @@ def test_usage_of_threads_dying_together_is_the_whole_process(kernel_events):
     cpu, expected = (usage.cpu_user_ns + usage.cpu_system_ns) / 1e9, kernel.ru_utime + kernel.ru_stime
     assert expected > 0.4 and abs(cpu - expected) <= 0.05 * expected, (usage, kernel)
     assert usage.minor_faults == kernel.ru_minflt
-    assert kernel.ru_nivcsw - 1 <= usage.involuntary_switches <= kernel.ru_nivcsw
+    # Five threads on this machine's two cores: each can be preempted once more on its way out after the
+    # last one's record was written (docs/spans.md: a thread still inside its own exit), so up to 5 fewer.
+    assert kernel.ru_nivcsw - 5 <= usage.involuntary_switches <= kernel.ru_nivcsw
