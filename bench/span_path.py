@@ -35,12 +35,13 @@ sys.path.insert(0, str(REPO))  # otelproc from this tree, whatever copy may be i
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from otelproc.cgroups import CgroupPaths
+from otelproc.sidecar.cgroups import CgroupPaths
 from otelproc.clock import BootClock
-from otelproc.decoder import decode, default_layout
-from otelproc.record import KERNEL_KINDS, EventKind
-from otelproc.spans import SpanBuilder, host_attributes
-from otelproc.tracker import Tracker
+from otelproc.kernel.decoder import decode, default_layout
+from otelproc.kernel.record import KERNEL_KINDS
+from otelproc.model import EventKind
+from otelproc.otel.spans import SpanBuilder, host_attributes
+from otelproc.sidecar.tracker import Tracker
 
 TARGET_US = 50.0
 BATCH = 512  # the SDK's default export batch

@@ -1,7 +1,7 @@
 """The `otelproc` command: check, events, run, detach.
 
-Every failure the user can act on is one line on stderr and a non-zero exit:
-2 for bad usage, configuration or missing privileges, 1 when the kernel refuses.
+Every failure the user can act on is one line on stderr and a non-zero exit,
+the code its error carries (otelproc/errors.py).
 """
 
 from __future__ import annotations
@@ -15,24 +15,21 @@ import time
 from typing import NoReturn, Sequence
 
 from otelproc import __version__, config
-from otelproc.checks import EVENTS_CAPS, CheckFailed, require_caps, run_checks
 from otelproc.clock import BootClock
-from otelproc.config import POLL_MS, ConfigError, Settings
-from otelproc.decoder import MalformedRecord, decode
-from otelproc.libbpf import LibbpfError
-from otelproc.loader import Probe
-from otelproc.record import EventLayout
+from otelproc.config import POLL_MS, Settings
+from otelproc.errors import EXIT_USAGE, OtelprocError
+from otelproc.kernel.checks import EVENTS_CAPS, require_caps, run_checks
+from otelproc.kernel.decoder import MalformedRecord, decode
+from otelproc.kernel.probe import Probe, ProbeConfig
+from otelproc.kernel.record import EventLayout
 from otelproc.redact import redacted
 from otelproc.stop import StopSignal
 
 log = logging.getLogger("otelproc")
 
-EXIT_KERNEL = 1
-EXIT_USAGE = 2
 
-
-class UsageError(Exception):
-    pass
+class UsageError(OtelprocError):
+    exit_code = EXIT_USAGE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,7 +85,7 @@ def cmd_events(settings: Settings) -> int:
 
     stop = StopSignal()
     deadline = None if settings.duration is None else time.monotonic() + settings.duration
-    with Probe(config.probe_config(settings), on_record) as probe:
+    with Probe(ProbeConfig.from_settings(settings), on_record) as probe:
         layout = probe.layout
         log.info("attached; %s", config.describe_tracking(settings))
         for program in probe.left_out:
@@ -121,17 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger().setLevel(settings.log_level.upper())
         if args.command == "events":
             return cmd_events(settings)
-        from otelproc.sidecar import detach, run_sidecar
+        from otelproc.sidecar.loop import detach, run_sidecar
 
         if args.command == "detach":
             return detach(settings)
         return run_sidecar(settings)
-    except (UsageError, ConfigError, CheckFailed) as exc:
+    except OtelprocError as exc:
         print(f"otelproc: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except LibbpfError as exc:
-        print(f"otelproc: error: {exc}", file=sys.stderr)
-        return EXIT_KERNEL
+        return exc.exit_code
     except BrokenPipeError:
         # The reader of stdout went away: nothing left to do, and nothing to flush at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -15,18 +15,15 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from otelproc import procfs
-from otelproc.decoder import DEFAULT_USAGE, USAGE_GROUPS
-from otelproc.loader import ProbeConfig
+from otelproc.errors import ConfigError
+from otelproc.model import DEFAULT_USAGE, USAGE_GROUPS
+from otelproc.otel.exporters import AUTO, EXPORTERS, OTLP_PROTOCOLS
 from otelproc.matching import EXE_NAME_MAX, PYTHON_INTERPRETERS, MatchRule
 from otelproc.signals import DEFAULT_CLEAN, SignalNameError, parse_signal_set
 
 DEFAULT_MATCH = PYTHON_INTERPRETERS
 INITIAL_PIDNS_INODE = 0xEFFFFFFC  # PROC_PID_INIT_INO: the host's pid namespace
 POLL_MS = 100  # how often the commands read the ring buffer when no wake-up comes first
-
-
-class ConfigError(ValueError):
-    """A bad setting; the message names it and is shown as one line."""
 
 
 def parse_match(text: str) -> tuple[MatchRule, ...]:
@@ -131,6 +128,12 @@ def parse_choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def parse_optional_choice(*choices: str) -> Callable[[str], str]:
+    """One of choices, or "" for none (the SDK's variables, or its default, decide)."""
+    parse = parse_choice(*choices)
+    return lambda text: text and parse(text)
+
+
 def parse_port(text: str) -> int | None:
     if text in ("", "0"):
         return None
@@ -212,10 +215,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("ring_buffer_size", str(8 << 20), parse_ring_size, "kernel ring buffer bytes (power of two)", (EV, RUN), "BYTES"),
     Option(
         "exporter",
-        "auto",
-        parse_choice("auto", "otlp", "console", "console-json"),
-        "otlp; console (one line per span); console-json (every span in full, one JSON object per line); "
-        "or auto: otlp when an endpoint is configured or a collector answers, else console",
+        AUTO,
+        parse_choice(AUTO, *EXPORTERS),
+        "; ".join(f"{name}: {exporter.help}" for name, exporter in EXPORTERS.items())
+        + f"; or {AUTO}: otlp when an endpoint is configured or a collector answers, else console",
         (RUN,),
         "NAME",
     ),
@@ -230,7 +233,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "otlp_protocol",
         "",
-        parse_choice("", "grpc", "http/protobuf"),
+        parse_optional_choice(*OTLP_PROTOCOLS),
         "grpc or http/protobuf; default: the SDK's OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, else grpc",
         (RUN,),
         "PROTOCOL",
@@ -392,21 +395,6 @@ def resolve(command: str, args: argparse.Namespace, environ: Mapping[str, str] |
 def scope_pidns(scope: Scope) -> int:
     """The pid namespace whose numbering the kernel side uses; 0: the host's."""
     return own_pidns_inode() if scope.kind == "pidns" else 0
-
-
-def probe_config(settings: Settings, pin_dir: Path | None = None) -> ProbeConfig:
-    scope = settings.scope
-    return ProbeConfig(
-        pin_dir=pin_dir,
-        match=settings.match,
-        trace_all=settings.all,
-        scope_pidns=scope_pidns(scope),
-        scope_cgroup=scope.cgroup,
-        ring_buffer_bytes=settings.ring_buffer_size,
-        max_tracked=settings.max_processes,
-        # The commands poll every POLL_MS; waking them per record would cost a context switch per event.
-        wakeup_bytes=settings.ring_buffer_size // 8,
-    )
 
 
 def tracking_config(settings: Settings) -> str:

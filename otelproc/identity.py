@@ -19,7 +19,7 @@ Which trace a process's span joins (in this order):
     have: the carrier's trace, as a child of the carrier's span;
  2. a tracked parent: the parent's trace, as a child of the parent's span;
  3. otherwise its own trace id, as a root span.
-A restarted sidecar and the process itself (otelproc.appside) compute the same ids.
+A restarted sidecar and the process itself (otelproc.app.links) compute the same ids.
 """
 
 from __future__ import annotations

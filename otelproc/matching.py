@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from otelproc import procfs, record
+from otelproc import procfs
+from otelproc.model import EXE_NAME_LEN
 
 # The kernel reads EXE_NAME_LEN - 1 bytes of a name: a longer name is cut, and a rule that long could not tell.
-EXE_NAME_MAX = record.EXE_NAME_LEN - 2
+EXE_NAME_MAX = EXE_NAME_LEN - 2
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""/proc, read as bytes and decoded once, the way the kernel's records are (decoder.text).
+"""/proc, read as bytes and decoded once, the way the kernel's records are (model.text).
 
 A traced process chooses its own name, arguments and environment: none of it
 is guaranteed UTF-8 (a comm cut at 15 bytes can end inside a character). Every
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from otelproc.decoder import split_argv, text
+from otelproc.model import split_argv, text
 
 
 class Stat(NamedTuple):

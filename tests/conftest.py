@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
-from otelproc import libbpf, pins
-from otelproc.checks import EVENTS_CAPS, missing_caps
+from otelproc.kernel import libbpf, pins
+from otelproc.kernel.checks import EVENTS_CAPS, missing_caps
 from otelproc.clock import BootClock
 from otelproc.config import parse_match
-from otelproc.decoder import ProcessEvent, decode
-from otelproc.loader import Probe, ProbeConfig
+from otelproc.kernel.decoder import decode
+from otelproc.model import ProcessEvent
+from otelproc.kernel.probe import Probe, ProbeConfig
 
 if TYPE_CHECKING:
     from otlp_receiver import GrpcReceiver, HttpReceiver

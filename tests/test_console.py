@@ -10,7 +10,7 @@ import subprocess
 import time
 
 from conftest import MATCH_TEST, TEST_COMM
-from otelproc.console import ConsoleLineExporter, duration_text
+from otelproc.otel.console import ConsoleLineExporter, duration_text
 from test_docs import representative_spans
 
 # 17:42:03.127  python3 -c    pid 41873 <- 41790    1.02 s  exit status 0

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from otelproc.checks import CAP_NAMES, RUN_CAPS
+from otelproc.kernel.checks import CAP_NAMES, RUN_CAPS
 from otelproc.config import options_for
 from test_jaeger_e2e import ALL_IN_ONE, COLLECTOR_CONFIG, jaeger_binary
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from otelproc.decoder import USAGE_GROUPS, OomKill, ProcessEvent, SignalSent, Usage
-from otelproc.spans import SpanBuilder, host_attributes
-from otelproc.tracker import MAX_SIGNALS, Ended, Tracker
+from otelproc.model import USAGE_GROUPS, OomKill, ProcessEvent, SignalSent, Usage
+from otelproc.otel.spans import SpanBuilder, host_attributes
+from otelproc.sidecar.tracker import MAX_SIGNALS, Ended, Tracker
 from test_units import event
 
 DOCS = REPO / "docs"

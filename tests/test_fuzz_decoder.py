@@ -17,8 +17,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from otelproc import cli, config
 from otelproc.clock import BootClock
-from otelproc.decoder import MalformedRecord, ProcessEvent, decode, default_layout
-from otelproc.record import KERNEL_KINDS
+from otelproc.kernel.decoder import MalformedRecord, decode, default_layout
+from otelproc.model import ProcessEvent
+from otelproc.kernel.record import KERNEL_KINDS
 
 SECONDS = float(os.environ.get("FUZZ_SECONDS", "3"))
 SEED = int(os.environ.get("FUZZ_SEED", "13"))
@@ -70,7 +71,7 @@ def test_decoder_returns_an_event_or_raises_malformed_record():
 
 def test_the_event_path_survives_every_record():
     args = cli.build_parser().parse_args(["run", "--exporter", "console", "--state-file", "", "--adopt", "false"])
-    from otelproc.sidecar import Sidecar
+    from otelproc.sidecar.loop import Sidecar
 
     sidecar = Sidecar(config.resolve("run", args, environ={}))
     sidecar.processor.shutdown()

@@ -95,7 +95,7 @@ def test_the_exporter_drops_only_the_span_it_cannot_encode(grpc_receiver):
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.trace import SpanContext
 
-    from otelproc.telemetry import CountingExporter, Stats
+    from otelproc.otel.telemetry import CountingExporter, Stats
 
     def span(name: str) -> ReadableSpan:  # the encoder skips a bad attribute, but not a bad name
         return ReadableSpan(name=name, context=SpanContext(7, len(name), False), start_time=1, end_time=2)
@@ -294,9 +294,9 @@ def test_owner_is_the_name_in_the_process_own_passwd(sidecar, grpc_receiver, har
 def test_a_process_that_execs_in_a_loop_keeps_a_bounded_history():
     """Item 10: execs beyond the span event limit are let go (and counted), not kept forever."""
     from otelproc.clock import BootClock
-    from otelproc.decoder import decode, default_layout
-    from otelproc.spans import SpanBuilder
-    from otelproc.tracker import Ended, Tracker
+    from otelproc.kernel.decoder import decode, default_layout
+    from otelproc.otel.spans import SpanBuilder
+    from otelproc.sidecar.tracker import Ended, Tracker
 
     layout, clock = default_layout(), BootClock()
     tracker = Tracker(16, 10**18)

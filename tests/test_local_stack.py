@@ -17,7 +17,7 @@ import httpx
 import psutil
 
 from conftest import REPO, TEST_COMM
-from otelproc import pins
+from otelproc.kernel import pins
 from test_jaeger_e2e import SERVER, find_spans, free_ports, path_of, request_spans, wait_for
 
 UP, DOWN = REPO / "deploy" / "local" / "up.sh", REPO / "deploy" / "local" / "down.sh"

@@ -137,7 +137,7 @@ def test_the_app_side_does_not_count_a_shim_as_tracked(test_python, tmp_path):
     a tracked parent; a process that loaded a matching interpreter is."""
     shims = tmp_path / "shims"
     shims.mkdir()
-    code = "import otelproc.appside as a; print(a.process_link() is not None, flush=True)"
+    code = "import otelproc.app as a; print(a.process_link() is not None, flush=True)"
     write_script(shims / TEST_COMM, f"#!/bin/bash\n{PYTHON} -c '{code}'\n")  # python as the shim's child
     env = {**os.environ, "OTELPROC_MATCH": TEST_COMM, "PYTHONPATH": str(REPO)}
     under_shim = subprocess.run([str(shims / TEST_COMM)], env=env, capture_output=True, text=True, timeout=30)

@@ -2,7 +2,7 @@
 
 Real gunicorn (UvicornWorker and sync workers) and a real multiprocessing fork
 pool, set up with zero code (`opentelemetry-instrument`) or with the one line
-`otelproc.appside.enable()`, as the docs say; the sidecar and the app export
+`otelproc.app.enable()`, as the docs say; the sidecar and the app export
 to the same real OTLP receiver.
 """
 

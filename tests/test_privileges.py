@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, REPO, SidecarProcess
-from otelproc import pins
-from otelproc.checks import CAP_NAMES, CAP_SYS_ADMIN, RUN_CAPS
+from otelproc.kernel import pins
+from otelproc.kernel.checks import CAP_NAMES, CAP_SYS_ADMIN, RUN_CAPS
 
 NEEDED = {CAP_NAMES[c].lower() for c in RUN_CAPS}
 

@@ -12,11 +12,12 @@ import subprocess
 import pytest
 
 from conftest import REPO
-from otelproc import decoder, libbpf, record
+from otelproc import model
+from otelproc.kernel import decoder, libbpf, record
 from otelproc.clock import BootClock
-from otelproc.libbpf import LibbpfError
-from otelproc.loader import Probe, ProbeConfig
-from otelproc.record import DEFAULT_OBJECT, EventLayout
+from otelproc.errors import EXIT_BROKEN_INSTALL, BrokenInstallError
+from otelproc.kernel.probe import Probe, ProbeConfig
+from otelproc.kernel.record import DEFAULT_OBJECT, EventLayout
 
 CONSTANTS = (
     "TASK_COMM_LEN EXE_NAME_LEN EVENT_F_EXE_CUT EVENT_F_ARGV_CUT EVENT_F_ENV_CUT EVENT_F_UNTRACKED "
@@ -49,7 +50,7 @@ def test_btf_layout_is_the_c_compilers(tmp_path):
     assert {f: c[f"offset.{f}"] for f in layout.offsets} == layout.offsets
     assert layout.header.size == layout.offsets["data"], "the header is everything before data[]"
     assert c["size.exe_name_key"] == record.EXE_NAME_KEY.size
-    assert {name: c[f"const.{name}"] for name in CONSTANTS} == {name: getattr(record, name) for name in CONSTANTS}
+    assert {name: c[f"const.{name}"] for name in CONSTANTS} == {name: getattr(record if hasattr(record, name) else model, name) for name in CONSTANTS}
     assert {name: c[f"const.{name}"] for name in kinds} == kinds
 
 
@@ -82,8 +83,10 @@ def test_an_object_missing_a_field_the_decoder_reads_is_refused(tmp_path):
     source.write_text(source.read_text().replace("e->vpid", "e->vpid_renamed"))
     built = tmp_path / "otelproc.bpf.o"
     subprocess.run(["make", "-s", "-C", str(bpf), f"OUT={built}"], check=True)
-    with pytest.raises(LibbpfError, match="has no field vpid; rebuild it"):
+    # A broken install, not a refusal by the kernel: its own exit code (3), not the kernel's (1).
+    with pytest.raises(BrokenInstallError, match="has no field vpid; rebuild it") as refused:
         Probe(ProbeConfig(object_path=built), lambda raw: None)
+    assert refused.value.exit_code == EXIT_BROKEN_INSTALL
 
 
 def test_struct_members_resolve_typedefs():
@@ -95,7 +98,7 @@ def test_struct_members_resolve_typedefs():
     by_name = {m.name: m for m in members}
     assert (by_name["time_ns"].size, by_name["time_ns"].kind) == (8, "uint")  # __u64
     assert (by_name["exe_len"].size, by_name["exe_len"].kind) == (2, "uint")  # __u16
-    assert (by_name["comm"].size, by_name["comm"].kind) == (record.TASK_COMM_LEN, "bytes")
+    assert (by_name["comm"].size, by_name["comm"].kind) == (model.TASK_COMM_LEN, "bytes")
     assert members[-1].name == "data" and members[-1].offset + members[-1].size == size
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, REPO, TEST_COMM
-from otelproc import libbpf, pins, state
+from otelproc.kernel import libbpf, pins
+from otelproc.sidecar import state
 from test_run_spans import HOST_PIDNS, expected_ids
 
 QUIET = {"OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "200"}
@@ -259,15 +260,15 @@ def test_takeover_takes_what_both_probes_saw_once(pin_root, tmp_path):
     """In process, with the real probes: the old probe alone records X; then both run and record Y.
     The sidecar reads the old ring (X, Y) and skips the new ring's Y."""
     from otelproc import cli, config
-    from otelproc.loader import Probe
-    from otelproc.sidecar import Sidecar
+    from otelproc.kernel.probe import Probe
+    from otelproc.sidecar.loop import Sidecar
 
     shell = tmp_path / "otpoverlap"
     shutil.copy("/bin/sh", shell)
     pin_dir = pin_root.new_dir()
     args = ["run", "--match", "otpoverlap", "--exporter", "console", "--state-file", "", "--pin-dir", pin_dir]
     settings = config.resolve("run", cli.build_parser().parse_args(args))
-    old = config.probe_config(settings, Path(pin_dir))
+    old = ProbeConfig.from_settings(settings, Path(pin_dir))
     try:
         Probe(replace(old, max_tracked=1024), lambda raw: None).close()  # pinned, nobody reads it
         x = subprocess.run([shell, "-c", "exit 6"]).returncode
@@ -292,8 +293,8 @@ def test_a_resumed_probe_matches_what_this_otelproc_was_told(pin_root, tmp_path)
     """The match list is a map, not part of the fingerprint: a restart with another --match resumes
     the probe and rewrites the list."""
     from otelproc.clock import BootClock
-    from otelproc.decoder import decode
-    from otelproc.loader import Probe, ProbeConfig
+    from otelproc.kernel.decoder import decode
+    from otelproc.kernel.probe import Probe, ProbeConfig
     from otelproc.matching import MatchRule
 
     old_name, new_name = tmp_path / "otpmatchold", tmp_path / "otpmatchnew"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, REPO, TEST_COMM
-from otelproc.cgroups import cgroup2_mount
+from otelproc.sidecar.cgroups import cgroup2_mount
 
 # Runs inside the new pid namespace: starts `otelproc events`, says "ready" once it is attached,
 # starts one child, waits for the test's go-ahead on stdin, stops otelproc and prints its events.

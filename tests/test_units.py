@@ -12,16 +12,18 @@ import typing
 import pytest
 
 from conftest import REPO
-from otelproc import config, matching, record
-from otelproc.loader import match_key
+from otelproc import config, matching
+from otelproc.kernel import record
+from otelproc.kernel.probe import match_key
 from otelproc.matching import EXE_NAME_MAX
 from otelproc.config import ConfigError
-from otelproc.decoder import USAGE_GROUPS, OomKill, ProcessEvent, SignalSent, Usage, cpu_split, parse_otel_env
+from otelproc.kernel.decoder import cpu_split
+from otelproc.model import USAGE_GROUPS, OomKill, ProcessEvent, SignalSent, Usage, parse_otel_env
 from otelproc.identity import ProcessIdentity, fresh_carrier, place
-from otelproc.record import EventKind
+from otelproc.model import EventKind
 from otelproc.signals import DEFAULT_CLEAN, code_name, parse_signal_set
-from otelproc.spans import CLEAN_SIGNALS, SpanBuilder, container_id, exit_status, parse_resource_attributes
-from otelproc.tracker import MAX_SIGNALS, Ended, Tracker, program_name
+from otelproc.otel.spans import CLEAN_SIGNALS, SpanBuilder, container_id, exit_status, parse_resource_attributes
+from otelproc.sidecar.tracker import MAX_SIGNALS, Ended, Tracker, program_name
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -219,7 +221,7 @@ def test_started_spans_come_due_once():
 def test_an_exec_keeps_the_owner_its_fork_gave_it():
     """A child gone before its exec record is read (pid 4000000 is past pid_max) in a container: its
     owner is the one its fork gave it, not lost to a /proc look that finds nothing."""
-    from otelproc.owners import Owners
+    from otelproc.sidecar.owners import Owners
 
     tracker = Tracker(max_processes=10, announce_after_ns=0, owners=Owners())
     container = dict(pidns=4026532999, uid=1000)
@@ -449,7 +451,8 @@ def test_adoption_skips_a_process_that_exits_while_read(monkeypatch):
     import subprocess
     import sys
 
-    from otelproc import adoption, procfs
+    from otelproc import procfs
+    from otelproc.sidecar import adoption
     from otelproc.clock import BootClock
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
@@ -469,7 +472,8 @@ def test_adoption_skips_a_process_that_exits_while_read(monkeypatch):
 def test_adoption_skips_a_pid_reused_while_read(monkeypatch):
     import os
 
-    from otelproc import adoption, procfs
+    from otelproc import procfs
+    from otelproc.sidecar import adoption
     from otelproc.clock import BootClock
 
     real_stat = procfs.stat

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from conftest import MATCH_TEST, PYTHON
-from otelproc import loader
+from otelproc.kernel import probe as loader
 
 OWN_COMM = Path("/proc/self/comm").read_text().strip()
 MEMORY_V1 = Path("/sys/fs/cgroup/memory")

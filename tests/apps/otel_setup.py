@@ -13,9 +13,9 @@ if os.environ.get("SHOP_SETUP") == "code":
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    import otelproc.appside
+    import otelproc.app
 
     provider = TracerProvider(resource=Resource.create())
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
-    otelproc.appside.enable()
+    otelproc.app.enable()

@@ -3,7 +3,7 @@
 Traced by opentelemetry-instrumentation-asgi. The process link comes from otelproc's
 app-side helper: zero code under `opentelemetry-instrument` with
 OTEL_EXPERIMENTAL_RESOURCE_DETECTORS=otelproc, or, with SHOP_SETUP=code, the one line
-`otelproc.appside.enable()` after setting up the SDK (otel_setup.py).
+`otelproc.app.enable()` after setting up the SDK (otel_setup.py).
 """
 
 import os

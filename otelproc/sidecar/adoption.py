@@ -13,9 +13,9 @@ from typing import Callable, Iterator
 
 from otelproc import procfs
 from otelproc.clock import BootClock
-from otelproc.decoder import NS_PER_TICK, ProcessEvent, parse_otel_env
+from otelproc.model import NS_PER_TICK, ProcessEvent, parse_otel_env
 from otelproc.matching import MatchRule, starts_tracked
-from otelproc.record import EventKind
+from otelproc.model import EventKind
 
 
 @dataclass

@@ -20,7 +20,7 @@ import os
 import pwd
 
 from otelproc import procfs
-from otelproc.decoder import text
+from otelproc.model import text
 
 MAX_FILES = 256  # distinct passwd files kept parsed (containers with their own images)
 

@@ -23,12 +23,12 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from otelproc import __version__
 from otelproc.clock import iso_millis
 from otelproc.config import parse_usage
-from otelproc.record import TASK_COMM_LEN
-from otelproc.decoder import DEFAULT_USAGE, OomKill, SignalSent, Usage
+from otelproc.model import TASK_COMM_LEN
+from otelproc.model import DEFAULT_USAGE, OomKill, SignalSent, Usage
 from otelproc.redact import redacted
 from otelproc.signals import DEFAULT_CLEAN, SI_KERNEL, code_name, parse_signal_set, signal_name
-from otelproc.telemetry import Stats
-from otelproc.tracker import Ended, TrackedProcess
+from otelproc.otel.telemetry import Stats
+from otelproc.sidecar.tracker import Ended, TrackedProcess
 
 SCOPE = InstrumentationScope("otelproc", __version__)
 _CONTAINER_ID = re.compile(r"(?:[a-z-]+-)?([0-9a-f]{64})(?:\.scope)?")
@@ -128,7 +128,7 @@ def signal_attributes(sent: SignalSent, pid: int) -> dict[str, object]:
 
 def usage_attributes(usage: Usage, groups: frozenset[str] = USAGE) -> dict[str, object]:
     """What the process used, named after the semantic conventions' process metrics (metric.attribute value),
-    in the groups asked for (decoder.USAGE_GROUPS).
+    in the groups asked for (model.USAGE_GROUPS).
 
     Counters only when not zero: most processes never wait on a major fault or write to
     storage, and every attribute costs its export.

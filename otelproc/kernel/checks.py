@@ -10,8 +10,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from otelproc import libbpf
-from otelproc.libbpf import LibbpfError
+from otelproc.errors import EXIT_USAGE, OtelprocError
+from otelproc.kernel import libbpf
+from otelproc.kernel.libbpf import LibbpfError
 
 MIN_KERNEL = (5, 8)  # BPF ring buffer, CAP_BPF and CAP_PERFMON
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
@@ -35,8 +36,10 @@ EVENTS_CAPS = (CAP_BPF, CAP_PERFMON)
 RUN_CAPS = (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH)
 
 
-class CheckFailed(RuntimeError):
+class CheckFailed(OtelprocError):
     """A requirement is not met; the message is one actionable line."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ def check_libbpf() -> Result:
 
 
 def check_probe() -> Result:
-    from otelproc.loader import Probe, ProbeConfig
+    from otelproc.kernel.probe import Probe, ProbeConfig
 
     started = time.perf_counter()
     try:

@@ -28,26 +28,29 @@ from typing import Callable, Iterator
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-from otelproc import adoption, pins, state
-from otelproc.cgroups import CgroupPaths
-from otelproc.checks import RUN_CAPS, require_caps
+from otelproc.sidecar import adoption, state
+from otelproc.kernel import pins
+from otelproc.sidecar.cgroups import CgroupPaths
+from otelproc.kernel.checks import RUN_CAPS, require_caps
 from otelproc.clock import BootClock
 from otelproc.config import (
-    INITIAL_PIDNS_INODE, POLL_MS, ConfigError, Settings, describe_tracking, own_pidns_inode, probe_config,
+    INITIAL_PIDNS_INODE, POLL_MS, ConfigError, Settings, describe_tracking, own_pidns_inode,
     tracking_config,
 )
-from otelproc.decoder import ProcessEvent, decode
-from otelproc.export import make_destination, make_processor
-from otelproc.health import Health, HealthServer
-from otelproc.loader import Probe
-from otelproc.adoption import alive
-from otelproc.reconcile import Reconciler, Sweeper
-from otelproc.record import EventKind, EventLayout
-from otelproc.spans import SpanBuilder, host_attributes
+from otelproc.kernel.decoder import decode
+from otelproc.model import ProcessEvent
+from otelproc.otel.exporters import make_destination, make_processor, queue_bound
+from otelproc.sidecar.health import Health, HealthServer
+from otelproc.kernel.probe import Probe, ProbeConfig
+from otelproc.sidecar.adoption import alive
+from otelproc.sidecar.reconcile import Reconciler, Sweeper
+from otelproc.kernel.record import EventLayout
+from otelproc.model import EventKind
+from otelproc.otel.spans import SpanBuilder, host_attributes
 from otelproc.stop import StopSignal
-from otelproc.telemetry import CountingExporter, Stats, ThrottledLog, bsp_max_queue_size, stage_failed, start_metrics
-from otelproc.owners import Owners
-from otelproc.tracker import DEFAULT_MAX_EXECS, Ended, Tracker
+from otelproc.otel.telemetry import CountingExporter, Stats, ThrottledLog, stage_failed, start_metrics
+from otelproc.sidecar.owners import Owners
+from otelproc.sidecar.tracker import DEFAULT_MAX_EXECS, Ended, Tracker
 
 log = logging.getLogger("otelproc")
 
@@ -68,8 +71,8 @@ class Sidecar:
         self.stats = Stats()
         self.clock = BootClock()
         self.destination = make_destination(settings)
-        self.processor = make_processor(CountingExporter(self.destination.exporter, self.stats))
-        self.max_in_flight = bsp_max_queue_size()
+        self.max_in_flight = queue_bound()
+        self.processor = make_processor(CountingExporter(self.destination.exporter, self.stats), self.max_in_flight)
         self.host = host_attributes()
         self.builder = SpanBuilder(
             settings.service_name, self.host, settings.redact, self.stats, settings.clean_signals, settings.usage
@@ -353,7 +356,7 @@ class Sidecar:
                 raise ConfigError(f"--health-port {s.health_port}: {exc.strerror}") from None
         metrics = None
         try:
-            with Probe(probe_config(s, pin_dir), self.on_record) as probe:
+            with Probe(ProbeConfig.from_settings(s, pin_dir), self.on_record) as probe:
                 self.layout = probe.layout
                 log.info("attached; %s; %s", describe_tracking(s), self.destination.description)
                 for program in probe.left_out:
@@ -438,10 +441,7 @@ def pinning(settings: Settings) -> tuple[Path | None, pins.PinLock | None]:
     if reason is not None:
         log.warning("not pinning the probe: %s; a restart resumes from the state file alone", reason)
         return None, None
-    try:
-        return pin_dir, pins.PinLock(pin_dir)
-    except pins.PinError as exc:
-        raise ConfigError(str(exc)) from None
+    return pin_dir, pins.PinLock(pin_dir)
 
 
 def run_sidecar(settings: Settings) -> int:

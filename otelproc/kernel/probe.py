@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from otelproc import decoder, libbpf, pins, record
-from otelproc.libbpf import LibbpfError
+from otelproc.kernel import decoder, libbpf, pins, record
+from otelproc.kernel.libbpf import LibbpfError
+from otelproc.config import Settings, scope_pidns
 from otelproc.matching import MatchRule
-from otelproc.record import DEFAULT_OBJECT
+from otelproc.kernel.record import DEFAULT_OBJECT
+from otelproc.model import NS_PER_TICK
 
 DEFAULT_RING_BUFFER_BYTES = 16 << 20
 DEFAULT_MAX_TRACKED = 65536
@@ -74,12 +76,26 @@ class ProbeConfig:
     object_path: Path = DEFAULT_OBJECT
     pin_dir: Path | None = None  # pin the probe here (a bpffs directory) so that it outlives this process
 
+    @classmethod
+    def from_settings(cls, settings: Settings, pin_dir: Path | None = None) -> ProbeConfig:
+        return cls(
+            pin_dir=pin_dir,
+            match=settings.match,
+            trace_all=settings.all,
+            scope_pidns=scope_pidns(settings.scope),
+            scope_cgroup=settings.scope.cgroup,
+            ring_buffer_bytes=settings.ring_buffer_size,
+            max_tracked=settings.max_processes,
+            # The commands poll every POLL_MS; waking them per record would cost a context switch per event.
+            wakeup_bytes=settings.ring_buffer_size // 8,
+        )
+
     def baked(self) -> dict[str, object]:
         """What is fixed when the object loads; the match list is a map, rewritten at any start."""
         return {
             "trace_all": self.trace_all, "scope_pidns": self.scope_pidns, "scope_cgroup": self.scope_cgroup,
             "ring_buffer_bytes": self.ring_buffer_bytes, "max_tracked": self.max_tracked,
-            "wakeup_bytes": self.wakeup_bytes, "ns_per_tick": decoder.NS_PER_TICK,
+            "wakeup_bytes": self.wakeup_bytes, "ns_per_tick": NS_PER_TICK,
         }
 
 
@@ -250,7 +266,7 @@ class Probe:
                     "trace_all": self.config.trace_all,
                     "scope_pidns": self.config.scope_pidns,
                     "scope_cgroup": self.config.scope_cgroup is not None,
-                    "ns_per_tick": decoder.NS_PER_TICK,
+                    "ns_per_tick": NS_PER_TICK,
                     "wakeup_bytes": self.config.wakeup_bytes,
                 },
             )

@@ -25,7 +25,6 @@ from otelproc import __version__
 
 log = logging.getLogger("otelproc")
 
-DEFAULT_BSP_MAX_QUEUE_SIZE = 2048
 
 
 @dataclass
@@ -78,15 +77,6 @@ def stage_failed(stats: Stats, throttled: ThrottledLog, stage: str, exc: BaseExc
     stats.failures[stage] += 1
     throttled.warning(stage, "%s failed: %s: %s; skipped, %d so far", stage, type(exc).__name__, exc,
                       stats.failures[stage])
-
-
-def bsp_max_queue_size() -> int:
-    """The batch processor's queue bound, as the SDK reads it (OTEL_BSP_MAX_QUEUE_SIZE)."""
-    try:
-        value = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_BSP_MAX_QUEUE_SIZE))
-    except ValueError:
-        return DEFAULT_BSP_MAX_QUEUE_SIZE
-    return value if value > 0 else DEFAULT_BSP_MAX_QUEUE_SIZE
 
 
 class CountingExporter(SpanExporter):

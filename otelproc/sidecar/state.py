@@ -21,10 +21,10 @@ from typing import Any, Callable
 
 from opentelemetry.trace import TraceState
 
-from otelproc.decoder import OomKill, SignalSent
+from otelproc.model import OomKill, SignalSent
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id
 from otelproc.redact import redacted
-from otelproc.tracker import Exec, TrackedProcess
+from otelproc.sidecar.tracker import Exec, TrackedProcess
 
 VERSION = 2
 

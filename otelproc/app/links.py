@@ -1,7 +1,7 @@
 """The app side: a traced service links its request spans to its own process's lifetime span.
 
 Runs inside the service (zero code: `opentelemetry-instrument` with
-OTEL_EXPERIMENTAL_RESOURCE_DETECTORS=otelproc; or one line: `otelproc.appside.enable()`).
+OTEL_EXPERIMENTAL_RESOURCE_DETECTORS=otelproc; or one line: `otelproc.app.enable()`).
 It computes its process span's context from /proc alone, by the scheme of
 otelproc.identity: no call to the sidecar, and it works inside a container
 that sees only its own pid namespace.
@@ -28,7 +28,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from otelproc import procfs
 from otelproc.config import DEFAULT_MATCH, ConfigError, parse_bool, parse_match
-from otelproc.decoder import parse_otel_env
+from otelproc.model import parse_otel_env
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
 from otelproc.matching import MatchRule, starts_tracked
 
@@ -174,7 +174,7 @@ def enable(provider: TracerProvider | None = None) -> None:
     """The one line: links root spans to the process span and passes context to subprocesses."""
     provider = provider or trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
-        raise RuntimeError("otelproc.appside.enable() needs the OpenTelemetry SDK's TracerProvider")
+        raise RuntimeError("otelproc.app.enable() needs the OpenTelemetry SDK's TracerProvider")
     provider.add_span_processor(ProcessLinkProcessor())
     subprocess.Popen.__init__ = _popen_init_with_context  # type: ignore[method-assign]
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterator
 
-from otelproc.decoder import OomKill, ProcessEvent, SignalSent, Usage
+from otelproc.model import OomKill, ProcessEvent, SignalSent, Usage
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
 from otelproc.matching import is_python
-from otelproc.owners import Owners
-from otelproc.record import EventKind
-from otelproc.telemetry import Stats
+from otelproc.sidecar.owners import Owners
+from otelproc.model import EventKind
+from otelproc.otel.telemetry import Stats
 
 ProcessKey = tuple[int, int]  # (pid, start ticks)
 MAX_SIGNALS = 16  # signals kept per process, the most recent: a bound on its span events

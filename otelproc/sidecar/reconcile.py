@@ -27,12 +27,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from otelproc import adoption
-from otelproc.adoption import alive
-from otelproc.decoder import ProcessEvent
-from otelproc.loader import Probe
-from otelproc.telemetry import Stats
-from otelproc.tracker import Ended, ProcessKey, Tracker
+from otelproc.sidecar import adoption
+from otelproc.sidecar.adoption import alive
+from otelproc.model import ProcessEvent
+from otelproc.kernel.probe import Probe
+from otelproc.otel.telemetry import Stats
+from otelproc.sidecar.tracker import Ended, ProcessKey, Tracker
 
 log = logging.getLogger("otelproc")
 

@@ -12,7 +12,7 @@ from typing import Any, Collection
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
-from otelproc import appside
+from otelproc.app import links
 
 
 class OtelprocInstrumentor(BaseInstrumentor):
@@ -20,8 +20,8 @@ class OtelprocInstrumentor(BaseInstrumentor):
         return ()
 
     def _instrument(self, **kwargs: Any) -> None:
-        if appside.opted_in():
-            appside.enable(kwargs.get("tracer_provider"))
+        if links.opted_in():
+            links.enable(kwargs.get("tracer_provider"))
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        appside.disable()
+        links.disable()

@@ -12,21 +12,23 @@ directory.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import os
 from pathlib import Path
 
-from otelproc import libbpf
+from otelproc.errors import EXIT_USAGE, OtelprocError
+from otelproc.kernel import libbpf
 
 BPFFS_ROOT = "/sys/fs/bpf"
 LINK_PREFIX = "link_"
 MAP_PREFIX = "map_"
 
 
-class PinError(OSError):
+class PinError(OtelprocError):
     """Pins that cannot be used; the message is one line that says what to do."""
+
+    exit_code = EXIT_USAGE
 
 
 def _mounts() -> list[tuple[str, str]]:
@@ -144,14 +146,14 @@ class PinLock:
         try:
             self._fd = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise PinError(exc.errno, f"cannot open {pin_dir} ({exc.strerror})") from None
+            raise PinError(f"cannot open {pin_dir} ({exc.strerror})") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _lock_holder(self._fd)
             os.close(self._fd)
             raise PinError(
-                errno.EBUSY, f"another otelproc (pid {holder}) owns the pinned probe in {pin_dir}; stop it first"
+                f"another otelproc (pid {holder}) owns the pinned probe in {pin_dir}; stop it first"
             ) from None
 
     def release(self) -> None:

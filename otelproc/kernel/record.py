@@ -9,35 +9,19 @@ tests/test_record_layout.py checks the mirror against the C compiler.
 
 from __future__ import annotations
 
-import errno
 import struct
 from collections import namedtuple
 from dataclasses import dataclass
-from enum import Enum
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from otelproc import libbpf
-from otelproc.libbpf import LibbpfError
+from otelproc.errors import BrokenInstallError
+from otelproc.kernel import libbpf
+from otelproc.model import EXE_NAME_LEN, EventKind
 
 DEFAULT_OBJECT = Path(str(resources.files("otelproc") / "bpf" / "otelproc.bpf.o"))  # the one shipped
-TASK_COMM_LEN = 16
-
-
-class EventKind(str, Enum):
-    """What happened to a process. A str, so that kinds print and serialize as their names."""
-
-    EXEC = "exec"
-    FORK = "fork"
-    EXIT = "exit"
-    SIGNAL = "signal"  # a signal that may end it was sent to it
-    OOM = "oom"  # the OOM killer chose it
-    ADOPT = "adopt"  # found running in /proc, not seen by the kernel side
-
-    def __str__(self) -> str:
-        return self.value
 
 
 # enum event_kind in bpf/otelproc.h
@@ -55,7 +39,6 @@ EVENT_F_OOM_MEMCG = 32
 LOST_RINGBUF, LOST_TRACKED_FULL, LOST_MAX = 0, 1, 2
 LOST_NAMES = {LOST_RINGBUF: "ringbuf_full", LOST_TRACKED_FULL: "tracked_map_full"}
 
-EXE_NAME_LEN = 64  # #define in bpf/otelproc.h
 EXE_NAME_KEY = struct.Struct(f"<I{EXE_NAME_LEN}s")  # struct exe_name_key: prefixlen in bits, name bytes
 
 _INT_FORMATS = {("uint", 1): "B", ("uint", 2): "H", ("uint", 4): "I", ("uint", 8): "Q",
@@ -75,11 +58,11 @@ class EventLayout:
     def from_btf(cls, btf: int) -> EventLayout:
         size, members = libbpf.struct_members(btf, "event")
         if not members or members[-1].name != "data":
-            raise LibbpfError(errno.EPROTO, "struct event in the BPF object does not end with data[]")
+            raise BrokenInstallError("struct event in the BPF object does not end with data[]")
         fmt, names, defaults, at = "<", [], [], 0
         for member in members[:-1]:
             if member.offset < at:
-                raise LibbpfError(errno.EPROTO, f"struct event: member {member.name} overlaps another")
+                raise BrokenInstallError(f"struct event: member {member.name} overlaps another")
             fmt += "x" * (member.offset - at)  # padding the compiler put in
             code = _INT_FORMATS.get((member.kind, member.size))
             fmt += code or f"{member.size}s"

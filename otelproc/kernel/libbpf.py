@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterator
 
+from otelproc.errors import EXIT_KERNEL, OtelprocError
+
 BTF_KIND_INT = 1
 BTF_KIND_PTR = 2
 BTF_KIND_STRUCT = 4
@@ -28,8 +30,13 @@ BPF_ANY = 0
 BPF_NOEXIST = 1
 
 
-class LibbpfError(OSError):
-    """A libbpf call failed; str() is one line that says which and why."""
+class LibbpfError(OtelprocError, OSError):
+    """A libbpf call failed (the kernel refused, or libbpf is missing); str() is one line that says which and why."""
+
+    exit_code = EXIT_KERNEL
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class _BtfType(ctypes.Structure):

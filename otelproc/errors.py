@@ -1,0 +1,32 @@
+"""The failures a user can act on, and the exit code of each.
+
+`otelproc` prints one of these as one line on stderr (`otelproc: error: ...`)
+and exits with its code, never with a traceback: 2 when the user can fix it
+(flags, settings, privileges, a pin directory in use), 1 when the kernel
+refused, 3 when the installed package itself is broken (a BPF object that does
+not match this version of otelproc).
+"""
+
+from __future__ import annotations
+
+EXIT_KERNEL = 1
+EXIT_USAGE = 2
+EXIT_BROKEN_INSTALL = 3
+
+
+class OtelprocError(Exception):
+    """A failure with a one-line message that says what to do; str() is that line alone."""
+
+    exit_code = EXIT_KERNEL
+
+
+class ConfigError(OtelprocError, ValueError):
+    """A bad flag or setting; the message names it."""
+
+    exit_code = EXIT_USAGE
+
+
+class BrokenInstallError(OtelprocError):
+    """The BPF object shipped with otelproc does not fit the Python code that reads it."""
+
+    exit_code = EXIT_BROKEN_INSTALL

@@ -1,0 +1,179 @@
+"""Where spans go: one registry of exporters (OTLP gRPC or HTTP/protobuf, console lines, console JSON),
+behind the SDK's BatchSpanProcessor.
+
+EXPORTERS is the one list: `--exporter` takes its choices and its help from it.
+The SDK reads OTEL_EXPORTER_OTLP_* and OTEL_BSP_* itself; otelproc only picks
+the exporter and passes a flag's value on when one was given.
+
+The settings read this registry, and `otelproc events` reads the settings
+without the OpenTelemetry SDK: so the SDK is imported where an exporter is made.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+from urllib.parse import urlparse
+
+from otelproc.errors import ConfigError
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+    from otelproc.config import Settings
+
+# Spans of a process that lived a second should be in the backend about a second later,
+# not after the SDK's default five; OTEL_BSP_SCHEDULE_DELAY still wins when set.
+DEFAULT_SCHEDULE_DELAY_MS = 1000
+DEFAULT_PORTS = {"grpc": 4317, "http/protobuf": 4318}
+OTLP_PROTOCOLS = tuple(DEFAULT_PORTS)
+
+
+@dataclass(frozen=True)
+class Destination:
+    exporter: SpanExporter
+    description: str  # for the log line that tells the user where spans go
+    metric_exporter: MetricExporter | None = None  # otelproc's own metrics, beside its spans over OTLP
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """One choice of --exporter: what it does, in a few words for --help, and how it is made."""
+
+    help: str
+    make: Callable[[Settings, str], Destination]  # (settings, why it was chosen: "" when by name)
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def protocol(settings: Settings) -> str:
+    from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
+
+    chosen = settings.otlp_protocol or _env(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL)
+    return chosen or "grpc"
+
+
+def configured_endpoint(settings: Settings) -> str | None:
+    from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+
+    return settings.otlp_endpoint or _env(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT)
+
+
+def collector_answers(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection(("localhost", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _http_signal_url(endpoint: str, signal: str) -> str:
+    """A base URL given by flag gets the signal path the SDK adds to OTEL_EXPORTER_OTLP_ENDPOINT."""
+    url = endpoint if "://" in endpoint else f"http://{endpoint}"
+    if urlparse(url).path in ("", "/"):
+        url = url.rstrip("/") + f"/v1/{signal}"
+    return url
+
+
+def metrics_wanted() -> bool:
+    from opentelemetry.environment_variables import OTEL_METRICS_EXPORTER
+
+    return os.environ.get(OTEL_METRICS_EXPORTER, "otlp") != "none"
+
+
+def _console_lines(settings: Settings, reason: str) -> Destination:
+    from otelproc.otel.console import ConsoleLineExporter
+
+    return Destination(ConsoleLineExporter(sys.stdout), "printing one line per span to stdout" + reason)
+
+
+def _console_json(settings: Settings, reason: str) -> Destination:
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    exporter = ConsoleSpanExporter(out=sys.stdout, formatter=lambda span: span.to_json(indent=None) + "\n")
+    return Destination(exporter, "printing spans to stdout as JSON, one per line" + reason)
+
+
+def _otlp(settings: Settings, reason: str) -> Destination:
+    proto = protocol(settings)
+    endpoint = settings.otlp_endpoint or None
+    metrics: MetricExporter | None = None
+    if proto == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetrics
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpans
+
+        exporter: SpanExporter = HttpSpans(endpoint=_http_signal_url(endpoint, "traces") if endpoint else None)
+        if metrics_wanted():
+            metrics = HttpMetrics(endpoint=_http_signal_url(endpoint, "metrics") if endpoint else None)
+        where = getattr(exporter, "_endpoint", endpoint)
+    elif proto == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetrics
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
+
+        exporter = GrpcSpans(endpoint=endpoint)
+        if metrics_wanted():
+            metrics = GrpcMetrics(endpoint=endpoint)
+        where = endpoint or configured_endpoint(settings) or "localhost:4317"
+    else:
+        raise ConfigError(f"OTLP protocol {proto!r} is not supported; use {' or '.join(OTLP_PROTOCOLS)}")
+    what = "spans and its own metrics" if metrics else "spans"
+    kind = "HTTP" if proto != "grpc" else "gRPC"
+    return Destination(exporter, f"exporting {what} over OTLP/{kind} to {where}", metrics)
+
+
+EXPORTERS: dict[str, Exporter] = {
+    "otlp": Exporter("to a collector over OTLP (--otlp-endpoint, --otlp-protocol)", _otlp),
+    "console": Exporter("one line per span on stdout", _console_lines),
+    "console-json": Exporter("every span in full, one JSON object per line on stdout", _console_json),
+}
+AUTO = "auto"  # otlp when an endpoint is configured or a collector answers, else console
+
+
+def choose(settings: Settings) -> str:
+    """A name in EXPORTERS: a flag or OTEL_TRACES_EXPORTER decides, else whether a collector is there."""
+    from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
+
+    if settings.sources["exporter"] != "default":
+        chosen = settings.exporter
+    else:
+        chosen = os.environ.get(OTEL_TRACES_EXPORTER, "")
+        chosen = chosen if chosen in EXPORTERS else AUTO
+    if chosen != AUTO:
+        return chosen
+    if configured_endpoint(settings) or collector_answers(DEFAULT_PORTS[protocol(settings)]):
+        return "otlp"
+    return "console"
+
+
+def make_destination(settings: Settings) -> Destination:
+    name = choose(settings)
+    reason = ""
+    if name != "otlp" and settings.sources["exporter"] == "default":
+        reason = (f" (no collector answered on localhost:{DEFAULT_PORTS[protocol(settings)]}; "
+                  "set --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT to export)")
+    return EXPORTERS[name].make(settings, reason)
+
+
+def queue_bound() -> int:
+    """How many spans the batch processor holds before it drops, as the SDK reads OTEL_BSP_MAX_QUEUE_SIZE."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    return BatchSpanProcessor._default_max_queue_size()  # noqa: SLF001 -- the SDK's own reading, not a copy
+
+
+def make_processor(exporter: SpanExporter, max_queue_size: int) -> BatchSpanProcessor:
+    from opentelemetry.sdk.environment_variables import OTEL_BSP_SCHEDULE_DELAY
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    delay = None if os.environ.get(OTEL_BSP_SCHEDULE_DELAY) else DEFAULT_SCHEDULE_DELAY_MS
+    return BatchSpanProcessor(exporter, max_queue_size=max_queue_size, schedule_delay_millis=delay)
