@@ -23,7 +23,8 @@ from otelproc.identity import ProcessIdentity, fresh_carrier, place
 from otelproc.model import EventKind
 from otelproc.signals import DEFAULT_CLEAN, code_name, parse_signal_set
 from otelproc.otel.spans import CLEAN_SIGNALS, SpanBuilder, container_id, exit_status, parse_resource_attributes
-from otelproc.sidecar.tracker import MAX_SIGNALS, Ended, Tracker, program_name
+from otelproc.otel.servers import program_name
+from otelproc.sidecar.tracker import MAX_SIGNALS, Ended, Tracker
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

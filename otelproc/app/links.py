@@ -31,6 +31,7 @@ from otelproc.config import DEFAULT_MATCH, ConfigError, parse_bool, parse_match
 from otelproc.model import parse_otel_env
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
 from otelproc.matching import MatchRule, starts_tracked
+from otelproc.otel.servers import first_in_process
 
 DETECTOR_NAME = "otelproc"
 LINK_ATTRIBUTES = {"otelproc.link": "process"}
@@ -142,7 +143,7 @@ class ProcessLinkProcessor(SpanProcessor):
         link, key = self._current()
         self._open.add(span.context.span_id)
         parent = span.parent
-        if parent is not None and not parent.is_remote and parent.span_id in self._open:
+        if parent is not None and not first_in_process(parent.span_id, parent.is_remote, self._open):
             return
         span.set_attribute("otelproc.process.key", key)
         if link is not None:

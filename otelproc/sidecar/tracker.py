@@ -8,48 +8,21 @@ later it still gets a span, built from the exit record alone.
 from __future__ import annotations
 
 import collections
-import os
 import signal
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Iterator
 
-from otelproc.model import OomKill, ProcessEvent, SignalSent, Usage
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
-from otelproc.matching import is_python
-from otelproc.sidecar.owners import Owners
-from otelproc.model import EventKind
+from otelproc.model import EventKind, OomKill, ProcessEvent, SignalSent, Usage
+from otelproc.otel.servers import program_name
 from otelproc.otel.telemetry import Stats
+from otelproc.sidecar.owners import Owners
 
 ProcessKey = tuple[int, int]  # (pid, start ticks)
 MAX_SIGNALS = 16  # signals kept per process, the most recent: a bound on its span events
 # The SDK's default span event limit (OTEL_SPAN_EVENT_COUNT_LIMIT): more execs could not be exported anyway.
 DEFAULT_MAX_EXECS = 128
-
-_PYTHON_OPTIONS_WITH_VALUE = {"-W", "-X", "--check-hash-based-pycs"}
-
-
-@lru_cache(maxsize=256)  # asked for each span and each child; a pool of workers shares one answer (argv: 8 KiB at most)
-def program_name(exe: str | None, argv: tuple[str, ...] | None, comm: str, parent_program: str | None) -> str:
-    """What a person calls the program: the script or module a python runs, else the executable's name."""
-    base = os.path.basename(exe or "") or comm
-    if not argv or not is_python(base):
-        return base
-    args = iter(argv[1:])
-    for arg in args:
-        if arg == "-m":
-            return next(args, base)
-        if arg == "-c":
-            if "--multiprocessing-fork" in argv:  # a worker started by multiprocessing (uvicorn --workers)
-                return f"{parent_program} worker" if parent_program else f"{base} worker"
-            return f"{base} -c"
-        if arg in _PYTHON_OPTIONS_WITH_VALUE:
-            next(args, None)
-        elif not arg.startswith("-"):
-            return os.path.basename(arg)
-    return base
-
 
 def keep_latest(items: list, item: object, limit: int) -> int:
     """Appends item and lets the oldest go past limit; returns how many went (0 or 1)."""

@@ -1,0 +1,58 @@
+"""What otelproc knows about Python servers and worker pools, in one place.
+
+A server model is a way a Python service starts its workers. Two facts about
+each one decide how it reads in a trace:
+
+- how a worker starts, which decides its span's name: a forked worker keeps its
+  parent's program name (gunicorn, a multiprocessing fork pool, Celery's prefork
+  pool); a worker started by multiprocessing's spawn (uvicorn --workers) runs
+  `python -c 'from multiprocessing.spawn import spawn_main; ...' --multiprocessing-fork`
+  and is named "<its parent's program> worker";
+- which span of a worker is the first of its trace in that process, which gets
+  the link to the worker's own lifetime span: a forked worker inherits its
+  parent's current span, so its first span may have a local parent that was
+  started in another process.
+
+To support a new server model: add its worker's marker to SPAWNED_WORKER_MARKERS
+when it spawns workers with a command line of their own, add its row to the table
+in docs/correlation.md, and a test with the real server that starts it from an
+untracked parent (tests/test_prefork.py shows how).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+from otelproc.matching import is_python
+
+# Arguments that mark a python started by its parent to be one of its workers.
+SPAWNED_WORKER_MARKERS = ("--multiprocessing-fork",)  # multiprocessing's spawn (uvicorn --workers, spawn pools)
+_PYTHON_OPTIONS_WITH_VALUE = {"-W", "-X", "--check-hash-based-pycs"}
+
+
+@lru_cache(maxsize=256)  # asked for each span and each child; a pool of workers shares one answer (argv: 8 KiB at most)
+def program_name(exe: str | None, argv: tuple[str, ...] | None, comm: str, parent_program: str | None) -> str:
+    """What a person calls the program: the script or module a python runs, else the executable's name."""
+    base = os.path.basename(exe or "") or comm
+    if not argv or not is_python(base):
+        return base
+    args = iter(argv[1:])
+    for arg in args:
+        if arg == "-m":
+            return next(args, base)
+        if arg == "-c":
+            if any(marker in argv for marker in SPAWNED_WORKER_MARKERS):
+                return f"{parent_program} worker" if parent_program else f"{base} worker"
+            return f"{base} -c"
+        if arg in _PYTHON_OPTIONS_WITH_VALUE:
+            next(args, None)
+        elif not arg.startswith("-"):
+            return os.path.basename(arg)
+    return base
+
+
+def first_in_process(parent_span_id: int | None, parent_is_remote: bool, open_here: set[int]) -> bool:
+    """Whether a span is the first of its trace in this process: it has no parent, a remote one, or a
+    local one this process did not start (a forked worker inherits its parent's current span)."""
+    return parent_span_id is None or parent_is_remote or parent_span_id not in open_here
