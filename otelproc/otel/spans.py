@@ -10,7 +10,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 from urllib.parse import unquote
 
 from opentelemetry.sdk.resources import Resource
@@ -28,7 +28,9 @@ from otelproc.model import DEFAULT_USAGE, OomKill, SignalSent, Usage
 from otelproc.redact import redacted
 from otelproc.signals import DEFAULT_CLEAN, SI_KERNEL, code_name, parse_signal_set, signal_name
 from otelproc.otel.telemetry import Stats
-from otelproc.sidecar.tracker import Ended, TrackedProcess
+
+if TYPE_CHECKING:  # what the sidecar's tracker hands over; the span builder needs nothing else of it
+    from otelproc.sidecar.tracker import Ended, TrackedProcess
 
 SCOPE = InstrumentationScope("otelproc", __version__)
 _CONTAINER_ID = re.compile(r"(?:[a-z-]+-)?([0-9a-f]{64})(?:\.scope)?")
