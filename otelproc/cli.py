@@ -53,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="turn every tracked process lifetime into an OpenTelemetry span",
         description="Every tracked process lifetime becomes a span, exported over OTLP (or printed).",
-        epilog="Settings: flag, then OTELPROC_* variable, then default. The SDK reads OTEL_EXPORTER_OTLP_* "
-        "and OTEL_BSP_* itself.",
+        epilog="Stopping: Ctrl-C (SIGINT) detaches the probe (--keep-probe keeps it); SIGTERM (a service manager) "
+        "leaves it pinned and recording for the next otelproc. Either takes at most --stop-timeout seconds; spans "
+        "not delivered by then are sent first at the next start. Settings: flag, then OTELPROC_* variable, then "
+        "default. The SDK reads OTEL_EXPORTER_OTLP_* and OTEL_BSP_* itself.",
     )
     config.add_arguments(run, "run")
     detach = sub.add_parser(

@@ -279,6 +279,24 @@ OPTIONS: tuple[Option, ...] = (
         (RUN, DETACH),
         "PATH",
     ),
+    Option(
+        "keep_probe",
+        "false",
+        parse_bool,
+        "on SIGINT (Ctrl-C) too, leave the probe pinned and recording for the next otelproc, as on SIGTERM; "
+        "without it Ctrl-C detaches it, as `otelproc detach` does",
+        (RUN,),
+        flag_only_bool=True,
+    ),
+    Option(
+        "stop_timeout",
+        "3",
+        parse_seconds,
+        "a stop takes at most this long, whatever the collector does; spans not delivered by then are kept "
+        "beside the state file (unsent-spans.pb, at most 16 MiB) and sent first at the next start",
+        (RUN,),
+        "SECONDS",
+    ),
     Option("health_port", "", parse_port, "serve /healthz and /readyz on this TCP port; empty: off", (RUN,), "PORT"),
     Option(
         "redact",
@@ -349,6 +367,8 @@ class Settings:
     sweep_interval: float
     state_file: Path | None
     pin_dir: Path | None
+    keep_probe: bool
+    stop_timeout: float
     health_port: int | None
     redact: bool
     clean_signals: frozenset[int]

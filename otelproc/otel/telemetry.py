@@ -31,6 +31,7 @@ class Stats:
     events: Counter[str] = field(default_factory=Counter)  # by kind
     spans: Counter[str] = field(default_factory=Counter)  # handed to the exporter, by otelproc.span
     exported: int = 0  # spans the collector accepted
+    kept: int = 0  # spans a stop did not deliver in time, kept for the next start (see unsent.py)
     export_failures: int = 0  # export calls that failed after the SDK's retries
     drops: Counter[str] = field(default_factory=Counter)  # by reason; see docs/operations.md, "What otelproc drops"
     reconciled: Counter[str] = field(default_factory=Counter)  # ends and starts found by /proc sweeps
@@ -39,7 +40,8 @@ class Stats:
     ring_away_max_ns: int = 0  # longest time the reader spent between two reads of the ring buffer
 
     def in_flight(self) -> int:
-        return sum(self.spans.values()) - self.exported - self.drops["export_failed"] - self.drops["span_invalid"]
+        return (sum(self.spans.values()) - self.exported - self.kept - self.drops["export_failed"]
+                - self.drops["span_invalid"])
 
     def summary(self) -> str:
         drops = ", ".join(f"{k}={v}" for k, v in sorted(self.drops.items()) if v) or "none"
@@ -86,9 +88,11 @@ class CountingExporter(SpanExporter):
     is split in halves until the spans at fault are alone, and only those are dropped.
     """
 
-    def __init__(self, inner: SpanExporter, stats: Stats) -> None:
+    def __init__(self, inner: SpanExporter, stats: Stats,
+                 keep: Callable[[Sequence[ReadableSpan]], bool] | None = None) -> None:
         self.inner = inner
         self.stats = stats
+        self.keep = keep or (lambda _spans: False)  # takes a failed batch for later (during a stop), else it is lost
         self.throttled = ThrottledLog()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -106,6 +110,8 @@ class CountingExporter(SpanExporter):
             return SpanExportResult.SUCCESS  # nothing left to retry
         if result is SpanExportResult.SUCCESS:
             self.stats.exported += len(spans)
+        elif self.keep(spans):
+            self.stats.kept += len(spans)
         else:
             self.stats.drops["export_failed"] += len(spans)
             self.stats.export_failures += 1

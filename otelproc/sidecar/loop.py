@@ -14,7 +14,9 @@ every few seconds, and the loop goes on with the next record.
 
 The probe is pinned in bpffs (see pins.py), so it records while otelproc is
 down; a SIGTERM leaves it pinned, for the next otelproc to drain and carry on
-with. `otelproc detach` removes it for good.
+with. SIGINT (Ctrl-C: a person, not a service manager) detaches it, as
+`otelproc detach` does, unless --keep-probe. A stop takes at most --stop-timeout
+seconds; spans not delivered by then are kept for the next start (unsent.py).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from otelproc.sidecar.reconcile import Reconciler, Sweeper
 from otelproc.kernel.record import EventLayout
 from otelproc.model import EventKind
 from otelproc.otel.spans import SpanBuilder, host_attributes
+from otelproc.otel import unsent
 from otelproc.stop import StopSignal
 from otelproc.otel.telemetry import CountingExporter, Stats, ThrottledLog, stage_failed, start_metrics
 from otelproc.sidecar.owners import Owners
@@ -72,7 +75,11 @@ class Sidecar:
         self.clock = BootClock()
         self.destination = make_destination(settings)
         self.max_in_flight = queue_bound()
-        self.processor = make_processor(CountingExporter(self.destination.exporter, self.stats), self.max_in_flight)
+        backlog_path = unsent.path_beside(settings.state_file)
+        self.unsent = unsent.Unsent(backlog_path, unsent.Backlog(backlog_path, self.stats.drops))
+        self.courier = unsent.Courier(self.destination.exporter, self.unsent.backlog)  # the backlog goes first
+        counting = CountingExporter(self.courier, self.stats, self.unsent.keep)
+        self.processor = make_processor(counting, self.max_in_flight)
         self.host = host_attributes()
         self.builder = SpanBuilder(
             settings.service_name, self.host, settings.redact, self.stats, settings.clean_signals, settings.usage
@@ -325,24 +332,35 @@ class Sidecar:
                 self.failed("state_file", exc)
             self.state_writer.start()
 
-    def stop(self, probe: Probe) -> None:
-        """A clean stop leaves the probe pinned and recording; one removed meanwhile (detach) goes for good."""
+    def stop(self, probe: Probe, detach: bool) -> str:
+        """A clean stop leaves the probe pinned and recording, unless detach (or `otelproc detach` meanwhile):
+        then it goes for good, with the state file. Returns what became of it, for the stop line."""
         writer, self.state_writer = self.state_writer, None
         if writer is not None:
             writer.stop()
         if probe.pinned_at is not None and not probe.pinned_at.exists():
-            log.info("the probe was detached; it goes with this process, and so does the state file")
             if writer is not None:
                 state.remove(writer.path)
-            return
+            return "the probe was detached (`otelproc detach`) and goes with this process, with the state file"
+        if detach:
+            if writer is not None:
+                state.remove(writer.path)
+            if probe.pinned_at is not None:
+                try:
+                    pins.remove_all(probe.pinned_at.parent)
+                except OSError as exc:
+                    return (f"could not detach the probe pinned in {probe.pinned_at} ({exc.strerror}); "
+                            "`otelproc detach` removes it")
+            return "detached the probe (Ctrl-C; --keep-probe keeps it pinned)"
         if writer is not None:
             try:
                 writer.write(force=True)
             except Exception as exc:  # noqa: BLE001
                 self.failed("state_file", exc)
-        if probe.pinned_at is not None:
-            log.info("the probe stays pinned in %s and keeps recording for the next otelproc; "
-                     "`otelproc detach` removes it", probe.pinned_at)
+        if probe.pinned_at is None:
+            return ""
+        return (f"the probe stays pinned in {probe.pinned_at} and keeps recording for the next otelproc; "
+                "`otelproc detach` removes it")
 
     def run(self, pin_dir: Path | None = None) -> int:
         s = self.settings
@@ -355,6 +373,7 @@ class Sidecar:
             except OSError as exc:
                 raise ConfigError(f"--health-port {s.health_port}: {exc.strerror}") from None
         metrics = None
+        fate = ""  # what became of the probe, for the stop line
         try:
             with Probe(ProbeConfig.from_settings(s, pin_dir), self.on_record) as probe:
                 self.layout = probe.layout
@@ -387,28 +406,33 @@ class Sidecar:
                             self._overlap.clear()  # a takeover's overlap was read long ago
                             self.read_kernel_losses(probe)
                 finally:
+                    stop.begin()
                     self.sweeper.stop()  # before the probe closes: a sweep reads its map
                 probe.poll(0)
                 self.housekeeping()
                 while self.sweeper.ready() is not None:  # what the last sweep found, all of it
                     self.housekeeping()
                 self.read_kernel_losses(probe)
-                self.stop(probe)
+                fate = self.stop(probe, detach=stop.interactive and not s.keep_probe)
                 if metrics is not None:
-                    metrics.shutdown()  # its last collection still reads the probe
+                    # Its last collection reads the probe. Half of what is left of the stop, at most: the spans'
+                    # turn comes next, and a collector that does not answer takes all it is given.
+                    metrics.shutdown(timeout_millis=stop.left_ms(s.stop_timeout) / 2)
                     metrics = None
         finally:
+            stop_by = stop.begin() + s.stop_timeout
             self.health.ready = False
             if self.state_writer is not None:
                 self.state_writer.stop()
-            self.processor.shutdown()  # exports what is queued, within the exporter's timeout
             if metrics is not None:
-                metrics.shutdown()
+                metrics.shutdown(timeout_millis=stop.left_ms(s.stop_timeout) / 2)
+            unsent_words = self.unsent.finish(self.processor, self.courier, self.stats, stop_by, lambda: stop.again)
             if server is not None:
                 server.close()
-        log.info("stopped; %s; %d processes still running; failed: %s; longest away from the ring buffer: %d ms",
-                 self.stats.summary(), len(self.tracker), self.stats.failures_summary(),
-                 self.stats.ring_away_max_ns // 1_000_000)
+        log.info("stopped; %s; %d processes still running; failed: %s; longest away from the ring buffer: %d ms; "
+                 "%s, in %.1f s%s", self.stats.summary(), len(self.tracker), self.stats.failures_summary(),
+                 self.stats.ring_away_max_ns // 1_000_000, stop.cause, time.monotonic() - stop_by + s.stop_timeout,
+                 "".join(f"; {words}" for words in (fate, unsent_words) if words))
         return 0
 
 
