@@ -18,6 +18,7 @@ from typing import Callable
 from otelproc.kernel import decoder, libbpf, pins, record
 from otelproc.kernel.libbpf import LibbpfError
 from otelproc.config import Settings, scope_pidns
+from otelproc.errors import ConfigError
 from otelproc.matching import MatchRule
 from otelproc.kernel.record import DEFAULT_OBJECT
 from otelproc.model import NS_PER_TICK
@@ -208,6 +209,7 @@ class Probe:
         self._ring: libbpf.RingBuffer | None = None
         self._cgroup_fd: int | None = None
         self._pinned: _PinnedMaps | None = None
+        self._pinned_links: list[int] = []  # fds of a resumed probe's links: it runs while we do, pinned or not
         self._maps: dict[str, int] = {}
         try:
             self._start(on_record)
@@ -224,6 +226,8 @@ class Probe:
             for probe_dir in pins.probes(pin_dir):
                 if probe_dir == here and pins.links(probe_dir):
                     self._pinned = _PinnedMaps(probe_dir)
+                    for path in pins.links(probe_dir):
+                        self._pinned_links.append(libbpf.obj_get(str(path)))
                     self.resumed = True
                 elif probe_dir == here or self.previous is not None or not pins.links(probe_dir):
                     pins.remove(probe_dir)  # half pinned or half removed, or a third: nothing to carry on with
@@ -290,10 +294,10 @@ class Probe:
                 self._cgroup_fd = os.open(self.config.scope_cgroup, os.O_RDONLY | os.O_DIRECTORY)
                 libbpf.map_update(self._maps["scope_cgroups"], _U32.pack(0), _U32.pack(self._cgroup_fd),
                                   "scope_cgroups")
+            except LibbpfError:  # the kernel takes only a cgroup v2 directory into the map
+                raise ConfigError(f"--scope cgroup={self.config.scope_cgroup}: not a cgroup v2 directory") from None
             except OSError as exc:
-                raise LibbpfError(
-                    exc.errno, f"--scope cgroup={self.config.scope_cgroup}: not a cgroup v2 directory ({exc.strerror})"
-                ) from None
+                raise ConfigError(f"--scope cgroup={self.config.scope_cgroup}: {exc.strerror}") from None
 
     def _refill_match(self) -> None:
         """A resumed probe matches what this otelproc was told, not what its predecessor was."""
@@ -368,6 +372,9 @@ class Probe:
         if self._pinned is not None:
             self._pinned.close()
             self._pinned = None
+        for fd in self._pinned_links:
+            os.close(fd)
+        self._pinned_links = []
         if self._obj is not None:
             self._obj.close()
             self._obj = None
