@@ -232,6 +232,15 @@ OPTIONS: tuple[Option, ...] = (
         "NAME",
     ),
     Option(
+        "console_children",
+        "show",
+        parse_choice("show", "hide"),
+        "console lines: a process tracked only because its parent is (it matches no --match name itself: sh, "
+        "git, ...) is marked ↳ (show) or left out (hide)",
+        (RUN,),
+        "MODE",
+    ),
+    Option(
         "otlp_endpoint",
         "",
         str,
@@ -350,6 +359,7 @@ class Settings:
     max_processes: int
     ring_buffer_size: int
     exporter: str
+    console_children: str
     otlp_endpoint: str
     otlp_protocol: str
     service_name: str

@@ -107,7 +107,10 @@ def metrics_wanted() -> bool:
 def _console_lines(settings: Settings, reason: str) -> Destination:
     from otelproc.otel.console import ConsoleLineExporter
 
-    return Destination(ConsoleLineExporter(sys.stdout), "printing one line per span to stdout" + reason)
+    match = None if settings.all else settings.match  # with --all every process matched by itself
+    exporter = ConsoleLineExporter(sys.stdout, match, hide_children=settings.console_children == "hide")
+    children = "; processes tracked only through their parent left out" if settings.console_children == "hide" else ""
+    return Destination(exporter, "printing one line per span to stdout" + children + reason)
 
 
 def _console_json(settings: Settings, reason: str) -> Destination:
