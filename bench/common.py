@@ -413,9 +413,10 @@ class StopReport:
 
 KERNEL_LOSSES = ("ringbuf_full", "tracked_map_full")
 # "stopped; 40000 events, 20000 spans, 20000 exported, dropped: none; 0 processes still running"
-# (and the older "stopped; 40000 events, 20000 spans, 0 processes still running")
+# (and the older "stopped; 40000 events, 20000 spans, 0 processes still running"; "1 span", "1 process" when 1)
 _STOPPED = re.compile(
-    r"stopped; (\d+) events, (\d+) spans(?:, \d+ exported)?(?:, dropped: ([^;]*))?[,;] (\d+) processes still running"
+    r"stopped; (\d+) events?, (\d+) spans?(?:, \d+ exported)?(?:, dropped: ([^;]*))?[,;] (\d+) process(?:es)? "
+    r"still running"
 )
 _KEY_VALUE = re.compile(r"(\w+)=(\d+)")
 # "kernel side dropped: ringbuf_full +3" (older) and "the kernel side dropped 3 (ringbuf_full), ..."

@@ -43,9 +43,9 @@
 #define HARMLESS_BY_DEFAULT (SIG_BIT(SIGCHLD) | SIG_BIT(SIGCONT) | SIG_BIT(SIGSTOP) | SIG_BIT(SIGTSTP) | \
 			     SIG_BIT(SIGTTIN) | SIG_BIT(SIGTTOU) | SIG_BIT(SIGURG) | SIG_BIT(SIGWINCH))
 
-const volatile bool trace_all = false;		/* track every process, ignore match_exe_names */
+const volatile bool trace_all = false;		/* track every process, ignore otelproc_match */
 const volatile __u32 scope_pidns = 0;		/* 0: host; else inode of the scope's pid namespace */
-const volatile bool scope_cgroup = false;	/* only start tracking inside scope_cgroups[0] */
+const volatile bool scope_cgroup = false;	/* only start tracking inside otelproc_scope[0] */
 const volatile __u64 ns_per_tick = 10000000;	/* NSEC_PER_SEC / USER_HZ, as /proc/<pid>/stat */
 const volatile __u64 wakeup_bytes = 0;		/* wake the reader only past this much unread; 0: always */
 
@@ -55,7 +55,7 @@ struct {
 	__type(key, struct exe_name_key);
 	__type(value, __u8);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-} match_exe_names SEC(".maps");
+} otelproc_match SEC(".maps");
 
 /* pid (scope numbering) -> start time in clock ticks, which tells a reused pid apart */
 struct {
@@ -63,19 +63,19 @@ struct {
 	__uint(max_entries, 65536);
 	__type(key, __u32);
 	__type(value, __u64);
-} tracked SEC(".maps");
+} otelproc_track SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 16 << 20);
-} events SEC(".maps");
+} otelproc_ring SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, LOST_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
-} lost SEC(".maps");
+} otelproc_lost SEC(".maps");
 
 /* An exec record is too large for the BPF stack; it is built here, then copied out at its used size. */
 struct {
@@ -83,18 +83,18 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct event);
-} scratch SEC(".maps");
+} otelproc_heap SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u32);
-} scope_cgroups SEC(".maps");
+} otelproc_scope SEC(".maps");
 
 static __always_inline void count_lost(__u32 reason)
 {
-	__u64 *n = bpf_map_lookup_elem(&lost, &reason);
+	__u64 *n = bpf_map_lookup_elem(&otelproc_lost, &reason);
 
 	if (n)
 		*n += 1;
@@ -132,14 +132,14 @@ static __always_inline __u64 start_ticks(struct task_struct *task)
 
 static __always_inline bool is_tracked(__u32 pid, __u64 ticks)
 {
-	__u64 *known = bpf_map_lookup_elem(&tracked, &pid);
+	__u64 *known = bpf_map_lookup_elem(&otelproc_track, &pid);
 
 	return known && *known == ticks;
 }
 
 static __always_inline bool track(__u32 pid, __u64 ticks)
 {
-	if (bpf_map_update_elem(&tracked, &pid, &ticks, BPF_ANY)) {
+	if (bpf_map_update_elem(&otelproc_track, &pid, &ticks, BPF_ANY)) {
 		count_lost(LOST_TRACKED_FULL);
 		return false;
 	}
@@ -154,12 +154,12 @@ static __always_inline bool exe_name_matches(struct linux_binprm *bprm)
 	struct exe_name_key key = { .prefixlen = EXE_NAME_LEN * 8 };
 
 	bpf_probe_read_kernel_str(key.name, sizeof(key.name), bprm->file->f_path.dentry->d_name.name);
-	return bpf_map_lookup_elem(&match_exe_names, &key) != NULL;
+	return bpf_map_lookup_elem(&otelproc_match, &key) != NULL;
 }
 
 static __always_inline bool in_cgroup_scope(void)
 {
-	return !scope_cgroup || bpf_current_task_under_cgroup(&scope_cgroups, 0) == 1;
+	return !scope_cgroup || bpf_current_task_under_cgroup(&otelproc_scope, 0) == 1;
 }
 
 /* The task's place in the memory controller's hierarchy; NULL on a kernel
@@ -262,7 +262,7 @@ static __always_inline __u64 submit_flags(__u64 unread, __u64 size)
 /* The fork and exit records carry no data[]: only the fixed part goes out. */
 static __always_inline struct event *reserve_small(void)
 {
-	struct event *e = bpf_ringbuf_reserve(&events, offsetof(struct event, data), 0);
+	struct event *e = bpf_ringbuf_reserve(&otelproc_ring, offsetof(struct event, data), 0);
 
 	if (!e)
 		count_lost(LOST_RINGBUF);
@@ -274,7 +274,7 @@ static __always_inline void submit_small(struct event *e)
 {
 	__u64 size = offsetof(struct event, data);
 
-	bpf_ringbuf_submit(e, submit_flags(bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA), size));
+	bpf_ringbuf_submit(e, submit_flags(bpf_ringbuf_query(&otelproc_ring, BPF_RB_AVAIL_DATA), size));
 }
 
 /* A signal or OOM record: whose and when; every other field zero. */
@@ -295,7 +295,7 @@ static __always_inline struct event *reserve_brief(struct task_struct *task, __u
 }
 
 SEC("tp_btf/sched_process_exec")
-int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
+int BPF_PROG(otelproc_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
 {
 	__u32 pid = scoped_tgid(task), zero = 0, flags = 0, off;
 	__u64 ticks = start_ticks(task), size, unread;
@@ -316,7 +316,7 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 			flags = EVENT_F_UNTRACKED;
 	}
 
-	e = bpf_map_lookup_elem(&scratch, &zero);
+	e = bpf_map_lookup_elem(&otelproc_heap, &zero);
 	if (!e)
 		return 0;
 	fill_common(e, task, EVENT_EXEC, pid);
@@ -345,14 +345,14 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 	if (off > DATA_MAX)
 		return 0;
 	size = offsetof(struct event, data) + off;
-	unread = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size;
-	if (bpf_ringbuf_output(&events, e, size, submit_flags(unread, size)))
+	unread = bpf_ringbuf_query(&otelproc_ring, BPF_RB_AVAIL_DATA) + size;
+	if (bpf_ringbuf_output(&otelproc_ring, e, size, submit_flags(unread, size)))
 		count_lost(LOST_RINGBUF);
 	return 0;
 }
 
 SEC("tp_btf/sched_process_fork")
-int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
+int BPF_PROG(otelproc_fork, struct task_struct *parent, struct task_struct *child)
 {
 	__u32 pid, ppid;
 	struct event *e;
@@ -463,7 +463,7 @@ static __always_inline void fill_usage(struct event *e, struct task_struct *task
 }
 
 SEC("tp_btf/sched_process_exit")
-int BPF_PROG(handle_exit, struct task_struct *task)
+int BPF_PROG(otelproc_exit, struct task_struct *task)
 {
 	struct signal_struct *sig;
 	__u32 pid;
@@ -477,7 +477,7 @@ int BPF_PROG(handle_exit, struct task_struct *task)
 		return 0;
 	/* Threads exiting together can each see live == 0: the one that
 	 * removes the entry reports the exit. */
-	if (bpf_map_delete_elem(&tracked, &pid))
+	if (bpf_map_delete_elem(&otelproc_track, &pid))
 		return 0;
 
 	e = reserve_small();
@@ -528,7 +528,7 @@ static __always_inline bool signal_matters(int sig, int code, struct task_struct
 
 /* Fires in the sender's context (current), for every signal on the machine. */
 SEC("tp_btf/signal_generate")
-int BPF_PROG(handle_signal, int sig, struct kernel_siginfo *info, struct task_struct *task, int group, int result)
+int BPF_PROG(otelproc_signal, int sig, struct kernel_siginfo *info, struct task_struct *task, int group, int result)
 {
 	struct task_struct *sender;
 	struct event *e;
@@ -591,7 +591,7 @@ static __always_inline struct mem_cgroup *limited_memcg(struct task_struct *task
 
 /* The OOM killer has sent SIGKILL to its victim and now marks it. */
 SEC("tp_btf/mark_victim")
-int BPF_PROG(handle_oom_victim, struct task_struct *task)
+int BPF_PROG(otelproc_oom, struct task_struct *task)
 {
 	struct mem_cgroup *memcg;
 	struct mm_struct *mm;

@@ -24,6 +24,8 @@ from otelproc.signals import DEFAULT_CLEAN, SignalNameError, parse_signal_set
 DEFAULT_MATCH = PYTHON_INTERPRETERS
 INITIAL_PIDNS_INODE = 0xEFFFFFFC  # PROC_PID_INIT_INO: the host's pid namespace
 POLL_MS = 100  # how often the commands read the ring buffer when no wake-up comes first
+PID_MAX_LIMIT = 4 * 1024 * 1024  # the kernel's bound on pid_max (64-bit): no host has more processes
+RING_BUFFER_MAX = 1 << 31  # the largest power of two a map's size (u32) holds
 
 
 def parse_match(text: str) -> tuple[MatchRule, ...]:
@@ -84,8 +86,15 @@ def parse_positive_int(text: str) -> int:
 
 def parse_ring_size(text: str) -> int:
     value = parse_positive_int(text)
-    if value < 4096 or value & (value - 1):
-        raise ConfigError(f"{value} must be a power of two of at least 4096 bytes")
+    if value < 4096 or value > RING_BUFFER_MAX or value & (value - 1):
+        raise ConfigError(f"{value} must be a power of two from 4096 to {RING_BUFFER_MAX} bytes")
+    return value
+
+
+def parse_max_processes(text: str) -> int:
+    value = parse_positive_int(text)
+    if value > PID_MAX_LIMIT:
+        raise ConfigError(f"{value} is more processes than a Linux host can have ({PID_MAX_LIMIT})")
     return value
 
 
@@ -210,7 +219,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("duration", "", parse_optional_seconds, "stop by itself after this many seconds", (EV, RUN), "SECONDS"),
     Option(
-        "max_processes", "65536", parse_positive_int, "processes tracked at once (kernel map and table)", (EV, RUN), "N"
+        "max_processes", "65536", parse_max_processes, "processes tracked at once (kernel map and table)", (EV, RUN), "N"
     ),
     Option("ring_buffer_size", str(8 << 20), parse_ring_size, "kernel ring buffer bytes (power of two)", (EV, RUN), "BYTES"),
     Option(
@@ -221,6 +230,15 @@ OPTIONS: tuple[Option, ...] = (
         + f"; or {AUTO}: otlp when an endpoint is configured or a collector answers, else console",
         (RUN,),
         "NAME",
+    ),
+    Option(
+        "console_children",
+        "show",
+        parse_choice("show", "hide"),
+        "console lines: a process tracked only because its parent is (it matches no --match name itself: sh, "
+        "git, ...) is marked ↳ (show) or left out (hide)",
+        (RUN,),
+        "MODE",
     ),
     Option(
         "otlp_endpoint",
@@ -359,6 +377,7 @@ class Settings:
     max_processes: int
     ring_buffer_size: int
     exporter: str
+    console_children: str
     otlp_endpoint: str
     otlp_protocol: str
     service_name: str

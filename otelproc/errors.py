@@ -30,3 +30,14 @@ class BrokenInstallError(OtelprocError):
     """The BPF object shipped with otelproc does not fit the Python code that reads it."""
 
     exit_code = EXIT_BROKEN_INSTALL
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as a person reads it in one line: an OSError without Python's "[Errno N]"
+    (its reason, then the files it names), anything else as its type and message."""
+    if isinstance(exc, OSError) and exc.strerror and not isinstance(exc, OtelprocError):
+        files = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        return f"{exc.strerror} ({files})" if files else exc.strerror
+    if isinstance(exc, OtelprocError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -71,3 +71,28 @@ def test_console_json_prints_every_span_in_full(sidecar, test_python):
     (span,) = [s for s in spans if s["attributes"].get("process.pid") == child.pid]
     assert span["attributes"]["process.exit.code"] == 5 and span["status"]["description"] == "exit status 5"
     assert span["attributes"]["otelproc.span"] == "lifetime"
+
+
+def test_children_that_match_no_name_are_marked_or_left_out(sidecar, test_python):
+    """A tracked python (started from pytest, which this sidecar does not track) runs sh, which runs tr:
+    both are tracked through their parent, and the console says so with ↳, or leaves them out."""
+    script = "import subprocess; subprocess.run(['sh', '-c', 'tr a b </dev/null; true'], check=True)"
+    for mode in ("show", "hide"):
+        side = sidecar(*MATCH_TEST, "--exporter", "console", "--console-children", mode)
+        parent = subprocess.Popen([test_python, "-c", script])
+        assert parent.wait(30) == 0
+        assert side.stop() == 0
+        parsed = [LINE.fullmatch(l.rstrip("\n")) for l in side.stdout_lines]
+        assert all(parsed), side.stdout_lines
+        (python,) = [m for m in parsed if int(m.group(3)) == parent.pid]
+        assert python.group(2) == f"{TEST_COMM} -c", "matched by its own name: no mark"
+        children = [m for m in parsed if int(m.group(4)) == parent.pid]
+        if mode == "hide":
+            assert children == [], side.stdout_lines
+            assert "processes tracked only through their parent left out" in side.wait_line("attached;")
+            continue
+        (sh,) = children
+        assert sh.group(2) == "↳ sh" and sh.group(6) == "exit status 0"
+        (tr,) = [m for m in parsed if m.group(4) == sh.group(3)]
+        assert tr.group(2) == "↳ tr"
+        assert len({line.index(" pid ") for line in side.stdout_lines}) == 1, "the mark keeps the columns"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -70,18 +71,33 @@ class Storm:
         return self.exits
 
 
+# What the probe's maps and programs were called before every name began with otelproc.
+NAMES_BEFORE = {
+    "otelproc_exec": "handle_exec", "otelproc_fork": "handle_fork", "otelproc_exit": "handle_exit",
+    "otelproc_signal": "handle_signal", "otelproc_oom": "handle_oom_victim", "otelproc_match": "match_exe_names",
+    "otelproc_track": "tracked", "otelproc_ring": "events", "otelproc_lost": "lost", "otelproc_heap": "scratch",
+    "otelproc_scope": "scope_cgroups",
+}
+
+
 @pytest.fixture(scope="module")
 def old_otelproc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """This otelproc, but with a BPF object whose struct event has one more field (every offset after
-    it moves): the "old version" an upgrade replaces. Returns the tree to run it from."""
+    it moves) and whose maps and programs have the names of before (NAMES_BEFORE): the "old version"
+    an upgrade replaces. Returns the tree to run it from."""
     root = tmp_path_factory.mktemp("old")
     bpf = root / "bpf"
     shutil.copytree(REPO / "bpf", bpf)
+    shutil.copytree(REPO / "otelproc", root / "otelproc", ignore=shutil.ignore_patterns("__pycache__"))
     header = bpf / "otelproc.h"
     header.write_text(header.read_text().replace("\t__u32 kind;", "\t__u64 old_field;\n\t__u32 kind;", 1))
+    source = bpf / "otelproc.bpf.c"
+    for name, before in NAMES_BEFORE.items():
+        source.write_text(re.sub(rf"\b{name}\b", before, source.read_text()))
+        for module in (root / "otelproc").rglob("*.py"):
+            module.write_text(module.read_text().replace(f'"{name}"', f'"{before}"'))
     built = root / "otelproc.bpf.o"
     subprocess.run(["make", "-s", "-C", str(bpf), f"OUT={built}"], check=True)
-    shutil.copytree(REPO / "otelproc", root / "otelproc", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(built, root / "otelproc" / "bpf" / "otelproc.bpf.o")
     return root
 
@@ -102,6 +118,9 @@ def test_restart_loses_nothing_and_duplicates_nothing(how, version, sidecar, grp
             "--sweep-interval", "0.5", "--start-span-delay", "0.2")
     first_tree = request.getfixturevalue("old_otelproc") if version == "upgrade" else REPO
     first = sidecar(*args, endpoint=grpc_receiver.endpoint, env=QUIET, cwd=first_tree)
+    if version == "upgrade":  # pinned under the names of before: the takeover must find its maps all the same
+        (old_dir,) = pins.probes(Path(pin_dir))
+        assert (old_dir / "map_events").exists() and (old_dir / "link_handle_exec").exists()
     a, b = waiting(test_python, 3), waiting(test_python, 4)
     grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(a.pid, "started") and grpc_receiver.of_pid(b.pid, "started"))
     # A clean stop reads everything first, so the storm may run through it; a kill -9 loses

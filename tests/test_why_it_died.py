@@ -256,7 +256,7 @@ def _remove_cgroup(path: Path) -> None:
 def test_a_kernel_without_a_tracepoint_still_runs(kernel_events, monkeypatch):
     """On a kernel without the tracepoint (older ones lack mark_victim's task argument) the program
     is left out, said once, and processes are still followed."""
-    missing = loader.OptionalProgram("handle_oom_victim", "no_such_tracepoint", None, "OOM kills")
+    missing = loader.OptionalProgram("otelproc_oom", "no_such_tracepoint", None, "OOM kills")
     monkeypatch.setattr(loader, "OPTIONAL_PROGRAMS", (missing,))
     events = kernel_events()
     assert events.probe.left_out == [missing]

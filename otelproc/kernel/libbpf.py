@@ -168,7 +168,7 @@ def fail(what: str, err: int | None = None) -> LibbpfError:
     detail = last_message()
     message = f"{what}: {os.strerror(code)}"
     if detail:
-        message += f" (libbpf: {detail})"
+        message += f" (libbpf: {detail.removeprefix('libbpf: ')})"
     _messages.clear()
     return LibbpfError(code, message)
 

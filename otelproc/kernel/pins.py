@@ -135,6 +135,18 @@ def _lock_holder(fd: int) -> str:
     return "?"
 
 
+def holder(pin_dir: Path) -> str | None:
+    """The pid of the otelproc that holds pin_dir's lock ("?" when not to be seen); None when none does."""
+    fd = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released with the fd
+    except BlockingIOError:
+        return _lock_holder(fd)
+    finally:
+        os.close(fd)
+    return None
+
+
 class PinLock:
     """An exclusive flock on the pin directory itself, held for as long as otelproc runs.
 

@@ -18,11 +18,20 @@ from typing import Callable
 from otelproc.kernel import decoder, libbpf, pins, record
 from otelproc.kernel.libbpf import LibbpfError
 from otelproc.config import Settings, scope_pidns
+from otelproc.errors import ConfigError
 from otelproc.matching import MatchRule
 from otelproc.kernel.record import DEFAULT_OBJECT
 from otelproc.model import NS_PER_TICK
 
 DEFAULT_RING_BUFFER_BYTES = 16 << 20
+
+# The probe's maps. Each name (programs' too) begins with otelproc, within the 15 characters the kernel
+# keeps, so that `bpftool map show` says whose they are. A probe pinned by an otelproc from before
+# had the names on the left: a takeover reads its maps by what they are, not by what they were called.
+RING, TRACKED, LOST = "otelproc_ring", "otelproc_track", "otelproc_lost"
+MATCH, SCOPE = "otelproc_match", "otelproc_scope"
+LEGACY_MAPS = {"events": RING, "tracked": TRACKED, "lost": LOST, "match_exe_names": MATCH, "scope_cgroups": SCOPE,
+               "scratch": "otelproc_heap"}
 DEFAULT_MAX_TRACKED = 65536
 
 _U32 = struct.Struct("<I")
@@ -50,14 +59,14 @@ class OptionalProgram:
 
 
 OPTIONAL_PROGRAMS = (
-    OptionalProgram("handle_signal", "signal_generate", None, "who sent the signal that ended a process"),
+    OptionalProgram("otelproc_signal", "signal_generate", None, "who sent the signal that ended a process"),
     # Older kernels have mark_victim(int pid); 6.x kernels mark_victim(struct task_struct *task, uid_t uid).
-    OptionalProgram("handle_oom_victim", "mark_victim", libbpf.BTF_KIND_PTR, "which processes the OOM killer ended"),
+    OptionalProgram("otelproc_oom", "mark_victim", libbpf.BTF_KIND_PTR, "which processes the OOM killer ended"),
 )
 
 
 def match_key(rule: MatchRule) -> bytes:
-    """The rule as a key of the kernel's match_exe_names LPM trie."""
+    """The rule as a key of the kernel's match list (an LPM trie)."""
     raw = rule.name.encode()
     if not rule.prefix:
         raw += b"\0"  # the terminator keeps "python" from matching "python3"
@@ -106,7 +115,7 @@ def boot_ns() -> int:
 
 def _lost_counts(lost_fd: int) -> dict[str, int]:
     return {
-        name: sum(_U64.unpack(v)[0] for v in libbpf.map_lookup_percpu(lost_fd, _U32.pack(index), 8, "lost"))
+        name: sum(_U64.unpack(v)[0] for v in libbpf.map_lookup_percpu(lost_fd, _U32.pack(index), 8, LOST))
         for index, name in record.LOST_NAMES.items()
     }
 
@@ -123,11 +132,12 @@ class _PinnedMaps:
         try:
             for path in probe_dir.iterdir():
                 if path.name.startswith(pins.MAP_PREFIX):
-                    self.fds[path.name[len(pins.MAP_PREFIX):]] = libbpf.obj_get(str(path))
+                    name = path.name[len(pins.MAP_PREFIX):]
+                    self.fds[LEGACY_MAPS.get(name, name)] = libbpf.obj_get(str(path))
         except BaseException:
             self.close()
             raise
-        missing = {"events", "tracked", "lost"} - self.fds.keys()
+        missing = {RING, TRACKED, LOST} - self.fds.keys()
         if missing:
             self.close()
             raise LibbpfError(errno.ENOENT, f"the probe pinned in {probe_dir} has no map {', '.join(sorted(missing))}")
@@ -168,15 +178,15 @@ class PreviousProbe:
             raise
 
     def tracked(self) -> list[tuple[bytes, bytes]]:
-        return _tracked_items(self._maps.fds["tracked"])
+        return _tracked_items(self._maps.fds[TRACKED])
 
     def lost(self) -> dict[str, int]:
-        return _lost_counts(self._maps.fds["lost"])
+        return _lost_counts(self._maps.fds[LOST])
 
     def retire(self, on_record: Callable[[bytes], None]) -> int:
         """Detaches its programs, hands every record left in its ring to on_record, unpins it; returns how many."""
         pins.unpin_links(self.dir)
-        ring = libbpf.RingBuffer(self._maps.fds["events"], on_record)
+        ring = libbpf.RingBuffer(self._maps.fds[RING], on_record)
         try:
             drained = ring.poll(0)
         finally:
@@ -208,6 +218,7 @@ class Probe:
         self._ring: libbpf.RingBuffer | None = None
         self._cgroup_fd: int | None = None
         self._pinned: _PinnedMaps | None = None
+        self._pinned_links: list[int] = []  # fds of a resumed probe's links: it runs while we do, pinned or not
         self._maps: dict[str, int] = {}
         try:
             self._start(on_record)
@@ -224,6 +235,8 @@ class Probe:
             for probe_dir in pins.probes(pin_dir):
                 if probe_dir == here and pins.links(probe_dir):
                     self._pinned = _PinnedMaps(probe_dir)
+                    for path in pins.links(probe_dir):
+                        self._pinned_links.append(libbpf.obj_get(str(path)))
                     self.resumed = True
                 elif probe_dir == here or self.previous is not None or not pins.links(probe_dir):
                     pins.remove(probe_dir)  # half pinned or half removed, or a third: nothing to carry on with
@@ -250,7 +263,7 @@ class Probe:
                     pins.remove(here)
                     raise
         self.pinned_at = here
-        self._ring = libbpf.RingBuffer(self._maps["events"], on_record)
+        self._ring = libbpf.RingBuffer(self._maps[RING], on_record)
 
     def _open(self) -> libbpf.BpfObject:
         path = self.config.object_path
@@ -270,8 +283,8 @@ class Probe:
                     "wakeup_bytes": self.config.wakeup_bytes,
                 },
             )
-            obj.set_max_entries("events", self.config.ring_buffer_bytes)
-            obj.set_max_entries("tracked", self.config.max_tracked)
+            obj.set_max_entries(RING, self.config.ring_buffer_bytes)
+            obj.set_max_entries(TRACKED, self.config.max_tracked)
             with libbpf.vmlinux_btf() as btf:
                 for program in OPTIONAL_PROGRAMS:
                     if not program.available(btf):
@@ -284,33 +297,32 @@ class Probe:
 
     def _fill_maps(self) -> None:
         for rule in self.config.match:
-            libbpf.map_update(self._maps["match_exe_names"], match_key(rule), b"\1", "match_exe_names")
+            libbpf.map_update(self._maps[MATCH], match_key(rule), b"\1", MATCH)
         if self.config.scope_cgroup is not None:
             try:
                 self._cgroup_fd = os.open(self.config.scope_cgroup, os.O_RDONLY | os.O_DIRECTORY)
-                libbpf.map_update(self._maps["scope_cgroups"], _U32.pack(0), _U32.pack(self._cgroup_fd),
-                                  "scope_cgroups")
+                libbpf.map_update(self._maps[SCOPE], _U32.pack(0), _U32.pack(self._cgroup_fd), SCOPE)
+            except LibbpfError:  # the kernel takes only a cgroup v2 directory into the map
+                raise ConfigError(f"--scope cgroup={self.config.scope_cgroup}: not a cgroup v2 directory") from None
             except OSError as exc:
-                raise LibbpfError(
-                    exc.errno, f"--scope cgroup={self.config.scope_cgroup}: not a cgroup v2 directory ({exc.strerror})"
-                ) from None
+                raise ConfigError(f"--scope cgroup={self.config.scope_cgroup}: {exc.strerror}") from None
 
     def _refill_match(self) -> None:
         """A resumed probe matches what this otelproc was told, not what its predecessor was."""
-        fd = self._maps["match_exe_names"]
+        fd = self._maps[MATCH]
         wanted = {match_key(rule) for rule in self.config.match}
         for key, _ in libbpf.map_items(fd, record.EXE_NAME_KEY.size, 1):
             if key not in wanted:
                 libbpf.map_delete(fd, key)
         for key in wanted:
-            libbpf.map_update(fd, key, b"\1", "match_exe_names")
+            libbpf.map_update(fd, key, b"\1", MATCH)
 
     def _carry_tracked(self) -> None:
         """The old probe's tracked processes are this one's too: their forks and exits keep coming."""
         if self.previous is not None:
             for key, value in self.previous.tracked():
                 try:
-                    libbpf.map_update(self._maps["tracked"], key, value, "tracked", libbpf.BPF_NOEXIST)
+                    libbpf.map_update(self._maps[TRACKED], key, value, TRACKED, libbpf.BPF_NOEXIST)
                 except LibbpfError:
                     pass  # there already (or the map is full: the sweep adopts what it finds)
 
@@ -332,11 +344,11 @@ class Probe:
 
     def lost(self) -> dict[str, int]:
         """Records and processes the kernel side had to drop, by reason, summed over CPUs."""
-        return _lost_counts(self._fd("lost"))
+        return _lost_counts(self._fd(LOST))
 
     def ring_used(self) -> int:
         """Bytes written to the ring buffer and not yet consumed (its two position pages)."""
-        fd = self._fd("events")
+        fd = self._fd(RING)
         page = mmap.PAGESIZE
         with mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=0) as consumer, \
                 mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page) as producer:
@@ -345,17 +357,17 @@ class Probe:
     def track(self, pid: int, start_ticks: int) -> bool:
         """Reports fork and exit of a process that was found, not seen to exec (adoption)."""
         try:
-            libbpf.map_update(self._fd("tracked"), _U32.pack(pid), _U64.pack(start_ticks), "tracked")
+            libbpf.map_update(self._fd(TRACKED), _U32.pack(pid), _U64.pack(start_ticks), TRACKED)
         except LibbpfError:
             return False
         return True
 
     def untrack(self, pid: int) -> None:
-        libbpf.map_delete(self._fd("tracked"), _U32.pack(pid))
+        libbpf.map_delete(self._fd(TRACKED), _U32.pack(pid))
 
     def tracked(self) -> dict[int, int]:
         """pid -> start ticks of every process the kernel side tracks now."""
-        return {_U32.unpack(k)[0]: _U64.unpack(v)[0] for k, v in _tracked_items(self._fd("tracked"))}
+        return {_U32.unpack(k)[0]: _U64.unpack(v)[0] for k, v in _tracked_items(self._fd(TRACKED))}
 
     def close(self) -> None:
         """Frees everything this process holds; a pinned probe keeps running in the kernel."""
@@ -368,6 +380,9 @@ class Probe:
         if self._pinned is not None:
             self._pinned.close()
             self._pinned = None
+        for fd in self._pinned_links:
+            os.close(fd)
+        self._pinned_links = []
         if self._obj is not None:
             self._obj.close()
             self._obj = None

@@ -57,10 +57,23 @@ def _env(*names: str) -> str | None:
 
 
 def protocol(settings: Settings) -> str:
+    """--otlp-protocol (checked with the flags), else the SDK's variable, checked here; else grpc."""
     from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
 
-    chosen = settings.otlp_protocol or _env(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL)
-    return chosen or "grpc"
+    if settings.otlp_protocol:
+        return settings.otlp_protocol
+    for name in (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL):
+        value = os.environ.get(name)
+        if value:
+            if value not in OTLP_PROTOCOLS:
+                raise ConfigError(f"{name}: {value!r}: choose one of {', '.join(OTLP_PROTOCOLS)}")
+            return value
+    return "grpc"
+
+
+def _otlp_variables_set() -> list[str]:
+    """The names (never the values: headers hold secrets) of the SDK's OTLP variables set here."""
+    return sorted(name for name, value in os.environ.items() if name.startswith("OTEL_EXPORTER_OTLP_") and value)
 
 
 def configured_endpoint(settings: Settings) -> str | None:
@@ -94,7 +107,10 @@ def metrics_wanted() -> bool:
 def _console_lines(settings: Settings, reason: str) -> Destination:
     from otelproc.otel.console import ConsoleLineExporter
 
-    return Destination(ConsoleLineExporter(sys.stdout), "printing one line per span to stdout" + reason)
+    match = None if settings.all else settings.match  # with --all every process matched by itself
+    exporter = ConsoleLineExporter(sys.stdout, match, hide_children=settings.console_children == "hide")
+    children = "; processes tracked only through their parent left out" if settings.console_children == "hide" else ""
+    return Destination(exporter, "printing one line per span to stdout" + children + reason)
 
 
 def _console_json(settings: Settings, reason: str) -> Destination:
@@ -116,7 +132,7 @@ def _otlp(settings: Settings, reason: str) -> Destination:
         if metrics_wanted():
             metrics = HttpMetrics(endpoint=_http_signal_url(endpoint, "metrics") if endpoint else None)
         where = getattr(exporter, "_endpoint", endpoint)
-    elif proto == "grpc":
+    else:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetrics
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
 
@@ -124,8 +140,6 @@ def _otlp(settings: Settings, reason: str) -> Destination:
         if metrics_wanted():
             metrics = GrpcMetrics(endpoint=endpoint)
         where = endpoint or configured_endpoint(settings) or "localhost:4317"
-    else:
-        raise ConfigError(f"OTLP protocol {proto!r} is not supported; use {' or '.join(OTLP_PROTOCOLS)}")
     what = "spans and its own metrics" if metrics else "spans"
     kind = "HTTP" if proto != "grpc" else "gRPC"
     return Destination(exporter, f"exporting {what} over OTLP/{kind} to {where}", metrics)
@@ -161,7 +175,14 @@ def make_destination(settings: Settings) -> Destination:
     if name != "otlp" and settings.sources["exporter"] == "default":
         reason = (f" (no collector answered on localhost:{DEFAULT_PORTS[protocol(settings)]}; "
                   "set --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT to export)")
-    return EXPORTERS[name].make(settings, reason)
+    try:
+        return EXPORTERS[name].make(settings, reason)
+    except ValueError as exc:  # the SDK's exporters raise it for what they cannot parse
+        if isinstance(exc, ConfigError):
+            raise
+        given = (["--otlp-endpoint"] if settings.otlp_endpoint else []) + _otlp_variables_set()
+        check = f"; check {', '.join(given)}" if given else ""
+        raise ConfigError(f"the {name} exporter refused its settings ({exc}){check}") from None
 
 
 def queue_bound() -> int:

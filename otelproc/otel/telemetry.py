@@ -21,6 +21,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otelproc import __version__
+from otelproc.errors import describe
+from otelproc.plural import count
 
 log = logging.getLogger("otelproc")
 
@@ -46,7 +48,8 @@ class Stats:
     def summary(self) -> str:
         drops = ", ".join(f"{k}={v}" for k, v in sorted(self.drops.items()) if v) or "none"
         return (
-            f"{sum(self.events.values())} events, {sum(self.spans.values())} spans, {self.exported} exported, "
+            f"{count(sum(self.events.values()), 'event')}, {count(sum(self.spans.values()), 'span')}, "
+            f"{self.exported} exported, "
             f"dropped: {drops}"
         )
 
@@ -76,8 +79,7 @@ class ThrottledLog:
 def stage_failed(stats: Stats, throttled: ThrottledLog, stage: str, exc: BaseException) -> None:
     """Counts a failure of one stage of the event path; the loop goes on."""
     stats.failures[stage] += 1
-    throttled.warning(stage, "%s failed: %s: %s; skipped, %d so far", stage, type(exc).__name__, exc,
-                      stats.failures[stage])
+    throttled.warning(stage, "%s failed: %s; skipped, %d so far", stage, describe(exc), stats.failures[stage])
 
 
 class CountingExporter(SpanExporter):
@@ -115,7 +117,7 @@ class CountingExporter(SpanExporter):
         else:
             self.stats.drops["export_failed"] += len(spans)
             self.stats.export_failures += 1
-            log.warning("export of %d spans failed; %d lost so far", len(spans), self.stats.drops["export_failed"])
+            log.warning("export of %s failed; %d lost so far", count(len(spans), "span"), self.stats.drops["export_failed"])
         return result
 
     def shutdown(self) -> None:

@@ -41,6 +41,7 @@ from otelproc.config import (
 )
 from otelproc.kernel.decoder import decode
 from otelproc.model import ProcessEvent
+from otelproc.plural import count
 from otelproc.otel.exporters import make_destination, make_processor, queue_bound
 from otelproc.sidecar.health import Health, HealthServer
 from otelproc.kernel.probe import Probe, ProbeConfig
@@ -164,7 +165,7 @@ class Sidecar:
         try:
             saved = state.load(path, tracking_config(self.settings))
         except state.StateFileError as exc:
-            log.warning("%s; starting from /proc alone", exc)
+            log.warning("%s; %s", exc, "starting from /proc alone" if self.settings.adopt else "starting afresh")
             return state.Saved()
         # otelproc itself is left out, as from adoption: its own exit could never be reported.
         saved.processes = [p for p in saved.processes if p.pid != os.getpid()]
@@ -184,7 +185,8 @@ class Sidecar:
         self._overlap_from = self.clock.to_wall(probe.attached_at)
         where, layout = previous.dir, previous.layout
         drained = probe.retire_previous(lambda raw: self.on_record(raw, layout))
-        log.info("took over the probe pinned in %s: %d records read in its own layout, then removed", where, drained)
+        log.info("took over the probe pinned in %s: %s read in its own layout, then removed", where,
+                 count(drained, "record"))
 
     def count_downtime_losses(self, lost: dict[str, int], saved: state.Saved) -> bool:
         """What the pinned probe dropped while nobody read it (its ring was full): counted, logged."""
@@ -219,8 +221,8 @@ class Sidecar:
                 self.stats.reconciled["exited_while_down"] += 1
                 self.export_lifetime(Ended.between(process, saved.last_alive, now))
         if saved.processes:
-            log.info("resumed %d processes from the state file (%d gone with no exit record)",
-                     len(saved.processes), gone)
+            log.info("resumed %s from the state file (%d gone with no exit record)",
+                     count(len(saved.processes), "process"), gone)
 
     def adopt(self, probe: Probe) -> int:
         """Takes on the matching processes /proc shows that the table does not hold; returns how many."""
@@ -231,8 +233,8 @@ class Sidecar:
             self.changed()
             added += 1
         log.info(
-            "adopted %d running processes (%d vanished while read, %d unreadable)",
-            added, self.adoption.vanished, self.adoption.unreadable,
+            "adopted %s (%d vanished while read, %d unreadable)",
+            count(added, "running process"), self.adoption.vanished, self.adoption.unreadable,
         )
         return added
 
@@ -389,7 +391,7 @@ class Sidecar:
                 # so keeps the ring buffer waiting; what is frozen is still freed when unreferenced.
                 gc.collect()  # what is garbage already goes first: frozen, it would stay
                 gc.freeze()
-                log.info("ready; %d processes tracked", len(self.tracker))
+                log.info("ready; %s tracked", count(len(self.tracker), "process"))
                 reconciler = Reconciler(self.tracker, probe, self.stats, self.snapshot, self.scan)
                 self.sweeper = Sweeper(reconciler, s.sweep_interval, self.failed)
                 self.sweeper.start()
@@ -429,8 +431,8 @@ class Sidecar:
             unsent_words = self.unsent.finish(self.processor, self.courier, self.stats, stop_by, lambda: stop.again)
             if server is not None:
                 server.close()
-        log.info("stopped; %s; %d processes still running; failed: %s; longest away from the ring buffer: %d ms; "
-                 "%s, in %.1f s%s", self.stats.summary(), len(self.tracker), self.stats.failures_summary(),
+        log.info("stopped; %s; %s still running; failed: %s; longest away from the ring buffer: %d ms; "
+                 "%s, in %.1f s%s", self.stats.summary(), count(len(self.tracker), "process"), self.stats.failures_summary(),
                  self.stats.ring_away_max_ns // 1_000_000, stop.cause, time.monotonic() - stop_by + s.stop_timeout,
                  "".join(f"; {words}" for words in (fate, unsent_words) if words))
         return 0
@@ -442,6 +444,8 @@ def check_state_file(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--state-file {path}: cannot create {path.parent} ({exc.strerror})") from None
+    if path.is_dir():
+        raise ConfigError(f"--state-file {path}: is a directory; give the path of a file")
     if not os.access(path.parent, os.W_OK):
         raise ConfigError(f"--state-file {path}: {path.parent} is not writable")
 
@@ -484,14 +488,20 @@ def run_sidecar(settings: Settings) -> int:
 def detach(settings: Settings) -> int:
     """Removes the pinned probe for good (its programs, maps and pins) and the state file."""
     pin_dir = settings.pin_dir
-    removed = 0
+    removed, running = 0, None
     if pin_dir is not None and pin_dir.exists():
+        if not pins.on_bpffs(pin_dir):  # what is not bpffs holds no probe, and files of other things
+            raise ConfigError(f"--pin-dir {pin_dir}: not on a bpffs mount, so no probe is pinned there; nothing removed")
         try:
+            running = pins.holder(pin_dir)
             removed = pins.remove_all(pin_dir)
         except OSError as exc:
             raise ConfigError(f"cannot remove the probe pinned in {pin_dir} ({exc.strerror})") from None
     forgot = settings.state_file is not None and state.remove(settings.state_file)
-    if removed:
+    if removed and running:
+        log.info("unpinned the probe in %s%s; otelproc (pid %s) still runs it, until it stops", pin_dir,
+                 "" if not forgot else ", and removed the state file", running)
+    elif removed:
         log.info("detached: removed the probe pinned in %s%s", pin_dir, "" if not forgot else ", and the state file")
     else:
         log.info("nothing pinned in %s%s", pin_dir, "" if not forgot else "; removed the state file")

@@ -30,6 +30,7 @@ from typing import Callable, Iterable
 from otelproc.sidecar import adoption
 from otelproc.sidecar.adoption import alive
 from otelproc.model import ProcessEvent
+from otelproc.plural import count
 from otelproc.kernel.probe import Probe
 from otelproc.otel.telemetry import Stats
 from otelproc.sidecar.tracker import Ended, ProcessKey, Tracker
@@ -110,7 +111,8 @@ class Reconciler:
                 found.append(event)
         self._refused = refused > 0
         if found or not self._refused:
-            log.info("sweep: tracked map had room; %d processes found untracked, %d still refused", len(found), refused)
+            log.info("sweep: tracked map had room; %s found untracked, %d still refused",
+                     count(len(found), "process"), refused)
         return found
 
     def apply(self, findings: Findings, deadline_ns: int) -> list[Ended]:
@@ -132,7 +134,7 @@ class Reconciler:
             self.tracker.handle(event)
             self.stats.reconciled["exec_missed"] += 1
         if ended:
-            log.info("sweep: %d exits the kernel side lost, spans ended now (approximate)", len(ended))
+            log.info("sweep: %s the kernel side lost, spans ended now (approximate)", count(len(ended), "exit"))
         return ended
 
 

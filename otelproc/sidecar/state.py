@@ -136,7 +136,8 @@ def load(path: Path, config: str) -> Saved:
     except FileNotFoundError:
         return Saved()
     except (OSError, ValueError) as exc:
-        raise StateFileError(f"state file {path} is unreadable ({exc}); move it away or pass another --state-file")
+        why = exc.strerror if isinstance(exc, OSError) else exc  # the path is said already
+        raise StateFileError(f"state file {path} is unreadable ({why}); move it away or pass another --state-file")
     if not isinstance(data, dict) or data.get("version") != VERSION:
         raise StateFileError(f"state file {path} is not an otelproc state file of version {VERSION}; not resumed")
     # pids and start times of another boot or host name other processes; another configuration tracked others.
