@@ -8,6 +8,7 @@ it loaded is read from its sys.modules.
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 
@@ -31,11 +32,17 @@ def entry_points() -> list[str]:
     return points
 
 
+def python_path() -> str:
+    """This tree first, then what the caller's PYTHONPATH adds (where the SDK is found when not in site-packages)."""
+    return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
+
 def loaded_by(code: str) -> set[str]:
     """The modules a fresh interpreter has loaded after running code, with this tree's otelproc first."""
     result = subprocess.run(
         [PYTHON, "-c", f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"],
-        cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60,
+        cwd=REPO, env={"PYTHONPATH": python_path(), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
     return set(result.stdout.split())
