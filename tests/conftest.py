@@ -1,7 +1,10 @@
 """Shared fixtures: the real probe on the real kernel, and the interpreter tests spawn.
 
-The kernel tests need root (or CAP_BPF + CAP_PERFMON) and a kernel with BTF.
-They never skip: where those are missing the session stops with the reason.
+The kernel tests (every test outside tests/unit) need root (or CAP_BPF + CAP_PERFMON)
+and a kernel with BTF. They never skip: when any of them is selected and those are
+missing, the session stops with the reason. The unit tests (tests/unit) need neither,
+so this file imports nothing of the kernel side at its top: a fixture that loads a
+probe imports it when it runs.
 """
 
 from __future__ import annotations
@@ -19,21 +22,20 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
-from otelproc.kernel import libbpf, pins
-from otelproc.kernel.checks import EVENTS_CAPS, missing_caps
 from otelproc.clock import BootClock
 from otelproc.config import parse_match
-from otelproc.kernel.decoder import decode
 from otelproc.model import ProcessEvent
-from otelproc.kernel.probe import Probe, ProbeConfig
 
 if TYPE_CHECKING:
     from otlp_receiver import GrpcReceiver, HttpReceiver
+
+    from otelproc.kernel.probe import ProbeConfig
 
 # The interpreter itself: `python3` on PATH may be a pyenv shim (a bash script) whose
 # helper processes would show up as events of their own.
 PYTHON = os.path.realpath(sys.executable)
 REPO = Path(__file__).resolve().parent.parent
+UNIT = REPO / "tests" / "unit"  # tests that need no privilege, no kernel BTF and no BPF load
 # Processes the run tests spawn run a copy of PYTHON with a name of their own (test_python),
 # so that a sidecar matching only that name sees them and not the test runner. The name is
 # this session's own (15 bytes, the kernel's limit): another test session on the same host
@@ -42,14 +44,24 @@ TEST_COMM = f"python-otp{os.getpid() % 100000:05d}"
 MATCH_TEST = ("--match", TEST_COMM, "--adopt", "false")
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+def is_kernel_test(item: pytest.Item) -> bool:
+    return UNIT not in item.path.parents
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Stops the session before any test runs when a kernel test is selected and cannot run here."""
+    if not any(is_kernel_test(item) for item in session.items):
+        return
+    from otelproc.kernel.checks import EVENTS_CAPS, missing_caps
+
     problems = []
     if missing_caps(EVENTS_CAPS):
         problems.append("root (or CAP_BPF and CAP_PERFMON)")
     if not Path("/sys/kernel/btf/vmlinux").exists():
         problems.append("a kernel with BTF (/sys/kernel/btf/vmlinux)")
     if problems:
-        pytest.exit("the kernel tests need " + " and ".join(problems) + "; they do not skip", returncode=3)
+        pytest.exit("the kernel tests need " + " and ".join(problems) + "; they do not skip."
+                    " The unit tests need neither: python3 -m pytest tests/unit", returncode=3)
 
 
 class PinRoot:
@@ -61,6 +73,8 @@ class PinRoot:
     """
 
     def __init__(self) -> None:
+        from otelproc.kernel import libbpf, pins
+
         self.path: Path | None = Path(tempfile.mkdtemp(prefix="otelproc-bpffs-"))
         self.prog_ids: set[int] = set()
         self.production_existed = Path(pins.BPFFS_ROOT, "otelproc").exists()
@@ -76,6 +90,8 @@ class PinRoot:
 
     def note(self, pin_dir: str | os.PathLike) -> None:
         """Remembers the programs pinned in pin_dir, to check at the end that they are gone."""
+        from otelproc.kernel import pins
+
         for probe_dir in pins.probes(Path(pin_dir)):
             try:
                 self.prog_ids.update(pins.prog_ids(probe_dir))
@@ -84,11 +100,15 @@ class PinRoot:
 
     def remove(self, pin_dir: str | os.PathLike) -> None:
         """What `otelproc detach` does, for a teardown that must not fail half way."""
+        from otelproc.kernel import pins
+
         if pin_dir:
             self.note(pin_dir)
             pins.remove_all(Path(pin_dir))
 
     def leftovers(self) -> list[str]:
+        from otelproc.kernel import libbpf, pins
+
         found = []
         if self.path is not None:
             for probe_dir in sorted(self.path.glob("*/*")):
@@ -108,7 +128,7 @@ class PinRoot:
             self.path = None
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def pin_root() -> Iterator[PinRoot]:
     """The session's bpffs; fails the session loudly if any test leaves a probe behind."""
     root = PinRoot()
@@ -120,10 +140,19 @@ def pin_root() -> Iterator[PinRoot]:
         root.close()
 
 
+@pytest.fixture(autouse=True)
+def kernel_test(request: pytest.FixtureRequest) -> None:
+    """Every kernel test runs inside the session's bpffs (pin_root); a unit test has none."""
+    if is_kernel_test(request.node):
+        request.getfixturevalue("pin_root")
+
+
 class EventCollector:
     """A Probe polled on a thread; tests wait for the events they expect."""
 
     def __init__(self, config: ProbeConfig) -> None:
+        from otelproc.kernel.probe import Probe
+
         self.clock = BootClock()
         self.events: list[ProcessEvent] = []
         self._cond = threading.Condition()
@@ -133,6 +162,8 @@ class EventCollector:
         self._thread.start()
 
     def _on_record(self, raw: bytes) -> None:
+        from otelproc.kernel.decoder import decode
+
         event = decode(raw, self.clock, self.probe.layout)
         with self._cond:
             self.events.append(event)
@@ -176,6 +207,8 @@ def kernel_events() -> Iterator[Callable[..., EventCollector]]:
     started: list[EventCollector] = []
 
     def start(match: str = "python3.*", **kwargs: object) -> EventCollector:
+        from otelproc.kernel.probe import ProbeConfig
+
         collector = EventCollector(ProbeConfig(match=parse_match(match), **kwargs))
         started.append(collector)
         return collector

@@ -11,7 +11,6 @@ import time
 import pytest
 
 from conftest import PYTHON, REPO
-from otelproc.matching import EXE_NAME_MAX
 
 OTELPROC = [PYTHON, "-m", "otelproc"]
 KEYS = {
@@ -70,19 +69,6 @@ def test_events_stops_cleanly_on_signal(signum):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "Traceback" not in err
     assert "stopped" in err
-
-
-def test_unknown_flag_is_one_line():
-    assert_one_line_error(otelproc("events", "--frobnicate"), "--frobnicate")
-
-
-@pytest.mark.parametrize("bad", ["py*thon", "", "python,,uvicorn", "a" * (EXE_NAME_MAX + 1), "/usr/bin/python3"])
-def test_malformed_match_list_is_one_line(bad):
-    assert_one_line_error(otelproc("events", "--match", bad), "--match")
-
-
-def test_malformed_match_list_from_environment():
-    assert_one_line_error(otelproc("events", env={**os.environ, "OTELPROC_MATCH": "*"}), "OTELPROC_MATCH")
 
 
 def test_without_privileges_as_nobody():

@@ -89,29 +89,6 @@ def test_a_non_utf8_argv_does_not_take_its_batch_down(sidecar, grpc_receiver, ha
     assert "export_failed" not in side.wait_line("stopped;")
 
 
-def test_the_exporter_drops_only_the_span_it_cannot_encode(grpc_receiver):
-    """Item 2, the second line of defence: a span the OTLP encoder refuses is dropped alone."""
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.trace import ReadableSpan
-    from opentelemetry.trace import SpanContext
-
-    from otelproc.otel.telemetry import CountingExporter, Stats
-
-    def span(name: str) -> ReadableSpan:  # the encoder skips a bad attribute, but not a bad name
-        return ReadableSpan(name=name, context=SpanContext(7, len(name), False), start_time=1, end_time=2)
-
-    stats = Stats()
-    exporter = CountingExporter(OTLPSpanExporter(endpoint=grpc_receiver.endpoint, insecure=True), stats)
-    batch = [span(f"s{i}" + "." * i) for i in range(7)] + [span("surrogate \udcfe")]
-    try:
-        exporter.export(batch)
-    finally:
-        exporter.shutdown()
-    received = grpc_receiver.wait_for(lambda spans: len(spans) >= 7 and spans)
-    assert sorted(s.name for s in received) == [f"s{i}" + "." * i for i in range(7)]
-    assert stats.exported == 7 and stats.drops["span_invalid"] == 1 and stats.drops["export_failed"] == 0
-
-
 FORKER = """
 import os, sys
 sys.stdin.readline()
@@ -289,21 +266,3 @@ def test_owner_is_the_name_in_the_process_own_passwd(sidecar, grpc_receiver, har
     (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(pid))
     assert span.attributes["process.owner"] == "containerroot" and span.attributes["process.user.id"] == 0
     assert side.stop() == 0
-
-
-def test_a_process_that_execs_in_a_loop_keeps_a_bounded_history():
-    """Item 10: execs beyond the span event limit are let go (and counted), not kept forever."""
-    from otelproc.clock import BootClock
-    from otelproc.kernel.decoder import decode, default_layout
-    from otelproc.otel.spans import SpanBuilder
-    from otelproc.sidecar.tracker import Ended, Tracker
-
-    layout, clock = default_layout(), BootClock()
-    tracker = Tracker(16, 10**18)
-    exec_record = layout.pack(b"/bin/x\0x\0", kind=1, pid=4242, vpid=4242, start_time_ns=10**9, exe_len=7, argv_len=2)
-    for _ in range(1000):
-        tracker.handle(decode(exec_record, clock))
-    (process,) = tracker.processes.values()
-    assert len(process.execs) == 128 and process.execs_dropped == 1000 - 1 - 128
-    span = SpanBuilder("svc", {}).lifetime(Ended(process, process.start_time + 1, 0, None, False))
-    assert len(span.events) == 128 and span.dropped_events == 1000 - 1 - 128

@@ -237,10 +237,9 @@ def test_self_telemetry_and_health(sidecar, grpc_receiver, test_python):
     assert side.stop() == 0
 
 
-@pytest.mark.parametrize("bad", [
-    ("--sweep-interval", "0"), ("--health-port", "70000"), ("--state-file", "/proc/nope/state.json"),
-    ("--exporter", "zipkin"), ("--otlp-protocol", "thrift"),
-])
+# The settings otelproc refuses before it looks at its privileges are tests/unit/test_cli.py's;
+# a state file it cannot write is found only once it holds them.
+@pytest.mark.parametrize("bad", [("--state-file", "/proc/nope/state.json")])
 def test_bad_configuration_is_one_line(bad):
     result = subprocess.run([PYTHON, "-m", "otelproc", "run", *bad, "--duration", "1"], capture_output=True,
                             text=True, cwd=REPO, timeout=60,

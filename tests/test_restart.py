@@ -8,7 +8,6 @@ probe is removed at teardown.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,7 +20,6 @@ import pytest
 
 from conftest import PYTHON, REPO, TEST_COMM
 from otelproc.kernel import libbpf, pins
-from otelproc.sidecar import state
 from test_run_spans import HOST_PIDNS, expected_ids
 
 QUIET = {"OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "200"}
@@ -255,24 +253,6 @@ def test_without_bpffs_the_state_file_bounds_what_ended_unseen(sidecar, grpc_rec
     assert grpc_receiver.of_pid(a.pid, "started")[0].parent_span_id == span.span_id
     assert started >= span.end_ns
     assert second.stop() == 0
-
-
-# --- the state file on its own --------------------------------------------------------------
-
-def test_state_file_names_why_it_is_not_resumed(tmp_path, monkeypatch):
-    path = tmp_path / "state.json"
-    state.save(path, [], True, "match=a scope=host pidns=0", {"ringbuf_full": 2})
-    saved = state.load(path, "match=a scope=host pidns=0")
-    assert saved.processes == [] and saved.lost == {"ringbuf_full": 2}
-    later = time.time_ns() + 5_000_000_000
-    os.utime(path, ns=(later, later))
-    assert state.load(path, "match=a scope=host pidns=0").last_alive == later, "the mtime says when, once touched"
-    with pytest.raises(state.StateFileError, match="other tracking settings"):
-        state.load(path, "match=b scope=host pidns=0")
-    monkeypatch.setattr(state, "host", lambda: "elsewhere")
-    with pytest.raises(state.StateFileError, match="from another host"):
-        state.load(path, "match=a scope=host pidns=0")
-    assert state.load(tmp_path / "none.json", "x").processes == []
 
 
 def test_takeover_takes_what_both_probes_saw_once(pin_root, tmp_path):

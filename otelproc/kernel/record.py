@@ -4,7 +4,7 @@ The layout of `struct event` (names, offsets, sizes) comes from the compiled
 object, so a new kernel field is a change to the C header and to the code that
 uses it, nothing in between. What Python cannot read from BTF (enum values and
 #define bounds, which clang does not emit) is mirrored here, and
-tests/test_record_layout.py checks the mirror against the C compiler.
+tests/unit/kernel/test_record.py checks the mirror against the C compiler.
 """
 
 from __future__ import annotations

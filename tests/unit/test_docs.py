@@ -1,26 +1,25 @@
 """The documentation says what the code does: the span attribute reference and the links.
 
 The reference tables in docs/ are read the way a person reads them and compared with
-what the code really produces: spans built by otelproc/spans.py from representative
-lifetimes. (The settings table is checked against OPTIONS in test_units.py.)
+what the code really produces: spans built by otelproc/otel/spans.py from representative
+lifetimes (unit/support.py). (The settings table is checked against OPTIONS in unit/test_config.py.)
 """
 
 from __future__ import annotations
 
 import re
-import signal
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
-from otelproc.model import USAGE_GROUPS, OomKill, ProcessEvent, SignalSent, Usage
 from otelproc.otel.spans import SpanBuilder, host_attributes
-from otelproc.sidecar.tracker import MAX_SIGNALS, Ended, Tracker
-from test_units import event
+from otelproc.sidecar.tracker import Tracker
+from unit.support import REPO, event, representative_spans
+
 
 DOCS = REPO / "docs"
-CONTAINER = "a3f0" * 16
+
+
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -42,51 +41,6 @@ def table_rows(path: Path, heading: str) -> list[list[str]]:
 
 def documented_keys(rows: list[list[str]]) -> set[str]:
     return {m.group(1) for row in rows for m in [re.fullmatch(r"`([a-z_.]+)`", row[0])] if m}
-
-
-def representative_spans() -> list:
-    """Lifetime and 'started' spans of processes that end every way the kernel reports, plus one unseen end;
-    each with every usage group, the ones in containers with their own pid and a name they gave themselves."""
-    builder = SpanBuilder("svc", host_attributes(), usage=frozenset(USAGE_GROUPS))
-    tracker = Tracker(max_processes=10, announce_after_ns=0)
-    spans = []
-    used = Usage(1_500_000, 500_000, 64 << 20, 1_200, 3, 10, 4, 4096, 8192)
-    memcg = OomKill(9_800, True, "app.service", 80 << 20, 70 << 20, 6 << 20, 0, 200 << 10, 0)
-
-    def stopped_by_gunicorn(pid: int) -> list[ProcessEvent]:
-        """More signals than a span keeps; the last a re-raise of the one that asked it to stop."""
-        asked = [SignalSent(9_000 + n, signal.SIGHUP, 0, False, 812, "gunicorn") for n in range(MAX_SIGNALS)]
-        asked += [SignalSent(9_500, signal.SIGTERM, 0, False, 812, "gunicorn"),
-                  SignalSent(9_600, signal.SIGTERM, -6, False, pid, "python3")]
-        return [event("signal", pid, ticks=pid, sent=sent) for sent in asked]
-
-    def oom_killed(pid: int) -> list[ProcessEvent]:
-        return [event("signal", pid, ticks=pid, sent=SignalSent(9_700, signal.SIGKILL, 0x80, True, 0, "")),
-                event("oom", pid, ticks=pid, oom=memcg)]
-
-    cases = [
-        (dict(exit_code=3, usage=used), None),
-        (dict(exit_code=None, signal=11, core_dumped=True, usage=used), None),
-        (dict(exit_code=0, usage=used), None),
-        (dict(exit_code=None, signal=signal.SIGTERM, usage=used), stopped_by_gunicorn),
-        (dict(exit_code=None, signal=signal.SIGKILL, usage=used), oom_killed),
-    ]
-    for pid, (ending, before) in enumerate(cases, start=100):
-        in_container = dict(cgroup=f"docker-{CONTAINER}.scope", truncated=("argv",), vpid=7, comm="gunicorn: work")
-        tracker.handle(event("exec", pid, ticks=pid, **in_container))
-        tracker.handle(event("exec", pid, ticks=pid, time=9_000, argv=("python3", "b.py"), **in_container))
-        (process,) = [p for p in tracker.processes.values() if p.pid == pid]
-        process.owner = "app"  # what the sidecar finds in the process's own /etc/passwd
-        spans.append(builder.started(process, "0::/system.slice/app.service"))
-        for kernel_event in before(pid) if before else ():
-            tracker.handle(kernel_event)
-        ended = tracker.handle(event("exit", pid, ticks=pid, time=10_000, **ending))
-        spans.append(builder.lifetime(ended, "0::/system.slice/app.service"))
-    tracker.handle(event("exec", 200, ticks=200, exe=None, argv=None))
-    spans.append(builder.lifetime(Ended.unseen(tracker.forget((200, 200)), 20_000)))
-    tracker.handle(event("exec", 201, ticks=201, cgroup="app.service"))  # no cgroup v2 path known
-    spans.append(builder.lifetime(Ended.between(tracker.forget((201, 201)), 20_000, 30_000)))  # while down
-    return spans
 
 
 def test_span_attribute_reference_matches_the_spans():

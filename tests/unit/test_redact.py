@@ -9,16 +9,53 @@ import pytest
 
 from otelproc.redact import redact_argv
 
-# Fake secrets, built so that no scanner takes this file for a leak.
+
+@pytest.mark.parametrize(
+    "argv, redacted",
+    [
+        (["app", "--password=hunter2", "--verbose"], ["app", "--password=***", "--verbose"]),
+        (["app", "--db-token", "abc", "next"], ["app", "--db-token", "***", "next"]),
+        (["app", "-secret=x"], ["app", "-secret=***"]),
+        (["psql", "postgres://user:pa55@db:5432/x"], ["psql", "postgres://user:***@db:5432/x"]),
+        (["env", "AWS_SECRET_ACCESS_KEY=abc", "HOME=/root"], ["env", "AWS_SECRET_ACCESS_KEY=***", "HOME=/root"]),
+        (["/usr/bin/mysql", "-uroot", "-phunter2", "db"], ["/usr/bin/mysql", "-uroot", "-p***", "db"]),
+        (["mysql", "-p", "db"], ["mysql", "-p", "db"]),  # -p alone prompts; db is a database name
+        (["sshpass", "-p", "hunter2", "ssh", "h"], ["sshpass", "-p", "***", "ssh", "h"]),
+        (["redis-cli", "-a", "hunter2", "ping"], ["redis-cli", "-a", "***", "ping"]),
+        (["python3", "-m", "uvicorn", "app:app", "--port", "80"], ["python3", "-m", "uvicorn", "app:app", "--port", "80"]),
+        (["python3", "-c", "print('token')"], ["python3", "-c", "print('token')"]),
+    ],
+)
+def test_redaction(argv, redacted):
+    assert redact_argv(argv) == redacted
+
+
 GHP = "ghp_" + "A1b2C3d4E5" * 3 + "F6g7H8"
+
+
 XOXB = "xoxb-" + "1234567890-1234567890123-" + "AbCdEfGhIjKlMnOpQrStUvWx"
+
+
 AKIA = "AKIA" + "IOSFODNN7EXAMPLE"
+
+
 JWT = "eyJhbGciOiJIUzI1NiJ9." + "eyJzdWIiOiIxMjM0NTY3ODkwIn0." + "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+
+
 GLPAT = "glpat-" + "xYz12AbC34dEf56GhI78"
+
+
 STRIPE = "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc"
+
+
 OPENAI = "sk-proj-" + "abcdefghijklmnopqrstuvwxyz012345"
+
+
 GOOGLE = "AIza" + "SyA-1234567890abcdefghijklmnopqrstu"
+
+
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEow...\n-----END RSA PRIVATE KEY-----"
+
 
 SECRET = [
     # (argv, as it must come out)
@@ -70,6 +107,7 @@ SECRET = [
     (["ssh-add", "-", PEM], ["ssh-add", "-", "***"]),
     (["python3", "-c", "import requests", "Basic dXNlcjpwYXNzd29yZA=="], ["python3", "-c", "import requests", "Basic ***"]),
 ]
+
 
 HARMLESS = [
     ["/usr/bin/python3", "-m", "uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "4"],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from unit.support import REPO
 
 BUILD = REPO / "deploy" / "jaeger" / "build.sh"
 FAKE_GO = """#!/bin/bash

@@ -1,0 +1,1 @@
+"""Unit tests of otelproc/app, and the import boundaries of the roles."""

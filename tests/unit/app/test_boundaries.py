@@ -1,0 +1,102 @@
+"""The roles' import boundaries: the app side runs inside users' services and must never load the
+kernel side (ctypes, libbpf) or the sidecar; only otelproc/kernel/ uses ctypes.
+
+Each import runs in a fresh interpreter (this one has loaded half the package already), and what
+it loaded is read from its sys.modules.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+
+import pytest
+
+from unit.support import PYTHON, REPO
+
+APP = "otelproc.app"
+# What the app side must never load: the kernel side and its binding, and the sidecar.
+KERNEL_SIDE = ("ctypes", "otelproc.kernel", "otelproc.sidecar")
+KERNEL_DIR = REPO / "otelproc" / "kernel"
+PACKAGE = REPO / "otelproc"
+
+
+def entry_points() -> list[str]:
+    """The `module:attribute` entry points pyproject.toml declares (what opentelemetry-instrument loads)."""
+    text = (REPO / "pyproject.toml").read_text()
+    points = []
+    for section in re.findall(r"^\[project\.entry-points\.[^\]]+\]\n((?:[^\[\n].*\n)*)", text, re.M):
+        points += re.findall(r'^\s*\S+\s*=\s*"([\w.]+:[\w.]+)"', section, re.M)
+    return points
+
+
+def python_path() -> str:
+    """This tree first, then what the caller's PYTHONPATH adds (where the SDK is found when not in site-packages)."""
+    return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
+
+def loaded_by(code: str) -> set[str]:
+    """The modules a fresh interpreter has loaded after running code, with this tree's otelproc first."""
+    result = subprocess.run(
+        [PYTHON, "-c", f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"],
+        cwd=REPO, env={"PYTHONPATH": python_path(), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.split())
+
+
+def kernel_side(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m in KERNEL_SIDE or m.startswith(tuple(f"{k}." for k in KERNEL_SIDE)))
+
+
+def test_the_entry_points_are_the_app_sides():
+    assert entry_points() and all(point.startswith(f"{APP}.") for point in entry_points()), entry_points()
+
+
+@pytest.mark.parametrize("code", [
+    f"import {APP}",
+    f"import {APP}.instrumentor",
+    *(f"from {module} import {attribute}" for module, attribute in (p.split(":") for p in entry_points())),
+    # At work: a span linked to its process, the resource detector, context for a subprocess.
+    f"import subprocess, {APP}\n"
+    "from opentelemetry.sdk.trace import TracerProvider\n"
+    f"provider = TracerProvider()\n{APP}.enable(provider)\n"
+    "provider.get_tracer('t').start_span('request').end()\n"
+    f"{APP}.ProcessResourceDetector().detect()\nsubprocess.run(['true'])",
+])
+def test_the_app_side_loads_nothing_of_the_kernel_side_or_the_sidecar(code):
+    loaded = kernel_side(loaded_by(code))
+    assert loaded == [], f"{code!r} loaded {', '.join(loaded)}"
+
+
+# The words every role shares (otelproc/*.py), but for the command itself, which wires the roles together.
+SHARED = sorted(f"otelproc.{path.stem}" for path in PACKAGE.glob("*.py") if path.stem not in ("__init__", "__main__", "cli"))
+
+
+@pytest.mark.parametrize("module", SHARED)
+def test_the_shared_words_load_no_role_below_them(module):
+    """What the app side imports from the top of the package must not bring the kernel side or the sidecar in."""
+    loaded = kernel_side(loaded_by(f"import {module}"))
+    assert loaded == [], f"{module} loaded {', '.join(loaded)}"
+
+
+def ctypes_importers(directory) -> list[str]:
+    """Modules under directory whose code imports ctypes (at any depth: a function's own import counts)."""
+    found = []
+    for path in sorted(directory.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(name == "ctypes" or name.startswith("ctypes.") for name in names):
+                found.append(str(path.relative_to(REPO)))
+                break
+    return found
+
+
+def test_only_the_kernel_side_imports_ctypes():
+    assert ctypes_importers(KERNEL_DIR), "the kernel side's binding is found at all"
+    outside = [path for path in ctypes_importers(PACKAGE) if not (REPO / path).is_relative_to(KERNEL_DIR)]
+    assert outside == []

@@ -1,0 +1,116 @@
+"""Span contents: how a process ended, container ids, resources, usage groups, attributes left out."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from otelproc.model import USAGE_GROUPS, OomKill, SignalSent, Usage
+from otelproc.otel.spans import CLEAN_SIGNALS, SpanBuilder, container_id, exit_status, parse_resource_attributes
+from otelproc.sidecar.tracker import Ended, Tracker
+from unit.support import event
+
+
+def _ended(code, sig, core=False, signals=(), oom=None):
+    process = types.SimpleNamespace(pid=100, signals=list(signals), oom=oom)
+    return Ended(process, 0, code, sig, core)
+
+
+def _sent(sig, sender_pid=0, comm="", code=0, from_kernel=False):
+    return SignalSent(0, sig, code, from_kernel, sender_pid, comm)
+
+
+def test_exit_status_descriptions():
+    def status(code, sig, core=False, signals=(), oom=None, clean=CLEAN_SIGNALS):
+        s, err, reason = exit_status(_ended(code, sig, core, signals, oom), clean)
+        assert s.status_code.name != "ERROR" or s.description == reason
+        return s.status_code.name, reason, err
+
+    assert status(0, None) == ("OK", "exit status 0", None)
+    assert status(3, None) == ("ERROR", "exit status 3", "3")
+    assert status(None, None) == ("UNSET", "ended; its exit was not seen", None)
+    assert status(None, 9) == ("ERROR", "killed by SIGKILL", "SIGKILL")
+    segv = [_sent(11, code=1, from_kernel=True)]
+    assert status(None, 11, True, segv) == ("ERROR", "killed by SIGSEGV from the kernel (SEGV_MAPERR, core dumped)", "SIGSEGV")
+    assert status(None, 11, True) == ("ERROR", "killed by SIGSEGV (core dumped)", "SIGSEGV")
+    gunicorn = _sent(15, 812, "gunicorn")
+    assert status(None, 15, signals=[gunicorn]) == ("OK", "stopped by SIGTERM from pid 812 (gunicorn)", None)
+    # Handled, then re-raised by the process itself: the one that asked it to stop is named.
+    assert status(None, 15, signals=[gunicorn, _sent(15, 100, "uvicorn", code=-6)])[1] == "stopped by SIGTERM from pid 812 (gunicorn)"
+    assert status(None, 2, signals=[_sent(2, 100, "python", code=-6)])[1] == "stopped by SIGINT from itself"
+    assert status(None, 15, signals=[gunicorn], clean=frozenset()) == (
+        "ERROR", "killed by SIGTERM from pid 812 (gunicorn)", "SIGTERM")
+    # A clean signal that dumps core (SIGQUIT is not clean; a core dump never is).
+    assert status(None, 3, True)[0] == "ERROR"
+    memcg = OomKill(0, True, "otp-oom", 0, 0, 0, 0, 0, 0)
+    assert status(None, 9, signals=[_sent(9, code=0x80, from_kernel=True)], oom=memcg) == (
+        "ERROR", "killed by SIGKILL from the OOM killer (memory cgroup limit, cgroup otp-oom)", "OOMKilled")
+    system = memcg._replace(memcg=False, cgroup="")
+    assert status(None, 9, oom=system)[1] == "killed by SIGKILL from the OOM killer (system out of memory)"
+
+
+@pytest.mark.parametrize(
+    "leaf, cid",
+    [
+        ("docker-" + "a" * 64 + ".scope", "a" * 64),
+        ("cri-containerd-" + "b" * 64 + ".scope", "b" * 64),
+        ("c" * 64, "c" * 64),
+        ("user.slice", None),
+        ("054ad49c851de8945147c9409dd4ad94", None),
+    ],
+)
+def test_container_id_from_cgroup(leaf, cid):
+    assert container_id(leaf) == cid
+
+
+def test_resource_attributes_parsing_counts_malformed():
+    attrs, bad = parse_resource_attributes("team=pay%2Cments, region = eu ,broken,=nokey")
+    assert attrs == {"team": "pay,ments", "region": "eu"} and bad == 2
+
+
+def test_resources_are_built_once_per_service():
+    builder = SpanBuilder("default", {"host.name": "h"})
+    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker.handle(event("exec", 1, ticks=1, otel_env=(("OTEL_SERVICE_NAME", "a"),)))
+    tracker.handle(event("exec", 2, ticks=2, otel_env=(("OTEL_SERVICE_NAME", "a"),)))
+    tracker.handle(event("exec", 3, ticks=3))
+    a1, a2, d = (builder.resource(p) for p in tracker.processes.values())
+    assert a1 is a2 and a1.attributes["service.name"] == "a" and d.attributes["service.name"] == "default"
+
+
+def _lifetime(builder: SpanBuilder, cgroup_path: str | None = None, **exec_fields: object) -> dict[str, object]:
+    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker.handle(event("exec", 10, ticks=1, **exec_fields))
+    used = Usage(3_000_000, 1_000_000, 9 << 20, 1_150, 0, 2, 3, 0, 4096)
+    ended = tracker.handle(event("exit", 10, ticks=1, exit_code=0, usage=used, comm=exec_fields.get("comm", "python3")))
+    return dict(builder.lifetime(ended, cgroup_path).attributes)
+
+
+def test_usage_groups_say_what_a_span_carries():
+    default = _lifetime(SpanBuilder("svc", {}))
+    assert {k for k in default if k.startswith(("process.cpu", "otelproc.memory", "process.paging",
+                                                   "process.context", "process.disk"))} == {
+        "process.cpu.time.user", "process.cpu.time.system", "otelproc.memory.peak"}
+    assert default["process.cpu.time.user"] == 0.003 and default["otelproc.memory.peak"] == 9 << 20
+    everything = _lifetime(SpanBuilder("svc", {}, usage=frozenset(USAGE_GROUPS)))
+    assert everything["process.paging.faults.minor"] == 1_150 and everything["process.disk.io.write"] == 4096
+    assert everything["process.context_switches.involuntary"] == 3
+    assert "process.paging.faults.major" not in everything and "process.disk.io.read" not in everything  # zero
+    io_only = _lifetime(SpanBuilder("svc", {}, usage=frozenset({"io"})))
+    assert "process.cpu.time.user" not in io_only and io_only["process.disk.io.write"] == 4096
+
+
+def test_attributes_that_would_repeat_another_are_left_out():
+    builder = SpanBuilder("svc", {})
+    plain = _lifetime(builder, comm="python3", exe="/usr/bin/python3")
+    assert "process.vpid" not in plain and "otelproc.comm" not in plain and "process.exit.time" not in plain
+    cut = _lifetime(builder, comm="python-otp12345", exe="/venv/bin/python-otp1234567")  # the kernel's 15 bytes
+    assert "otelproc.comm" not in cut
+    contained = _lifetime(builder, vpid=7, comm="python3", exe="/usr/bin/python3.11", cgroup="app.service")
+    assert contained["process.vpid"] == 7 and contained["process.pid"] == 10
+    assert contained["otelproc.comm"] == "python3" and contained["otelproc.cgroup"] == "app.service"
+    with_path = _lifetime(builder, cgroup="app.service", cgroup_path="0::/system.slice/app.service")
+    assert "otelproc.cgroup" not in with_path and with_path["process.linux.cgroup"] == "0::/system.slice/app.service"
+    other_leaf = _lifetime(builder, cgroup="mem-7", cgroup_path="0::/system.slice/app.service")  # a v1 memory cgroup
+    assert other_leaf["otelproc.cgroup"] == "mem-7"

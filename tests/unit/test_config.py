@@ -1,0 +1,97 @@
+"""Settings: one table of options resolved flag, then variable, then default, into typed Settings."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+
+import pytest
+
+from otelproc import config
+from otelproc.config import ConfigError
+from otelproc.matching import EXE_NAME_MAX
+from unit.support import REPO
+
+
+def resolve(argv: list[str], env: dict[str, str]) -> config.Settings:
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser, "run")
+    return config.resolve("run", parser.parse_args(argv), env)
+
+
+def test_flag_beats_environment_beats_default():
+    assert resolve([], {}).service_name == "otelproc"
+    assert resolve([], {"OTELPROC_SERVICE_NAME": "env"}).service_name == "env"
+    settings = resolve(["--service-name", "flag"], {"OTELPROC_SERVICE_NAME": "env"})
+    assert settings.service_name == "flag" and settings.sources["service_name"] == "flag"
+
+
+@pytest.mark.parametrize(
+    "argv, env, where",
+    [
+        (["--ring-buffer-size", "5000"], {}, "--ring-buffer-size"),
+        ([], {"OTELPROC_MAX_PROCESSES": "-1"}, "OTELPROC_MAX_PROCESSES"),
+        (["--start-span-delay", "soon"], {}, "--start-span-delay"),
+        ([], {"OTELPROC_ADOPT": "maybe"}, "OTELPROC_ADOPT"),
+        (["--scope", "cgroup=/nonexistent"], {}, "--scope"),
+    ],
+)
+def test_bad_settings_name_their_source(argv, env, where):
+    with pytest.raises(ConfigError, match=where):
+        resolve(argv, env)
+
+
+def fits(value: object, hint: object) -> bool:
+    """Whether a value is of a type hint: unions, Optional, tuple[X, ...], frozenset[X] and plain classes."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(fits(value, arg) for arg in args)
+    if typing.get_origin(hint) in (tuple, frozenset):
+        return isinstance(value, typing.get_origin(hint)) and all(fits(v, args[0]) for v in value)
+    return value is None if hint is type(None) else isinstance(value, hint)
+
+
+def test_settings_are_typed_one_field_per_option():
+    hints = typing.get_type_hints(config.Settings)
+    settings = resolve(["--health-port", "9464", "--duration", "2.5"], {"OTELPROC_STATE_FILE": ""})
+    for option in config.OPTIONS:
+        assert fits(getattr(settings, option.name), hints[option.name]), option.name
+        assert fits(option.parse(option.default), hints[option.name]), f"default of {option.name}"
+    assert (settings.health_port, settings.duration, settings.state_file) == (9464, 2.5, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.adopt = False  # type: ignore[misc]
+
+
+def test_an_option_without_a_settings_field_is_refused(monkeypatch):
+    extra = config.Option("spool_dir", "", str, "somewhere", ("run",))
+    monkeypatch.setattr(config, "OPTIONS", (*config.OPTIONS, extra))
+    with pytest.raises(TypeError, match="spool_dir"):
+        config._check_settings_fields()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("python,", "empty name"),
+        ("py*thon", "only one trailing *"),
+        ("/usr/bin/python3", "no '/'"),
+        ("p" * (EXE_NAME_MAX + 1), "longer than"),
+    ],
+)
+def test_bad_match_lists_say_why(text, message):
+    with pytest.raises(ConfigError, match=message):
+        config.parse_match(text)
+
+
+def test_documented_settings_table_matches_the_code():
+    assert config.markdown_table() in (REPO / "docs" / "configuration.md").read_text()
+
+
+def test_usage_setting():
+    assert resolve([], {}).usage == {"cpu", "memory"}
+    assert resolve(["--usage", "cpu, io"], {}).usage == {"cpu", "io"}
+    assert resolve([], {"OTELPROC_USAGE": ""}).usage == frozenset()
+    with pytest.raises(ConfigError, match="disk: not a usage group; choose from cpu, memory, faults, switches, io"):
+        resolve(["--usage", "cpu,disk"], {})
