@@ -108,7 +108,9 @@ def test_counts_of_one_are_singular(sidecar, test_python):
             time.sleep(0.1)
         assert side.stop() == 0
         assert re.fullmatch(r"otelproc: stopped; 0 events, 1 span, 1 exported, dropped: none; 1 process still "
-                            r"running; failed: none; longest away from the ring buffer: \d+ ms", side.lines[-1]), \
+                            r"running; failed: none; longest away from the ring buffer: \d+ ms; on SIGTERM, in [\d.]+ s; "
+                            r"the probe stays pinned in \S+ and keeps recording for the next otelproc; "
+                            r"`otelproc detach` removes it", side.lines[-1]), \
             side.lines
     finally:
         subject.kill()
@@ -131,7 +133,8 @@ def test_detach_while_otelproc_runs_says_it_still_runs_and_it_does(sidecar, test
     assert side.stop() == 0
     assert any(f"pid {subject.pid} " in line and "exit status 4" in line for line in side.stdout_lines), \
         side.stdout_lines  # the probe still ran: the process after the detach has its span
-    assert "otelproc: the probe was detached; it goes with this process, and so does the state file" in side.lines
+    assert side.lines[-1].endswith("; the probe was detached (`otelproc detach`) and goes with this process, "
+                                   "with the state file"), side.lines
     assert not Path(pin_dir).exists() and not Path(state_file).exists()
 
 
