@@ -411,7 +411,7 @@ class StopReport:
         return ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items()) if v) or "nothing"
 
 
-KERNEL_LOSSES = ("ringbuf_full", "tracked_map_full")
+KERNEL_LOSSES = ("ringbuf_full", "tracked_map_full", "unattended")
 # "stopped; 40000 events, 20000 spans, 20000 exported, dropped: none; 0 processes still running"
 # (and the older "stopped; 40000 events, 20000 spans, 0 processes still running"; "1 span", "1 process" when 1)
 _STOPPED = re.compile(

@@ -92,12 +92,34 @@ struct {
 	__type(value, __u32);
 } otelproc_scope SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct reader);
+} otelproc_reader SEC(".maps");
+
 static __always_inline void count_lost(__u32 reason)
 {
 	__u64 *n = bpf_map_lookup_elem(&otelproc_lost, &reason);
 
 	if (n)
 		*n += 1;
+}
+
+/* Whether nobody has read the ring for longer than the limit: then a new
+ * lifetime is not recorded, only counted, and its exec costs about what an
+ * unmatched one does. Lifetimes already tracked began while someone read:
+ * their execs and exits are still recorded, bounded by the tracked map. */
+static __always_inline bool unattended(void)
+{
+	__u32 zero = 0;
+	struct reader *r = bpf_map_lookup_elem(&otelproc_reader, &zero);
+
+	if (!r || !r->unattended_limit_ns || bpf_ktime_get_boot_ns() - r->last_read_ns <= r->unattended_limit_ns)
+		return false;
+	count_lost(LOST_UNATTENDED);
+	return true;
 }
 
 /* A task's tgid as numbered in the scope's pid namespace; 0 when it is not visible there. */
@@ -310,7 +332,7 @@ int BPF_PROG(otelproc_exec, struct task_struct *task, pid_t old_pid, struct linu
 	if (!is_tracked(pid, ticks)) {
 		if (!trace_all && !exe_name_matches(bprm))
 			return 0;
-		if (!in_cgroup_scope())
+		if (!in_cgroup_scope() || unattended())
 			return 0;
 		if (!track(pid, ticks))
 			flags = EVENT_F_UNTRACKED;
@@ -371,7 +393,7 @@ int BPF_PROG(otelproc_fork, struct task_struct *parent, struct task_struct *chil
 			return 0;
 	}
 	pid = scoped_tgid(child);
-	if (!pid)
+	if (!pid || unattended())
 		return 0;
 	ticks = start_ticks(child);
 

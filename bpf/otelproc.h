@@ -36,7 +36,17 @@ enum event_flag {
 enum lost_reason {
 	LOST_RINGBUF = 0,	/* ring buffer full: a record was dropped */
 	LOST_TRACKED_FULL = 1,	/* tracked map full: a process could not be tracked */
-	LOST_MAX = 2,
+	LOST_UNATTENDED = 2,	/* nobody read past the limit: a new lifetime was not recorded */
+	LOST_MAX = 3,
+};
+
+/* The one entry of the reader map: the reader stamps it at every read, and a
+ * probe nobody reads (pinned, otelproc down) stops taking on new lifetimes
+ * once it has been alone for longer than the limit. A map, not a const
+ * volatile: a resumed probe takes the new otelproc's limit. */
+struct reader {
+	__u64 last_read_ns;		/* CLOCK_BOOTTIME of the reader's last read */
+	__u64 unattended_limit_ns;	/* 0: record whether read or not */
 };
 
 struct event {

@@ -119,6 +119,11 @@ def parse_optional_seconds(text: str) -> float | None:
     return None if text == "" else parse_seconds(text)
 
 
+def parse_limit_seconds(text: str) -> float:
+    """Seconds; 0 or empty: no limit."""
+    return 0.0 if text.strip() == "" else parse_seconds(text)
+
+
 def parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -315,6 +320,15 @@ OPTIONS: tuple[Option, ...] = (
         (RUN,),
         "SECONDS",
     ),
+    Option(
+        "unattended_limit",
+        "900",
+        parse_limit_seconds,
+        "a pinned probe nobody has read for this long (otelproc down) records no new lifetimes, only counts "
+        "them, until otelproc is back; processes it tracks already still get their exits; 0 or empty: never",
+        (RUN,),
+        "SECONDS",
+    ),
     Option("health_port", "", parse_port, "serve /healthz and /readyz on this TCP port; empty: off", (RUN,), "PORT"),
     Option(
         "redact",
@@ -388,6 +402,7 @@ class Settings:
     pin_dir: Path | None
     keep_probe: bool
     stop_timeout: float
+    unattended_limit: float
     health_port: int | None
     redact: bool
     clean_signals: frozenset[int]

@@ -59,7 +59,7 @@ def test_events_json_lines_and_duration():
         assert event["start_time"].endswith("Z")
     exit_event = [e for e in mine if e["kind"] == "exit"][0]
     assert exit_event["exit_code"] == 2 and exit_event["signal"] is None and exit_event["core_dumped"] is False
-    assert "lost in the kernel: ringbuf_full=0, tracked_map_full=0" in err
+    assert "lost in the kernel: ringbuf_full=0, tracked_map_full=0, unattended=0" in err
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

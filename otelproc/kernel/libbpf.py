@@ -278,6 +278,12 @@ def map_delete(fd: int, key: bytes) -> bool:
     return lib().bpf_map_delete_elem(fd, _buffer(key)) == 0
 
 
+def map_lookup(fd: int, key: bytes, value_size: int, what: str) -> bytes:
+    out = ctypes.create_string_buffer(value_size)
+    check(lib().bpf_map_lookup_elem(fd, _buffer(key), out), f"reading map {what}")
+    return out.raw
+
+
 def map_lookup_percpu(fd: int, key: bytes, value_size: int, what: str) -> list[bytes]:
     """One value per possible CPU, as a per-CPU map stores them (each padded to 8 bytes)."""
     api = lib()

@@ -28,11 +28,12 @@ DEFAULT_RING_BUFFER_BYTES = 16 << 20
 # The probe's maps. Each name (programs' too) begins with otelproc, within the 15 characters the kernel
 # keeps, so that `bpftool map show` says whose they are. A probe pinned by an otelproc from before
 # had the names on the left: a takeover reads its maps by what they are, not by what they were called.
-RING, TRACKED, LOST = "otelproc_ring", "otelproc_track", "otelproc_lost"
+RING, TRACKED, LOST, READER = "otelproc_ring", "otelproc_track", "otelproc_lost", "otelproc_reader"
 MATCH, SCOPE = "otelproc_match", "otelproc_scope"
 LEGACY_MAPS = {"events": RING, "tracked": TRACKED, "lost": LOST, "match_exe_names": MATCH, "scope_cgroups": SCOPE,
                "scratch": "otelproc_heap"}
 DEFAULT_MAX_TRACKED = 65536
+DEFAULT_UNATTENDED_LIMIT_NS = 15 * 60 * 1_000_000_000
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -84,6 +85,9 @@ class ProbeConfig:
     wakeup_bytes: int = 0  # wake the reader when this many bytes become unread (it must poll on a timer); 0: always
     object_path: Path = DEFAULT_OBJECT
     pin_dir: Path | None = None  # pin the probe here (a bpffs directory) so that it outlives this process
+    # Unread for longer than this, the probe records no new lifetime (only counts it); 0: never. A map
+    # entry, not baked: a resumed probe takes the new value.
+    unattended_limit_ns: int = DEFAULT_UNATTENDED_LIMIT_NS
 
     @classmethod
     def from_settings(cls, settings: Settings, pin_dir: Path | None = None) -> ProbeConfig:
@@ -97,6 +101,7 @@ class ProbeConfig:
             max_tracked=settings.max_processes,
             # The commands poll every POLL_MS; waking them per record would cost a context switch per event.
             wakeup_bytes=settings.ring_buffer_size // 8,
+            unattended_limit_ns=round(settings.unattended_limit * 1e9),
         )
 
     def baked(self) -> dict[str, object]:
@@ -114,10 +119,34 @@ def boot_ns() -> int:
 
 
 def _lost_counts(lost_fd: int) -> dict[str, int]:
-    return {
-        name: sum(_U64.unpack(v)[0] for v in libbpf.map_lookup_percpu(lost_fd, _U32.pack(index), 8, LOST))
-        for index, name in record.LOST_NAMES.items()
-    }
+    counts = {}
+    for index, name in record.LOST_NAMES.items():
+        try:
+            values = libbpf.map_lookup_percpu(lost_fd, _U32.pack(index), 8, LOST)
+        except LibbpfError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            continue  # an older probe's: its counters end before this reason
+        counts[name] = sum(_U64.unpack(v)[0] for v in values)
+    return counts
+
+
+@dataclass(frozen=True)
+class Attendance:
+    """What a pinned probe's reader map said when this otelproc found it: when it was last read, and the
+    limit past which it stopped recording new lifetimes (0: none)."""
+
+    last_read_ns: int  # CLOCK_BOOTTIME
+    limit_ns: int
+    found_ns: int  # CLOCK_BOOTTIME: when this otelproc read it
+
+    @classmethod
+    def read(cls, maps: dict[str, int]) -> Attendance | None:
+        """None for a probe older than the reader map."""
+        if READER not in maps:
+            return None
+        raw = libbpf.map_lookup(maps[READER], _U32.pack(0), record.READER.size, READER)
+        return cls(*record.READER.unpack(raw), found_ns=boot_ns())
 
 
 def _tracked_items(tracked_fd: int) -> list[tuple[bytes, bytes]]:
@@ -160,6 +189,7 @@ class PreviousProbe:
         self.dir = probe_dir
         self.btf: libbpf.KernelBtf | None = None
         self.layout: record.EventLayout  # its struct event, which may differ from this otelproc's
+        self.attendance: Attendance | None = None
         self._maps = _PinnedMaps(probe_dir)
         try:
             ids = pins.prog_ids(probe_dir)
@@ -173,6 +203,7 @@ class PreviousProbe:
             self.btf = libbpf.KernelBtf(btf_id)
             self.layout = record.EventLayout.from_btf(self.btf.handle)
             decoder.check_layout(self.layout)
+            self.attendance = Attendance.read(self._maps.fds)
         except BaseException:
             self.close()
             raise
@@ -214,6 +245,7 @@ class Probe:
         self.attached_at = 0  # boot ns just before this probe's programs began attaching
         self.layout: record.EventLayout  # struct event of this object, for decoding its records
         self.left_out: list[OptionalProgram] = []  # what this kernel cannot give
+        self.found: Attendance | None = None  # the resumed (or taken over) probe's, before this otelproc read it
         self._obj: libbpf.BpfObject | None = None
         self._ring: libbpf.RingBuffer | None = None
         self._cgroup_fd: int | None = None
@@ -245,12 +277,17 @@ class Probe:
         if self.resumed:
             obj.close()
             self._maps = dict(self._pinned.fds)
+            self.found = Attendance.read(self._maps)
+            self._attend()
             self._refill_match()
         else:
             self._obj = obj
             obj.load()
             self._maps = {name: obj.map_fd(name) for name in obj.map_names()}
             self._fill_maps()
+            self._attend()
+            if self.previous is not None:
+                self.found = self.previous.attendance
             self._carry_tracked()
             self.attached_at = boot_ns()
             obj.attach_all()
@@ -326,6 +363,11 @@ class Probe:
                 except LibbpfError:
                     pass  # there already (or the map is full: the sweep adopts what it finds)
 
+    def _attend(self) -> None:
+        """Tells the kernel side that its ring is read now, and how long it may go unread."""
+        libbpf.map_update(self._maps[READER], _U32.pack(0),
+                          record.READER.pack(boot_ns(), self.config.unattended_limit_ns), READER)
+
     def retire_previous(self, on_record: Callable[[bytes], None]) -> int:
         """Ends the takeover: the old probe's programs detached, its ring read, its pins gone."""
         previous, self.previous = self.previous, None
@@ -335,7 +377,9 @@ class Probe:
         """Hands every waiting record to on_record; waits up to timeout_ms for the first."""
         if self._ring is None:
             raise LibbpfError(errno.EBADF, "the probe is closed")
-        return self._ring.poll(timeout_ms)
+        read = self._ring.poll(timeout_ms)
+        self._attend()
+        return read
 
     def _fd(self, name: str) -> int:
         if self._ring is None:

@@ -36,9 +36,10 @@ EVENT_F_SENDER_KERNEL = 16
 EVENT_F_OOM_MEMCG = 32
 
 # enum lost_reason
-LOST_RINGBUF, LOST_TRACKED_FULL, LOST_MAX = 0, 1, 2
-LOST_NAMES = {LOST_RINGBUF: "ringbuf_full", LOST_TRACKED_FULL: "tracked_map_full"}
+LOST_RINGBUF, LOST_TRACKED_FULL, LOST_UNATTENDED, LOST_MAX = 0, 1, 2, 3
+LOST_NAMES = {LOST_RINGBUF: "ringbuf_full", LOST_TRACKED_FULL: "tracked_map_full", LOST_UNATTENDED: "unattended"}
 
+READER = struct.Struct("<QQ")  # struct reader: last_read_ns, unattended_limit_ns
 EXE_NAME_KEY = struct.Struct(f"<I{EXE_NAME_LEN}s")  # struct exe_name_key: prefixlen in bits, name bytes
 
 _INT_FORMATS = {("uint", 1): "B", ("uint", 2): "H", ("uint", 4): "I", ("uint", 8): "Q",

@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-from otelproc.sidecar import adoption, state
+from otelproc.sidecar import adoption, state, unattended
 from otelproc.kernel import pins
 from otelproc.sidecar.cgroups import CgroupPaths
 from otelproc.kernel.checks import RUN_CAPS, require_caps
@@ -192,6 +192,7 @@ class Sidecar:
         """What the pinned probe dropped while nobody read it (its ring was full): counted, logged."""
         grown = {k: v - saved.lost.get(k, 0) for k, v in lost.items() if v > saved.lost.get(k, 0)}
         self.stats.drops.update(grown)
+        grown.pop(unattended.MISSED, None)  # no record was lost there: start() says it in a line of its own
         if grown:
             log.warning("while otelproc was down the kernel side dropped %s; the sweep will reconcile",
                         ", ".join(f"{v} ({k})" for k, v in grown.items()))
@@ -318,9 +319,13 @@ class Sidecar:
                      probe.pinned_at)
         saved = self.resume(s.state_file)
         lost_then = probe.previous.lost() if probe.previous else probe.lost() if probe.resumed else None
+        begun = self.tracker.begun
         self.take_over(probe)
         probe.poll(0)  # what the resumed probe recorded while nobody read it
         self._lost_seen = probe.lost()
+        gap = unattended.figures(probe.found, self.tracker.begun - begun, lost_then or {}, saved.lost)
+        if gap is not None:
+            (log.warning if gap.missed else log.info)("%s", gap)
         lost_while_down = lost_then is not None and self.count_downtime_losses(lost_then, saved)
         self.settle(probe, saved, exits_read=lost_then is not None and not lost_while_down)
         if s.adopt:

@@ -138,6 +138,7 @@ class Tracker:
         self._by_pid: dict[int, ProcessKey] = {}
         self._announce: collections.deque[tuple[int, ProcessKey]] = collections.deque()
         self.stats = stats or Stats()
+        self.begun = 0  # lifetimes begun by a kernel record (exec, fork): what the ring kept
         self.superseded: list[TrackedProcess] = []  # exits missed, found by pid reuse; the caller drains it
         self._boot_id = boot_id()
 
@@ -164,8 +165,10 @@ class Tracker:
                 self._exec_again(known, event)
             return None
         if event.kind is EventKind.FORK:
+            self.begun += 1
             self.add(self._new(event, "fork", event.start_time, inherit=True))
         elif event.kind is EventKind.EXEC:
+            self.begun += 1
             self.add(self._new(event, "exec", event.time, inherit=False))
         elif event.kind is EventKind.ADOPT:
             self.add(self._new(event, "adopted", event.start_time, inherit=False))

@@ -19,7 +19,7 @@ from unit.support import REPO
 CONSTANTS = (
     "TASK_COMM_LEN EXE_NAME_LEN EVENT_F_EXE_CUT EVENT_F_ARGV_CUT EVENT_F_ENV_CUT EVENT_F_UNTRACKED "
     "EVENT_F_SENDER_KERNEL EVENT_F_OOM_MEMCG "
-    "LOST_RINGBUF LOST_TRACKED_FULL LOST_MAX"
+    "LOST_RINGBUF LOST_TRACKED_FULL LOST_UNATTENDED LOST_MAX"
 ).split()
 
 
@@ -27,6 +27,8 @@ def c_layout(tmp_path, fields: list[str], constants: list[str]) -> dict[str, int
     """sizeof, offsetof and the constants, as the C compiler sees bpf/otelproc.h."""
     lines = [f'printf("offset.{f} %zu\\n", offsetof(struct event, {f}));' for f in fields]
     lines += [f'printf("const.{c} %ld\\n", (long){c});' for c in constants]
+    lines += ['printf("size.reader %zu\\n", sizeof(struct reader));',
+              'printf("offset.reader.unattended_limit_ns %zu\\n", offsetof(struct reader, unattended_limit_ns));']
     lines += ['printf("size.event %zu\\n", sizeof(struct event));', 'printf("size.exe_name_key %zu\\n", sizeof(struct exe_name_key));']
     src = tmp_path / "layout.c"
     src.write_text(
@@ -47,8 +49,10 @@ def test_btf_layout_is_the_c_compilers(tmp_path):
     assert {f: c[f"offset.{f}"] for f in layout.offsets} == layout.offsets
     assert layout.header.size == layout.offsets["data"], "the header is everything before data[]"
     assert c["size.exe_name_key"] == record.EXE_NAME_KEY.size
+    assert (c["size.reader"], c["offset.reader.unattended_limit_ns"]) == (record.READER.size, 8)  # <QQ
     assert {name: c[f"const.{name}"] for name in CONSTANTS} == {name: getattr(record if hasattr(record, name) else model, name) for name in CONSTANTS}
     assert {name: c[f"const.{name}"] for name in kinds} == kinds
+    assert sorted(record.LOST_NAMES) == list(range(record.LOST_MAX)), "every lost counter has a name"
 
 
 def test_struct_members_resolve_typedefs():
