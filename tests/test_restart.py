@@ -260,7 +260,7 @@ def test_takeover_takes_what_both_probes_saw_once(pin_root, tmp_path):
     """In process, with the real probes: the old probe alone records X; then both run and record Y.
     The sidecar reads the old ring (X, Y) and skips the new ring's Y."""
     from otelproc import cli, config
-    from otelproc.kernel.probe import Probe
+    from otelproc.kernel.probe import Probe, ProbeConfig
     from otelproc.sidecar.loop import Sidecar
 
     shell = tmp_path / "otpoverlap"
