@@ -14,7 +14,8 @@ every few seconds, and the loop goes on with the next record.
 
 The probe is pinned in bpffs (see pins.py), so it records while otelproc is
 down; a SIGTERM leaves it pinned, for the next otelproc to drain and carry on
-with. `otelproc detach` removes it for good.
+with (restart.Carryover, which keeps the state file too). `otelproc detach`
+removes it for good.
 """
 
 from __future__ import annotations
@@ -42,10 +43,9 @@ from otelproc.model import ProcessEvent
 from otelproc.otel.exporters import make_destination, make_processor, queue_bound
 from otelproc.sidecar.health import Health, HealthServer
 from otelproc.kernel.probe import Probe, ProbeConfig
-from otelproc.sidecar.adoption import alive
 from otelproc.sidecar.reconcile import Reconciler, Sweeper
+from otelproc.sidecar.restart import Carryover
 from otelproc.kernel.record import EventLayout
-from otelproc.model import EventKind
 from otelproc.otel.spans import SpanBuilder, host_attributes
 from otelproc.stop import StopSignal
 from otelproc.otel.telemetry import CountingExporter, Stats, ThrottledLog, stage_failed, start_metrics
@@ -56,13 +56,6 @@ log = logging.getLogger("otelproc")
 
 LOSS_LOG_NS = 10_000_000_000  # kernel losses are logged at most this often
 HOUSEKEEPING_NS = 10_000_000  # work between two polls of the ring buffer, at most about this long
-
-
-def event_key(event: ProcessEvent) -> tuple:
-    """Names one kernel event, so that the same event seen by two probes counts once."""
-    if event.kind is EventKind.EXEC:
-        return (event.kind, event.pid, event.start_ticks, event.exe, event.argv)
-    return (event.kind, event.pid, event.start_ticks)
 
 
 class Sidecar:
@@ -86,10 +79,9 @@ class Sidecar:
         self.sweeper: Sweeper | None = None
         self.loss_log = ThrottledLog(LOSS_LOG_NS)
         self.layout: EventLayout | None = None  # the probe's struct event, once it is open
-        self.state_writer: state.Writer | None = None
         self._lost_seen: dict[str, int] = {}  # the kernel's loss counters as last read
-        self._overlap: set[tuple] = set()  # events the old probe of a takeover recorded while both ran
-        self._overlap_from = 0  # Unix ns: when both began to run
+        self.carryover = Carryover(settings.state_file, tracking_config(settings), settings.redact, self.tracker,
+                                   self.stats, self.clock, self.export_lifetime, self.failed)
 
     def failed(self, stage: str, exc: BaseException) -> None:
         stage_failed(self.stats, self.throttled, stage, exc)
@@ -101,28 +93,17 @@ class Sidecar:
         stage = "decode"
         try:
             event = decode(raw, self.clock, layout or self.layout)
-            if layout is not None:
-                if event.time >= self._overlap_from:  # both probes were attached: the new one has it too
-                    self._overlap.add(event_key(event))
-            elif self._overlap:
-                key = event_key(event)
-                if key in self._overlap:
-                    self._overlap.discard(key)
-                    return  # the old probe's copy of it was taken already
+            if self.carryover.seen_before(event, from_old_probe=layout is not None):
+                return  # the old probe's copy of it was taken already
             self.stats.events[event.kind] += 1
             stage = "track"
             ended = self.tracker.handle(event)
         except Exception as exc:  # noqa: BLE001 -- one record must not end the sidecar
             self.failed(stage, exc)
             return
-        self.changed()
+        self.carryover.mark_dirty()
         if ended is not None:
             self.export_lifetime(ended)
-
-    def changed(self) -> None:
-        """The table changed: the state file is rewritten within a second."""
-        if self.state_writer is not None:
-            self.state_writer.dirty = True
 
     def emit(self, span: ReadableSpan, role: str) -> None:
         """Hands a span to the batch processor, or counts it dropped when its queue is full."""
@@ -133,7 +114,7 @@ class Sidecar:
         self.processor.on_end(span)
 
     def export_lifetime(self, ended: Ended) -> None:
-        self.changed()
+        self.carryover.mark_dirty()
         self.export(lambda: self.builder.lifetime(ended, self.cgroups.path(ended.process.cgroup_id)), "lifetime")
 
     def export(self, build: Callable[[], ReadableSpan], role: str) -> None:
@@ -150,78 +131,13 @@ class Sidecar:
 
     # start-up
 
-    def resume(self, path: Path | None) -> state.Saved:
-        """Takes the processes a previous otelproc recorded into the table, alive or not (see settle)."""
-        if path is None:
-            return state.Saved()
-        try:
-            saved = state.load(path, tracking_config(self.settings))
-        except state.StateFileError as exc:
-            log.warning("%s; starting from /proc alone", exc)
-            return state.Saved()
-        # otelproc itself is left out, as from adoption: its own exit could never be reported.
-        saved.processes = [p for p in saved.processes if p.pid != os.getpid()]
-        for process in saved.processes:
-            self.tracker.add(process)
-        return saved
-
-    def take_over(self, probe: Probe) -> None:
-        """Reads what the old probe recorded up to now, in its own layout, then removes it.
-
-        Both probes ran for a moment: what the old one recorded from then on is
-        remembered, and the new probe's copy of it is skipped.
-        """
-        previous = probe.previous
-        if previous is None:
-            return
-        self._overlap_from = self.clock.to_wall(probe.attached_at)
-        where, layout = previous.dir, previous.layout
-        drained = probe.retire_previous(lambda raw: self.on_record(raw, layout))
-        log.info("took over the probe pinned in %s: %d records read in its own layout, then removed", where, drained)
-
-    def count_downtime_losses(self, lost: dict[str, int], saved: state.Saved) -> bool:
-        """What the pinned probe dropped while nobody read it (its ring was full): counted, logged."""
-        grown = {k: v - saved.lost.get(k, 0) for k, v in lost.items() if v > saved.lost.get(k, 0)}
-        self.stats.drops.update(grown)
-        if grown:
-            log.warning("while otelproc was down the kernel side dropped %s; the sweep will reconcile",
-                        ", ".join(f"{v} ({k})" for k, v in grown.items()))
-        return bool(grown)
-
-    def settle(self, probe: Probe, saved: state.Saved, exits_read: bool) -> None:
-        """After the downtime's records: the recorded processes that are gone with no exit record.
-
-        exits_read: a pinned probe recorded the downtime and lost nothing, so
-        their exits were read, by the previous otelproc in its last second.
-        Otherwise each ends when it was last known alive, flagged approximate,
-        with the window it ended in.
-        """
-        now = time.time_ns()
-        gone = 0
-        for process in saved.processes:
-            if process.key not in self.tracker.processes:
-                continue  # its exit came through the ring buffer
-            if alive(process.pid, process.identity.start_ticks):
-                probe.track(process.pid, process.identity.start_ticks)
-                continue
-            self.tracker.forget(process.key)
-            gone += 1
-            if exits_read:
-                self.stats.reconciled["exit_read_before_restart"] += 1
-            else:
-                self.stats.reconciled["exited_while_down"] += 1
-                self.export_lifetime(Ended.between(process, saved.last_alive, now))
-        if saved.processes:
-            log.info("resumed %d processes from the state file (%d gone with no exit record)",
-                     len(saved.processes), gone)
-
     def adopt(self, probe: Probe) -> int:
         """Takes on the matching processes /proc shows that the table does not hold; returns how many."""
         added = 0
         for event in self.scan(lambda pid, start_ticks: (pid, start_ticks) in self.tracker.processes):
             probe.track(event.pid, event.start_ticks)
             self.tracker.handle(event)
-            self.changed()
+            self.carryover.mark_dirty()
             added += 1
         log.info(
             "adopted %d running processes (%d vanished while read, %d unreadable)",
@@ -264,7 +180,7 @@ class Sidecar:
                 self.export_lifetime(ended)
             findings = self.sweeper.ready()
         for process in self.tracker.due_announcements(now):
-            self.changed()  # announced: the state file says so, and the next otelproc sends it no more
+            self.carryover.mark_dirty()  # announced: the state file says so, and the next otelproc sends it no more
             self.export(lambda p=process: self.builder.started(p, self.cgroups.path(p.cgroup_id)), "started")
             if time.monotonic_ns() >= deadline:
                 break
@@ -303,46 +219,14 @@ class Sidecar:
 
     def start(self, probe: Probe) -> None:
         """Carries on where the previous otelproc stopped, then adopts what /proc shows besides."""
-        s = self.settings
-        if probe.resumed:
-            log.info("resumed the probe pinned in %s; reading what it recorded while otelproc was down",
-                     probe.pinned_at)
-        saved = self.resume(s.state_file)
-        lost_then = probe.previous.lost() if probe.previous else probe.lost() if probe.resumed else None
-        self.take_over(probe)
-        probe.poll(0)  # what the resumed probe recorded while nobody read it
-        self._lost_seen = probe.lost()
-        lost_while_down = lost_then is not None and self.count_downtime_losses(lost_then, saved)
-        self.settle(probe, saved, exits_read=lost_then is not None and not lost_while_down)
-        if s.adopt:
+        self._lost_seen = self.carryover.begin(probe, self.on_record)
+        if self.settings.adopt:
             self.adopt(probe)
-        if s.state_file is not None:
-            self.state_writer = state.Writer(s.state_file, self.table, s.redact, tracking_config(s),
-                                             lambda: dict(self._lost_seen), self.failed)
-            try:
-                self.state_writer.write(force=True)
-            except Exception as exc:  # noqa: BLE001 -- its thread tries again each second
-                self.failed("state_file", exc)
-            self.state_writer.start()
+        self.carryover.start_writing(self.table, lambda: dict(self._lost_seen))
 
     def stop(self, probe: Probe) -> None:
-        """A clean stop leaves the probe pinned and recording; one removed meanwhile (detach) goes for good."""
-        writer, self.state_writer = self.state_writer, None
-        if writer is not None:
-            writer.stop()
-        if probe.pinned_at is not None and not probe.pinned_at.exists():
-            log.info("the probe was detached; it goes with this process, and so does the state file")
-            if writer is not None:
-                state.remove(writer.path)
-            return
-        if writer is not None:
-            try:
-                writer.write(force=True)
-            except Exception as exc:  # noqa: BLE001
-                self.failed("state_file", exc)
-        if probe.pinned_at is not None:
-            log.info("the probe stays pinned in %s and keeps recording for the next otelproc; "
-                     "`otelproc detach` removes it", probe.pinned_at)
+        """After the last records are read: the state file for the next otelproc, the probe left pinned."""
+        self.carryover.finish(probe)
 
     def run(self, pin_dir: Path | None = None) -> int:
         s = self.settings
@@ -384,7 +268,7 @@ class Sidecar:
                         self.housekeeping()
                         if time.monotonic() >= next_loss_read:
                             next_loss_read = time.monotonic() + s.sweep_interval
-                            self._overlap.clear()  # a takeover's overlap was read long ago
+                            self.carryover.end_overlap()
                             self.read_kernel_losses(probe)
                 finally:
                     self.sweeper.stop()  # before the probe closes: a sweep reads its map
@@ -399,8 +283,7 @@ class Sidecar:
                     metrics = None
         finally:
             self.health.ready = False
-            if self.state_writer is not None:
-                self.state_writer.stop()
+            self.carryover.close()
             self.processor.shutdown()  # exports what is queued, within the exporter's timeout
             if metrics is not None:
                 metrics.shutdown()
