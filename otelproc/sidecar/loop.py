@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from opentelemetry.sdk.trace import ReadableSpan
 
@@ -39,7 +39,6 @@ from otelproc.config import (
     tracking_config,
 )
 from otelproc.kernel.decoder import decode
-from otelproc.model import ProcessEvent
 from otelproc.otel.exporters import make_destination, make_processor, queue_bound
 from otelproc.sidecar.health import Health, HealthServer
 from otelproc.kernel.probe import Probe, ProbeConfig
@@ -73,7 +72,8 @@ class Sidecar:
         self.tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9), self.stats, Owners(),
                                self.builder.limits.max_events or DEFAULT_MAX_EXECS)
         self.cgroups = CgroupPaths()
-        self.adoption = adoption.AdoptionStats()
+        self.scanner = adoption.Scanner(settings.match, settings.all, self.clock, self.cgroups.mount,
+                                        settings.scope.cgroup)
         self.health = Health()
         self.throttled = ThrottledLog()
         self.sweeper: Sweeper | None = None
@@ -134,28 +134,16 @@ class Sidecar:
     def adopt(self, probe: Probe) -> int:
         """Takes on the matching processes /proc shows that the table does not hold; returns how many."""
         added = 0
-        for event in self.scan(lambda pid, start_ticks: (pid, start_ticks) in self.tracker.processes):
+        for event in self.scanner.running(lambda pid, start_ticks: (pid, start_ticks) in self.tracker.processes):
             probe.track(event.pid, event.start_ticks)
             self.tracker.handle(event)
             self.carryover.mark_dirty()
             added += 1
         log.info(
             "adopted %d running processes (%d vanished while read, %d unreadable)",
-            added, self.adoption.vanished, self.adoption.unreadable,
+            added, self.scanner.stats.vanished, self.scanner.stats.unreadable,
         )
         return added
-
-    def scan(self, skip: Callable[[int, int], bool]) -> Iterator[ProcessEvent]:
-        """The processes /proc shows that the kernel side would track, as 'adopt' events."""
-        s = self.settings
-        scope_cgroup = None
-        if s.scope.cgroup is not None and self.cgroups.mount:
-            relative = os.path.relpath(os.path.realpath(s.scope.cgroup), self.cgroups.mount)
-            scope_cgroup = "/" if relative == "." else "/" + relative
-        return adoption.running(s.match, s.all, self.clock, self.cgroups.mount, self.adoption, scope_cgroup, skip)
-
-    def snapshot(self, pid: int) -> ProcessEvent | None:
-        return adoption.snapshot_or_none(pid, self.clock, self.cgroups.mount, self.adoption)
 
     # between polls
 
@@ -255,7 +243,7 @@ class Sidecar:
                 gc.collect()  # what is garbage already goes first: frozen, it would stay
                 gc.freeze()
                 log.info("ready; %d processes tracked", len(self.tracker))
-                reconciler = Reconciler(self.tracker, probe, self.stats, self.snapshot, self.scan)
+                reconciler = Reconciler(self.tracker, probe, self.stats, self.scanner.snapshot, self.scanner.running)
                 self.sweeper = Sweeper(reconciler, s.sweep_interval, self.failed)
                 self.sweeper.start()
                 try:
