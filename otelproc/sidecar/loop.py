@@ -8,8 +8,8 @@ Signals only set a flag the loop reads. Between polls the loop does its
 housekeeping: 'started' spans that are due, what the sweeps found. The state
 file is written on a thread of its own too (state.Writer).
 
-Each stage of the event path (decode, track, build, export, sweep, state file)
-is isolated: a failure is counted by stage (otelproc.failures), logged at most
+Each stage of the event path (decode, track, build, export, sweep, adopt, state
+file) is isolated: a failure is counted by stage (otelproc.failures), logged at most
 every few seconds, and the loop goes on with the next record.
 
 The probe is pinned in bpffs (see pins.py), so it records while otelproc is
@@ -132,11 +132,16 @@ class Sidecar:
     # start-up
 
     def adopt(self, probe: Probe) -> int:
-        """Takes on the matching processes /proc shows that the table does not hold; returns how many."""
+        """Takes on the matching processes /proc shows that the table does not hold; returns how many.
+        One that fails is counted (stage 'adopt') and skipped, as a record of the ring buffer is."""
         added = 0
         for event in self.scanner.running(lambda pid, start_ticks: (pid, start_ticks) in self.tracker.processes):
             probe.track(event.pid, event.start_ticks)
-            self.tracker.handle(event)
+            try:
+                self.tracker.handle(event)
+            except Exception as exc:  # noqa: BLE001 -- one process must not keep the others untracked
+                self.failed("adopt", exc)
+                continue
             self.carryover.mark_dirty()
             added += 1
         log.info(
@@ -243,7 +248,8 @@ class Sidecar:
                 gc.collect()  # what is garbage already goes first: frozen, it would stay
                 gc.freeze()
                 log.info("ready; %d processes tracked", len(self.tracker))
-                reconciler = Reconciler(self.tracker, probe, self.stats, self.scanner.snapshot, self.scanner.running)
+                reconciler = Reconciler(self.tracker, probe, self.stats, self.scanner.snapshot, self.scanner.running,
+                                        self.failed)
                 self.sweeper = Sweeper(reconciler, s.sweep_interval, self.failed)
                 self.sweeper.start()
                 try:
