@@ -173,7 +173,7 @@ def test_placement_rules():
 
 
 def test_reused_pid_is_two_processes():
-    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker = Tracker(max_processes=10, started_span_after_ns=0)
     tracker.handle(event("exec", 100, ticks=5))
     tracker.handle(event("exec", 100, ticks=9))  # the first one's exit was missed
     assert set(tracker.processes) == {(100, 9)}
@@ -183,7 +183,7 @@ def test_reused_pid_is_two_processes():
 
 
 def test_full_table_evicts_oldest_and_still_ends_its_span():
-    tracker = Tracker(max_processes=2, announce_after_ns=0)
+    tracker = Tracker(max_processes=2, started_span_after_ns=0)
     for pid in (1, 2, 3):
         tracker.handle(event("exec", pid, ticks=pid))
     assert tracker.stats.drops["table_full"] == 1 and (1, 1) not in tracker.processes
@@ -193,7 +193,7 @@ def test_full_table_evicts_oldest_and_still_ends_its_span():
 
 
 def test_exec_again_keeps_the_span_and_records_the_exec():
-    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker = Tracker(max_processes=10, started_span_after_ns=0)
     tracker.handle(event("exec", 7, ticks=1, comm="uvicorn", argv=("/usr/bin/env", "python3", "/bin/uvicorn")))
     tracker.handle(event("exec", 7, ticks=1, time=5_000, argv=("python3", "/bin/uvicorn", "app:app")))
     (process,) = tracker.processes.values()
@@ -202,7 +202,7 @@ def test_exec_again_keeps_the_span_and_records_the_exec():
 
 
 def test_forked_child_inherits_program_and_parent():
-    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker = Tracker(max_processes=10, started_span_after_ns=0)
     tracker.handle(event("exec", 10, ticks=1, otel_env=(("OTEL_SERVICE_NAME", "svc"),)))
     tracker.handle(event("fork", 11, ticks=2, ppid=10, exe=None, argv=None))
     child = tracker.processes[(11, 2)]
@@ -212,10 +212,10 @@ def test_forked_child_inherits_program_and_parent():
 
 
 def test_started_spans_come_due_once():
-    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker = Tracker(max_processes=10, started_span_after_ns=0)
     tracker.handle(event("exec", 10, ticks=1))
-    assert [p.pid for p in tracker.due_announcements(2**62)] == [10]
-    assert list(tracker.due_announcements(2**62)) == []
+    assert [p.pid for p in tracker.due_started_spans(2**62)] == [10]
+    assert list(tracker.due_started_spans(2**62)) == []
 
 
 def test_an_exec_keeps_the_owner_its_fork_gave_it():
@@ -223,7 +223,7 @@ def test_an_exec_keeps_the_owner_its_fork_gave_it():
     owner is the one its fork gave it, not lost to a /proc look that finds nothing."""
     from otelproc.sidecar.owners import Owners
 
-    tracker = Tracker(max_processes=10, announce_after_ns=0, owners=Owners())
+    tracker = Tracker(max_processes=10, started_span_after_ns=0, owners=Owners())
     container = dict(pidns=4026532999, uid=1000)
     tracker.handle(event("exec", 4_000_000, ticks=1, **container))
     parent = tracker.processes[(4_000_000, 1)]
@@ -237,7 +237,7 @@ def test_an_exec_keeps_the_owner_its_fork_gave_it():
 
 
 def test_signals_kept_per_process_are_bounded_and_become_span_events():
-    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker = Tracker(max_processes=10, started_span_after_ns=0)
     tracker.handle(event("exec", 10, ticks=1))
     for n in range(MAX_SIGNALS + 4):
         sent = SignalSent(2_000 + n, signal.SIGHUP, 0, False, 500 + n, "sender")
@@ -357,7 +357,7 @@ def test_resource_attributes_parsing_counts_malformed():
 
 def test_resources_are_built_once_per_service():
     builder = SpanBuilder("default", {"host.name": "h"})
-    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker = Tracker(max_processes=10, started_span_after_ns=0)
     tracker.handle(event("exec", 1, ticks=1, otel_env=(("OTEL_SERVICE_NAME", "a"),)))
     tracker.handle(event("exec", 2, ticks=2, otel_env=(("OTEL_SERVICE_NAME", "a"),)))
     tracker.handle(event("exec", 3, ticks=3))
@@ -366,7 +366,7 @@ def test_resources_are_built_once_per_service():
 
 
 def _lifetime(builder: SpanBuilder, cgroup_path: str | None = None, **exec_fields: object) -> dict[str, object]:
-    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker = Tracker(max_processes=10, started_span_after_ns=0)
     tracker.handle(event("exec", 10, ticks=1, **exec_fields))
     used = Usage(3_000_000, 1_000_000, 9 << 20, 1_150, 0, 2, 3, 0, 4096)
     ended = tracker.handle(event("exit", 10, ticks=1, exit_code=0, usage=used, comm=exec_fields.get("comm", "python3")))

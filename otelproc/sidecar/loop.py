@@ -172,8 +172,8 @@ class Sidecar:
             for ended in ends:
                 self.export_lifetime(ended)
             findings = self.sweeper.ready()
-        for process in self.tracker.due_announcements(now):
-            self.carryover.mark_dirty()  # announced: the state file says so, and the next otelproc sends it no more
+        for process in self.tracker.due_started_spans(now):
+            self.carryover.mark_dirty()  # sent: the state file says so, and the next otelproc sends it no more
             self.export(lambda p=process: self.builder.started(p, self.cgroups.path(p.cgroup_id)), "started")
             if time.monotonic_ns() >= deadline:
                 break
