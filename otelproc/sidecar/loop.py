@@ -58,6 +58,9 @@ HOUSEKEEPING_NS = 10_000_000  # work between two polls of the ring buffer, at mo
 
 
 class Sidecar:
+    """The record path (record in, span out) and the loop that drives it; what carries over from one
+    otelproc to the next is restart.Carryover's, what /proc shows is adoption.Scanner's."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = Stats()
