@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, proc_start_ticks, python_named
+from conftest import PYTHON, REPO, TEST_COMM, proc_start_ticks, python_named
 from test_run_spans import HOST_PIDNS, expected_ids
 
 QUIET = {"OTEL_METRICS_EXPORTER": "none"}
@@ -266,3 +266,68 @@ def test_owner_is_the_name_in_the_process_own_passwd(sidecar, grpc_receiver, har
     (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(pid))
     assert span.attributes["process.owner"] == "containerroot" and span.attributes["process.user.id"] == 0
     assert side.stop() == 0
+
+
+def test_a_process_that_cannot_be_adopted_is_counted_and_the_rest_adopted(test_python, monkeypatch):
+    """Adoption at start: one process whose 'adopt' event raises (no /proc entry does so today; the
+    tracker is made to, for one pid) is counted under stage 'adopt' and skipped; the others are
+    adopted, and otelproc starts."""
+    from otelproc import cli, config
+    from otelproc.kernel.probe import Probe, ProbeConfig
+    from otelproc.sidecar.loop import Sidecar
+
+    args = ["run", "--match", TEST_COMM, "--exporter", "console", "--state-file", "", "--pin-dir", ""]
+    sidecar = Sidecar(config.resolve("run", cli.build_parser().parse_args(args), environ={}))
+    children = [waiting(test_python, f"adoptee-{i}") for i in range(3)]
+    try:
+        time.sleep(0.3)  # each has exec'd: /proc names it TEST_COMM
+        bad = children[1].pid
+        handle = sidecar.tracker.handle
+
+        def fails_for_one(event):
+            if event.pid == bad:
+                raise ValueError("an entry the tracker cannot take")
+            return handle(event)
+
+        monkeypatch.setattr(sidecar.tracker, "handle", fails_for_one)
+        with Probe(ProbeConfig.from_settings(sidecar.settings, None), sidecar.on_record) as probe:
+            assert sidecar.adopt(probe) == 2
+    finally:
+        finish(*children)
+        sidecar.processor.shutdown()
+    assert {pid for pid, _ticks in sidecar.tracker.processes} == {children[0].pid, children[2].pid}
+    assert sidecar.stats.failures == {"adopt": 1}
+
+
+def test_a_process_the_sweep_cannot_adopt_costs_only_itself(test_python, monkeypatch):
+    """A sweep's findings are applied one process at a time: one whose 'adopt' event raises is
+    counted under stage 'adopt' and skipped; the processes found after it are still adopted."""
+    import collections
+
+    from otelproc.clock import BootClock
+    from otelproc.otel.telemetry import Stats
+    from otelproc.sidecar import adoption
+    from otelproc.sidecar.reconcile import Findings, Reconciler
+    from otelproc.sidecar.tracker import Tracker
+
+    children = [waiting(test_python, f"found-{i}") for i in range(3)]
+    try:
+        time.sleep(0.3)
+        findings = Findings(found=collections.deque(adoption.snapshot(c.pid, BootClock(), None) for c in children))
+        tracker, stats, failed = Tracker(16, 10**18), Stats(), []
+        bad = children[1].pid
+        handle = tracker.handle
+
+        def fails_for_one(event):
+            if event.pid == bad:
+                raise ValueError("an entry the tracker cannot take")
+            return handle(event)
+
+        monkeypatch.setattr(tracker, "handle", fails_for_one)
+        reconciler = Reconciler(tracker, None, stats, lambda pid: None, lambda skip: (),
+                                lambda stage, exc: failed.append(stage))
+        assert reconciler.apply(findings, time.monotonic_ns() + 10_000_000_000) == []
+    finally:
+        finish(*children)
+    assert {pid for pid, _ticks in tracker.processes} == {children[0].pid, children[2].pid}
+    assert failed == ["adopt"] and stats.reconciled["exec_missed"] == 2 and not findings.found

@@ -279,7 +279,7 @@ def test_takeover_takes_what_both_probes_saw_once(pin_root, tmp_path):
             assert probe.previous is not None, "another fingerprint: a takeover"
             y = subprocess.Popen([shell, "-c", "exit 7"])
             assert (x, y.wait()) == (6, 7)
-            sidecar.take_over(probe)
+            sidecar.carryover.take_over(probe, sidecar.on_record)
             probe.poll(0)
         codes = sorted(e.exit_code for e in ended if e.process.comm == "otpoverlap")
         assert codes == [6, 7], "each exit once, the overlap's from the old ring"

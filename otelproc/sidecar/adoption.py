@@ -182,3 +182,34 @@ def running(
         event = snapshot_or_none(pid, clock, cgroup_mount, stats)
         if event is not None:
             yield event
+
+
+class Scanner:
+    """/proc read as the kernel side tracks, for adoption at start and for the sweeps: the settings
+    that decide what is read, and what vanished or could not be read (stats)."""
+
+    def __init__(
+        self,
+        rules: tuple[MatchRule, ...],
+        trace_all: bool,
+        clock: BootClock,
+        cgroup_mount: str | None,
+        scope_cgroup: str | None,
+    ) -> None:
+        self.rules = rules
+        self.trace_all = trace_all
+        self.clock = clock
+        self.cgroup_mount = cgroup_mount
+        self.scope_cgroup = scope_cgroup  # --scope cgroup=PATH: a directory of the cgroup2 mount
+        self.stats = AdoptionStats()
+
+    def running(self, skip: Callable[[int, int], bool]) -> Iterator[ProcessEvent]:
+        """The processes /proc shows that the kernel side would track, as 'adopt' events; see running()."""
+        scope = None
+        if self.scope_cgroup is not None and self.cgroup_mount:
+            relative = os.path.relpath(os.path.realpath(self.scope_cgroup), self.cgroup_mount)
+            scope = "/" if relative == "." else "/" + relative
+        return running(self.rules, self.trace_all, self.clock, self.cgroup_mount, self.stats, scope, skip)
+
+    def snapshot(self, pid: int) -> ProcessEvent | None:
+        return snapshot_or_none(pid, self.clock, self.cgroup_mount, self.stats)

@@ -8,15 +8,15 @@ Signals only set a flag the loop reads. Between polls the loop does its
 housekeeping: 'started' spans that are due, what the sweeps found. The state
 file is written on a thread of its own too (state.Writer).
 
-Each stage of the event path (decode, track, build, export, sweep, state file)
-is isolated: a failure is counted by stage (otelproc.failures), logged at most
+Each stage of the event path (decode, track, build, export, sweep, adopt, state
+file) is isolated: a failure is counted by stage (otelproc.failures), logged at most
 every few seconds, and the loop goes on with the next record.
 
 The probe is pinned in bpffs (see pins.py), so it records while otelproc is
 down; a SIGTERM leaves it pinned, for the next otelproc to drain and carry on
-with. SIGINT (Ctrl-C: a person, not a service manager) detaches it, as
-`otelproc detach` does, unless --keep-probe. A stop takes at most --stop-timeout
-seconds; spans not delivered by then are kept for the next start (unsent.py).
+with (restart.Carryover, which keeps the state file too). SIGINT (Ctrl-C: a person, not a
+service manager) detaches it, as `otelproc detach` does, unless --keep-probe. A stop takes
+at most --stop-timeout seconds; spans not delivered by then are kept for the next start (unsent.py).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-from otelproc.sidecar import adoption, state, unattended
+from otelproc.sidecar import adoption, state
 from otelproc.kernel import pins
 from otelproc.sidecar.cgroups import CgroupPaths
 from otelproc.kernel.checks import RUN_CAPS, require_caps
@@ -40,15 +40,13 @@ from otelproc.config import (
     tracking_config,
 )
 from otelproc.kernel.decoder import decode
-from otelproc.model import ProcessEvent
 from otelproc.plural import count
 from otelproc.otel.exporters import make_destination, make_processor, queue_bound
 from otelproc.sidecar.health import Health, HealthServer
 from otelproc.kernel.probe import Probe, ProbeConfig
-from otelproc.sidecar.adoption import alive
 from otelproc.sidecar.reconcile import Reconciler, Sweeper
+from otelproc.sidecar.restart import Carryover
 from otelproc.kernel.record import EventLayout
-from otelproc.model import EventKind
 from otelproc.otel.spans import SpanBuilder, host_attributes
 from otelproc.otel import unsent
 from otelproc.stop import StopSignal
@@ -62,14 +60,10 @@ LOSS_LOG_NS = 10_000_000_000  # kernel losses are logged at most this often
 HOUSEKEEPING_NS = 10_000_000  # work between two polls of the ring buffer, at most about this long
 
 
-def event_key(event: ProcessEvent) -> tuple:
-    """Names one kernel event, so that the same event seen by two probes counts once."""
-    if event.kind is EventKind.EXEC:
-        return (event.kind, event.pid, event.start_ticks, event.exe, event.argv)
-    return (event.kind, event.pid, event.start_ticks)
-
-
 class Sidecar:
+    """The record path (record in, span out) and the loop that drives it; what carries over from one
+    otelproc to the next is restart.Carryover's, what /proc shows is adoption.Scanner's."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = Stats()
@@ -88,16 +82,16 @@ class Sidecar:
         self.tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9), self.stats, Owners(),
                                self.builder.limits.max_events or DEFAULT_MAX_EXECS)
         self.cgroups = CgroupPaths()
-        self.adoption = adoption.AdoptionStats()
+        self.scanner = adoption.Scanner(settings.match, settings.all, self.clock, self.cgroups.mount,
+                                        settings.scope.cgroup)
         self.health = Health()
         self.throttled = ThrottledLog()
         self.sweeper: Sweeper | None = None
         self.loss_log = ThrottledLog(LOSS_LOG_NS)
         self.layout: EventLayout | None = None  # the probe's struct event, once it is open
-        self.state_writer: state.Writer | None = None
         self._lost_seen: dict[str, int] = {}  # the kernel's loss counters as last read
-        self._overlap: set[tuple] = set()  # events the old probe of a takeover recorded while both ran
-        self._overlap_from = 0  # Unix ns: when both began to run
+        self.carryover = Carryover(settings.state_file, tracking_config(settings), settings.redact, settings.adopt,
+                                   self.tracker, self.stats, self.clock, self.export_lifetime, self.failed)
 
     def failed(self, stage: str, exc: BaseException) -> None:
         stage_failed(self.stats, self.throttled, stage, exc)
@@ -109,28 +103,17 @@ class Sidecar:
         stage = "decode"
         try:
             event = decode(raw, self.clock, layout or self.layout)
-            if layout is not None:
-                if event.time >= self._overlap_from:  # both probes were attached: the new one has it too
-                    self._overlap.add(event_key(event))
-            elif self._overlap:
-                key = event_key(event)
-                if key in self._overlap:
-                    self._overlap.discard(key)
-                    return  # the old probe's copy of it was taken already
+            if self.carryover.seen_before(event, from_old_probe=layout is not None):
+                return  # the old probe's copy of it was taken already
             self.stats.events[event.kind] += 1
             stage = "track"
             ended = self.tracker.handle(event)
         except Exception as exc:  # noqa: BLE001 -- one record must not end the sidecar
             self.failed(stage, exc)
             return
-        self.changed()
+        self.carryover.mark_dirty()
         if ended is not None:
             self.export_lifetime(ended)
-
-    def changed(self) -> None:
-        """The table changed: the state file is rewritten within a second."""
-        if self.state_writer is not None:
-            self.state_writer.dirty = True
 
     def emit(self, span: ReadableSpan, role: str) -> None:
         """Hands a span to the batch processor, or counts it dropped when its queue is full."""
@@ -141,7 +124,7 @@ class Sidecar:
         self.processor.on_end(span)
 
     def export_lifetime(self, ended: Ended) -> None:
-        self.changed()
+        self.carryover.mark_dirty()
         self.export(lambda: self.builder.lifetime(ended, self.cgroups.path(ended.process.cgroup_id)), "lifetime")
 
     def export(self, build: Callable[[], ReadableSpan], role: str) -> None:
@@ -158,98 +141,24 @@ class Sidecar:
 
     # start-up
 
-    def resume(self, path: Path | None) -> state.Saved:
-        """Takes the processes a previous otelproc recorded into the table, alive or not (see settle)."""
-        if path is None:
-            return state.Saved()
-        try:
-            saved = state.load(path, tracking_config(self.settings))
-        except state.StateFileError as exc:
-            log.warning("%s; %s", exc, "starting from /proc alone" if self.settings.adopt else "starting afresh")
-            return state.Saved()
-        # otelproc itself is left out, as from adoption: its own exit could never be reported.
-        saved.processes = [p for p in saved.processes if p.pid != os.getpid()]
-        for process in saved.processes:
-            self.tracker.add(process)
-        return saved
-
-    def take_over(self, probe: Probe) -> None:
-        """Reads what the old probe recorded up to now, in its own layout, then removes it.
-
-        Both probes ran for a moment: what the old one recorded from then on is
-        remembered, and the new probe's copy of it is skipped.
-        """
-        previous = probe.previous
-        if previous is None:
-            return
-        self._overlap_from = self.clock.to_wall(probe.attached_at)
-        where, layout = previous.dir, previous.layout
-        drained = probe.retire_previous(lambda raw: self.on_record(raw, layout))
-        log.info("took over the probe pinned in %s: %s read in its own layout, then removed", where,
-                 count(drained, "record"))
-
-    def count_downtime_losses(self, lost: dict[str, int], saved: state.Saved) -> bool:
-        """What the pinned probe dropped while nobody read it (its ring was full): counted, logged."""
-        grown = {k: v - saved.lost.get(k, 0) for k, v in lost.items() if v > saved.lost.get(k, 0)}
-        self.stats.drops.update(grown)
-        grown.pop(unattended.MISSED, None)  # no record was lost there: start() says it in a line of its own
-        if grown:
-            log.warning("while otelproc was down the kernel side dropped %s; the sweep will reconcile",
-                        ", ".join(f"{v} ({k})" for k, v in grown.items()))
-        return bool(grown)
-
-    def settle(self, probe: Probe, saved: state.Saved, exits_read: bool) -> None:
-        """After the downtime's records: the recorded processes that are gone with no exit record.
-
-        exits_read: a pinned probe recorded the downtime and lost nothing, so
-        their exits were read, by the previous otelproc in its last second.
-        Otherwise each ends when it was last known alive, flagged approximate,
-        with the window it ended in.
-        """
-        now = time.time_ns()
-        gone = 0
-        for process in saved.processes:
-            if process.key not in self.tracker.processes:
-                continue  # its exit came through the ring buffer
-            if alive(process.pid, process.identity.start_ticks):
-                probe.track(process.pid, process.identity.start_ticks)
-                continue
-            self.tracker.forget(process.key)
-            gone += 1
-            if exits_read:
-                self.stats.reconciled["exit_read_before_restart"] += 1
-            else:
-                self.stats.reconciled["exited_while_down"] += 1
-                self.export_lifetime(Ended.between(process, saved.last_alive, now))
-        if saved.processes:
-            log.info("resumed %s from the state file (%d gone with no exit record)",
-                     count(len(saved.processes), "process"), gone)
-
     def adopt(self, probe: Probe) -> int:
-        """Takes on the matching processes /proc shows that the table does not hold; returns how many."""
+        """Takes on the matching processes /proc shows that the table does not hold; returns how many.
+        One that fails is counted (stage 'adopt') and skipped, as a record of the ring buffer is."""
         added = 0
-        for event in self.scan(lambda pid, start_ticks: (pid, start_ticks) in self.tracker.processes):
+        for event in self.scanner.running(lambda pid, start_ticks: (pid, start_ticks) in self.tracker.processes):
             probe.track(event.pid, event.start_ticks)
-            self.tracker.handle(event)
-            self.changed()
+            try:
+                self.tracker.handle(event)
+            except Exception as exc:  # noqa: BLE001 -- one process must not keep the others untracked
+                self.failed("adopt", exc)
+                continue
+            self.carryover.mark_dirty()
             added += 1
         log.info(
             "adopted %s (%d vanished while read, %d unreadable)",
-            count(added, "running process"), self.adoption.vanished, self.adoption.unreadable,
+            count(added, "running process"), self.scanner.stats.vanished, self.scanner.stats.unreadable,
         )
         return added
-
-    def scan(self, skip: Callable[[int, int], bool]) -> Iterator[ProcessEvent]:
-        """The processes /proc shows that the kernel side would track, as 'adopt' events."""
-        s = self.settings
-        scope_cgroup = None
-        if s.scope.cgroup is not None and self.cgroups.mount:
-            relative = os.path.relpath(os.path.realpath(s.scope.cgroup), self.cgroups.mount)
-            scope_cgroup = "/" if relative == "." else "/" + relative
-        return adoption.running(s.match, s.all, self.clock, self.cgroups.mount, self.adoption, scope_cgroup, skip)
-
-    def snapshot(self, pid: int) -> ProcessEvent | None:
-        return adoption.snapshot_or_none(pid, self.clock, self.cgroups.mount, self.adoption)
 
     # between polls
 
@@ -273,8 +182,8 @@ class Sidecar:
             for ended in ends:
                 self.export_lifetime(ended)
             findings = self.sweeper.ready()
-        for process in self.tracker.due_announcements(now):
-            self.changed()  # announced: the state file says so, and the next otelproc sends it no more
+        for process in self.tracker.due_started_spans(now):
+            self.carryover.mark_dirty()  # sent: the state file says so, and the next otelproc sends it no more
             self.export(lambda p=process: self.builder.started(p, self.cgroups.path(p.cgroup_id)), "started")
             if time.monotonic_ns() >= deadline:
                 break
@@ -313,61 +222,15 @@ class Sidecar:
 
     def start(self, probe: Probe) -> None:
         """Carries on where the previous otelproc stopped, then adopts what /proc shows besides."""
-        s = self.settings
-        if probe.resumed:
-            log.info("resumed the probe pinned in %s; reading what it recorded while otelproc was down",
-                     probe.pinned_at)
-        saved = self.resume(s.state_file)
-        lost_then = probe.previous.lost() if probe.previous else probe.lost() if probe.resumed else None
-        begun = self.tracker.begun
-        self.take_over(probe)
-        probe.poll(0)  # what the resumed probe recorded while nobody read it
-        self._lost_seen = probe.lost()
-        gap = unattended.figures(probe.found, self.tracker.begun - begun, lost_then or {}, saved.lost)
-        if gap is not None:
-            (log.warning if gap.missed else log.info)("%s", gap)
-        lost_while_down = lost_then is not None and self.count_downtime_losses(lost_then, saved)
-        self.settle(probe, saved, exits_read=lost_then is not None and not lost_while_down)
-        if s.adopt:
+        self._lost_seen = self.carryover.begin(probe, self.on_record)
+        if self.settings.adopt:
             self.adopt(probe)
-        if s.state_file is not None:
-            self.state_writer = state.Writer(s.state_file, self.table, s.redact, tracking_config(s),
-                                             lambda: dict(self._lost_seen), self.failed)
-            try:
-                self.state_writer.write(force=True)
-            except Exception as exc:  # noqa: BLE001 -- its thread tries again each second
-                self.failed("state_file", exc)
-            self.state_writer.start()
+        self.carryover.start_writing(self.table, lambda: dict(self._lost_seen))
 
     def stop(self, probe: Probe, detach: bool) -> str:
-        """A clean stop leaves the probe pinned and recording, unless detach (or `otelproc detach` meanwhile):
-        then it goes for good, with the state file. Returns what became of it, for the stop line."""
-        writer, self.state_writer = self.state_writer, None
-        if writer is not None:
-            writer.stop()
-        if probe.pinned_at is not None and not probe.pinned_at.exists():
-            if writer is not None:
-                state.remove(writer.path)
-            return "the probe was detached (`otelproc detach`) and goes with this process, with the state file"
-        if detach:
-            if writer is not None:
-                state.remove(writer.path)
-            if probe.pinned_at is not None:
-                try:
-                    pins.remove_all(probe.pinned_at.parent)
-                except OSError as exc:
-                    return (f"could not detach the probe pinned in {probe.pinned_at} ({exc.strerror}); "
-                            "`otelproc detach` removes it")
-            return "detached the probe (Ctrl-C; --keep-probe keeps it pinned)"
-        if writer is not None:
-            try:
-                writer.write(force=True)
-            except Exception as exc:  # noqa: BLE001
-                self.failed("state_file", exc)
-        if probe.pinned_at is None:
-            return ""
-        return (f"the probe stays pinned in {probe.pinned_at} and keeps recording for the next otelproc; "
-                "`otelproc detach` removes it")
+        """After the last records are read: the state file for the next otelproc, the probe left pinned
+        or (detach) removed. Returns what became of the probe, for the stop line."""
+        return self.carryover.finish(probe, detach)
 
     def run(self, pin_dir: Path | None = None) -> int:
         s = self.settings
@@ -397,7 +260,8 @@ class Sidecar:
                 gc.collect()  # what is garbage already goes first: frozen, it would stay
                 gc.freeze()
                 log.info("ready; %s tracked", count(len(self.tracker), "process"))
-                reconciler = Reconciler(self.tracker, probe, self.stats, self.snapshot, self.scan)
+                reconciler = Reconciler(self.tracker, probe, self.stats, self.scanner.snapshot, self.scanner.running,
+                                        self.failed)
                 self.sweeper = Sweeper(reconciler, s.sweep_interval, self.failed)
                 self.sweeper.start()
                 try:
@@ -410,7 +274,7 @@ class Sidecar:
                         self.housekeeping()
                         if time.monotonic() >= next_loss_read:
                             next_loss_read = time.monotonic() + s.sweep_interval
-                            self._overlap.clear()  # a takeover's overlap was read long ago
+                            self.carryover.end_overlap()
                             self.read_kernel_losses(probe)
                 finally:
                     stop.begin()
@@ -429,8 +293,7 @@ class Sidecar:
         finally:
             stop_by = stop.begin() + s.stop_timeout
             self.health.ready = False
-            if self.state_writer is not None:
-                self.state_writer.stop()
+            self.carryover.close()
             if metrics is not None:
                 metrics.shutdown(timeout_millis=stop.left_ms(s.stop_timeout) / 2)
             unsent_words = self.unsent.finish(self.processor, self.courier, self.stats, stop_by, lambda: stop.again)

@@ -55,12 +55,14 @@ class Reconciler:
         stats: Stats,
         snapshot: Callable[[int], ProcessEvent | None],
         scan: Callable[[Callable[[int, int], bool]], Iterable[ProcessEvent]],
+        failed: Callable[[str, BaseException], None],
     ) -> None:
         self.tracker = tracker
         self.probe = probe
         self.stats = stats
         self.snapshot = snapshot  # one pid from /proc as an 'adopt' event, None if it vanished
         self.scan = scan  # every process /proc shows that the kernel side would track, but those it skips
+        self.failed = failed  # counts a failure by stage
         self._gone: set[ProcessKey] = set()
         self._unknown: set[tuple[int, int]] = set()
         self._map_full_seen = 0
@@ -131,7 +133,11 @@ class Reconciler:
             # adopting it now would give it a second span.
             if (event.pid, event.start_ticks) in self.tracker.processes or not adoption.running_now(event.pid, event.start_ticks):
                 continue
-            self.tracker.handle(event)
+            try:
+                self.tracker.handle(event)
+            except Exception as exc:  # noqa: BLE001 -- one process must not cost the rest of what was found
+                self.failed("adopt", exc)
+                continue
             self.stats.reconciled["exec_missed"] += 1
         if ended:
             log.info("sweep: %s the kernel side lost, spans ended now (approximate)", count(len(ended), "exit"))

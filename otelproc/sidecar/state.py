@@ -26,7 +26,9 @@ from otelproc.identity import ProcessIdentity, TraceLink, boot_id
 from otelproc.redact import redacted
 from otelproc.sidecar.tracker import Exec, TrackedProcess
 
-VERSION = 2
+VERSION = 3  # what this otelproc writes; 3 renamed version 2's "announced" to "started_span_sent"
+# Read too: a restart across an upgrade carries on with what the previous version wrote.
+READABLE_VERSIONS = (2, VERSION)
 
 
 def _link_to_dict(link: TraceLink) -> dict[str, Any]:
@@ -61,7 +63,7 @@ def to_dict(p: TrackedProcess, redact: bool) -> dict[str, Any]:
         "uid": p.uid, "gid": p.gid, "comm": p.comm, "exe": p.exe, "argv": argv(p.argv),
         "cgroup_id": p.cgroup_id, "cgroup": p.cgroup, "otel_env": p.otel_env, "truncated": sorted(p.truncated),
         "link": _link_to_dict(p.link), "parent": list(p.parent_key) if p.parent_key else None,
-        "parent_program": p.parent_program, "announced": p.announced,
+        "parent_program": p.parent_program, "started_span_sent": p.started_span_sent,
         "execs": [{"time": e.time, "exe": e.exe, "argv": argv(e.argv)} for e in p.execs],
         "execs_dropped": p.execs_dropped, "owner": p.owner,
         "signals": [list(sent) for sent in p.signals], "signals_dropped": p.signals_dropped,
@@ -69,7 +71,7 @@ def to_dict(p: TrackedProcess, redact: bool) -> dict[str, Any]:
     }
 
 
-def from_dict(d: dict[str, Any]) -> TrackedProcess:
+def from_dict(d: dict[str, Any], version: int = VERSION) -> TrackedProcess:
     return TrackedProcess(
         identity=ProcessIdentity(boot_id(), d["pidns"], d["vpid"], d["start_ticks"]),
         origin=d["origin"], start_time=d["start_time"], creation_time=d["creation_time"],
@@ -77,7 +79,8 @@ def from_dict(d: dict[str, Any]) -> TrackedProcess:
         comm=d["comm"], exe=d["exe"], argv=None if d["argv"] is None else tuple(d["argv"]),
         cgroup_id=d["cgroup_id"], cgroup=d["cgroup"], otel_env=dict(d["otel_env"]), truncated=set(d["truncated"]),
         link=_link_from_dict(d["link"]), parent_key=tuple(d["parent"]) if d["parent"] else None,
-        parent_program=d["parent_program"], announced=d["announced"],
+        parent_program=d["parent_program"],
+        started_span_sent=d["started_span_sent" if version >= 3 else "announced"],
         execs=[Exec(e["time"], e["exe"], None if e["argv"] is None else tuple(e["argv"])) for e in d["execs"]],
         execs_dropped=d.get("execs_dropped", 0), owner=d.get("owner"),
         signals=[SignalSent(*sent) for sent in d.get("signals", ())], signals_dropped=d.get("signals_dropped", 0),
@@ -138,8 +141,9 @@ def load(path: Path, config: str) -> Saved:
     except (OSError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else exc  # the path is said already
         raise StateFileError(f"state file {path} is unreadable ({why}); move it away or pass another --state-file")
-    if not isinstance(data, dict) or data.get("version") != VERSION:
-        raise StateFileError(f"state file {path} is not an otelproc state file of version {VERSION}; not resumed")
+    if not isinstance(data, dict) or data.get("version") not in READABLE_VERSIONS:
+        raise StateFileError(f"state file {path} is not an otelproc state file of version "
+                             f"{' or '.join(map(str, READABLE_VERSIONS))}; not resumed")
     # pids and start times of another boot or host name other processes; another configuration tracked others.
     if data.get("boot_id") != boot_id():
         raise StateFileError(f"state file {path} is from another boot (boot id {data.get('boot_id')}); not resumed")
@@ -149,7 +153,7 @@ def load(path: Path, config: str) -> Saved:
         raise StateFileError(f"state file {path} was written with other tracking settings ({data.get('config')}); "
                              "not resumed")
     try:
-        processes = [from_dict(d) for d in data["processes"]]
+        processes = [from_dict(d, data["version"]) for d in data["processes"]]
         return Saved(processes, max(int(data["saved_at"]), mtime), {k: int(v) for k, v in data["lost"].items()})
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StateFileError(f"state file {path} is damaged ({exc!r}); move it away") from None

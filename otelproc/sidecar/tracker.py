@@ -66,7 +66,7 @@ class TrackedProcess:
     execs: list[Exec] = field(default_factory=list)  # the latest max_execs of them
     execs_dropped: int = 0  # older execs let go, so that a process that execs in a loop stays bounded
     owner: str | None = None  # user name of uid in the process's own view (owners.py)
-    announced: bool = False  # its 'started' span is out: its trace placement is final
+    started_span_sent: bool = False  # its 'started' span is out: its trace placement is final
     parent_program: str | None = None
     signals: list[SignalSent] = field(default_factory=list)  # the last MAX_SIGNALS that could end it
     signals_dropped: int = 0  # older ones, forgotten
@@ -125,18 +125,18 @@ class Tracker:
     def __init__(
         self,
         max_processes: int,
-        announce_after_ns: int,
+        started_span_after_ns: int,
         stats: Stats | None = None,
         owners: Owners | None = None,
         max_execs: int = DEFAULT_MAX_EXECS,
     ) -> None:
         self.max_processes = max_processes
-        self.announce_after_ns = announce_after_ns
+        self.started_span_after_ns = started_span_after_ns
         self.owners = owners
         self.max_execs = max_execs
         self.processes: dict[ProcessKey, TrackedProcess] = {}
         self._by_pid: dict[int, ProcessKey] = {}
-        self._announce: collections.deque[tuple[int, ProcessKey]] = collections.deque()
+        self._started_spans_due: collections.deque[tuple[int, ProcessKey]] = collections.deque()
         self.stats = stats or Stats()
         self.begun = 0  # lifetimes begun by a kernel record (exec, fork): what the ring kept
         self.superseded: list[TrackedProcess] = []  # exits missed, found by pid reuse; the caller drains it
@@ -189,7 +189,7 @@ class Tracker:
             self.stats.drops["table_full"] += 1
         self.processes[process.key] = process
         self._by_pid[process.pid] = process.key
-        self._announce.append((time.time_ns() + self.announce_after_ns, process.key))
+        self._started_spans_due.append((time.time_ns() + self.started_span_after_ns, process.key))
 
     def forget(self, key: ProcessKey) -> TrackedProcess | None:
         process = self.processes.pop(key, None)
@@ -258,7 +258,7 @@ class Tracker:
         process.cgroup_id, process.cgroup = event.cgroup_id, event.cgroup
         process.owner = self._owner(event, process)  # an exec keeps the root: a new name only with a new uid
         process.uid, process.gid = event.uid, event.gid
-        if not process.announced:
+        if not process.started_span_sent:
             # Nothing of it exported yet: its new environment (a TRACEPARENT
             # given to the exec, say) may still place it.
             parent = self.processes.get(process.parent_key) if process.parent_key else None
@@ -280,11 +280,11 @@ class Tracker:
         process.comm = event.comm
         return Ended(process, event.time, event.exit_code, event.signal, event.core_dumped, event.usage)
 
-    def due_announcements(self, now_ns: int) -> Iterator[TrackedProcess]:
-        """Processes alive past the announce delay whose 'started' span is not out yet."""
-        while self._announce and self._announce[0][0] <= now_ns:
-            _, key = self._announce.popleft()
+    def due_started_spans(self, now_ns: int) -> Iterator[TrackedProcess]:
+        """Processes alive past the start-span delay whose 'started' span is not out yet."""
+        while self._started_spans_due and self._started_spans_due[0][0] <= now_ns:
+            _, key = self._started_spans_due.popleft()
             process = self.processes.get(key)
-            if process is not None and not process.announced:
-                process.announced = True
+            if process is not None and not process.started_span_sent:
+                process.started_span_sent = True
                 yield process

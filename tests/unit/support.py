@@ -35,7 +35,7 @@ def representative_spans() -> list:
     """Lifetime and 'started' spans of processes that end every way the kernel reports, plus one unseen end;
     each with every usage group, the ones in containers with their own pid and a name they gave themselves."""
     builder = SpanBuilder("svc", host_attributes(), usage=frozenset(USAGE_GROUPS))
-    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker = Tracker(max_processes=10, started_span_after_ns=0)
     spans = []
     used = Usage(1_500_000, 500_000, 64 << 20, 1_200, 3, 10, 4, 4096, 8192)
     memcg = OomKill(9_800, True, "app.service", 80 << 20, 70 << 20, 6 << 20, 0, 200 << 10, 0)

@@ -53,7 +53,7 @@ def test_span_attribute_reference_matches_the_spans():
 def test_resource_attribute_reference_matches_the_resources():
     rows = table_rows(DOCS / "spans.md", "Resource attributes (one resource per service):")
     builder = SpanBuilder("svc", host_attributes())
-    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker = Tracker(max_processes=10, started_span_after_ns=0)
     tracker.handle(event("exec", 1, ticks=1))
     (process,) = tracker.processes.values()
     emitted = set(builder.resource(process).attributes)

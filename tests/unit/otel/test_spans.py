@@ -71,7 +71,7 @@ def test_resource_attributes_parsing_counts_malformed():
 
 def test_resources_are_built_once_per_service():
     builder = SpanBuilder("default", {"host.name": "h"})
-    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker = Tracker(max_processes=10, started_span_after_ns=0)
     tracker.handle(event("exec", 1, ticks=1, otel_env=(("OTEL_SERVICE_NAME", "a"),)))
     tracker.handle(event("exec", 2, ticks=2, otel_env=(("OTEL_SERVICE_NAME", "a"),)))
     tracker.handle(event("exec", 3, ticks=3))
@@ -80,7 +80,7 @@ def test_resources_are_built_once_per_service():
 
 
 def _lifetime(builder: SpanBuilder, cgroup_path: str | None = None, **exec_fields: object) -> dict[str, object]:
-    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker = Tracker(max_processes=10, started_span_after_ns=0)
     tracker.handle(event("exec", 10, ticks=1, **exec_fields))
     used = Usage(3_000_000, 1_000_000, 9 << 20, 1_150, 0, 2, 3, 0, 4096)
     ended = tracker.handle(event("exit", 10, ticks=1, exit_code=0, usage=used, comm=exec_fields.get("comm", "python3")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -24,3 +25,32 @@ def test_state_file_names_why_it_is_not_resumed(tmp_path, monkeypatch):
     with pytest.raises(state.StateFileError, match="from another host"):
         state.load(path, "match=a scope=host pidns=0")
     assert state.load(tmp_path / "none.json", "x").processes == []
+
+
+# One process as the previous version (state file version 2) wrote it, its 'started' span sent.
+VERSION_2_PROCESS = (
+    '{"pid":4242,"start_ticks":100,"pidns":0,"vpid":4242,"ppid":0,"origin":"exec","start_time":1796176366730383726,'
+    '"creation_time":1796176367730383726,"uid":0,"gid":0,"comm":"","exe":"/usr/bin/python3",'
+    '"argv":["python3","app.py"],"cgroup_id":0,"cgroup":"","otel_env":{},"truncated":[],'
+    '"link":{"trace_id":"2d7e20b6e9ffd26297176a03927feb54","span_id":"7899f1e469899f1e","parent_span_id":null,'
+    '"trace_state":null,"remote_parent":false},"parent":null,"parent_program":null,"announced":true,"execs":[],'
+    '"execs_dropped":0,"owner":null,"signals":[],"signals_dropped":0,"oom":null}'
+)
+
+
+def test_state_file_of_the_previous_version_is_carried_on(tmp_path):
+    """An upgrade loses nothing: a process whose 'started' span the previous version sent (its key
+    was "announced") gets none from this one, and the file it writes next is of this version."""
+    from otelproc.identity import boot_id
+
+    path, config = tmp_path / "state.json", "match=a scope=host pidns=0"
+    path.write_text(f'{{"version":2,"boot_id":"{boot_id()}","host":"{state.host()}","config":"{config}",'
+                    f'"saved_at":{time.time_ns()},"lost":{{"ringbuf_full":1}},"processes":[{VERSION_2_PROCESS}]}}')
+    saved = state.load(path, config)
+    (process,) = saved.processes
+    assert (process.pid, process.argv, process.started_span_sent) == (4242, ("python3", "app.py"), True)
+    assert saved.lost == {"ringbuf_full": 1}
+    state.save(path, saved.processes, True, config, saved.lost)
+    written = json.loads(path.read_text())
+    assert written["version"] == state.VERSION > 2 and written["processes"][0]["started_span_sent"] is True
+    assert state.load(path, config).processes[0].started_span_sent is True

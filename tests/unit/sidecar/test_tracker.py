@@ -13,7 +13,7 @@ from unit.support import event
 
 
 def test_reused_pid_is_two_processes():
-    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker = Tracker(max_processes=10, started_span_after_ns=0)
     tracker.handle(event("exec", 100, ticks=5))
     tracker.handle(event("exec", 100, ticks=9))  # the first one's exit was missed
     assert set(tracker.processes) == {(100, 9)}
@@ -23,7 +23,7 @@ def test_reused_pid_is_two_processes():
 
 
 def test_full_table_evicts_oldest_and_still_ends_its_span():
-    tracker = Tracker(max_processes=2, announce_after_ns=0)
+    tracker = Tracker(max_processes=2, started_span_after_ns=0)
     for pid in (1, 2, 3):
         tracker.handle(event("exec", pid, ticks=pid))
     assert tracker.stats.drops["table_full"] == 1 and (1, 1) not in tracker.processes
@@ -33,7 +33,7 @@ def test_full_table_evicts_oldest_and_still_ends_its_span():
 
 
 def test_exec_again_keeps_the_span_and_records_the_exec():
-    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker = Tracker(max_processes=10, started_span_after_ns=0)
     tracker.handle(event("exec", 7, ticks=1, comm="uvicorn", argv=("/usr/bin/env", "python3", "/bin/uvicorn")))
     tracker.handle(event("exec", 7, ticks=1, time=5_000, argv=("python3", "/bin/uvicorn", "app:app")))
     (process,) = tracker.processes.values()
@@ -42,7 +42,7 @@ def test_exec_again_keeps_the_span_and_records_the_exec():
 
 
 def test_forked_child_inherits_program_and_parent():
-    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker = Tracker(max_processes=10, started_span_after_ns=0)
     tracker.handle(event("exec", 10, ticks=1, otel_env=(("OTEL_SERVICE_NAME", "svc"),)))
     tracker.handle(event("fork", 11, ticks=2, ppid=10, exe=None, argv=None))
     child = tracker.processes[(11, 2)]
@@ -52,16 +52,16 @@ def test_forked_child_inherits_program_and_parent():
 
 
 def test_started_spans_come_due_once():
-    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker = Tracker(max_processes=10, started_span_after_ns=0)
     tracker.handle(event("exec", 10, ticks=1))
-    assert [p.pid for p in tracker.due_announcements(2**62)] == [10]
-    assert list(tracker.due_announcements(2**62)) == []
+    assert [p.pid for p in tracker.due_started_spans(2**62)] == [10]
+    assert list(tracker.due_started_spans(2**62)) == []
 
 
 def test_an_exec_keeps_the_owner_its_fork_gave_it():
     """A child gone before its exec record is read (pid 4000000 is past pid_max) in a container: its
     owner is the one its fork gave it, not lost to a /proc look that finds nothing."""
-    tracker = Tracker(max_processes=10, announce_after_ns=0, owners=Owners())
+    tracker = Tracker(max_processes=10, started_span_after_ns=0, owners=Owners())
     container = dict(pidns=4026532999, uid=1000)
     tracker.handle(event("exec", 4_000_000, ticks=1, **container))
     parent = tracker.processes[(4_000_000, 1)]
@@ -75,7 +75,7 @@ def test_an_exec_keeps_the_owner_its_fork_gave_it():
 
 
 def test_signals_kept_per_process_are_bounded_and_become_span_events():
-    tracker = Tracker(max_processes=10, announce_after_ns=0)
+    tracker = Tracker(max_processes=10, started_span_after_ns=0)
     tracker.handle(event("exec", 10, ticks=1))
     for n in range(MAX_SIGNALS + 4):
         sent = SignalSent(2_000 + n, signal.SIGHUP, 0, False, 500 + n, "sender")
