@@ -85,6 +85,13 @@ def gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process
     return left
 
 
+def reaped(processes: list[psutil.Process], timeout: float) -> None:
+    """Waits (at most timeout) until the ended processes are reaped too: not even zombies."""
+    deadline = time.monotonic() + timeout
+    while any(p.is_running() for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def end(processes: list[psutil.Process], sig: int, timeout: float) -> list[psutil.Process]:
     """Signals the processes (ours: psutil checks their start times) and waits; returns those still running."""
     for process in processes:
@@ -137,6 +144,7 @@ def test_down_after_a_component_died_stops_the_rest(stack, component):
     if left := gone(session, 30):
         end(left, signal.SIGKILL, 10)
     assert not [p for p in session if running(p)]
+    reaped(session, 10)  # an empty session, as where init reaps at once (this VM's reaps zombies late)
 
     # up.sh meanwhile neither starts a second stack nor dead-ends: it names the command that helps.
     again = stack.up()
