@@ -3,6 +3,10 @@
 # Jaeger binary of deploy/jaeger/build.sh), `otelproc run` and the demo app, as processes on
 # loopback. deploy/local/down.sh stops exactly what this started.
 #
+# When it cannot finish (a component fails to start, Ctrl-C), it stops what it started, a line
+# each, and exits non-zero with the reason. An earlier stack whose processes are all gone (no
+# down.sh ran) is cleaned up first; one still partly running is left to down.sh, which it names.
+#
 # Every address can be moved by its variable (defaults below); OTELPROC_* variables reach
 # otelproc (OTELPROC_MATCH the demo's helper too); PYTHON is the demo's interpreter.
 set -euo pipefail
@@ -16,10 +20,19 @@ source deploy/local/common.sh
 : "${DEMO_PORT:=8000}" "${PYTHON:=python3}"
 HOST=127.0.0.1
 
-say() { echo "local stack: $*"; }
-fail() { echo "local stack: $*" >&2; stop_all >&2; exit 1; }
+say() { note "$*"; }
+# fail REASON: says why up.sh stops; the EXIT trap then stops what it started.
+fail() { note "$*" >&2; exit 1; }
 
 listening() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# holder PORT: " (NAME, pid N, listens on it)", as far as ss can tell; else nothing.
+holder() {
+    local found
+    found=$(ss -Hltnp "sport = :$1" 2>/dev/null |
+            sed -n 's/.*users:(("\([^"]*\)",pid=\([0-9]*\).*/ (\1, pid \2, listens on it)/p' | head -n 1) || true
+    echo "$found"
+}
 
 # wait_for NAME PORT: until NAME's process listens on PORT; it dying, or 90 s, is a failure.
 wait_for() {
@@ -27,27 +40,88 @@ wait_for() {
     for _ in $(seq 180); do
         listening "$port" && return 0
         alive "$name" || fail "$name exited; the end of $STACK_DIR/$name.log:
-$(tail -n 15 "$STACK_DIR/$name.log")"
+$(tail -n 15 "$STACK_DIR/$name.log" 2>/dev/null)"
         sleep 0.5
     done
     fail "$name did not listen on $HOST:$port within 90 s (log: $STACK_DIR/$name.log)"
 }
 
-# start NAME COMMAND...: in a session of its own (down.sh signals the whole group), output to its log.
+# start NAME COMMAND...: in a session of its own (down.sh signals the whole session), output to
+# its log, without the lock's fd (the lock is up.sh's alone).
+started=() starting="" before=""
 start() {
     local name=$1
     shift
-    setsid "$@" >"$STACK_DIR/$name.log" 2>&1 < /dev/null &
+    starting=$name before=${!:-}
+    setsid "$@" >"$STACK_DIR/$name.log" 2>&1 < /dev/null 8>&- &
     record "$name" $!
+    started+=("$name") starting=""
 }
 
+# on_exit: up.sh ends; unless the stack is up, what it started is stopped (and said so, a line
+# each), and its pinned probe removed, whichever way up.sh ended: a failed start, a command
+# that failed under set -e, Ctrl-C.
+up=false
+on_exit() {
+    local status=$? command=$BASH_COMMAND why  # BASH_COMMAND: what ran when up.sh began to exit
+    trap - EXIT INT TERM HUP
+    [[ $up == false ]] || return 0
+    ((status != 0)) || status=1
+    case $status in
+        129) why="SIGHUP: its terminal went away" ;;
+        130) why="interrupted" ;;
+        143) why="SIGTERM" ;;
+        *) why="exit status $status"; [[ $command == "exit "* ]] || why+=" of \`$command\`" ;;
+    esac
+    # interrupted between starting a process and recording it: $! is that process
+    if [[ -n $starting ]] && ! recorded "$starting" && [[ ${!:-} != "$before" ]]; then
+        record "$starting" "$!"
+        started+=("$starting")
+    fi
+    {
+        note "up.sh did not finish ($why); stopping what it started"
+        # otelproc's pinned probe goes too, if this run started an otelproc (it may have pinned one)
+        if stop_all && { [[ " ${started[*]} " != *" otelproc "* ]] || detach; }; then
+            note "nothing of the stack is left running"
+        else
+            note "something could not be stopped (above); deploy/local/down.sh tries again"
+        fi
+    } >&2
+    exit "$status"
+}
+
+mkdir -p "$STACK_DIR"
+lock
+# What an earlier run left: a stack still up (all or part of it), or pid files of processes gone.
+running=() missing=() gone=()
 for name in "${STACK[@]}"; do
-    alive "$name" && { echo "local stack: already up ($name runs); deploy/local/down.sh stops it" >&2; exit 1; }
+    if alive "$name"; then
+        running+=("$name")
+    else
+        missing+=("$name")
+        if recorded "$name"; then gone+=("$name"); fi
+    fi
 done
+if ((${#running[@]})); then
+    if ((${#missing[@]})); then
+        note "partly up: $(list "${running[@]}") running; $(list "${missing[@]}") not;" \
+             "run deploy/local/down.sh (it stops the rest), then deploy/local/up.sh" >&2
+    else
+        note "already up (logs and pid files in $STACK_DIR); deploy/local/down.sh stops it" >&2
+    fi
+    exit 1
+fi
+if ((${#gone[@]})); then
+    say "an earlier stack ended without down.sh ($(list "${gone[@]}") gone); cleaning up after it"
+    if ! { stop_all && detach; }; then
+        note "could not clean up after the earlier stack (above); deploy/local/down.sh tries again" >&2
+        exit 1
+    fi
+fi
 for variable in JAEGER_OTLP_GRPC_PORT JAEGER_OTLP_HTTP_PORT JAEGER_QUERY_HTTP_PORT JAEGER_QUERY_GRPC_PORT \
                 COLLECTOR_OTLP_GRPC_PORT COLLECTOR_OTLP_HTTP_PORT COLLECTOR_TELEMETRY_PORT DEMO_PORT; do
     if listening "${!variable}"; then
-        echo "local stack: port ${!variable} is taken; set $variable to another port" >&2
+        echo "local stack: port ${!variable} is taken; set $variable to another port$(holder "${!variable}")" >&2
         exit 1
     fi
 done
@@ -61,8 +135,6 @@ instrument=$(dirname "$python")/opentelemetry-instrument
     echo "local stack: the demo app needs uvicorn and the ASGI instrumentation: pip install -r demo/requirements.txt" >&2
     exit 1
 }
-mkdir -p "$STACK_DIR"
-
 if ! jaeger=$(deploy/jaeger/build.sh --print-path 2>/dev/null); then
     say "building the Jaeger binary (deploy/jaeger/build.sh; once, a few minutes)"
     jaeger=$(deploy/jaeger/build.sh) || { echo "local stack: no Jaeger binary" >&2; exit 1; }
@@ -70,6 +142,10 @@ fi
 # A clean environment: the binary would otherwise pick up OTEL_* variables meant for others.
 base_env=(env -i "PATH=$PATH" "HOME=${HOME:-/root}")
 
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 say "starting Jaeger all-in-one (deploy/jaeger/all-in-one.yaml)"
 start jaeger "${base_env[@]}" JAEGER_LISTEN_HOST=$HOST \
     JAEGER_OTLP_GRPC_PORT="$JAEGER_OTLP_GRPC_PORT" JAEGER_OTLP_HTTP_PORT="$JAEGER_OTLP_HTTP_PORT" \
@@ -90,7 +166,7 @@ start otelproc env PYTHONPATH="$REPO" OTELPROC_STATE_FILE="$STATE_FILE" OTELPROC
     "$python" -m otelproc run --otlp-endpoint "http://$HOST:$COLLECTOR_OTLP_GRPC_PORT" --otlp-protocol grpc
 for _ in $(seq 120); do
     grep -q "otelproc: ready" "$STACK_DIR/otelproc.log" && break
-    alive otelproc || fail "otelproc exited: $(tail -n 3 "$STACK_DIR/otelproc.log")"
+    alive otelproc || fail "otelproc exited: $(tail -n 3 "$STACK_DIR/otelproc.log" 2>/dev/null)"
     sleep 0.5
 done
 grep -q "otelproc: ready" "$STACK_DIR/otelproc.log" || fail "otelproc was not ready within 60 s"
@@ -102,6 +178,7 @@ start demo env PYTHONPATH="$REPO" OTEL_SERVICE_NAME=demo OTEL_EXPERIMENTAL_RESOU
     PYTHONUNBUFFERED=1 \
     "$instrument" "$python" -m uvicorn app:app --app-dir "$REPO/demo" --host $HOST --port "$DEMO_PORT" --workers 2
 wait_for demo "$DEMO_PORT"
+up=true
 
 cat <<EOF
 
