@@ -145,3 +145,9 @@ def test_detach_touches_nothing_off_bpffs(tmp_path):
     assert error_line(result) == (f"otelproc: error: --pin-dir {tmp_path}: not on a bpffs mount, so no probe is "
                                   "pinned there; nothing removed")
     assert (tmp_path / "project" / "notes.txt").read_text() == "mine"
+
+
+def test_detach_without_a_pin_directory_says_so():
+    result = otelproc("detach", "--pin-dir", "", "--state-file", "")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["otelproc: nothing pinned (no --pin-dir: otelproc pins nothing)"]

@@ -372,6 +372,7 @@ def detach(settings: Settings) -> int:
     elif removed:
         log.info("detached: removed the probe pinned in %s%s", pin_dir, "" if not forgot else ", and the state file")
     else:
-        log.info("nothing pinned in %s%s", pin_dir, "" if not forgot else "; removed the state file")
+        where = f"in {pin_dir}" if pin_dir is not None else "(no --pin-dir: otelproc pins nothing)"
+        log.info("nothing pinned %s%s", where, "" if not forgot else "; removed the state file")
     return 0
 
