@@ -2,8 +2,9 @@
 # Installs otelproc and what it needs on Debian/Ubuntu (run as root).
 #   ./install.sh          libbpf1 and the Python package: enough for `otelproc run`
 #   ./install.sh --test   also clang, bpftool and libbpf-dev (to rebuild the BPF object),
-#                         the test tools, the Python test and demo dependencies, and the Jaeger
-#                         binary the end-to-end tests and the local stack run (built with Go, cached)
+#                         the test tools (redis-server for the Celery test), the Python test and
+#                         demo dependencies, and the Jaeger binary the end-to-end tests and the
+#                         local stack run (built with Go, cached)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -20,7 +21,7 @@ esac
 packages=(libbpf1)
 extras=""
 if $test_setup; then
-    packages+=(clang llvm bpftool libbpf-dev make gcc libc6-dev util-linux libcap2-bin procps)
+    packages+=(clang llvm bpftool libbpf-dev make gcc libc6-dev util-linux libcap2-bin procps redis-server)
     extras="[test]"
     # Before anything is installed: the Jaeger build needs a Go this script does not install.
     step "checking for the Jaeger binary, or a Go that can build it"

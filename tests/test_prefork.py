@@ -1,7 +1,7 @@
 """Pre-fork servers and fork pools: each worker's spans link to, and its resource names, that worker.
 
-Real gunicorn (UvicornWorker and sync workers) and a real multiprocessing fork
-pool, set up with zero code (`opentelemetry-instrument`) or with the one line
+Real gunicorn (UvicornWorker and sync workers, with and without --preload) and a
+real multiprocessing fork pool, set up with zero code (`opentelemetry-instrument`) or with the one line
 `otelproc.app.enable()`, as the docs say; the sidecar and the app export
 to the same real OTLP receiver.
 """
@@ -77,14 +77,26 @@ def assert_each_names_its_worker(receiver, spans: dict[int, object], answered: d
         assert key not in master_keys
 
 
+def assert_children_of(receiver, workers: set[int], master: int) -> None:
+    """In the process trace, each worker's lifetime span is a child of the master's."""
+    (master_span,) = receiver.of_pid(master)
+    for worker in workers:
+        for span in receiver.of_pid(worker):
+            assert (span.trace_id, span.parent_span_id) == (master_span.trace_id, master_span.span_id), worker
+
+
+@pytest.mark.parametrize("preload", (False, True), ids=("", "preload"))
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 @pytest.mark.parametrize("setup", SETUPS)
-def test_gunicorn_workers_each_link_their_own_process_span(sidecar, grpc_receiver, test_python, setup, worker_class):
+def test_gunicorn_workers_each_link_their_own_process_span(sidecar, grpc_receiver, test_python, setup, worker_class,
+                                                           preload):
+    """With --preload the master imports the app (and, set up in code, builds the TracerProvider)
+    before it forks: each worker must still link to and name itself."""
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
     port = free_port()
     app = "shop:app" if worker_class != "sync" else "sync_shop:app"
     argv = [test_python, "-m", "gunicorn", "-w", "2", "-k", worker_class, "-b", f"127.0.0.1:{port}",
-            "--chdir", str(APPS), app]
+            "--chdir", str(APPS), *(["--preload"] if preload else []), app]
     master = subprocess.Popen(command(setup, argv), env=setup_env(grpc_receiver.endpoint, setup),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -99,6 +111,7 @@ def test_gunicorn_workers_each_link_their_own_process_span(sidecar, grpc_receive
     grpc_receiver.wait_for(lambda _: all(grpc_receiver.of_pid(p) for p in workers | {master.pid}))
     assert master.pid not in workers
     assert_each_names_its_worker(grpc_receiver, {n: spans[n] for n in answered}, answered, master.pid)
+    assert_children_of(grpc_receiver, workers, master.pid)
 
 
 @pytest.mark.parametrize("setup", SETUPS)
@@ -119,3 +132,4 @@ def test_fork_pool_tasks_link_the_worker_that_ran_them(sidecar, grpc_receiver, t
     )
     grpc_receiver.wait_for(lambda _: all(grpc_receiver.of_pid(p) for p in workers | {master}))
     assert_each_names_its_worker(grpc_receiver, spans, answered, master)
+    assert_children_of(grpc_receiver, workers, master)

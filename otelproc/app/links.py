@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import Any
+from typing import Any, Callable
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -31,7 +31,7 @@ from otelproc.config import DEFAULT_MATCH, ConfigError, parse_bool, parse_match
 from otelproc.model import parse_otel_env
 from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
 from otelproc.matching import MatchRule, starts_tracked
-from otelproc.otel.servers import first_in_process
+from otelproc.otel.servers import first_in_process, flush_before_pool_exit
 
 DETECTOR_NAME = "otelproc"
 LINK_ATTRIBUTES = {"otelproc.link": "process"}
@@ -122,9 +122,12 @@ class ProcessLinkProcessor(SpanProcessor):
     another process: a forked worker (a pool's, a pre-fork server's) inherits its
     parent's current span, so its first span has a local parent that is not ours.
     (A span whose local parent has already ended is linked too: a harmless extra.)
+    `flush` (the provider's force_flush) is called where a server model ends its workers
+    without an exit the SDK sees (otelproc.otel.servers.flush_before_pool_exit).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, flush: Callable[[], object] | None = None) -> None:
+        self._flush = flush
         self._pid = -1
         self._link: trace.Link | None = None
         self._key = ""
@@ -137,6 +140,8 @@ class ProcessLinkProcessor(SpanProcessor):
             link = process_link()
             self._link = trace.Link(link.span_context(), LINK_ATTRIBUTES) if link else None
             self._open = set()
+            if self._flush is not None:
+                flush_before_pool_exit(self._flush)
         return self._link, self._key
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
@@ -176,7 +181,7 @@ def enable(provider: TracerProvider | None = None) -> None:
     provider = provider or trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         raise RuntimeError("otelproc.app.enable() needs the OpenTelemetry SDK's TracerProvider")
-    provider.add_span_processor(ProcessLinkProcessor())
+    provider.add_span_processor(ProcessLinkProcessor(flush=provider.force_flush))
     subprocess.Popen.__init__ = _popen_init_with_context  # type: ignore[method-assign]
 
 

@@ -1,6 +1,6 @@
 """What otelproc knows about Python servers and worker pools, in one place.
 
-A server model is a way a Python service starts its workers. Two facts about
+A server model is a way a Python service starts its workers. Three facts about
 each one decide how it reads in a trace:
 
 - how a worker starts, which decides its span's name: a forked worker keeps its
@@ -11,7 +11,10 @@ each one decide how it reads in a trace:
 - which span of a worker is the first of its trace in that process, which gets
   the link to the worker's own lifetime span: a forked worker inherits its
   parent's current span, so its first span may have a local parent that was
-  started in another process.
+  started in another process;
+- how a worker ends, which decides whether what it recorded last leaves it: the
+  SDK flushes at exit from an atexit handler, which os._exit skips (Celery's
+  prefork pool processes end with it; see flush_before_pool_exit).
 
 To support a new server model: add its worker's marker to SPAWNED_WORKER_MARKERS
 when it spawns workers with a command line of their own, add its row to the table
@@ -22,7 +25,9 @@ untracked parent (tests/test_prefork.py shows how).
 from __future__ import annotations
 
 import os
+import sys
 from functools import lru_cache
+from typing import Callable
 
 from otelproc.matching import is_python
 
@@ -56,3 +61,17 @@ def first_in_process(parent_span_id: int | None, parent_is_remote: bool, open_he
     """Whether a span is the first of its trace in this process: it has no parent, a remote one, or a
     local one this process did not start (a forked worker inherits its parent's current span)."""
     return parent_span_id is None or parent_is_remote or parent_span_id not in open_here
+
+
+def flush_before_pool_exit(flush: Callable[[], object]) -> None:
+    """Flushes the process's spans when it ends as a Celery prefork pool process.
+
+    A pool process ends with os._exit, which runs no atexit handler, so the SDK's batch
+    processor would drop the spans of its last tasks; Celery sends worker_process_shutdown in
+    the pool process just before. Called in each process once it records spans: a pool
+    process has imported Celery by its first task, and importing it here would burden
+    every other service.
+    """
+    signals = sys.modules.get("celery.signals")
+    if signals is not None:
+        signals.worker_process_shutdown.connect(lambda **_: flush(), weak=False, dispatch_uid="otelproc.flush")
