@@ -11,25 +11,14 @@ import time
 import pytest
 
 from conftest import PYTHON, REPO
+from unit.support import OTELPROC, assert_one_line_error, otelproc
 
-OTELPROC = [PYTHON, "-m", "otelproc"]
 KEYS = {
     "kind", "time", "pid", "ppid", "vpid", "tid", "uid", "gid", "comm", "exe", "argv", "start_time",
     "exit_code", "signal", "core_dumped", "cgroup_id", "cgroup",
 }
 
 
-def otelproc(*args: str, **kwargs: object) -> subprocess.CompletedProcess:
-    return subprocess.run([*OTELPROC, *args], capture_output=True, text=True, cwd=REPO, timeout=60, **kwargs)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in lines[0]
 
 
 def start_events(*args: str) -> subprocess.Popen:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MATCH_TEST, PYTHON, REPO, TEST_COMM, proc_start_ticks
+from conftest import MATCH_TEST, TEST_COMM, proc_start_ticks
 from test_run_spans import HOST_PIDNS, expected_ids, free_port
+from unit.support import QUIET, assert_one_line_error, run_with
 
-QUIET = {"OTEL_METRICS_EXPORTER": "none"}
 
 
 def spawn(test_python: str, *args: str, **kwargs: object) -> subprocess.Popen:
@@ -241,9 +241,4 @@ def test_self_telemetry_and_health(sidecar, grpc_receiver, test_python):
 # a state file it cannot write is found only once it holds them.
 @pytest.mark.parametrize("bad", [("--state-file", "/proc/nope/state.json")])
 def test_bad_configuration_is_one_line(bad):
-    result = subprocess.run([PYTHON, "-m", "otelproc", "run", *bad, "--duration", "1"], capture_output=True,
-                            text=True, cwd=REPO, timeout=60,
-                            env={**os.environ, **QUIET, "OTELPROC_EXPORTER": "console", "OTELPROC_PIN_DIR": ""})
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and bad[0] in lines[0] and "Traceback" not in result.stderr
+    assert_one_line_error(run_with(*bad), bad[0])

@@ -86,19 +86,11 @@ stop() {
         note "$name was already gone (pid $pid; its log: $STACK_DIR/$name.log)"
     else
         note "stopping $name (pid $pid)"
-        kill -TERM "${pids[@]}" 2>/dev/null || true
-        for _ in $(seq 60); do
-            alive "$name" || break
-            sleep 0.5
-        done
+        signal_and_wait "$name" TERM 60
         mapfile -t pids < <(members "$name")
         if ((${#pids[@]})); then
             note "$name did not stop within 30 s; killing it"
-            kill -KILL "${pids[@]}" 2>/dev/null || true
-            for _ in $(seq 20); do
-                alive "$name" || break
-                sleep 0.5
-            done
+            signal_and_wait "$name" KILL 20
             mapfile -t pids < <(members "$name")
             if ((${#pids[@]})); then
                 note "could not stop $name: pid $(list "${pids[@]}") still running (its pid file stays: $STACK_DIR/$name.pid)"
@@ -107,6 +99,20 @@ stop() {
         fi
     fi
     rm -f "$STACK_DIR/$name.pid"
+}
+
+# signal_and_wait NAME SIGNAL TRIES: sends SIGNAL to what runs of NAME's session and waits up to
+# TRIES half-seconds for it to be gone. Always returns 0: the caller looks at what is left.
+signal_and_wait() {
+    local name=$1 signal=$2 tries=$3 pids
+    mapfile -t pids < <(members "$name")
+    ((${#pids[@]})) || return 0
+    kill "-$signal" "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq "$tries"); do
+        alive "$name" || return 0
+        sleep 0.5
+    done
+    return 0
 }
 
 # stop_all: stops the stack, newest first; returns 1 when something could not be stopped.
