@@ -32,6 +32,11 @@ turns one off (`--no-password`) does not. This errs towards hiding:
 Most command lines contain none of the words and shapes these rules look for;
 a substring test over the whole command line (_TRIGGERS) finds that out before
 any rule runs.
+
+redact_text applies the same rules to free text (an exception's message and
+stack, which the app side exports): rule 1 as `name=value`, `name: value`,
+`"name": "value"` and `--name value`, rule 2 as a header line, rules 5 and 6 as
+they are, and a PEM private key from its BEGIN line to its END line.
 """
 
 from __future__ import annotations
@@ -72,6 +77,15 @@ _SHAPES = re.compile(
     r"|(?<=Bearer )[^\s'\"]+|(?<=Basic )(?=[A-Za-z0-9+/]*[0-9+/=])[A-Za-z0-9+/]{8,}={0,2}"
 )
 _PRIVATE_KEY = re.compile(r"-----BEGIN[A-Z ]* PRIVATE KEY( BLOCK)?-----")
+_PRIVATE_KEY_BLOCK = re.compile(r"-----BEGIN[A-Z ]* PRIVATE KEY( BLOCK)?-----.*?(?:-----END[A-Z ]* PRIVATE KEY( BLOCK)?-----|\Z)",
+                                re.DOTALL)
+# In text: a name, maybe quoted, then = or : and a value, maybe quoted (`password=x`, `"token": "x"`,
+# `Authorization: Bearer x`), or a flag and its value (`--db-token x`); the name decides (says_secret).
+_TEXT_NAMED_VALUE = re.compile(
+    r"(?<![\w.-])(?P<name>(?P<dash>-{1,2})?[A-Za-z_][\w.-]*)(?P<quote>['\"]?)(?P<sep>(?(dash)(?:[ \t]+|=)|\s*[=:]\s*))"
+    r"(?P<value>'[^'\n]*'?|\"[^\"\n]*\"?|(?:(?:Bearer|Basic|Token|Digest|Negotiate|Bot)\s+)?(?!\{)[^\s,;)\]}'\"]+)",
+    re.IGNORECASE,
+)
 # Every command line that could need masking contains one of these, lower-cased ("\n-p": an
 # argument that starts with -p); most contain none. Plain substring tests are several times
 # faster than one regular expression with all of them.
@@ -189,3 +203,38 @@ def redact_argv(argv: tuple[str, ...] | list[str]) -> list[str]:
 def redacted(argv: tuple[str, ...]) -> tuple[str, ...]:
     """redact_argv once per distinct command line: a pool of workers, or a script run in a loop, repeats one."""
     return tuple(redact_argv(argv))
+
+
+def _masked_value(match: re.Match[str]) -> str | None:
+    """One name and value of redact_text with the value masked (quotes and a header's scheme kept),
+    or None when the name does not say secret."""
+    name, sep, value = match["name"], match["sep"], match["value"]
+    if not says_secret(name) and not name.lower().endswith("-key"):
+        return None
+    quote = value[0] if value[0] in "'\"" else ""
+    scheme = _AUTH_SCHEME.match(value[len(quote):])
+    closing = quote if len(value) > 1 and value.endswith(quote) else ""
+    return f"{name}{match['quote']}{sep}{quote}{scheme[1] if scheme else ''}{MASK}{closing}"
+
+
+def redact_text(text: str) -> str:
+    """Free text (an exception's message, a stack trace) with the rules of redact_argv applied: the
+    values of names that say secret, credential headers, URL passwords and parameters, token shapes,
+    PEM private keys."""
+    if not any(trigger in "\n" + text.lower() for trigger in _TRIGGERS):
+        return text
+    text = _PRIVATE_KEY_BLOCK.sub(MASK, text)
+    out: list[str] = []
+    done = pos = 0
+    while (match := _TEXT_NAMED_VALUE.search(text, pos)) is not None:
+        masked = _masked_value(match)
+        if masked is None:  # its value may hold a name that says secret: `bad config: password=x`
+            pos = match.end("name")
+            continue
+        out += [text[done:match.start()], masked]
+        done = pos = match.end()
+    text = "".join(out) + text[done:]
+    if "://" in text:
+        text = _URL_PASSWORD.sub(lambda m: m["head"] + MASK + m["at"], text)
+        text = _QUERY_PARAM.sub(lambda m: m["head"] + MASK if says_secret(m["name"]) else m[0], text)
+    return _SHAPES.sub(MASK, text)

@@ -1,8 +1,33 @@
-"""The app side: runs inside a traced service and links its request spans to its process's span.
+"""The app side: runs inside a traced service. Its request spans link to its process's lifetime span
+(links.py), and when it dies of an exception its process trace says which (deaths.py).
 
 It imports nothing of the kernel side or the sidecar (tests/unit/app/test_boundaries.py).
 """
 
-from otelproc.app.links import ProcessResourceDetector, disable, enable, process_link
+from __future__ import annotations
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from otelproc.app import deaths, links
+from otelproc.app.links import ProcessResourceDetector, process_link
+
+
+def enable(provider: TracerProvider | None = None) -> None:
+    """The one line: links root spans to the process span, passes context to subprocesses, and reports
+    the exception a process (or a thread of it) dies of."""
+    provider = provider or trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        raise RuntimeError("otelproc.app.enable() needs the OpenTelemetry SDK's TracerProvider")
+    links.install(provider)
+    deaths.install(provider)
+
+
+def disable() -> None:
+    """Stops passing context to subprocesses and puts back the hooks deaths.py set (span processors
+    cannot be removed from a provider)."""
+    links.uninstall()
+    deaths.uninstall()
+
 
 __all__ = ["ProcessResourceDetector", "disable", "enable", "process_link"]

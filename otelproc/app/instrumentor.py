@@ -2,8 +2,8 @@
 
 It does something only when OTEL_EXPERIMENTAL_RESOURCE_DETECTORS names
 "otelproc", the same variable that adds otelproc's resource detector: one
-setting turns on the resource attribute, the span links and the subprocess
-context together.
+setting turns on the resource attribute, the span links, the subprocess
+context and the report of an exception the process dies of together.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any, Collection
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
+import otelproc.app
 from otelproc.app import links
 
 
@@ -21,7 +22,7 @@ class OtelprocInstrumentor(BaseInstrumentor):
 
     def _instrument(self, **kwargs: Any) -> None:
         if links.opted_in():
-            links.enable(kwargs.get("tracer_provider"))
+            otelproc.app.enable(kwargs.get("tracer_provider"))
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        links.disable()
+        otelproc.app.disable()

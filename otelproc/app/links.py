@@ -20,7 +20,6 @@ import os
 import subprocess
 from typing import Any, Callable
 
-from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource, ResourceDetector
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
@@ -103,6 +102,18 @@ def process_key(pid: int | None = None) -> str:
     return _Proc(pid or os.getpid()).identity().key
 
 
+_own: tuple[int, str, TraceLink | None] = (-1, "", None)
+
+
+def own_process() -> tuple[str, TraceLink | None]:
+    """This process's key and lifetime span context, from /proc once per process (again in a forked
+    child): a death reported after its parent has gone still sits where the sidecar put it."""
+    global _own
+    if _own[0] != os.getpid():
+        _own = (os.getpid(), process_key(), process_link())
+    return _own[1], _own[2]
+
+
 class ProcessResourceDetector(ResourceDetector):
     """Adds otelproc.process.key (and process.pid) to the resource of the process it runs in."""
 
@@ -129,30 +140,22 @@ class ProcessLinkProcessor(SpanProcessor):
     def __init__(self, flush: Callable[[], object] | None = None) -> None:
         self._flush = flush
         self._pid = -1
-        self._link: trace.Link | None = None
-        self._key = ""
         self._open: set[int] = set()  # span ids started in this process and not yet ended
 
-    def _current(self) -> tuple[trace.Link | None, str]:
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         if self._pid != os.getpid():  # first use, or a forked child: another process, another span
             self._pid = os.getpid()
-            self._key = process_key()
-            link = process_link()
-            self._link = trace.Link(link.span_context(), LINK_ATTRIBUTES) if link else None
             self._open = set()
             if self._flush is not None:
                 flush_before_pool_exit(self._flush)
-        return self._link, self._key
-
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        link, key = self._current()
+        key, link = own_process()
         self._open.add(span.context.span_id)
         parent = span.parent
         if parent is not None and not first_in_process(parent.span_id, parent.is_remote, self._open):
             return
         span.set_attribute("otelproc.process.key", key)
-        if link is not None:
-            span.add_link(link.context, link.attributes)
+        if link is not None and (parent is None or parent.span_id != link.span_id):  # a child needs no link to its parent
+            span.add_link(link.span_context(), LINK_ATTRIBUTES)
 
     def on_end(self, span: ReadableSpan) -> None:
         if self._pid == os.getpid():
@@ -176,16 +179,13 @@ def _popen_init_with_context(self: subprocess.Popen, args: Any, *rest: Any, **kw
     _original_popen_init(self, args, *rest, **kwargs)
 
 
-def enable(provider: TracerProvider | None = None) -> None:
-    """The one line: links root spans to the process span and passes context to subprocesses."""
-    provider = provider or trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        raise RuntimeError("otelproc.app.enable() needs the OpenTelemetry SDK's TracerProvider")
+def install(provider: TracerProvider) -> None:
+    """Links root spans to the process span and passes context to subprocesses."""
     provider.add_span_processor(ProcessLinkProcessor(flush=provider.force_flush))
     subprocess.Popen.__init__ = _popen_init_with_context  # type: ignore[method-assign]
 
 
-def disable() -> None:
+def uninstall() -> None:
     """Stops passing context to subprocesses (span processors cannot be removed from a provider)."""
     subprocess.Popen.__init__ = _original_popen_init  # type: ignore[method-assign]
 

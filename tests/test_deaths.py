@@ -1,0 +1,214 @@
+"""Why a Python process died, in Python's words, on its process trace in Jaeger.
+
+Real uvicorn workers (`uvicorn --workers 2`) run the app of tests/apps/dying.py under the
+zero-code helper (`opentelemetry-instrument`, OTEL_EXPERIMENTAL_RESOURCE_DETECTORS=otelproc),
+started by this test (a parent otelproc does not track); the real `otelproc run` exports the
+lifetime spans; both go through the Collector to Jaeger, and Jaeger's query API is the check:
+the worker's lifetime span says how it ended (`exit status 1`), and its child span, which the
+app side exported, names the exception with the OpenTelemetry exception conventions, its text
+redacted and bounded.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import psutil
+
+from conftest import MATCH_TEST, REPO
+from otelproc.app.deaths import MESSAGE_LIMIT, STACKTRACE_LIMIT
+from test_jaeger_e2e import (  # noqa: F401 (backend is a fixture)
+    STATUS_ERROR, STATUS_OK, attributes, backend, free_ports, instrument_command, rfc3339, stop_process, wait_for,
+)
+
+APPS = REPO / "tests" / "apps"
+SECRET = "hunter2"
+
+
+@dataclass
+class Span:
+    name: str
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    status_code: int
+    status_message: str
+    attributes: dict[str, Any]
+    events: dict[str, dict[str, Any]]  # name -> attributes
+    text: str  # everything Jaeger holds of the span, to look for the secret in
+
+
+def spans_of(query_url: str, service: str, since: datetime.datetime) -> list[Span]:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    response = httpx.get(f"{query_url}/api/v3/traces", timeout=10, params={
+        "query.service_name": service,
+        "query.start_time_min": rfc3339(since - datetime.timedelta(minutes=1)),
+        "query.start_time_max": rfc3339(now + datetime.timedelta(minutes=1)),
+        "query.num_traces": 1000, "query.raw_traces": "true",
+    })
+    if response.status_code == 404:
+        return []
+    response.raise_for_status()
+    spans = []
+    for resource_spans in response.json()["result"].get("resourceSpans", []):
+        for scope_spans in resource_spans.get("scopeSpans", []):
+            for s in scope_spans.get("spans", []):
+                status = s.get("status", {})
+                spans.append(Span(
+                    s["name"], s["traceId"], s["spanId"], s.get("parentSpanId", ""), status.get("code", 0),
+                    status.get("message", ""), attributes(s.get("attributes")),
+                    {e["name"]: attributes(e.get("attributes")) for e in s.get("events", [])}, repr(s),
+                ))
+    return spans
+
+
+def run_uvicorn(backend, test_python: str, dying: str, *extra: str) -> tuple[subprocess.Popen, int]:
+    (port,) = free_ports(1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_", "TRACE"))}
+    env.update(
+        DYING=dying, PYTHONPATH=f"{REPO}:{APPS}",  # the worktree's otelproc, and the app
+        OTEL_SERVICE_NAME="dying", OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otelproc",
+        OTEL_EXPORTER_OTLP_ENDPOINT=backend.collector_endpoint, OTEL_TRACES_EXPORTER="otlp",
+        OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none", OTELPROC_MATCH=MATCH_TEST[1],
+    )
+    master = subprocess.Popen(
+        [instrument_command(), test_python, "-m", "uvicorn", "dying:app", "--app-dir", str(APPS),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "2", *extra],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return master, port
+
+
+def stop_all(master: subprocess.Popen) -> None:
+    children = psutil.Process(master.pid).children(recursive=True) if master.poll() is None else []
+    stop_process(master)
+    _, left = psutil.wait_procs(children, timeout=15)
+    for child in left:
+        child.kill()
+
+
+def exception_spans(spans: list[Span]) -> list[Span]:
+    return [s for s in spans if s.attributes.get("otelproc.span") == "exception"]
+
+
+def deaths_with_lifetimes(backend, since, want: int, status: str | None) -> list[tuple[Span, Span]]:
+    """(lifetime span, its exception child) pairs, once `want` of them are in Jaeger."""
+    def pairs() -> list[tuple[Span, Span]]:
+        spans = spans_of(backend.query_url, "dying", since)
+        lifetimes = {(s.trace_id, s.span_id): s for s in spans if s.attributes.get("otelproc.span") == "lifetime"}
+        found = [(lifetimes[(e.trace_id, e.parent_span_id)], e) for e in exception_spans(spans)
+                 if (e.trace_id, e.parent_span_id) in lifetimes]
+        found = [(life, e) for life, e in found if status is None or life.status_message == status]
+        return found if len(found) >= want else []
+
+    return wait_for(pairs, f"{want} exception spans under their lifetime spans in Jaeger", timeout=90)
+
+
+def assert_names_the_exception(life: Span, death: Span, pattern: str, source: str) -> None:
+    assert re.fullmatch(pattern, death.name), death.name
+    assert death.status_code == STATUS_ERROR and death.status_message == death.name
+    assert death.attributes["otelproc.exception.source"] == source
+    assert death.attributes["otelproc.process.key"] == life.attributes["otelproc.process.key"]
+    event = death.events["exception"]
+    assert {"exception.type", "exception.message", "exception.stacktrace"} <= event.keys()
+    assert death.attributes["error.type"] == event["exception.type"]
+    assert SECRET not in death.text, "the secret reached Jaeger"
+
+
+def test_a_worker_that_raises_at_import_names_the_exception(backend, sidecar, test_python):
+    """uvicorn imports the app in each worker; multiprocessing's bootstrap catches the ValueError,
+    prints it and exits 1 (uvicorn starts another worker, which dies the same way)."""
+    since = datetime.datetime.now(datetime.timezone.utc)
+    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
+    master, _port = run_uvicorn(backend, test_python, "import")
+    try:
+        pairs = deaths_with_lifetimes(backend, since, want=2, status="exit status 1")
+    finally:
+        stop_all(master)
+    for life, death in pairs:
+        assert life.name == "uvicorn worker" and life.status_code == STATUS_ERROR
+        assert life.attributes["process.exit.code"] == 1
+        assert_names_the_exception(life, death, r"ValueError: bad config: password=\*\*\* \(dying\.py:\d+\)",
+                                   "multiprocessing")
+        event = death.events["exception"]
+        assert event["exception.type"] == "ValueError"
+        assert event["exception.message"].startswith("bad config: password=***\nsetting_0: not valid")
+        assert len(event["exception.message"]) == MESSAGE_LIMIT and event["exception.message"].endswith("…")
+        trace = event["exception.stacktrace"]
+        # The frames (uvicorn's, then the app's), then the exception's own words, cut where they get long.
+        assert trace.startswith("Traceback (most recent call last):\n") and "deaths.py" not in trace
+        assert 'dying.py", line' in trace and "in check_config" in trace
+        assert "\nValueError: bad config: password=***\nsetting_0: not valid" in trace
+        assert "setting_999" not in trace and trace.endswith("…") and len(trace) <= STACKTRACE_LIMIT
+
+
+def test_a_worker_whose_start_up_fails_names_the_logged_exception(backend, sidecar, test_python):
+    """Starlette's way: the lifespan start-up fails, uvicorn logs the traceback the app sent and the
+    worker exits 3 (uvicorn's start-up failure); the master then stops."""
+    since = datetime.datetime.now(datetime.timezone.utc)
+    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
+    master, _port = run_uvicorn(backend, test_python, "lifespan")
+    try:
+        master.wait(60)
+        pairs = deaths_with_lifetimes(backend, since, want=1, status="exit status 3")
+    finally:
+        stop_all(master)
+    for life, death in pairs:
+        assert life.name == "uvicorn worker" and life.attributes["process.exit.code"] == 3
+        assert_names_the_exception(life, death, r"ValueError: bad config: password=\*\*\* \(dying\.py:\d+\)",
+                                   "logging")
+        assert death.attributes["otelproc.exception.logger"] == "uvicorn.error"
+        assert "in failing_lifespan" in death.events["exception"]["exception.stacktrace"]
+
+
+def test_a_thread_that_dies_is_on_its_process_trace(backend, sidecar, test_python):
+    """The thread dies, the worker lives on: the span is exported at once, a child of the worker's
+    lifetime span (which Jaeger gets when the worker ends)."""
+    since = datetime.datetime.now(datetime.timezone.utc)
+    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
+    master, port = run_uvicorn(backend, test_python, "thread")
+    try:
+        def two_thread_deaths() -> list[Span]:
+            found = exception_spans(spans_of(backend.query_url, "dying", since))
+            return found if len(found) >= 2 else []
+
+        deaths = wait_for(two_thread_deaths, "the two workers' thread deaths in Jaeger", timeout=90)
+        answer = wait_for(lambda: _get(port), "a worker to answer after its thread died", timeout=30)
+        assert int(answer) in {c.pid for c in psutil.Process(master.pid).children()}
+    finally:
+        stop_all(master)
+    pairs = deaths_with_lifetimes(backend, since, want=2, status=None)
+    for life, death in pairs:
+        assert life.name == "uvicorn worker" and life.status_code == STATUS_OK  # stopped by SIGTERM, as asked
+        assert_names_the_exception(
+            life, death, r"ConnectionError: poller lost redis://app:\*\*\*@127\.0\.0\.1:6379/0 \(dying\.py:\d+\) "
+            r"in thread poller", "threading.excepthook")
+        assert death.attributes["thread.name"] == "poller"
+    assert {d.span_id for d in deaths} <= {d.span_id for _, d in pairs}
+
+
+def _get(port: int) -> str | None:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text
+    except httpx.HTTPError:
+        return None
+
+
+def test_sys_exit_with_a_message_names_it(backend, sidecar, test_python):
+    since = datetime.datetime.now(datetime.timezone.utc)
+    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
+    master, _port = run_uvicorn(backend, test_python, "exit")
+    try:
+        pairs = deaths_with_lifetimes(backend, since, want=1, status="exit status 1")
+    finally:
+        stop_all(master)
+    for life, death in pairs:
+        assert_names_the_exception(life, death, r"SystemExit: bad config: token=\*\*\* \(dying\.py:\d+\)", "sys.exit")
+        assert death.events["exception"]["exception.message"] == "bad config: token=***"
+        assert 'dying.py", line' in death.events["exception"]["exception.stacktrace"]
