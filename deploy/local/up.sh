@@ -39,6 +39,9 @@ start() {
     shift
     setsid "$@" >"$STACK_DIR/$name.log" 2>&1 < /dev/null &
     record "$name" $!
+    # setsid(2) runs in the child: until it has, NAME's session has no member, and alive would
+    # take NAME for exited (an empty log; seen under load).
+    while [[ $(ps -o sid= -p $! | tr -d ' ') != "$!" ]] && kill -0 $! 2>/dev/null; do sleep 0.05; done
 }
 
 for name in "${STACK[@]}"; do
