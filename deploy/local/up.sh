@@ -5,6 +5,7 @@
 #
 # Every address can be moved by its variable (defaults below); OTELPROC_* variables reach
 # otelproc (OTELPROC_MATCH the demo's helper too); PYTHON is the demo's interpreter.
+# Jaeger serves the UI of deploy/jaeger/build-ui.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -70,6 +71,10 @@ if ! jaeger=$(deploy/jaeger/build.sh --print-path 2>/dev/null); then
     say "building the Jaeger binary (deploy/jaeger/build.sh; once, a few minutes)"
     jaeger=$(deploy/jaeger/build.sh) || { echo "local stack: no Jaeger binary" >&2; exit 1; }
 fi
+if ! ui=$(deploy/jaeger/build-ui.sh --print-path 2>/dev/null); then
+    say "building the Jaeger UI (deploy/jaeger/build-ui.sh; once, about 2 minutes)"
+    ui=$(deploy/jaeger/build-ui.sh) || { echo "local stack: no Jaeger UI" >&2; exit 1; }
+fi
 # A clean environment: the binary would otherwise pick up OTEL_* variables meant for others.
 base_env=(env -i "PATH=$PATH" "HOME=${HOME:-/root}")
 
@@ -77,7 +82,7 @@ say "starting Jaeger all-in-one (deploy/jaeger/all-in-one.yaml)"
 start jaeger "${base_env[@]}" JAEGER_LISTEN_HOST=$HOST \
     JAEGER_OTLP_GRPC_PORT="$JAEGER_OTLP_GRPC_PORT" JAEGER_OTLP_HTTP_PORT="$JAEGER_OTLP_HTTP_PORT" \
     JAEGER_QUERY_HTTP_PORT="$JAEGER_QUERY_HTTP_PORT" JAEGER_QUERY_GRPC_PORT="$JAEGER_QUERY_GRPC_PORT" \
-    "$jaeger" --config "file:$REPO/deploy/jaeger/all-in-one.yaml"
+    JAEGER_UI_ASSETS="$ui" "$jaeger" --config "file:$REPO/deploy/jaeger/all-in-one.yaml"
 wait_for jaeger "$JAEGER_QUERY_HTTP_PORT"
 wait_for jaeger "$JAEGER_OTLP_GRPC_PORT"
 
@@ -110,7 +115,7 @@ cat <<EOF
 
 The local stack is up (logs and pid files in $STACK_DIR):
   demo app          http://$HOST:$DEMO_PORT/   also /work, /spawn, /fail
-  Jaeger API        http://$HOST:$JAEGER_QUERY_HTTP_PORT/api/services   (no UI in this build; docs/correlation.md shows what to ask)
+  Jaeger UI         http://$HOST:$JAEGER_QUERY_HTTP_PORT/   (service demo; its API: docs/correlation.md)
   Collector         OTLP $HOST:$COLLECTOR_OTLP_GRPC_PORT (gRPC), $HOST:$COLLECTOR_OTLP_HTTP_PORT (HTTP)
   otelproc          $STACK_DIR/otelproc.log
 Try:  curl -s $HOST:$DEMO_PORT/spawn; sleep 5; curl -s $HOST:$JAEGER_QUERY_HTTP_PORT/api/services
