@@ -5,7 +5,8 @@
 #
 # Every address can be moved by its variable (defaults below); OTELPROC_* variables reach
 # otelproc (OTELPROC_MATCH the demo's helper too); PYTHON is the demo's interpreter.
-# Jaeger serves the UI of deploy/jaeger/build-ui.sh.
+# Jaeger keeps its traces in Badger under JAEGER_DATA_DIR for JAEGER_RETENTION (a Go duration),
+# across restarts of the stack, and serves the UI of deploy/jaeger/build-ui.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -15,6 +16,7 @@ source deploy/local/common.sh
 : "${JAEGER_QUERY_HTTP_PORT:=16686}" "${JAEGER_QUERY_GRPC_PORT:=16685}"
 : "${COLLECTOR_OTLP_GRPC_PORT:=4317}" "${COLLECTOR_OTLP_HTTP_PORT:=4318}" "${COLLECTOR_TELEMETRY_PORT:=8888}"
 : "${DEMO_PORT:=8000}" "${PYTHON:=python3}"
+: "${JAEGER_DATA_DIR:=$STACK_DIR/jaeger-data}" "${JAEGER_RETENTION:=72h}"
 HOST=127.0.0.1
 
 say() { echo "local stack: $*"; }
@@ -78,11 +80,12 @@ fi
 # A clean environment: the binary would otherwise pick up OTEL_* variables meant for others.
 base_env=(env -i "PATH=$PATH" "HOME=${HOME:-/root}")
 
-say "starting Jaeger all-in-one (deploy/jaeger/all-in-one.yaml)"
+say "starting Jaeger all-in-one (deploy/jaeger/all-in-one.yaml, traces kept in Badger: badger.yaml)"
 start jaeger "${base_env[@]}" JAEGER_LISTEN_HOST=$HOST \
     JAEGER_OTLP_GRPC_PORT="$JAEGER_OTLP_GRPC_PORT" JAEGER_OTLP_HTTP_PORT="$JAEGER_OTLP_HTTP_PORT" \
     JAEGER_QUERY_HTTP_PORT="$JAEGER_QUERY_HTTP_PORT" JAEGER_QUERY_GRPC_PORT="$JAEGER_QUERY_GRPC_PORT" \
-    JAEGER_UI_ASSETS="$ui" "$jaeger" --config "file:$REPO/deploy/jaeger/all-in-one.yaml"
+    JAEGER_UI_ASSETS="$ui" JAEGER_DATA_DIR="$JAEGER_DATA_DIR" JAEGER_RETENTION="$JAEGER_RETENTION" \
+    "$jaeger" --config "file:$REPO/deploy/jaeger/all-in-one.yaml" --config "file:$REPO/deploy/jaeger/badger.yaml"
 wait_for jaeger "$JAEGER_QUERY_HTTP_PORT"
 wait_for jaeger "$JAEGER_OTLP_GRPC_PORT"
 
@@ -116,6 +119,7 @@ cat <<EOF
 The local stack is up (logs and pid files in $STACK_DIR):
   demo app          http://$HOST:$DEMO_PORT/   also /work, /spawn, /fail
   Jaeger UI         http://$HOST:$JAEGER_QUERY_HTTP_PORT/   (service demo; its API: docs/correlation.md)
+  Jaeger's traces   $JAEGER_DATA_DIR   (kept for $JAEGER_RETENTION: JAEGER_RETENTION)
   Collector         OTLP $HOST:$COLLECTOR_OTLP_GRPC_PORT (gRPC), $HOST:$COLLECTOR_OTLP_HTTP_PORT (HTTP)
   otelproc          $STACK_DIR/otelproc.log
 Try:  curl -s $HOST:$DEMO_PORT/spawn; sleep 5; curl -s $HOST:$JAEGER_QUERY_HTTP_PORT/api/services
