@@ -35,9 +35,13 @@ def test_request_links_to_its_worker_and_the_process_trace_shows_how_workers_end
     master = local_stack.pid("demo")
 
     served: dict[int, int] = {}  # worker pid -> requests to / it answered
-    wait_for(lambda: served.update({w: served.get(w, 0) + 1 for w in [httpx.get(f"{local_stack.demo}/", timeout=30)
-                                                                      .json()["worker"]]}) or len(served) >= 2,
-             "both uvicorn workers to answer", timeout=60)
+
+    def both_workers_answered() -> bool:
+        worker = httpx.get(f"{local_stack.demo}/", timeout=30).json()["worker"]
+        served[worker] = served.get(worker, 0) + 1
+        return len(served) >= 2
+
+    wait_for(both_workers_answered, "both uvicorn workers to answer", timeout=60)
     victim = max(served, key=served.get)
     kill_worker(local_stack, victim)
     killed = wait_for(lambda: lifetime_span(local_stack.jaeger, victim, since),
