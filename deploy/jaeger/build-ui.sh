@@ -7,7 +7,8 @@
 #   deploy/jaeger/build-ui.sh --print-path  print the cached UI directory; exit 1 if there is none
 #
 # Where it comes from, first that works:
-#   1. the release's assets.tar.gz (needs access to GitHub; a few seconds);
+#   1. the release's assets.tar.gz (needs access to GitHub; a few seconds; JAEGER_UI_ASSETS_URL
+#      names a copy elsewhere, file:// too);
 #   2. a build of jaeger-ui's source: the archive in ../shared/jaeger-ui/ beside the repository
 #      (JAEGER_UI_SOURCE moves it), with Node 24 from the npm registry (package node-linux-<arch>)
 #      and the npm packages of its package-lock.json; about 2 minutes on 2 cores, needs npm.
@@ -17,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 VERSION=v1.76.0  # jaeger-ui's release for Jaeger v1.76.0 / v2.13.0
-ASSETS_URL=https://github.com/jaegertracing/jaeger-ui/releases/download/$VERSION/assets.tar.gz
+ASSETS_URL=${JAEGER_UI_ASSETS_URL:-https://github.com/jaegertracing/jaeger-ui/releases/download/$VERSION/assets.tar.gz}
 SOURCE=${JAEGER_UI_SOURCE:-$PWD/../shared/jaeger-ui/jaeger-ui-$VERSION-src.tar.gz}
 SOURCE_SHA256=94a45ec8f2f068e26c55589f56b2e753ea71d0ebbb5a6f9d73ab99106869bd52
 NODE_VERSION=24.22.3  # jaeger-ui v1.76.0 needs Node >= 24
