@@ -200,6 +200,7 @@ class JaegerUI:
         return self.open_detail(name, index, sections).text
 
     def open_detail(self, name: str, index: int, sections: tuple[str, ...]) -> WebElement:
+        """span_details' work: the opened detail itself, for reading more than its text."""
         for opened in self.find(".span-row a.span-name[aria-checked=true]"):
             self.click(opened)
         rows = [r for r in self.find(".span-row .span-name-wrapper")
@@ -215,15 +216,14 @@ class JaegerUI:
             self.unfold(detail, section)
         return detail
 
-    def unfold(self, detail: WebElement, section: str) -> WebElement:
-        """Unfolds a section of a span's detail (Tags, Process, Events, References) unless it is open."""
+    def unfold(self, detail: WebElement, section: str) -> None:
+        """Unfolds a section of a span's detail (Tags, Process, Logs, References) unless it is open."""
         header = [h for h in detail.find_elements(By.CSS_SELECTOR, ".AccordianKeyValues--header, "
                                                   ".AccordianReferences--header, .AccordianLogs--header")
                   if h.text.strip().startswith(section)]
         assert header, f"the span's detail has no {section!r} section: {detail.text[:500]}"
         if header[0].get_attribute("aria-checked") != "true":
             self.click(header[0])
-        return header[0]
 
     def references(self, name: str) -> list[WebElement]:
         """The References of the span called `name`: its detail opened, only References unfolded;
