@@ -55,7 +55,7 @@ command -v pyenv >/dev/null && pyenv rehash || true  # puts the `otelproc` scrip
 if $test_setup; then
     step "building the Jaeger binary unless cached (deploy/jaeger/build.sh; the first time, a few minutes)"
     step "  Jaeger binary: $(deploy/jaeger/build.sh)"
-    step "building the Jaeger UI unless cached (deploy/jaeger/build-ui.sh; the first time, about 2 minutes)"
+    step "building the Jaeger UI unless cached (deploy/jaeger/build-ui.sh; the first time, 2 to 4 minutes)"
     ui=$(deploy/jaeger/build-ui.sh) || fail "no Jaeger UI (above)"
     step "  Jaeger UI: $ui"
     step "done: run the tests with \`python3 -m pytest\` (as root), or the local stack with deploy/local/up.sh"

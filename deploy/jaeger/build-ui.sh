@@ -11,7 +11,7 @@
 #      names a copy elsewhere, file:// too);
 #   2. a build of jaeger-ui's source: the archive in ../shared/jaeger-ui/ beside the repository
 #      (JAEGER_UI_SOURCE moves it), with Node 24 from the npm registry (package node-linux-<arch>)
-#      and the npm packages of its package-lock.json; about 2 minutes on 2 cores, needs npm.
+#      and the npm packages of its package-lock.json; 2 to 4 minutes on 2 cores, needs npm.
 # The result is cached in ${XDG_CACHE_HOME:-$HOME/.cache}/otelproc/jaeger-ui-<version>/ (8.7 MB) and
 # reused without network or npm.
 set -euo pipefail
@@ -52,7 +52,7 @@ from_source() {
     arch=$(uname -m)
     arch=${arch/x86_64/x64}
     arch=${arch/aarch64/arm64}
-    note "building jaeger-ui $VERSION from $SOURCE with Node $NODE_VERSION (about 2 minutes; log: $LOG)"
+    note "building jaeger-ui $VERSION from $SOURCE with Node $NODE_VERSION (2 to 4 minutes; log: $LOG)"
     mkdir "$work/src"
     tar -xzf "$SOURCE" -C "$work/src"
     (

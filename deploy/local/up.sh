@@ -74,7 +74,7 @@ if ! jaeger=$(deploy/jaeger/build.sh --print-path 2>/dev/null); then
     jaeger=$(deploy/jaeger/build.sh) || { echo "local stack: no Jaeger binary" >&2; exit 1; }
 fi
 if ! ui=$(deploy/jaeger/build-ui.sh --print-path 2>/dev/null); then
-    say "building the Jaeger UI (deploy/jaeger/build-ui.sh; once, about 2 minutes)"
+    say "building the Jaeger UI (deploy/jaeger/build-ui.sh; once, 2 to 4 minutes)"
     ui=$(deploy/jaeger/build-ui.sh) || { echo "local stack: no Jaeger UI" >&2; exit 1; }
 fi
 # A clean environment: the binary would otherwise pick up OTEL_* variables meant for others.
