@@ -3,8 +3,9 @@
 #   ./install.sh          libbpf1 and the Python package: enough for `otelproc run`
 #   ./install.sh --test   also clang, bpftool and libbpf-dev (to rebuild the BPF object),
 #                         the test tools (redis-server for the Celery test), the Python test and
-#                         demo dependencies, and the Jaeger binary the end-to-end tests and the
-#                         local stack run (built with Go, cached)
+#                         demo dependencies, the Jaeger binary the end-to-end tests and the local
+#                         stack run (built with Go, cached), the Jaeger UI it serves (built with npm,
+#                         cached) and the browser that tests it (Debian's chromium and chromium-driver)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -21,7 +22,9 @@ esac
 packages=(libbpf1)
 extras=""
 if $test_setup; then
-    packages+=(clang llvm bpftool libbpf-dev make gcc libc6-dev util-linux libcap2-bin procps redis-server)
+    packages+=(clang llvm bpftool libbpf-dev make gcc libc6-dev util-linux libcap2-bin procps redis-server chromium chromium-driver)
+    # The Jaeger UI is built with npm (and Node 24 from the npm registry) unless it is cached.
+    deploy/jaeger/build-ui.sh --print-path >/dev/null 2>&1 || command -v npm >/dev/null || packages+=(npm)
     extras="[test]"
     # Before anything is installed: the Jaeger build needs a Go this script does not install.
     step "checking for the Jaeger binary, or a Go that can build it"
@@ -52,6 +55,9 @@ command -v pyenv >/dev/null && pyenv rehash || true  # puts the `otelproc` scrip
 if $test_setup; then
     step "building the Jaeger binary unless cached (deploy/jaeger/build.sh; the first time, a few minutes)"
     step "  Jaeger binary: $(deploy/jaeger/build.sh)"
+    step "building the Jaeger UI unless cached (deploy/jaeger/build-ui.sh; the first time, 2 to 4 minutes)"
+    ui=$(deploy/jaeger/build-ui.sh) || fail "no Jaeger UI (above)"
+    step "  Jaeger UI: $ui"
     step "done: run the tests with \`python3 -m pytest\` (as root), or the local stack with deploy/local/up.sh"
 else
     step "done: \`otelproc check\` says whether it can run here; \`otelproc run\` runs it"

@@ -9,6 +9,8 @@
 #
 # Every address can be moved by its variable (defaults below); OTELPROC_* variables reach
 # otelproc (OTELPROC_MATCH the demo's helper too); PYTHON is the demo's interpreter.
+# Jaeger keeps its traces in Badger under JAEGER_DATA_DIR for JAEGER_RETENTION (a Go duration),
+# across restarts of the stack, and serves the UI of deploy/jaeger/build-ui.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -18,6 +20,7 @@ source deploy/local/common.sh
 : "${JAEGER_QUERY_HTTP_PORT:=16686}" "${JAEGER_QUERY_GRPC_PORT:=16685}"
 : "${COLLECTOR_OTLP_GRPC_PORT:=4317}" "${COLLECTOR_OTLP_HTTP_PORT:=4318}" "${COLLECTOR_TELEMETRY_PORT:=8888}"
 : "${DEMO_PORT:=8000}" "${PYTHON:=python3}"
+: "${JAEGER_DATA_DIR:=$STACK_DIR/jaeger-data}" "${JAEGER_RETENTION:=72h}"
 HOST=127.0.0.1
 
 say() { note "$*"; }
@@ -55,6 +58,9 @@ start() {
     starting=$name before=${!:-}
     setsid "$@" >"$STACK_DIR/$name.log" 2>&1 < /dev/null 8>&- &
     record "$name" $!
+    # setsid(2) runs in the child: until it has, NAME's session has no member, and alive would
+    # take NAME for exited (an empty log; seen under load).
+    while [[ $(ps -o sid= -p $! | tr -d ' ') != "$!" ]] && kill -0 $! 2>/dev/null; do sleep 0.05; done
     started+=("$name") starting=""
 }
 
@@ -139,6 +145,10 @@ if ! jaeger=$(deploy/jaeger/build.sh --print-path 2>/dev/null); then
     say "building the Jaeger binary (deploy/jaeger/build.sh; once, a few minutes)"
     jaeger=$(deploy/jaeger/build.sh) || { echo "local stack: no Jaeger binary" >&2; exit 1; }
 fi
+if ! ui=$(deploy/jaeger/build-ui.sh --print-path 2>/dev/null); then
+    say "building the Jaeger UI (deploy/jaeger/build-ui.sh; once, 2 to 4 minutes)"
+    ui=$(deploy/jaeger/build-ui.sh) || { echo "local stack: no Jaeger UI" >&2; exit 1; }
+fi
 # A clean environment: the binary would otherwise pick up OTEL_* variables meant for others.
 base_env=(env -i "PATH=$PATH" "HOME=${HOME:-/root}")
 
@@ -146,11 +156,12 @@ trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
-say "starting Jaeger all-in-one (deploy/jaeger/all-in-one.yaml)"
+say "starting Jaeger all-in-one (deploy/jaeger/all-in-one.yaml, traces kept in Badger: badger.yaml)"
 start jaeger "${base_env[@]}" JAEGER_LISTEN_HOST=$HOST \
     JAEGER_OTLP_GRPC_PORT="$JAEGER_OTLP_GRPC_PORT" JAEGER_OTLP_HTTP_PORT="$JAEGER_OTLP_HTTP_PORT" \
     JAEGER_QUERY_HTTP_PORT="$JAEGER_QUERY_HTTP_PORT" JAEGER_QUERY_GRPC_PORT="$JAEGER_QUERY_GRPC_PORT" \
-    "$jaeger" --config "file:$REPO/deploy/jaeger/all-in-one.yaml"
+    JAEGER_UI_ASSETS="$ui" JAEGER_DATA_DIR="$JAEGER_DATA_DIR" JAEGER_RETENTION="$JAEGER_RETENTION" \
+    "$jaeger" --config "file:$REPO/deploy/jaeger/all-in-one.yaml" --config "file:$REPO/deploy/jaeger/badger.yaml"
 wait_for jaeger "$JAEGER_QUERY_HTTP_PORT"
 wait_for jaeger "$JAEGER_OTLP_GRPC_PORT"
 
@@ -184,7 +195,8 @@ cat <<EOF
 
 The local stack is up (logs and pid files in $STACK_DIR):
   demo app          http://$HOST:$DEMO_PORT/   also /work, /spawn, /fail
-  Jaeger API        http://$HOST:$JAEGER_QUERY_HTTP_PORT/api/services   (no UI in this build; docs/correlation.md shows what to ask)
+  Jaeger UI         http://$HOST:$JAEGER_QUERY_HTTP_PORT/   (service demo; its API: docs/correlation.md)
+  Jaeger's traces   $JAEGER_DATA_DIR   (kept for $JAEGER_RETENTION: JAEGER_RETENTION)
   Collector         OTLP $HOST:$COLLECTOR_OTLP_GRPC_PORT (gRPC), $HOST:$COLLECTOR_OTLP_HTTP_PORT (HTTP)
   otelproc          $STACK_DIR/otelproc.log
 Try:  curl -s $HOST:$DEMO_PORT/spawn; sleep 5; curl -s $HOST:$JAEGER_QUERY_HTTP_PORT/api/services

@@ -1,0 +1,252 @@
+"""Jaeger's UI in a real browser, as a person uses it: headless Chromium (Debian's chromium and
+chromium-driver) driven by Selenium.
+
+Every step clicks or types what a person would, then waits for what the page shows; reads are of
+the page's text (what a person sees), never of Jaeger's API. For tests that look at otelproc's
+spans in Jaeger: test_jaeger_ui.py, and any later one.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+# As root Chromium needs --no-sandbox; without the background-networking flags it keeps trying to
+# reach Google's hosts, which a closed network refuses.
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--hide-scrollbars")
+T = TypeVar("T")
+
+
+def missing_browser() -> str | None:
+    """What is missing to run the browser, as the line that says how to install it; None when nothing is."""
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not Path(path).exists()]
+    if missing:
+        return f"{' and '.join(missing)} missing: apt-get install chromium chromium-driver (./install.sh --test does)"
+    return None
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One trace in the Search page's list: its title ("demo: GET /") and the trace id its link opens."""
+
+    title: str
+    trace_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class SpanRow:
+    """One span of the trace page's timeline: its service and its name (Jaeger's "operation")."""
+
+    service: str
+    name: str
+    depth: int  # how deep in the tree it is drawn: 0 for a root
+
+
+class JaegerUI:
+    """One browser on one Jaeger; close() ends it (and its profile directory)."""
+
+    def __init__(self, base_url: str, screenshots: Path, width: int = 1280, height: int = 1000) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.screenshots = screenshots
+        self.profile = tempfile.mkdtemp(prefix="chromium-profile-")
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in (*FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}"):
+            options.add_argument(flag)
+        try:
+            self.driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+        except WebDriverException:
+            shutil.rmtree(self.profile, ignore_errors=True)
+            raise
+
+    def close(self) -> None:
+        try:
+            self.driver.quit()
+        finally:
+            shutil.rmtree(self.profile, ignore_errors=True)
+
+    def __enter__(self) -> JaegerUI:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- waiting and reading -------------------------------------------------------------------
+
+    def wait(self, check: Callable[[], T], what: str, timeout: float = 30) -> T:
+        """Polls check() until it gives something true (a page that re-renders is read again);
+        otherwise fails with what it waited for and the start of what the page shows."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                result = check()
+            except (StaleElementReferenceException, WebDriverException):
+                result = None
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the browser waited {timeout} s for {what}; the page "
+                                     f"({self.driver.current_url}, title {self.driver.title!r}) shows:\n"
+                                     f"{self.text()[:1500]}")
+            time.sleep(0.3)
+
+    def text(self) -> str:
+        """All the text the page shows."""
+        try:
+            return self.driver.find_element(By.TAG_NAME, "body").text
+        except WebDriverException:
+            return ""
+
+    def find(self, css: str) -> list[WebElement]:
+        return self.driver.find_elements(By.CSS_SELECTOR, css)
+
+    def click(self, element: WebElement) -> None:
+        """Scrolls the element to the middle of the window (not under the trace page's fixed header), clicks it."""
+        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+        element.click()
+
+    def screenshot(self, name: str) -> Path:
+        """The browser window, scrolled to the top of the page, as SCREENSHOTS/NAME.png."""
+        self.screenshots.mkdir(parents=True, exist_ok=True)
+        self.driver.execute_script("window.scrollTo(0, 0)")
+        path = self.screenshots / f"{name}.png"
+        self.driver.save_screenshot(str(path))
+        return path
+
+    # -- Search ---------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Jaeger's start page, the Search form; fails unless it is the Jaeger UI with its form."""
+        self.driver.get(self.base_url + "/search")
+        self.wait(lambda: self.find("div[name=service] input[role=combobox]"),
+                  "the Jaeger UI's Search form (a Service field)")
+
+    def search(self, service: str) -> list[SearchResult]:
+        """Search: picks the service in the Service field, Find Traces, and the traces listed."""
+        field = self.find("div[name=service] input[role=combobox]")[0]
+        self.wait(lambda: not self.find("div[name=service].ant-select-disabled"), "the Service field to be enabled")
+        field.click()
+        field.send_keys(service)
+        option = self.wait(lambda: [o for o in self.find(".ant-select-item-option") if o.text.strip() == service],
+                           f"the service {service!r} among the Service field's choices")[0]
+        option.click()
+        self.wait(lambda: self.find("div[name=service] .ant-select-content-value")[0].text == service,
+                  f"the Service field to show {service!r}")
+        self.button("Find Traces").click()
+        return self.wait(self.results, f"traces of {service!r} listed")
+
+    def button(self, label: str) -> WebElement:
+        return self.wait(lambda: [b for b in self.find("button") if b.text.strip() == label and b.is_enabled()],
+                         f"an enabled button {label!r}")[0]
+
+    def results(self) -> list[SearchResult]:
+        """The traces the Search page lists, as shown."""
+        found = []
+        for item in self.find(".ResultItem"):
+            link = item.find_element(By.CSS_SELECTOR, "a[href*='/trace/']")
+            title = item.find_element(By.CSS_SELECTOR, ".ResultItemTitle--title").text
+            excerpt = item.find_elements(By.CSS_SELECTOR, ".ResultItemTitle--idExcerpt")  # the short trace id
+            title = title.removesuffix(excerpt[0].text).strip() if excerpt else title
+            trace_id = link.get_attribute("href").split("/trace/")[1].split("?")[0]
+            found.append(SearchResult(title=title, trace_id=trace_id, text=item.text))
+        return found
+
+    def open_result(self, trace_id: str) -> None:
+        """Clicks the listed trace with that id, and waits for its page."""
+        (item,) = [r for r in self.find(".ResultItem")
+                   if f"/trace/{trace_id}" in r.find_element(By.CSS_SELECTOR, "a[href*='/trace/']").get_attribute("href")]
+        self.click(item.find_element(By.CSS_SELECTOR, ".ResultItemTitle--title"))
+        self.wait_trace(trace_id)
+
+    # -- a trace --------------------------------------------------------------------------------
+
+    def open_trace(self, trace_id: str) -> None:
+        """A trace's page by its address, as a link or the Lookup by Trace ID field gives it."""
+        self.driver.get(f"{self.base_url}/trace/{trace_id}")
+        self.wait_trace(trace_id)
+
+    def wait_trace(self, trace_id: str) -> None:
+        self.wait(lambda: f"/trace/{trace_id}" in self.driver.current_url and self.spans(),
+                  f"the page of trace {trace_id} with its spans")
+
+    def spans(self) -> list[SpanRow]:
+        """The spans of the trace page's timeline, top to bottom, as shown."""
+        rows = []
+        for row in self.find(".span-row .span-name-wrapper"):
+            service = row.find_element(By.CSS_SELECTOR, ".span-svc-name").text
+            name = row.find_element(By.CSS_SELECTOR, ".endpoint-name").text
+            depth = len(row.find_elements(By.CSS_SELECTOR, ".SpanTreeOffset--indentGuide")) - 1  # a root has one
+            rows.append(SpanRow(service=service.split("\n")[0].strip(), name=name.strip(), depth=depth))
+        return rows
+
+    def span_details(self, name: str, index: int = 0, sections: tuple[str, ...] = ("Tags", "Process")) -> str:
+        """Opens the detail of the index-th span called `name` (a click on its row; any other detail
+        closed first), with `sections` unfolded; the detail's text."""
+        return self.open_detail(name, index, sections).text
+
+    def open_detail(self, name: str, index: int, sections: tuple[str, ...]) -> WebElement:
+        """span_details' work: the opened detail itself, for reading more than its text."""
+        for opened in self.find(".span-row a.span-name[aria-checked=true]"):
+            self.click(opened)
+        rows = [r for r in self.find(".span-row .span-name-wrapper")
+                if r.find_element(By.CSS_SELECTOR, ".endpoint-name").text.strip() == name]
+        assert len(rows) > index, f"no span {name!r} (#{index}) on the page: {[s.name for s in self.spans()]}"
+        # The timeline's rows are keyed by span id: "<id>--bar" for the span, "<id>--detail" for its detail.
+        key = rows[index].find_element(By.XPATH, "ancestor::div[@data-item-key][1]").get_attribute("data-item-key")
+        self.click(rows[index].find_element(By.CSS_SELECTOR, "a.span-name"))
+        detail_key = key.replace("--bar", "--detail")
+        detail = self.wait(lambda: self.find(f"div[data-item-key='{detail_key}'] .detail-info-wrapper"),
+                           f"the detail of span {name!r}")[0]
+        for section in sections:
+            self.unfold(detail, section)
+        return detail
+
+    def unfold(self, detail: WebElement, section: str) -> None:
+        """Unfolds a section of a span's detail (Tags, Process, Logs, References) unless it is open."""
+        header = [h for h in detail.find_elements(By.CSS_SELECTOR, ".AccordianKeyValues--header, "
+                                                  ".AccordianReferences--header, .AccordianLogs--header")
+                  if h.text.strip().startswith(section)]
+        assert header, f"the span's detail has no {section!r} section: {detail.text[:500]}"
+        if header[0].get_attribute("aria-checked") != "true":
+            self.click(header[0])
+
+    def references(self, name: str) -> list[WebElement]:
+        """The References of the span called `name`: its detail opened, only References unfolded;
+        each reference as the link the page shows (its text: the reference type and the span id)."""
+        detail = self.open_detail(name, 0, ("References",))
+        return self.wait(lambda: detail.find_elements(By.CSS_SELECTOR, ".ReferencesList--Item a"),
+                         f"the references of span {name!r}")
+
+    def follow(self, link: WebElement) -> str:
+        """Clicks a link to another trace (Jaeger opens it in a new tab, which becomes the one
+        looked at); the trace id of the page it opened."""
+        before = set(self.driver.window_handles)
+        self.click(link)
+        new = self.wait(lambda: set(self.driver.window_handles) - before, "a new tab for the link")
+        self.driver.switch_to.window(new.pop())
+        trace_id = self.wait(lambda: "/trace/" in self.driver.current_url and trace_id_in(self.driver.current_url),
+                             "the linked trace's page")
+        self.wait_trace(trace_id)
+        return trace_id
+
+
+def trace_id_in(url: str) -> str:
+    """The trace id of a trace page's address."""
+    match = re.search(r"/trace/([0-9a-f]+)", url)
+    assert match, f"not a trace page: {url}"
+    return match.group(1)

@@ -1,0 +1,108 @@
+"""The local stack's Jaeger UI in a real browser, as a person uses it after deploy/local/up.sh.
+
+Headless Chromium opens http://<Jaeger>/, picks the service demo, opens a request trace, follows
+the request's reference to the process trace of the worker that served it (a worker killed with
+SIGKILL beforehand), and reads there how that worker ended; then, the demo's uvicorn master
+stopped, the master -> worker tree and how each worker ended. Everything asserted is text the page
+shows. Its two screenshots go to JAEGER_UI_SCREENSHOTS (default: the test's temporary directory);
+docs/images/ holds them: `JAEGER_UI_SCREENSHOTS=docs/images python3 -m pytest tests/test_jaeger_ui.py`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from jaeger_ui import JaegerUI, missing_browser
+from test_jaeger_e2e import find_spans, path_of, request_spans, wait_for
+from test_local_stack import kill_worker, lifetime_span, local_stack  # noqa: F401 (a fixture)
+
+
+def test_request_links_to_its_worker_and_the_process_trace_shows_how_workers_ended(local_stack, tmp_path):
+    missing = missing_browser()
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    screenshots = Path(os.environ.get("JAEGER_UI_SCREENSHOTS", tmp_path / "screenshots"))
+    since = datetime.datetime.now(datetime.timezone.utc)
+    up = local_stack.up()
+    assert f"Jaeger UI         {local_stack.jaeger}/" in up
+    master = local_stack.pid("demo")
+
+    served: dict[int, int] = {}  # worker pid -> requests to / it answered
+
+    def both_workers_answered() -> bool:
+        worker = httpx.get(f"{local_stack.demo}/", timeout=30).json()["worker"]
+        served[worker] = served.get(worker, 0) + 1
+        return len(served) >= 2
+
+    wait_for(both_workers_answered, "both uvicorn workers to answer", timeout=60)
+    victim = max(served, key=served.get)
+    kill_worker(local_stack, victim)
+    killed = wait_for(lambda: lifetime_span(local_stack.jaeger, victim, since),
+                      "the killed worker's lifetime span in Jaeger", timeout=90)
+    requests = wait_for(lambda: [r for r in request_spans(find_spans(local_stack.jaeger, "demo", since))
+                                 if r.resource["process.pid"] == victim and path_of(r) == "/"],
+                        "the killed worker's request spans in Jaeger", timeout=60)
+
+    with JaegerUI(local_stack.jaeger, screenshots) as ui:
+        ui.open()
+        listed = ui.search("demo")
+        assert any(r.title == "demo: uvicorn started" for r in listed), [r.title for r in listed]
+        # A request the killed worker served: its trace, its server span with one reference.
+        (request,) = [r for r in listed if r.trace_id == requests[0].trace_id]
+        assert request.title == "demo: GET /"
+        ui.open_result(request.trace_id)
+        assert ui.spans()[0].name == "GET /" and ui.spans()[0].service == "demo"
+        (reference,) = ui.references("GET /")
+        assert "FOLLOWS_FROM" in reference.text and killed.span_id in reference.text
+        ui.screenshot("request-linked-to-worker")
+
+        # The reference opens the process trace, the worker's span found in it.
+        assert ui.follow(reference) == killed.trace_id
+        names = [s.name for s in ui.spans()]
+        assert "uvicorn started" in names and "uvicorn worker" in names, names
+        detail = ui.span_details("uvicorn worker", index=worker_index(ui, victim))
+        assert f"process.pid\n{victim}" in detail
+        assert "killed by SIGKILL" in detail
+
+        # The master stopped: its lifetime span arrives, and the trace becomes the tree.
+        os.kill(master, signal.SIGTERM)  # the demo up.sh started (its pid file)
+        psutil.wait_procs([psutil.Process(master)], timeout=30)
+        wait_for(lambda: lifetime_span(local_stack.jaeger, master, since), "the master's lifetime span", timeout=90)
+        ui.open_trace(killed.trace_id)
+        tree = ui.spans()
+        assert (tree[0].name, tree[0].depth) == ("uvicorn", 0), tree
+        workers = [s for s in tree if s.name == "uvicorn worker"]
+        assert len(workers) >= 2 and all(s.depth == 1 for s in workers), tree
+        assert "process.exit.code\n0" in ui.span_details("uvicorn")
+        ends = {}
+        for index in range(len(workers)):
+            detail = ui.span_details("uvicorn worker", index)
+            ends[pid_in(detail)] = detail
+        assert "killed by SIGKILL" in ends.pop(victim)
+        for pid, detail in ends.items():
+            # uvicorn's own health check may SIGKILL a worker that answers late: a true ending too
+            assert f"stopped by SIGTERM from pid {master}" in detail or "killed by SIGKILL" in detail, (pid, detail)
+        assert any(f"stopped by SIGTERM from pid {master}" in d for d in ends.values())
+        ui.span_details("uvicorn worker", index=worker_index(ui, victim), sections=("Tags",))
+        ui.screenshot("process-trace")
+
+
+def pid_in(detail: str) -> int:
+    """The process.pid tag of a span's detail text."""
+    return int(detail.split("process.pid\n", 1)[1].split("\n", 1)[0])
+
+
+def worker_index(ui: JaegerUI, pid: int) -> int:
+    """Which of the page's 'uvicorn worker' spans is process PID's (each opened to read its pid)."""
+    count = sum(s.name == "uvicorn worker" for s in ui.spans())
+    for index in range(count):
+        if pid_in(ui.span_details("uvicorn worker", index)) == pid:
+            return index
+    raise AssertionError(f"no 'uvicorn worker' span of pid {pid} on the page")
