@@ -2,10 +2,10 @@
 
 uvicorn stops gracefully on SIGTERM, then raises SIGTERM again with the handler it
 found at start-up, so the process dies by the signal and no atexit handler (where the
-SDK flushes) runs. The app side's SIGTERM handler is the one uvicorn finds: it flushes,
-then lets SIGTERM end the process as before. Real uvicorn under the zero-code helper,
-started from a parent otelproc does not track; the batch delay is long, so only a flush
-at the stop can deliver the span.
+SDK flushes) runs. The app side flushes first, and SIGTERM ends the process as before.
+Real uvicorn (alone, a --workers child, gunicorn's UvicornWorker) under the zero-code
+helper or set up in code, started from a parent otelproc does not track; the batch delay
+is long, so only a flush at the stop can deliver the span.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import subprocess
 
 import httpx
 import psutil
+import pytest
 
 from conftest import MATCH_TEST
 from test_correlation import APPS, SERVER, free_port, get_pids, stop
-from test_prefork import command, setup_env
+from test_prefork import SETUPS, command, setup_env
 
 BATCH_DELAY_MS = "60000"  # no batch leaves on its own while a test runs
 
@@ -41,18 +42,19 @@ def uvicorn(test_python: str, port: int, *options: str) -> list[str]:
     return [test_python, "-m", "uvicorn", "shop:app", "--app-dir", str(APPS), "--port", str(port), *options]
 
 
-def env(endpoint: str) -> dict[str, str]:
-    return {**setup_env(endpoint, "zero-code"), "OTEL_BSP_SCHEDULE_DELAY": BATCH_DELAY_MS}
+def env(endpoint: str, setup: str = "zero-code") -> dict[str, str]:
+    return {**setup_env(endpoint, setup), "OTEL_BSP_SCHEDULE_DELAY": BATCH_DELAY_MS}
 
 
-def test_single_uvicorn_flushes_its_last_request_on_sigterm(sidecar, grpc_receiver, test_python):
+@pytest.mark.parametrize("setup", SETUPS)
+def test_single_uvicorn_flushes_its_last_request_on_sigterm(sidecar, grpc_receiver, test_python, setup):
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
     port = free_port()
-    server = subprocess.Popen(command("zero-code", uvicorn(test_python, port)), env=env(grpc_receiver.endpoint),
+    server = subprocess.Popen(command(setup, uvicorn(test_python, port)), env=env(grpc_receiver.endpoint, setup),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         served = get_pids(port, "/", want=1)
-        assert list(served) == [server.pid], "opentelemetry-instrument execs uvicorn: one process"
+        assert list(served) == [server.pid], "one process (opentelemetry-instrument execs uvicorn)"
         server.send_signal(signal.SIGTERM)
         assert server.wait(30) == -signal.SIGTERM, "it still dies by SIGTERM"
     finally:
@@ -61,11 +63,13 @@ def test_single_uvicorn_flushes_its_last_request_on_sigterm(sidecar, grpc_receiv
     assert_stopped_by_sigterm_from_us(grpc_receiver, server.pid, "uvicorn")
 
 
-def test_uvicorn_worker_flushes_its_last_request_on_sigterm(sidecar, grpc_receiver, test_python):
+@pytest.mark.parametrize("setup", SETUPS)
+def test_uvicorn_worker_flushes_its_last_request_on_sigterm(sidecar, grpc_receiver, test_python, setup):
+    """Set up in code, enable() runs as the worker's uvicorn imports the app, with uvicorn's handler in place."""
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
     port = free_port()
-    master = subprocess.Popen(command("zero-code", uvicorn(test_python, port, "--workers", "2")),
-                              env=env(grpc_receiver.endpoint), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    master = subprocess.Popen(command(setup, uvicorn(test_python, port, "--workers", "2")),
+                              env=env(grpc_receiver.endpoint, setup), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         (worker, requests), *_ = get_pids(port, "/", want=1).items()
         assert worker in {c.pid for c in psutil.Process(master.pid).children()}
@@ -74,5 +78,24 @@ def test_uvicorn_worker_flushes_its_last_request_on_sigterm(sidecar, grpc_receiv
         spans = grpc_receiver.wait_for(lambda _: served_spans(grpc_receiver, worker))
         assert len(spans) == requests
         assert_stopped_by_sigterm_from_us(grpc_receiver, worker, "uvicorn worker")
+    finally:
+        stop(master)
+
+
+def test_gunicorn_uvicorn_worker_flushes_its_last_request_on_sigterm(sidecar, grpc_receiver, test_python):
+    """gunicorn's UvicornWorker sets SIGTERM back to the default in the worker, after the fork and before
+    uvicorn starts: uvicorn finds the default, not the app side's handler, and raises SIGTERM with it."""
+    sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
+    port = free_port()
+    argv = [test_python, "-m", "gunicorn", "-w", "1", "-k", "uvicorn.workers.UvicornWorker", "-b", f"127.0.0.1:{port}",
+            "--chdir", str(APPS), "shop:app"]
+    master = subprocess.Popen(command("zero-code", argv), env=env(grpc_receiver.endpoint),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ((worker, requests),) = get_pids(port, "/", want=1).items()
+        os.kill(worker, signal.SIGTERM)
+        spans = grpc_receiver.wait_for(lambda _: served_spans(grpc_receiver, worker))
+        assert len(spans) == requests
+        assert_stopped_by_sigterm_from_us(grpc_receiver, worker, "gunicorn")
     finally:
         stop(master)

@@ -16,6 +16,12 @@ A handler that is not the default (gunicorn's in its workers, Celery's, the user
 SIG_IGN) is never replaced. The handler is set in the main thread only (Python allows
 no other), in each process the app side loads in: a spawned child (uvicorn --workers,
 --reload) loads it again; a forked child inherits it.
+
+uvicorn does not always find it: gunicorn's UvicornWorker sets SIGTERM back to the
+default in each worker before uvicorn starts, and an app that calls enable() while
+uvicorn imports it is too late (uvicorn's own handler is in place). So
+signal.raise_signal is wrapped too: a process that raises SIGTERM on itself while its
+action is the default flushes first. Nothing else changes how it dies.
 """
 
 from __future__ import annotations
@@ -29,33 +35,40 @@ from opentelemetry.sdk.trace import TracerProvider
 from otelproc.app.deaths import flush_within
 
 _provider: TracerProvider | None = None
+_original_raise_signal = signal.raise_signal
+
+
+def _raise_signal(signalnum: int, /) -> None:
+    """signal.raise_signal, flushing first when SIGTERM is about to end the process by its default action."""
+    provider = _provider
+    if provider is not None and signalnum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        try:
+            flush_within(provider)
+        except Exception:  # a flush that fails must not change how the process dies
+            pass
+    _original_raise_signal(signalnum)
 
 
 def _flush_then_die(signum: int, frame: FrameType | None) -> None:
     # The default first: a second SIGTERM while the flush waits ends the process at once.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    provider = _provider
-    if provider is not None:
-        try:
-            flush_within(provider)
-        except Exception:  # a flush that fails must not change how the process dies
-            pass
-    signal.raise_signal(signal.SIGTERM)
+    _raise_signal(signal.SIGTERM)
 
 
 def install(provider: TracerProvider) -> None:
-    """Flushes `provider` on SIGTERM, if SIGTERM has its default action and this is the main thread."""
+    """Flushes `provider` on SIGTERM, if SIGTERM has its default action and this is the main thread,
+    and before a SIGTERM the process raises on itself with that action."""
     global _provider
     _provider = provider
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    signal.raise_signal = _raise_signal
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _flush_then_die)
 
 
 def uninstall() -> None:
-    """Puts the default back if the handler is still ours."""
+    """Puts back signal.raise_signal, and the default if the handler is still ours."""
     global _provider
     _provider = None
+    signal.raise_signal = _original_raise_signal
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is _flush_then_die:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
