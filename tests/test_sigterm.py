@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 
-import httpx
 import psutil
 import pytest
 
