@@ -16,16 +16,19 @@ import httpx
 from conftest import MATCH_TEST
 from test_correlation import APPS, SERVER, free_port, stop
 from test_prefork import assert_children_of, assert_each_names_its_worker, command, request_number, setup_env
+from test_sigterm import BATCH_DELAY_MS
 
 
 def test_uvicorn_reload_each_server_lifetime_has_its_requests(sidecar, grpc_receiver, test_python, tmp_path):
-    """The reloader spawns the server; a change to a watched file ends that server and spawns the next."""
+    """The reloader spawns the server; a change to a watched file ends that server (SIGTERM) and spawns the
+    next. No batch leaves on its own: each server's spans, the last requests' too, leave at its stop."""
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
     apps = shutil.copytree(APPS, tmp_path / "apps", ignore=shutil.ignore_patterns("__pycache__"))
     port = free_port()
     argv = [test_python, "-m", "uvicorn", "shop:app", "--app-dir", str(apps), "--port", str(port),
             "--reload", "--reload-dir", str(apps)]
-    reloader = subprocess.Popen(command("zero-code", argv), env=setup_env(grpc_receiver.endpoint, "zero-code"),
+    env = {**setup_env(grpc_receiver.endpoint, "zero-code"), "OTEL_BSP_SCHEDULE_DELAY": BATCH_DELAY_MS}
+    reloader = subprocess.Popen(command("zero-code", argv), env=env,
                                 stdout=subprocess.DEVNULL, stderr=open(tmp_path / "uvicorn.log", "w"))
     answered: dict[int, int] = {}
 
@@ -48,15 +51,12 @@ def test_uvicorn_reload_each_server_lifetime_has_its_requests(sidecar, grpc_rece
 
     try:
         ask_until(servers=1)
-        grpc_receiver.wait_for(lambda _: request_spans())
         (apps / "shop.py").write_text((apps / "shop.py").read_text() + "\n# changed: uvicorn reloads\n")
-        # No request while the first server stops: uvicorn ends it by raising SIGTERM again after its
-        # graceful shutdown, so no atexit handler runs and the spans of its last batch are lost.
-        grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(answered[0]), timeout=30)
-        ask_until(servers=2)
-        spans = grpc_receiver.wait_for(lambda _: request_spans())
+        ask_until(servers=2)  # asking on while the first server stops
     finally:
         stop(reloader)
+    # Each server held its spans until SIGTERM stopped it (the reload, then the reloader's stop).
+    spans = grpc_receiver.wait_for(lambda _: request_spans())
     first, second = dict.fromkeys(answered.values())
     grpc_receiver.wait_for(lambda _: all(grpc_receiver.of_pid(p) for p in (first, second, reloader.pid)))
     assert reloader.pid not in (first, second)

@@ -217,10 +217,10 @@ def report(death: Death, flush: bool = True) -> None:
     span.set_status(Status(StatusCode.ERROR, name))
     span.end()
     if flush:
-        _flush(provider)
+        flush_within(provider)
 
 
-def _flush(provider: TracerProvider) -> None:
+def flush_within(provider: TracerProvider) -> None:
     """force_flush, waited for at most FLUSH_SECONDS (the SDK's batch processor ignores its own timeout)."""
     flusher = threading.Thread(target=provider.force_flush, name="otelproc-flush", daemon=True)
     try:
@@ -265,7 +265,7 @@ def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Traceback
         _replaced["sys.excepthook"](exc_type, exc, tb)  # the traceback is printed before the flush waits
     finally:
         if reported and _state.provider is not None:
-            _quietly(_flush, _state.provider)
+            _quietly(flush_within, _state.provider)
 
 
 def _threading_excepthook(args: threading.ExceptHookArgs) -> None:

@@ -3,7 +3,8 @@
 It does something only when OTEL_EXPERIMENTAL_RESOURCE_DETECTORS names
 "otelproc", the same variable that adds otelproc's resource detector: one
 setting turns on the resource attribute, the span links, the subprocess
-context and the report of an exception the process dies of together.
+context, the report of an exception the process dies of and the flush on
+SIGTERM together.
 """
 
 from __future__ import annotations

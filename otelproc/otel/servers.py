@@ -14,7 +14,10 @@ each one decide how it reads in a trace:
   started in another process;
 - how a worker ends, which decides whether what it recorded last leaves it: the
   SDK flushes at exit from an atexit handler, which os._exit skips (Celery's
-  prefork pool processes end with it; see flush_before_pool_exit).
+  prefork pool processes end with it; see flush_before_pool_exit), and so does a
+  death by a signal: uvicorn (alone, --workers, --reload, gunicorn's UvicornWorker)
+  stops gracefully on SIGTERM and raises it again with the default action. That is
+  not uvicorn's alone, so the flush for it is the app side's (otelproc/app/sigterm.py).
 
 To support a new server model: add its worker's marker to SPAWNED_WORKER_MARKERS
 when it spawns workers with a command line of their own, add its row to the table
