@@ -66,3 +66,13 @@ def test_every_module_the_docs_name_imports():
                 missing.append(f"{doc.relative_to(REPO)}: {dotted}")
     assert not missing, "dotted names the docs use that are neither a module nor a documented attribute:\n" + "\n".join(
         sorted(missing))
+
+
+def test_every_module_has_its_place_in_the_architecture():
+    """ARCHITECTURE.md names each module of the package, so a new one arrives with its place in the map."""
+    text = (REPO / "ARCHITECTURE.md").read_text()
+    package = REPO / "otelproc"
+    unnamed = [str(p.relative_to(package)) for p in sorted(package.rglob("*.py"))
+               if p.name not in ("__init__.py", "__main__.py") and f"`{p.name}`" not in text
+               and f"{p.relative_to(package)}`" not in text]
+    assert unnamed == [], "modules ARCHITECTURE.md does not name: " + ", ".join(unnamed)
