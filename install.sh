@@ -3,7 +3,9 @@
 #   ./install.sh          libbpf1 and the Python package: enough for `otelproc run`
 #   ./install.sh --test   also clang, bpftool and libbpf-dev (to rebuild the BPF object),
 #                         the test tools, the Python test and demo dependencies, and the Jaeger
-#                         binary the end-to-end tests and the local stack run (built with Go, cached)
+#                         binary the end-to-end tests and the local stack run (built with Go, cached),
+#                         and OpenSearch with a user to run it as, for the fleet test and benchmark
+#                         (deploy/opensearch/fetch.sh: Maven Central, cached)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -20,7 +22,8 @@ esac
 packages=(libbpf1)
 extras=""
 if $test_setup; then
-    packages+=(clang llvm bpftool libbpf-dev make gcc libc6-dev util-linux libcap2-bin procps)
+    packages+=(clang llvm bpftool libbpf-dev make gcc libc6-dev util-linux libcap2-bin procps
+               openjdk-17-jre-headless maven unzip)
     extras="[test]"
     # Before anything is installed: the Jaeger build needs a Go this script does not install.
     step "checking for the Jaeger binary, or a Go that can build it"
@@ -51,6 +54,8 @@ command -v pyenv >/dev/null && pyenv rehash || true  # puts the `otelproc` scrip
 if $test_setup; then
     step "building the Jaeger binary unless cached (deploy/jaeger/build.sh; the first time, a few minutes)"
     step "  Jaeger binary: $(deploy/jaeger/build.sh)"
+    step "fetching OpenSearch unless cached (deploy/opensearch/fetch.sh; the first time, about 30 s)"
+    step "  OpenSearch: $(deploy/opensearch/fetch.sh)"
     step "done: run the tests with \`python3 -m pytest\` (as root), or the local stack with deploy/local/up.sh"
 else
     step "done: \`otelproc check\` says whether it can run here; \`otelproc run\` runs it"
