@@ -38,7 +38,7 @@ if [[ ! -x $HOME_DIR/bin/opensearch ]]; then
     if [[ ! -f $ZIP ]]; then
         command -v mvn >/dev/null || { note "fetching OpenSearch needs Maven: apt-get install maven"; exit 2; }
         note "fetching $ARTIFACT from Maven Central (56 MB)"
-        mvn -q dependency:get -Dartifact="$ARTIFACT" >&2
+        mvn -q -B dependency:get -Dartifact="$ARTIFACT" >&2
     fi
     mkdir -p "$CACHE"
     chmod 755 "$CACHE"
