@@ -13,7 +13,6 @@ import datetime
 import os
 import re
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -67,7 +66,8 @@ class FleetJaeger:
 
     def start(self) -> None:
         self.starts += 1
-        self.process = JaegerProcess(self.binary, OPENSEARCH_CONFIG, self.env, self.log_dir / f"jaeger-{self.starts}.log")
+        log = self.log_dir / f"jaeger-{self.starts}.log"
+        self.process = JaegerProcess(self.binary, OPENSEARCH_CONFIG, self.env, log)
         for port in self.ports:
             self.process.wait_listening(port)
 
@@ -131,15 +131,18 @@ def test_spans_survive_a_lost_node_and_a_jaeger_restart(cluster, jaeger, sidecar
     health = cluster.wait_healthy("yellow", nodes=2, timeout=120)
     assert health["status"] in ("green", "yellow"), health
 
-    def all_stored() -> list[JaegerSpan]:
-        spans = stored(jaeger, since)
-        return spans if set(lifetime_pids(spans)) >= set(started) else []
-
-    spans = wait_for(all_stored, f"the lifetime spans of all {len(started)} processes", timeout=180)
+    wait_for(lambda: set(lifetime_pids(stored(jaeger, since))) >= set(started),
+             f"the lifetime spans of all {len(started)} processes", timeout=180)
     assert otelproc.stop(timeout=60) == 0
     stop_line = otelproc.wait_line("stopped;")
     exported = int(re.search(r"(\d+) exported", stop_line).group(1))
-    spans = stored(jaeger, since)  # now with whatever otelproc flushed at its stop
+
+    def as_many_as_exported() -> list[JaegerSpan]:
+        """With whatever otelproc flushed at its stop (OpenSearch shows a write within a second or so)."""
+        spans = stored(jaeger, since)
+        return spans if len(spans) >= exported else []
+
+    spans = wait_for(as_many_as_exported, f"the {exported} spans otelproc exported", timeout=30)
 
     # Every process exactly once, and every span otelproc says the backend accepted, no more.
     assert lifetime_pids(spans) == Counter(started), f"after killing {killed}"

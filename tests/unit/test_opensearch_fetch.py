@@ -63,7 +63,8 @@ def test_fetched_once_and_unpacked_for_another_user_to_read(place):
     assert launcher.stat().st_mode & (stat.S_IROTH | stat.S_IXOTH) == stat.S_IROTH | stat.S_IXOTH
     assert (place / "cache").stat().st_mode & 0o777 == 0o755
     calls = (place / "mvn.log").read_text().splitlines()
-    assert calls == [f"-q -B dependency:get -Dartifact=org.opensearch.distribution.integ-test-zip:opensearch:{VERSION}:zip"]
+    artifact = f"org.opensearch.distribution.integ-test-zip:opensearch:{VERSION}:zip"
+    assert calls == [f"-q -B dependency:get -Dartifact={artifact}"]
 
     again = run(place)
     assert (again.returncode, again.stdout) == (0, first.stdout)
