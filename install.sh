@@ -6,6 +6,8 @@
 #                         demo dependencies, the Jaeger binary the end-to-end tests and the local
 #                         stack run (built with Go, cached), the Jaeger UI it serves (built with npm,
 #                         cached) and the browser that tests it (Debian's chromium and chromium-driver)
+#                         and OpenSearch with a user to run it as, for the fleet test and benchmark
+#                         (deploy/opensearch/fetch.sh: Maven Central, cached)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -22,7 +24,8 @@ esac
 packages=(libbpf1)
 extras=""
 if $test_setup; then
-    packages+=(clang llvm bpftool libbpf-dev make gcc libc6-dev util-linux libcap2-bin procps redis-server chromium chromium-driver)
+    packages+=(clang llvm bpftool libbpf-dev make gcc libc6-dev util-linux libcap2-bin procps redis-server chromium chromium-driver
+               openjdk-17-jre-headless maven unzip)
     # The Jaeger UI is built with npm (and Node 24 from the npm registry) unless it is cached.
     deploy/jaeger/build-ui.sh --print-path >/dev/null 2>&1 || command -v npm >/dev/null || packages+=(npm)
     extras="[test]"
@@ -58,6 +61,8 @@ if $test_setup; then
     step "building the Jaeger UI unless cached (deploy/jaeger/build-ui.sh; the first time, 2 to 4 minutes)"
     ui=$(deploy/jaeger/build-ui.sh) || fail "no Jaeger UI (above)"
     step "  Jaeger UI: $ui"
+    step "fetching OpenSearch unless cached (deploy/opensearch/fetch.sh; the first time, about 30 s)"
+    step "  OpenSearch: $(deploy/opensearch/fetch.sh)"
     step "done: run the tests with \`python3 -m pytest\` (as root), or the local stack with deploy/local/up.sh"
 else
     step "done: \`otelproc check\` says whether it can run here; \`otelproc run\` runs it"

@@ -181,11 +181,13 @@ class StormResult:
         return self.iterations / (self.elapsed_ns / 1e9)
 
 
-def storm(programs: Programs, program: Path, iterations: int, jobs: int = 1, rate: float = 0) -> StormResult:
-    """Runs the driver to the end; it reports its own wall time, free of Python's start-up."""
+def storm(programs: Programs, program: Path, iterations: int, jobs: int = 1, rate: float = 0,
+          wrapper: Sequence[str] = ()) -> StormResult:
+    """Runs the driver to the end; it reports its own wall time, free of Python's start-up.
+    `wrapper` runs it elsewhere, e.g. nsenter into another pid namespace."""
     started = time.time()
     result = subprocess.run(
-        [str(programs.storm), str(iterations), str(program), str(jobs), f"{rate:.3f}"],
+        [*wrapper, str(programs.storm), str(iterations), str(program), str(jobs), f"{rate:.3f}"],
         capture_output=True, text=True, check=False,
     )
     finished = time.time()
@@ -464,7 +466,9 @@ def parse_stop(returncode: int, text: str) -> StopReport:
 class Otelproc:
     """`otelproc run` from this tree, exporting over OTLP/gRPC to `endpoint`; stopped with SIGTERM."""
 
-    def __init__(self, match: str, endpoint: str, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, match: str, endpoint: str, *extra: str, env: dict[str, str] | None = None,
+                 wrapper: Sequence[str] = ()) -> None:
+        """`wrapper` runs it inside something, e.g. unshare: then self.pid is the wrapper's."""
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_"))}
         full_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
         # No state file and no pinned probe: each run starts from nothing, none resumes another's
@@ -476,7 +480,7 @@ class Otelproc:
         self.launched = time.monotonic()
         self.launched_wall_ns = time.time_ns()  # to compare with the receiver's arrival times
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "otelproc", *self.args],
+            [*wrapper, PYTHON, "-m", "otelproc", *self.args],
             cwd=REPO, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True,
         )

@@ -1,6 +1,6 @@
 """Every benchmark, one after the other, then SUMMARY.md: every target and how it did.
 
-    python3 bench/run_all.py            # the full set (about 10 minutes), results in bench/results/
+    python3 bench/run_all.py            # the full set (about 14 minutes), results in bench/results/
     python3 bench/run_all.py --quick    # a smoke run of each, results in bench/work/results-quick/
 
 Each benchmark runs in a process of its own (the same interpreter as this one), so one that
@@ -19,7 +19,7 @@ from typing import Any
 import common
 
 # The span path first: it needs neither root nor the kernel, and says the most about the rest.
-BENCHMARKS = ("span_path", "overhead", "throughput", "latency", "footprint", "soak", "many_live")
+BENCHMARKS = ("span_path", "overhead", "throughput", "latency", "footprint", "soak", "many_live", "many_nodes")
 
 
 def summary(out: Path, ran: dict[str, int], machine_info: dict[str, Any]) -> str:
