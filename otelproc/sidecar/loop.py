@@ -52,7 +52,7 @@ from otelproc.otel import unsent
 from otelproc.stop import StopSignal
 from otelproc.otel.telemetry import CountingExporter, Stats, ThrottledLog, stage_failed, start_metrics
 from otelproc.sidecar.owners import Owners
-from otelproc.sidecar.tracker import DEFAULT_MAX_EXECS, Ended, Tracker
+from otelproc.sidecar.tracker import DEFAULT_MAX_EXECS, Ended, TrackedProcess, Tracker
 
 log = logging.getLogger("otelproc")
 
@@ -125,7 +125,13 @@ class Sidecar:
 
     def export_lifetime(self, ended: Ended) -> None:
         self.carryover.mark_dirty()
+        for parent in self.tracker.unsent_parents(ended.process):
+            self.export_started(parent)
         self.export(lambda: self.builder.lifetime(ended, self.cgroups.path(ended.process.cgroup_id)), "lifetime")
+
+    def export_started(self, process: TrackedProcess) -> None:
+        self.carryover.mark_dirty()  # sent: the state file says so, and the next otelproc sends it no more
+        self.export(lambda: self.builder.started(process, self.cgroups.path(process.cgroup_id)), "started")
 
     def export(self, build: Callable[[], ReadableSpan], role: str) -> None:
         """Builds a span and hands it on; a failure of either is counted and skipped."""
@@ -183,8 +189,7 @@ class Sidecar:
                 self.export_lifetime(ended)
             findings = self.sweeper.ready()
         for process in self.tracker.due_started_spans(now):
-            self.carryover.mark_dirty()  # sent: the state file says so, and the next otelproc sends it no more
-            self.export(lambda p=process: self.builder.started(p, self.cgroups.path(p.cgroup_id)), "started")
+            self.export_started(process)
             if time.monotonic_ns() >= deadline:
                 break
         while self.tracker.superseded:

@@ -67,6 +67,7 @@ class TrackedProcess:
     execs_dropped: int = 0  # older execs let go, so that a process that execs in a loop stays bounded
     owner: str | None = None  # user name of uid in the process's own view (owners.py)
     started_span_sent: bool = False  # its 'started' span is out: its trace placement is final
+    legacy_started: bool = False  # that 'started' span was an older otelproc's, a child of the lifetime span
     parent_program: str | None = None
     signals: list[SignalSent] = field(default_factory=list)  # the last MAX_SIGNALS that could end it
     signals_dropped: int = 0  # older ones, forgotten
@@ -281,10 +282,33 @@ class Tracker:
         return Ended(process, event.time, event.exit_code, event.signal, event.core_dumped, event.usage)
 
     def due_started_spans(self, now_ns: int) -> Iterator[TrackedProcess]:
-        """Processes alive past the start-span delay whose 'started' span is not out yet."""
+        """Processes alive past the start-span delay whose 'started' span is not out yet, each after
+        its tracked ancestors that have none out yet (a process adopted before its parent, say)."""
         while self._started_spans_due and self._started_spans_due[0][0] <= now_ns:
             _, key = self._started_spans_due.popleft()
             process = self.processes.get(key)
             if process is not None and not process.started_span_sent:
+                yield from self.unsent_parents(process)
                 process.started_span_sent = True
                 yield process
+
+    def unsent_parents(self, process: TrackedProcess) -> list[TrackedProcess]:
+        """The tracked ancestors a span of `process` hangs from, directly or through each other, whose
+        process span is not out yet, topmost first; marked sent. The caller sends their 'started' spans
+        first, so that no span names a parent that is not exported yet: a short-lived child of a young
+        parent brings its parent's 'started' span forward."""
+        unsent: list[TrackedProcess] = []
+        parent = self.hung_from(process)
+        while parent is not None and not parent.started_span_sent:
+            parent.started_span_sent = True
+            unsent.append(parent)
+            parent = self.hung_from(parent)
+        unsent.reverse()
+        return unsent
+
+    def hung_from(self, process: TrackedProcess) -> TrackedProcess | None:
+        """The tracked parent whose process span is the parent of this one's, if it has one."""
+        parent = self.processes.get(process.parent_key) if process.parent_key else None
+        if parent is None or process.link.remote_parent or process.link.parent_span_id != parent.link.span_id:
+            return None  # placed under a TRACEPARENT, or a root (its parent is in another pid namespace)
+        return parent
