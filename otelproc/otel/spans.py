@@ -351,8 +351,10 @@ class SpanBuilder:
         return context, link.span_context()
 
     def started(self, process: TrackedProcess, cgroup_path: str | None = None) -> ReadableSpan:
-        """The process span of a process still running: 1 ns at its start (Jaeger flags 0 ns), placed where
-        its lifetime span would be, so that its children and the requests it serves have it to point at."""
+        """The process span of a process still running, placed where its lifetime span would be, so that
+        its children and the requests it serves have it to point at. An instant at its start: 1 ns (Jaeger
+        flags 0 ns) plus 1 ns per tracked ancestor, so that it outlasts its parent's 'started' span:
+        Jaeger's UI warns of clock skew on a child span that neither fits inside its parent nor lasts longer."""
         attrs = self.attributes(process, cgroup_path)
         attrs["otelproc.span"] = "started"
         link = process.link
@@ -364,6 +366,6 @@ class SpanBuilder:
             attributes=self.limited(attrs, self.limits.max_span_attributes, self.limits.max_span_attribute_length),
             kind=SpanKind.INTERNAL,
             start_time=process.start_time,
-            end_time=process.start_time + 1,
+            end_time=process.start_time + 1 + process.depth,
             instrumentation_scope=SCOPE,
         )

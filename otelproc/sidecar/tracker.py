@@ -68,6 +68,7 @@ class TrackedProcess:
     owner: str | None = None  # user name of uid in the process's own view (owners.py)
     started_span_sent: bool = False  # its 'started' span is out: its trace placement is final
     legacy_started: bool = False  # that 'started' span was an older otelproc's, a child of the lifetime span
+    depth: int = 0  # tracked ancestors its process span hangs under (0: a root, or under a TRACEPARENT)
     parent_program: str | None = None
     signals: list[SignalSent] = field(default_factory=list)  # the last MAX_SIGNALS that could end it
     signals_dropped: int = 0  # older ones, forgotten
@@ -206,7 +207,7 @@ class Tracker:
             exe, argv, otel_env = parent.exe, parent.argv, dict(parent.otel_env)
         owner = self._owner(event, parent)
         identity = ProcessIdentity(self._boot_id, event.pidns, event.vpid, event.start_ticks)
-        return TrackedProcess(
+        process = TrackedProcess(
             identity=identity,
             origin=origin,
             start_time=start_time,
@@ -229,6 +230,8 @@ class Tracker:
             parent_program=parent.program if parent else None,
             owner=owner,
         )
+        process.depth = self.depth(process)
+        return process
 
     def _owner(self, event: ProcessEvent, same_root: TrackedProcess | None) -> str | None:
         """The owner's name; one a process of the same root already has for the same uid is taken as it
@@ -264,6 +267,7 @@ class Tracker:
             # given to the exec, say) may still place it.
             parent = self.processes.get(process.parent_key) if process.parent_key else None
             process.link = self._place(process.identity, process.otel_env, parent)
+            process.depth = self.depth(process)
 
     @staticmethod
     def _note(process: TrackedProcess, event: ProcessEvent) -> None:
@@ -282,13 +286,12 @@ class Tracker:
         return Ended(process, event.time, event.exit_code, event.signal, event.core_dumped, event.usage)
 
     def due_started_spans(self, now_ns: int) -> Iterator[TrackedProcess]:
-        """Processes alive past the start-span delay whose 'started' span is not out yet, each after
-        its tracked ancestors that have none out yet (a process adopted before its parent, say)."""
+        """Processes alive past the start-span delay whose 'started' span is not out yet, in the order
+        they were added: a parent (added before its child) before its child."""
         while self._started_spans_due and self._started_spans_due[0][0] <= now_ns:
             _, key = self._started_spans_due.popleft()
             process = self.processes.get(key)
             if process is not None and not process.started_span_sent:
-                yield from self.unsent_parents(process)
                 process.started_span_sent = True
                 yield process
 
@@ -305,6 +308,12 @@ class Tracker:
             parent = self.hung_from(parent)
         unsent.reverse()
         return unsent
+
+    def depth(self, process: TrackedProcess) -> int:
+        """How many tracked ancestors its process span hangs under, fixed while its parent is known:
+        a 'started' span lasts one nanosecond more than its parent's (see SpanBuilder.started)."""
+        parent = self.hung_from(process)
+        return parent.depth + 1 if parent is not None else 0
 
     def hung_from(self, process: TrackedProcess) -> TrackedProcess | None:
         """The tracked parent whose process span is the parent of this one's, if it has one."""

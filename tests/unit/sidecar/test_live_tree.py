@@ -50,6 +50,8 @@ class Service:
         self.monkeypatch = monkeypatch
 
     def feed(self, kind: str, pid: int, ppid: int = 1, **kw: object) -> None:
+        if kind == "exit":
+            kw.setdefault("time", 1_000_000 + pid)  # a lifetime lasts (events start at 1_000 + pid)
         ended = self.sidecar.tracker.handle(event(kind, pid, ticks=pid, ppid=ppid, **kw))
         if ended is not None:
             self.sidecar.export_lifetime(ended)
@@ -70,13 +72,19 @@ class Service:
         return {s.attributes["otelproc.span"]: s for s in self.spans if s.attributes["process.pid"] == pid}
 
     def check(self) -> None:
-        """No span names a parent that was not out before it; no id twice; at most two spans a process."""
-        out: set[int] = set()
+        """No span names a parent that was not out before it; no id twice; at most two spans a process;
+        each span fits inside its parent or outlasts it, from no earlier (else Jaeger's UI warns of clock skew)."""
+        out: dict[int, ReadableSpan] = {}
         for span in self.spans:
             parent = span.parent
             assert parent is None or parent.is_remote or parent.span_id in out, f"{span.name}: parent not out yet"
             assert span.context.span_id not in out, f"{span.name}: its id went out before"
-            out.add(span.context.span_id)
+            out[span.context.span_id] = span
+            if parent is not None and not parent.is_remote:
+                p = out[parent.span_id]
+                inside = p.start_time <= span.start_time and span.end_time <= p.end_time
+                longer = span.end_time - span.start_time > p.end_time - p.start_time and span.start_time >= p.start_time
+                assert inside or longer, f"{span.name} under {p.name}: Jaeger would see clock skew"
         per_process: dict[str, int] = {}
         for span in self.spans:
             key = span.attributes["otelproc.process.key"]
@@ -172,13 +180,14 @@ def test_a_child_placed_under_traceparent_needs_no_parent_of_ours(service: Servi
     assert span.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
 
 
-def test_an_adopted_child_before_its_parent_waits_for_it(service: Service):
-    """/proc order is pid order: a child with a lower pid than its parent is adopted first."""
-    service.feed("adopt", 500)
-    service.feed("adopt", 499, ppid=500)
+def test_started_spans_of_a_chain_each_outlast_their_parents(service: Service):
+    """Jaeger's UI warns of clock skew on a child that neither fits inside its parent nor outlasts it."""
+    for pid in (500, 501, 502):
+        service.feed("adopt", pid, ppid=pid - 1)
     service.delay_passes()
     service.check()
-    assert [s.attributes["process.pid"] for s in service.spans] == [500, 499]
+    assert [s.attributes["process.pid"] for s in service.spans] == [500, 501, 502]
+    assert [s.end_time - s.start_time for s in service.spans] == [1, 2, 3]
 
 
 def test_a_restart_carries_on_with_the_same_ids_and_sends_nothing_twice(monkeypatch, tmp_path):
