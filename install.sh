@@ -20,7 +20,7 @@ esac
 packages=(libbpf1)
 extras=""
 if $test_setup; then
-    packages+=(clang llvm bpftool libbpf-dev make gcc libc6-dev util-linux libcap2-bin procps)
+    packages+=(clang llvm bpftool libbpf-dev make gcc libc6-dev util-linux libcap2-bin procps chromium chromium-driver)
     extras="[test]"
     # Before anything is installed: the Jaeger build needs a Go this script does not install.
     step "checking for the Jaeger binary, or a Go that can build it"

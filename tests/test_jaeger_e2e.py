@@ -87,13 +87,12 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
 class JaegerProcess:
     """`jaeger --config file:CONFIG` with a clean environment plus `env`; its output goes to `log`."""
 
-    def __init__(self, binary: str, config: Path, env: dict[str, str], log: Path) -> None:
+    def __init__(self, binary: str, config: Path, env: dict[str, str], log: Path, overlay: Path | None = None) -> None:
         self.log = log
         base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")}
+        configs = [f"--config=file:{path}" for path in (config, overlay) if path is not None]  # merged, in order
         with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [binary, "--config", f"file:{config}"], env={**base, **env}, stdout=out, stderr=subprocess.STDOUT
-            )
+            self.proc = subprocess.Popen([binary, *configs], env={**base, **env}, stdout=out, stderr=subprocess.STDOUT)
 
     def tail(self, lines: int = 25) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -117,7 +116,12 @@ class Backend:
 
 @pytest.fixture
 def backend(tmp_path: Path) -> Iterator[Backend]:
-    """Jaeger all-in-one, then the Collector exporting to it; both stopped at teardown."""
+    yield from running_backend(tmp_path)
+
+
+def running_backend(tmp_path: Path, jaeger_overlay: Path | None = None) -> Iterator[Backend]:
+    """Jaeger all-in-one (its settings merged with jaeger_overlay), then the Collector exporting to it;
+    both stopped when the generator is closed."""
     binary = jaeger_binary()
     otlp_grpc, otlp_http, query_http, query_grpc, c_grpc, c_http, c_telemetry = free_ports(7)
     started: list[JaegerProcess] = []
@@ -126,7 +130,7 @@ def backend(tmp_path: Path) -> Iterator[Backend]:
             "JAEGER_LISTEN_HOST": "127.0.0.1", "JAEGER_OTLP_GRPC_PORT": str(otlp_grpc),
             "JAEGER_OTLP_HTTP_PORT": str(otlp_http), "JAEGER_QUERY_HTTP_PORT": str(query_http),
             "JAEGER_QUERY_GRPC_PORT": str(query_grpc),
-        }, tmp_path / "jaeger.log")
+        }, tmp_path / "jaeger.log", jaeger_overlay)
         started.append(jaeger)
         jaeger.wait_listening(query_http)
         jaeger.wait_listening(otlp_grpc)
