@@ -313,16 +313,20 @@ def test_process_and_request_spans_reach_jaeger(backend, sidecar, test_python):
     spans = wait_for(process_spans_arrived, "lifetime spans of the master, its workers and the spawned child",
                      timeout=60)
     lifetimes = {s.attributes["process.pid"]: s for s in spans if s.role == "lifetime"}
+    started = {s.attributes["process.pid"]: s for s in spans if s.role == "started"}
 
-    # The process trace: the uvicorn master, and its two workers as its children.
+    # The process trace: the uvicorn master, and its two workers as its children: each process's
+    # 'started' span (its process span, out while it ran) and its lifetime span under it.
     root = lifetimes[master.pid]
-    assert root.name == "uvicorn" and root.parent_span_id == ""
+    assert started[master.pid].parent_span_id == "" and root.parent_span_id == started[master.pid].span_id
+    assert root.name == "uvicorn"
     assert root.attributes["process.command_args"][1:4] == ["-m", "uvicorn", "app:app"]
     assert root.attributes["process.exit.code"] == 0 and root.status_code == STATUS_OK
     assert root.resource["service.name"] == "demo"
     for pid in workers:
         worker = lifetimes[pid]
-        assert (worker.trace_id, worker.parent_span_id) == (root.trace_id, root.span_id)
+        assert (started[pid].trace_id, started[pid].parent_span_id) == (root.trace_id, started[master.pid].span_id)
+        assert worker.parent_span_id == started[pid].span_id
         assert worker.name == "uvicorn worker" and worker.attributes["process.parent_pid"] == master.pid
         # A graceful stop (the master's SIGTERM, handled, then re-raised) is not an error.
         assert worker.status_code == STATUS_OK
@@ -330,8 +334,8 @@ def test_process_and_request_spans_reach_jaeger(backend, sidecar, test_python):
         assert worker.attributes["otelproc.exit.sender_pid"] == master.pid
         assert worker.attributes["otelproc.exit.reason"].startswith(f"stopped by SIGTERM from pid {master.pid} (")
 
-    # The request traces (app-side helper): every request span links to its worker's lifetime span.
-    by_id = {(s.trace_id, s.span_id): s for s in lifetimes.values()}
+    # The request traces (app-side helper): every request span links to its worker's process span.
+    by_id = {(s.trace_id, s.span_id): s for s in started.values()}
     requests_seen = request_spans(spans)
     assert sorted(path_of(r) for r in requests_seen) == sorted(
         path for paths in served.values() for path in paths
@@ -356,7 +360,7 @@ def test_process_and_request_spans_reach_jaeger(backend, sidecar, test_python):
     key = lifetimes[worker_pid].attributes["otelproc.process.key"]
     found = search_by_tag(backend.query_url, "demo", "otelproc.process.key", key)
     found_spans = {s["spanID"] for trace in found for s in trace["spans"]}
-    assert lifetimes[worker_pid].span_id in found_spans, "the worker's own process trace"
+    assert {lifetimes[worker_pid].span_id, started[worker_pid].span_id} <= found_spans, "the worker's own process trace"
     served_here = {r.span_id for r in requests_seen if r.resource["process.pid"] == worker_pid}
     assert len(served_here) == len(served[worker_pid])
     assert served_here <= found_spans

@@ -65,15 +65,19 @@ def test_uvicorn_master_and_workers_form_one_trace(sidecar, grpc_receiver, test_
     )
     assert spans
     (root,) = grpc_receiver.of_pid(master.pid)
+    (root_started,) = grpc_receiver.of_pid(master.pid, "started")  # its process span, out while it ran
     trace_id, span_id = expected_ids(HOST_PIDNS, master.pid, master_ticks)
-    assert (root.trace_id, root.span_id, root.parent_span_id) == (trace_id, span_id, "")
+    assert (root_started.trace_id, root_started.span_id, root_started.parent_span_id) == (trace_id, span_id, "")
+    assert (root.trace_id, root.parent_span_id) == (trace_id, span_id)  # its lifetime span, under it
     assert root.name == "uvicorn"
     assert root.attributes["process.command_args"][1:4] == ["-m", "uvicorn", "hello:app"]
     assert root.attributes["process.parent_pid"] == os.getpid()
     assert root.attributes["process.exit.code"] == 0 and root.status == "OK"
     for pid in workers:
         (worker,) = grpc_receiver.of_pid(pid)
-        assert worker.trace_id == root.trace_id and worker.parent_span_id == root.span_id
+        (worker_started,) = grpc_receiver.of_pid(pid, "started")
+        assert (worker_started.trace_id, worker_started.parent_span_id) == (trace_id, span_id)
+        assert worker.trace_id == trace_id and worker.parent_span_id == worker_started.span_id
         assert worker.attributes["process.parent_pid"] == master.pid
         assert worker.attributes["otelproc.start.source"] == "fork"
         assert "--multiprocessing-fork" in worker.attributes["process.command_args"]
@@ -197,7 +201,7 @@ def test_running_process_is_visible_within_5_seconds(sidecar, grpc_receiver, tes
         (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid, role="started"), timeout=5)
         seen_after = time.monotonic() - started
         trace_id, span_id = expected_ids(HOST_PIDNS, child.pid, proc_start_ticks(child.pid))
-        assert (span.trace_id, span.parent_span_id) == (trace_id, span_id)
+        assert (span.trace_id, span.span_id, span.parent_span_id) == (trace_id, span_id, "")  # the process span
         assert span.name.endswith(" started") and span.attributes["process.pid"] == child.pid
         assert grpc_receiver.of_pid(child.pid) == [], "the lifetime span waits for the exit"
         print(f"visible after {seen_after:.2f} s")
@@ -205,7 +209,7 @@ def test_running_process_is_visible_within_5_seconds(sidecar, grpc_receiver, tes
         child.kill()
         child.wait()
     (lifetime,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
-    assert lifetime.span_id == span.parent_span_id
+    assert lifetime.parent_span_id == span.span_id
 
 
 def test_services_share_one_export_grouped_by_resource(sidecar, grpc_receiver, test_python):

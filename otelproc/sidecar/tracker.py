@@ -23,6 +23,8 @@ ProcessKey = tuple[int, int]  # (pid, start ticks)
 MAX_SIGNALS = 16  # signals kept per process, the most recent: a bound on its span events
 # The SDK's default span event limit (OTEL_SPAN_EVENT_COUNT_LIMIT): more execs could not be exported anyway.
 DEFAULT_MAX_EXECS = 128
+# Lifetimes of a young parent's children kept until its process span is out; past it, its 'started' span goes early.
+MAX_WAITING = 256
 
 def keep_latest(items: list, item: object, limit: int) -> int:
     """Appends item and lets the oldest go past limit; returns how many went (0 or 1)."""
@@ -69,6 +71,7 @@ class TrackedProcess:
     started_span_sent: bool = False  # its 'started' span is out: its trace placement is final
     legacy_started: bool = False  # that 'started' span was an older otelproc's, a child of the lifetime span
     depth: int = 0  # tracked ancestors its process span hangs under (0: a root, or under a TRACEPARENT)
+    waiting: list[Ended] = field(default_factory=list)  # its children's lifetimes, until its process span is out
     parent_program: str | None = None
     signals: list[SignalSent] = field(default_factory=list)  # the last MAX_SIGNALS that could end it
     signals_dropped: int = 0  # older ones, forgotten
@@ -142,6 +145,7 @@ class Tracker:
         self.stats = stats or Stats()
         self.begun = 0  # lifetimes begun by a kernel record (exec, fork): what the ring kept
         self.superseded: list[TrackedProcess] = []  # exits missed, found by pid reuse; the caller drains it
+        self.released: list[Ended] = []  # lifetimes an evicted parent was keeping; the caller drains it
         self._boot_id = boot_id()
 
     def __len__(self) -> int:
@@ -187,8 +191,10 @@ class Tracker:
                 self.stats.reconciled["pid_reused"] += 1
                 self.superseded.append(superseded)
         while len(self.processes) >= self.max_processes:  # only once a reused pid has made its room
-            self.forget(next(iter(self.processes)))
+            evicted = self.forget(next(iter(self.processes)))
             self.stats.drops["table_full"] += 1
+            if evicted is not None:  # its span will come from its exit record: its children need not wait
+                self.released.extend(evicted.waiting)
         self.processes[process.key] = process
         self._by_pid[process.pid] = process.key
         self._started_spans_due.append((time.time_ns() + self.started_span_after_ns, process.key))
@@ -295,11 +301,22 @@ class Tracker:
                 process.started_span_sent = True
                 yield process
 
+    def hold(self, ended: Ended) -> bool:
+        """Keeps a lifetime whose tracked parent has no span out yet with that parent, until the parent's
+        'started' span goes out (at most --start-span-delay later) or the parent ends and its lifetime span
+        is its process span: no span names a parent that is not out, and a short-lived process costs one
+        span. False when there is no such parent, or it keeps MAX_WAITING already."""
+        parent = self.hung_from(ended.process)
+        if parent is None or parent.started_span_sent or len(parent.waiting) >= MAX_WAITING:
+            return False
+        parent.waiting.append(ended)
+        return True
+
     def unsent_parents(self, process: TrackedProcess) -> list[TrackedProcess]:
         """The tracked ancestors a span of `process` hangs from, directly or through each other, whose
         process span is not out yet, topmost first; marked sent. The caller sends their 'started' spans
-        first, so that no span names a parent that is not exported yet: a short-lived child of a young
-        parent brings its parent's 'started' span forward."""
+        first, so that no span names a parent that is not exported yet: when a parent keeps too many
+        lifetimes already, or otelproc stops."""
         unsent: list[TrackedProcess] = []
         parent = self.hung_from(process)
         while parent is not None and not parent.started_span_sent:

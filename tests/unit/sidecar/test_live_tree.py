@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from otelproc import cli, config
 from otelproc.identity import ProcessIdentity, boot_id
 from otelproc.sidecar import loop, state
+from otelproc.sidecar.tracker import MAX_WAITING
 from unit.support import event
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -155,20 +156,58 @@ def test_a_short_lived_process_is_one_span(service: Service):
                                                     s.attributes["process.pid"]).span_id() for s in service.spans)
 
 
-def test_a_young_parent_sends_its_started_span_before_a_child_that_needs_it(service: Service):
-    """A child ends before its parent's delay is up: the parent's 'started' span goes first (and its
-    own parent's), and no ancestor gets a second one when its delay comes."""
+def test_a_child_of_a_young_parent_waits_for_its_parents_span(service: Service):
+    """A child ends before its parent's 'started' span is due: its lifetime span waits for it (at most the
+    delay), so that no span names a parent not out yet; nobody gets a span early."""
     service.feed("exec", 300)
     service.feed("exec", 301, ppid=300)
     service.feed("exec", 302, ppid=301)
     service.feed("exit", 302, ppid=301, exit_code=1)
+    assert service.spans == []
+    service.delay_passes()
     assert [(s.attributes["process.pid"], s.attributes["otelproc.span"]) for s in service.spans] == [
         (300, "started"), (301, "started"), (302, "lifetime")]
-    service.delay_passes()
     service.feed("exit", 301, ppid=300, exit_code=0)
     service.feed("exit", 300, exit_code=0)
     service.check()
     assert len(service.spans) == 5
+
+
+def test_a_short_lived_tree_is_one_span_a_process(service: Service):
+    """python runs sh, which runs tr, all done within the delay: three spans, each parent before its children."""
+    service.feed("exec", 310)
+    service.feed("exec", 311, ppid=310, argv=("sh", "-c", "tr a b"))
+    service.feed("exec", 312, ppid=311, argv=("tr", "a", "b"))
+    for pid, ppid, time_ns in ((312, 311, 2_000), (311, 310, 3_000), (310, 1, 4_000)):
+        service.feed("exit", pid, ppid=ppid, exit_code=0, time=time_ns)
+    service.check()
+    assert [(s.attributes["process.pid"], s.attributes["otelproc.span"]) for s in service.spans] == [
+        (310, "lifetime"), (311, "lifetime"), (312, "lifetime")]
+    service.delay_passes()
+    assert len(service.spans) == 3
+
+
+def test_at_a_stop_waiting_lifetimes_go_out_after_their_parents_started_span(service: Service):
+    service.feed("exec", 320)
+    service.feed("exec", 321, ppid=320)
+    service.feed("exit", 321, ppid=320, exit_code=0)
+    service.sidecar.release_waiting()
+    service.check()
+    assert [(s.attributes["process.pid"], s.attributes["otelproc.span"]) for s in service.spans] == [
+        (320, "started"), (321, "lifetime")]
+    service.delay_passes()
+    assert len(service.spans) == 2  # no second 'started' span
+
+
+def test_a_parent_keeps_a_bounded_number_of_lifetimes_waiting(service: Service):
+    """Past MAX_WAITING, a young parent's 'started' span goes early: what waits stays bounded."""
+    service.feed("exec", 330)
+    for pid in range(1000, 1000 + MAX_WAITING + 1):
+        service.feed("exec", pid, ppid=330)
+        service.feed("exit", pid, ppid=330, exit_code=0)
+    service.check()
+    assert len(service.spans) == MAX_WAITING + 2  # the parent's 'started' span, then every child's
+    assert service.spans[0].attributes["process.pid"] == 330
 
 
 def test_a_child_placed_under_traceparent_needs_no_parent_of_ours(service: Service):
