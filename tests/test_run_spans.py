@@ -64,20 +64,23 @@ def test_uvicorn_master_and_workers_form_one_trace(sidecar, grpc_receiver, test_
         lambda _: len(grpc_receiver.of_pid(master.pid)) == 1 and all(grpc_receiver.of_pid(w) for w in workers)
     )
     assert spans
+    process_spans = {s.attributes["process.pid"]: s for s in grpc_receiver.process_spans().values()}
     (root,) = grpc_receiver.of_pid(master.pid)
-    (root_started,) = grpc_receiver.of_pid(master.pid, "started")  # its process span, out while it ran
     trace_id, span_id = expected_ids(HOST_PIDNS, master.pid, master_ticks)
-    assert (root_started.trace_id, root_started.span_id, root_started.parent_span_id) == (trace_id, span_id, "")
-    assert (root.trace_id, root.parent_span_id) == (trace_id, span_id)  # its lifetime span, under it
+    # Its process span: its 'started' span if it ran past the delay (its lifetime span then under it), else
+    # its lifetime span.
+    root_node = process_spans[master.pid]
+    assert (root_node.trace_id, root_node.span_id, root_node.parent_span_id) == (trace_id, span_id, "")
+    assert root is root_node or (root.trace_id, root.parent_span_id) == (trace_id, span_id)
     assert root.name == "uvicorn"
     assert root.attributes["process.command_args"][1:4] == ["-m", "uvicorn", "hello:app"]
     assert root.attributes["process.parent_pid"] == os.getpid()
     assert root.attributes["process.exit.code"] == 0 and root.status == "OK"
     for pid in workers:
         (worker,) = grpc_receiver.of_pid(pid)
-        (worker_started,) = grpc_receiver.of_pid(pid, "started")
-        assert (worker_started.trace_id, worker_started.parent_span_id) == (trace_id, span_id)
-        assert worker.trace_id == trace_id and worker.parent_span_id == worker_started.span_id
+        node = process_spans[pid]
+        assert (node.trace_id, node.parent_span_id) == (trace_id, span_id)
+        assert worker is node or (worker.trace_id, worker.parent_span_id) == (trace_id, node.span_id)
         assert worker.attributes["process.parent_pid"] == master.pid
         assert worker.attributes["otelproc.start.source"] == "fork"
         assert "--multiprocessing-fork" in worker.attributes["process.command_args"]
