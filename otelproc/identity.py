@@ -10,9 +10,16 @@ A process is named by what it can see of itself from inside its own container:
 joined as "<boot id>/<pidns inode>/<vpid>/<start ticks>" (the *process key*).
 Pids are reused; the start time tells two holders of one pid apart.
 
-    span id of the lifetime span  = first  8 bytes of SHA-256("otelproc span "  + key)
-    span id of the 'started' span = first  8 bytes of SHA-256("otelproc start " + key)
-    trace id of a root process    = first 16 bytes of SHA-256("otelproc trace " + key)
+    process span id  = first  8 bytes of SHA-256("otelproc span "     + key)
+    lifetime span id = first  8 bytes of SHA-256("otelproc lifetime " + key)
+    trace id of a root process = first 16 bytes of SHA-256("otelproc trace " + key)
+
+The *process span* is a process's first span, the one everything points at: its
+'started' span while it runs, or its lifetime span when it ended before its 'started'
+span was due. Its tracked children hang from it, and request spans link to it, so a
+link or a parent exists from the moment the process span is out, whether the process
+still runs or not. A process whose 'started' span went out gets its lifetime span at
+exit under the lifetime span id, as a child of the 'started' span. Never one id twice.
 
 Which trace a process's span joins (in this order):
  1. a TRACEPARENT in its environment at exec that its tracked parent did not also
@@ -57,10 +64,12 @@ class ProcessIdentity:
         object.__setattr__(self, "key", f"{self.boot_id}/{self.pidns}/{self.vpid}/{self.start_ticks}")
 
     def span_id(self) -> int:
+        """The process span: its 'started' span, or its lifetime span when it had none."""
         return _digest(b"otelproc span ", self.key, 8)
 
-    def start_span_id(self) -> int:
-        return _digest(b"otelproc start ", self.key, 8)
+    def lifetime_span_id(self) -> int:
+        """The lifetime span of a process whose 'started' span (the process span) went out first."""
+        return _digest(b"otelproc lifetime ", self.key, 8)
 
     def root_trace_id(self) -> int:
         return _digest(b"otelproc trace ", self.key, 16)
@@ -68,7 +77,7 @@ class ProcessIdentity:
 
 @dataclass(frozen=True, slots=True)
 class TraceLink:
-    """Where a process's lifetime span sits: its own ids and its parent span (if any)."""
+    """Where a process sits: the ids of its process span and that span's parent (if any)."""
 
     trace_id: int
     span_id: int

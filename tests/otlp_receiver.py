@@ -136,6 +136,17 @@ class _Store:
         with self._cond:
             return [s for s in self.spans if s.attributes.get("otelproc.span") == "lifetime"]
 
+    def process_spans(self) -> dict[tuple[str, str], ReceivedSpan]:
+        """Each process's process span by (trace id, span id): what its children hang from and its requests
+        link to (docs/spans.md): its 'started' span, or its lifetime span when it had none."""
+        with self._cond:
+            first: dict[str, ReceivedSpan] = {}
+            for s in self.spans:
+                role, key = s.attributes.get("otelproc.span"), s.attributes.get("otelproc.process.key")
+                if role == "started" or (role == "lifetime" and key not in first):
+                    first[key] = s
+            return {(s.trace_id, s.span_id): s for s in first.values()}
+
     def of_pid(self, pid: int, role: str = "lifetime") -> list[ReceivedSpan]:
         with self._cond:
             return [

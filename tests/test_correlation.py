@@ -99,13 +99,13 @@ def test_request_spans_link_to_the_worker_that_served_them(sidecar, grpc_receive
         stop(master)
     grpc_receiver.wait_for(lambda _: all(grpc_receiver.of_pid(w) for w in workers))
 
-    lifetimes = {(s.trace_id, s.span_id): s for s in grpc_receiver.lifetimes()}
+    process_spans = grpc_receiver.process_spans()
     requests = request_spans(grpc_receiver)
     assert len(requests) >= sum(served.values())
     for request in requests:
         links = [(t, s) for t, s, attrs in request.links if attrs.get("otelproc.link") == "process"]
         assert len(links) == 1, request
-        process_span = lifetimes.get(links[0])
+        process_span = process_spans.get(links[0])
         assert process_span is not None, "the link leads to a process span the sidecar exported"
         assert process_span.attributes["process.pid"] == request.resource["process.pid"]
         key = process_span.attributes["otelproc.process.key"]
@@ -153,10 +153,10 @@ def test_app_in_its_own_pid_namespace(sidecar, grpc_receiver, test_python):
             master.send_signal(signal.SIGTERM)  # uvicorn is pid 1 in there; unshare follows it out
         stop(outer)
     grpc_receiver.wait_for(lambda _: len([s for s in grpc_receiver.lifetimes() if s.attributes["process.vpid"] in served]) >= 2)
-    lifetimes = {(s.trace_id, s.span_id): s for s in grpc_receiver.lifetimes()}
+    process_spans = grpc_receiver.process_spans()
     for request in request_spans(grpc_receiver):
         ((trace_id, span_id, _),) = request.links
-        process_span = lifetimes[(trace_id, span_id)]
+        process_span = process_spans[(trace_id, span_id)]
         key = request.attributes["otelproc.process.key"]  # boot id / pid namespace / vpid / start ticks
         assert process_span.attributes["otelproc.process.key"] == key
         assert process_span.attributes["process.vpid"] == int(key.split("/")[2]) in served

@@ -87,13 +87,12 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
 class JaegerProcess:
     """`jaeger --config file:CONFIG` with a clean environment plus `env`; its output goes to `log`."""
 
-    def __init__(self, binary: str, config: Path, env: dict[str, str], log: Path) -> None:
+    def __init__(self, binary: str, config: Path, env: dict[str, str], log: Path, overlay: Path | None = None) -> None:
         self.log = log
         base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")}
+        configs = [f"--config=file:{path}" for path in (config, overlay) if path is not None]  # merged, in order
         with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [binary, "--config", f"file:{config}"], env={**base, **env}, stdout=out, stderr=subprocess.STDOUT
-            )
+            self.proc = subprocess.Popen([binary, *configs], env={**base, **env}, stdout=out, stderr=subprocess.STDOUT)
 
     def tail(self, lines: int = 25) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -117,7 +116,12 @@ class Backend:
 
 @pytest.fixture
 def backend(tmp_path: Path) -> Iterator[Backend]:
-    """Jaeger all-in-one, then the Collector exporting to it; both stopped at teardown."""
+    yield from running_backend(tmp_path)
+
+
+def running_backend(tmp_path: Path, jaeger_overlay: Path | None = None) -> Iterator[Backend]:
+    """Jaeger all-in-one (its settings merged with jaeger_overlay), then the Collector exporting to it;
+    both stopped when the generator is closed."""
     binary = jaeger_binary()
     otlp_grpc, otlp_http, query_http, query_grpc, c_grpc, c_http, c_telemetry = free_ports(7)
     started: list[JaegerProcess] = []
@@ -126,7 +130,7 @@ def backend(tmp_path: Path) -> Iterator[Backend]:
             "JAEGER_LISTEN_HOST": "127.0.0.1", "JAEGER_OTLP_GRPC_PORT": str(otlp_grpc),
             "JAEGER_OTLP_HTTP_PORT": str(otlp_http), "JAEGER_QUERY_HTTP_PORT": str(query_http),
             "JAEGER_QUERY_GRPC_PORT": str(query_grpc),
-        }, tmp_path / "jaeger.log")
+        }, tmp_path / "jaeger.log", jaeger_overlay)
         started.append(jaeger)
         jaeger.wait_listening(query_http)
         jaeger.wait_listening(otlp_grpc)
@@ -309,16 +313,20 @@ def test_process_and_request_spans_reach_jaeger(backend, sidecar, test_python):
     spans = wait_for(process_spans_arrived, "lifetime spans of the master, its workers and the spawned child",
                      timeout=60)
     lifetimes = {s.attributes["process.pid"]: s for s in spans if s.role == "lifetime"}
+    started = {s.attributes["process.pid"]: s for s in spans if s.role == "started"}
 
-    # The process trace: the uvicorn master, and its two workers as its children.
+    # The process trace: the uvicorn master, and its two workers as its children: each process's
+    # 'started' span (its process span, out while it ran) and its lifetime span under it.
     root = lifetimes[master.pid]
-    assert root.name == "uvicorn" and root.parent_span_id == ""
+    assert started[master.pid].parent_span_id == "" and root.parent_span_id == started[master.pid].span_id
+    assert root.name == "uvicorn"
     assert root.attributes["process.command_args"][1:4] == ["-m", "uvicorn", "app:app"]
     assert root.attributes["process.exit.code"] == 0 and root.status_code == STATUS_OK
     assert root.resource["service.name"] == "demo"
     for pid in workers:
         worker = lifetimes[pid]
-        assert (worker.trace_id, worker.parent_span_id) == (root.trace_id, root.span_id)
+        assert (started[pid].trace_id, started[pid].parent_span_id) == (root.trace_id, started[master.pid].span_id)
+        assert worker.parent_span_id == started[pid].span_id
         assert worker.name == "uvicorn worker" and worker.attributes["process.parent_pid"] == master.pid
         # A graceful stop (the master's SIGTERM, handled, then re-raised) is not an error.
         assert worker.status_code == STATUS_OK
@@ -326,8 +334,8 @@ def test_process_and_request_spans_reach_jaeger(backend, sidecar, test_python):
         assert worker.attributes["otelproc.exit.sender_pid"] == master.pid
         assert worker.attributes["otelproc.exit.reason"].startswith(f"stopped by SIGTERM from pid {master.pid} (")
 
-    # The request traces (app-side helper): every request span links to its worker's lifetime span.
-    by_id = {(s.trace_id, s.span_id): s for s in lifetimes.values()}
+    # The request traces (app-side helper): every request span links to its worker's process span.
+    by_id = {(s.trace_id, s.span_id): s for s in started.values()}
     requests_seen = request_spans(spans)
     assert sorted(path_of(r) for r in requests_seen) == sorted(
         path for paths in served.values() for path in paths
@@ -352,7 +360,7 @@ def test_process_and_request_spans_reach_jaeger(backend, sidecar, test_python):
     key = lifetimes[worker_pid].attributes["otelproc.process.key"]
     found = search_by_tag(backend.query_url, "demo", "otelproc.process.key", key)
     found_spans = {s["spanID"] for trace in found for s in trace["spans"]}
-    assert lifetimes[worker_pid].span_id in found_spans, "the worker's own process trace"
+    assert {lifetimes[worker_pid].span_id, started[worker_pid].span_id} <= found_spans, "the worker's own process trace"
     served_here = {r.span_id for r in requests_seen if r.resource["process.pid"] == worker_pid}
     assert len(served_here) == len(served[worker_pid])
     assert served_here <= found_spans

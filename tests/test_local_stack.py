@@ -87,10 +87,11 @@ def test_up_request_spans_in_jaeger_down_leaves_nothing(tmp_path, test_python, p
                                          "of the uvicorn master and the worker that served it", timeout=90)
         assert request.kind == SERVER and request.resource["process.pid"] == worker
         assert processes[master].name == "uvicorn started"
-        # The request links to its worker's lifetime span: the parent of the worker's 'started' span.
+        # The request links to its worker's process span: the worker's 'started' span, under the master's.
         worker_span = processes[worker]
         assert worker_span.name == "uvicorn worker started"
-        assert (worker_span.trace_id, worker_span.parent_span_id) in [(t, s) for t, s, _ in request.links]
+        assert worker_span.parent_span_id == processes[master].span_id
+        assert (worker_span.trace_id, worker_span.span_id) in [(t, s) for t, s, _ in request.links]
     finally:
         for log in sorted(stack_dir.glob("*.log")):  # shown by pytest when the test fails
             print(f"--- {log.name}", *log.read_text(errors="replace").splitlines()[-15:], sep="\n")

@@ -61,14 +61,14 @@ def request_number(span) -> int:
 
 def assert_each_names_its_worker(receiver, spans: dict[int, object], answered: dict[int, int], master: int) -> None:
     """Each span (by request/task number) links to, and its resource names, the pid that answered it."""
-    lifetimes = {(s.trace_id, s.span_id): s for s in receiver.lifetimes()}
+    process_spans = receiver.process_spans()
     master_keys = {s.attributes["otelproc.process.key"] for s in receiver.of_pid(master)}
     assert master_keys, "the master's own process span is in"
     for n, span in spans.items():
         worker = answered[n]
         links = [(t, s) for t, s, attrs in span.links if attrs.get("otelproc.link") == "process"]
         assert len(links) == 1, span
-        process_span = lifetimes.get(links[0])
+        process_span = process_spans.get(links[0])
         assert process_span is not None, f"request {n}: its link leads to no exported process span"
         assert process_span.attributes["process.pid"] == worker, f"request {n} linked to another process"
         key = process_span.attributes["otelproc.process.key"]

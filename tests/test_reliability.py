@@ -122,8 +122,10 @@ def test_kill9_and_restart_lose_nothing_duplicate_nothing(sidecar, grpc_receiver
     assert second.stop() == 0
     for p in (a, b, c):
         (lifetime,) = grpc_receiver.of_pid(p.pid)
-        assert lifetime.span_id == expected_ids(HOST_PIDNS, p.pid, int(lifetime.attributes["otelproc.process.key"].split("/")[3]))[1]
         assert len(grpc_receiver.of_pid(p.pid, "started")) == 1, f"one 'started' span for {p.args}"
+        (started,) = grpc_receiver.of_pid(p.pid, "started")  # the process span, with the scheme's id
+        assert started.span_id == expected_ids(HOST_PIDNS, p.pid, int(lifetime.attributes["otelproc.process.key"].split("/")[3]))[1]
+        assert lifetime.parent_span_id == started.span_id
     (a_span,) = grpc_receiver.of_pid(a.pid)
     assert a_span.attributes["otelproc.start.source"] == "exec"  # carried over from the state file
     assert a_span.attributes["process.exit.code"] == 0

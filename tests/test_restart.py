@@ -250,7 +250,7 @@ def test_without_bpffs_the_state_file_bounds_what_ended_unseen(sidecar, grpc_rec
     assert last_alive <= span.end_ns <= killed and span.end_ns <= a_end
     after, before = span.attributes["otelproc.end.after"], span.attributes["otelproc.end.before"]
     assert after < before
-    assert grpc_receiver.of_pid(a.pid, "started")[0].parent_span_id == span.span_id
+    assert span.parent_span_id == grpc_receiver.of_pid(a.pid, "started")[0].span_id  # under its 'started' span
     assert started >= span.end_ns
     assert second.stop() == 0
 

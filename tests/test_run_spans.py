@@ -64,16 +64,23 @@ def test_uvicorn_master_and_workers_form_one_trace(sidecar, grpc_receiver, test_
         lambda _: len(grpc_receiver.of_pid(master.pid)) == 1 and all(grpc_receiver.of_pid(w) for w in workers)
     )
     assert spans
+    process_spans = {s.attributes["process.pid"]: s for s in grpc_receiver.process_spans().values()}
     (root,) = grpc_receiver.of_pid(master.pid)
     trace_id, span_id = expected_ids(HOST_PIDNS, master.pid, master_ticks)
-    assert (root.trace_id, root.span_id, root.parent_span_id) == (trace_id, span_id, "")
+    # Its process span: its 'started' span if it ran past the delay (its lifetime span then under it), else
+    # its lifetime span.
+    root_node = process_spans[master.pid]
+    assert (root_node.trace_id, root_node.span_id, root_node.parent_span_id) == (trace_id, span_id, "")
+    assert root is root_node or (root.trace_id, root.parent_span_id) == (trace_id, span_id)
     assert root.name == "uvicorn"
     assert root.attributes["process.command_args"][1:4] == ["-m", "uvicorn", "hello:app"]
     assert root.attributes["process.parent_pid"] == os.getpid()
     assert root.attributes["process.exit.code"] == 0 and root.status == "OK"
     for pid in workers:
         (worker,) = grpc_receiver.of_pid(pid)
-        assert worker.trace_id == root.trace_id and worker.parent_span_id == root.span_id
+        node = process_spans[pid]
+        assert (node.trace_id, node.parent_span_id) == (trace_id, span_id)
+        assert worker is node or (worker.trace_id, worker.parent_span_id) == (trace_id, node.span_id)
         assert worker.attributes["process.parent_pid"] == master.pid
         assert worker.attributes["otelproc.start.source"] == "fork"
         assert "--multiprocessing-fork" in worker.attributes["process.command_args"]
@@ -197,7 +204,7 @@ def test_running_process_is_visible_within_5_seconds(sidecar, grpc_receiver, tes
         (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid, role="started"), timeout=5)
         seen_after = time.monotonic() - started
         trace_id, span_id = expected_ids(HOST_PIDNS, child.pid, proc_start_ticks(child.pid))
-        assert (span.trace_id, span.parent_span_id) == (trace_id, span_id)
+        assert (span.trace_id, span.span_id, span.parent_span_id) == (trace_id, span_id, "")  # the process span
         assert span.name.endswith(" started") and span.attributes["process.pid"] == child.pid
         assert grpc_receiver.of_pid(child.pid) == [], "the lifetime span waits for the exit"
         print(f"visible after {seen_after:.2f} s")
@@ -205,7 +212,7 @@ def test_running_process_is_visible_within_5_seconds(sidecar, grpc_receiver, tes
         child.kill()
         child.wait()
     (lifetime,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
-    assert lifetime.span_id == span.parent_span_id
+    assert lifetime.parent_span_id == span.span_id
 
 
 def test_services_share_one_export_grouped_by_resource(sidecar, grpc_receiver, test_python):

@@ -1,10 +1,12 @@
-"""The app side: a traced service links its request spans to its own process's lifetime span.
+"""The app side: a traced service links its request spans to its own process's process span.
 
 Runs inside the service (zero code: `opentelemetry-instrument` with
 OTEL_EXPERIMENTAL_RESOURCE_DETECTORS=otelproc; or one line: `otelproc.app.enable()`).
 It computes its process span's context from /proc alone, by the scheme of
 otelproc.identity: no call to the sidecar, and it works inside a container
-that sees only its own pid namespace.
+that sees only its own pid namespace. The process span is the worker's 'started'
+span (or, for a process that ended within the sidecar's --start-span-delay, its
+lifetime span): out while the worker runs, and kept after it exits.
 
 - Every local root span (no parent, or a remote one) gets a link to the process
   span and the attribute otelproc.process.key.
@@ -67,7 +69,7 @@ def _match_settings() -> tuple[tuple[MatchRule, ...], bool]:
 
 
 def process_link(pid: int | None = None) -> TraceLink | None:
-    """The context of a process's lifetime span, or None when the sidecar would not track it.
+    """The context of a process's process span, or None when the sidecar would not track it.
 
     The sidecar tracks a process whose executable matches its list (OTELPROC_MATCH,
     else the default; OTELPROC_ALL: every process) or that descends from one (the
@@ -127,7 +129,7 @@ class ProcessResourceDetector(ResourceDetector):
 
 
 class ProcessLinkProcessor(SpanProcessor):
-    """Links every span that is the first of its trace in this process to this process's lifetime span.
+    """Links every span that is the first of its trace in this process to this process's process span.
 
     That is a span without a parent, with a remote one, or with one started in
     another process: a forked worker (a pool's, a pre-fork server's) inherits its

@@ -9,7 +9,7 @@ each one decide how it reads in a trace:
   `python -c 'from multiprocessing.spawn import spawn_main; ...' --multiprocessing-fork`
   and is named "<its parent's program> worker";
 - which span of a worker is the first of its trace in that process, which gets
-  the link to the worker's own lifetime span: a forked worker inherits its
+  the link to the worker's own process span: a forked worker inherits its
   parent's current span, so its first span may have a local parent that was
   started in another process;
 - how a worker ends, which decides whether what it recorded last leaves it: the

@@ -324,11 +324,11 @@ class SpanBuilder:
                     attributes.update((f"otelproc.signal.{k}", v) for k, v in signal_attributes(sent, process.pid).items())
                     events.append(Event("signal", attributes, timestamp=sent.time))
             events.sort(key=lambda event: event.timestamp)
-        link = process.link
+        context, parent = self.lifetime_place(process)
         return ReadableSpan(
             name=process.program,
-            context=link.span_context(),
-            parent=link.parent_context(),
+            context=context,
+            parent=parent,
             resource=self.resource(process),
             attributes=self.limited(attrs, self.limits.max_span_attributes, self.limits.max_span_attribute_length),
             events=self.limited_events(events, process.execs_dropped),
@@ -339,20 +339,33 @@ class SpanBuilder:
             instrumentation_scope=SCOPE,
         )
 
+    @staticmethod
+    def lifetime_place(process: TrackedProcess) -> tuple[SpanContext, SpanContext | None]:
+        """The lifetime span's context and parent: the process span itself when no 'started' span went
+        out (one span for a short-lived process), else a span of its own under the 'started' span.
+        A 'started' span sent by otelproc before state file version 4 was the lifetime span's child."""
+        link = process.link
+        if not process.started_span_sent or process.legacy_started:
+            return link.span_context(), link.parent_context()
+        context = SpanContext(link.trace_id, process.identity.lifetime_span_id(), False, link.span_context().trace_flags)
+        return context, link.span_context()
+
     def started(self, process: TrackedProcess, cgroup_path: str | None = None) -> ReadableSpan:
-        """A 1 ns child of the lifetime span, exported while the process still runs (Jaeger flags 0 ns)."""
+        """The process span of a process still running, placed where its lifetime span would be, so that
+        its children and the requests it serves have it to point at. An instant at its start: 1 ns (Jaeger
+        flags 0 ns) plus 1 ns per tracked ancestor, so that it outlasts its parent's 'started' span:
+        Jaeger's UI warns of clock skew on a child span that neither fits inside its parent nor lasts longer."""
         attrs = self.attributes(process, cgroup_path)
         attrs["otelproc.span"] = "started"
         link = process.link
-        context = link.span_context()
         return ReadableSpan(
             name=f"{process.program} started",
-            context=SpanContext(link.trace_id, process.identity.start_span_id(), False, context.trace_flags),
-            parent=context,
+            context=link.span_context(),
+            parent=link.parent_context(),
             resource=self.resource(process),
             attributes=self.limited(attrs, self.limits.max_span_attributes, self.limits.max_span_attribute_length),
             kind=SpanKind.INTERNAL,
             start_time=process.start_time,
-            end_time=process.start_time + 1,
+            end_time=process.start_time + 1 + process.depth,
             instrumentation_scope=SCOPE,
         )

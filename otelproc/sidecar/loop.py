@@ -52,7 +52,7 @@ from otelproc.otel import unsent
 from otelproc.stop import StopSignal
 from otelproc.otel.telemetry import CountingExporter, Stats, ThrottledLog, stage_failed, start_metrics
 from otelproc.sidecar.owners import Owners
-from otelproc.sidecar.tracker import DEFAULT_MAX_EXECS, Ended, Tracker
+from otelproc.sidecar.tracker import DEFAULT_MAX_EXECS, Ended, TrackedProcess, Tracker
 
 log = logging.getLogger("otelproc")
 
@@ -124,8 +124,37 @@ class Sidecar:
         self.processor.on_end(span)
 
     def export_lifetime(self, ended: Ended) -> None:
+        """A lifetime span, once the span it hangs from is out (Tracker.hold), then those it kept waiting."""
         self.carryover.mark_dirty()
+        if self.tracker.hold(ended):
+            return
+        for parent in self.tracker.unsent_parents(ended.process):
+            self.export_started(parent)
+        self.send_lifetime(ended)
+
+    def send_lifetime(self, ended: Ended) -> None:
         self.export(lambda: self.builder.lifetime(ended, self.cgroups.path(ended.process.cgroup_id)), "lifetime")
+        self.send_waiting(ended.process)
+
+    def export_started(self, process: TrackedProcess) -> None:
+        self.carryover.mark_dirty()  # sent: the state file says so, and the next otelproc sends it no more
+        self.export(lambda: self.builder.started(process, self.cgroups.path(process.cgroup_id)), "started")
+        self.send_waiting(process)
+
+    def send_waiting(self, process: TrackedProcess) -> None:
+        """The lifetimes of its children that waited for its process span, now out."""
+        waiting, process.waiting = process.waiting, []
+        for ended in waiting:
+            self.send_lifetime(ended)
+
+    def release_waiting(self) -> None:
+        """At a stop: the lifetimes still waiting for a young parent's span go out, after that parent's
+        'started' span (the state file keeps no lifetime; the next otelproc sends that span no more)."""
+        for process in [p for p in self.tracker.processes.values() if p.waiting]:
+            for parent in [*self.tracker.unsent_parents(process), process]:
+                if parent is process:
+                    process.started_span_sent = True
+                self.export_started(parent)
 
     def export(self, build: Callable[[], ReadableSpan], role: str) -> None:
         """Builds a span and hands it on; a failure of either is counted and skipped."""
@@ -183,12 +212,13 @@ class Sidecar:
                 self.export_lifetime(ended)
             findings = self.sweeper.ready()
         for process in self.tracker.due_started_spans(now):
-            self.carryover.mark_dirty()  # sent: the state file says so, and the next otelproc sends it no more
-            self.export(lambda p=process: self.builder.started(p, self.cgroups.path(p.cgroup_id)), "started")
+            self.export_started(process)
             if time.monotonic_ns() >= deadline:
                 break
         while self.tracker.superseded:
             self.export_lifetime(Ended.unseen(self.tracker.superseded.pop(), now))
+        while self.tracker.released:
+            self.send_lifetime(self.tracker.released.pop())
 
     def read_kernel_losses(self, probe: Probe) -> None:
         try:
@@ -230,6 +260,7 @@ class Sidecar:
     def stop(self, probe: Probe, detach: bool) -> str:
         """After the last records are read: the state file for the next otelproc, the probe left pinned
         or (detach) removed. Returns what became of the probe, for the stop line."""
+        self.release_waiting()
         return self.carryover.finish(probe, detach)
 
     def run(self, pin_dir: Path | None = None) -> int:

@@ -26,9 +26,12 @@ from otelproc.identity import ProcessIdentity, TraceLink, boot_id
 from otelproc.redact import redacted
 from otelproc.sidecar.tracker import Exec, TrackedProcess
 
-VERSION = 3  # what this otelproc writes; 3 renamed version 2's "announced" to "started_span_sent"
+# What this otelproc writes. 3 renamed version 2's "announced" to "started_span_sent"; 4 made the 'started'
+# span the process span (the lifetime span's parent, no longer its child), says which kind was sent, and
+# keeps the depth that sets a 'started' span's length.
+VERSION = 4
 # Read too: a restart across an upgrade carries on with what the previous version wrote.
-READABLE_VERSIONS = (2, VERSION)
+READABLE_VERSIONS = (2, 3, VERSION)
 
 
 def _link_to_dict(link: TraceLink) -> dict[str, Any]:
@@ -64,6 +67,7 @@ def to_dict(p: TrackedProcess, redact: bool) -> dict[str, Any]:
         "cgroup_id": p.cgroup_id, "cgroup": p.cgroup, "otel_env": p.otel_env, "truncated": sorted(p.truncated),
         "link": _link_to_dict(p.link), "parent": list(p.parent_key) if p.parent_key else None,
         "parent_program": p.parent_program, "started_span_sent": p.started_span_sent,
+        "legacy_started": p.legacy_started, "depth": p.depth,
         "execs": [{"time": e.time, "exe": e.exe, "argv": argv(e.argv)} for e in p.execs],
         "execs_dropped": p.execs_dropped, "owner": p.owner,
         "signals": [list(sent) for sent in p.signals], "signals_dropped": p.signals_dropped,
@@ -81,6 +85,9 @@ def from_dict(d: dict[str, Any], version: int = VERSION) -> TrackedProcess:
         link=_link_from_dict(d["link"]), parent_key=tuple(d["parent"]) if d["parent"] else None,
         parent_program=d["parent_program"],
         started_span_sent=d["started_span_sent" if version >= 3 else "announced"],
+        # Before version 4 a 'started' span was a child of the lifetime span: that one keeps the old ids.
+        legacy_started=d["legacy_started"] if version >= 4 else d["started_span_sent" if version >= 3 else "announced"],
+        depth=d.get("depth", 0),
         execs=[Exec(e["time"], e["exe"], None if e["argv"] is None else tuple(e["argv"])) for e in d["execs"]],
         execs_dropped=d.get("execs_dropped", 0), owner=d.get("owner"),
         signals=[SignalSent(*sent) for sent in d.get("signals", ())], signals_dropped=d.get("signals_dropped", 0),

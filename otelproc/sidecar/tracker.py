@@ -23,6 +23,8 @@ ProcessKey = tuple[int, int]  # (pid, start ticks)
 MAX_SIGNALS = 16  # signals kept per process, the most recent: a bound on its span events
 # The SDK's default span event limit (OTEL_SPAN_EVENT_COUNT_LIMIT): more execs could not be exported anyway.
 DEFAULT_MAX_EXECS = 128
+# Lifetimes of a young parent's children kept until its process span is out; past it, its 'started' span goes early.
+MAX_WAITING = 256
 
 def keep_latest(items: list, item: object, limit: int) -> int:
     """Appends item and lets the oldest go past limit; returns how many went (0 or 1)."""
@@ -67,6 +69,9 @@ class TrackedProcess:
     execs_dropped: int = 0  # older execs let go, so that a process that execs in a loop stays bounded
     owner: str | None = None  # user name of uid in the process's own view (owners.py)
     started_span_sent: bool = False  # its 'started' span is out: its trace placement is final
+    legacy_started: bool = False  # that 'started' span was an older otelproc's, a child of the lifetime span
+    depth: int = 0  # tracked ancestors its process span hangs under (0: a root, or under a TRACEPARENT)
+    waiting: list[Ended] = field(default_factory=list)  # its children's lifetimes, until its process span is out
     parent_program: str | None = None
     signals: list[SignalSent] = field(default_factory=list)  # the last MAX_SIGNALS that could end it
     signals_dropped: int = 0  # older ones, forgotten
@@ -140,6 +145,7 @@ class Tracker:
         self.stats = stats or Stats()
         self.begun = 0  # lifetimes begun by a kernel record (exec, fork): what the ring kept
         self.superseded: list[TrackedProcess] = []  # exits missed, found by pid reuse; the caller drains it
+        self.released: list[Ended] = []  # lifetimes an evicted parent was keeping; the caller drains it
         self._boot_id = boot_id()
 
     def __len__(self) -> int:
@@ -185,8 +191,10 @@ class Tracker:
                 self.stats.reconciled["pid_reused"] += 1
                 self.superseded.append(superseded)
         while len(self.processes) >= self.max_processes:  # only once a reused pid has made its room
-            self.forget(next(iter(self.processes)))
+            evicted = self.forget(next(iter(self.processes)))
             self.stats.drops["table_full"] += 1
+            if evicted is not None:  # its span will come from its exit record: its children need not wait
+                self.released.extend(evicted.waiting)
         self.processes[process.key] = process
         self._by_pid[process.pid] = process.key
         self._started_spans_due.append((time.time_ns() + self.started_span_after_ns, process.key))
@@ -205,7 +213,7 @@ class Tracker:
             exe, argv, otel_env = parent.exe, parent.argv, dict(parent.otel_env)
         owner = self._owner(event, parent)
         identity = ProcessIdentity(self._boot_id, event.pidns, event.vpid, event.start_ticks)
-        return TrackedProcess(
+        process = TrackedProcess(
             identity=identity,
             origin=origin,
             start_time=start_time,
@@ -228,6 +236,8 @@ class Tracker:
             parent_program=parent.program if parent else None,
             owner=owner,
         )
+        process.depth = self.depth(process)
+        return process
 
     def _owner(self, event: ProcessEvent, same_root: TrackedProcess | None) -> str | None:
         """The owner's name; one a process of the same root already has for the same uid is taken as it
@@ -263,6 +273,7 @@ class Tracker:
             # given to the exec, say) may still place it.
             parent = self.processes.get(process.parent_key) if process.parent_key else None
             process.link = self._place(process.identity, process.otel_env, parent)
+            process.depth = self.depth(process)
 
     @staticmethod
     def _note(process: TrackedProcess, event: ProcessEvent) -> None:
@@ -281,10 +292,49 @@ class Tracker:
         return Ended(process, event.time, event.exit_code, event.signal, event.core_dumped, event.usage)
 
     def due_started_spans(self, now_ns: int) -> Iterator[TrackedProcess]:
-        """Processes alive past the start-span delay whose 'started' span is not out yet."""
+        """Processes alive past the start-span delay whose 'started' span is not out yet, in the order
+        they were added: a parent (added before its child) before its child."""
         while self._started_spans_due and self._started_spans_due[0][0] <= now_ns:
             _, key = self._started_spans_due.popleft()
             process = self.processes.get(key)
             if process is not None and not process.started_span_sent:
                 process.started_span_sent = True
                 yield process
+
+    def hold(self, ended: Ended) -> bool:
+        """Keeps a lifetime whose tracked parent has no span out yet with that parent, until the parent's
+        'started' span goes out (at most --start-span-delay later) or the parent ends and its lifetime span
+        is its process span: no span names a parent that is not out, and a short-lived process costs one
+        span. False when there is no such parent, or it keeps MAX_WAITING already."""
+        parent = self.hung_from(ended.process)
+        if parent is None or parent.started_span_sent or len(parent.waiting) >= MAX_WAITING:
+            return False
+        parent.waiting.append(ended)
+        return True
+
+    def unsent_parents(self, process: TrackedProcess) -> list[TrackedProcess]:
+        """The tracked ancestors a span of `process` hangs from, directly or through each other, whose
+        process span is not out yet, topmost first; marked sent. The caller sends their 'started' spans
+        first, so that no span names a parent that is not exported yet: when a parent keeps too many
+        lifetimes already, or otelproc stops."""
+        unsent: list[TrackedProcess] = []
+        parent = self.hung_from(process)
+        while parent is not None and not parent.started_span_sent:
+            parent.started_span_sent = True
+            unsent.append(parent)
+            parent = self.hung_from(parent)
+        unsent.reverse()
+        return unsent
+
+    def depth(self, process: TrackedProcess) -> int:
+        """How many tracked ancestors its process span hangs under, fixed while its parent is known:
+        a 'started' span lasts one nanosecond more than its parent's (see SpanBuilder.started)."""
+        parent = self.hung_from(process)
+        return parent.depth + 1 if parent is not None else 0
+
+    def hung_from(self, process: TrackedProcess) -> TrackedProcess | None:
+        """The tracked parent whose process span is the parent of this one's, if it has one."""
+        parent = self.processes.get(process.parent_key) if process.parent_key else None
+        if parent is None or process.link.remote_parent or process.link.parent_span_id != parent.link.span_id:
+            return None  # placed under a TRACEPARENT, or a root (its parent is in another pid namespace)
+        return parent

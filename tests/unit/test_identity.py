@@ -15,7 +15,7 @@ def test_ids_follow_the_documented_scheme():
     key = b"boot/4026531836/42/1234"
     assert ident.span_id() == int.from_bytes(hashlib.sha256(b"otelproc span " + key).digest()[:8], "big")
     assert ident.root_trace_id() == int.from_bytes(hashlib.sha256(b"otelproc trace " + key).digest()[:16], "big")
-    assert ident.start_span_id() != ident.span_id()
+    assert ident.lifetime_span_id() == int.from_bytes(hashlib.sha256(b"otelproc lifetime " + key).digest()[:8], "big")
 
 
 def test_placement_rules():

@@ -49,8 +49,10 @@ def test_state_file_of_the_previous_version_is_carried_on(tmp_path):
     saved = state.load(path, config)
     (process,) = saved.processes
     assert (process.pid, process.argv, process.started_span_sent) == (4242, ("python3", "app.py"), True)
+    assert process.legacy_started  # that 'started' span was a child of the lifetime span: the lifetime keeps its id
     assert saved.lost == {"ringbuf_full": 1}
     state.save(path, saved.processes, True, config, saved.lost)
     written = json.loads(path.read_text())
     assert written["version"] == state.VERSION > 2 and written["processes"][0]["started_span_sent"] is True
     assert state.load(path, config).processes[0].started_span_sent is True
+    assert written["processes"][0]["legacy_started"] is True and state.load(path, config).processes[0].legacy_started
