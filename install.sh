@@ -3,7 +3,8 @@
 #   ./install.sh          libbpf1 and the Python package: enough for `otelproc run`
 #   ./install.sh --test   also clang, bpftool and libbpf-dev (to rebuild the BPF object),
 #                         the test tools, the Python test and demo dependencies, and the Jaeger
-#                         binary the end-to-end tests and the local stack run (built with Go, cached)
+#                         binary the end-to-end tests and the local stack run (built with Go, cached),
+#                         and podman with podman-compose for the container tests
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -51,6 +52,12 @@ command -v pyenv >/dev/null && pyenv rehash || true  # puts the `otelproc` scrip
 if $test_setup; then
     step "building the Jaeger binary unless cached (deploy/jaeger/build.sh; the first time, a few minutes)"
     step "  Jaeger binary: $(deploy/jaeger/build.sh)"
+    # --- containers (issue 19) ---------------------------------------------------------------
+    # podman, its settings and podman-compose for tests/test_containers.py; the stand-in base
+    # images are built (and cached) by deploy/images/build.sh, which .ci/run calls.
+    step "setting up podman and podman-compose (deploy/images/setup-podman.sh)"
+    deploy/images/setup-podman.sh
+    # --- end containers ------------------------------------------------------------------------
     step "done: run the tests with \`python3 -m pytest\` (as root), or the local stack with deploy/local/up.sh"
 else
     step "done: \`otelproc check\` says whether it can run here; \`otelproc run\` runs it"
