@@ -13,7 +13,7 @@
 # bpf builds the object with clang and llvm-strip; only the object leaves this stage.
 FROM debian:bookworm-slim AS bpf
 RUN apt-get update -q \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends clang llvm make \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends clang llvm make libbpf-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./

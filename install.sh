@@ -8,6 +8,7 @@
 #                         cached) and the browser that tests it (Debian's chromium and chromium-driver)
 #                         and OpenSearch with a user to run it as, for the fleet test and benchmark
 #                         (deploy/opensearch/fetch.sh: Maven Central, cached)
+#                         and podman with podman-compose for the container tests
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -63,6 +64,12 @@ if $test_setup; then
     step "  Jaeger UI: $ui"
     step "fetching OpenSearch unless cached (deploy/opensearch/fetch.sh; the first time, about 30 s)"
     step "  OpenSearch: $(deploy/opensearch/fetch.sh)"
+    # --- containers (issue 19) ---------------------------------------------------------------
+    # podman, its settings and podman-compose for tests/test_containers.py; the stand-in base
+    # images are built (and cached) by deploy/images/build.sh, which .ci/run calls.
+    step "setting up podman and podman-compose (deploy/images/setup-podman.sh)"
+    deploy/images/setup-podman.sh
+    # --- end containers ------------------------------------------------------------------------
     step "done: run the tests with \`python3 -m pytest\` (as root), or the local stack with deploy/local/up.sh"
 else
     step "done: \`otelproc check\` says whether it can run here; \`otelproc run\` runs it"
