@@ -56,6 +56,16 @@ step "installing the otelproc Python package (pip install -e .$extras; about 10 
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".${extras}"
 command -v pyenv >/dev/null && pyenv rehash || true  # puts the `otelproc` script on a pyenv PATH
 
+# --- Kubernetes tests (tests/test_kubernetes.py; issue 19) ---------------------------------------
+# The Collector the manifests name (contrib components, deploy/images/otelcol-k8s.yaml) for its
+# `validate` test, cached by the manifest's content; the manifest validator is built by the test
+# with Go (module cache and build cache make it seconds after the first time).
+if $test_setup; then
+    step "building the Kubernetes Collector unless cached (deploy/images/otelcol-build.sh; the first time, several minutes)"
+    step "  Collector: $(deploy/images/otelcol-build.sh deploy/images/otelcol-k8s.yaml)"
+fi
+# --- end of the Kubernetes tests' block ------------------------------------------------------------
+
 if $test_setup; then
     step "building the Jaeger binary unless cached (deploy/jaeger/build.sh; the first time, a few minutes)"
     step "  Jaeger binary: $(deploy/jaeger/build.sh)"

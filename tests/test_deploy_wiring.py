@@ -57,6 +57,11 @@ def collector_config(path: Path, env: dict[str, str]) -> dict[str, Any]:
     return yaml.safe_load(expand(path.read_text(), env))
 
 
+
+def k8s_collector_config() -> str:
+    """The Collector config of deploy/kubernetes/collector.yaml's ConfigMap (the one its Deployment mounts)."""
+    return k8s("ConfigMap", "otel-collector-config")["data"]["config.yaml"]
+
 def host_port(endpoint: str) -> tuple[str, int]:
     """'http://collector:4317' or 'jaeger:4317' -> (host, port)."""
     parts = urlsplit(endpoint if "://" in endpoint else "//" + endpoint)
@@ -227,9 +232,10 @@ def test_compose_otelproc_watches_the_demo_and_mounts_read_only():
 def test_kubernetes_otelproc_exports_to_the_collector_receiver(name):
     deployment = DEPLOYMENTS[name]
     _, container, port = k8s_service_target(deployment["env"]["OTEL_EXPORTER_OTLP_ENDPOINT"], deployment["namespace"])
-    assert container["image"].startswith("otel/opentelemetry-collector:")
-    assert {"name": "config", "mountPath": "/etc/otelcol", "readOnly": True} in container["volumeMounts"]
-    config = collector_config(COLLECTOR_CONFIG, k8s_env(container))
+    assert container["image"].startswith("otel/opentelemetry-collector-contrib:")  # k8sattributes
+    assert {"name": "config", "mountPath": "/etc/otelcol-contrib", "readOnly": True} in container["volumeMounts"]
+    assert container["args"] == ["--config", "/etc/otelcol-contrib/config.yaml"]
+    config = yaml.safe_load(expand(k8s_collector_config(), k8s_env(container)))
     assert otlp_receiver(config, otlp_protocol(deployment["env"])) == ("0.0.0.0", port)
 
 
@@ -243,7 +249,7 @@ def test_kubernetes_demo_app_exports_to_the_same_collector():
 def test_kubernetes_collector_exports_to_jaeger_otlp_grpc():
     collector = k8s("Deployment", "otel-collector")
     (container,) = collector["spec"]["template"]["spec"]["containers"]
-    exporter = collector_config(COLLECTOR_CONFIG, k8s_env(container))["exporters"]["otlp/jaeger"]
+    exporter = yaml.safe_load(expand(k8s_collector_config(), k8s_env(container)))["exporters"]["otlp/jaeger"]
     _, jaeger, port = k8s_service_target(exporter["endpoint"], collector["metadata"]["namespace"])
     assert jaeger["args"] == ["--config", "file:/etc/jaeger/all-in-one.yaml"]
     jaeger_config = collector_config(ALL_IN_ONE, {**JAEGER_IMAGE_ENV, **k8s_env(jaeger)})
@@ -322,7 +328,8 @@ def test_compose_probe_is_pinned_on_the_hosts_bpffs_and_detach_is_documented():
 
 
 def test_kubernetes_namespace_admits_the_capabilities():
-    namespaces = {d["metadata"]["namespace"] for d in KUBERNETES if d["kind"] != "Namespace"}
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    namespaces = {d["metadata"]["namespace"] for d in KUBERNETES if d["kind"] not in cluster_scoped}
     (namespace,) = namespaces
     labels = k8s("Namespace", namespace)["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "privileged"

@@ -60,7 +60,7 @@ def test_every_module_the_docs_name_imports():
         for dotted in set(_DOTTED.findall(doc.read_text())):
             if any(dotted == name or dotted.startswith(name + ".") for name in data):
                 continue  # an attribute like otelproc.exit.signal_code, which the code writes as f"otelproc.exit.{key}"
-            if re.fullmatch(r"otelproc(\.bpf)?\.[cho]|otelproc\.log", dotted):  # otelproc.bpf.c, otelproc.h: files
+            if re.fullmatch(r"otelproc(\.bpf)?\.[cho]|otelproc\.(log|json)", dotted):  # otelproc.bpf.c, otelproc.h, otelproc.json: files
                 continue
             if not resolves(dotted):
                 missing.append(f"{doc.relative_to(REPO)}: {dotted}")
