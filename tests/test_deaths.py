@@ -23,8 +23,9 @@ import psutil
 
 from conftest import MATCH_TEST, REPO
 from otelproc.app.deaths import MESSAGE_LIMIT, STACKTRACE_LIMIT
+from ports import free_ports
 from test_jaeger_e2e import (  # noqa: F401 (backend is a fixture)
-    STATUS_ERROR, STATUS_OK, attributes, backend, free_ports, instrument_command, rfc3339, stop_process, wait_for,
+    STATUS_ERROR, STATUS_OK, attributes, backend, instrument_command, rfc3339, stop_process, wait_for,
 )
 
 APPS = REPO / "tests" / "apps"

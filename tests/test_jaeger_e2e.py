@@ -28,6 +28,7 @@ import psutil
 import pytest
 
 from conftest import MATCH_TEST, REPO
+from ports import free_ports
 
 BUILD_SCRIPT = REPO / "deploy" / "jaeger" / "build.sh"
 ALL_IN_ONE = REPO / "deploy" / "jaeger" / "all-in-one.yaml"
@@ -47,18 +48,6 @@ def jaeger_binary() -> str:
             pytrace=False,
         )
     return result.stdout.strip()
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (all held open while chosen, so no two are the same)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def wait_for(check: Callable[[], T], what: str, timeout: float) -> T:

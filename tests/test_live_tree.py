@@ -30,9 +30,10 @@ import psutil
 import pytest
 
 from conftest import MATCH_TEST, REPO
+from ports import free_ports
 from test_correlation import APPS, app_env
 from test_jaeger_e2e import (
-    DEMO, SERVER, Backend, JaegerSpan, demo_env, find_spans, free_ports, get_json, instrument_command,
+    DEMO, SERVER, Backend, JaegerSpan, demo_env, find_spans, get_json, instrument_command,
     running_backend, search_by_tag, stop_process, wait_for,
 )
 from test_prefork import ask
