@@ -164,6 +164,8 @@ class JaegerSpan:
     attributes: dict[str, Any]
     resource: dict[str, Any]
     links: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    events: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> attributes
+    text: str = ""  # everything Jaeger holds of the span, to look for what must not be there
 
     @property
     def role(self) -> str | None:
@@ -183,6 +185,7 @@ def flatten(result: dict[str, Any]) -> list[JaegerSpan]:
                     status_code=status.get("code", 0), status_message=status.get("message", ""),
                     attributes=attributes(s.get("attributes")), resource=resource,
                     links=[(lk["traceId"], lk["spanId"], attributes(lk.get("attributes"))) for lk in s.get("links", [])],
+                    events={e["name"]: attributes(e.get("attributes")) for e in s.get("events", [])}, text=repr(s),
                 ))
     return spans
 
