@@ -72,6 +72,18 @@ def deaths_with_lifetimes(backend, since, want: int, status: str | None) -> list
     return wait_for(pairs, f"{want} exception spans under their lifetime spans in Jaeger", timeout=90)
 
 
+def worker_deaths(backend, sidecar, test_python: str, dying: str, want: int,
+                  status: str) -> list[tuple[JaegerSpan, JaegerSpan]]:
+    """otelproc running and uvicorn workers dying the `dying` way: deaths_with_lifetimes, the server stopped."""
+    since = datetime.datetime.now(datetime.timezone.utc)
+    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
+    master, _port = run_uvicorn(backend, test_python, dying)
+    try:
+        return deaths_with_lifetimes(backend, since, want, status)
+    finally:
+        stop_all(master)
+
+
 def assert_names_the_exception(life: JaegerSpan, death: JaegerSpan, pattern: str, source: str) -> None:
     assert re.fullmatch(pattern, death.name), death.name
     assert death.status_code == STATUS_ERROR and death.status_message == death.name
@@ -86,13 +98,7 @@ def assert_names_the_exception(life: JaegerSpan, death: JaegerSpan, pattern: str
 def test_a_worker_that_raises_at_import_names_the_exception(backend, sidecar, test_python):
     """uvicorn imports the app in each worker; multiprocessing's bootstrap catches the ValueError,
     prints it and exits 1 (uvicorn starts another worker, which dies the same way)."""
-    since = datetime.datetime.now(datetime.timezone.utc)
-    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
-    master, _port = run_uvicorn(backend, test_python, "import")
-    try:
-        pairs = deaths_with_lifetimes(backend, since, want=2, status="exit status 1")
-    finally:
-        stop_all(master)
+    pairs = worker_deaths(backend, sidecar, test_python, "import", want=2, status="exit status 1")
     for life, death in pairs:
         assert life.name == "uvicorn worker" and life.status_code == STATUS_ERROR
         assert life.attributes["process.exit.code"] == 1
@@ -163,13 +169,7 @@ def _get(port: int) -> str | None:
 
 
 def test_sys_exit_with_a_message_names_it(backend, sidecar, test_python):
-    since = datetime.datetime.now(datetime.timezone.utc)
-    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
-    master, _port = run_uvicorn(backend, test_python, "exit")
-    try:
-        pairs = deaths_with_lifetimes(backend, since, want=1, status="exit status 1")
-    finally:
-        stop_all(master)
+    pairs = worker_deaths(backend, sidecar, test_python, "exit", want=1, status="exit status 1")
     for life, death in pairs:
         assert_names_the_exception(life, death, r"SystemExit: bad config: token=\*\*\* \(dying\.py:\d+\)", "sys.exit")
         assert death.events["exception"]["exception.message"] == "bad config: token=***"
