@@ -23,7 +23,7 @@ from conftest import MATCH_TEST, REPO
 from otelproc.app.deaths import MESSAGE_LIMIT, STACKTRACE_LIMIT
 from ports import free_ports
 from test_jaeger_e2e import (  # noqa: F401 (backend is a fixture)
-    STATUS_ERROR, STATUS_OK, JaegerSpan, backend, find_spans, instrument_command, stop_process, wait_for,
+    STATUS_ERROR, STATUS_OK, JaegerSpan, backend, find_spans, instrument_command, stop_server, wait_for,
 )
 
 APPS = REPO / "tests" / "apps"
@@ -45,14 +45,6 @@ def run_uvicorn(backend, test_python: str, dying: str, *extra: str) -> tuple[sub
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     return master, port
-
-
-def stop_all(master: subprocess.Popen) -> None:
-    children = psutil.Process(master.pid).children(recursive=True) if master.poll() is None else []
-    stop_process(master)
-    _, left = psutil.wait_procs(children, timeout=15)
-    for child in left:
-        child.kill()
 
 
 def exception_spans(spans: list[JaegerSpan]) -> list[JaegerSpan]:
@@ -81,7 +73,7 @@ def worker_deaths(backend, sidecar, test_python: str, dying: str, want: int,
     try:
         return deaths_with_lifetimes(backend, since, want, status)
     finally:
-        stop_all(master)
+        stop_server(master)
 
 
 def assert_names_the_exception(life: JaegerSpan, death: JaegerSpan, pattern: str, source: str) -> None:
@@ -126,7 +118,7 @@ def test_a_worker_whose_start_up_fails_names_the_logged_exception(backend, sidec
         master.wait(60)
         pairs = deaths_with_lifetimes(backend, since, want=1, status="exit status 3")
     finally:
-        stop_all(master)
+        stop_server(master)
     for life, death in pairs:
         assert life.name == "uvicorn worker" and life.attributes["process.exit.code"] == 3
         assert_names_the_exception(life, death, r"ValueError: bad config: password=\*\*\* \(dying\.py:\d+\)",
@@ -150,7 +142,7 @@ def test_a_thread_that_dies_is_on_its_process_trace(backend, sidecar, test_pytho
         answer = wait_for(lambda: _get(port), "a worker to answer after its thread died", timeout=30)
         assert int(answer) in {c.pid for c in psutil.Process(master.pid).children()}
     finally:
-        stop_all(master)
+        stop_server(master)
     pairs = deaths_with_lifetimes(backend, since, want=2, status=None)
     for life, death in pairs:
         assert life.name == "uvicorn worker" and life.status_code == STATUS_OK  # stopped by SIGTERM, as asked

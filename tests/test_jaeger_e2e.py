@@ -73,6 +73,17 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
             proc.wait(timeout)
 
 
+def stop_server(master: subprocess.Popen) -> None:
+    """stop_process for a server this test started, then its children it left (workers,
+    multiprocessing's resource tracker) once they are given time, killed."""
+    # psutil.Process remembers its start time: a pid reused meanwhile is never signalled.
+    children = psutil.Process(master.pid).children(recursive=True) if master.poll() is None else []
+    stop_process(master)
+    _, left = psutil.wait_procs(children, timeout=15)
+    for child in left:
+        child.kill()
+
+
 class JaegerProcess:
     """`jaeger --config file:CONFIG` with a clean environment plus `env`; its output goes to `log`."""
 
@@ -288,12 +299,7 @@ def test_process_and_request_spans_reach_jaeger(backend, sidecar, test_python):
         wait_for(lambda: len(request_spans(find_spans(backend.query_url, "demo", since))) >= requests,
                  f"{requests} request spans in Jaeger", timeout=60)
     finally:
-        # psutil.Process remembers its start time: a pid reused meanwhile is never signalled.
-        children = psutil.Process(master.pid).children(recursive=True) if master.poll() is None else []
-        stop_process(master)
-        _, left = psutil.wait_procs(children, timeout=15)  # workers, multiprocessing's resource tracker
-        for child in left:
-            child.kill()
+        stop_server(master)
     workers = set(served)
     assert master.returncode == 0
 

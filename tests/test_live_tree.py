@@ -34,7 +34,7 @@ from ports import free_ports
 from test_correlation import APPS, app_env
 from test_jaeger_e2e import (
     DEMO, SERVER, Backend, JaegerSpan, demo_env, find_spans, get_json, instrument_command,
-    running_backend, search_by_tag, stop_process, wait_for,
+    running_backend, search_by_tag, stop_server, wait_for,
 )
 from test_prefork import ask
 
@@ -387,11 +387,7 @@ def test_running_services_read_as_a_live_tree(ui_backend, ui, sidecar, test_pyth
             check_links(url, linked_requests(url, service, since, now[service] - first[service]))
     finally:
         for service in services:
-            children = psutil.Process(service.master.pid).children(recursive=True) if service.master.poll() is None else []
-            stop_process(service.master)
-            _, left = psutil.wait_procs(children, timeout=15)
-            for child in left:
-                child.kill()
+            stop_server(service.master)
 
     # Stopped: the same tree, completed into lifetime spans, still every parent present.
     for service in services:
