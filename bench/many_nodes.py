@@ -35,8 +35,9 @@ import psutil
 import common
 from common import Otelproc, Table, Target
 
-sys.path.insert(0, str(common.REPO / "tests"))  # the OpenSearch cluster the fleet test stands on
-from opensearch_cluster import Cluster, OpenSearchMissing, free_ports  # noqa: E402
+sys.path.insert(0, str(common.REPO / "tests"))  # the OpenSearch cluster the fleet test stands on, and free ports
+from opensearch_cluster import Cluster, OpenSearchMissing  # noqa: E402
+from ports import free_ports  # noqa: E402
 
 JAEGER_BUILD = common.REPO / "deploy" / "jaeger" / "build.sh"
 JAEGER_CONFIG = common.REPO / "deploy" / "jaeger" / "opensearch.yaml"

@@ -3,7 +3,7 @@ chromium-driver) driven by Selenium.
 
 Every step clicks or types what a person would, then waits for what the page shows; reads are of
 the page's text (what a person sees), never of Jaeger's API. For tests that look at otelproc's
-spans in Jaeger: test_jaeger_ui.py, and any later one.
+spans in Jaeger: test_jaeger_ui.py, test_live_tree.py, and any later one.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from selenium.webdriver.remote.webelement import WebElement
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # As root Chromium needs --no-sandbox; without the background-networking flags it keeps trying to
-# reach Google's hosts, which a closed network refuses.
+# reach Google's hosts, which a closed network refuses. A scale factor of 1: a screenshot has the
+# window's size in pixels.
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--hide-scrollbars")
+         "--disable-dev-shm-usage", "--hide-scrollbars", "--force-device-scale-factor=1")
 T = TypeVar("T")
 
 
@@ -55,14 +56,19 @@ class SpanRow:
     service: str
     name: str
     depth: int  # how deep in the tree it is drawn: 0 for a root
+    span_id: str
+    ancestors: tuple[str, ...]  # the ids its indent guides stand for (a root's one guide stands for none)
+    matching: bool  # highlighted as what the page's Find (uiFind) looks for
 
 
 class JaegerUI:
-    """One browser on one Jaeger; close() ends it (and its profile directory)."""
+    """One browser on one Jaeger; close() ends it (and its profile directory). The page draws only
+    the rows in the window: a tall window, for a trace with every span's detail open."""
 
     def __init__(self, base_url: str, screenshots: Path, width: int = 1280, height: int = 1000) -> None:
         self.base_url = base_url.rstrip("/")
         self.screenshots = screenshots
+        self.width, self.height = width, height
         self.profile = tempfile.mkdtemp(prefix="chromium-profile-")
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
@@ -90,7 +96,8 @@ class JaegerUI:
 
     def wait(self, check: Callable[[], T], what: str, timeout: float = 30) -> T:
         """Polls check() until it gives something true (a page that re-renders is read again);
-        otherwise fails with what it waited for and the start of what the page shows."""
+        otherwise fails with what it waited for and the start of what the page shows (the page as
+        it is in SCREENSHOTS/unseen.png)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -100,10 +107,19 @@ class JaegerUI:
             if result:
                 return result
             if time.monotonic() > deadline:
+                self.save_as_is("unseen")
                 raise AssertionError(f"the browser waited {timeout} s for {what}; the page "
                                      f"({self.driver.current_url}, title {self.driver.title!r}) shows:\n"
                                      f"{self.text()[:1500]}")
             time.sleep(0.3)
+
+    def save_as_is(self, name: str) -> None:
+        """The window as it is, as SCREENSHOTS/NAME.png, if the browser can still give it."""
+        self.screenshots.mkdir(parents=True, exist_ok=True)
+        try:
+            self.driver.save_screenshot(str(self.screenshots / f"{name}.png"))
+        except WebDriverException:
+            pass
 
     def text(self) -> str:
         """All the text the page shows."""
@@ -120,12 +136,24 @@ class JaegerUI:
         self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
         element.click()
 
-    def screenshot(self, name: str) -> Path:
-        """The browser window, scrolled to the top of the page, as SCREENSHOTS/NAME.png."""
+    def screenshot(self, name: str, whole_trace: bool = False) -> Path:
+        """The browser window, scrolled to the top of the page, as SCREENSHOTS/NAME.png; with
+        whole_trace, the window first made as tall as the trace page down to its last span."""
         self.screenshots.mkdir(parents=True, exist_ok=True)
         self.driver.execute_script("window.scrollTo(0, 0)")
         path = self.screenshots / f"{name}.png"
-        self.driver.save_screenshot(str(path))
+        if not whole_trace:
+            self.driver.save_screenshot(str(path))
+            return path
+        bottom = self.driver.execute_script(
+            "return Math.max(...[...document.querySelectorAll('.span-row')].map(r => r.getBoundingClientRect().bottom));")
+        frame = self.driver.execute_script("return window.outerHeight - window.innerHeight;")
+        self.driver.set_window_size(self.width, int(bottom) + frame + 12)
+        try:
+            time.sleep(0.3)  # the page redrawn to the new size
+            self.driver.save_screenshot(str(path))
+        finally:
+            self.driver.set_window_size(self.width, self.height)
         return path
 
     # -- Search ---------------------------------------------------------------------------------
@@ -175,43 +203,51 @@ class JaegerUI:
 
     # -- a trace --------------------------------------------------------------------------------
 
-    def open_trace(self, trace_id: str) -> None:
-        """A trace's page by its address, as a link or the Lookup by Trace ID field gives it."""
-        self.driver.get(f"{self.base_url}/trace/{trace_id}")
+    def open_trace(self, trace_id: str, find: str | None = None) -> None:
+        """A trace's page by its address, as a link or the Lookup by Trace ID field gives it; with
+        `find` (a span id) in its Find field, as a link to one of its spans gives it."""
+        self.driver.get(f"{self.base_url}/trace/{trace_id}" + (f"?uiFind={find}" if find else ""))
         self.wait_trace(trace_id)
 
     def wait_trace(self, trace_id: str) -> None:
         self.wait(lambda: f"/trace/{trace_id}" in self.driver.current_url and self.spans(),
                   f"the page of trace {trace_id} with its spans")
+        time.sleep(0.5)  # the timeline draws its rows over a few frames
 
     def spans(self) -> list[SpanRow]:
         """The spans of the trace page's timeline, top to bottom, as shown."""
         rows = []
-        for row in self.find(".span-row .span-name-wrapper"):
+        for row in self.find(".span-row"):
             service = row.find_element(By.CSS_SELECTOR, ".span-svc-name").text
             name = row.find_element(By.CSS_SELECTOR, ".endpoint-name").text
-            depth = len(row.find_elements(By.CSS_SELECTOR, ".SpanTreeOffset--indentGuide")) - 1  # a root has one
-            rows.append(SpanRow(service=service.split("\n")[0].strip(), name=name.strip(), depth=depth))
+            guides = row.find_elements(By.CSS_SELECTOR, ".SpanTreeOffset--indentGuide")
+            # The timeline's rows are keyed by span id: "<id>--bar" for the span, "<id>--detail" for its detail.
+            key = row.find_element(By.XPATH, "ancestor::div[@data-item-key][1]").get_attribute("data-item-key")
+            rows.append(SpanRow(
+                service=service.split("\n")[0].strip(), name=name.strip(), depth=len(guides) - 1,
+                span_id=key.removesuffix("--bar"), ancestors=tuple(g.get_attribute("data-ancestor-id") for g in guides),
+                matching="is-matching-filter" in (row.get_attribute("class") or ""),
+            ))
         return rows
+
+    def span(self, name: str, index: int = 0) -> SpanRow:
+        """The index-th span called `name` on the page."""
+        rows = [s for s in self.spans() if s.name == name]
+        assert len(rows) > index, f"no span {name!r} (#{index}) on the page: {[s.name for s in self.spans()]}"
+        return rows[index]
 
     def span_details(self, name: str, index: int = 0, sections: tuple[str, ...] = ("Tags", "Process")) -> str:
         """Opens the detail of the index-th span called `name` (a click on its row; any other detail
         closed first), with `sections` unfolded; the detail's text."""
-        return self.open_detail(name, index, sections).text
+        return self.open_detail(self.span(name, index), sections).text
 
-    def open_detail(self, name: str, index: int, sections: tuple[str, ...]) -> WebElement:
+    def open_detail(self, span: SpanRow, sections: tuple[str, ...]) -> WebElement:
         """span_details' work: the opened detail itself, for reading more than its text."""
         for opened in self.find(".span-row a.span-name[aria-checked=true]"):
             self.click(opened)
-        rows = [r for r in self.find(".span-row .span-name-wrapper")
-                if r.find_element(By.CSS_SELECTOR, ".endpoint-name").text.strip() == name]
-        assert len(rows) > index, f"no span {name!r} (#{index}) on the page: {[s.name for s in self.spans()]}"
-        # The timeline's rows are keyed by span id: "<id>--bar" for the span, "<id>--detail" for its detail.
-        key = rows[index].find_element(By.XPATH, "ancestor::div[@data-item-key][1]").get_attribute("data-item-key")
-        self.click(rows[index].find_element(By.CSS_SELECTOR, "a.span-name"))
-        detail_key = key.replace("--bar", "--detail")
-        detail = self.wait(lambda: self.find(f"div[data-item-key='{detail_key}'] .detail-info-wrapper"),
-                           f"the detail of span {name!r}")[0]
+        self.click(self.find(f"div[data-item-key='{span.span_id}--bar'] .span-row a.span-name")[0])
+        detail = self.wait(lambda: self.find(f"div[data-item-key='{span.span_id}--detail'] .detail-info-wrapper"),
+                           f"the detail of span {span.name!r}")[0]
         for section in sections:
             self.unfold(detail, section)
         return detail
@@ -225,12 +261,22 @@ class JaegerUI:
         if header[0].get_attribute("aria-checked") != "true":
             self.click(header[0])
 
-    def references(self, name: str) -> list[WebElement]:
-        """The References of the span called `name`: its detail opened, only References unfolded;
-        each reference as the link the page shows (its text: the reference type and the span id)."""
-        detail = self.open_detail(name, 0, ("References",))
+    def references(self, span: SpanRow) -> list[WebElement]:
+        """The References of a span: its detail opened, only References unfolded; each reference as
+        the link the page shows (its text: the reference type and the span id)."""
+        detail = self.open_detail(span, ("References",))
         return self.wait(lambda: detail.find_elements(By.CSS_SELECTOR, ".ReferencesList--Item a"),
-                         f"the references of span {name!r}")
+                         f"the references of span {span.name!r}")
+
+    def warnings(self) -> list[str]:
+        """Every span's detail opened: the warnings the page shows there (an invalid parent span ID...)."""
+        count = len(self.spans())
+        self.driver.execute_script(
+            "document.querySelectorAll('.span-row a.span-name[aria-checked=\"false\"]').forEach(a => a.click());")
+        self.wait(lambda: len(self.find(".detail-row")) == count, f"{count} span details open")
+        for header in self.find(".AccordianWarnings--header"):
+            self.driver.execute_script("arguments[0].click();", header)
+        return [w.text for w in self.find(".AccordianWarnings")]
 
     def follow(self, link: WebElement) -> str:
         """Clicks a link to another trace (Jaeger opens it in a new tab, which becomes the one

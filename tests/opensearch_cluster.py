@@ -13,7 +13,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from ports import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 FETCH_SCRIPT = REPO / "deploy" / "opensearch" / "fetch.sh"
@@ -45,18 +46,6 @@ def distribution() -> Path:
             f"no user {OPENSEARCH_USER} to run OpenSearch as: run deploy/opensearch/fetch.sh as root"
         ) from None
     return Path(result.stdout.strip())
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (all held open while chosen, so no two are the same)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @dataclass

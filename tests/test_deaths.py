@@ -15,57 +15,19 @@ import datetime
 import os
 import re
 import subprocess
-from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import psutil
 
 from conftest import MATCH_TEST, REPO
 from otelproc.app.deaths import MESSAGE_LIMIT, STACKTRACE_LIMIT
+from ports import free_ports
 from test_jaeger_e2e import (  # noqa: F401 (backend is a fixture)
-    STATUS_ERROR, STATUS_OK, attributes, backend, free_ports, instrument_command, rfc3339, stop_process, wait_for,
+    STATUS_ERROR, STATUS_OK, JaegerSpan, backend, find_spans, instrument_command, stop_server, wait_for,
 )
 
 APPS = REPO / "tests" / "apps"
 SECRET = "hunter2"
-
-
-@dataclass
-class Span:
-    name: str
-    trace_id: str
-    span_id: str
-    parent_span_id: str
-    status_code: int
-    status_message: str
-    attributes: dict[str, Any]
-    events: dict[str, dict[str, Any]]  # name -> attributes
-    text: str  # everything Jaeger holds of the span, to look for the secret in
-
-
-def spans_of(query_url: str, service: str, since: datetime.datetime) -> list[Span]:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    response = httpx.get(f"{query_url}/api/v3/traces", timeout=10, params={
-        "query.service_name": service,
-        "query.start_time_min": rfc3339(since - datetime.timedelta(minutes=1)),
-        "query.start_time_max": rfc3339(now + datetime.timedelta(minutes=1)),
-        "query.num_traces": 1000, "query.raw_traces": "true",
-    })
-    if response.status_code == 404:
-        return []
-    response.raise_for_status()
-    spans = []
-    for resource_spans in response.json()["result"].get("resourceSpans", []):
-        for scope_spans in resource_spans.get("scopeSpans", []):
-            for s in scope_spans.get("spans", []):
-                status = s.get("status", {})
-                spans.append(Span(
-                    s["name"], s["traceId"], s["spanId"], s.get("parentSpanId", ""), status.get("code", 0),
-                    status.get("message", ""), attributes(s.get("attributes")),
-                    {e["name"]: attributes(e.get("attributes")) for e in s.get("events", [])}, repr(s),
-                ))
-    return spans
 
 
 def run_uvicorn(backend, test_python: str, dying: str, *extra: str) -> tuple[subprocess.Popen, int]:
@@ -85,22 +47,14 @@ def run_uvicorn(backend, test_python: str, dying: str, *extra: str) -> tuple[sub
     return master, port
 
 
-def stop_all(master: subprocess.Popen) -> None:
-    children = psutil.Process(master.pid).children(recursive=True) if master.poll() is None else []
-    stop_process(master)
-    _, left = psutil.wait_procs(children, timeout=15)
-    for child in left:
-        child.kill()
-
-
-def exception_spans(spans: list[Span]) -> list[Span]:
+def exception_spans(spans: list[JaegerSpan]) -> list[JaegerSpan]:
     return [s for s in spans if s.attributes.get("otelproc.span") == "exception"]
 
 
-def deaths_with_lifetimes(backend, since, want: int, status: str | None) -> list[tuple[Span, Span]]:
+def deaths_with_lifetimes(backend, since, want: int, status: str | None) -> list[tuple[JaegerSpan, JaegerSpan]]:
     """(lifetime span, its exception child) pairs, once `want` of them are in Jaeger."""
-    def pairs() -> list[tuple[Span, Span]]:
-        spans = spans_of(backend.query_url, "dying", since)
+    def pairs() -> list[tuple[JaegerSpan, JaegerSpan]]:
+        spans = find_spans(backend.query_url, "dying", since)
         lifetimes = {(s.trace_id, s.span_id): s for s in spans if s.attributes.get("otelproc.span") == "lifetime"}
         found = [(lifetimes[(e.trace_id, e.parent_span_id)], e) for e in exception_spans(spans)
                  if (e.trace_id, e.parent_span_id) in lifetimes]
@@ -110,7 +64,19 @@ def deaths_with_lifetimes(backend, since, want: int, status: str | None) -> list
     return wait_for(pairs, f"{want} exception spans under their lifetime spans in Jaeger", timeout=90)
 
 
-def assert_names_the_exception(life: Span, death: Span, pattern: str, source: str) -> None:
+def worker_deaths(backend, sidecar, test_python: str, dying: str, want: int,
+                  status: str) -> list[tuple[JaegerSpan, JaegerSpan]]:
+    """otelproc running and uvicorn workers dying the `dying` way: deaths_with_lifetimes, the server stopped."""
+    since = datetime.datetime.now(datetime.timezone.utc)
+    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
+    master, _port = run_uvicorn(backend, test_python, dying)
+    try:
+        return deaths_with_lifetimes(backend, since, want, status)
+    finally:
+        stop_server(master)
+
+
+def assert_names_the_exception(life: JaegerSpan, death: JaegerSpan, pattern: str, source: str) -> None:
     assert re.fullmatch(pattern, death.name), death.name
     assert death.status_code == STATUS_ERROR and death.status_message == death.name
     assert death.attributes["otelproc.exception.source"] == source
@@ -124,13 +90,7 @@ def assert_names_the_exception(life: Span, death: Span, pattern: str, source: st
 def test_a_worker_that_raises_at_import_names_the_exception(backend, sidecar, test_python):
     """uvicorn imports the app in each worker; multiprocessing's bootstrap catches the ValueError,
     prints it and exits 1 (uvicorn starts another worker, which dies the same way)."""
-    since = datetime.datetime.now(datetime.timezone.utc)
-    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
-    master, _port = run_uvicorn(backend, test_python, "import")
-    try:
-        pairs = deaths_with_lifetimes(backend, since, want=2, status="exit status 1")
-    finally:
-        stop_all(master)
+    pairs = worker_deaths(backend, sidecar, test_python, "import", want=2, status="exit status 1")
     for life, death in pairs:
         assert life.name == "uvicorn worker" and life.status_code == STATUS_ERROR
         assert life.attributes["process.exit.code"] == 1
@@ -158,7 +118,7 @@ def test_a_worker_whose_start_up_fails_names_the_logged_exception(backend, sidec
         master.wait(60)
         pairs = deaths_with_lifetimes(backend, since, want=1, status="exit status 3")
     finally:
-        stop_all(master)
+        stop_server(master)
     for life, death in pairs:
         assert life.name == "uvicorn worker" and life.attributes["process.exit.code"] == 3
         assert_names_the_exception(life, death, r"ValueError: bad config: password=\*\*\* \(dying\.py:\d+\)",
@@ -174,15 +134,15 @@ def test_a_thread_that_dies_is_on_its_process_trace(backend, sidecar, test_pytho
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
     master, port = run_uvicorn(backend, test_python, "thread")
     try:
-        def two_thread_deaths() -> list[Span]:
-            found = exception_spans(spans_of(backend.query_url, "dying", since))
+        def two_thread_deaths() -> list[JaegerSpan]:
+            found = exception_spans(find_spans(backend.query_url, "dying", since))
             return found if len(found) >= 2 else []
 
         deaths = wait_for(two_thread_deaths, "the two workers' thread deaths in Jaeger", timeout=90)
         answer = wait_for(lambda: _get(port), "a worker to answer after its thread died", timeout=30)
         assert int(answer) in {c.pid for c in psutil.Process(master.pid).children()}
     finally:
-        stop_all(master)
+        stop_server(master)
     pairs = deaths_with_lifetimes(backend, since, want=2, status=None)
     for life, death in pairs:
         assert life.name == "uvicorn worker" and life.status_code == STATUS_OK  # stopped by SIGTERM, as asked
@@ -201,13 +161,7 @@ def _get(port: int) -> str | None:
 
 
 def test_sys_exit_with_a_message_names_it(backend, sidecar, test_python):
-    since = datetime.datetime.now(datetime.timezone.utc)
-    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
-    master, _port = run_uvicorn(backend, test_python, "exit")
-    try:
-        pairs = deaths_with_lifetimes(backend, since, want=1, status="exit status 1")
-    finally:
-        stop_all(master)
+    pairs = worker_deaths(backend, sidecar, test_python, "exit", want=1, status="exit status 1")
     for life, death in pairs:
         assert_names_the_exception(life, death, r"SystemExit: bad config: token=\*\*\* \(dying\.py:\d+\)", "sys.exit")
         assert death.events["exception"]["exception.message"] == "bad config: token=***"

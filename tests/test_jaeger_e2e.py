@@ -28,6 +28,7 @@ import psutil
 import pytest
 
 from conftest import MATCH_TEST, REPO
+from ports import free_ports
 
 BUILD_SCRIPT = REPO / "deploy" / "jaeger" / "build.sh"
 ALL_IN_ONE = REPO / "deploy" / "jaeger" / "all-in-one.yaml"
@@ -47,18 +48,6 @@ def jaeger_binary() -> str:
             pytrace=False,
         )
     return result.stdout.strip()
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (all held open while chosen, so no two are the same)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def wait_for(check: Callable[[], T], what: str, timeout: float) -> T:
@@ -82,6 +71,17 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout)
+
+
+def stop_server(master: subprocess.Popen) -> None:
+    """stop_process for a server this test started, then its children it left (workers,
+    multiprocessing's resource tracker) once they are given time, killed."""
+    # psutil.Process remembers its start time: a pid reused meanwhile is never signalled.
+    children = psutil.Process(master.pid).children(recursive=True) if master.poll() is None else []
+    stop_process(master)
+    _, left = psutil.wait_procs(children, timeout=15)
+    for child in left:
+        child.kill()
 
 
 class JaegerProcess:
@@ -175,6 +175,8 @@ class JaegerSpan:
     attributes: dict[str, Any]
     resource: dict[str, Any]
     links: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    events: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> attributes
+    text: str = ""  # everything Jaeger holds of the span, to look for what must not be there
 
     @property
     def role(self) -> str | None:
@@ -194,6 +196,7 @@ def flatten(result: dict[str, Any]) -> list[JaegerSpan]:
                     status_code=status.get("code", 0), status_message=status.get("message", ""),
                     attributes=attributes(s.get("attributes")), resource=resource,
                     links=[(lk["traceId"], lk["spanId"], attributes(lk.get("attributes"))) for lk in s.get("links", [])],
+                    events={e["name"]: attributes(e.get("attributes")) for e in s.get("events", [])}, text=repr(s),
                 ))
     return spans
 
@@ -296,12 +299,7 @@ def test_process_and_request_spans_reach_jaeger(backend, sidecar, test_python):
         wait_for(lambda: len(request_spans(find_spans(backend.query_url, "demo", since))) >= requests,
                  f"{requests} request spans in Jaeger", timeout=60)
     finally:
-        # psutil.Process remembers its start time: a pid reused meanwhile is never signalled.
-        children = psutil.Process(master.pid).children(recursive=True) if master.poll() is None else []
-        stop_process(master)
-        _, left = psutil.wait_procs(children, timeout=15)  # workers, multiprocessing's resource tracker
-        for child in left:
-            child.kill()
+        stop_server(master)
     workers = set(served)
     assert master.returncode == 0
 

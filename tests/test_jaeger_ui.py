@@ -59,7 +59,7 @@ def test_request_links_to_its_worker_and_the_process_trace_shows_how_workers_end
         assert request.title == "demo: GET /"
         ui.open_result(request.trace_id)
         assert ui.spans()[0].name == "GET /" and ui.spans()[0].service == "demo"
-        (reference,) = ui.references("GET /")
+        (reference,) = ui.references(ui.span("GET /"))
         assert "FOLLOWS_FROM" in reference.text and killed.span_id in reference.text
         ui.screenshot("request-linked-to-worker")
 

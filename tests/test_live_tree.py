@@ -20,7 +20,6 @@ import datetime
 import os
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,10 +29,12 @@ import psutil
 import pytest
 
 from conftest import MATCH_TEST, REPO
+from jaeger_ui import JaegerUI, missing_browser
+from ports import free_ports
 from test_correlation import APPS, app_env
 from test_jaeger_e2e import (
-    DEMO, SERVER, Backend, JaegerSpan, demo_env, find_spans, free_ports, get_json, instrument_command,
-    running_backend, search_by_tag, stop_process, wait_for,
+    DEMO, SERVER, Backend, JaegerSpan, demo_env, find_spans, get_json, instrument_command,
+    running_backend, search_by_tag, stop_server, wait_for,
 )
 from test_prefork import ask
 
@@ -62,109 +63,13 @@ def ui_backend(tmp_path: Path) -> Iterator[Backend]:
 
 @pytest.fixture
 def ui(ui_backend: Backend, tmp_path: Path) -> Iterator[JaegerUI]:
-    """Headless Chromium on the backend's UI; its screenshots go to the test's temporary directory."""
-    browser = JaegerUI(ui_backend.query_url, tmp_path)
-    try:
+    """Headless Chromium on the backend's UI, its window tall enough for a trace with every span's
+    detail open; its screenshots go to the test's temporary directory."""
+    missing = missing_browser()
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    with JaegerUI(ui_backend.query_url, tmp_path, width=1400, height=2400) as browser:
         yield browser
-    finally:
-        browser.close()
-
-
-class JaegerUI:
-    """Jaeger's UI in headless Chromium: what a person sees on a trace's page."""
-
-    def __init__(self, base_url: str, shots: Path) -> None:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-
-        options = webdriver.ChromeOptions()
-        options.binary_location = "/usr/bin/chromium"
-        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2400",
-                    "--force-device-scale-factor=1"):
-            options.add_argument(arg)
-        self.driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
-        self.base_url = base_url
-        self.shots = shots
-
-    def close(self) -> None:
-        self.driver.quit()
-
-    def _wait(self, css: str, timeout: float = 30) -> list[Any]:
-        """The elements, once there; else a failure, with what the page showed in unseen.png."""
-        from selenium.webdriver.common.by import By
-
-        try:
-            return wait_for(lambda: self.driver.find_elements(By.CSS_SELECTOR, css), f"{css} in the UI", timeout)
-        except AssertionError:
-            self.driver.save_screenshot(str(self.shots / "unseen.png"))
-            raise
-
-    def open_trace(self, trace_id: str, find: str | None = None) -> list[dict[str, Any]]:
-        """The trace's rows in order: service, operation, the ancestors' span ids (the tree's indent
-        guides), and whether the row matches `find` (a span id)."""
-        self.driver.get(f"{self.base_url}/trace/{trace_id}" + (f"?uiFind={find}" if find else ""))
-        self._wait(".span-row")
-        time.sleep(0.5)  # the virtual list settles
-        return self.rows()
-
-    def rows(self) -> list[dict[str, Any]]:
-        from selenium.webdriver.common.by import By
-
-        rows = []
-        for row in self.driver.find_elements(By.CSS_SELECTOR, ".span-row"):
-            guides = row.find_elements(By.CSS_SELECTOR, ".SpanTreeOffset--indentGuide")
-            rows.append({
-                "service": row.find_element(By.CSS_SELECTOR, ".span-svc-name").text.strip(),
-                "operation": row.find_element(By.CSS_SELECTOR, ".endpoint-name").text.strip(),
-                "ancestors": [g.get_attribute("data-ancestor-id") for g in guides],
-                "matching": "is-matching-filter" in (row.get_attribute("class") or ""),
-                "element": row,
-            })
-        return rows
-
-    def warnings(self) -> list[str]:
-        """Opens every span's details and returns the warnings the UI shows there (invalid parents...)."""
-        from selenium.webdriver.common.by import By
-
-        spans = len(self.rows())
-        self.driver.execute_script(
-            "document.querySelectorAll('.span-row a.span-name[aria-checked=\"false\"]').forEach(a => a.click());")
-        details = wait_for(lambda: len(found := self.driver.find_elements(By.CSS_SELECTOR, ".detail-row")) == spans
-                           and found, f"{spans} span details open in the UI", timeout=30)
-        assert len(details) == spans
-        for header in self.driver.find_elements(By.CSS_SELECTOR, ".AccordianWarnings--header"):
-            self.driver.execute_script("arguments[0].click();", header)
-        return [w.text for w in self.driver.find_elements(By.CSS_SELECTOR, ".AccordianWarnings")]
-
-    def process_link(self, trace_id: str, span_id: str) -> str:
-        """The address of a request span's link ("View Linked Span"), read from its References."""
-        from selenium.webdriver.common.by import By
-
-        self.open_trace(trace_id, span_id)
-
-        def details_open() -> list[Any]:
-            if not self.driver.find_elements(By.CSS_SELECTOR, ".detail-row"):
-                (row,) = [r for r in self.rows() if r["matching"]]
-                row["element"].find_element(By.CSS_SELECTOR, "a.span-name").click()
-                time.sleep(0.3)
-            return self.driver.find_elements(By.CSS_SELECTOR, ".AccordianReferences--header")
-
-        (header,) = wait_for(details_open, "the request span's details", timeout=30)
-        self.driver.execute_script("arguments[0].click();", header)
-        (link,) = self._wait(".ReferencesList--Item a")
-        return link.get_attribute("href")
-
-    def shoot(self, name: str) -> Path:
-        """The page down to the trace's last row, into the test's temporary directory."""
-        path = self.shots / f"{name}.png"
-        bottom = self.driver.execute_script(
-            "return Math.max(...[...document.querySelectorAll('.span-row')].map(r => r.getBoundingClientRect().bottom));")
-        frame = self.driver.execute_script("return window.outerHeight - window.innerHeight;")
-        self.driver.set_window_size(1400, int(bottom) + frame + 12)
-        time.sleep(0.3)
-        self.driver.save_screenshot(str(path))
-        self.driver.set_window_size(1400, 2400)
-        return path
 
 
 @dataclass(eq=False)
@@ -309,8 +214,9 @@ def check_search(query_url: str, service: Service, worker: int, requests: list[J
 
 def check_ui(ui: JaegerUI, trace_id: str, spans: list[dict[str, Any]], shot: str) -> None:
     """The UI draws the same tree (each row's ancestors, from its indent guides) and shows no warning."""
-    rows = ui.open_trace(trace_id)
-    assert len(rows) == len(spans), [r["operation"] for r in rows]
+    ui.open_trace(trace_id)
+    rows = ui.spans()
+    assert len(rows) == len(spans), [r.name for r in rows]
     by_id = {s["spanID"]: s for s in spans}
     expected = {}
     for span in spans:
@@ -320,21 +226,22 @@ def check_ui(ui: JaegerUI, trace_id: str, spans: list[dict[str, Any]], shot: str
             parent = parent_of(by_id[parent])
         expected.setdefault((span["service"], span["operationName"]), []).append(sorted(chain))
     for row in rows:
-        assert sorted(a for a in row["ancestors"] if a in by_id) in expected[(row["service"], row["operation"])], row
-    ui.shoot(shot)
+        assert sorted(a for a in row.ancestors if a in by_id) in expected[(row.service, row.name)], row
+    ui.screenshot(shot, whole_trace=True)
     assert ui.warnings() == []
 
 
 def check_link_in_ui(ui: JaegerUI, request: JaegerSpan) -> None:
     """Following a request's link in the UI opens its worker's process trace on an existing span."""
-    href = ui.process_link(request.trace_id, request.span_id)
+    ui.open_trace(request.trace_id, find=request.span_id)
+    (found,) = [s for s in ui.spans() if s.matching]
+    (link,) = ui.references(found)
     trace_id, span_id = process_link(request)
+    href = link.get_attribute("href")
     assert f"/trace/{trace_id}" in href and span_id in href
-    ui.driver.get(href)
-    ui._wait(".span-row")
-    time.sleep(0.5)
-    (found,) = [r for r in ui.rows() if r["matching"]]
-    assert found["operation"].endswith(" started"), f"the worker's 'started' span: {found}"
+    assert ui.follow(link) == trace_id
+    (found,) = [s for s in ui.spans() if s.matching]
+    assert found.name.endswith(" started"), f"the worker's 'started' span: {found}"
 
 
 def test_running_services_read_as_a_live_tree(ui_backend, ui, sidecar, test_python):
@@ -386,11 +293,7 @@ def test_running_services_read_as_a_live_tree(ui_backend, ui, sidecar, test_pyth
             check_links(url, linked_requests(url, service, since, now[service] - first[service]))
     finally:
         for service in services:
-            children = psutil.Process(service.master.pid).children(recursive=True) if service.master.poll() is None else []
-            stop_process(service.master)
-            _, left = psutil.wait_procs(children, timeout=15)
-            for child in left:
-                child.kill()
+            stop_server(service.master)
 
     # Stopped: the same tree, completed into lifetime spans, still every parent present.
     for service in services:

@@ -20,7 +20,8 @@ import pytest
 
 from conftest import REPO, TEST_COMM
 from otelproc.kernel import pins
-from test_jaeger_e2e import SERVER, JaegerSpan, find_spans, flatten, free_ports, path_of, request_spans, wait_for
+from ports import free_ports
+from test_jaeger_e2e import SERVER, JaegerSpan, find_spans, flatten, path_of, request_spans, wait_for
 
 UP, DOWN = REPO / "deploy" / "local" / "up.sh", REPO / "deploy" / "local" / "down.sh"
 PORT_VARIABLES = ("JAEGER_OTLP_GRPC_PORT", "JAEGER_OTLP_HTTP_PORT", "JAEGER_QUERY_HTTP_PORT", "JAEGER_QUERY_GRPC_PORT",

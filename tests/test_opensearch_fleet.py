@@ -22,7 +22,8 @@ import pytest
 
 from conftest import MATCH_TEST, REPO
 from opensearch_cluster import Cluster, OpenSearchMissing
-from test_jaeger_e2e import JaegerProcess, JaegerSpan, find_spans, free_ports, jaeger_binary, stop_process, wait_for
+from ports import free_ports
+from test_jaeger_e2e import JaegerProcess, JaegerSpan, find_spans, jaeger_binary, stop_process, wait_for
 
 OPENSEARCH_CONFIG = REPO / "deploy" / "jaeger" / "opensearch.yaml"
 SERVICE = "fleet-test"

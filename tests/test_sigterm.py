@@ -37,6 +37,15 @@ def assert_stopped_by_sigterm_from_us(receiver, pid: int, name: str) -> None:
     assert lifetime.attributes["otelproc.exit.reason"].startswith(f"stopped by SIGTERM from pid {os.getpid()} (")
 
 
+def assert_worker_flushes_on_sigterm(receiver, worker: int, requests: int, name: str) -> None:
+    """SIGTERM to a worker that served `requests`: their spans come from the stopped worker itself,
+    before its master is stopped, and its lifetime span says our SIGTERM stopped it."""
+    os.kill(worker, signal.SIGTERM)
+    spans = receiver.wait_for(lambda _: served_spans(receiver, worker))
+    assert len(spans) == requests
+    assert_stopped_by_sigterm_from_us(receiver, worker, name)
+
+
 def uvicorn(test_python: str, port: int, *options: str) -> list[str]:
     return [test_python, "-m", "uvicorn", "shop:app", "--app-dir", str(APPS), "--port", str(port), *options]
 
@@ -72,11 +81,7 @@ def test_uvicorn_worker_flushes_its_last_request_on_sigterm(sidecar, grpc_receiv
     try:
         (worker, requests), *_ = get_pids(port, "/", want=1).items()
         assert worker in {c.pid for c in psutil.Process(master.pid).children()}
-        os.kill(worker, signal.SIGTERM)
-        # Its span comes from the stopped worker itself, before the master is stopped.
-        spans = grpc_receiver.wait_for(lambda _: served_spans(grpc_receiver, worker))
-        assert len(spans) == requests
-        assert_stopped_by_sigterm_from_us(grpc_receiver, worker, "uvicorn worker")
+        assert_worker_flushes_on_sigterm(grpc_receiver, worker, requests, "uvicorn worker")
     finally:
         stop(master)
 
@@ -92,9 +97,6 @@ def test_gunicorn_uvicorn_worker_flushes_its_last_request_on_sigterm(sidecar, gr
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         ((worker, requests),) = get_pids(port, "/", want=1).items()
-        os.kill(worker, signal.SIGTERM)
-        spans = grpc_receiver.wait_for(lambda _: served_spans(grpc_receiver, worker))
-        assert len(spans) == requests
-        assert_stopped_by_sigterm_from_us(grpc_receiver, worker, "gunicorn")
+        assert_worker_flushes_on_sigterm(grpc_receiver, worker, requests, "gunicorn")
     finally:
         stop(master)
