@@ -2,7 +2,8 @@
 
 Headless Chromium opens http://<Jaeger>/, picks the service demo, opens a request trace, follows
 the request's reference to the process trace of the worker that served it (a worker killed with
-SIGKILL beforehand), and reads there how that worker ended; then, the demo's uvicorn master
+SIGKILL beforehand), unfolds the worker's process span it lands on and reads there how that worker
+ended; then, the demo's uvicorn master
 stopped, the master -> worker tree and how each worker ended. Everything asserted is text the page
 shows. Its two screenshots go to JAEGER_UI_SCREENSHOTS (default: the test's temporary directory);
 docs/images/ holds them: `JAEGER_UI_SCREENSHOTS=docs/images python3 -m pytest tests/test_jaeger_ui.py`.
