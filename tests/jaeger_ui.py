@@ -236,6 +236,19 @@ class JaegerUI:
         assert len(rows) > index, f"no span {name!r} (#{index}) on the page: {[s.name for s in self.spans()]}"
         return rows[index]
 
+    def unfold_found(self) -> str:
+        """The span a followed link points at (the page marks it found and folds its children, as it
+        folds every span's that is not on the way to it): its children shown, as a click on its arrow
+        shows them. The found span's name."""
+        (row,) = self.wait(lambda: self.find(".span-row.is-matching-filter"), "the span the link points at")
+        name = row.find_element(By.CSS_SELECTOR, ".endpoint-name").text.strip()
+        toggle = row.find_elements(By.CSS_SELECTOR, ".SpanTreeOffset.is-parent")
+        if toggle and toggle[0].get_attribute("aria-checked") != "true":
+            before = len(self.spans())
+            self.click(toggle[0])
+            self.wait(lambda: len(self.spans()) > before, f"the children of span {name!r}")
+        return name
+
     def span_details(self, name: str, index: int = 0, sections: tuple[str, ...] = ("Tags", "Process")) -> str:
         """Opens the detail of the index-th span called `name` (a click on its row; any other detail
         closed first), with `sections` unfolded; the detail's text."""

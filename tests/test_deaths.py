@@ -4,8 +4,9 @@ Real uvicorn workers (`uvicorn --workers 2`) run the app of tests/apps/dying.py 
 zero-code helper (`opentelemetry-instrument`, OTEL_EXPERIMENTAL_RESOURCE_DETECTORS=otelproc),
 started by this test (a parent otelproc does not track); the real `otelproc run` exports the
 lifetime spans; both go through the Collector to Jaeger, and Jaeger's query API is the check:
-the worker's lifetime span says how it ended (`exit status 1`), and its child span, which the
-app side exported, names the exception with the OpenTelemetry exception conventions, its text
+the worker's lifetime span says how it ended (`exit status 1`), and the span the app side
+exported under the worker's process span (docs/spans.md: its 'started' span, or its lifetime span
+when it had none) names the exception with the OpenTelemetry exception conventions, its text
 redacted and bounded.
 """
 
@@ -52,16 +53,29 @@ def exception_spans(spans: list[JaegerSpan]) -> list[JaegerSpan]:
 
 
 def deaths_with_lifetimes(backend, since, want: int, status: str | None) -> list[tuple[JaegerSpan, JaegerSpan]]:
-    """(lifetime span, its exception child) pairs, once `want` of them are in Jaeger."""
+    """(lifetime span, exception span) pairs of one process, once `want` of them are in Jaeger: the
+    exception span a child of the process's process span (docs/spans.md), the lifetime span that
+    span itself (a process that ended within --start-span-delay) or, under it, its sibling."""
     def pairs() -> list[tuple[JaegerSpan, JaegerSpan]]:
         spans = find_spans(backend.query_url, "dying", since)
-        lifetimes = {(s.trace_id, s.span_id): s for s in spans if s.attributes.get("otelproc.span") == "lifetime"}
-        found = [(lifetimes[(e.trace_id, e.parent_span_id)], e) for e in exception_spans(spans)
-                 if (e.trace_id, e.parent_span_id) in lifetimes]
-        found = [(life, e) for life, e in found if status is None or life.status_message == status]
+        def role(span: JaegerSpan) -> str | None:
+            return span.attributes.get("otelproc.span")
+
+        by_id = {(s.trace_id, s.span_id): s for s in spans if role(s) in ("started", "lifetime")}
+        lifetimes = {(s.trace_id, s.attributes["otelproc.process.key"]): s for s in spans if role(s) == "lifetime"}
+        found = []
+        for death in exception_spans(spans):
+            parent = by_id.get((death.trace_id, death.parent_span_id))
+            key = death.attributes["otelproc.process.key"]
+            life = lifetimes.get((death.trace_id, key))
+            if parent is None or life is None or parent.attributes["otelproc.process.key"] != key:
+                continue
+            assert life is parent or (role(parent), life.parent_span_id) == ("started", parent.span_id), life
+            if status is None or life.status_message == status:
+                found.append((life, death))
         return found if len(found) >= want else []
 
-    return wait_for(pairs, f"{want} exception spans under their lifetime spans in Jaeger", timeout=90)
+    return wait_for(pairs, f"{want} exception spans under their process spans in Jaeger", timeout=90)
 
 
 def worker_deaths(backend, sidecar, test_python: str, dying: str, want: int,
@@ -129,7 +143,7 @@ def test_a_worker_whose_start_up_fails_names_the_logged_exception(backend, sidec
 
 def test_a_thread_that_dies_is_on_its_process_trace(backend, sidecar, test_python):
     """The thread dies, the worker lives on: the span is exported at once, a child of the worker's
-    lifetime span (which Jaeger gets when the worker ends)."""
+    process span (its 'started' span); the worker's lifetime span joins it there when the worker ends."""
     since = datetime.datetime.now(datetime.timezone.utc)
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
     master, port = run_uvicorn(backend, test_python, "thread")
@@ -150,6 +164,7 @@ def test_a_thread_that_dies_is_on_its_process_trace(backend, sidecar, test_pytho
             life, death, r"ConnectionError: poller lost redis://app:\*\*\*@127\.0\.0\.1:6379/0 \(dying\.py:\d+\) "
             r"in thread poller", "threading.excepthook")
         assert death.attributes["thread.name"] == "poller"
+        assert life.parent_span_id == death.parent_span_id, "both under the worker's 'started' span"
     assert {d.span_id for d in deaths} <= {d.span_id for _, d in pairs}
 
 

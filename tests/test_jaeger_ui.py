@@ -2,7 +2,8 @@
 
 Headless Chromium opens http://<Jaeger>/, picks the service demo, opens a request trace, follows
 the request's reference to the process trace of the worker that served it (a worker killed with
-SIGKILL beforehand), and reads there how that worker ended; then, the demo's uvicorn master
+SIGKILL beforehand), unfolds the worker's process span it lands on and reads there how that worker
+ended; then, the demo's uvicorn master
 stopped, the master -> worker tree and how each worker ended. Everything asserted is text the page
 shows. Its two screenshots go to JAEGER_UI_SCREENSHOTS (default: the test's temporary directory);
 docs/images/ holds them: `JAEGER_UI_SCREENSHOTS=docs/images python3 -m pytest tests/test_jaeger_ui.py`.
@@ -19,8 +20,8 @@ import httpx
 import psutil
 import pytest
 
-from jaeger_ui import JaegerUI, missing_browser
-from test_jaeger_e2e import find_spans, path_of, request_spans, wait_for
+from jaeger_ui import JaegerUI, SpanRow, missing_browser
+from test_jaeger_e2e import JaegerSpan, find_spans, path_of, request_spans, wait_for
 from test_local_stack import kill_worker, lifetime_span, local_stack  # noqa: F401 (a fixture)
 
 
@@ -46,6 +47,10 @@ def test_request_links_to_its_worker_and_the_process_trace_shows_how_workers_end
     kill_worker(local_stack, victim)
     killed = wait_for(lambda: lifetime_span(local_stack.jaeger, victim, since),
                       "the killed worker's lifetime span in Jaeger", timeout=90)
+    # What its requests link to: its process span (docs/spans.md), the 'started' span of a worker that ran.
+    victim_process = wait_for(lambda: process_span(local_stack.jaeger, victim, since),
+                              "the killed worker's process span in Jaeger", timeout=30)
+    assert victim_process.trace_id == killed.trace_id
     requests = wait_for(lambda: [r for r in request_spans(find_spans(local_stack.jaeger, "demo", since))
                                  if r.resource["process.pid"] == victim and path_of(r) == "/"],
                         "the killed worker's request spans in Jaeger", timeout=60)
@@ -60,26 +65,32 @@ def test_request_links_to_its_worker_and_the_process_trace_shows_how_workers_end
         ui.open_result(request.trace_id)
         assert ui.spans()[0].name == "GET /" and ui.spans()[0].service == "demo"
         (reference,) = ui.references(ui.span("GET /"))
-        assert "FOLLOWS_FROM" in reference.text and killed.span_id in reference.text
+        assert "FOLLOWS_FROM" in reference.text and victim_process.span_id in reference.text
         ui.screenshot("request-linked-to-worker")
 
-        # The reference opens the process trace, the worker's span found in it.
+        # The reference opens the process trace on the worker's process span; under it, how it ended.
         assert ui.follow(reference) == killed.trace_id
+        assert ui.unfold_found() == "uvicorn worker started"
         names = [s.name for s in ui.spans()]
         assert "uvicorn started" in names and "uvicorn worker" in names, names
         detail = ui.span_details("uvicorn worker", index=worker_index(ui, victim))
         assert f"process.pid\n{victim}" in detail
         assert "killed by SIGKILL" in detail
 
-        # The master stopped: its lifetime span arrives, and the trace becomes the tree.
+        # The master stopped: its lifetime span arrives, and the trace is the tree: each process's
+        # 'started' span (its process span), its lifetime span under it, a worker's under the master's.
         os.kill(master, signal.SIGTERM)  # the demo up.sh started (its pid file)
         psutil.wait_procs([psutil.Process(master)], timeout=30)
         wait_for(lambda: lifetime_span(local_stack.jaeger, master, since), "the master's lifetime span", timeout=90)
         ui.open_trace(killed.trace_id)
         tree = ui.spans()
-        assert (tree[0].name, tree[0].depth) == ("uvicorn", 0), tree
-        workers = [s for s in tree if s.name == "uvicorn worker"]
-        assert len(workers) >= 2 and all(s.depth == 1 for s in workers), tree
+        assert (tree[0].name, tree[0].depth) == ("uvicorn started", 0), tree
+        assert [parent_row(tree, i).name for i, s in enumerate(tree) if s.name == "uvicorn"] == ["uvicorn started"]
+        workers = [i for i, s in enumerate(tree) if s.name == "uvicorn worker"]
+        assert len(workers) >= 2, tree
+        for i in workers:  # under its own 'started' span, under the master's; or, one that lived < 1 s, its own
+            parent = parent_row(tree, i)
+            assert (parent.name, parent.depth) in {("uvicorn worker started", 1), ("uvicorn started", 0)}, tree
         assert "process.exit.code\n0" in ui.span_details("uvicorn")
         ends = {}
         for index in range(len(workers)):
@@ -92,6 +103,19 @@ def test_request_links_to_its_worker_and_the_process_trace_shows_how_workers_end
         assert any(f"stopped by SIGTERM from pid {master}" in d for d in ends.values())
         ui.span_details("uvicorn worker", index=worker_index(ui, victim), sections=("Tags",))
         ui.screenshot("process-trace")
+
+
+def process_span(query_url: str, pid: int, since: datetime.datetime) -> JaegerSpan | None:
+    """Process PID's process span, once Jaeger has it: its 'started' span, or its lifetime span if it had none."""
+    spans = [s for s in find_spans(query_url, "demo", since) if s.attributes.get("process.pid") == pid]
+    started = [s for s in spans if s.role == "started"]
+    return started[0] if started else next((s for s in spans if s.role == "lifetime"), None)
+
+
+def parent_row(tree: list[SpanRow], index: int) -> SpanRow:
+    """The row the index-th row of a trace page hangs from: the nearest one above it, one level up."""
+    depth = tree[index].depth
+    return next(s for s in reversed(tree[:index]) if s.depth == depth - 1)
 
 
 def pid_in(detail: str) -> int:

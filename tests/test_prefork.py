@@ -77,12 +77,22 @@ def assert_each_names_its_worker(receiver, spans: dict[int, object], answered: d
         assert key not in master_keys
 
 
+def process_span_of(receiver, pid: int):
+    """The one process span of pid (docs/spans.md): its 'started' span, or its lifetime span when it had none."""
+    (span,) = [s for s in receiver.process_spans().values() if s.attributes["process.pid"] == pid]
+    return span
+
+
 def assert_children_of(receiver, workers: set[int], master: int) -> None:
-    """In the process trace, each worker's lifetime span is a child of the master's."""
-    (master_span,) = receiver.of_pid(master)
+    """In the process trace, each worker hangs from the master: its process span is a child of the
+    master's, and its lifetime span (how it ended) is that process span or that span's child."""
+    master_span = process_span_of(receiver, master)
     for worker in workers:
-        for span in receiver.of_pid(worker):
-            assert (span.trace_id, span.parent_span_id) == (master_span.trace_id, master_span.span_id), worker
+        worker_span = process_span_of(receiver, worker)
+        assert (worker_span.trace_id, worker_span.parent_span_id) == (master_span.trace_id, master_span.span_id), worker
+        (lifetime,) = receiver.of_pid(worker)
+        assert lifetime is worker_span or (lifetime.trace_id, lifetime.parent_span_id) == (
+            worker_span.trace_id, worker_span.span_id), worker
 
 
 @pytest.mark.parametrize("preload", (False, True), ids=("", "preload"))

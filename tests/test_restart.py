@@ -7,6 +7,7 @@ probe is removed at teardown.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -29,6 +30,11 @@ WAITING = "import sys; sys.stdin.read(); sys.exit(int(sys.argv[1]))"
 def proc_ticks(span) -> int:
     """The start ticks in a span's otelproc.process.key (boot/pidns/vpid/ticks)."""
     return int(span.attributes["otelproc.process.key"].split("/")[3])
+
+
+def lifetime_span_id(key: str) -> str:
+    """The lifetime span id of a process that had a 'started' span (docs/spans.md), written out independently."""
+    return hashlib.sha256(b"otelproc lifetime " + key.encode()).digest()[:8].hex()
 
 
 def spawn(test_python: str, code: str, *args: str, **kwargs: object) -> subprocess.Popen:
@@ -156,10 +162,16 @@ def test_restart_loses_nothing_and_duplicates_nothing(how, version, sidecar, grp
         assert "otelproc.end.approximate" not in span.attributes, pid
         assert abs(span.end_ns - end) < 500_000_000, f"pid {pid}: its real exit time"
         assert len(grpc_receiver.of_pid(pid, "started")) <= 1, f"pid {pid}: one 'started' span at most"
+    sent = [(s.trace_id, s.span_id) for s in grpc_receiver.spans]
+    assert len(sent) == len(set(sent)), "no span id sent twice"
+    # The process that outlived the gap: its process span (the 'started' span the first otelproc sent)
+    # keeps its id, and the second otelproc hangs the lifetime span from it, under the lifetime id.
     (a_started,) = grpc_receiver.of_pid(a.pid, "started")
     (a_span,) = grpc_receiver.of_pid(a.pid)
-    assert a_started.parent_span_id == a_span.span_id, "one span id for a process that outlived the gap"
-    assert a_span.span_id == expected_ids(HOST_PIDNS, a.pid, proc_ticks(a_span))[1]
+    trace_id, process_span_id = expected_ids(HOST_PIDNS, a.pid, proc_ticks(a_span))
+    assert (a_started.trace_id, a_started.span_id) == (trace_id, process_span_id), "the same process span id"
+    assert (a_span.trace_id, a_span.parent_span_id) == (trace_id, process_span_id), "its lifetime under it"
+    assert a_span.span_id == lifetime_span_id(a_span.attributes["otelproc.process.key"])
     assert a_span.attributes["otelproc.start.source"] == "exec"  # carried over, not adopted anew
     (gap_span,) = grpc_receiver.of_pid(gap.pid)
     assert gap_span.attributes["otelproc.start.source"] == "exec", "its exec was read from the pinned ring"

@@ -2,7 +2,7 @@
 
 The kernel sees `exit status 1`; the interpreter knows why. When a process with
 the app side dies of an exception, this module exports, through the service's
-own TracerProvider, a span that is a child of the process's lifetime span (its
+own TracerProvider, a span that is a child of the process's process span (its
 context from links.own_process, as the sidecar computes it): named for the cause,
 `ValueError: bad config (app.py:42)`, status ERROR with that description, and the
 OpenTelemetry exception conventions in an `exception` event, the text redacted by
@@ -196,7 +196,7 @@ def _attributes(death: Death) -> dict[str, AttributeValue]:
 
 
 def report(death: Death, flush: bool = True) -> None:
-    """Exports the death as a child of the process's lifetime span (a root of its own for a process the
+    """Exports the death as a child of the process's process span (a root of its own for a process the
     sidecar does not track); flushes the provider unless the caller does it later."""
     provider = _state.provider
     if provider is None:

@@ -108,7 +108,7 @@ _own: tuple[int, str, TraceLink | None] = (-1, "", None)
 
 
 def own_process() -> tuple[str, TraceLink | None]:
-    """This process's key and lifetime span context, from /proc once per process (again in a forked
+    """This process's key and process span context, from /proc once per process (again in a forked
     child): a death reported after its parent has gone still sits where the sidecar put it."""
     global _own
     if _own[0] != os.getpid():
