@@ -75,7 +75,7 @@ if $test_setup; then
     step "fetching OpenSearch unless cached (deploy/opensearch/fetch.sh; the first time, about 30 s)"
     step "  OpenSearch: $(deploy/opensearch/fetch.sh)"
     # --- containers (issue 19) ---------------------------------------------------------------
-    # podman, its settings and podman-compose for tests/test_containers.py; the stand-in base
+    # podman, its settings and podman-compose for tests/test_containers.py and test_compose.py; the stand-in base
     # images are built (and cached) by deploy/images/build.sh, which .ci/run calls.
     step "setting up podman and podman-compose (deploy/images/setup-podman.sh)"
     deploy/images/setup-podman.sh

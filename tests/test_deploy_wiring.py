@@ -95,6 +95,19 @@ def compose_service(name: str) -> dict[str, Any]:
     return COMPOSE["services"][name]
 
 
+def pid_owner(pid: str) -> str | None:
+    """The service whose pid namespace `pid:` joins: "service:NAME", or "container:NAME" naming a service's
+    container_name; None for the host's or a namespace of its own."""
+    if pid.startswith("service:"):
+        return pid.removeprefix("service:")
+    if pid.startswith("container:"):
+        named = [name for name, service in COMPOSE["services"].items()
+                 if service.get("container_name") == pid.removeprefix("container:")]
+        assert named, f"pid: {pid} names no service's container_name"
+        return named[0]
+    return None
+
+
 def compose_env(service: dict[str, Any]) -> dict[str, str]:
     env = service.get("environment", {})
     assert isinstance(env, dict), "environment as a mapping"
@@ -153,7 +166,7 @@ def otelproc_deployments() -> dict[str, dict[str, Any]]:
     compose = compose_service("otelproc")
     pid = str(compose.get("pid", ""))
     found = {"compose": {
-        "pid": "host" if pid == "host" else "shared with a service" if pid.startswith("service:") else "own",
+        "pid": "host" if pid == "host" else "shared with a service" if pid_owner(pid) else "own",
         "env": compose_env(compose), "args": list(compose.get("command", [])),
         "add": set(compose.get("cap_add", [])), "drop": set(compose.get("cap_drop", [])),
         "privileged": compose.get("privileged", False),
@@ -211,9 +224,9 @@ def test_compose_otelproc_watches_the_demo_and_mounts_read_only():
     otelproc, demo = compose_service("otelproc"), compose_service("demo")
     # The demo's pid namespace: its own (joined as service:demo), or one it joins too.
     demo_namespace = demo.get("pid", "service:demo")
-    assert otelproc["pid"] == demo_namespace and demo_namespace.startswith("service:")
-    owner = demo_namespace.removeprefix("service:")
-    assert owner == "demo" or owner in otelproc["depends_on"]
+    owner = pid_owner(demo_namespace)
+    assert otelproc["pid"] == demo_namespace and owner is not None
+    assert owner == "demo" or owner in otelproc["depends_on"] and owner in demo["depends_on"]
     assert demo["build"] == {"context": ".", "dockerfile": "demo/Dockerfile"} and otelproc["build"] == "."
     assert otelproc.get("read_only") is True
     for volume in otelproc["volumes"]:

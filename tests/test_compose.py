@@ -1,0 +1,196 @@
+"""docker-compose.yml run for real, as README step 3 runs it: up --build, the README's requests, the
+traces in Jaeger's API, then the documented way down, which leaves nothing behind.
+
+podman-compose (deploy/images/setup-podman.sh) runs the file unchanged on podman 4.3, with the
+stand-in base images of deploy/images/build.sh (no image registry is reachable here). otelproc pins
+its probe in the host's /sys/fs/bpf/otelproc, the production default, so this test mounts bpffs at
+/sys/fs/bpf as systemd does on most hosts (this machine mounts none there) and unmounts it after.
+Nothing skips: without podman or podman-compose the test fails, naming ./install.sh --test.
+"""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from conftest import REPO
+from otelproc.kernel import libbpf, pins
+from test_containers import build_stand_ins, require, run
+from test_jaeger_e2e import SERVER, STATUS_ERROR, JaegerSpan, find_spans, path_of, request_spans, wait_for
+
+PROJECT = "otelproc-demo"  # docker-compose.yml's name
+HOST_BPFFS = Path(pins.BPFFS_ROOT)
+PIN_DIR = HOST_BPFFS / "otelproc"  # the otelproc service's pin directory: the default
+DEMO = "http://127.0.0.1:8000"  # the compose file publishes on every address; the test talks to loopback only
+JAEGER = "http://127.0.0.1:16686"
+BPFFS_OWN_FILES = {"maps.debug", "progs.debug"}  # what the kernel's bpffs shows on its own
+
+
+def compose(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """podman-compose ARGS in the repository root; fails the test, with its output, if it does not end in time."""
+    try:
+        return subprocess.run(["podman-compose", *args], cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        output = "".join(o.decode(errors="replace") if isinstance(o, bytes) else o or "" for o in (exc.output, exc.stderr))
+        pytest.fail(f"podman-compose {' '.join(args)}: still running after {timeout} s\n{output[-3000:]}", pytrace=False)
+
+
+def project_containers() -> list[str]:
+    listed = subprocess.run(["podman", "ps", "--all", "--format", "{{.Names}}",
+                             "--filter", f"label=com.docker.compose.project={PROJECT}"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    return listed.stdout.split()
+
+
+def container_id(service: str) -> str:
+    """The full id of the service's container, as the runtime names its cgroup (podman-compose and Docker
+    name the containers differently; both label them)."""
+    (cid,) = run("podman", "ps", "--no-trunc", "--format", "{{.ID}}",
+                 "--filter", f"label=com.docker.compose.project={PROJECT}",
+                 "--filter", f"label=com.docker.compose.service={service}", timeout=60).stdout.split()
+    return cid
+
+
+def pinned_programs() -> set[int]:
+    """Ids of the programs of every probe pinned in PIN_DIR."""
+    return {prog for probe in pins.probes(PIN_DIR) for prog in pins.prog_ids(probe)}
+
+
+def program_loaded(prog_id: int) -> bool:
+    return subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)], capture_output=True).returncode == 0
+
+
+@dataclass
+class Stack:
+    """The compose project, and what it pinned (to check that the way down removes it)."""
+    programs: set[int] = field(default_factory=set)
+    pinned: bool = False
+
+    def note_pins(self) -> None:
+        if PIN_DIR.exists():
+            self.pinned = True
+            self.programs |= pinned_programs()
+
+    def down(self) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+        """The documented way down (docker-compose.yml's comment): detach the pinned probe, then down."""
+        self.note_pins()
+        detach = compose("exec", "-T", "otelproc", "otelproc", "detach", timeout=120)
+        return detach, compose("down", "-v")
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    """Before: no project up, no probe pinned in PIN_DIR, bpffs at /sys/fs/bpf. After, whatever happened:
+    down, the pins it made removed, and bpffs unmounted again if mounted here."""
+    require("podman")
+    require("podman-compose")
+    assert not project_containers(), f"{PROJECT} is already up: `podman-compose down` it first"
+    if PIN_DIR.exists():
+        pytest.fail(f"{PIN_DIR} exists: an otelproc of this host pins there, and the compose demo's would share "
+                    "the directory and its detach remove that probe too; detach it first", pytrace=False)
+    mounted_here = not pins.on_bpffs(PIN_DIR)
+    if mounted_here:
+        libbpf.mount_bpffs(str(HOST_BPFFS))
+    state = Stack()
+    try:
+        yield state
+    finally:
+        try:
+            if project_containers():
+                state.down()
+            for name in project_containers():  # what down left, its dependents with it
+                subprocess.run(["podman", "rm", "--force", "--depend", "--time", "5", name], capture_output=True,
+                               timeout=120)
+        finally:
+            if PIN_DIR.exists():  # the otelproc container never ran, or its detach failed
+                pins.remove_all(PIN_DIR)
+            if mounted_here:
+                left = {p.name for p in HOST_BPFFS.iterdir()} - BPFFS_OWN_FILES
+                assert not left, f"left in {HOST_BPFFS}, so it stays mounted: {sorted(left)}"
+                subprocess.run(["umount", str(HOST_BPFFS)], check=True)
+
+
+def get(path: str) -> httpx.Response:
+    return httpx.get(f"{DEMO}{path}", timeout=30)
+
+
+def answers() -> bool:
+    try:
+        return get("/").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_compose_up_requests_linked_in_jaeger_then_detach_and_down_leave_nothing(stack):
+    build_stand_ins()
+    since = datetime.datetime.now(datetime.timezone.utc)
+    started_at = time.monotonic()
+    # The images first, under a generous limit (minutes on a cold cache); then `up --build` as a user
+    # types it, its build now cached: a container that cannot start makes podman-compose wait forever.
+    built = compose("build", timeout=1800)
+    assert built.returncode == 0, (built.stdout + built.stderr)[-3000:]
+    up = compose("up", "--build", "-d", timeout=180)
+    assert up.returncode == 0, (up.stdout + up.stderr)[-3000:]
+    wait_for(answers, "the demo on 127.0.0.1:8000", timeout=120)
+
+    # README step 3 and docs/deployment.md: 20 times /, then /work, /spawn and /fail.
+    served: dict[str, list[int]] = {}  # path -> the workers that answered, one per request
+    spawned = 0
+    for path in ["/"] * 20 + ["/work", "/spawn", "/fail"]:
+        response = get(path)
+        assert response.status_code == (500 if path == "/fail" else 200), response.text
+        served.setdefault(path, []).append(response.json()["worker"])
+        spawned = response.json().get("child", spawned)
+    requests = sum(len(workers) for workers in served.values()) + 1  # and the first answer awaited above
+    workers = {pid for pids in served.values() for pid in pids}
+
+    def all_arrived() -> list[JaegerSpan]:
+        spans = find_spans(JAEGER, "demo", since)
+        started = {s.attributes.get("process.pid") for s in spans if s.role == "started"}
+        lifetimes = {s.attributes.get("process.pid") for s in spans if s.role == "lifetime"}
+        return spans if len(request_spans(spans)) >= requests and workers <= started and spawned in lifetimes else []
+
+    spans = wait_for(all_arrived, f"{requests} request spans, the 'started' spans of workers {sorted(workers)} "
+                     "and the /spawn child's lifetime span in Jaeger's API", timeout=120)
+    started = {(s.trace_id, s.span_id): s for s in spans if s.role == "started"}
+    requests_seen = request_spans(spans)
+    assert len(requests_seen) == requests
+
+    # Each request links to the process span of the worker that served it: the worker's 'started'
+    # span, out while the worker runs, which names the demo's container.
+    demo_id = container_id("demo")
+    for request in requests_seen:
+        (link,) = [(t, s) for t, s, attrs in request.links if attrs.get("otelproc.link") == "process"]
+        worker = started[link]
+        assert worker.name == "uvicorn worker started"
+        assert worker.attributes["process.pid"] == request.resource["process.pid"] in workers
+        assert worker.attributes["otelproc.process.key"] == request.attributes["otelproc.process.key"]
+        assert worker.attributes["container.id"] == demo_id
+    (failed,) = [r for r in requests_seen if path_of(r) == "/fail"]
+    assert failed.kind == SERVER and failed.status_code == STATUS_ERROR
+    # The child /spawn ran is a process span under that request.
+    (spawn_request,) = [r for r in requests_seen if path_of(r) == "/spawn"]
+    (child,) = [s for s in spans if s.role == "lifetime" and s.attributes["process.pid"] == spawned]
+    assert (child.trace_id, child.parent_span_id) == (spawn_request.trace_id, spawn_request.span_id)
+    assert child.attributes["container.id"] == demo_id
+
+    stack.note_pins()
+    assert stack.pinned and stack.programs, f"otelproc pinned no probe in {PIN_DIR}"
+
+    detach, down = stack.down()
+    assert detach.returncode == 0, detach.stdout + detach.stderr
+    assert "unpinned the probe in /sys/fs/bpf/otelproc" in detach.stderr + detach.stdout
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert project_containers() == []
+    assert not PIN_DIR.exists(), f"{PIN_DIR} is left on the host"
+    wait_for(lambda: not any(program_loaded(p) for p in stack.programs),
+             f"otelproc's programs {sorted(stack.programs)} to be unloaded", timeout=30)
+    print(f"compose up to down: {time.monotonic() - started_at:.0f} s")
