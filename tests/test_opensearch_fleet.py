@@ -154,8 +154,11 @@ def test_spans_survive_a_lost_node_and_a_jaeger_restart(cluster, jaeger, sidecar
     settings = httpx.get(f"{next(n.url for n in cluster.nodes if n.alive)}/jaeger-span-*/_settings", timeout=10).json()
     assert settings and {s["settings"]["index"]["number_of_replicas"] for s in settings.values()} == {"1"}
 
-    # A restarted Jaeger reads the same spans back from OpenSearch.
+    # A restarted Jaeger reads the same spans back from OpenSearch. Jaeger 2.13 refuses to start when the
+    # first server it is given does not answer, so it is given the nodes that still run, as a Service
+    # in front of the cluster (deploy/kubernetes/fleet/) resolves to the ready ones.
     jaeger.stop()
+    jaeger.env["OPENSEARCH_URLS"] = "[" + ", ".join(n.url for n in cluster.nodes if n.alive) + "]"
     jaeger.start()
     again = stored(jaeger, since)
     assert sorted(s.span_id for s in again) == sorted(s.span_id for s in spans)

@@ -56,9 +56,13 @@ def test_collector_down_then_back(sidecar, grpc_receiver, test_python):
     grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(after[-1]), timeout=30)
     assert side.stop() == 0
     dropped = summary(side)
-    received = sum(len(grpc_receiver.of_pid(p)) for p in before + during + after)
+    pids = before + during + after
+    received = sum(len(grpc_receiver.of_pid(p)) for p in pids)
     assert dropped.get("export_failed", 0) > 0, side.lines
-    assert received + dropped["export_failed"] == len(before + during + after)
+    # Nothing is lost in silence: each span arrived or was counted as failed. A batch the receiver took
+    # as it stopped, before it could answer, is both (the client saw the error): so at least, not exactly.
+    assert received + dropped["export_failed"] >= len(pids), side.lines
+    assert all(len(grpc_receiver.of_pid(p)) <= 1 for p in pids), "a span arrived twice"
     assert any("export of" in line and "failed" in line for line in side.lines)
 
 
