@@ -64,6 +64,25 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                     " The unit tests need neither: python3 -m pytest tests/unit", returncode=3)
 
 
+BPFFS_PREFIX = "otelproc-bpffs-"  # + the pid of the test session that mounted it
+
+
+def sweep_killed_sessions() -> None:
+    """A session killed before its teardown (SIGKILL, a timeout) leaves its bpffs mounted and the probes
+    pinned there attached: the next session removes them, for a session whose pid no longer runs."""
+    from otelproc.kernel import pins
+
+    for mount in Path(tempfile.gettempdir()).glob(BPFFS_PREFIX + "*"):
+        pid = mount.name[len(BPFFS_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        if pins.on_bpffs(mount):
+            for pin_dir in (d for d in mount.iterdir() if d.is_dir()):
+                pins.remove_all(pin_dir)
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+        os.rmdir(mount)
+
+
 class PinRoot:
     """A bpffs of the test session's own (a tmp mount), so no test touches /sys/fs/bpf/otelproc.
 
@@ -75,7 +94,8 @@ class PinRoot:
     def __init__(self) -> None:
         from otelproc.kernel import libbpf, pins
 
-        self.path: Path | None = Path(tempfile.mkdtemp(prefix="otelproc-bpffs-"))
+        sweep_killed_sessions()
+        self.path: Path | None = Path(tempfile.mkdtemp(prefix=f"{BPFFS_PREFIX}{os.getpid()}-"))
         self.prog_ids: set[int] = set()
         self.production_existed = Path(pins.BPFFS_ROOT, "otelproc").exists()
         try:
