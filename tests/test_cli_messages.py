@@ -47,6 +47,15 @@ def test_a_wrong_protocol_lists_the_choices_and_names_where_it_came_from():
         "otelproc: error: OTEL_EXPORTER_OTLP_PROTOCOL: 'http': choose one of grpc, http/protobuf"
 
 
+def test_a_traces_exporter_otelproc_does_not_have_is_refused_not_ignored():
+    # It used to fall back to auto without a word: a user asking for zipkin got the console.
+    assert error_line(otelproc("run", *NOTHING_KEPT, env={"OTEL_TRACES_EXPORTER": "zipkin"})) == \
+        "otelproc: error: OTEL_TRACES_EXPORTER: 'zipkin': choose one of otlp, console, console-json, auto"
+    # The flag decides when both are given; the variable is only its default.
+    chosen = otelproc("run", *QUICK, env={"OTEL_TRACES_EXPORTER": "zipkin"})
+    assert chosen.returncode == 0, chosen.stderr
+
+
 def test_settings_the_otlp_exporter_refuses_are_one_line_naming_them_not_their_values():
     refused = otelproc("run", *QUICK, "--exporter", "otlp", "--otlp-endpoint", "http://127.0.0.1:9",
                        env={"OTEL_EXPORTER_OTLP_TIMEOUT": "soon", "OTEL_EXPORTER_OTLP_HEADERS": "api-key=s3cret"})

@@ -160,8 +160,9 @@ def choose(settings: Settings) -> str:
     if settings.sources["exporter"] != "default":
         chosen = settings.exporter
     else:
-        chosen = os.environ.get(OTEL_TRACES_EXPORTER, "")
-        chosen = chosen if chosen in EXPORTERS else AUTO
+        chosen = os.environ.get(OTEL_TRACES_EXPORTER, "") or AUTO
+        if chosen != AUTO and chosen not in EXPORTERS:  # zipkin, none, a list: the SDK's, not otelproc's
+            raise ConfigError(f"{OTEL_TRACES_EXPORTER}: {chosen!r}: choose one of {', '.join(EXPORTERS)}, {AUTO}")
     if chosen != AUTO:
         return chosen
     if configured_endpoint(settings) or collector_answers(DEFAULT_PORTS[protocol(settings)]):
