@@ -1,5 +1,6 @@
 """docker-compose.yml run for real, as README step 3 runs it: up --build, the README's requests, the
-traces in Jaeger's API, then the documented way down, which leaves nothing behind.
+traces in Jaeger's API (and again after a restart of Jaeger), then the documented way down, which
+leaves nothing behind.
 
 podman-compose (deploy/images/setup-podman.sh) runs the file unchanged on podman 4.3, with the
 stand-in base images of deploy/images/build.sh (no image registry is reachable here). otelproc pins
@@ -129,6 +130,14 @@ def answers() -> bool:
         return False
 
 
+def jaeger_spans(since: datetime.datetime) -> list[JaegerSpan]:
+    """The demo's spans in Jaeger's API; none while it does not answer (it restarts)."""
+    try:
+        return find_spans(JAEGER, "demo", since)
+    except httpx.HTTPError:
+        return []
+
+
 def test_compose_up_requests_linked_in_jaeger_then_detach_and_down_leave_nothing(stack):
     build_stand_ins()
     since = datetime.datetime.now(datetime.timezone.utc)
@@ -168,7 +177,8 @@ def test_compose_up_requests_linked_in_jaeger_then_detach_and_down_leave_nothing
     # span, out while the worker runs, which names the demo's container.
     demo_id = container_id("demo")
     for request in requests_seen:
-        (link,) = [(t, s) for t, s, attrs in request.links if attrs.get("otelproc.link") == "process"]
+        # One link. Jaeger's Badger store keeps it as a FOLLOWS_FROM reference, without its attributes.
+        (link,) = [(t, s) for t, s, _ in request.links]
         worker = started[link]
         assert worker.name == "uvicorn worker started"
         assert worker.attributes["process.pid"] == request.resource["process.pid"] in workers
@@ -181,6 +191,13 @@ def test_compose_up_requests_linked_in_jaeger_then_detach_and_down_leave_nothing
     (child,) = [s for s in spans if s.role == "lifetime" and s.attributes["process.pid"] == spawned]
     assert (child.trace_id, child.parent_span_id) == (spawn_request.trace_id, spawn_request.span_id)
     assert child.attributes["container.id"] == demo_id
+
+    # Jaeger keeps them in its volume: restarted, it finds the same request and process spans again.
+    restarted = compose("restart", "jaeger", timeout=120)
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    kept = {(s.trace_id, s.span_id) for s in spans}
+    wait_for(lambda: kept <= {(s.trace_id, s.span_id) for s in jaeger_spans(since)},
+             f"the {len(kept)} spans again in the restarted Jaeger", timeout=60)
 
     stack.note_pins()
     assert stack.pinned and stack.programs, f"otelproc pinned no probe in {PIN_DIR}"

@@ -24,6 +24,7 @@ from conftest import REPO
 from otelproc.kernel.checks import CAP_NAMES, RUN_CAPS
 from otelproc.config import options_for
 from test_jaeger_e2e import ALL_IN_ONE, COLLECTOR_CONFIG, jaeger_binary
+from test_jaeger_badger import BADGER
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 KUBERNETES = [doc for f in sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))
@@ -212,12 +213,26 @@ def test_compose_collector_exports_to_jaeger_otlp_grpc():
     host, port = host_port(exporter["endpoint"])
     jaeger = compose_service(host)
     assert jaeger["image"].startswith(("jaegertracing/jaeger:2.", "cr.jaegertracing.io/jaegertracing/jaeger:2."))
-    mounted = compose_mount(jaeger, ALL_IN_ONE)
-    assert jaeger["command"] == ["--config", f"file:{mounted}"]
+    mounted, badger = compose_mount(jaeger, ALL_IN_ONE), compose_mount(jaeger, BADGER)
+    assert jaeger["command"] == ["--config", f"file:{mounted}", "--config", f"file:{badger}"]
     jaeger_config = collector_config(ALL_IN_ONE, {**JAEGER_IMAGE_ENV, **compose_env(jaeger)})
     assert otlp_receiver(jaeger_config, "grpc") == ("0.0.0.0", port)
     ui_port = int(jaeger_config["extensions"]["jaeger_query"]["http"]["endpoint"].rsplit(":", 1)[1])
     assert f"{ui_port}:{ui_port}" in jaeger["ports"], "the UI is published"
+
+
+def test_compose_jaeger_keeps_its_traces_in_a_volume_its_user_owns():
+    jaeger = compose_service("jaeger")
+    data_dir = compose_env(jaeger)["JAEGER_DATA_DIR"]
+    (volume,) = [v.split(":")[0] for v in jaeger["volumes"] if v.split(":")[1] == data_dir]
+    assert volume in COMPOSE["volumes"], f"{data_dir}: a named volume, so that it outlives the container"
+    # The image runs as uid 10001 (Jaeger's cmd/jaeger/Dockerfile); a new volume is root's until the
+    # one-off Jaeger waits for has given it to that user.
+    (owner,) = [name for name, condition in jaeger["depends_on"].items()
+                if condition == {"condition": "service_completed_successfully"}]
+    chown = compose_service(owner)
+    assert chown["command"] == ["chown", "10001:10001", data_dir]
+    assert chown["volumes"] == [f"{volume}:{data_dir}"]
 
 
 def test_compose_otelproc_watches_the_demo_and_mounts_read_only():
