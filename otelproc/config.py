@@ -1,8 +1,9 @@
 """Every setting of otelproc in one table: its flag, its OTELPROC_* variable, its default.
 
 Precedence, for each setting on its own: the command-line flag, then the
-OTELPROC_* environment variable, then the default. The OpenTelemetry SDK's own
-variables (OTEL_EXPORTER_OTLP_*, OTEL_BSP_*) are read by the SDK itself.
+OTELPROC_* environment variable, then (for --exporter and --otlp-protocol) the
+OpenTelemetry SDK's variable that means the same, then the default. The SDK's
+other variables (OTEL_EXPORTER_OTLP_*, OTEL_BSP_*) are read by the SDK itself.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
+from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
 
 from otelproc import procfs
 from otelproc.errors import ConfigError
@@ -191,6 +195,7 @@ class Option:
     commands: tuple[str, ...]
     metavar: str | None = None
     flag_only_bool: bool = False  # a switch: present means true
+    sdk_env: tuple[str, ...] = ()  # the SDK's variables for the same thing, read after OTELPROC_* (unset if empty)
 
     @property
     def flag(self) -> str:
@@ -235,6 +240,7 @@ OPTIONS: tuple[Option, ...] = (
         + f"; or {AUTO}: otlp when an endpoint is configured or a collector answers, else console",
         (RUN,),
         "NAME",
+        sdk_env=(OTEL_TRACES_EXPORTER,),
     ),
     Option(
         "console_children",
@@ -257,9 +263,10 @@ OPTIONS: tuple[Option, ...] = (
         "otlp_protocol",
         "",
         parse_optional_choice(*OTLP_PROTOCOLS),
-        "grpc or http/protobuf; default: the SDK's OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, else grpc",
+        "grpc or http/protobuf; unset: grpc",
         (RUN,),
         "PROTOCOL",
+        sdk_env=(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL),
     ),
     Option(
         "service_name",
@@ -426,21 +433,23 @@ _check_settings_fields()
 
 
 def resolve(command: str, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
-    """Flag, else OTELPROC_* variable, else default; each parsed, errors naming the setting."""
+    """Flag, else OTELPROC_* variable, else the SDK's, else default; each parsed, errors naming where it came from."""
     env = os.environ if environ is None else environ
     values, sources = {}, {}
     for option in OPTIONS:
-        raw, source = None, "flag"
+        raw, source, where = None, "flag", option.flag
         if command in option.commands:
             raw = getattr(args, option.name, None)
             if raw is None:
-                raw, source = env.get(option.env), "env"
+                raw, source, where = env.get(option.env), "env", option.env
+            for name in option.sdk_env:
+                if raw is None and env.get(name):
+                    raw, where = env[name], name
         if raw is None:
-            raw, source = option.default, "default"
+            raw, source, where = option.default, "default", "default"
         try:
             values[option.name] = option.parse(raw)
         except ConfigError as exc:
-            where = option.flag if source == "flag" else option.env if source == "env" else "default"
             raise ConfigError(f"{where}: {exc}") from None
         sources[option.name] = source
     return Settings(**values, sources=sources)
@@ -469,5 +478,6 @@ def markdown_table() -> str:
     rows = ["| flag | environment | default | commands | what it sets |", "|---|---|---|---|---|"]
     for o in OPTIONS:
         flag = o.flag if o.flag_only_bool else f"{o.flag} {o.metavar}"
-        rows.append(f"| `{flag}` | `{o.env}` | `{o.default or '(unset)'}` | {', '.join(o.commands)} | {o.help} |")
+        env = ", else ".join(f"`{name}`" for name in (o.env, *o.sdk_env))
+        rows.append(f"| `{flag}` | {env} | `{o.default or '(unset)'}` | {', '.join(o.commands)} | {o.help} |")
     return "\n".join(rows)

@@ -50,7 +50,10 @@ def test_a_wrong_protocol_lists_the_choices_and_names_where_it_came_from():
 def test_a_traces_exporter_otelproc_does_not_have_is_refused_not_ignored():
     # It used to fall back to auto without a word: a user asking for zipkin got the console.
     assert error_line(otelproc("run", *NOTHING_KEPT, env={"OTEL_TRACES_EXPORTER": "zipkin"})) == \
-        "otelproc: error: OTEL_TRACES_EXPORTER: 'zipkin': choose one of otlp, console, console-json, auto"
+        "otelproc: error: OTEL_TRACES_EXPORTER: 'zipkin': choose one of auto, otlp, console, console-json"
+    # Checked as the flag is: the same choices, in the same words.
+    assert error_line(otelproc("run", *NOTHING_KEPT, "--exporter", "zipkin")) == \
+        "otelproc: error: --exporter: 'zipkin': choose one of auto, otlp, console, console-json"
     # The flag decides when both are given; the variable is only its default.
     chosen = otelproc("run", *QUICK, env={"OTEL_TRACES_EXPORTER": "zipkin"})
     assert chosen.returncode == 0, chosen.stderr

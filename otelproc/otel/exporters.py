@@ -57,18 +57,8 @@ def _env(*names: str) -> str | None:
 
 
 def protocol(settings: Settings) -> str:
-    """--otlp-protocol (checked with the flags), else the SDK's variable, checked here; else grpc."""
-    from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
-
-    if settings.otlp_protocol:
-        return settings.otlp_protocol
-    for name in (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL):
-        value = os.environ.get(name)
-        if value:
-            if value not in OTLP_PROTOCOLS:
-                raise ConfigError(f"{name}: {value!r}: choose one of {', '.join(OTLP_PROTOCOLS)}")
-            return value
-    return "grpc"
+    """--otlp-protocol, or the SDK's variable for it (both checked with the settings); else grpc."""
+    return settings.otlp_protocol or "grpc"
 
 
 def _otlp_variables_set() -> list[str]:
@@ -154,17 +144,9 @@ AUTO = "auto"  # otlp when an endpoint is configured or a collector answers, els
 
 
 def choose(settings: Settings) -> str:
-    """A name in EXPORTERS: a flag or OTEL_TRACES_EXPORTER decides, else whether a collector is there."""
-    from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
-
-    if settings.sources["exporter"] != "default":
-        chosen = settings.exporter
-    else:
-        chosen = os.environ.get(OTEL_TRACES_EXPORTER, "") or AUTO
-        if chosen != AUTO and chosen not in EXPORTERS:  # zipkin, none, a list: the SDK's, not otelproc's
-            raise ConfigError(f"{OTEL_TRACES_EXPORTER}: {chosen!r}: choose one of {', '.join(EXPORTERS)}, {AUTO}")
-    if chosen != AUTO:
-        return chosen
+    """A name in EXPORTERS: --exporter (or OTEL_TRACES_EXPORTER) decides, unless auto: then whether a collector is there."""
+    if settings.exporter != AUTO:
+        return settings.exporter
     if configured_endpoint(settings) or collector_answers(DEFAULT_PORTS[protocol(settings)]):
         return "otlp"
     return "console"
@@ -173,7 +155,7 @@ def choose(settings: Settings) -> str:
 def make_destination(settings: Settings) -> Destination:
     name = choose(settings)
     reason = ""
-    if name != "otlp" and settings.sources["exporter"] == "default":
+    if name != "otlp" and settings.exporter == AUTO:
         reason = (f" (no collector answered on localhost:{DEFAULT_PORTS[protocol(settings)]}; "
                   "set --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT to export)")
     try:

@@ -28,6 +28,17 @@ def test_flag_beats_environment_beats_default():
     assert settings.service_name == "flag" and settings.sources["service_name"] == "flag"
 
 
+def test_the_sdks_variable_stands_in_after_otelprocs_own():
+    assert resolve([], {}).exporter == "auto" and resolve([], {}).otlp_protocol == ""
+    assert resolve([], {"OTEL_TRACES_EXPORTER": "console"}).exporter == "console"
+    assert resolve([], {"OTEL_TRACES_EXPORTER": ""}).exporter == "auto"  # empty: unset, as the SDK reads it
+    assert resolve([], {"OTELPROC_EXPORTER": "otlp", "OTEL_TRACES_EXPORTER": "console"}).exporter == "otlp"
+    assert resolve(["--exporter", "console-json"], {"OTEL_TRACES_EXPORTER": "zipkin"}).exporter == "console-json"
+    both = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}
+    assert resolve([], both).otlp_protocol == "http/protobuf"  # the traces-only one first, as in the SDK
+    assert resolve([], {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}).otlp_protocol == "grpc"
+
+
 @pytest.mark.parametrize(
     "argv, env, where",
     [
@@ -36,6 +47,9 @@ def test_flag_beats_environment_beats_default():
         (["--start-span-delay", "soon"], {}, "--start-span-delay"),
         ([], {"OTELPROC_ADOPT": "maybe"}, "OTELPROC_ADOPT"),
         (["--scope", "cgroup=/nonexistent"], {}, "--scope"),
+        ([], {"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
+        ([], {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http"},
+         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
     ],
 )
 def test_bad_settings_name_their_source(argv, env, where):
