@@ -15,9 +15,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
-from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
-
 from otelproc import procfs
 from otelproc.errors import ConfigError
 from otelproc.model import DEFAULT_USAGE, USAGE_GROUPS
@@ -30,6 +27,11 @@ INITIAL_PIDNS_INODE = 0xEFFFFFFC  # PROC_PID_INIT_INO: the host's pid namespace
 POLL_MS = 100  # how often the commands read the ring buffer when no wake-up comes first
 PID_MAX_LIMIT = 4 * 1024 * 1024  # the kernel's bound on pid_max (64-bit): no host has more processes
 RING_BUFFER_MAX = 1 << 31  # the largest power of two a map's size (u32) holds
+# The SDK's names for them (tests/unit/test_config.py checks they are its constants): spelled out, because
+# importing the SDK here would make `otelproc events` and every settings error need it.
+OTEL_TRACES_EXPORTER = "OTEL_TRACES_EXPORTER"
+OTEL_EXPORTER_OTLP_TRACES_PROTOCOL = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+OTEL_EXPORTER_OTLP_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
 
 
 def parse_match(text: str) -> tuple[MatchRule, ...]:

@@ -28,6 +28,15 @@ def test_flag_beats_environment_beats_default():
     assert settings.service_name == "flag" and settings.sources["service_name"] == "flag"
 
 
+def test_the_sdk_variables_are_spelled_as_the_sdk_spells_them():
+    from opentelemetry import environment_variables as api
+    from opentelemetry.sdk import environment_variables as sdk
+
+    assert config.OTEL_TRACES_EXPORTER == api.OTEL_TRACES_EXPORTER
+    assert config.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL == sdk.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
+    assert config.OTEL_EXPORTER_OTLP_PROTOCOL == sdk.OTEL_EXPORTER_OTLP_PROTOCOL
+
+
 def test_the_sdks_variable_stands_in_after_otelprocs_own():
     assert resolve([], {}).exporter == "auto" and resolve([], {}).otlp_protocol == ""
     assert resolve([], {"OTEL_TRACES_EXPORTER": "console"}).exporter == "console"
