@@ -148,12 +148,6 @@ def parse_choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
-def parse_optional_choice(*choices: str) -> Callable[[str], str]:
-    """One of choices, or "" for none (the SDK's variables, or its default, decide)."""
-    parse = parse_choice(*choices)
-    return lambda text: text and parse(text)
-
-
 def parse_port(text: str) -> int | None:
     if text in ("", "0"):
         return None
@@ -263,9 +257,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "otlp_protocol",
-        "",
-        parse_optional_choice(*OTLP_PROTOCOLS),
-        "grpc or http/protobuf; unset: grpc",
+        "grpc",
+        parse_choice(*OTLP_PROTOCOLS),
+        "grpc or http/protobuf",
         (RUN,),
         "PROTOCOL",
         sdk_env=(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL),

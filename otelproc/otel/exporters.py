@@ -56,11 +56,6 @@ def _env(*names: str) -> str | None:
     return None
 
 
-def protocol(settings: Settings) -> str:
-    """--otlp-protocol, or the SDK's variable for it (both checked with the settings); else grpc."""
-    return settings.otlp_protocol or "grpc"
-
-
 def _otlp_variables_set() -> list[str]:
     """The names (never the values: headers hold secrets) of the SDK's OTLP variables set here."""
     return sorted(name for name, value in os.environ.items() if name.startswith("OTEL_EXPORTER_OTLP_") and value)
@@ -111,7 +106,7 @@ def _console_json(settings: Settings, reason: str) -> Destination:
 
 
 def _otlp(settings: Settings, reason: str) -> Destination:
-    proto = protocol(settings)
+    proto = settings.otlp_protocol
     endpoint = settings.otlp_endpoint or None
     metrics: MetricExporter | None = None
     if proto == "http/protobuf":
@@ -147,7 +142,7 @@ def choose(settings: Settings) -> str:
     """A name in EXPORTERS: --exporter (or OTEL_TRACES_EXPORTER) decides, unless auto: then whether a collector is there."""
     if settings.exporter != AUTO:
         return settings.exporter
-    if configured_endpoint(settings) or collector_answers(DEFAULT_PORTS[protocol(settings)]):
+    if configured_endpoint(settings) or collector_answers(DEFAULT_PORTS[settings.otlp_protocol]):
         return "otlp"
     return "console"
 
@@ -156,7 +151,7 @@ def make_destination(settings: Settings) -> Destination:
     name = choose(settings)
     reason = ""
     if name != "otlp" and settings.exporter == AUTO:
-        reason = (f" (no collector answered on localhost:{DEFAULT_PORTS[protocol(settings)]}; "
+        reason = (f" (no collector answered on localhost:{DEFAULT_PORTS[settings.otlp_protocol]}; "
                   "set --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT to export)")
     try:
         return EXPORTERS[name].make(settings, reason)

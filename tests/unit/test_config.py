@@ -38,7 +38,7 @@ def test_the_sdk_variables_are_spelled_as_the_sdk_spells_them():
 
 
 def test_the_sdks_variable_stands_in_after_otelprocs_own():
-    assert resolve([], {}).exporter == "auto" and resolve([], {}).otlp_protocol == ""
+    assert resolve([], {}).exporter == "auto" and resolve([], {}).otlp_protocol == "grpc"
     assert resolve([], {"OTEL_TRACES_EXPORTER": "console"}).exporter == "console"
     assert resolve([], {"OTEL_TRACES_EXPORTER": ""}).exporter == "auto"  # empty: unset, as the SDK reads it
     assert resolve([], {"OTELPROC_EXPORTER": "otlp", "OTEL_TRACES_EXPORTER": "console"}).exporter == "otlp"
