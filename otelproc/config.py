@@ -192,14 +192,15 @@ class Option:
     metavar: str | None = None
     flag_only_bool: bool = False  # a switch: present means true
     sdk_env: tuple[str, ...] = ()  # the SDK's variables for the same thing, read after OTELPROC_* (unset if empty)
+    word: str | None = None  # the flag's and variable's word, where the field's name says more (trace_all: --all)
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return "--" + (self.word or self.name).replace("_", "-")
 
     @property
     def env(self) -> str:
-        return "OTELPROC_" + self.name.upper()
+        return "OTELPROC_" + (self.word or self.name).upper()
 
 
 EV, RUN, DETACH = "events", "run", "detach"
@@ -213,7 +214,8 @@ OPTIONS: tuple[Option, ...] = (
         (EV, RUN),
         "LIST",
     ),
-    Option("all", "false", parse_bool, "track every process (ignores --match)", (EV, RUN), flag_only_bool=True),
+    Option("trace_all", "false", parse_bool, "track every process (ignores --match)", (EV, RUN), flag_only_bool=True,
+           word="all"),
     Option(
         "scope",
         "auto",
@@ -388,7 +390,7 @@ class Settings:
     """
 
     match: tuple[MatchRule, ...]
-    all: bool
+    trace_all: bool
     scope: Scope
     duration: float | None
     max_processes: int
@@ -460,12 +462,12 @@ def tracking_config(settings: Settings) -> str:
     """What decides which processes are tracked and how they are numbered: a state file of other tracking is not resumed."""
     scope = settings.scope
     pidns = scope_pidns(scope)
-    match = "all" if settings.all else ",".join(str(r) for r in settings.match)
+    match = "all" if settings.trace_all else ",".join(str(r) for r in settings.match)
     return f"match={match} scope={scope} pidns={pidns}"
 
 
 def describe_tracking(settings: Settings) -> str:
-    what = "every process" if settings.all else "executables " + ",".join(str(r) for r in settings.match)
+    what = "every process" if settings.trace_all else "executables " + ",".join(str(r) for r in settings.match)
     return f"tracking {what}, scope {settings.scope}"
 
 

@@ -76,7 +76,7 @@ class ProcessIdentity:
 
 
 @dataclass(frozen=True, slots=True)
-class TraceLink:
+class SpanPlace:
     """Where a process sits: the ids of its process span and that span's parent (if any)."""
 
     trace_id: int
@@ -122,11 +122,11 @@ def fresh_carrier(
     return carrier, carrier is None
 
 
-def place(identity: ProcessIdentity, carrier: SpanContext | None, parent: TraceLink | None) -> TraceLink:
+def place(identity: ProcessIdentity, carrier: SpanContext | None, parent: SpanPlace | None) -> SpanPlace:
     """The rule of the module docstring, shared by the sidecar and the app-side helper."""
     span_id = identity.span_id()
     if carrier is not None:
-        return TraceLink(carrier.trace_id, span_id, carrier.span_id, carrier.trace_state, remote_parent=True)
+        return SpanPlace(carrier.trace_id, span_id, carrier.span_id, carrier.trace_state, remote_parent=True)
     if parent is not None:
-        return TraceLink(parent.trace_id, span_id, parent.span_id, parent.trace_state)
-    return TraceLink(identity.root_trace_id(), span_id, None)
+        return SpanPlace(parent.trace_id, span_id, parent.span_id, parent.trace_state)
+    return SpanPlace(identity.root_trace_id(), span_id, None)

@@ -30,7 +30,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from otelproc import procfs
 from otelproc.config import DEFAULT_MATCH, ConfigError, parse_bool, parse_match
 from otelproc.model import parse_otel_env
-from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
+from otelproc.identity import ProcessIdentity, SpanPlace, boot_id, fresh_carrier, place
 from otelproc.matching import MatchRule, starts_tracked
 from otelproc.otel.servers import first_in_process, flush_before_pool_exit
 
@@ -68,7 +68,7 @@ def _match_settings() -> tuple[tuple[MatchRule, ...], bool]:
     return rules, trace_all
 
 
-def process_link(pid: int | None = None) -> TraceLink | None:
+def process_link(pid: int | None = None) -> SpanPlace | None:
     """The context of a process's process span, or None when the sidecar would not track it.
 
     The sidecar tracks a process whose executable matches its list (OTELPROC_MATCH,
@@ -90,7 +90,7 @@ def process_link(pid: int | None = None) -> TraceLink | None:
     if not any(tracked):
         return None
     top = max(i for i, hit in enumerate(tracked) if hit)  # everything below it is tracked too
-    link: TraceLink | None = None
+    link: SpanPlace | None = None
     parent_traceparent = None
     for proc in reversed(chain[: top + 1]):
         env = proc.otel_env
@@ -104,10 +104,10 @@ def process_key(pid: int | None = None) -> str:
     return _Proc(pid or os.getpid()).identity().key
 
 
-_own: tuple[int, str, TraceLink | None] = (-1, "", None)
+_own: tuple[int, str, SpanPlace | None] = (-1, "", None)
 
 
-def own_process() -> tuple[str, TraceLink | None]:
+def own_process() -> tuple[str, SpanPlace | None]:
     """This process's key and process span context, from /proc once per process (again in a forked
     child): a death reported after its parent has gone still sits where the sidecar put it."""
     global _own

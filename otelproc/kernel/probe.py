@@ -94,7 +94,7 @@ class ProbeConfig:
         return cls(
             pin_dir=pin_dir,
             match=settings.match,
-            trace_all=settings.all,
+            trace_all=settings.trace_all,
             scope_pidns=scope_pidns(settings.scope),
             scope_cgroup=settings.scope.cgroup,
             ring_buffer_bytes=settings.ring_buffer_size,

@@ -92,7 +92,7 @@ def metrics_wanted() -> bool:
 def _console_lines(settings: Settings, reason: str) -> Destination:
     from otelproc.otel.console import ConsoleLineExporter
 
-    match = None if settings.all else settings.match  # with --all every process matched by itself
+    match = None if settings.trace_all else settings.match  # with --all every process matched by itself
     exporter = ConsoleLineExporter(sys.stdout, match, hide_children=settings.console_children == "hide")
     children = "; processes tracked only through their parent left out" if settings.console_children == "hide" else ""
     return Destination(exporter, "printing one line per span to stdout" + children + reason)

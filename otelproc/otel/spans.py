@@ -344,11 +344,11 @@ class SpanBuilder:
         """The lifetime span's context and parent: the process span itself when no 'started' span went
         out (one span for a short-lived process), else a span of its own under the 'started' span.
         A 'started' span sent by otelproc before state file version 4 was the lifetime span's child."""
-        link = process.link
+        place = process.span_place
         if not process.started_span_sent or process.legacy_started:
-            return link.span_context(), link.parent_context()
-        context = SpanContext(link.trace_id, process.identity.lifetime_span_id(), False, link.span_context().trace_flags)
-        return context, link.span_context()
+            return place.span_context(), place.parent_context()
+        context = SpanContext(place.trace_id, process.identity.lifetime_span_id(), False, place.span_context().trace_flags)
+        return context, place.span_context()
 
     def started(self, process: TrackedProcess, cgroup_path: str | None = None) -> ReadableSpan:
         """The process span of a process still running, placed where its lifetime span would be, so that
@@ -357,11 +357,11 @@ class SpanBuilder:
         Jaeger's UI warns of clock skew on a child span that neither fits inside its parent nor lasts longer."""
         attrs = self.attributes(process, cgroup_path)
         attrs["otelproc.span"] = "started"
-        link = process.link
+        place = process.span_place
         return ReadableSpan(
             name=f"{process.program} started",
-            context=link.span_context(),
-            parent=link.parent_context(),
+            context=place.span_context(),
+            parent=place.parent_context(),
             resource=self.resource(process),
             attributes=self.limited(attrs, self.limits.max_span_attributes, self.limits.max_span_attribute_length),
             kind=SpanKind.INTERNAL,

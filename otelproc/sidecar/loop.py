@@ -82,7 +82,7 @@ class Sidecar:
         self.tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9), self.stats, Owners(),
                                self.builder.limits.max_events or DEFAULT_MAX_EXECS)
         self.cgroups = CgroupPaths()
-        self.scanner = adoption.Scanner(settings.match, settings.all, self.clock, self.cgroups.mount,
+        self.scanner = adoption.Scanner(settings.match, settings.trace_all, self.clock, self.cgroups.mount,
                                         settings.scope.cgroup)
         self.health = Health()
         self.throttled = ThrottledLog()
@@ -128,7 +128,7 @@ class Sidecar:
         self.carryover.mark_dirty()
         if self.tracker.hold(ended):
             return
-        for parent in self.tracker.unsent_parents(ended.process):
+        for parent in self.tracker.claim_unsent_parents(ended.process):
             self.export_started(parent)
         self.send_lifetime(ended)
 
@@ -151,7 +151,7 @@ class Sidecar:
         """At a stop: the lifetimes still waiting for a young parent's span go out, after that parent's
         'started' span (the state file keeps no lifetime; the next otelproc sends that span no more)."""
         for process in [p for p in self.tracker.processes.values() if p.waiting]:
-            for parent in [*self.tracker.unsent_parents(process), process]:
+            for parent in [*self.tracker.claim_unsent_parents(process), process]:
                 if parent is process:
                     process.started_span_sent = True
                 self.export_started(parent)
@@ -211,7 +211,7 @@ class Sidecar:
             for ended in ends:
                 self.export_lifetime(ended)
             findings = self.sweeper.ready()
-        for process in self.tracker.due_started_spans(now):
+        for process in self.tracker.take_due_started_spans(now):
             self.export_started(process)
             if time.monotonic_ns() >= deadline:
                 break

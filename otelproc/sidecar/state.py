@@ -22,7 +22,7 @@ from typing import Any, Callable
 from opentelemetry.trace import TraceState
 
 from otelproc.model import OomKill, SignalSent
-from otelproc.identity import ProcessIdentity, TraceLink, boot_id
+from otelproc.identity import ProcessIdentity, SpanPlace, boot_id
 from otelproc.redact import redacted
 from otelproc.sidecar.tracker import Exec, TrackedProcess
 
@@ -34,18 +34,18 @@ VERSION = 4
 READABLE_VERSIONS = (2, 3, VERSION)
 
 
-def _link_to_dict(link: TraceLink) -> dict[str, Any]:
+def _place_to_dict(place: SpanPlace) -> dict[str, Any]:
     return {
-        "trace_id": f"{link.trace_id:032x}",
-        "span_id": f"{link.span_id:016x}",
-        "parent_span_id": None if link.parent_span_id is None else f"{link.parent_span_id:016x}",
-        "trace_state": link.trace_state.to_header() if link.trace_state else None,
-        "remote_parent": link.remote_parent,
+        "trace_id": f"{place.trace_id:032x}",
+        "span_id": f"{place.span_id:016x}",
+        "parent_span_id": None if place.parent_span_id is None else f"{place.parent_span_id:016x}",
+        "trace_state": place.trace_state.to_header() if place.trace_state else None,
+        "remote_parent": place.remote_parent,
     }
 
 
-def _link_from_dict(d: dict[str, Any]) -> TraceLink:
-    return TraceLink(
+def _place_from_dict(d: dict[str, Any]) -> SpanPlace:
+    return SpanPlace(
         trace_id=int(d["trace_id"], 16),
         span_id=int(d["span_id"], 16),
         parent_span_id=None if d["parent_span_id"] is None else int(d["parent_span_id"], 16),
@@ -65,7 +65,7 @@ def to_dict(p: TrackedProcess, redact: bool) -> dict[str, Any]:
         "origin": p.origin, "start_time": p.start_time, "creation_time": p.creation_time,
         "uid": p.uid, "gid": p.gid, "comm": p.comm, "exe": p.exe, "argv": argv(p.argv),
         "cgroup_id": p.cgroup_id, "cgroup": p.cgroup, "otel_env": p.otel_env, "truncated": sorted(p.truncated),
-        "link": _link_to_dict(p.link), "parent": list(p.parent_key) if p.parent_key else None,
+        "link": _place_to_dict(p.span_place), "parent": list(p.parent_key) if p.parent_key else None,
         "parent_program": p.parent_program, "started_span_sent": p.started_span_sent,
         "legacy_started": p.legacy_started, "depth": p.depth,
         "execs": [{"time": e.time, "exe": e.exe, "argv": argv(e.argv)} for e in p.execs],
@@ -82,7 +82,7 @@ def from_dict(d: dict[str, Any], version: int = VERSION) -> TrackedProcess:
         pid=d["pid"], ppid=d["ppid"], vpid=d["vpid"], pidns=d["pidns"], uid=d["uid"], gid=d["gid"],
         comm=d["comm"], exe=d["exe"], argv=None if d["argv"] is None else tuple(d["argv"]),
         cgroup_id=d["cgroup_id"], cgroup=d["cgroup"], otel_env=dict(d["otel_env"]), truncated=set(d["truncated"]),
-        link=_link_from_dict(d["link"]), parent_key=tuple(d["parent"]) if d["parent"] else None,
+        span_place=_place_from_dict(d["link"]), parent_key=tuple(d["parent"]) if d["parent"] else None,
         parent_program=d["parent_program"],
         started_span_sent=d["started_span_sent" if version >= 3 else "announced"],
         # Before version 4 a 'started' span was a child of the lifetime span: that one keeps the old ids.

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from otelproc.identity import ProcessIdentity, TraceLink, boot_id, fresh_carrier, place
+from otelproc.identity import ProcessIdentity, SpanPlace, boot_id, fresh_carrier, place
 from otelproc.model import EventKind, OomKill, ProcessEvent, SignalSent, Usage
 from otelproc.otel.servers import program_name
 from otelproc.otel.telemetry import Stats
@@ -63,7 +63,7 @@ class TrackedProcess:
     cgroup: str
     otel_env: dict[str, str]
     truncated: set[str]
-    link: TraceLink
+    span_place: SpanPlace
     parent_key: ProcessKey | None = None
     execs: list[Exec] = field(default_factory=list)  # the latest max_execs of them
     execs_dropped: int = 0  # older execs let go, so that a process that execs in a loop stays bounded
@@ -231,7 +231,7 @@ class Tracker:
             cgroup=event.cgroup,
             otel_env=otel_env,
             truncated=set(event.truncated),
-            link=self._place(identity, otel_env, parent),
+            span_place=self._place(identity, otel_env, parent),
             parent_key=parent.key if parent else None,
             parent_program=parent.program if parent else None,
             owner=owner,
@@ -248,7 +248,7 @@ class Tracker:
             return None
         return self.owners.name(event.pid, event.uid, event.pidns)
 
-    def _place(self, identity: ProcessIdentity, otel_env: dict[str, str], parent: TrackedProcess | None) -> TraceLink:
+    def _place(self, identity: ProcessIdentity, otel_env: dict[str, str], parent: TrackedProcess | None) -> SpanPlace:
         if parent is not None and parent.pidns != identity.pidns:
             # A parent outside the child's pid namespace is invisible from inside it; the child
             # could not compute a context that depends on it, so it starts a trace of its own.
@@ -257,7 +257,7 @@ class Tracker:
         carrier, malformed = fresh_carrier(otel_env.get("TRACEPARENT"), otel_env.get("TRACESTATE"), parent_traceparent)
         if malformed:
             self.stats.malformed["traceparent"] += 1
-        return place(identity, carrier, parent.link if parent else None)
+        return place(identity, carrier, parent.span_place if parent else None)
 
     def _exec_again(self, process: TrackedProcess, event: ProcessEvent) -> None:
         """Same process, new program: the span stays, the exec becomes a span event."""
@@ -272,7 +272,7 @@ class Tracker:
             # Nothing of it exported yet: its new environment (a TRACEPARENT
             # given to the exec, say) may still place it.
             parent = self.processes.get(process.parent_key) if process.parent_key else None
-            process.link = self._place(process.identity, process.otel_env, parent)
+            process.span_place = self._place(process.identity, process.otel_env, parent)
             process.depth = self.depth(process)
 
     @staticmethod
@@ -291,7 +291,7 @@ class Tracker:
         process.comm = event.comm
         return Ended(process, event.time, event.exit_code, event.signal, event.core_dumped, event.usage)
 
-    def due_started_spans(self, now_ns: int) -> Iterator[TrackedProcess]:
+    def take_due_started_spans(self, now_ns: int) -> Iterator[TrackedProcess]:
         """Processes alive past the start-span delay whose 'started' span is not out yet, in the order
         they were added: a parent (added before its child) before its child."""
         while self._started_spans_due and self._started_spans_due[0][0] <= now_ns:
@@ -312,7 +312,7 @@ class Tracker:
         parent.waiting.append(ended)
         return True
 
-    def unsent_parents(self, process: TrackedProcess) -> list[TrackedProcess]:
+    def claim_unsent_parents(self, process: TrackedProcess) -> list[TrackedProcess]:
         """The tracked ancestors a span of `process` hangs from, directly or through each other, whose
         process span is not out yet, topmost first; marked sent. The caller sends their 'started' spans
         first, so that no span names a parent that is not exported yet: when a parent keeps too many
@@ -335,6 +335,6 @@ class Tracker:
     def hung_from(self, process: TrackedProcess) -> TrackedProcess | None:
         """The tracked parent whose process span is the parent of this one's, if it has one."""
         parent = self.processes.get(process.parent_key) if process.parent_key else None
-        if parent is None or process.link.remote_parent or process.link.parent_span_id != parent.link.span_id:
+        if parent is None or process.span_place.remote_parent or process.span_place.parent_span_id != parent.span_place.span_id:
             return None  # placed under a TRACEPARENT, or a root (its parent is in another pid namespace)
         return parent

@@ -48,14 +48,14 @@ def test_forked_child_inherits_program_and_parent():
     child = tracker.processes[(11, 2)]
     parent = tracker.processes[(10, 1)]
     assert child.argv == parent.argv and child.otel_env == {"OTEL_SERVICE_NAME": "svc"}
-    assert child.link.trace_id == parent.link.trace_id and child.link.parent_span_id == parent.link.span_id
+    assert child.span_place.trace_id == parent.span_place.trace_id and child.span_place.parent_span_id == parent.span_place.span_id
 
 
 def test_started_spans_come_due_once():
     tracker = Tracker(max_processes=10, started_span_after_ns=0)
     tracker.handle(event("exec", 10, ticks=1))
-    assert [p.pid for p in tracker.due_started_spans(2**62)] == [10]
-    assert list(tracker.due_started_spans(2**62)) == []
+    assert [p.pid for p in tracker.take_due_started_spans(2**62)] == [10]
+    assert list(tracker.take_due_started_spans(2**62)) == []
 
 
 def test_an_exec_keeps_the_owner_its_fork_gave_it():
