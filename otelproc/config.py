@@ -18,7 +18,6 @@ from typing import Any, Callable, Mapping
 from otelproc import procfs
 from otelproc.errors import ConfigError
 from otelproc.model import DEFAULT_USAGE, USAGE_GROUPS
-from otelproc.otel.exporters import AUTO, EXPORTERS, OTLP_PROTOCOLS
 from otelproc.matching import EXE_NAME_MAX, PYTHON_INTERPRETERS, MatchRule
 from otelproc.signals import DEFAULT_CLEAN, SignalNameError, parse_signal_set
 
@@ -204,6 +203,14 @@ class Option:
 
 
 EV, RUN, DETACH = "events", "run", "detach"
+# The choices of --exporter, with their help; otel/exporters.py makes each (its EXPORTERS has the same names).
+EXPORTER_CHOICES = {
+    "otlp": "to a collector over OTLP (--otlp-endpoint, --otlp-protocol)",
+    "console": "one line per span on stdout",
+    "console-json": "every span in full, one JSON object per line on stdout",
+}
+AUTO = "auto"  # otlp when an endpoint is configured or a collector answers, else console
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 OPTIONS: tuple[Option, ...] = (
     Option(
         "match",
@@ -233,8 +240,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "exporter",
         AUTO,
-        parse_choice(AUTO, *EXPORTERS),
-        "; ".join(f"{name}: {exporter.help}" for name, exporter in EXPORTERS.items())
+        parse_choice(AUTO, *EXPORTER_CHOICES),
+        "; ".join(f"{name}: {help}" for name, help in EXPORTER_CHOICES.items())
         + f"; or {AUTO}: otlp when an endpoint is configured or a collector answers, else console",
         (RUN,),
         "NAME",

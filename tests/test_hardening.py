@@ -305,7 +305,7 @@ def test_a_process_the_sweep_cannot_adopt_costs_only_itself(test_python, monkeyp
     import collections
 
     from otelproc.clock import BootClock
-    from otelproc.otel.telemetry import Stats
+    from otelproc.stats import Stats
     from otelproc.sidecar import adoption
     from otelproc.sidecar.reconcile import Findings, Reconciler
     from otelproc.sidecar.tracker import Tracker

@@ -32,7 +32,7 @@ from otelproc.config import DEFAULT_MATCH, ConfigError, parse_bool, parse_match
 from otelproc.model import parse_otel_env
 from otelproc.identity import ProcessIdentity, SpanPlace, boot_id, fresh_carrier, place
 from otelproc.matching import MatchRule, starts_tracked
-from otelproc.otel.servers import first_in_process, flush_before_pool_exit
+from otelproc.servers import first_in_process, flush_before_pool_exit
 
 DETECTOR_NAME = "otelproc"
 LINK_ATTRIBUTES = {"otelproc.link": "process"}
@@ -136,7 +136,7 @@ class ProcessLinkProcessor(SpanProcessor):
     parent's current span, so its first span has a local parent that is not ours.
     (A span whose local parent has already ended is linked too: a harmless extra.)
     `flush` (the provider's force_flush) is called where a server model ends its workers
-    without an exit the SDK sees (otelproc.otel.servers.flush_before_pool_exit).
+    without an exit the SDK sees (otelproc.servers.flush_before_pool_exit).
     """
 
     def __init__(self, flush: Callable[[], object] | None = None) -> None:

@@ -1,12 +1,11 @@
 """Where spans go: one registry of exporters (OTLP gRPC or HTTP/protobuf, console lines, console JSON),
 behind the SDK's BatchSpanProcessor.
 
-EXPORTERS is the one list: `--exporter` takes its choices and its help from it.
+EXPORTERS makes each choice of `--exporter`, whose names and help are the settings'
+(config.EXPORTER_CHOICES): importing this module fails when the two disagree.
 The SDK reads OTEL_EXPORTER_OTLP_* and OTEL_BSP_* itself; otelproc only picks
-the exporter and passes a flag's value on when one was given.
-
-The settings read this registry, and `otelproc events` reads the settings
-without the OpenTelemetry SDK: so the SDK is imported where an exporter is made.
+the exporter and passes a flag's value on when one was given. The SDK is imported
+where an exporter is made, so that loading this module costs nothing.
 """
 
 from __future__ import annotations
@@ -18,19 +17,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlparse
 
+from otelproc.config import AUTO, EXPORTER_CHOICES, OTLP_PROTOCOLS, Settings
 from otelproc.errors import ConfigError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricExporter
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-    from otelproc.config import Settings
-
 # Spans of a process that lived a second should be in the backend about a second later,
 # not after the SDK's default five; OTEL_BSP_SCHEDULE_DELAY still wins when set.
 DEFAULT_SCHEDULE_DELAY_MS = 1000
-DEFAULT_PORTS = {"grpc": 4317, "http/protobuf": 4318}
-OTLP_PROTOCOLS = tuple(DEFAULT_PORTS)
+DEFAULT_PORTS = dict(zip(OTLP_PROTOCOLS, (4317, 4318)))
 
 
 @dataclass(frozen=True)
@@ -38,14 +35,6 @@ class Destination:
     exporter: SpanExporter
     description: str  # for the log line that tells the user where spans go
     metric_exporter: MetricExporter | None = None  # otelproc's own metrics, beside its spans over OTLP
-
-
-@dataclass(frozen=True)
-class Exporter:
-    """One choice of --exporter: what it does, in a few words for --help, and how it is made."""
-
-    help: str
-    make: Callable[[Settings, str], Destination]  # (settings, why it was chosen: "" when by name)
 
 
 def _env(*names: str) -> str | None:
@@ -130,12 +119,14 @@ def _otlp(settings: Settings, reason: str) -> Destination:
     return Destination(exporter, f"exporting {what} over OTLP/{kind} to {where}", metrics)
 
 
-EXPORTERS: dict[str, Exporter] = {
-    "otlp": Exporter("to a collector over OTLP (--otlp-endpoint, --otlp-protocol)", _otlp),
-    "console": Exporter("one line per span on stdout", _console_lines),
-    "console-json": Exporter("every span in full, one JSON object per line on stdout", _console_json),
+# Each choice of --exporter, made from the settings and why it was chosen ("" when by name).
+EXPORTERS: dict[str, Callable[[Settings, str], Destination]] = {
+    "otlp": _otlp,
+    "console": _console_lines,
+    "console-json": _console_json,
 }
-AUTO = "auto"  # otlp when an endpoint is configured or a collector answers, else console
+if EXPORTERS.keys() != EXPORTER_CHOICES.keys():
+    raise ImportError(f"EXPORTERS makes {sorted(EXPORTERS)} but --exporter offers {sorted(EXPORTER_CHOICES)}")
 
 
 def choose(settings: Settings) -> str:
@@ -154,7 +145,7 @@ def make_destination(settings: Settings) -> Destination:
         reason = (f" (no collector answered on localhost:{DEFAULT_PORTS[settings.otlp_protocol]}; "
                   "set --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT to export)")
     try:
-        return EXPORTERS[name].make(settings, reason)
+        return EXPORTERS[name](settings, reason)
     except ValueError as exc:  # the SDK's exporters raise it for what they cannot parse
         if isinstance(exc, ConfigError):
             raise

@@ -27,7 +27,7 @@ from otelproc.model import TASK_COMM_LEN
 from otelproc.model import DEFAULT_USAGE, OomKill, SignalSent, Usage
 from otelproc.redact import redacted
 from otelproc.signals import DEFAULT_CLEAN, SI_KERNEL, code_name, parse_signal_set, signal_name
-from otelproc.otel.telemetry import Stats
+from otelproc.stats import Stats
 
 if TYPE_CHECKING:  # what the sidecar's tracker hands over; the span builder needs nothing else of it
     from otelproc.sidecar.tracker import Ended, TrackedProcess

@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from otelproc.otel.telemetry import Stats
+from otelproc.stats import Stats
 
 log = logging.getLogger("otelproc")
 

@@ -50,7 +50,8 @@ from otelproc.kernel.record import EventLayout
 from otelproc.otel.spans import SpanBuilder, host_attributes
 from otelproc.otel import unsent
 from otelproc.stop import StopSignal
-from otelproc.otel.telemetry import CountingExporter, Stats, ThrottledLog, stage_failed, start_metrics
+from otelproc.otel.telemetry import CountingExporter, start_metrics
+from otelproc.stats import Stats, ThrottledLog, stage_failed
 from otelproc.sidecar.owners import Owners
 from otelproc.sidecar.tracker import DEFAULT_MAX_EXECS, Ended, TrackedProcess, Tracker
 

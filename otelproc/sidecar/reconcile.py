@@ -32,7 +32,7 @@ from otelproc.sidecar.adoption import alive
 from otelproc.model import ProcessEvent
 from otelproc.plural import count
 from otelproc.kernel.probe import Probe
-from otelproc.otel.telemetry import Stats
+from otelproc.stats import Stats
 from otelproc.sidecar.tracker import Ended, ProcessKey, Tracker
 
 log = logging.getLogger("otelproc")

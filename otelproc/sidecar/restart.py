@@ -24,7 +24,7 @@ from otelproc.kernel import pins
 from otelproc.kernel.probe import Probe
 from otelproc.kernel.record import EventLayout
 from otelproc.model import EventKind, ProcessEvent
-from otelproc.otel.telemetry import Stats
+from otelproc.stats import Stats
 from otelproc.plural import count
 from otelproc.sidecar import state, unattended
 from otelproc.sidecar.adoption import alive

@@ -15,8 +15,8 @@ from typing import Iterator
 
 from otelproc.identity import ProcessIdentity, SpanPlace, boot_id, fresh_carrier, place
 from otelproc.model import EventKind, OomKill, ProcessEvent, SignalSent, Usage
-from otelproc.otel.servers import program_name
-from otelproc.otel.telemetry import Stats
+from otelproc.servers import program_name
+from otelproc.stats import Stats
 from otelproc.sidecar.owners import Owners
 
 ProcessKey = tuple[int, int]  # (pid, start ticks)

@@ -100,3 +100,50 @@ def test_only_the_kernel_side_imports_ctypes():
     assert ctypes_importers(KERNEL_DIR), "the kernel side's binding is found at all"
     outside = [path for path in ctypes_importers(PACKAGE) if not (REPO / path).is_relative_to(KERNEL_DIR)]
     assert outside == []
+
+
+# Who may import whom, read from the code (every import, at any depth, but those only for type hints):
+# the shared words (otelproc/*.py) import no role; each role imports the shared words and itself; the
+# sidecar puts the kernel side and OpenTelemetry together, and the command (cli.py) runs the sidecar.
+ROLES = ("kernel", "sidecar", "otel", "app")
+MAY_IMPORT = {
+    "shared": set(),
+    "kernel": {"kernel"},
+    "otel": {"otel"},
+    "app": {"app"},
+    "sidecar": {"sidecar", "kernel", "otel"},
+    "cli": {"kernel", "sidecar"},
+}
+
+
+def role_of(path) -> str:
+    relative = path.relative_to(PACKAGE)
+    if len(relative.parts) > 1:
+        return relative.parts[0]
+    return "cli" if relative.stem in ("cli", "__main__") else "shared"
+
+
+def imported_roles(path) -> set[str]:
+    """The roles whose modules this file imports, outside `if TYPE_CHECKING:` blocks."""
+    tree = ast.parse(path.read_text(), str(path))
+    hints = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+             for stmt in block.body for n in ast.walk(stmt)}
+    roles = set()
+    for node in ast.walk(tree):
+        if id(node) in hints:
+            continue
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "otelproc" and len(parts) > 1 and parts[1] in ROLES:
+                roles.add(parts[1])
+    return roles
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_each_module_imports_only_the_roles_its_role_may(path):
+    role = role_of(path)
+    assert role in MAY_IMPORT, f"{path} is in no role this test knows: add it to MAY_IMPORT"
+    forbidden = imported_roles(path) - MAY_IMPORT[role]
+    assert forbidden == set(), f"{path.relative_to(REPO)} ({role}) imports otelproc.{', otelproc.'.join(sorted(forbidden))}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from otelproc.otel.servers import first_in_process, program_name
+from otelproc.servers import first_in_process, program_name
 
 
 @pytest.mark.parametrize(
