@@ -65,7 +65,16 @@ class ThrottledLog:
         log.warning(message + (f" (and {held} more like it)" if held else ""), *args)
 
 
-def stage_failed(stats: Stats, throttled: ThrottledLog, stage: str, exc: BaseException) -> None:
-    """Counts a failure of one stage of the event path; the loop goes on."""
-    stats.failures[stage] += 1
-    throttled.warning(stage, "%s failed: %s; skipped, %d so far", stage, describe(exc), stats.failures[stage])
+class StageFailures:
+    """Counts a failure of one stage of the event path (decode, track, build, export, sweep, adopt,
+    state file) by stage and logs it at a bounded rate: the caller skips that piece of work and goes on.
+    Each part of the sidecar is given this, and calls it as failed(stage, exc)."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self.throttled = ThrottledLog()
+
+    def __call__(self, stage: str, exc: BaseException) -> None:
+        self.stats.failures[stage] += 1
+        self.throttled.warning(stage, "%s failed: %s; skipped, %d so far", stage, describe(exc),
+                               self.stats.failures[stage])

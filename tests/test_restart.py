@@ -272,7 +272,10 @@ def test_takeover_takes_what_both_probes_saw_once(pin_root, tmp_path):
     The sidecar reads the old ring (X, Y) and skips the new ring's Y."""
     from otelproc import cli, config
     from otelproc.kernel.probe import Probe, ProbeConfig
-    from otelproc.sidecar.loop import Sidecar
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from otelproc.sidecar.loop import build_sidecar
 
     shell = tmp_path / "otpoverlap"
     shutil.copy("/bin/sh", shell)
@@ -283,9 +286,8 @@ def test_takeover_takes_what_both_probes_saw_once(pin_root, tmp_path):
     try:
         Probe(replace(old, max_tracked=1024), lambda raw: None).close()  # pinned, nobody reads it
         x = subprocess.run([shell, "-c", "exit 6"]).returncode
-        sidecar = Sidecar(settings)
-        ended = []
-        sidecar.export_lifetime = ended.append
+        spans = InMemorySpanExporter()
+        sidecar = build_sidecar(settings, SimpleSpanProcessor(spans))
         with Probe(old, sidecar.on_record) as probe:
             sidecar.layout = probe.layout
             assert probe.previous is not None, "another fingerprint: a takeover"
@@ -293,7 +295,8 @@ def test_takeover_takes_what_both_probes_saw_once(pin_root, tmp_path):
             assert (x, y.wait()) == (6, 7)
             sidecar.carryover.take_over(probe, sidecar.on_record)
             probe.poll(0)
-        codes = sorted(e.exit_code for e in ended if e.process.comm == "otpoverlap")
+        codes = sorted(span.attributes["process.exit.code"] for span in spans.get_finished_spans()
+                       if span.attributes.get("process.executable.name") == "otpoverlap")
         assert codes == [6, 7], "each exit once, the overlap's from the old ring"
         assert [p.name for p in pins.probes(Path(pin_dir))] == [probe.pinned_at.name], "the old probe's pins are gone"
     finally:

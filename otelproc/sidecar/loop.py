@@ -28,32 +28,32 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
-from otelproc.sidecar import adoption, state
-from otelproc.kernel import pins
-from otelproc.sidecar.cgroups import CgroupPaths
-from otelproc.kernel.checks import RUN_CAPS, require_caps
 from otelproc.clock import BootClock
 from otelproc.config import (
-    INITIAL_PIDNS_INODE, POLL_MS, ConfigError, Settings, describe_tracking, own_pidns_inode,
-    tracking_config,
+    INITIAL_PIDNS_INODE, POLL_MS, ConfigError, Settings, describe_tracking, own_pidns_inode, tracking_config,
 )
+from otelproc.kernel import pins
+from otelproc.kernel.checks import RUN_CAPS, require_caps
 from otelproc.kernel.decoder import decode
-from otelproc.plural import count
-from otelproc.otel.exporters import make_destination, make_processor, queue_bound
-from otelproc.sidecar.health import Health, HealthServer
 from otelproc.kernel.probe import Probe, ProbeConfig
+from otelproc.kernel.record import EventLayout
+from otelproc.otel.exporters import queue_bound
+from otelproc.otel.outlet import Outlet, open_outlet
+from otelproc.otel.spans import SpanBuilder, host_attributes
+from otelproc.otel.telemetry import start_metrics
+from otelproc.plural import count
+from otelproc.sidecar import adoption, state
+from otelproc.sidecar.cgroups import CgroupPaths
+from otelproc.sidecar.health import Health, HealthServer
+from otelproc.sidecar.owners import Owners
 from otelproc.sidecar.reconcile import Reconciler, Sweeper
 from otelproc.sidecar.restart import Carryover
-from otelproc.kernel.record import EventLayout
-from otelproc.otel.spans import SpanBuilder, host_attributes
-from otelproc.otel import unsent
-from otelproc.stop import StopSignal
-from otelproc.otel.telemetry import CountingExporter, start_metrics
-from otelproc.stats import Stats, ThrottledLog, stage_failed
-from otelproc.sidecar.owners import Owners
 from otelproc.sidecar.tracker import DEFAULT_MAX_EXECS, Ended, TrackedProcess, Tracker
+from otelproc.stats import Stats, StageFailures, ThrottledLog
+from otelproc.stop import StopSignal
 
 log = logging.getLogger("otelproc")
 
@@ -62,40 +62,29 @@ HOUSEKEEPING_NS = 10_000_000  # work between two polls of the ring buffer, at mo
 
 
 class Sidecar:
-    """The record path (record in, span out) and the loop that drives it; what carries over from one
-    otelproc to the next is restart.Carryover's, what /proc shows is adoption.Scanner's."""
+    """The record path (record in, span out) and the loop that drives it. Its parts are built by
+    build_sidecar and given to it; what carries over from one otelproc to the next is
+    restart.Carryover's, what /proc shows is adoption.Scanner's."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, stats: Stats, failed: StageFailures, clock: BootClock,
+                 tracker: Tracker, builder: SpanBuilder, outlet: Outlet, carryover: Carryover,
+                 scanner: adoption.Scanner, cgroups: CgroupPaths, host: dict[str, str]) -> None:
         self.settings = settings
-        self.stats = Stats()
-        self.clock = BootClock()
-        self.destination = make_destination(settings)
-        self.max_in_flight = queue_bound()
-        backlog_path = unsent.path_beside(settings.state_file)
-        self.unsent = unsent.Unsent(backlog_path, unsent.Backlog(backlog_path, self.stats.drops))
-        self.courier = unsent.Courier(self.destination.exporter, self.unsent.backlog)  # the backlog goes first
-        counting = CountingExporter(self.courier, self.stats, self.unsent.keep)
-        self.processor = make_processor(counting, self.max_in_flight)
-        self.host = host_attributes()
-        self.builder = SpanBuilder(
-            settings.service_name, self.host, settings.redact, self.stats, settings.clean_signals, settings.usage
-        )
-        self.tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9), self.stats, Owners(),
-                               self.builder.limits.max_events or DEFAULT_MAX_EXECS)
-        self.cgroups = CgroupPaths()
-        self.scanner = adoption.Scanner(settings.match, settings.trace_all, self.clock, self.cgroups.mount,
-                                        settings.scope.cgroup)
+        self.stats = stats
+        self.failed = failed
+        self.clock = clock
+        self.tracker = tracker
+        self.builder = builder
+        self.outlet = outlet
+        self.carryover = carryover
+        self.scanner = scanner
+        self.cgroups = cgroups
+        self.host = host
         self.health = Health()
-        self.throttled = ThrottledLog()
-        self.sweeper: Sweeper | None = None
         self.loss_log = ThrottledLog(LOSS_LOG_NS)
         self.layout: EventLayout | None = None  # the probe's struct event, once it is open
+        self.sweeper: Sweeper | None = None  # the /proc sweep's thread, once the probe is attached
         self._lost_seen: dict[str, int] = {}  # the kernel's loss counters as last read
-        self.carryover = Carryover(settings.state_file, tracking_config(settings), settings.redact, settings.adopt,
-                                   self.tracker, self.stats, self.clock, self.export_lifetime, self.failed)
-
-    def failed(self, stage: str, exc: BaseException) -> None:
-        stage_failed(self.stats, self.throttled, stage, exc)
 
     # the hot path
 
@@ -115,14 +104,6 @@ class Sidecar:
         self.carryover.mark_dirty()
         if ended is not None:
             self.export_lifetime(ended)
-
-    def emit(self, span: ReadableSpan, role: str) -> None:
-        """Hands a span to the batch processor, or counts it dropped when its queue is full."""
-        if self.stats.in_flight() >= self.max_in_flight:
-            self.stats.drops["queue_full"] += 1
-            return
-        self.stats.spans[role] += 1
-        self.processor.on_end(span)
 
     def export_lifetime(self, ended: Ended) -> None:
         """A lifetime span, once the span it hangs from is out (Tracker.hold), then those it kept waiting."""
@@ -165,30 +146,9 @@ class Sidecar:
             self.failed("build", exc)
             return
         try:
-            self.emit(span, role)
+            self.outlet.emit(span, role)
         except Exception as exc:  # noqa: BLE001
             self.failed("export", exc)
-
-    # start-up
-
-    def adopt(self, probe: Probe) -> int:
-        """Takes on the matching processes /proc shows that the table does not hold; returns how many.
-        One that fails is counted (stage 'adopt') and skipped, as a record of the ring buffer is."""
-        added = 0
-        for event in self.scanner.running(lambda pid, start_ticks: (pid, start_ticks) in self.tracker.processes):
-            probe.track(event.pid, event.start_ticks)
-            try:
-                self.tracker.handle(event)
-            except Exception as exc:  # noqa: BLE001 -- one process must not keep the others untracked
-                self.failed("adopt", exc)
-                continue
-            self.carryover.mark_dirty()
-            added += 1
-        log.info(
-            "adopted %s (%d vanished while read, %d unreadable)",
-            count(added, "running process"), self.scanner.stats.vanished, self.scanner.stats.unreadable,
-        )
-        return added
 
     # between polls
 
@@ -236,11 +196,11 @@ class Sidecar:
                 ", ".join(f"{v} ({k})" for k, v in grown.items()),
             )
 
-    def table(self) -> list:
+    def table(self) -> list[TrackedProcess]:
         """One copy of the table's entries, for the state file's thread."""
         return list(self.tracker.processes.values())
 
-    def gauges(self, probe: Probe) -> dict:
+    def gauges(self, probe: Probe) -> dict[str, tuple[Callable[[], int], str, str]]:
         return {
             "otelproc.processes.tracked": (lambda: len(self.tracker), "{process}", "processes in otelproc's table"),
             "otelproc.kernel.tracked": (lambda: len(probe.tracked()), "{process}", "entries in the kernel's map"),
@@ -251,91 +211,159 @@ class Sidecar:
                                           "longest time the reader spent between two reads of the ring buffer"),
         }
 
-    def start(self, probe: Probe) -> None:
-        """Carries on where the previous otelproc stopped, then adopts what /proc shows besides."""
-        self._lost_seen = self.carryover.begin(probe, self.on_record)
-        if self.settings.adopt:
-            self.adopt(probe)
-        self.carryover.start_writing(self.table, lambda: dict(self._lost_seen))
-
-    def stop(self, probe: Probe, detach: bool) -> str:
-        """After the last records are read: the state file for the next otelproc, the probe left pinned
-        or (detach) removed. Returns what became of the probe, for the stop line."""
-        self.release_waiting()
-        return self.carryover.finish(probe, detach)
+    # the sidecar's life: attach, loop, drain, shut down
 
     def run(self, pin_dir: Path | None = None) -> int:
+        """Attaches the probe, carries on from the last otelproc, polls until a signal or --duration,
+        drains what is left, and shuts down: one way out, whatever ended the loop (an error too)."""
         s = self.settings
         stop = StopSignal()
-        deadline = None if s.duration is None else time.monotonic() + s.duration
-        server = None
-        if s.health_port:
-            try:
-                server = HealthServer(self.health, s.health_port)
-            except OSError as exc:
-                raise ConfigError(f"--health-port {s.health_port}: {exc.strerror}") from None
-        metrics = None
+        server = self.serve_health()
+        probe: Probe | None = None
+        metrics: MeterProvider | None = None
         fate = ""  # what became of the probe, for the stop line
         try:
-            with Probe(ProbeConfig.from_settings(s, pin_dir), self.on_record) as probe:
-                self.layout = probe.layout
-                log.info("attached; %s; %s", describe_tracking(s), self.destination.description)
-                for program in probe.left_out:
-                    log.warning("%s", program.warning())
-                if self.destination.metric_exporter is not None:
-                    metrics = start_metrics(self.destination.metric_exporter, self.stats, self.gauges(probe), self.host)
-                self.start(probe)
-                self.health.ready = True
-                # What exists now (modules, the SDK, gRPC: some 100,000 objects) stays for otelproc's
-                # life. Frozen, it is left out of every garbage collection, which holds the GIL and
-                # so keeps the ring buffer waiting; what is frozen is still freed when unreferenced.
-                gc.collect()  # what is garbage already goes first: frozen, it would stay
-                gc.freeze()
-                log.info("ready; %s tracked", count(len(self.tracker), "process"))
-                reconciler = Reconciler(self.tracker, probe, self.stats, self.scanner.snapshot, self.scanner.running,
-                                        self.failed)
-                self.sweeper = Sweeper(reconciler, s.sweep_interval, self.failed)
-                self.sweeper.start()
-                try:
-                    next_loss_read = time.monotonic() + s.sweep_interval
-                    polled = time.monotonic_ns()
-                    while not stop and (deadline is None or time.monotonic() < deadline):
-                        self.stats.ring_away_max_ns = max(self.stats.ring_away_max_ns, time.monotonic_ns() - polled)
-                        probe.poll(POLL_MS)
-                        polled = time.monotonic_ns()
-                        self.housekeeping()
-                        if time.monotonic() >= next_loss_read:
-                            next_loss_read = time.monotonic() + s.sweep_interval
-                            self.carryover.end_overlap()
-                            self.read_kernel_losses(probe)
-                finally:
-                    stop.begin()
-                    self.sweeper.stop()  # before the probe closes: a sweep reads its map
-                probe.poll(0)
-                self.housekeeping()
-                while self.sweeper.ready() is not None:  # what the last sweep found, all of it
-                    self.housekeeping()
-                self.read_kernel_losses(probe)
-                fate = self.stop(probe, detach=stop.interactive and not s.keep_probe)
-                if metrics is not None:
-                    # Its last collection reads the probe. Half of what is left of the stop, at most: the spans'
-                    # turn comes next, and a collector that does not answer takes all it is given.
-                    metrics.shutdown(timeout_millis=stop.left_ms(s.stop_timeout) / 2)
-                    metrics = None
+            probe = Probe(ProbeConfig.from_settings(s, pin_dir), self.on_record)
+            metrics = self.attach(probe)
+            self.loop(probe, stop)
+            stop.begin()
+            self.drain(probe)
+            fate = self.leave(probe, detach=stop.interactive and not s.keep_probe)
         finally:
             stop_by = stop.begin() + s.stop_timeout
+            if self.sweeper is not None:
+                self.sweeper.stop()  # before the probe closes: a sweep reads its map
             self.health.ready = False
             self.carryover.close()
             if metrics is not None:
+                # Its last collection reads the probe, so it goes first. Half of what is left of the stop,
+                # at most: the spans' turn comes next, and a collector that does not answer takes all it is given.
                 metrics.shutdown(timeout_millis=stop.left_ms(s.stop_timeout) / 2)
-            unsent_words = self.unsent.finish(self.processor, self.courier, self.stats, stop_by, lambda: stop.again)
+            if probe is not None:
+                probe.close()
+            unsent_words = self.outlet.finish(stop_by, lambda: stop.again)
             if server is not None:
                 server.close()
         log.info("stopped; %s; %s still running; failed: %s; longest away from the ring buffer: %d ms; "
-                 "%s, in %.1f s%s", self.stats.summary(), count(len(self.tracker), "process"), self.stats.failures_summary(),
-                 self.stats.ring_away_max_ns // 1_000_000, stop.cause, time.monotonic() - stop_by + s.stop_timeout,
+                 "%s, in %.1f s%s", self.stats.summary(), count(len(self.tracker), "process"),
+                 self.stats.failures_summary(), self.stats.ring_away_max_ns // 1_000_000, stop.cause,
+                 time.monotonic() - stop_by + s.stop_timeout,
                  "".join(f"; {words}" for words in (fate, unsent_words) if words))
         return 0
+
+    def serve_health(self) -> HealthServer | None:
+        port = self.settings.health_port
+        if not port:
+            return None
+        try:
+            return HealthServer(self.health, port)
+        except OSError as exc:
+            raise ConfigError(f"--health-port {port}: {exc.strerror}") from None
+
+    def attach(self, probe: Probe) -> MeterProvider | None:
+        """With the probe attached: otelproc's own metrics, the previous otelproc's processes and records,
+        the processes /proc shows, the /proc sweep; then ready. Returns the metrics' provider, if any."""
+        self.layout = probe.layout
+        log.info("attached; %s; %s", describe_tracking(self.settings), self.outlet.description)
+        for program in probe.left_out:
+            log.warning("%s", program.warning())
+        metrics = None
+        if self.outlet.metric_exporter is not None:
+            metrics = start_metrics(self.outlet.metric_exporter, self.stats, self.gauges(probe), self.host)
+        resumed = self.carryover.begin(probe, self.on_record)
+        self._lost_seen = resumed.lost
+        for ended in resumed.ended:
+            self.export_lifetime(ended)
+        if self.settings.adopt:
+            self.adopt(probe)
+        self.carryover.start_writing(self.table, lambda: dict(self._lost_seen))
+        self.health.ready = True
+        # What exists now (modules, the SDK, gRPC: some 100,000 objects) stays for otelproc's life.
+        # Frozen, it is left out of every garbage collection, which holds the GIL and so keeps the ring
+        # buffer waiting; what is frozen is still freed when unreferenced.
+        gc.collect()  # what is garbage already goes first: frozen, it would stay
+        gc.freeze()
+        log.info("ready; %s tracked", count(len(self.tracker), "process"))
+        reconciler = Reconciler(self.tracker, probe, self.stats, self.scanner.snapshot, self.scanner.running,
+                                self.failed)
+        self.sweeper = Sweeper(reconciler, self.settings.sweep_interval, self.failed)
+        self.sweeper.start()
+        return metrics
+
+    def adopt(self, probe: Probe) -> int:
+        """Takes on the matching processes /proc shows that the table does not hold; returns how many.
+        One that fails is counted (stage 'adopt') and skipped, as a record of the ring buffer is."""
+        added = 0
+        for event in self.scanner.running(lambda pid, start_ticks: (pid, start_ticks) in self.tracker.processes):
+            probe.track(event.pid, event.start_ticks)
+            try:
+                self.tracker.handle(event)
+            except Exception as exc:  # noqa: BLE001 -- one process must not keep the others untracked
+                self.failed("adopt", exc)
+                continue
+            self.carryover.mark_dirty()
+            added += 1
+        log.info(
+            "adopted %s (%d vanished while read, %d unreadable)",
+            count(added, "running process"), self.scanner.stats.vanished, self.scanner.stats.unreadable,
+        )
+        return added
+
+    def loop(self, probe: Probe, stop: StopSignal) -> None:
+        """Reads the ring buffer every POLL_MS and keeps house between reads, until a signal or --duration."""
+        interval = self.settings.sweep_interval
+        deadline = None if self.settings.duration is None else time.monotonic() + self.settings.duration
+        next_loss_read = time.monotonic() + interval
+        polled = time.monotonic_ns()
+        while not stop and (deadline is None or time.monotonic() < deadline):
+            self.stats.ring_away_max_ns = max(self.stats.ring_away_max_ns, time.monotonic_ns() - polled)
+            probe.poll(POLL_MS)
+            polled = time.monotonic_ns()
+            self.housekeeping()
+            if time.monotonic() >= next_loss_read:
+                next_loss_read = time.monotonic() + interval
+                self.carryover.end_overlap()
+                self.read_kernel_losses(probe)
+
+    def drain(self, probe: Probe) -> None:
+        """After the loop: the last records, and all the last sweep found."""
+        assert self.sweeper is not None
+        self.sweeper.stop()
+        probe.poll(0)
+        self.housekeeping()
+        while self.sweeper.ready() is not None:
+            self.housekeeping()
+        self.read_kernel_losses(probe)
+
+    def leave(self, probe: Probe, detach: bool) -> str:
+        """The state file for the next otelproc, the probe left pinned or (detach) removed. Returns what
+        became of the probe, for the stop line."""
+        self.release_waiting()
+        return self.carryover.finish(probe, detach)
+
+
+def build_sidecar(settings: Settings, processor: SpanProcessor | None = None) -> Sidecar:
+    """The sidecar and its parts, made from the settings in one place. With a processor, spans go to it
+    as they are made (a test's, a benchmark's), instead of to --exporter behind a bounded stop."""
+    stats = Stats()
+    failed = StageFailures(stats)
+    clock = BootClock()
+    host = host_attributes()
+    builder = SpanBuilder(settings.service_name, host, settings.redact, stats, settings.clean_signals, settings.usage)
+    tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9), stats, Owners(),
+                      builder.limits.max_events or DEFAULT_MAX_EXECS)
+    cgroups = CgroupPaths()
+    if processor is None:
+        outlet = open_outlet(settings, stats)
+    else:
+        outlet = Outlet(processor, stats, queue_bound(), f"handing spans to {type(processor).__name__}")
+    return Sidecar(
+        settings, stats=stats, failed=failed, clock=clock, tracker=tracker, builder=builder, outlet=outlet,
+        carryover=Carryover(settings.state_file, tracking_config(settings), settings.redact, settings.adopt,
+                            tracker, stats, clock, failed),
+        scanner=adoption.Scanner(settings.match, settings.trace_all, clock, cgroups.mount, settings.scope.cgroup),
+        cgroups=cgroups, host=host,
+    )
 
 
 def check_state_file(path: Path) -> None:
@@ -379,7 +407,7 @@ def run_sidecar(settings: Settings) -> int:
         check_state_file(settings.state_file)
     pin_dir, lock = pinning(settings)
     try:
-        return Sidecar(settings).run(pin_dir)
+        return build_sidecar(settings).run(pin_dir)
     finally:
         if lock is not None:
             lock.release()

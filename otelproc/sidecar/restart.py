@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +41,15 @@ def event_key(event: ProcessEvent) -> tuple:
     return (event.kind, event.pid, event.start_ticks)
 
 
+@dataclass
+class Resumed:
+    """What begin() hands the sidecar: the kernel side's loss counters as read then, and the lifetimes
+    of the saved processes that ended while nobody read the probe, for it to export."""
+
+    lost: dict[str, int]
+    ended: list[Ended] = field(default_factory=list)
+
+
 class Carryover:
     """What one otelproc hands to the next: the state file and the pinned probe's records."""
 
@@ -52,7 +62,6 @@ class Carryover:
         tracker: Tracker,
         stats: Stats,
         clock: BootClock,
-        export_lifetime: Callable[[Ended], None],
         failed: Callable[[str, BaseException], None],
     ) -> None:
         self.state_file = state_file
@@ -62,7 +71,6 @@ class Carryover:
         self.tracker = tracker
         self.stats = stats
         self.clock = clock
-        self.export_lifetime = export_lifetime
         self.failed = failed
         self.writer: state.Writer | None = None
         self._overlap: set[tuple] = set()  # events the old probe of a takeover recorded while both ran
@@ -70,9 +78,9 @@ class Carryover:
 
     # at start
 
-    def begin(self, probe: Probe, read_record: Callable[[bytes, EventLayout], None]) -> dict[str, int]:
+    def begin(self, probe: Probe, read_record: Callable[[bytes, EventLayout], None]) -> Resumed:
         """Resumes the state file's processes, reads what the pinned probe recorded meanwhile and
-        ends those that are gone; returns the kernel side's loss counters as read then."""
+        ends those that are gone."""
         if probe.resumed:
             log.info("resumed the probe pinned in %s; reading what it recorded while otelproc was down",
                      probe.pinned_at)
@@ -86,8 +94,8 @@ class Carryover:
         if gap is not None:
             (log.warning if gap.missed else log.info)("%s", gap)
         lost_while_down = lost_then is not None and self.count_downtime_losses(lost_then, saved)
-        self.settle(probe, saved, exits_read=lost_then is not None and not lost_while_down)
-        return lost_now
+        ended = self.settle(probe, saved, exits_read=lost_then is not None and not lost_while_down)
+        return Resumed(lost_now, ended)
 
     def resume(self) -> state.Saved:
         """Takes the processes a previous otelproc recorded into the table, alive or not (see settle)."""
@@ -129,8 +137,9 @@ class Carryover:
                         ", ".join(f"{v} ({k})" for k, v in grown.items()))
         return bool(grown)
 
-    def settle(self, probe: Probe, saved: state.Saved, exits_read: bool) -> None:
-        """After the downtime's records: the recorded processes that are gone with no exit record.
+    def settle(self, probe: Probe, saved: state.Saved, exits_read: bool) -> list[Ended]:
+        """After the downtime's records: the recorded processes that are gone with no exit record,
+        forgotten; returns the lifetimes to export.
 
         exits_read: a pinned probe recorded the downtime and lost nothing, so
         their exits were read, by the previous otelproc in its last second.
@@ -139,6 +148,7 @@ class Carryover:
         """
         now = time.time_ns()
         gone = 0
+        ended: list[Ended] = []
         for process in saved.processes:
             if process.key not in self.tracker.processes:
                 continue  # its exit came through the ring buffer
@@ -151,10 +161,11 @@ class Carryover:
                 self.stats.reconciled["exit_read_before_restart"] += 1
             else:
                 self.stats.reconciled["exited_while_down"] += 1
-                self.export_lifetime(Ended.between(process, saved.last_alive, now))
+                ended.append(Ended.between(process, saved.last_alive, now))
         if saved.processes:
             log.info("resumed %s from the state file (%d gone with no exit record)",
                      count(len(saved.processes), "process"), gone)
+        return ended
 
     def start_writing(self, table: Callable[[], list[TrackedProcess]], lost: Callable[[], dict[str, int]]) -> None:
         """Writes the state file now, and from now on at most a second after the table changes."""

@@ -44,10 +44,8 @@ class Service:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, state_file: Path | None = None) -> None:
         args = cli.build_parser().parse_args(
             ["run", "--exporter", "console", "--state-file", str(state_file or ""), "--adopt", "false"])
-        self.sidecar = loop.Sidecar(config.resolve("run", args, environ={}))
-        self.sidecar.processor.shutdown()
         self.memory = InMemorySpanExporter()
-        self.sidecar.processor = SimpleSpanProcessor(self.memory)
+        self.sidecar = loop.build_sidecar(config.resolve("run", args, environ={}), SimpleSpanProcessor(self.memory))
         self.monkeypatch = monkeypatch
 
     def feed(self, kind: str, pid: int, ppid: int = 1, **kw: object) -> None:

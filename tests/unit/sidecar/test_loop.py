@@ -27,12 +27,10 @@ SEED = int(os.environ.get("FUZZ_SEED", "13"))
 
 def test_the_event_path_survives_every_record():
     args = cli.build_parser().parse_args(["run", "--exporter", "console", "--state-file", "", "--adopt", "false"])
-    from otelproc.sidecar.loop import Sidecar
+    from otelproc.sidecar.loop import build_sidecar
 
-    sidecar = Sidecar(config.resolve("run", args, environ={}))
-    sidecar.processor.shutdown()
     memory = InMemorySpanExporter()
-    sidecar.processor = SimpleSpanProcessor(memory)
+    sidecar = build_sidecar(config.resolve("run", args, environ={}), SimpleSpanProcessor(memory))
     rng = random.Random(SEED + 1)
     seen = 0
     deadline = time.monotonic() + SECONDS
