@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from otelproc.plural import count
 from otelproc.stats import Stats
 
 log = logging.getLogger("otelproc")
@@ -283,7 +284,7 @@ class Unsent:
         words, dropped = self.write()
         stuck = stats.in_flight()  # neither delivered nor kept: the SDK's worker did not let go in time
         if stuck:
-            words = "; ".join(w for w in (words, f"{stuck} spans still in the SDK's queue lost") if w)
+            words = "; ".join(w for w in (words, f"{count(stuck, 'span')} still in the SDK's queue lost") if w)
         stats.drops["unsent"] += dropped + stuck
         return words
 
@@ -309,7 +310,7 @@ class Unsent:
             return "", 0
         total = sum(spans_in(r) for r in requests) + sum(len(b) for b in batches)
         if self.path is None:
-            return f"{total} spans not delivered in time dropped (no --state-file to keep them beside)", total
+            return f"{count(total, 'span')} not delivered in time dropped (no --state-file to keep them beside)", total
         size, fitting = 0, []
         for request in requests + new:
             if size + _LENGTH.size + len(request) > MAX_BYTES:
@@ -320,8 +321,8 @@ class Unsent:
         try:
             write_requests(self.path, fitting)
         except OSError as exc:
-            return f"{total} spans not delivered in time dropped: cannot write {self.path} ({exc.strerror})", total
-        words = f"{kept} spans not delivered in time kept in {self.path} for the next start"
+            return f"{count(total, 'span')} not delivered in time dropped: cannot write {self.path} ({exc.strerror})", total
+        words = f"{count(kept, 'span')} not delivered in time kept in {self.path} for the next start"
         if kept < total:
             words += f" ({total - kept} more dropped: over its {MAX_BYTES >> 20} MiB bound)"
         return words, total - kept
