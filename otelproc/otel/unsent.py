@@ -103,6 +103,18 @@ def read_requests(path: Path) -> list[bytes]:
     return requests
 
 
+def discard(path: Path | None) -> int | None:
+    """Removes what a stop kept (`otelproc detach`); returns how many spans it held, None if nothing was kept."""
+    if path is None or not path.exists():
+        return None
+    try:
+        spans = sum(spans_in(request) for request in read_requests(path))
+    except Exception:  # noqa: BLE001 -- a file that does not parse is removed all the same
+        spans = 0
+    path.unlink(missing_ok=True)
+    return spans
+
+
 def write_requests(path: Path, requests: list[bytes]) -> None:
     """Replaced whole (a temporary file renamed over it), mode 0600: spans hold command lines."""
     tmp = path.with_name(path.name + ".tmp")

@@ -40,6 +40,7 @@ from otelproc.kernel.checks import RUN_CAPS, require_caps
 from otelproc.kernel.decoder import decode
 from otelproc.kernel.probe import Probe, ProbeConfig
 from otelproc.kernel.record import EventLayout
+from otelproc.otel import unsent
 from otelproc.otel.exporters import queue_bound
 from otelproc.otel.outlet import Outlet, open_outlet
 from otelproc.otel.spans import SpanBuilder, host_attributes
@@ -414,7 +415,8 @@ def run_sidecar(settings: Settings) -> int:
 
 
 def detach(settings: Settings) -> int:
-    """Removes the pinned probe for good (its programs, maps and pins) and the state file."""
+    """Removes the pinned probe for good (its programs, maps and pins), the state file and the spans a
+    stop kept for the next start (unsent-spans.pb): what was detached for good is not carried on with."""
     pin_dir = settings.pin_dir
     removed, running = 0, None
     if pin_dir is not None and pin_dir.exists():
@@ -425,14 +427,18 @@ def detach(settings: Settings) -> int:
             removed = pins.remove_all(pin_dir)
         except OSError as exc:
             raise ConfigError(f"cannot remove the probe pinned in {pin_dir} ({exc.strerror})") from None
-    forgot = settings.state_file is not None and state.remove(settings.state_file)
+    also = []
+    if settings.state_file is not None and state.remove(settings.state_file):
+        also.append("the state file")
+    discarded = unsent.discard(unsent.path_beside(settings.state_file))
+    if discarded is not None:
+        also.append(f"{count(discarded, 'span')} a stop kept for the next start ({unsent.FILE_NAME})")
+    words = f", and removed {' and '.join(also)}" if also else ""
     if removed and running:
-        log.info("unpinned the probe in %s%s; otelproc (pid %s) still runs it, until it stops", pin_dir,
-                 "" if not forgot else ", and removed the state file", running)
+        log.info("unpinned the probe in %s%s; otelproc (pid %s) still runs it, until it stops", pin_dir, words, running)
     elif removed:
-        log.info("detached: removed the probe pinned in %s%s", pin_dir, "" if not forgot else ", and the state file")
+        log.info("detached: removed the probe pinned in %s%s", pin_dir, words)
     else:
         where = f"in {pin_dir}" if pin_dir is not None else "(no --pin-dir: otelproc pins nothing)"
-        log.info("nothing pinned %s%s", where, "" if not forgot else "; removed the state file")
+        log.info("nothing pinned %s%s", where, f"; removed {' and '.join(also)}" if also else "")
     return 0
-
