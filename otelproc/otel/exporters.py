@@ -10,6 +10,7 @@ where an exporter is made, so that loading this module costs nothing.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 # Spans of a process that lived a second should be in the backend about a second later,
 # not after the SDK's default five; OTEL_BSP_SCHEDULE_DELAY still wins when set.
+log = logging.getLogger("otelproc")
+
 DEFAULT_SCHEDULE_DELAY_MS = 1000
 DEFAULT_PORTS = dict(zip(OTLP_PROTOCOLS, (4317, 4318)))
 
@@ -54,6 +57,45 @@ def configured_endpoint(settings: Settings) -> str | None:
     from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
 
     return settings.otlp_endpoint or _env(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT)
+
+
+def collector_address(endpoint: str, protocol: str) -> tuple[str, int]:
+    """The host and port an OTLP exporter given this endpoint connects to; ValueError, saying why, when it
+    names none. gRPC takes host:port or a URL; HTTP a URL, or host[:port] (http:// is added)."""
+    parsed = urlparse(endpoint if "://" in endpoint else f"//{endpoint}")
+    if "://" in endpoint and parsed.scheme not in ("http", "https"):
+        raise ValueError(f"the scheme is {parsed.scheme!r}, not http or https")
+    port = parsed.port  # raises ValueError for a port that is not a number in range
+    if not parsed.hostname:
+        raise ValueError("no host in it")
+    if port is None:
+        if "://" not in endpoint and protocol == "grpc":
+            raise ValueError("no port in it")
+        port = 443 if parsed.scheme == "https" or protocol == "grpc" else 80
+    return parsed.hostname, port
+
+
+def check_endpoint(settings: Settings) -> None:
+    """Says at start what the exporter would only find out at its first export: an endpoint that names no
+    collector (an error) or whose host does not resolve (a warning: it may, later)."""
+    from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+
+    source, endpoint = "--otlp-endpoint", settings.otlp_endpoint
+    for name in ("", OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT):
+        if name and not endpoint:
+            source, endpoint = name, os.environ.get(name, "")
+    if not endpoint:
+        return
+    try:
+        host, port = collector_address(endpoint, settings.otlp_protocol)
+    except ValueError as exc:
+        example = "host:port or http://host:port" if settings.otlp_protocol == "grpc" else "http://host:port"
+        raise ConfigError(f"{source} {endpoint}: not a collector's address ({exc}); give {example}") from None
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        log.warning("%s %s: the host %s does not resolve (%s); spans are retried and dropped until it does",
+                    source, endpoint, host, exc.strerror or exc)
 
 
 def collector_answers(port: int, timeout: float = 0.5) -> bool:
@@ -95,6 +137,7 @@ def _console_json(settings: Settings, reason: str) -> Destination:
 
 
 def _otlp(settings: Settings, reason: str) -> Destination:
+    check_endpoint(settings)
     proto = settings.otlp_protocol
     endpoint = settings.otlp_endpoint or None
     metrics: MetricExporter | None = None
