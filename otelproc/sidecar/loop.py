@@ -433,12 +433,13 @@ def detach(settings: Settings) -> int:
     discarded = unsent.discard(unsent.path_beside(settings.state_file))
     if discarded is not None:
         also.append(f"{count(discarded, 'span')} a stop kept for the next start ({unsent.FILE_NAME})")
-    words = f", and removed {' and '.join(also)}" if also else ""
+    removed_too = " and ".join(also)
     if removed and running:
-        log.info("unpinned the probe in %s%s; otelproc (pid %s) still runs it, until it stops", pin_dir, words, running)
+        log.info("unpinned the probe in %s%s; otelproc (pid %s) still runs it, until it stops", pin_dir,
+                 f", and removed {removed_too}" if also else "", running)
     elif removed:
-        log.info("detached: removed the probe pinned in %s%s", pin_dir, words)
+        log.info("detached: removed the probe pinned in %s%s", pin_dir, f", {removed_too}" if also else "")
     else:
         where = f"in {pin_dir}" if pin_dir is not None else "(no --pin-dir: otelproc pins nothing)"
-        log.info("nothing pinned %s%s", where, f"; removed {' and '.join(also)}" if also else "")
+        log.info("nothing pinned %s%s", where, f"; removed {removed_too}" if also else "")
     return 0
