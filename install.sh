@@ -56,7 +56,7 @@ step "installing the otelproc Python package (pip install -e .$extras; about 10 
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".${extras}"
 command -v pyenv >/dev/null && pyenv rehash || true  # puts the `otelproc` script on a pyenv PATH
 
-# --- Kubernetes tests (tests/test_kubernetes.py; issue 19) ---------------------------------------
+# --- Kubernetes tests (tests/test_kubernetes.py) ---------------------------------------------------
 # The Collector the manifests name (contrib components, deploy/images/otelcol-k8s.yaml) for its
 # `validate` test, cached by the manifest's content; the manifest validator is built by the test
 # with Go (module cache and build cache make it seconds after the first time).
@@ -74,7 +74,7 @@ if $test_setup; then
     step "  Jaeger UI: $ui"
     step "fetching OpenSearch unless cached (deploy/opensearch/fetch.sh; the first time, about 30 s)"
     step "  OpenSearch: $(deploy/opensearch/fetch.sh)"
-    # --- containers (issue 19) ---------------------------------------------------------------
+    # --- containers ---------------------------------------------------------------------------
     # podman, its settings and podman-compose for tests/test_containers.py and test_compose.py; the stand-in base
     # images are built (and cached) by deploy/images/build.sh, which .ci/run calls.
     step "setting up podman and podman-compose (deploy/images/setup-podman.sh)"

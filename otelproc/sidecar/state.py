@@ -26,11 +26,10 @@ from otelproc.identity import ProcessIdentity, SpanPlace, boot_id
 from otelproc.redact import redacted
 from otelproc.sidecar.tracker import Exec, TrackedProcess
 
-# What this otelproc writes. 3 renamed version 2's "announced" to "started_span_sent"; 4 made the 'started'
-# span the process span (the lifetime span's parent, no longer its child), says which kind was sent, and
-# keeps the depth that sets a 'started' span's length.
+# The format this otelproc writes, and those it reads, so that a restart across an upgrade carries on.
+# How the older ones differ: version 2 calls started_span_sent "announced"; in versions 2 and 3 a 'started'
+# span is the lifetime span's child (from_dict marks it legacy_started) and no depth is kept.
 VERSION = 4
-# Read too: a restart across an upgrade carries on with what the previous version wrote.
 READABLE_VERSIONS = (2, 3, VERSION)
 
 
@@ -85,7 +84,7 @@ def from_dict(d: dict[str, Any], version: int = VERSION) -> TrackedProcess:
         span_place=_place_from_dict(d["link"]), parent_key=tuple(d["parent"]) if d["parent"] else None,
         parent_program=d["parent_program"],
         started_span_sent=d["started_span_sent" if version >= 3 else "announced"],
-        # Before version 4 a 'started' span was a child of the lifetime span: that one keeps the old ids.
+        # A 'started' span sent under versions 2 and 3 is a child of the lifetime span: that one keeps its ids.
         legacy_started=d["legacy_started"] if version >= 4 else d["started_span_sent" if version >= 3 else "announced"],
         depth=d.get("depth", 0),
         execs=[Exec(e["time"], e["exe"], None if e["argv"] is None else tuple(e["argv"])) for e in d["execs"]],
