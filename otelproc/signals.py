@@ -17,7 +17,7 @@ _GENERIC_CODES = {
     -4: "SI_ASYNCIO", -5: "SI_SIGIO", -6: "SI_TKILL", -7: "SI_DETHREAD", -60: "SI_ASYNCNL",
 }
 # Codes above 0 (other than SI_KERNEL) mean something for one signal only: a fault's kind.
-_FAULT_CODES = {
+_FAULT_CODES: dict[int, tuple[str, ...]] = {
     signal.SIGSEGV: ("SEGV_MAPERR", "SEGV_ACCERR", "SEGV_BNDERR", "SEGV_PKUERR", "SEGV_ACCADI", "SEGV_ADIDERR",
                      "SEGV_ADIPERR", "SEGV_MTEAERR", "SEGV_MTESERR", "SEGV_CPERR"),
     signal.SIGBUS: ("BUS_ADRALN", "BUS_ADRERR", "BUS_OBJERR", "BUS_MCEERR_AR", "BUS_MCEERR_AO"),

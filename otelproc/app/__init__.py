@@ -17,9 +17,10 @@ from otelproc.app.links import ProcessResourceDetector, process_link
 def enable(provider: TracerProvider | None = None) -> None:
     """The one line: links root spans to the process span, passes context to subprocesses, and reports
     the exception a process (or a thread of it) dies of, and flushes on SIGTERM."""
-    provider = provider or trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
+    given = provider or trace.get_tracer_provider()
+    if not isinstance(given, TracerProvider):
         raise RuntimeError("otelproc.app.enable() needs the OpenTelemetry SDK's TracerProvider")
+    provider = given
     links.install(provider)
     deaths.install(provider)
     sigterm.install(provider)

@@ -71,7 +71,8 @@ class Death:
     def location(self) -> traceback.FrameSummary | None:
         """Where it was raised: the innermost frame of Python code (a SyntaxError: the line it could not parse)."""
         if self.error.exc_type is not None and issubclass(self.error.exc_type, SyntaxError) and self.error.filename:
-            return traceback.FrameSummary(self.error.filename, self.error.lineno or 0, "<module>", lookup_line=False)
+            # TracebackException keeps a SyntaxError's line number as text
+            return traceback.FrameSummary(self.error.filename, int(self.error.lineno or 0), "<module>", lookup_line=False)
         return next((f for f in reversed(self.error.stack) if not f.filename.startswith("<frozen")), None)
 
     def summary(self) -> str:
@@ -325,6 +326,7 @@ def _os_exit(status: int) -> NoReturn:
 
     _quietly(last_words)
     _replaced["os._exit"](status)
+    raise AssertionError("os._exit returned")  # for the type checker: it never does
 
 
 def _at_exit() -> None:
@@ -351,7 +353,8 @@ def _bootstrap(self: multiprocessing.process.BaseProcess, *args: Any, **kwargs: 
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
-            _quietly(_report_exception, "multiprocessing", exc, exc.__traceback__.tb_next)  # not this frame
+            here = exc.__traceback__
+            _quietly(_report_exception, "multiprocessing", exc, here.tb_next if here else None)  # not this frame
             raise
 
     self.run = run_and_report  # type: ignore[method-assign]

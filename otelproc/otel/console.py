@@ -51,7 +51,7 @@ def ending(span: ReadableSpan) -> str:
     if "otelproc.exit.reason" in attributes:  # stopped cleanly by a signal: OK, and an OK status has no words
         return str(attributes["otelproc.exit.reason"])
     if "process.exit.code" in attributes:
-        return f"exit status {attributes['process.exit.code']}"
+        return f"exit status {attributes['process.exit.code']!s}"
     if "otelproc.end.before" in attributes:
         return "ended while otelproc was down, exit not seen"
     return "ended, exit not seen"

@@ -18,6 +18,7 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.util.types import AttributeValue
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from otelproc import __version__
@@ -118,9 +119,9 @@ def _error(reason: str, error_type: str) -> tuple[Status, str, str]:
     return Status(StatusCode.ERROR, reason), error_type, reason
 
 
-def signal_attributes(sent: SignalSent, pid: int) -> dict[str, object]:
+def signal_attributes(sent: SignalSent, pid: int) -> dict[str, AttributeValue]:
     """How a signal came and who sent it; keys relative to otelproc.exit. (span) or otelproc.signal. (events)."""
-    attrs: dict[str, object] = {"code": code_name(sent.signal, sent.code), "sender": sender_kind(sent, pid)}
+    attrs: dict[str, AttributeValue] = {"code": code_name(sent.signal, sent.code), "sender": sender_kind(sent, pid)}
     if not sent.from_kernel:
         if sent.sender_pid:
             attrs["sender_pid"] = sent.sender_pid
@@ -128,14 +129,14 @@ def signal_attributes(sent: SignalSent, pid: int) -> dict[str, object]:
     return attrs
 
 
-def usage_attributes(usage: Usage, groups: frozenset[str] = USAGE) -> dict[str, object]:
+def usage_attributes(usage: Usage, groups: frozenset[str] = USAGE) -> dict[str, AttributeValue]:
     """What the process used, named after the semantic conventions' process metrics (metric.attribute value),
     in the groups asked for (model.USAGE_GROUPS).
 
     Counters only when not zero: most processes never wait on a major fault or write to
     storage, and every attribute costs its export.
     """
-    attrs: dict[str, object] = {}
+    attrs: dict[str, AttributeValue] = {}
     if "cpu" in groups:
         attrs["process.cpu.time.user"] = usage.cpu_user_ns / 1e9
         attrs["process.cpu.time.system"] = usage.cpu_system_ns / 1e9
@@ -154,8 +155,8 @@ def usage_attributes(usage: Usage, groups: frozenset[str] = USAGE) -> dict[str, 
     return attrs
 
 
-def oom_attributes(oom: OomKill) -> dict[str, object]:
-    attrs: dict[str, object] = {
+def oom_attributes(oom: OomKill) -> dict[str, AttributeValue]:
+    attrs: dict[str, AttributeValue] = {
         "otelproc.oom.constraint": "memcg" if oom.memcg else "system",
         "otelproc.oom.total_vm": oom.total_vm,
         "otelproc.oom.anon_rss": oom.anon_rss,
@@ -214,13 +215,13 @@ class SpanBuilder:
                 self._resources[key] = resource
         return resource
 
-    def attributes(self, process: TrackedProcess, cgroup_path: str | None) -> dict[str, object]:
+    def attributes(self, process: TrackedProcess, cgroup_path: str | None) -> dict[str, AttributeValue]:
         """The attributes of both spans of a process. One that would repeat another is left out (each
         costs about 2 µs per span to export): vpid when it is the pid, the comm when it is the
         executable's name, the cgroup's name when its path ends with it."""
         exe = process.exe or ""
         name = os.path.basename(exe) or process.comm
-        attrs: dict[str, object] = {
+        attrs: dict[str, AttributeValue] = {
             "process.pid": process.pid,
             "process.parent_pid": process.ppid,
             "process.executable.name": name,
@@ -254,7 +255,7 @@ class SpanBuilder:
         return attrs
 
     @staticmethod
-    def limited(attrs: dict[str, object], count: int | None, length: int | None) -> Mapping[str, object]:
+    def limited(attrs: dict[str, AttributeValue], count: int | None, length: int | None) -> Mapping[str, AttributeValue]:
         """The SDK's SpanLimits, as its own spans get them (BoundedAttributes counts what it drops);
         within the limits, the dict as it is: the defaults (128 attributes, any length) cost nothing."""
         if (count is None or len(attrs) <= count) and length is None:
@@ -320,7 +321,7 @@ class SpanBuilder:
         if process.signals:
             for sent in process.signals:
                 if sent is not fatal:
-                    attributes = {"otelproc.signal.name": signal_name(sent.signal)}
+                    attributes: dict[str, AttributeValue] = {"otelproc.signal.name": signal_name(sent.signal)}
                     attributes.update((f"otelproc.signal.{k}", v) for k, v in signal_attributes(sent, process.pid).items())
                     events.append(Event("signal", attributes, timestamp=sent.time))
             events.sort(key=lambda event: event.timestamp)

@@ -75,13 +75,18 @@ def send_encoded(exporter: SpanExporter, request: bytes) -> None:
     """
     module = type(exporter).__module__
     if module.startswith(_GRPC):
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+        assert isinstance(exporter, GrpcSpans) and exporter._client is not None  # noqa: SLF001
         exporter._client.Export(  # noqa: SLF001
             request=ExportTraceServiceRequest.FromString(request), metadata=exporter._headers,  # noqa: SLF001
             timeout=exporter._timeout,  # noqa: SLF001
         )
     elif module.startswith(_HTTP):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpans
+
+        assert isinstance(exporter, HttpSpans)
         result = exporter._client.export(request)  # noqa: SLF001
         if not result.success:
             raise OSError(f"HTTP {result.status_code or result.error}")

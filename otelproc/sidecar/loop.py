@@ -161,10 +161,11 @@ class Sidecar:
         self.health.beat()
         now = time.time_ns()
         deadline = time.monotonic_ns() + HOUSEKEEPING_NS
-        findings = self.sweeper.ready() if self.sweeper is not None else None
-        while findings is not None and time.monotonic_ns() < deadline:
+        sweeper = self.sweeper
+        findings = sweeper.ready() if sweeper is not None else None
+        while sweeper is not None and findings is not None and time.monotonic_ns() < deadline:
             try:
-                ends = self.sweeper.reconciler.apply(findings, deadline)
+                ends = sweeper.reconciler.apply(findings, deadline)
             except Exception as exc:  # noqa: BLE001
                 findings.gone.clear()
                 findings.found.clear()
@@ -172,7 +173,7 @@ class Sidecar:
                 ends = []
             for ended in ends:
                 self.export_lifetime(ended)
-            findings = self.sweeper.ready()
+            findings = sweeper.ready()
         for process in self.tracker.take_due_started_spans(now):
             self.export_started(process)
             if time.monotonic_ns() >= deadline:
