@@ -22,12 +22,15 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
+# The helpers in tests/support assert too: their failures say what differs, as a test's do.
+pytest.register_assert_rewrite("support")
+
 from otelproc.clock import BootClock
 from otelproc.config import parse_match
 from otelproc.model import ProcessEvent
 
 if TYPE_CHECKING:
-    from otlp_receiver import GrpcReceiver, HttpReceiver
+    from support.otlp_receiver import GrpcReceiver, HttpReceiver
 
     from otelproc.kernel.probe import ProbeConfig
 
@@ -353,7 +356,7 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory, pin_root: PinRoot) -> Iter
 
 @pytest.fixture
 def grpc_receiver() -> Iterator["GrpcReceiver"]:
-    from otlp_receiver import GrpcReceiver
+    from support.otlp_receiver import GrpcReceiver
 
     receiver = GrpcReceiver()
     try:
@@ -364,7 +367,7 @@ def grpc_receiver() -> Iterator["GrpcReceiver"]:
 
 @pytest.fixture
 def http_receiver() -> Iterator["HttpReceiver"]:
-    from otlp_receiver import HttpReceiver
+    from support.otlp_receiver import HttpReceiver
 
     receiver = HttpReceiver()
     try:

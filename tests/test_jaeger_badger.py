@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from ports import free_ports
+from support.ports import free_ports
 from test_jaeger_e2e import ALL_IN_ONE, REPO, jaeger_binary, stop_process, wait_for
 
 BADGER = REPO / "deploy" / "jaeger" / "badger.yaml"

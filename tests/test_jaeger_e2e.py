@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from conftest import MATCH_TEST, REPO
-from ports import free_ports
+from support.ports import free_ports
 
 BUILD_SCRIPT = REPO / "deploy" / "jaeger" / "build.sh"
 ALL_IN_ONE = REPO / "deploy" / "jaeger" / "all-in-one.yaml"

@@ -20,7 +20,7 @@ import httpx
 import psutil
 import pytest
 
-from jaeger_ui import JaegerUI, SpanRow, missing_browser
+from support.jaeger_ui import JaegerUI, SpanRow, missing_browser
 from test_jaeger_e2e import JaegerSpan, find_spans, path_of, request_spans, wait_for
 from test_local_stack import kill_worker, lifetime_span, local_stack  # noqa: F401 (a fixture)
 

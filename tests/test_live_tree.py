@@ -29,8 +29,8 @@ import psutil
 import pytest
 
 from conftest import MATCH_TEST, REPO
-from jaeger_ui import JaegerUI, missing_browser
-from ports import free_ports
+from support.jaeger_ui import JaegerUI, missing_browser
+from support.ports import free_ports
 from test_correlation import APPS, app_env
 from test_jaeger_e2e import (
     DEMO, SERVER, Backend, JaegerSpan, demo_env, find_spans, get_json, instrument_command,

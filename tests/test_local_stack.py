@@ -20,7 +20,7 @@ import pytest
 
 from conftest import REPO, TEST_COMM
 from otelproc.kernel import pins
-from ports import free_ports
+from support.ports import free_ports
 from test_jaeger_e2e import SERVER, JaegerSpan, find_spans, flatten, path_of, request_spans, wait_for
 
 UP, DOWN = REPO / "deploy" / "local" / "up.sh", REPO / "deploy" / "local" / "down.sh"

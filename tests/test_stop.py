@@ -2,7 +2,7 @@
 
 Real `otelproc run` subprocesses, real spans of real processes (started by pytest,
 which no sidecar here tracks), real collectors: one that never answers, a port
-that refuses, and the OTLP receivers of otlp_receiver.py.
+that refuses, and the OTLP receivers of support/otlp_receiver.py.
 """
 
 from __future__ import annotations
