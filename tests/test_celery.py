@@ -21,7 +21,7 @@ import pytest
 from celery import Celery
 from celery.exceptions import TimeLimitExceeded
 
-from conftest import MATCH_TEST
+from support.subjects import MATCH_TEST
 from test_correlation import free_port, stop
 from test_prefork import assert_children_of, assert_each_names_its_worker, command, setup_env
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import PYTHON, REPO
+from support import PYTHON, REPO
 from unit.support import OTELPROC, assert_one_line_error, otelproc
 
 KEYS = {

@@ -9,7 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import MATCH_TEST, PYTHON, REPO, TEST_COMM
+from support import PYTHON, REPO
+from support.subjects import MATCH_TEST, TEST_COMM
 
 OTELPROC = [PYTHON, "-m", "otelproc"]
 NOTHING_KEPT = ("--match", TEST_COMM, "--adopt", "false", "--pin-dir", "", "--state-file", "")

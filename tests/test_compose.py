@@ -21,7 +21,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from conftest import REPO
+from support import REPO
 from otelproc.kernel import libbpf, pins
 from test_containers import build_stand_ins, require, run
 from test_jaeger_e2e import SERVER, STATUS_ERROR, JaegerSpan, find_spans, path_of, request_spans, wait_for

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MATCH_TEST, REPO
+from support import REPO
+from support.subjects import MATCH_TEST
 
 CAPABILITIES = "BPF,PERFMON,SYS_PTRACE,DAC_READ_SEARCH"  # docker-compose.yml's cap_add
 SECCOMP = REPO / "deploy" / "seccomp" / "otelproc.json"

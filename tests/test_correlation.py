@@ -15,7 +15,8 @@ import time
 import httpx
 import psutil
 
-from conftest import MATCH_TEST, REPO
+from support import REPO
+from support.subjects import MATCH_TEST
 
 APPS = REPO / "tests" / "apps"
 SERVER = 2  # SPAN_KIND_SERVER

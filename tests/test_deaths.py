@@ -20,7 +20,8 @@ import subprocess
 import httpx
 import psutil
 
-from conftest import MATCH_TEST, REPO
+from support import REPO
+from support.subjects import MATCH_TEST
 from otelproc.app.deaths import MESSAGE_LIMIT, STACKTRACE_LIMIT
 from support.ports import free_ports
 from test_jaeger_e2e import (  # noqa: F401 (backend is a fixture)

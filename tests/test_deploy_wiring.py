@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from conftest import REPO
+from support import REPO
 from otelproc.kernel.checks import CAP_NAMES, RUN_CAPS
 from otelproc.config import options_for
 from test_jaeger_e2e import ALL_IN_ONE, COLLECTOR_CONFIG, jaeger_binary

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from conftest import REPO
+from support import REPO
 from test_deploy_wiring import JAEGER_IMAGE_ENV, collector_config, compose_service, otlp_receiver
 from test_jaeger_e2e import jaeger_binary
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, TEST_COMM, proc_start_ticks, python_named
+from support import PYTHON, REPO
+from support.subjects import TEST_COMM, proc_start_ticks, python_named
 from test_run_spans import HOST_PIDNS, expected_ids
 
 QUIET = {"OTEL_METRICS_EXPORTER": "none"}

@@ -27,7 +27,8 @@ import httpx
 import psutil
 import pytest
 
-from conftest import MATCH_TEST, REPO
+from support import REPO
+from support.subjects import MATCH_TEST
 from support.ports import free_ports
 
 BUILD_SCRIPT = REPO / "deploy" / "jaeger" / "build.sh"

@@ -23,7 +23,9 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from conftest import PYTHON, REPO, TEST_COMM, PinRoot
+from support import PYTHON, REPO
+from support.sidecar import PinRoot
+from support.subjects import TEST_COMM
 
 KUBERNETES = REPO / "deploy" / "kubernetes"
 MANIFESTS = sorted(KUBERNETES.glob("*.yaml"))

@@ -28,7 +28,8 @@ import httpx
 import psutil
 import pytest
 
-from conftest import MATCH_TEST, REPO
+from support import REPO
+from support.subjects import MATCH_TEST
 from support.jaeger_ui import JaegerUI, missing_browser
 from support.ports import free_ports
 from test_correlation import APPS, app_env

@@ -18,7 +18,8 @@ import httpx
 import psutil
 import pytest
 
-from conftest import REPO, TEST_COMM
+from support import REPO
+from support.subjects import TEST_COMM
 from otelproc.kernel import pins
 from support.ports import free_ports
 from test_jaeger_e2e import SERVER, JaegerSpan, find_spans, flatten, path_of, request_spans, wait_for

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, TEST_COMM
+from support import PYTHON
+from support.subjects import TEST_COMM
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from typing import Iterator
 import httpx
 import pytest
 
-from conftest import MATCH_TEST, REPO
+from support import REPO
+from support.subjects import MATCH_TEST
 from support.opensearch_cluster import Cluster, Node, OpenSearchMissing
 from support.ports import free_ports
 from test_jaeger_e2e import JaegerProcess, JaegerSpan, find_spans, jaeger_binary, stop_process, wait_for

@@ -14,7 +14,8 @@ import subprocess
 import httpx
 import pytest
 
-from conftest import MATCH_TEST, REPO
+from support import REPO
+from support.subjects import MATCH_TEST
 from test_correlation import APPS, SERVER, app_env, free_port, stop, zero_code
 
 SETUPS = ("zero-code", "code")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MATCH_TEST, TEST_COMM, proc_start_ticks
+from support.subjects import MATCH_TEST, TEST_COMM, proc_start_ticks
 from test_run_spans import HOST_PIDNS, expected_ids, free_port
 from unit.support import QUIET, assert_one_line_error, run_with
 

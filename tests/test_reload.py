@@ -13,7 +13,7 @@ import time
 
 import httpx
 
-from conftest import MATCH_TEST
+from support.subjects import MATCH_TEST
 from test_correlation import APPS, SERVER, free_port, stop
 from test_prefork import assert_children_of, assert_each_names_its_worker, command, request_number, setup_env
 from test_sigterm import BATCH_DELAY_MS

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, TEST_COMM
+from support import PYTHON, REPO
+from support.subjects import TEST_COMM
 from otelproc.kernel import libbpf, pins
 from test_run_spans import HOST_PIDNS, expected_ids
 

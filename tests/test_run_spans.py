@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from conftest import MATCH_TEST, REPO, TEST_COMM, proc_start_ticks
+from support import REPO
+from support.subjects import MATCH_TEST, TEST_COMM, proc_start_ticks
 
 APPS = REPO / "tests" / "apps"
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text().strip()

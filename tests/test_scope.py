@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, TEST_COMM
+from support import PYTHON, REPO
+from support.subjects import TEST_COMM
 from otelproc.sidecar.cgroups import cgroup2_mount
 
 # Runs inside the new pid namespace: starts `otelproc events`, says "ready" once it is attached,

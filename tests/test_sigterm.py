@@ -17,7 +17,7 @@ import subprocess
 import psutil
 import pytest
 
-from conftest import MATCH_TEST
+from support.subjects import MATCH_TEST
 from test_correlation import APPS, SERVER, free_port, get_pids, stop
 from test_prefork import SETUPS, command, setup_env
 

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import MATCH_TEST
+from support.subjects import MATCH_TEST
 from otelproc.kernel import libbpf, pins
 from test_reliability import QUIET, run_all
 from test_run_spans import free_port

@@ -13,7 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import PYTHON, REPO, TEST_COMM
+from support import PYTHON, REPO
+from support.subjects import TEST_COMM
 from otelproc.kernel import pins
 from otelproc.kernel.probe import Probe, ProbeConfig
 from otelproc.matching import MatchRule

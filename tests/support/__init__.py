@@ -5,3 +5,14 @@ unit tests under tests/unit as for the kernel tests. No test module imports anot
 are in tests/conftest.py. Importing a module here needs no privilege and loads nothing into the
 kernel; bench/ imports ports.py and opensearch_cluster.py too (with tests/ on its sys.path).
 """
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+# The interpreter itself: `python3` on PATH may be a pyenv shim (a bash script) whose
+# helper processes would show up as events of their own.
+PYTHON = os.path.realpath(sys.executable)

@@ -1,0 +1,33 @@
+"""The processes the kernel tests watch: the name they run under, and what a test reads of them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from support import PYTHON
+
+# Processes the run tests spawn run a copy of PYTHON with a name of their own (test_python),
+# so that a sidecar matching only that name sees them and not the test runner. The name is
+# this session's own (15 bytes, the kernel's limit): another test session on the same host
+# runs its subjects under another, and a sidecar here never counts them.
+TEST_COMM = f"python-otp{os.getpid() % 100000:05d}"
+MATCH_TEST = ("--match", TEST_COMM, "--adopt", "false")
+
+
+def proc_start_ticks(pid: int) -> int:
+    """Field 22 of /proc/<pid>/stat; the command name (field 2) may hold spaces."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def python_named(directory: Path, name: str) -> str:
+    """PYTHON as an executable file named `name`: the kernel side matches the name of the file an exec
+    loads (symlinks resolved), so a symlink would not do. A copy in a venv (--copies) made in
+    `directory`, so that it finds its standard library and sees the installed packages."""
+    subprocess.run([PYTHON, "-m", "venv", "--copies", "--system-site-packages", "--without-pip", str(directory)],
+                   check=True)
+    python = directory / "bin" / name
+    (directory / "bin" / os.path.basename(PYTHON)).rename(python)
+    return str(python)
