@@ -11,7 +11,7 @@ import time
 import pytest
 
 from support import PYTHON, REPO
-from unit.support import OTELPROC, assert_one_line_error, otelproc
+from support.cli import OTELPROC, assert_one_line_error, otelproc
 
 KEYS = {
     "kind", "time", "pid", "ppid", "vpid", "tid", "uid", "gid", "comm", "exe", "argv", "start_time",

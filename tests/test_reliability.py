@@ -15,7 +15,7 @@ import pytest
 
 from support.subjects import MATCH_TEST, TEST_COMM, proc_start_ticks
 from test_run_spans import HOST_PIDNS, expected_ids, free_port
-from unit.support import QUIET, assert_one_line_error, run_with
+from support.cli import QUIET, assert_one_line_error, run_with
 
 
 

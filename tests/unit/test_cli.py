@@ -10,7 +10,7 @@ import os
 import pytest
 
 from otelproc.matching import EXE_NAME_MAX
-from unit.support import assert_one_line_error, otelproc, run_with
+from support.cli import assert_one_line_error, otelproc, run_with
 
 
 

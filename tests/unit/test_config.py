@@ -12,7 +12,7 @@ import pytest
 from otelproc import config
 from otelproc.config import ConfigError
 from otelproc.matching import EXE_NAME_MAX
-from unit.support import REPO
+from support import REPO
 
 
 def resolve(argv: list[str], env: dict[str, str]) -> config.Settings:

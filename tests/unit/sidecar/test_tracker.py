@@ -9,7 +9,7 @@ from otelproc.model import SignalSent
 from otelproc.otel.spans import SpanBuilder
 from otelproc.sidecar.owners import Owners
 from otelproc.sidecar.tracker import MAX_SIGNALS, Ended, Tracker
-from unit.support import event
+from support.events import event
 
 
 def test_reused_pid_is_two_processes():
