@@ -29,6 +29,8 @@ from support.sidecar import PinRoot, SidecarProcess
 from support.subjects import TEST_COMM, python_named
 
 if TYPE_CHECKING:
+    from support.jaeger import Backend
+    from support.local_stack import LocalStack
     from support.otlp_receiver import GrpcReceiver, HttpReceiver
 
     from otelproc.kernel.probe import ProbeConfig
@@ -225,3 +227,32 @@ def http_receiver() -> Iterator["HttpReceiver"]:
 def test_python(tmp_path_factory: pytest.TempPathFactory) -> str:
     """An interpreter whose executable file is named TEST_COMM; removed with pytest's other temporary files."""
     return python_named(tmp_path_factory.mktemp("venv"), TEST_COMM)
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator["Backend"]:
+    """Jaeger all-in-one and the Collector of collector-config.yaml in front of it, on loopback."""
+    from support.jaeger import running_backend
+
+    yield from running_backend(tmp_path)
+
+
+@pytest.fixture
+def local_stack(tmp_path: Path, test_python: str, pin_root: PinRoot) -> Iterator["LocalStack"]:
+    """deploy/local/up.sh and down.sh with the test's ports, directory and interpreter; brought down at
+    teardown, whatever the test did: what down.sh leaves is killed and the pin directory emptied."""
+    from support.local_stack import DOWN, LocalStack, running, sessions
+
+    stack = LocalStack(tmp_path / "stack", test_python, pin_root.new_dir())
+    try:
+        yield stack
+    finally:
+        for log in sorted(stack.dir.glob("*.log")):  # shown by pytest when the test fails
+            print(f"--- {log.name}", *log.read_text(errors="replace").splitlines()[-15:], sep="\n")
+        started = sessions(stack.dir)
+        if stack.env:
+            subprocess.run([str(DOWN)], env=stack.env, capture_output=True, timeout=300)
+        for process in started:  # ours (psutil checks the start time)
+            if running(process):
+                process.kill()
+        pin_root.remove(stack.pin_dir)

@@ -15,22 +15,20 @@ import re
 import subprocess
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from support import REPO
-from otelproc.kernel.checks import CAP_NAMES, RUN_CAPS
 from otelproc.config import options_for
-from test_jaeger_e2e import ALL_IN_ONE, COLLECTOR_CONFIG, jaeger_binary
-from test_jaeger_badger import BADGER
+from otelproc.kernel.checks import CAP_NAMES, RUN_CAPS
+from support import REPO
+from support.deploy import (
+    COMPOSE, JAEGER_IMAGE_ENV, collector_config, compose_service, expand, host_port, otlp_receiver,
+)
+from support.jaeger import ALL_IN_ONE, BADGER, COLLECTOR_CONFIG, jaeger_binary
 
-COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 KUBERNETES = [doc for f in sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))
               for doc in yaml.safe_load_all(f.read_text()) if doc]
-# Set by the Jaeger image itself (jaeger's cmd/jaeger/Dockerfile: ENV JAEGER_LISTEN_HOST=0.0.0.0).
-JAEGER_IMAGE_ENV = {"JAEGER_LISTEN_HOST": "0.0.0.0"}
 # Component types of the core distribution, otel/opentelemetry-collector (its manifest,
 # distributions/otelcol/manifest.yaml in opentelemetry-collector-releases: the same modules
 # from v0.140 to v0.159). otlp_grpc and otlp_http are the newer names of otlp and otlphttp.
@@ -44,35 +42,13 @@ CORE_COMPONENTS = {
 }
 RUN_CAP_NAMES = {CAP_NAMES[c].removeprefix("CAP_") for c in RUN_CAPS}
 BPFFS = "/sys/fs/bpf"  # where the deployments give otelproc the host's bpffs
-_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 # --- following the files --------------------------------------------------------------------
 
-def expand(text: str, env: dict[str, str]) -> str:
-    """The Collector's ${env:NAME:-default}, with `env` as the process environment."""
-    return _ENV_REF.sub(lambda m: env.get(m.group(1), m.group(2) or ""), text)
-
-
-def collector_config(path: Path, env: dict[str, str]) -> dict[str, Any]:
-    return yaml.safe_load(expand(path.read_text(), env))
-
-
-
 def k8s_collector_config() -> str:
     """The Collector config of deploy/kubernetes/collector.yaml's ConfigMap (the one its Deployment mounts)."""
     return k8s("ConfigMap", "otel-collector-config")["data"]["config.yaml"]
-
-def host_port(endpoint: str) -> tuple[str, int]:
-    """'http://collector:4317' or 'jaeger:4317' -> (host, port)."""
-    parts = urlsplit(endpoint if "://" in endpoint else "//" + endpoint)
-    assert parts.hostname and parts.port, f"{endpoint!r} names no host and port"
-    return parts.hostname, parts.port
-
-
-def otlp_receiver(config: dict[str, Any], protocol: str) -> tuple[str, int]:
-    """Where a config's otlp receiver listens for `protocol` (grpc or http)."""
-    return host_port(config["receivers"]["otlp"]["protocols"][protocol]["endpoint"])
 
 
 def otlp_protocol(env: dict[str, str]) -> str:
@@ -89,11 +65,6 @@ def otelproc_setting(name: str, env: dict[str, str], args: list[str]) -> str:
         if arg.startswith(option.flag + "="):
             return arg.split("=", 1)[1]
     return env.get(option.env, option.default)
-
-
-def compose_service(name: str) -> dict[str, Any]:
-    assert name in COMPOSE["services"], f"docker-compose.yml has no service {name!r}"
-    return COMPOSE["services"][name]
 
 
 def pid_owner(pid: str) -> str | None:

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from support import REPO
-from test_deploy_wiring import JAEGER_IMAGE_ENV, collector_config, compose_service, otlp_receiver
-from test_jaeger_e2e import jaeger_binary
+from support.deploy import JAEGER_IMAGE_ENV, collector_config, compose_service, otlp_receiver
+from support.jaeger import jaeger_binary
 
 OPENSEARCH_CONFIG = REPO / "deploy" / "jaeger" / "opensearch.yaml"
 OVERRIDE = yaml.safe_load((REPO / "docker-compose.opensearch.yml").read_text())

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from support import PYTHON, REPO
+from support.identity import HOST_PIDNS, expected_ids
 from support.subjects import TEST_COMM, proc_start_ticks, python_named
-from test_run_spans import HOST_PIDNS, expected_ids
 
 QUIET = {"OTEL_METRICS_EXPORTER": "none"}
 # Names no other test (nor another helper's) runs under: a tiny map or ring must hold only ours.

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import httpx
 
+from support.jaeger import ALL_IN_ONE, BADGER, jaeger_binary, stop_process, wait_for
 from support.ports import free_ports
-from test_jaeger_e2e import ALL_IN_ONE, REPO, jaeger_binary, stop_process, wait_for
 
-BADGER = REPO / "deploy" / "jaeger" / "badger.yaml"
 TRACE_ID, SPAN_ID = "5eed0f0b1e55ed5eed0f0b1e55ed5eed", "0b1e55ed5eed0f0b"
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -23,7 +22,8 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from support import PYTHON, REPO
+from support import REPO
+from support.ports import free_port
 from support.sidecar import PinRoot
 from support.subjects import TEST_COMM
 
@@ -163,11 +163,6 @@ def test_k8sattributes_finds_pods_by_container_id_and_may_read_what_it_needs():
 
 
 # --- podman kube play ---------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def podman(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:

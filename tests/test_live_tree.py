@@ -29,15 +29,14 @@ import psutil
 import pytest
 
 from support import REPO
-from support.subjects import MATCH_TEST
+from support.jaeger import (
+    DEMO, SERVER, Backend, JaegerSpan, demo_env, find_spans, get_json, instrument_command, running_backend,
+    search_by_tag, stop_server, wait_for,
+)
 from support.jaeger_ui import JaegerUI, missing_browser
 from support.ports import free_ports
-from test_correlation import APPS, app_env
-from test_jaeger_e2e import (
-    DEMO, SERVER, Backend, JaegerSpan, demo_env, find_spans, get_json, instrument_command,
-    running_backend, search_by_tag, stop_server, wait_for,
-)
-from test_prefork import ask
+from support.servers import APPS, app_env, ask
+from support.subjects import MATCH_TEST
 
 UI_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "otelproc" / "jaeger-ui-v1.76.0"
 BUILD_UI = REPO / "deploy" / "jaeger" / "build-ui.sh"

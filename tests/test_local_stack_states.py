@@ -20,7 +20,8 @@ from typing import Iterator
 import psutil
 import pytest
 
-from test_local_stack import DOWN, UP, running, sessions, stack_env
+from support.local_stack import DOWN, UP, running, sessions, stack_env
+
 
 STACK = ("jaeger", "collector", "otelproc", "demo")  # up.sh's start order
 

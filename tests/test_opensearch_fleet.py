@@ -21,10 +21,10 @@ import httpx
 import pytest
 
 from support import REPO
-from support.subjects import MATCH_TEST
+from support.jaeger import JaegerProcess, JaegerSpan, find_spans, jaeger_binary, stop_process, wait_for
 from support.opensearch_cluster import Cluster, Node, OpenSearchMissing
 from support.ports import free_ports
-from test_jaeger_e2e import JaegerProcess, JaegerSpan, find_spans, jaeger_binary, stop_process, wait_for
+from support.subjects import MATCH_TEST
 
 OPENSEARCH_CONFIG = REPO / "deploy" / "jaeger" / "opensearch.yaml"
 SERVICE = "fleet-test"

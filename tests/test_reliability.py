@@ -13,21 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from support.subjects import MATCH_TEST, TEST_COMM, proc_start_ticks
-from test_run_spans import HOST_PIDNS, expected_ids, free_port
 from support.cli import QUIET, assert_one_line_error, run_with
-
-
-
-def spawn(test_python: str, *args: str, **kwargs: object) -> subprocess.Popen:
-    return subprocess.Popen([test_python, "-c", *args], **kwargs)
-
-
-def run_all(test_python: str, n: int, tag: str) -> list[int]:
-    children = [spawn(test_python, "pass", tag) for _ in range(n)]
-    for child in children:
-        assert child.wait(30) == 0
-    return [c.pid for c in children]
+from support.identity import HOST_PIDNS, expected_ids
+from support.ports import free_port
+from support.subjects import MATCH_TEST, TEST_COMM, proc_start_ticks, run_all, spawn
 
 
 def summary(side) -> dict[str, int]:

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from support import PYTHON, REPO
-from support.subjects import TEST_COMM
 from otelproc.kernel import libbpf, pins
-from test_run_spans import HOST_PIDNS, expected_ids
+from support import PYTHON, REPO
+from support.identity import HOST_PIDNS, expected_ids
+from support.subjects import TEST_COMM, ended_at, spawn, waiting
 
 QUIET = {"OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "200"}
-WAITING = "import sys; sys.stdin.read(); sys.exit(int(sys.argv[1]))"
 
 
 def proc_ticks(span) -> int:
@@ -36,21 +35,6 @@ def proc_ticks(span) -> int:
 def lifetime_span_id(key: str) -> str:
     """The lifetime span id of a process that had a 'started' span (docs/spans.md), written out independently."""
     return hashlib.sha256(b"otelproc lifetime " + key.encode()).digest()[:8].hex()
-
-
-def spawn(test_python: str, code: str, *args: str, **kwargs: object) -> subprocess.Popen:
-    return subprocess.Popen([test_python, "-c", code, *args], **kwargs)
-
-
-def waiting(test_python: str, exit_status: int) -> subprocess.Popen:
-    """A subject that runs until its stdin closes, then exits with exit_status."""
-    return spawn(test_python, WAITING, str(exit_status), stdin=subprocess.PIPE)
-
-
-def ended_at(child: subprocess.Popen) -> int:
-    """Lets a waiting subject exit; returns (about) when it did, in Unix ns."""
-    child.communicate(b"")
-    return time.time_ns()
 
 
 class Storm:

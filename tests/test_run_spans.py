@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import socket
@@ -14,28 +13,13 @@ import httpx
 import psutil
 
 from support import REPO
+from support.identity import HOST_PIDNS, expected_ids
+from support.ports import free_port
 from support.subjects import MATCH_TEST, TEST_COMM, proc_start_ticks
 
 APPS = REPO / "tests" / "apps"
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-HOST_PIDNS = os.stat("/proc/self/ns/pid").st_ino
 CARRIER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CARRIER_SPAN = "b7ad6b7169203331"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def expected_ids(pidns: int, vpid: int, ticks: int) -> tuple[str, str]:
-    """The identity scheme of otelproc/identity.py, written out independently."""
-    key = f"{BOOT_ID}/{pidns}/{vpid}/{ticks}".encode()
-    return (
-        hashlib.sha256(b"otelproc trace " + key).digest()[:16].hex(),
-        hashlib.sha256(b"otelproc span " + key).digest()[:8].hex(),
-    )
 
 
 def test_uvicorn_master_and_workers_form_one_trace(sidecar, grpc_receiver, test_python):

@@ -17,10 +17,10 @@ from typing import Iterator
 
 import pytest
 
-from support.subjects import MATCH_TEST
 from otelproc.kernel import libbpf, pins
-from test_reliability import QUIET, run_all
-from test_run_spans import free_port
+from support.cli import QUIET
+from support.ports import free_port
+from support.subjects import MATCH_TEST, run_all
 
 STOP_TIMEOUT = 3.0
 MARGIN = 1.5  # a Python process's exit, and the test's own clock

@@ -13,13 +13,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from support import PYTHON, REPO
-from support.subjects import TEST_COMM
 from otelproc.kernel import pins
 from otelproc.kernel.probe import Probe, ProbeConfig
 from otelproc.matching import MatchRule
-from test_restart import QUIET, ended_at, spawn, waiting
+from support import PYTHON, REPO
+from support.subjects import TEST_COMM, ended_at, spawn, waiting
 
+QUIET = {"OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "200"}
 LIMIT_S = 3
 EXITS = "import sys; sys.exit(int(sys.argv[1]))"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 from support import PYTHON
@@ -14,6 +15,7 @@ from support import PYTHON
 # runs its subjects under another, and a sidecar here never counts them.
 TEST_COMM = f"python-otp{os.getpid() % 100000:05d}"
 MATCH_TEST = ("--match", TEST_COMM, "--adopt", "false")
+WAITING = "import sys; sys.stdin.read(); sys.exit(int(sys.argv[1]))"
 
 
 def proc_start_ticks(pid: int) -> int:
@@ -31,3 +33,26 @@ def python_named(directory: Path, name: str) -> str:
     python = directory / "bin" / name
     (directory / "bin" / os.path.basename(PYTHON)).rename(python)
     return str(python)
+
+
+def spawn(test_python: str, code: str, *args: str, **kwargs: object) -> subprocess.Popen:
+    return subprocess.Popen([test_python, "-c", code, *args], **kwargs)
+
+
+def waiting(test_python: str, exit_status: int) -> subprocess.Popen:
+    """A subject that runs until its stdin closes, then exits with exit_status."""
+    return spawn(test_python, WAITING, str(exit_status), stdin=subprocess.PIPE)
+
+
+def ended_at(child: subprocess.Popen) -> int:
+    """Lets a waiting subject exit; returns (about) when it did, in Unix ns."""
+    child.communicate(b"")
+    return time.time_ns()
+
+
+def run_all(test_python: str, n: int, tag: str) -> list[int]:
+    """n subjects that do nothing (tag: their one argument), each run to its end; their pids."""
+    children = [spawn(test_python, "pass", tag) for _ in range(n)]
+    for child in children:
+        assert child.wait(30) == 0
+    return [c.pid for c in children]
