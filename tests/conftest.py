@@ -26,7 +26,7 @@ from otelproc.config import parse_match
 from otelproc.model import ProcessEvent
 from support import REPO
 from support.sidecar import PinRoot, SidecarProcess
-from support.subjects import TEST_COMM, python_named
+from support.subjects import LONE_COMM, TEST_COMM, python_named
 
 if TYPE_CHECKING:
     from support.jaeger import Backend
@@ -221,6 +221,12 @@ def http_receiver() -> Iterator["HttpReceiver"]:
         yield receiver
     finally:
         receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def lone_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An interpreter whose executable file is named LONE_COMM, which no other test's subjects run under."""
+    return python_named(tmp_path_factory.mktemp("venv"), LONE_COMM)
 
 
 @pytest.fixture(scope="session")

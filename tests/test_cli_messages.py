@@ -9,7 +9,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from support import PYTHON, REPO
+from support.cli import assert_one_line_error, run_with
 from support.subjects import MATCH_TEST, TEST_COMM
 
 OTELPROC = [PYTHON, "-m", "otelproc"]
@@ -164,3 +167,10 @@ def test_detach_without_a_pin_directory_says_so():
     result = otelproc("detach", "--pin-dir", "", "--state-file", "")
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == ["otelproc: nothing pinned (no --pin-dir: otelproc pins nothing)"]
+
+
+# The settings otelproc refuses before it looks at its privileges are tests/unit/test_cli.py's;
+# a state file it cannot write is found only once it holds them.
+@pytest.mark.parametrize("bad", [("--state-file", "/proc/nope/state.json")])
+def test_bad_configuration_is_one_line(bad):
+    assert_one_line_error(run_with(*bad), bad[0])

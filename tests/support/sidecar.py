@@ -149,3 +149,10 @@ class SidecarProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(30)
+
+
+def summary(side) -> dict[str, int]:
+    """The counters of otelproc's last log line: 'stopped; ... dropped: export_failed=3, ...'."""
+    line = side.wait_line("stopped;")
+    dropped = line.split("dropped: ", 1)[1].split(";")[0]
+    return {} if dropped == "none" else {k: int(v) for k, v in (item.split("=") for item in dropped.split(", "))}

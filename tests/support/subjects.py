@@ -15,6 +15,9 @@ from support import PYTHON
 # runs its subjects under another, and a sidecar here never counts them.
 TEST_COMM = f"python-otp{os.getpid() % 100000:05d}"
 MATCH_TEST = ("--match", TEST_COMM, "--adopt", "false")
+# A name no other test's subjects (nor a helper of theirs) run under, for the tests that fill a tiny ring
+# buffer or map: it must hold only theirs. Named like python: a span is named after the script it runs.
+LONE_COMM = "python-lone"
 WAITING = "import sys; sys.stdin.read(); sys.exit(int(sys.argv[1]))"
 
 
@@ -56,3 +59,18 @@ def run_all(test_python: str, n: int, tag: str) -> list[int]:
     for child in children:
         assert child.wait(30) == 0
     return [c.pid for c in children]
+
+
+def until_finished(python: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A subject that runs until its stdin is closed (finish)."""
+    return subprocess.Popen([python, "-c", "import sys; sys.stdin.read()", *args], stdin=subprocess.PIPE,
+                            env=env if env is not None else {"PATH": "/usr/bin:/bin"})
+
+
+def finish(*children: subprocess.Popen) -> None:
+    """Closes each subject's stdin, then waits for them all."""
+    for child in children:
+        if child.poll() is None:
+            child.stdin.close()
+    for child in children:
+        child.wait(30)

@@ -31,7 +31,7 @@ def test_malformed_match_list_from_environment():
 
 
 
-# (A state file otelproc cannot write is found once it holds its privileges: tests/test_reliability.py.)
+# (A state file otelproc cannot write is found once it holds its privileges: tests/test_cli_messages.py.)
 @pytest.mark.parametrize("bad", [
     ("--sweep-interval", "0"), ("--health-port", "70000"), ("--exporter", "zipkin"), ("--otlp-protocol", "thrift"),
 ])
