@@ -29,6 +29,7 @@ ALL_IN_ONE = REPO / "deploy" / "jaeger" / "all-in-one.yaml"
 COLLECTOR_CONFIG = REPO / "collector-config.yaml"
 DEMO = REPO / "demo"
 BADGER = REPO / "deploy" / "jaeger" / "badger.yaml"
+OPENSEARCH_CONFIG = REPO / "deploy" / "jaeger" / "opensearch.yaml"
 SERVER, STATUS_OK, STATUS_ERROR = 2, 1, 2  # OTLP's SpanKind and StatusCode numbers
 T = TypeVar("T")
 
