@@ -144,7 +144,7 @@ def test_down_after_a_component_died_stops_the_rest(stack, component):
     os.kill(victim, signal.SIGTERM)
     if left := gone(session, 30):
         end(left, signal.SIGKILL, 10)
-    assert not [p for p in session if running(p)]
+    assert not [p for p in session if running(p)], f"{component}'s session still runs after SIGTERM and SIGKILL"
     reaped(session, 10)  # an empty session, as where init reaps at once (this VM's reaps zombies late)
 
     # up.sh meanwhile neither starts a second stack nor dead-ends: it names the command that helps.
@@ -190,7 +190,7 @@ def test_up_after_the_whole_stack_died_cleans_up_and_starts(stack):
     started = start(stack)
     pids = {name: stack.pid(name) for name in STACK}
     assert end(started, signal.SIGKILL, 10) == []  # a crash of everything: pid files and the pinned probe stay
-    assert stack.pinned()
+    assert stack.pinned(), "the crash leaves otelproc's probe pinned"
 
     again = stack.up()
     assert again.returncode == 0, output(again)

@@ -70,7 +70,7 @@ def test_sigterm_leaves_the_probe_pinned(sidecar):
     pin_dir = side.env["OTELPROC_PIN_DIR"]
     ids = prog_ids(pin_dir)
     assert stop_with(side, signal.SIGTERM)[0] == 0
-    assert prog_ids(pin_dir) == ids and all(libbpf.prog_exists(i) for i in ids)
+    assert prog_ids(pin_dir) == ids and all(libbpf.prog_exists(i) for i in ids), "the probe stays pinned and loaded"
     line = side.wait_line("stopped;")
     assert "the probe stays pinned" in line and "`otelproc detach` removes it" in line  # the fixture does
 
@@ -80,7 +80,7 @@ def test_ctrl_c_with_keep_probe_leaves_it_pinned(sidecar):
     pin_dir, state_file = side.env["OTELPROC_PIN_DIR"], Path(side.env["OTELPROC_STATE_FILE"])
     ids = prog_ids(pin_dir)
     assert stop_with(side, signal.SIGINT)[0] == 0
-    assert prog_ids(pin_dir) == ids and all(libbpf.prog_exists(i) for i in ids)
+    assert prog_ids(pin_dir) == ids and all(libbpf.prog_exists(i) for i in ids), "the probe stays pinned and loaded"
     assert state_file.exists()
     assert "the probe stays pinned" in side.wait_line("stopped;")
 

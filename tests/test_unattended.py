@@ -69,7 +69,8 @@ def test_an_unread_probe_records_no_new_lifetime_past_the_limit(sidecar, grpc_re
     assert "otelproc.end.approximate" not in span.attributes, "its exit was recorded while nobody read"
     assert abs(span.end_ns - tracked_end) < 500_000_000
     time.sleep(1.5)  # a span of the second batch, were there one, would be here by now
-    assert not [p for p in missed if grpc_receiver.of_pid(p) or grpc_receiver.of_pid(p, "started")]
+    recorded = [p for p in missed if grpc_receiver.of_pid(p) or grpc_receiver.of_pid(p, "started")]
+    assert not recorded, f"lifetimes begun past the limit were recorded: pids {recorded}"
     assert second.stop() == 0
     assert "unattended=3" in second.wait_line("stopped;"), "counted among the drops"
 

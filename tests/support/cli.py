@@ -24,9 +24,9 @@ def run_with(*setting: str) -> subprocess.CompletedProcess:
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
     """What every refusal looks like: exit 2, one line on stderr naming what is wrong, no traceback."""
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 2, f"exit status {result.returncode}, not 2 (a refusal): {result.stderr}"
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in lines[0]
+    assert len(lines) == 1, f"{len(lines)} lines on stderr, not one: {result.stderr}"
+    assert "Traceback" not in result.stderr, f"a traceback: {result.stderr}"
+    unnamed = [word for word in words if word not in lines[0]]
+    assert not unnamed, f"the line does not name {', '.join(unnamed)}: {lines[0]}"
