@@ -46,13 +46,13 @@ def test_a_second_run_on_one_pin_dir_names_the_first(sidecar):
 def test_a_wrong_protocol_lists_the_choices_and_names_where_it_came_from():
     assert error_line(otelproc("run", "--otlp-protocol", "http")) == \
         "otelproc: error: --otlp-protocol: 'http': choose one of grpc, http/protobuf"
-    # The SDK's variable, read when no flag says which exporter (it used to be a KeyError traceback).
+    # The SDK's variable, read when no flag says which exporter: refused in one line, as the flag is.
     assert error_line(otelproc("run", *NOTHING_KEPT, env={"OTEL_EXPORTER_OTLP_PROTOCOL": "http"})) == \
         "otelproc: error: OTEL_EXPORTER_OTLP_PROTOCOL: 'http': choose one of grpc, http/protobuf"
 
 
 def test_a_traces_exporter_otelproc_does_not_have_is_refused_not_ignored():
-    # It used to fall back to auto without a word: a user asking for zipkin got the console.
+    # Refused, not ignored: auto in its place would give a user who asked for zipkin the console.
     assert error_line(otelproc("run", *NOTHING_KEPT, env={"OTEL_TRACES_EXPORTER": "zipkin"})) == \
         "otelproc: error: OTEL_TRACES_EXPORTER: 'zipkin': choose one of auto, otlp, console, console-json"
     # Checked as the flag is: the same choices, in the same words.

@@ -1,4 +1,4 @@
-"""deploy/jaeger/badger.yaml's retention: a span is found, then, JAEGER_RETENTION later, no longer.
+"""deploy/jaeger/badger.yaml's retention: a span is found, and JAEGER_RETENTION later it is gone.
 
 Jaeger all-in-one with badger.yaml given after it (as deploy/local/up.sh runs it), its files in the
 test's directory; one span sent over OTLP/HTTP, read back from the query API. (That the traces

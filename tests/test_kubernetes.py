@@ -173,7 +173,7 @@ def podman(*args: str, env: dict[str, str] | None = None, timeout: float = 300) 
 @pytest.fixture(scope="session")
 def images() -> None:
     """otelproc:latest and otelproc-demo:latest built from the repository's Dockerfiles, on the stand-in bases."""
-    assert IMAGES_SCRIPT.exists(), f"{IMAGES_SCRIPT} builds the stand-in base images (issue 19, item 1)"
+    assert IMAGES_SCRIPT.exists(), f"{IMAGES_SCRIPT} builds the stand-in base images"
     subprocess.run([str(IMAGES_SCRIPT), "debian:bookworm-slim", "python:3.11-slim-bookworm"], check=True)
     for tag, dockerfile in (("otelproc:latest", "Dockerfile"), ("otelproc-demo:latest", "demo/Dockerfile")):
         result = podman("build", "-q", "-t", tag, "-f", dockerfile, str(REPO), timeout=900)
@@ -241,7 +241,7 @@ class Played:
         self.path.write_text(yaml.safe_dump(manifest))
         self.pod = pod
         self.env = env
-        assert (SECCOMP_DIR / SECCOMP_PROFILE).exists(), "deploy/seccomp/otelproc.json (issue 19, item 5)"
+        assert (SECCOMP_DIR / SECCOMP_PROFILE).exists(), "deploy/seccomp/otelproc.json, the seccomp profile the manifests name"
         result = podman("kube", "play", "--replace", "--seccomp-profile-root", str(SECCOMP_DIR), str(self.path), env=env)
         assert result.returncode == 0, result.stderr
 

@@ -1,4 +1,4 @@
-"""The local stack's partial states (issue 21): a component that died before down.sh, a start that
+"""The local stack's partial states: a component that died before down.sh, a start that
 fails half way, an earlier stack that ended without down.sh. From each, down.sh and up.sh find the
 way out on their own or name the command that does, say what they did, and leave nothing of the
 stack running and no probe pinned.

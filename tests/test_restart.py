@@ -63,7 +63,8 @@ class Storm:
         return self.exits
 
 
-# What the probe's maps and programs were called before every name began with otelproc.
+# The names an older otelproc gave the probe's maps and programs, not all beginning with otelproc: the
+# upgrade test's old version (old_otelproc) uses them.
 NAMES_BEFORE = {
     "otelproc_exec": "handle_exec", "otelproc_fork": "handle_fork", "otelproc_exit": "handle_exit",
     "otelproc_signal": "handle_signal", "otelproc_oom": "handle_oom_victim", "otelproc_match": "match_exe_names",

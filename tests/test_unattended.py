@@ -90,8 +90,9 @@ def test_a_probe_that_is_read_skips_nothing_past_the_limit(sidecar, grpc_receive
 
 
 def test_a_probe_older_than_the_limit_is_taken_over_without_one(pin_root, tmp_path):
-    """A probe pinned by the otelproc before this change (no reader map, two lost counters) is taken
-    over: its counters read as far as it has them, and nothing said about a limit it never had."""
+    """A probe pinned by an otelproc without the unattended limit (commit effee35: no reader map, two lost
+    counters) is taken over: its counters read as far as it has them, and nothing said about a limit it
+    never had."""
     subprocess.run(f"git -C {REPO} archive effee35 otelproc | tar -x -C {tmp_path}", shell=True, check=True)
     pin_dir = Path(pin_root.new_dir())
     pin_old = (f"from otelproc.kernel.probe import Probe, ProbeConfig; from otelproc.matching import MatchRule; "

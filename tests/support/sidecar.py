@@ -18,7 +18,7 @@ BPFFS_PREFIX = "otelproc-bpffs-"  # + the pid of the test session that mounted i
 
 def sweep_killed_sessions() -> None:
     """A session killed before its teardown (SIGKILL, a timeout) leaves its bpffs mounted and the probes
-    pinned there attached: the next session removes them, for a session whose pid no longer runs."""
+    pinned there attached: the next session removes them, for a session whose process has ended."""
     from otelproc.kernel import pins
 
     for mount in Path(tempfile.gettempdir()).glob(BPFFS_PREFIX + "*"):

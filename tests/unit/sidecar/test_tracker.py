@@ -95,7 +95,7 @@ def test_signals_kept_per_process_are_bounded_and_become_span_events():
 
 
 def test_a_process_that_execs_in_a_loop_keeps_a_bounded_history():
-    """Item 10: execs beyond the span event limit are let go (and counted), not kept forever."""
+    """Execs beyond the span event limit are let go (and counted), not kept forever."""
     from otelproc.clock import BootClock
     from otelproc.kernel.decoder import decode, default_layout  # the shipped object's layout, from its BTF
 
