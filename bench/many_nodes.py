@@ -8,7 +8,7 @@ and a pin directory of its own in a bpffs the benchmark mounts for itself. The n
 is the storm driver entered into that namespace (nsenter), running `otpbench` at a steady rate.
 Every agent exports OTLP/gRPC to one Collector (the Jaeger binary of deploy/jaeger/build.sh with
 collector-config.yaml), which sends to Jaeger (deploy/jaeger/opensearch.yaml), which writes to a
-three-node OpenSearch cluster on loopback (tests/opensearch_cluster.py; deploy/opensearch/fetch.sh).
+three-node OpenSearch cluster on loopback (tests/support/opensearch_cluster.py; deploy/opensearch/fetch.sh).
 
 The count is taken in OpenSearch itself (Jaeger's span documents): every lifetime of every node
 exactly once, each under its node's host.name. CPU time of every process of the chain (each
@@ -36,8 +36,8 @@ import common
 from common import Otelproc, Table, Target
 
 sys.path.insert(0, str(common.REPO / "tests"))  # the OpenSearch cluster the fleet test stands on, and free ports
-from opensearch_cluster import Cluster, OpenSearchMissing  # noqa: E402
-from ports import free_ports  # noqa: E402
+from support.opensearch_cluster import Cluster, OpenSearchMissing  # noqa: E402
+from support.ports import free_ports  # noqa: E402
 
 JAEGER_BUILD = common.REPO / "deploy" / "jaeger" / "build.sh"
 JAEGER_CONFIG = common.REPO / "deploy" / "jaeger" / "opensearch.yaml"

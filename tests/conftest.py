@@ -10,38 +10,32 @@ probe imports it when it runs.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
+# The helpers in tests/support assert too: their failures say what differs, as a test's do.
+pytest.register_assert_rewrite("support")
+
 from otelproc.clock import BootClock
 from otelproc.config import parse_match
 from otelproc.model import ProcessEvent
+from support import REPO
+from support.sidecar import PinRoot, SidecarProcess
+from support.subjects import LONE_COMM, TEST_COMM, python_named
 
 if TYPE_CHECKING:
-    from otlp_receiver import GrpcReceiver, HttpReceiver
+    from support.jaeger import Backend
+    from support.local_stack import LocalStack
+    from support.otlp_receiver import GrpcReceiver, HttpReceiver
 
     from otelproc.kernel.probe import ProbeConfig
 
-# The interpreter itself: `python3` on PATH may be a pyenv shim (a bash script) whose
-# helper processes would show up as events of their own.
-PYTHON = os.path.realpath(sys.executable)
-REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "tests" / "unit"  # tests that need no privilege, no kernel BTF and no BPF load
-# Processes the run tests spawn run a copy of PYTHON with a name of their own (test_python),
-# so that a sidecar matching only that name sees them and not the test runner. The name is
-# this session's own (15 bytes, the kernel's limit): another test session on the same host
-# runs its subjects under another, and a sidecar here never counts them.
-TEST_COMM = f"python-otp{os.getpid() % 100000:05d}"
-MATCH_TEST = ("--match", TEST_COMM, "--adopt", "false")
 
 
 def is_kernel_test(item: pytest.Item) -> bool:
@@ -62,90 +56,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if problems:
         pytest.exit("the kernel tests need " + " and ".join(problems) + "; they do not skip."
                     " The unit tests need neither: python3 -m pytest tests/unit", returncode=3)
-
-
-BPFFS_PREFIX = "otelproc-bpffs-"  # + the pid of the test session that mounted it
-
-
-def sweep_killed_sessions() -> None:
-    """A session killed before its teardown (SIGKILL, a timeout) leaves its bpffs mounted and the probes
-    pinned there attached: the next session removes them, for a session whose pid no longer runs."""
-    from otelproc.kernel import pins
-
-    for mount in Path(tempfile.gettempdir()).glob(BPFFS_PREFIX + "*"):
-        pid = mount.name[len(BPFFS_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
-            continue
-        if pins.on_bpffs(mount):
-            for pin_dir in (d for d in mount.iterdir() if d.is_dir()):
-                pins.remove_all(pin_dir)
-            subprocess.run(["umount", "-l", str(mount)], check=False)
-        os.rmdir(mount)
-
-
-class PinRoot:
-    """A bpffs of the test session's own (a tmp mount), so no test touches /sys/fs/bpf/otelproc.
-
-    Every sidecar pins under a directory of its own here. At the end of the
-    session nothing may be left: no pin, no program of a pin still loaded, and
-    no /sys/fs/bpf/otelproc that was not there before.
-    """
-
-    def __init__(self) -> None:
-        from otelproc.kernel import libbpf, pins
-
-        sweep_killed_sessions()
-        self.path: Path | None = Path(tempfile.mkdtemp(prefix=f"{BPFFS_PREFIX}{os.getpid()}-"))
-        self.prog_ids: set[int] = set()
-        self.production_existed = Path(pins.BPFFS_ROOT, "otelproc").exists()
-        try:
-            libbpf.mount_bpffs(str(self.path))
-        except OSError:  # no CAP_SYS_ADMIN (the least-privilege run): the sidecars do not pin
-            os.rmdir(self.path)
-            self.path = None
-
-    def new_dir(self) -> str:
-        """A pin directory for one sidecar (or two that share it); "" (no pinning) without a bpffs."""
-        return "" if self.path is None else str(self.path / uuid.uuid4().hex[:12])
-
-    def note(self, pin_dir: str | os.PathLike) -> None:
-        """Remembers the programs pinned in pin_dir, to check at the end that they are gone."""
-        from otelproc.kernel import pins
-
-        for probe_dir in pins.probes(Path(pin_dir)):
-            try:
-                self.prog_ids.update(pins.prog_ids(probe_dir))
-            except OSError:
-                pass
-
-    def remove(self, pin_dir: str | os.PathLike) -> None:
-        """What `otelproc detach` does, for a teardown that must not fail half way."""
-        from otelproc.kernel import pins
-
-        if pin_dir:
-            self.note(pin_dir)
-            pins.remove_all(Path(pin_dir))
-
-    def leftovers(self) -> list[str]:
-        from otelproc.kernel import libbpf, pins
-
-        found = []
-        if self.path is not None:
-            for probe_dir in sorted(self.path.glob("*/*")):
-                found.append(f"pinned probe left: {probe_dir} ({', '.join(p.name for p in probe_dir.iterdir())})")
-                self.remove(probe_dir.parent)
-        time.sleep(0.1)  # a link is released after its last reference, through RCU
-        found += [f"BPF program {i} of a test's pinned probe is still loaded" for i in sorted(self.prog_ids)
-                  if libbpf.prog_exists(i)]
-        if not self.production_existed and Path(pins.BPFFS_ROOT, "otelproc").exists():
-            found.append(f"a test pinned in {pins.BPFFS_ROOT}/otelproc, the production default")
-        return found
-
-    def close(self) -> None:
-        if self.path is not None:
-            subprocess.run(["umount", "-l", str(self.path)], check=False)
-            os.rmdir(self.path)
-            self.path = None
 
 
 @pytest.fixture(scope="session")
@@ -240,66 +150,6 @@ def kernel_events() -> Iterator[Callable[..., EventCollector]]:
             collector.close()
 
 
-def proc_start_ticks(pid: int) -> int:
-    """Field 22 of /proc/<pid>/stat; the command name (field 2) may hold spaces."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-class SidecarProcess:
-    """`otelproc run` as a real subprocess; its stderr is collected line by line."""
-
-    def __init__(self, args: list[str], env: dict[str, str], command: list[str] | None = None,
-                 cwd: Path = REPO) -> None:
-        self.args = args
-        self.env = env
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self.proc = subprocess.Popen(
-            command or [PYTHON, "-m", "otelproc", "run", *args],
-            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True).start()
-        self.stdout_lines: list[str] = []
-        threading.Thread(target=self._read_stdout, daemon=True).start()
-        self.wait_line("ready;", timeout=30)  # attached, done adopting, /readyz answers 200
-
-    def _read(self, stream) -> None:
-        for line in stream:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-
-    def _read_stdout(self) -> None:
-        for line in self.proc.stdout:
-            self.stdout_lines.append(line)
-
-    def wait_line(self, needle: str, timeout: float = 15.0) -> str:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self.lines:
-                    if needle in line:
-                        return line
-                if self.proc.poll() is not None and needle not in "".join(self.lines):
-                    time.sleep(0.2)  # let the reader thread catch the last lines
-                    raise AssertionError(f"otelproc exited {self.proc.returncode}: {self.lines}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"no {needle!r} from otelproc in {timeout} s: {self.lines}")
-                self._cond.wait(min(left, 0.2))
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(30)
-
-
 def sidecar_env(tmp_path_factory: pytest.TempPathFactory, pin_root: PinRoot) -> dict[str, str]:
     """The environment of a test's `otelproc run`: no OTEL_*/OTELPROC_* of the caller's, a state
     file and a pin directory of its own (under the session's bpffs)."""
@@ -353,7 +203,7 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory, pin_root: PinRoot) -> Iter
 
 @pytest.fixture
 def grpc_receiver() -> Iterator["GrpcReceiver"]:
-    from otlp_receiver import GrpcReceiver
+    from support.otlp_receiver import GrpcReceiver
 
     receiver = GrpcReceiver()
     try:
@@ -364,7 +214,7 @@ def grpc_receiver() -> Iterator["GrpcReceiver"]:
 
 @pytest.fixture
 def http_receiver() -> Iterator["HttpReceiver"]:
-    from otlp_receiver import HttpReceiver
+    from support.otlp_receiver import HttpReceiver
 
     receiver = HttpReceiver()
     try:
@@ -373,18 +223,42 @@ def http_receiver() -> Iterator["HttpReceiver"]:
         receiver.stop()
 
 
-def python_named(directory: Path, name: str) -> str:
-    """PYTHON as an executable file named `name`: the kernel side matches the name of the file an exec
-    loads (symlinks resolved), so a symlink would not do. A copy in a venv (--copies) made in
-    `directory`, so that it finds its standard library and sees the installed packages."""
-    subprocess.run([PYTHON, "-m", "venv", "--copies", "--system-site-packages", "--without-pip", str(directory)],
-                   check=True)
-    python = directory / "bin" / name
-    (directory / "bin" / os.path.basename(PYTHON)).rename(python)
-    return str(python)
+@pytest.fixture(scope="module")
+def lone_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An interpreter whose executable file is named LONE_COMM, which no other test's subjects run under."""
+    return python_named(tmp_path_factory.mktemp("venv"), LONE_COMM)
 
 
 @pytest.fixture(scope="session")
 def test_python(tmp_path_factory: pytest.TempPathFactory) -> str:
     """An interpreter whose executable file is named TEST_COMM; removed with pytest's other temporary files."""
     return python_named(tmp_path_factory.mktemp("venv"), TEST_COMM)
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator["Backend"]:
+    """Jaeger all-in-one and the Collector of collector-config.yaml in front of it, on loopback."""
+    from support.jaeger import running_backend
+
+    yield from running_backend(tmp_path)
+
+
+@pytest.fixture
+def local_stack(tmp_path: Path, test_python: str, pin_root: PinRoot) -> Iterator["LocalStack"]:
+    """deploy/local/up.sh and down.sh with the test's ports, directory and interpreter; brought down at
+    teardown, whatever the test did: what down.sh leaves is killed and the pin directory emptied."""
+    from support.local_stack import DOWN, LocalStack, running, sessions
+
+    stack = LocalStack(tmp_path / "stack", test_python, pin_root.new_dir())
+    try:
+        yield stack
+    finally:
+        for log in sorted(stack.dir.glob("*.log")):  # shown by pytest when the test fails
+            print(f"--- {log.name}", *log.read_text(errors="replace").splitlines()[-15:], sep="\n")
+        started = sessions(stack.dir)
+        if stack.env:
+            subprocess.run([str(DOWN)], env=stack.env, capture_output=True, timeout=300)
+        for process in started:  # ours (psutil checks the start time)
+            if running(process):
+                process.kill()
+        pin_root.remove(stack.pin_dir)

@@ -7,7 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import MATCH_TEST
+from support.subjects import MATCH_TEST
 from otelproc.kernel import pins
 
 

@@ -21,9 +21,9 @@ import pytest
 from celery import Celery
 from celery.exceptions import TimeLimitExceeded
 
-from conftest import MATCH_TEST
-from test_correlation import free_port, stop
-from test_prefork import assert_children_of, assert_each_names_its_worker, command, setup_env
+from support.ports import free_port
+from support.servers import assert_children_of, assert_each_names_its_worker, command, setup_env, stop
+from support.subjects import MATCH_TEST
 
 TASK_SPAN = "run/celery_tasks.whoami"
 

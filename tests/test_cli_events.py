@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from conftest import PYTHON, REPO
-from unit.support import OTELPROC, assert_one_line_error, otelproc
+from support import PYTHON, REPO
+from support.cli import OTELPROC, assert_one_line_error, otelproc
 
 KEYS = {
     "kind", "time", "pid", "ppid", "vpid", "tid", "uid", "gid", "comm", "exe", "argv", "start_time",

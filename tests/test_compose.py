@@ -21,10 +21,10 @@ from typing import Iterator
 import httpx
 import pytest
 
-from conftest import REPO
 from otelproc.kernel import libbpf, pins
-from test_containers import build_stand_ins, require, run
-from test_jaeger_e2e import SERVER, STATUS_ERROR, JaegerSpan, find_spans, path_of, request_spans, wait_for
+from support import REPO
+from support.containers import build_stand_ins, require, run
+from support.jaeger import SERVER, STATUS_ERROR, JaegerSpan, find_spans, path_of, request_spans, wait_for
 
 PROJECT = "otelproc-demo"  # docker-compose.yml's name
 HOST_BPFFS = Path(pins.BPFFS_ROOT)

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from conftest import MATCH_TEST, TEST_COMM
+from support.subjects import MATCH_TEST, TEST_COMM
 
 # 17:42:03.127  python3 -c    pid 41873 <- 41790    1.02 s  exit status 0
 LINE = re.compile(r"(\d\d:\d\d:\d\d\.\d{3})  (.+?) +pid (\d+) <- (\d+) +(\S+(?: \S+)?)  (.+)")

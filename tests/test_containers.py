@@ -8,37 +8,18 @@ Nothing skips: without podman the tests fail, naming ./install.sh --test.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import MATCH_TEST, REPO
+from support import REPO
+from support.containers import build_stand_ins, run
+from support.subjects import MATCH_TEST
 
 CAPABILITIES = "BPF,PERFMON,SYS_PTRACE,DAC_READ_SEARCH"  # docker-compose.yml's cap_add
 SECCOMP = REPO / "deploy" / "seccomp" / "otelproc.json"
-BUILD_IMAGES = REPO / "deploy" / "images" / "build.sh"
-
-
-def run(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    """ARGS in the repository root; fails the test with the end of their output unless they succeed."""
-    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{' '.join(args)}: exit {done.returncode}\n{(done.stdout + done.stderr)[-3000:]}"
-    return done
-
-
-def require(command: str) -> None:
-    if not shutil.which(command):
-        pytest.fail(f"{command} is not installed: ./install.sh --test installs it (deploy/images/setup-podman.sh)",
-                    pytrace=False)
-
-
-def build_stand_ins(*names: str) -> None:
-    """The base images the files name (NAMES: only these), built here; seconds when nothing changed."""
-    require("podman")
-    run(str(BUILD_IMAGES), *names, timeout=3600)
 
 
 @pytest.fixture(scope="module")

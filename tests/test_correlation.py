@@ -7,77 +7,22 @@ real process on the real kernel.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import time
 
-import httpx
 import psutil
 
-from conftest import MATCH_TEST, REPO
-
-APPS = REPO / "tests" / "apps"
-SERVER = 2  # SPAN_KIND_SERVER
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def app_env(endpoint: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_", "TRACE"))}
-    env.update(
-        OTEL_SERVICE_NAME="shop",
-        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
-        OTEL_TRACES_EXPORTER="otlp",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_LOGS_EXPORTER="none",
-        OTEL_BSP_SCHEDULE_DELAY="200",
-        OTELPROC_MATCH=MATCH_TEST[1],
-        **extra,
-    )
-    return env
+from support.ports import free_port
+from support.servers import APPS, SERVER, app_env, get_pids, stop, zero_code
+from support.subjects import MATCH_TEST
 
 
 def uvicorn_command(test_python: str, port: int, workers: int) -> list[str]:
     return [test_python, "-m", "uvicorn", "shop:app", "--app-dir", str(APPS), "--port", str(port), "--workers", str(workers)]
 
 
-def zero_code(command: list[str]) -> list[str]:
-    return [shutil.which("opentelemetry-instrument"), *command]
-
-
-def get_pids(port: int, path: str, want: int, timeout: float = 40) -> dict[int, int]:
-    """GETs until `want` distinct answers came back; answer -> number of requests."""
-    seen: dict[int, int] = {}
-    deadline = time.monotonic() + timeout
-    while len(seen) < want and time.monotonic() < deadline:
-        try:
-            answer = int(httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).text)
-            seen[answer] = seen.get(answer, 0) + 1
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    assert len(seen) >= want, f"only {seen} answered"
-    return seen
-
-
 def request_spans(receiver) -> list:
     return [s for s in receiver.spans if s.service == "shop" and s.kind == SERVER]
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_request_spans_link_to_the_worker_that_served_them(sidecar, grpc_receiver, test_python):

@@ -20,12 +20,11 @@ import subprocess
 import httpx
 import psutil
 
-from conftest import MATCH_TEST, REPO
 from otelproc.app.deaths import MESSAGE_LIMIT, STACKTRACE_LIMIT
-from ports import free_ports
-from test_jaeger_e2e import (  # noqa: F401 (backend is a fixture)
-    STATUS_ERROR, STATUS_OK, JaegerSpan, backend, find_spans, instrument_command, stop_server, wait_for,
-)
+from support import REPO
+from support.jaeger import STATUS_ERROR, STATUS_OK, JaegerSpan, find_spans, instrument_command, stop_server, wait_for
+from support.ports import free_ports
+from support.subjects import MATCH_TEST
 
 APPS = REPO / "tests" / "apps"
 SECRET = "hunter2"

@@ -1,4 +1,4 @@
-"""deploy/jaeger/badger.yaml's retention: a span is found, then, JAEGER_RETENTION later, no longer.
+"""deploy/jaeger/badger.yaml's retention: a span is found, and JAEGER_RETENTION later it is gone.
 
 Jaeger all-in-one with badger.yaml given after it (as deploy/local/up.sh runs it), its files in the
 test's directory; one span sent over OTLP/HTTP, read back from the query API. (That the traces
@@ -13,10 +13,9 @@ from pathlib import Path
 
 import httpx
 
-from ports import free_ports
-from test_jaeger_e2e import ALL_IN_ONE, REPO, jaeger_binary, stop_process, wait_for
+from support.jaeger import ALL_IN_ONE, BADGER, jaeger_binary, stop_process, wait_for
+from support.ports import free_ports
 
-BADGER = REPO / "deploy" / "jaeger" / "badger.yaml"
 TRACE_ID, SPAN_ID = "5eed0f0b1e55ed5eed0f0b1e55ed5eed", "0b1e55ed5eed0f0b"
 
 

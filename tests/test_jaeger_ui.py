@@ -20,9 +20,9 @@ import httpx
 import psutil
 import pytest
 
-from jaeger_ui import JaegerUI, SpanRow, missing_browser
-from test_jaeger_e2e import JaegerSpan, find_spans, path_of, request_spans, wait_for
-from test_local_stack import kill_worker, lifetime_span, local_stack  # noqa: F401 (a fixture)
+from support.jaeger import JaegerSpan, find_spans, path_of, request_spans, wait_for
+from support.jaeger_ui import JaegerUI, SpanRow, missing_browser
+from support.local_stack import kill_worker, lifetime_span
 
 
 def test_request_links_to_its_worker_and_the_process_trace_shows_how_workers_ended(local_stack, tmp_path):

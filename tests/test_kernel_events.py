@@ -10,7 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import PYTHON, proc_start_ticks
+from support import PYTHON
+from support.subjects import proc_start_ticks
 
 PY_COMM = os.path.basename(PYTHON)[:15]
 

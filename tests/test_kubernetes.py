@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -23,7 +22,10 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from conftest import PYTHON, REPO, TEST_COMM, PinRoot
+from support import REPO
+from support.ports import free_port
+from support.sidecar import PinRoot
+from support.subjects import TEST_COMM
 
 KUBERNETES = REPO / "deploy" / "kubernetes"
 MANIFESTS = sorted(KUBERNETES.glob("*.yaml"))
@@ -162,11 +164,6 @@ def test_k8sattributes_finds_pods_by_container_id_and_may_read_what_it_needs():
 
 # --- podman kube play ---------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def podman(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout,
@@ -176,7 +173,7 @@ def podman(*args: str, env: dict[str, str] | None = None, timeout: float = 300) 
 @pytest.fixture(scope="session")
 def images() -> None:
     """otelproc:latest and otelproc-demo:latest built from the repository's Dockerfiles, on the stand-in bases."""
-    assert IMAGES_SCRIPT.exists(), f"{IMAGES_SCRIPT} builds the stand-in base images (issue 19, item 1)"
+    assert IMAGES_SCRIPT.exists(), f"{IMAGES_SCRIPT} builds the stand-in base images"
     subprocess.run([str(IMAGES_SCRIPT), "debian:bookworm-slim", "python:3.11-slim-bookworm"], check=True)
     for tag, dockerfile in (("otelproc:latest", "Dockerfile"), ("otelproc-demo:latest", "demo/Dockerfile")):
         result = podman("build", "-q", "-t", tag, "-f", dockerfile, str(REPO), timeout=900)
@@ -244,7 +241,7 @@ class Played:
         self.path.write_text(yaml.safe_dump(manifest))
         self.pod = pod
         self.env = env
-        assert (SECCOMP_DIR / SECCOMP_PROFILE).exists(), "deploy/seccomp/otelproc.json (issue 19, item 5)"
+        assert (SECCOMP_DIR / SECCOMP_PROFILE).exists(), "deploy/seccomp/otelproc.json, the seccomp profile the manifests name"
         result = podman("kube", "play", "--replace", "--seccomp-profile-root", str(SECCOMP_DIR), str(self.path), env=env)
         assert result.returncode == 0, result.stderr
 

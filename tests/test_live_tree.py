@@ -28,15 +28,15 @@ import httpx
 import psutil
 import pytest
 
-from conftest import MATCH_TEST, REPO
-from jaeger_ui import JaegerUI, missing_browser
-from ports import free_ports
-from test_correlation import APPS, app_env
-from test_jaeger_e2e import (
-    DEMO, SERVER, Backend, JaegerSpan, demo_env, find_spans, get_json, instrument_command,
-    running_backend, search_by_tag, stop_server, wait_for,
+from support import REPO
+from support.jaeger import (
+    DEMO, SERVER, Backend, JaegerSpan, demo_env, find_spans, get_json, instrument_command, running_backend,
+    search_by_tag, stop_server, wait_for,
 )
-from test_prefork import ask
+from support.jaeger_ui import JaegerUI, missing_browser
+from support.ports import free_ports
+from support.servers import APPS, app_env, ask
+from support.subjects import MATCH_TEST
 
 UI_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "otelproc" / "jaeger-ui-v1.76.0"
 BUILD_UI = REPO / "deploy" / "jaeger" / "build-ui.sh"

@@ -1,4 +1,4 @@
-"""The local stack's partial states (issue 21): a component that died before down.sh, a start that
+"""The local stack's partial states: a component that died before down.sh, a start that
 fails half way, an earlier stack that ended without down.sh. From each, down.sh and up.sh find the
 way out on their own or name the command that does, say what they did, and leave nothing of the
 stack running and no probe pinned.
@@ -20,7 +20,8 @@ from typing import Iterator
 import psutil
 import pytest
 
-from test_local_stack import DOWN, UP, running, sessions, stack_env
+from support.local_stack import DOWN, UP, running, sessions, stack_env
+
 
 STACK = ("jaeger", "collector", "otelproc", "demo")  # up.sh's start order
 
@@ -143,7 +144,7 @@ def test_down_after_a_component_died_stops_the_rest(stack, component):
     os.kill(victim, signal.SIGTERM)
     if left := gone(session, 30):
         end(left, signal.SIGKILL, 10)
-    assert not [p for p in session if running(p)]
+    assert not [p for p in session if running(p)], f"{component}'s session still runs after SIGTERM and SIGKILL"
     reaped(session, 10)  # an empty session, as where init reaps at once (this VM's reaps zombies late)
 
     # up.sh meanwhile neither starts a second stack nor dead-ends: it names the command that helps.
@@ -189,7 +190,7 @@ def test_up_after_the_whole_stack_died_cleans_up_and_starts(stack):
     started = start(stack)
     pids = {name: stack.pid(name) for name in STACK}
     assert end(started, signal.SIGKILL, 10) == []  # a crash of everything: pid files and the pinned probe stay
-    assert stack.pinned()
+    assert stack.pinned(), "the crash leaves otelproc's probe pinned"
 
     again = stack.up()
     assert again.returncode == 0, output(again)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, TEST_COMM
+from support import PYTHON
+from support.subjects import TEST_COMM
 
 
 @pytest.fixture
@@ -47,7 +48,8 @@ def assert_no_span(receiver, pids: set[int]) -> None:
     """None of pids has a span, checked after a python started later has its span (the sidecar exports in order)."""
     later, _ = run([PYTHON, "-c", "pass"])
     lifetime(receiver, later)
-    assert not pids & {s.attributes.get("process.pid") for s in receiver.spans}
+    tracked = pids & {s.attributes.get("process.pid") for s in receiver.spans}
+    assert not tracked, f"spans of processes that must not be tracked: pids {sorted(tracked)}"
 
 
 def test_the_launcher_is_not_tracked(default_sidecar, grpc_receiver):

@@ -1,7 +1,7 @@
 """Jaeger on OpenSearch, as a fleet runs it: spans survive the loss of an OpenSearch node and a
 restart of Jaeger.
 
-Everything is real and on loopback: a three-node OpenSearch cluster (tests/opensearch_cluster.py,
+Everything is real and on loopback: a three-node OpenSearch cluster (tests/support/opensearch_cluster.py,
 the distribution deploy/opensearch/fetch.sh caches, run as an unprivileged user), Jaeger with
 deploy/jaeger/opensearch.yaml (the binary of deploy/jaeger/build.sh), and `otelproc run` on the
 real kernel exporting to Jaeger's OTLP receiver, tracking processes this test starts.
@@ -20,10 +20,11 @@ from typing import Iterator
 import httpx
 import pytest
 
-from conftest import MATCH_TEST, REPO
-from opensearch_cluster import Cluster, Node, OpenSearchMissing
-from ports import free_ports
-from test_jaeger_e2e import JaegerProcess, JaegerSpan, find_spans, jaeger_binary, stop_process, wait_for
+from support import REPO
+from support.jaeger import JaegerProcess, JaegerSpan, find_spans, jaeger_binary, stop_process, wait_for
+from support.opensearch_cluster import Cluster, Node, OpenSearchMissing
+from support.ports import free_ports
+from support.subjects import MATCH_TEST
 
 OPENSEARCH_CONFIG = REPO / "deploy" / "jaeger" / "opensearch.yaml"
 SERVICE = "fleet-test"

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, SidecarProcess
+from support import PYTHON, REPO
+from support.sidecar import SidecarProcess
 from otelproc.kernel import pins
 from otelproc.kernel.checks import CAP_NAMES, CAP_SYS_ADMIN, RUN_CAPS
 

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
+from support import REPO
 from otelproc.kernel import decoder
 from otelproc.clock import BootClock
 from otelproc.errors import EXIT_BROKEN_INSTALL, BrokenInstallError

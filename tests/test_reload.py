@@ -13,10 +13,12 @@ import time
 
 import httpx
 
-from conftest import MATCH_TEST
-from test_correlation import APPS, SERVER, free_port, stop
-from test_prefork import assert_children_of, assert_each_names_its_worker, command, request_number, setup_env
-from test_sigterm import BATCH_DELAY_MS
+from support.ports import free_port
+from support.servers import (
+    APPS, BATCH_DELAY_MS, SERVER, assert_children_of, assert_each_names_its_worker, command, request_number, setup_env,
+    stop,
+)
+from support.subjects import MATCH_TEST
 
 
 def test_uvicorn_reload_each_server_lifetime_has_its_requests(sidecar, grpc_receiver, test_python, tmp_path):

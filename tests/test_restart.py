@@ -1,7 +1,9 @@
-"""A restart of otelproc loses nothing: the pinned probe records while otelproc is down.
+"""A restart of otelproc loses nothing: the pinned probe records while otelproc is down, and the state
+file carries what otelproc knew across the restart (without a pinned probe, it alone). The state file is
+written 0600, with no secret in it, and a state file that cannot be written costs only itself.
 
 Real kernel, real `otelproc run` subprocesses, the real OTLP receiver. Every
-sidecar pins in a bpffs of the test session's own (conftest.PinRoot), and its
+sidecar pins in a bpffs of the test session's own (support.sidecar.PinRoot), and its
 probe is removed at teardown.
 """
 
@@ -11,6 +13,7 @@ import hashlib
 import json
 import re
 import shutil
+import stat
 import subprocess
 import threading
 import time
@@ -19,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, TEST_COMM
 from otelproc.kernel import libbpf, pins
-from test_run_spans import HOST_PIDNS, expected_ids
+from support import PYTHON, REPO
+from support.identity import HOST_PIDNS, expected_ids
+from support.subjects import LONE_COMM, MATCH_TEST, TEST_COMM, ended_at, proc_start_ticks, spawn, waiting
 
 QUIET = {"OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "200"}
-WAITING = "import sys; sys.stdin.read(); sys.exit(int(sys.argv[1]))"
 
 
 def proc_ticks(span) -> int:
@@ -35,21 +38,6 @@ def proc_ticks(span) -> int:
 def lifetime_span_id(key: str) -> str:
     """The lifetime span id of a process that had a 'started' span (docs/spans.md), written out independently."""
     return hashlib.sha256(b"otelproc lifetime " + key.encode()).digest()[:8].hex()
-
-
-def spawn(test_python: str, code: str, *args: str, **kwargs: object) -> subprocess.Popen:
-    return subprocess.Popen([test_python, "-c", code, *args], **kwargs)
-
-
-def waiting(test_python: str, exit_status: int) -> subprocess.Popen:
-    """A subject that runs until its stdin closes, then exits with exit_status."""
-    return spawn(test_python, WAITING, str(exit_status), stdin=subprocess.PIPE)
-
-
-def ended_at(child: subprocess.Popen) -> int:
-    """Lets a waiting subject exit; returns (about) when it did, in Unix ns."""
-    child.communicate(b"")
-    return time.time_ns()
 
 
 class Storm:
@@ -75,7 +63,8 @@ class Storm:
         return self.exits
 
 
-# What the probe's maps and programs were called before every name began with otelproc.
+# The names an older otelproc gave the probe's maps and programs, not all beginning with otelproc: the
+# upgrade test's old version (old_otelproc) uses them.
 NAMES_BEFORE = {
     "otelproc_exec": "handle_exec", "otelproc_fork": "handle_fork", "otelproc_exit": "handle_exit",
     "otelproc_signal": "handle_signal", "otelproc_oom": "handle_oom_victim", "otelproc_match": "match_exe_names",
@@ -329,3 +318,81 @@ def test_a_resumed_probe_matches_what_this_otelproc_was_told(pin_root, tmp_path)
         assert seen == {"otpmatchnew"}
     finally:
         pin_root.remove(pin_dir)
+
+
+def test_kill9_and_restart_lose_nothing_duplicate_nothing(sidecar, grpc_receiver, test_python, tmp_path):
+    # No pinning: what the state file alone carries across (test_restart.py has the pinned probe).
+    args = ("--match", TEST_COMM, "--state-file", str(tmp_path / "state.json"), "--pin-dir", "",
+            "--sweep-interval", "0.3", "--start-span-delay", "0.2")
+    first = sidecar(*args, endpoint=grpc_receiver.endpoint, env=QUIET)
+    waiting = "import sys; sys.stdin.read()"
+    a = spawn(test_python, waiting, "a", stdin=subprocess.PIPE)
+    b = spawn(test_python, waiting, "b", stdin=subprocess.PIPE)
+    grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(a.pid, "started") and grpc_receiver.of_pid(b.pid, "started"))
+    time.sleep(1)  # a sweep has written the state file
+    first.kill()
+    b.communicate(b"")  # b exits while no otelproc runs
+    c = spawn(test_python, waiting, "c", stdin=subprocess.PIPE)  # c starts while no otelproc runs
+    time.sleep(0.3)
+    second = sidecar(*args, endpoint=grpc_receiver.endpoint, env=QUIET)
+    assert any("resumed" in line for line in second.lines)
+    grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(c.pid, "started"))
+    time.sleep(0.5)  # a second 'started' span for a, if one were sent, would be here by now
+    a.communicate(b"")
+    c.communicate(b"")
+    grpc_receiver.wait_for(lambda _: all(grpc_receiver.of_pid(p.pid) for p in (a, b, c)), timeout=30)
+    time.sleep(1.5)
+    assert second.stop() == 0
+    for p in (a, b, c):
+        (lifetime,) = grpc_receiver.of_pid(p.pid)
+        assert len(grpc_receiver.of_pid(p.pid, "started")) == 1, f"one 'started' span for {p.args}"
+        (started,) = grpc_receiver.of_pid(p.pid, "started")  # the process span, with the scheme's id
+        assert started.span_id == expected_ids(HOST_PIDNS, p.pid, int(lifetime.attributes["otelproc.process.key"].split("/")[3]))[1]
+        assert lifetime.parent_span_id == started.span_id
+    (a_span,) = grpc_receiver.of_pid(a.pid)
+    assert a_span.attributes["otelproc.start.source"] == "exec"  # carried over from the state file
+    assert a_span.attributes["process.exit.code"] == 0
+    (b_span,) = grpc_receiver.of_pid(b.pid)
+    assert b_span.attributes["otelproc.end.approximate"] is True
+    assert b_span.attributes["otelproc.end.after"] < b_span.attributes["otelproc.end.before"]
+    (c_span,) = grpc_receiver.of_pid(c.pid)
+    assert c_span.attributes["otelproc.start.source"] == "adopted"
+
+
+def test_sigterm_records_state_0600(sidecar, grpc_receiver, test_python, tmp_path):
+    path = tmp_path / "state.json"
+    side = sidecar(*MATCH_TEST, "--state-file", str(path), endpoint=grpc_receiver.endpoint, env=QUIET)
+    child = spawn(test_python, "import sys; sys.stdin.read()", "--password=hunter2", stdin=subprocess.PIPE)
+    try:
+        time.sleep(1)  # the exec has been read
+        assert side.stop() == 0
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        saved = json.loads(path.read_text())
+        (record,) = [p for p in saved["processes"] if p["pid"] == child.pid]
+        assert record["start_ticks"] == proc_start_ticks(child.pid)
+        assert "hunter2" not in path.read_text() and "--password=***" in record["argv"]
+    finally:
+        child.communicate(b"")
+
+
+def test_a_state_file_that_cannot_be_written_is_counted_and_the_loop_goes_on(sidecar, grpc_receiver, lone_python,
+                                                                               tmp_path):
+    """A stage that fails (here: the state file) is counted by stage, logged at most every
+    few seconds, and the sidecar goes on making spans."""
+    path = tmp_path / "state.json"
+    side = sidecar("--match", LONE_COMM, "--adopt", "false", "--state-file", str(path), "--sweep-interval", "0.2",
+                   endpoint=grpc_receiver.endpoint, env={"OTEL_METRIC_EXPORT_INTERVAL": "1000"})
+    (tmp_path / "state.json.tmp").mkdir()  # where each save writes first: every save fails now
+    child = subprocess.Popen([lone_python, "-c", "pass"], env={"PATH": "/usr/bin"})  # a change to write
+    assert child.wait(30) == 0
+    grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
+    # The state file is written (here: tried) every second while it is behind the table.
+    points = grpc_receiver.wait_for(
+        lambda _: (m := grpc_receiver.metric_points()).get(("otelproc.failures", (("stage", "state_file"),)), 0) >= 3
+        and m)
+    assert points[("otelproc.failures", (("stage", "state_file"),))] >= 3
+    assert side.proc.poll() is None
+    assert side.stop() == 0
+    logged = [line for line in side.lines if "state_file failed" in line]
+    assert 1 <= len(logged) <= 2, logged  # not one per sweep
+    assert "failed: state_file=" in side.wait_line("stopped;")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import socket
@@ -13,28 +12,14 @@ from pathlib import Path
 import httpx
 import psutil
 
-from conftest import MATCH_TEST, REPO, TEST_COMM, proc_start_ticks
+from support import REPO
+from support.identity import HOST_PIDNS, expected_ids
+from support.ports import free_port
+from support.subjects import MATCH_TEST, TEST_COMM, proc_start_ticks, spawn
 
 APPS = REPO / "tests" / "apps"
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-HOST_PIDNS = os.stat("/proc/self/ns/pid").st_ino
 CARRIER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CARRIER_SPAN = "b7ad6b7169203331"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def expected_ids(pidns: int, vpid: int, ticks: int) -> tuple[str, str]:
-    """The identity scheme of otelproc/identity.py, written out independently."""
-    key = f"{BOOT_ID}/{pidns}/{vpid}/{ticks}".encode()
-    return (
-        hashlib.sha256(b"otelproc trace " + key).digest()[:16].hex(),
-        hashlib.sha256(b"otelproc span " + key).digest()[:8].hex(),
-    )
 
 
 def test_uvicorn_master_and_workers_form_one_trace(sidecar, grpc_receiver, test_python):
@@ -233,3 +218,36 @@ def test_services_share_one_export_grouped_by_resource(sidecar, grpc_receiver, t
         >= {"alpha", "beta"}
     ]
     assert mixed, "alpha and beta spans should travel in one export request, as two resources"
+
+
+def test_malformed_input_is_ignored_and_counted(sidecar, grpc_receiver, test_python, tmp_path):
+    side = sidecar("--match", "python-otp*", "--adopt", "false", endpoint=grpc_receiver.endpoint,
+                   env={"OTEL_METRIC_EXPORT_INTERVAL": "300"})
+    bad_env = {"OTEL_RESOURCE_ATTRIBUTES": "=nokey,novalue,team=ok", "TRACEPARENT": "00-zzzz-01", "PATH": "/usr/bin"}
+    first = spawn(test_python, "pass", env=bad_env)
+    # A name, an argument and a path that are not UTF-8, through a link named with a 0xff byte
+    # (to test_python: the file the kernel loads is named TEST_COMM, which the match list names).
+    odd = tmp_path / "odd\udcffdir"
+    odd.mkdir()
+    link = os.fsencode(odd) + b"/python-otp\xff"
+    os.symlink(test_python, link)
+    second = os.posix_spawn(link, [link, b"-c", b"pass", b"arg-\xfe"], {b"PATH": b"/usr/bin"})
+    big = spawn(test_python, "pass", "y" * 100_000)
+    assert first.wait(30) == 0 and os.waitpid(second, 0)[1] == 0 and big.wait(30) == 0
+    spans = grpc_receiver.wait_for(lambda _: [grpc_receiver.of_pid(p) for p in (first.pid, second, big.pid)]
+                                   if all(grpc_receiver.of_pid(p) for p in (first.pid, second, big.pid)) else None)
+    (first_span,), (odd_span,), (big_span,) = spans
+    assert first_span.resource["team"] == "ok" and first_span.service == "otelproc"
+    assert first_span.parent_span_id == "" and first_span.status == "OK"
+    assert odd_span.attributes["process.executable.name"] == "python-otp\\xff"  # and the comm, so no otelproc.comm
+    assert odd_span.attributes["process.command_args"][-1] == "arg-\\xfe"
+    assert odd_span.attributes["process.executable.path"].endswith("/python-otp\\xff")
+    assert big_span.attributes["otelproc.truncated"] == ["argv"]
+    assert len(big_span.attributes["process.command_args"][-1]) < 100_000
+    points = grpc_receiver.wait_for(
+        lambda _: (m := grpc_receiver.metric_points()).get(("otelproc.input.malformed", (("what", "traceparent"),)))
+        and m.get(("otelproc.input.malformed", (("what", "resource_attributes"),))) and m
+    )
+    assert points[("otelproc.input.malformed", (("what", "traceparent"),))] == 1
+    assert points[("otelproc.input.malformed", (("what", "resource_attributes"),))] == 2
+    assert side.proc.poll() is None

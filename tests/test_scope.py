@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, TEST_COMM
 from otelproc.sidecar.cgroups import cgroup2_mount
+from support import PYTHON, REPO
+from support.subjects import TEST_COMM
 
 # Runs inside the new pid namespace: starts `otelproc events`, says "ready" once it is attached,
 # starts one child, waits for the test's go-ahead on stdin, stops otelproc and prints its events.
@@ -115,3 +116,17 @@ def test_cgroup_scope_sees_only_processes_in_it(test_python, cgroup_dir):
     assert [test_python, "-c", "pass", "outside"] not in argvs
     (exec_inside,) = [e for e in lines if e["kind"] == "exec"]
     assert exec_inside["cgroup"] == cgroup_dir.name
+
+
+@pytest.mark.parametrize("scope", ["host", "cgroup=/sys/fs/cgroup"])
+def test_host_and_cgroup_scope_are_refused_inside_a_pid_namespace(scope):
+    """Inside a pid namespace --scope host and cgroup=... are refused: the kernel would number processes as the
+    host does, /proc as the namespace does."""
+    result = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", PYTHON, "-m", "otelproc", "run", "--scope", scope,
+         "--duration", "1", "--exporter", "console"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"--scope {scope}" in lines[0] and "pidns" in lines[0], lines

@@ -17,11 +17,9 @@ import subprocess
 import psutil
 import pytest
 
-from conftest import MATCH_TEST
-from test_correlation import APPS, SERVER, free_port, get_pids, stop
-from test_prefork import SETUPS, command, setup_env
-
-BATCH_DELAY_MS = "60000"  # no batch leaves on its own while a test runs
+from support.ports import free_port
+from support.servers import APPS, BATCH_DELAY_MS, SERVER, SETUPS, command, get_pids, setup_env, stop
+from support.subjects import MATCH_TEST
 
 
 def served_spans(receiver, pid: int) -> list:

@@ -2,7 +2,7 @@
 
 Real `otelproc run` subprocesses, real spans of real processes (started by pytest,
 which no sidecar here tracks), real collectors: one that never answers, a port
-that refuses, and the OTLP receivers of otlp_receiver.py.
+that refuses, and the OTLP receivers of support/otlp_receiver.py.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Iterator
 
 import pytest
 
-from conftest import MATCH_TEST
 from otelproc.kernel import libbpf, pins
-from test_reliability import QUIET, run_all
-from test_run_spans import free_port
+from support.cli import QUIET
+from support.ports import free_port
+from support.subjects import MATCH_TEST, run_all
 
 STOP_TIMEOUT = 3.0
 MARGIN = 1.5  # a Python process's exit, and the test's own clock
@@ -71,7 +71,7 @@ def test_sigterm_leaves_the_probe_pinned(sidecar):
     pin_dir = side.env["OTELPROC_PIN_DIR"]
     ids = prog_ids(pin_dir)
     assert stop_with(side, signal.SIGTERM)[0] == 0
-    assert prog_ids(pin_dir) == ids and all(libbpf.prog_exists(i) for i in ids)
+    assert prog_ids(pin_dir) == ids and all(libbpf.prog_exists(i) for i in ids), "the probe stays pinned and loaded"
     line = side.wait_line("stopped;")
     assert "the probe stays pinned" in line and "`otelproc detach` removes it" in line  # the fixture does
 
@@ -81,7 +81,7 @@ def test_ctrl_c_with_keep_probe_leaves_it_pinned(sidecar):
     pin_dir, state_file = side.env["OTELPROC_PIN_DIR"], Path(side.env["OTELPROC_STATE_FILE"])
     ids = prog_ids(pin_dir)
     assert stop_with(side, signal.SIGINT)[0] == 0
-    assert prog_ids(pin_dir) == ids and all(libbpf.prog_exists(i) for i in ids)
+    assert prog_ids(pin_dir) == ids and all(libbpf.prog_exists(i) for i in ids), "the probe stays pinned and loaded"
     assert state_file.exists()
     assert "the probe stays pinned" in side.wait_line("stopped;")
 

@@ -13,12 +13,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import PYTHON, REPO, TEST_COMM
 from otelproc.kernel import pins
 from otelproc.kernel.probe import Probe, ProbeConfig
 from otelproc.matching import MatchRule
-from test_restart import QUIET, ended_at, spawn, waiting
+from support import PYTHON, REPO
+from support.subjects import TEST_COMM, ended_at, spawn, waiting
 
+QUIET = {"OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "200"}
 LIMIT_S = 3
 EXITS = "import sys; sys.exit(int(sys.argv[1]))"
 
@@ -68,7 +69,8 @@ def test_an_unread_probe_records_no_new_lifetime_past_the_limit(sidecar, grpc_re
     assert "otelproc.end.approximate" not in span.attributes, "its exit was recorded while nobody read"
     assert abs(span.end_ns - tracked_end) < 500_000_000
     time.sleep(1.5)  # a span of the second batch, were there one, would be here by now
-    assert not [p for p in missed if grpc_receiver.of_pid(p) or grpc_receiver.of_pid(p, "started")]
+    recorded = [p for p in missed if grpc_receiver.of_pid(p) or grpc_receiver.of_pid(p, "started")]
+    assert not recorded, f"lifetimes begun past the limit were recorded: pids {recorded}"
     assert second.stop() == 0
     assert "unattended=3" in second.wait_line("stopped;"), "counted among the drops"
 
@@ -88,8 +90,9 @@ def test_a_probe_that_is_read_skips_nothing_past_the_limit(sidecar, grpc_receive
 
 
 def test_a_probe_older_than_the_limit_is_taken_over_without_one(pin_root, tmp_path):
-    """A probe pinned by the otelproc before this change (no reader map, two lost counters) is taken
-    over: its counters read as far as it has them, and nothing said about a limit it never had."""
+    """A probe pinned by an otelproc without the unattended limit (commit effee35: no reader map, two lost
+    counters) is taken over: its counters read as far as it has them, and nothing said about a limit it
+    never had."""
     subprocess.run(f"git -C {REPO} archive effee35 otelproc | tar -x -C {tmp_path}", shell=True, check=True)
     pin_dir = Path(pin_root.new_dir())
     pin_old = (f"from otelproc.kernel.probe import Probe, ProbeConfig; from otelproc.matching import MatchRule; "

@@ -13,7 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import MATCH_TEST, PYTHON
+from support import PYTHON
+from support.subjects import MATCH_TEST
 from otelproc.kernel import probe as loader
 
 OWN_COMM = Path("/proc/self/comm").read_text().strip()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from unit.support import PYTHON, REPO
+from support import PYTHON, REPO
 
 
 def test_span_path_benchmark_smoke(tmp_path):

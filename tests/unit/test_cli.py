@@ -10,7 +10,7 @@ import os
 import pytest
 
 from otelproc.matching import EXE_NAME_MAX
-from unit.support import assert_one_line_error, otelproc, run_with
+from support.cli import assert_one_line_error, otelproc, run_with
 
 
 
@@ -31,7 +31,7 @@ def test_malformed_match_list_from_environment():
 
 
 
-# (A state file otelproc cannot write is found once it holds its privileges: tests/test_reliability.py.)
+# (A state file otelproc cannot write is found once it holds its privileges: tests/test_cli_messages.py.)
 @pytest.mark.parametrize("bad", [
     ("--sweep-interval", "0"), ("--health-port", "70000"), ("--exporter", "zipkin"), ("--otlp-protocol", "thrift"),
 ])

@@ -12,7 +12,7 @@ import pytest
 from otelproc import config
 from otelproc.config import ConfigError
 from otelproc.matching import EXE_NAME_MAX
-from unit.support import REPO
+from support import REPO
 
 
 def resolve(argv: list[str], env: dict[str, str]) -> config.Settings:
@@ -109,7 +109,9 @@ def test_bad_match_lists_say_why(text, message):
 
 
 def test_documented_settings_table_matches_the_code():
-    assert config.markdown_table() in (REPO / "docs" / "configuration.md").read_text()
+    assert config.markdown_table() in (REPO / "docs" / "configuration.md").read_text(), (
+        "the settings table of docs/configuration.md is not the one OPTIONS makes: paste the output of "
+        "python3 -c 'import otelproc.config as c; print(c.markdown_table())'")
 
 
 def test_usage_setting():

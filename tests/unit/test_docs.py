@@ -2,7 +2,7 @@
 
 The reference tables in docs/ are read the way a person reads them and compared with
 what the code really produces: spans built by otelproc/otel/spans.py from representative
-lifetimes (unit/support.py). (The settings table is checked against OPTIONS in unit/test_config.py.)
+lifetimes (support/events.py). (The settings table is checked against OPTIONS in unit/test_config.py.)
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pytest
 
 from otelproc.otel.spans import SpanBuilder, host_attributes
 from otelproc.sidecar.tracker import Tracker
-from unit.support import REPO, event, representative_spans
+from support import REPO
+from support.events import event, representative_spans
 
 
 DOCS = REPO / "docs"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from unit.support import REPO
+from support import REPO
 
 BUILD = REPO / "deploy" / "jaeger" / "build.sh"
 FAKE_GO = """#!/bin/bash

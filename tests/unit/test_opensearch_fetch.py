@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from unit.support import REPO
+from support import REPO
 
 FETCH = REPO / "deploy" / "opensearch" / "fetch.sh"
 VERSION = "2.19.6"

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from unit.support import PYTHON, REPO
+from support import PYTHON, REPO
 
 APP = "otelproc.app"
 # What the app side must never load: the kernel side and its binding, and the sidecar.

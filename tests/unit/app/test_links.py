@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from unit.support import PYTHON, REPO
+from support import PYTHON, REPO
 
 
 def write_script(path: Path, text: str) -> Path:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-from unit.support import PYTHON, REPO
+from support import PYTHON, REPO
 
 # A process with the SDK, a batch processor that would hold its spans for a minute, and the app side.
 SETUP = """

@@ -14,7 +14,7 @@ from otelproc.clock import BootClock
 from otelproc.kernel import record
 from otelproc.kernel.decoder import MalformedRecord, cpu_split, decode, default_layout
 from otelproc.model import NS_PER_TICK, PAGE_SIZE, EventKind, OomKill, ProcessEvent, SignalSent, Usage
-from unit.support import fuzzed_records
+from support.events import fuzzed_records
 
 
 SECONDS = float(os.environ.get("FUZZ_SECONDS", "3"))

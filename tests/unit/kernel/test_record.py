@@ -13,7 +13,7 @@ import subprocess
 from otelproc import model
 from otelproc.kernel import libbpf, record
 from otelproc.kernel.record import DEFAULT_OBJECT, EventLayout
-from unit.support import REPO
+from support import REPO
 
 
 CONSTANTS = (

@@ -9,7 +9,7 @@ import io
 import re
 
 from otelproc.otel.console import ConsoleLineExporter, duration_text
-from unit.support import representative_spans
+from support.events import representative_spans
 
 
 LINE = re.compile(r"(\d\d:\d\d:\d\d\.\d{3})  (.+?) +pid (\d+) <- (\d+) +(\S+(?: \S+)?)  (.+)")

@@ -9,7 +9,7 @@ import pytest
 from otelproc.model import USAGE_GROUPS, OomKill, SignalSent, Usage
 from otelproc.otel.spans import CLEAN_SIGNALS, SpanBuilder, container_id, exit_status, parse_resource_attributes
 from otelproc.sidecar.tracker import Ended, Tracker
-from unit.support import event
+from support.events import event
 
 
 def _ended(code, sig, core=False, signals=(), oom=None):

@@ -21,7 +21,7 @@ from otelproc import cli, config
 from otelproc.identity import ProcessIdentity, boot_id
 from otelproc.sidecar import loop, state
 from otelproc.sidecar.tracker import MAX_WAITING
-from unit.support import event
+from support.events import event
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 WORKER_ARGV = ("python3", "-c", "from multiprocessing.spawn import spawn_main; spawn_main()", "--multiprocessing-fork")

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otelproc import cli, config
-from unit.support import fuzzed_records
+from support.events import fuzzed_records
 
 
 SECONDS = float(os.environ.get("FUZZ_SECONDS", "3"))

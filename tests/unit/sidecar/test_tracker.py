@@ -9,7 +9,7 @@ from otelproc.model import SignalSent
 from otelproc.otel.spans import SpanBuilder
 from otelproc.sidecar.owners import Owners
 from otelproc.sidecar.tracker import MAX_SIGNALS, Ended, Tracker
-from unit.support import event
+from support.events import event
 
 
 def test_reused_pid_is_two_processes():
@@ -95,7 +95,7 @@ def test_signals_kept_per_process_are_bounded_and_become_span_events():
 
 
 def test_a_process_that_execs_in_a_loop_keeps_a_bounded_history():
-    """Item 10: execs beyond the span event limit are let go (and counted), not kept forever."""
+    """Execs beyond the span event limit are let go (and counted), not kept forever."""
     from otelproc.clock import BootClock
     from otelproc.kernel.decoder import decode, default_layout  # the shipped object's layout, from its BTF
 

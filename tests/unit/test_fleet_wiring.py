@@ -7,18 +7,15 @@ cluster): the files are followed the way Docker and Kubernetes would follow them
 
 from __future__ import annotations
 
-import os
-import subprocess
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-from conftest import REPO
-from test_deploy_wiring import JAEGER_IMAGE_ENV, collector_config, compose_service, otlp_receiver
-from test_jaeger_e2e import jaeger_binary
+from support import REPO
+from support.deploy import JAEGER_IMAGE_ENV, collector_config, compose_service, otlp_receiver
+from support.jaeger import OPENSEARCH_CONFIG
 
-OPENSEARCH_CONFIG = REPO / "deploy" / "jaeger" / "opensearch.yaml"
 OVERRIDE = yaml.safe_load((REPO / "docker-compose.opensearch.yml").read_text())
 FLEET = [doc for f in sorted((REPO / "deploy" / "kubernetes" / "fleet").glob("*.yaml"))
          for doc in yaml.safe_load_all(f.read_text()) if doc]
@@ -35,13 +32,6 @@ def storage(env: dict[str, str]) -> dict[str, Any]:
     backends = config["extensions"]["jaeger_storage"]["backends"]
     (backend,) = backends.values()
     return backend["opensearch"]
-
-
-def test_jaeger_validates_the_opensearch_config():
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}
-    result = subprocess.run([jaeger_binary(), "validate", "--config", f"file:{OPENSEARCH_CONFIG}"],
-                            capture_output=True, text=True, timeout=60, env=env)
-    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_compose_jaeger_reads_the_opensearch_config_and_reaches_every_node():

@@ -3,76 +3,39 @@
 No container runs here. The files are parsed and followed the way Docker, Kubernetes
 and the Collector would follow them: an endpoint must name a service that exists and a
 port it listens on, a scope must fit the pid namespace the sidecar is given, the
-capabilities must be the ones otelproc checks for. The Collector config is checked
-against the components of both distributions it runs under and validated by the Jaeger
-binary.
+capabilities must be the ones otelproc checks for. No root, no kernel, no binary: that the
+Jaeger binary takes the configs is tests/test_jaeger_configs.py's.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from conftest import REPO
-from otelproc.kernel.checks import CAP_NAMES, RUN_CAPS
 from otelproc.config import options_for
-from test_jaeger_e2e import ALL_IN_ONE, COLLECTOR_CONFIG, jaeger_binary
-from test_jaeger_badger import BADGER
+from otelproc.kernel.checks import CAP_NAMES, RUN_CAPS
+from support import REPO
+from support.deploy import (
+    COMPOSE, JAEGER_IMAGE_ENV, collector_config, compose_service, expand, host_port, otlp_receiver,
+)
+from support.jaeger import ALL_IN_ONE, BADGER, COLLECTOR_CONFIG
 
-COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 KUBERNETES = [doc for f in sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))
               for doc in yaml.safe_load_all(f.read_text()) if doc]
-# Set by the Jaeger image itself (jaeger's cmd/jaeger/Dockerfile: ENV JAEGER_LISTEN_HOST=0.0.0.0).
-JAEGER_IMAGE_ENV = {"JAEGER_LISTEN_HOST": "0.0.0.0"}
-# Component types of the core distribution, otel/opentelemetry-collector (its manifest,
-# distributions/otelcol/manifest.yaml in opentelemetry-collector-releases: the same modules
-# from v0.140 to v0.159). otlp_grpc and otlp_http are the newer names of otlp and otlphttp.
-CORE_COMPONENTS = {
-    "receivers": {"nop", "otlp", "hostmetrics", "jaeger", "kafka", "prometheus", "zipkin"},
-    "processors": {"batch", "memory_limiter", "attributes", "resource", "span", "probabilistic_sampler", "filter"},
-    "exporters": {"debug", "nop", "otlp", "otlp_grpc", "otlphttp", "otlp_http", "file", "kafka", "prometheus",
-                  "prometheusremotewrite", "zipkin"},
-    "extensions": {"zpages", "health_check", "pprof"},
-    "connectors": {"forward"},
-}
 RUN_CAP_NAMES = {CAP_NAMES[c].removeprefix("CAP_") for c in RUN_CAPS}
 BPFFS = "/sys/fs/bpf"  # where the deployments give otelproc the host's bpffs
-_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 # --- following the files --------------------------------------------------------------------
 
-def expand(text: str, env: dict[str, str]) -> str:
-    """The Collector's ${env:NAME:-default}, with `env` as the process environment."""
-    return _ENV_REF.sub(lambda m: env.get(m.group(1), m.group(2) or ""), text)
-
-
-def collector_config(path: Path, env: dict[str, str]) -> dict[str, Any]:
-    return yaml.safe_load(expand(path.read_text(), env))
-
-
-
 def k8s_collector_config() -> str:
     """The Collector config of deploy/kubernetes/collector.yaml's ConfigMap (the one its Deployment mounts)."""
     return k8s("ConfigMap", "otel-collector-config")["data"]["config.yaml"]
-
-def host_port(endpoint: str) -> tuple[str, int]:
-    """'http://collector:4317' or 'jaeger:4317' -> (host, port)."""
-    parts = urlsplit(endpoint if "://" in endpoint else "//" + endpoint)
-    assert parts.hostname and parts.port, f"{endpoint!r} names no host and port"
-    return parts.hostname, parts.port
-
-
-def otlp_receiver(config: dict[str, Any], protocol: str) -> tuple[str, int]:
-    """Where a config's otlp receiver listens for `protocol` (grpc or http)."""
-    return host_port(config["receivers"]["otlp"]["protocols"][protocol]["endpoint"])
 
 
 def otlp_protocol(env: dict[str, str]) -> str:
@@ -89,11 +52,6 @@ def otelproc_setting(name: str, env: dict[str, str], args: list[str]) -> str:
         if arg.startswith(option.flag + "="):
             return arg.split("=", 1)[1]
     return env.get(option.env, option.default)
-
-
-def compose_service(name: str) -> dict[str, Any]:
-    assert name in COMPOSE["services"], f"docker-compose.yml has no service {name!r}"
-    return COMPOSE["services"][name]
 
 
 def pid_owner(pid: str) -> str | None:
@@ -446,38 +404,3 @@ def test_demo_image_runs_the_app_under_the_auto_instrumentation_with_the_helper(
     assert cmd.startswith('["opentelemetry-instrument", "uvicorn", "app:app"')
     runs = " ".join(args for instruction, args in stage if instruction == "RUN")
     assert "pip install" in runs and "/src/otelproc" in runs, "otelproc (the helper) from the repository"
-
-
-# --- the Collector config under both distributions -----------------------------------------
-
-def components_used(path: Path) -> dict[str, set[str]]:
-    config = collector_config(path, {})
-    return {kind: {name.split("/")[0] for name in config.get(kind) or {}} for kind in CORE_COMPONENTS}
-
-
-def jaeger_components() -> dict[str, set[str]]:
-    result = subprocess.run([jaeger_binary(), "components"], capture_output=True, text=True, timeout=60, check=True)
-    listed = yaml.safe_load(result.stdout)
-    return {kind: {c["name"] for c in listed.get(kind) or []} for kind in CORE_COMPONENTS}
-
-
-def test_collector_config_uses_only_components_of_both_distributions():
-    used, jaeger = components_used(COLLECTOR_CONFIG), jaeger_components()
-    for kind, names in used.items():
-        assert names <= CORE_COMPONENTS[kind], f"{kind} missing from the core collector: {names - CORE_COMPONENTS[kind]}"
-        assert names <= jaeger[kind], f"{kind} missing from the Jaeger binary: {names - jaeger[kind]}"
-    config = collector_config(COLLECTOR_CONFIG, {})
-    pipelines = config["service"]["pipelines"]
-    assert set(pipelines) == {"traces", "metrics"}
-    for pipeline in pipelines.values():
-        assert pipeline["processors"][0] == "memory_limiter" and "batch" in pipeline["processors"]
-        assert "debug" in pipeline["exporters"]
-    assert "otlp/jaeger" in pipelines["traces"]["exporters"]
-
-
-@pytest.mark.parametrize("config", [COLLECTOR_CONFIG, ALL_IN_ONE], ids=lambda p: p.name)
-def test_jaeger_validates_the_config(config):
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}
-    result = subprocess.run([jaeger_binary(), "validate", "--config", f"file:{config}"],
-                            capture_output=True, text=True, timeout=60, env=env)
-    assert result.returncode == 0, result.stderr[-2000:]

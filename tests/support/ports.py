@@ -15,3 +15,9 @@ def free_ports(count: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def free_port() -> int:
+    """A free loopback port."""
+    (port,) = free_ports(1)
+    return port

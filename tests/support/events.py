@@ -1,47 +1,17 @@
 """What several unit tests build: events as the decoder or adoption would make them, representative
-spans, and fuzzed ring-buffer records. A plain module (import it as unit.support), not a conftest."""
+spans, and fuzzed ring-buffer records."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
-from pathlib import Path
 from typing import Iterator
 
 from otelproc.model import USAGE_GROUPS, EventKind, OomKill, ProcessEvent, SignalSent, Usage
 from otelproc.otel.spans import SpanBuilder, host_attributes
 from otelproc.sidecar.tracker import MAX_SIGNALS, Ended, Tracker
 
-REPO = Path(__file__).resolve().parents[2]
-# The interpreter itself: `python3` on PATH may be a pyenv shim (a bash script).
-PYTHON = os.path.realpath(sys.executable)
 CONTAINER = "a3f0" * 16
-OTELPROC = [PYTHON, "-m", "otelproc"]
-QUIET = {"OTEL_METRICS_EXPORTER": "none"}  # otelproc's own metrics, which these runs do not look at
-
-
-def otelproc(*args: str, **kwargs: object) -> subprocess.CompletedProcess:
-    """The command as a user runs it, from the checkout."""
-    return subprocess.run([*OTELPROC, *args], capture_output=True, text=True, cwd=REPO, timeout=60, **kwargs)
-
-
-def run_with(*setting: str) -> subprocess.CompletedProcess:
-    """`otelproc run` for a second with one setting given by flag, printing to the console, pinning nothing."""
-    return otelproc("run", *setting, "--duration", "1",
-                    env={**os.environ, **QUIET, "OTELPROC_EXPORTER": "console", "OTELPROC_PIN_DIR": ""})
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
-    """What every refusal looks like: exit 2, one line on stderr naming what is wrong, no traceback."""
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in lines[0]
 
 
 def event(kind: str, pid: int, ticks: int, ppid: int = 1, **kw: object) -> ProcessEvent:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from ports import free_ports
+from support.ports import free_ports
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FETCH_SCRIPT = REPO / "deploy" / "opensearch" / "fetch.sh"
 OPENSEARCH_USER = "otelproc-test"
 
