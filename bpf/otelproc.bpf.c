@@ -199,12 +199,12 @@ static __always_inline struct cgroup_subsys_state *memory_css(struct task_struct
 	return BPF_CORE_READ(task, cgroups, subsys[memory]);
 }
 
-static __always_inline void fill_cgroup(struct event *e, struct task_struct *task)
+static __always_inline void fill_cgroup(struct event_header *h, struct task_struct *task)
 {
 	struct cgroup *cgrp = BPF_CORE_READ(task, cgroups, dfl_cgrp);
 	struct kernfs_node *kn = BPF_CORE_READ(cgrp, kn);
 
-	e->cgroup_id = BPF_CORE_READ(kn, id);
+	h->cgroup_id = BPF_CORE_READ(kn, id);
 	/* On a cgroup v1 host every task sits in the v2 root; the memory
 	 * controller's hierarchy then holds the container's name. */
 	if (BPF_CORE_READ(cgrp, level) == 0) {
@@ -213,41 +213,48 @@ static __always_inline void fill_cgroup(struct event *e, struct task_struct *tas
 		if (css)
 			kn = BPF_CORE_READ(css, cgroup, kn);
 	}
-	bpf_probe_read_kernel_str(e->cgroup, sizeof(e->cgroup), BPF_CORE_READ(kn, name));
+	bpf_probe_read_kernel_str(h->cgroup, sizeof(h->cgroup), BPF_CORE_READ(kn, name));
 }
+
+/* Zeroes the fixed part of a record (all but data[]) part by part, each by
+ * its own size: a member added to a part is zeroed with it, and a part added
+ * to struct event fails the assertion below until it is zeroed here too. */
+static __always_inline void zero_record(struct event *e)
+{
+	__builtin_memset(&e->header, 0, sizeof(e->header));
+	__builtin_memset(&e->usage, 0, sizeof(e->usage));
+	__builtin_memset(&e->oom, 0, sizeof(e->oom));
+	__builtin_memset(&e->signal, 0, sizeof(e->signal));
+}
+_Static_assert(__builtin_offsetof(struct event, data) == sizeof(struct event_header) + sizeof(struct event_usage) +
+	       sizeof(struct event_oom) + sizeof(struct event_signal),
+	       "zero_record() zeroes every byte of struct event before data[]");
 
 static __always_inline void fill_common(struct event *e, struct task_struct *task, __u32 kind, __u32 pid)
 {
+	struct event_header *h = &e->header;
 	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
 	struct pid *tgid = BPF_CORE_READ(task, signal, pids[PIDTYPE_TGID]);
 	__u32 level = BPF_CORE_READ(tgid, level);
 	struct upid own;
 
-	e->time_ns = bpf_ktime_get_boot_ns();
-	e->start_time_ns = BPF_CORE_READ(leader, start_boottime);
-	e->kind = kind;
-	e->flags = 0;
-	e->pid = pid;
-	e->ppid = scoped_tgid(BPF_CORE_READ(task, real_parent));
-	e->tid = pid;
-	e->vpid = 0;
-	e->pidns = 0;
+	/* Every part zero; whoever needs the exit's usage, the signal or the oom part fills it. */
+	zero_record(e);
+	h->time_ns = bpf_ktime_get_boot_ns();
+	h->start_time_ns = BPF_CORE_READ(leader, start_boottime);
+	h->kind = kind;
+	h->pid = pid;
+	h->ppid = scoped_tgid(BPF_CORE_READ(task, real_parent));
+	h->tid = pid;
 	if (!bpf_core_read(&own, sizeof(own), &tgid->numbers[level])) {
-		e->vpid = own.nr;
-		e->pidns = BPF_CORE_READ(own.ns, ns.inum);
+		h->vpid = own.nr;
+		h->pidns = BPF_CORE_READ(own.ns, ns.inum);
 	}
-	e->uid = BPF_CORE_READ(task, real_cred, uid.val);
-	e->gid = BPF_CORE_READ(task, real_cred, gid.val);
-	e->exit_code = 0;
-	e->exe_len = 0;
-	e->argv_len = 0;
-	e->env_len = 0;
-	e->reserved = 0;
-	/* The exit's usage and the signal and oom fields: whoever needs them fills them. */
-	__builtin_memset(&e->cpu_ns, 0, offsetof(struct event, comm) - offsetof(struct event, cpu_ns));
+	h->uid = BPF_CORE_READ(task, real_cred, uid.val);
+	h->gid = BPF_CORE_READ(task, real_cred, gid.val);
 	/* The leader's name is the process's (/proc/<pid>/comm); threads may name themselves. */
-	BPF_CORE_READ_STR_INTO(&e->comm, leader, comm);
-	fill_cgroup(e, task);
+	BPF_CORE_READ_STR_INTO(&h->comm, leader, comm);
+	fill_cgroup(h, task);
 }
 
 /* Copies [start, end) of the new program's memory to data[off...], at most max bytes. */
@@ -258,7 +265,7 @@ static __always_inline __u32 read_user_block(struct event *e, __u32 off, unsigne
 
 	if (len > max) {
 		len = max;
-		e->flags |= cut_flag;
+		e->header.flags |= cut_flag;
 	}
 	if (off > DATA_MAX - max)
 		return 0;
@@ -306,13 +313,13 @@ static __always_inline struct event *reserve_brief(struct task_struct *task, __u
 
 	if (!e)
 		return NULL;
-	__builtin_memset(e, 0, offsetof(struct event, data));
-	e->time_ns = bpf_ktime_get_boot_ns();
-	e->start_time_ns = BPF_CORE_READ(task, group_leader, start_boottime);
-	e->kind = kind;
-	e->pid = pid;
-	e->tid = pid;
-	BPF_CORE_READ_STR_INTO(&e->comm, task, group_leader, comm);
+	zero_record(e);
+	e->header.time_ns = bpf_ktime_get_boot_ns();
+	e->header.start_time_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	e->header.kind = kind;
+	e->header.pid = pid;
+	e->header.tid = pid;
+	BPF_CORE_READ_STR_INTO(&e->header.comm, task, group_leader, comm);
 	return e;
 }
 
@@ -342,28 +349,28 @@ int BPF_PROG(otelproc_exec, struct task_struct *task, pid_t old_pid, struct linu
 	if (!e)
 		return 0;
 	fill_common(e, task, EVENT_EXEC, pid);
-	e->flags = flags;
+	e->header.flags = flags;
 	/* Exec from a non-leader thread gives that thread the process's pid;
 	 * old_pid is the thread's own id (host numbering). */
 	if (old_pid != BPF_CORE_READ(task, pid))
-		e->tid = old_pid;
+		e->header.tid = old_pid;
 
 	/* interp is the file actually run: the interpreter for a #! script. */
 	n = bpf_probe_read_kernel_str(e->data, EXE_MAX, BPF_CORE_READ(bprm, interp));
 	off = n > 0 ? n : 0;
 	if (off >= EXE_MAX)
-		e->flags |= EVENT_F_EXE_CUT;
+		e->header.flags |= EVENT_F_EXE_CUT;
 	if (off > EXE_MAX)
 		off = EXE_MAX;
-	e->exe_len = off;
+	e->header.exe_len = off;
 
 	mm = BPF_CORE_READ(task, mm);
-	e->argv_len = read_user_block(e, off, BPF_CORE_READ(mm, arg_start), BPF_CORE_READ(mm, arg_end),
+	e->header.argv_len = read_user_block(e, off, BPF_CORE_READ(mm, arg_start), BPF_CORE_READ(mm, arg_end),
 				      ARGV_MAX, EVENT_F_ARGV_CUT);
-	off += e->argv_len;
-	e->env_len = read_user_block(e, off, BPF_CORE_READ(mm, env_start), BPF_CORE_READ(mm, env_end),
+	off += e->header.argv_len;
+	e->header.env_len = read_user_block(e, off, BPF_CORE_READ(mm, env_start), BPF_CORE_READ(mm, env_end),
 				     ENV_MAX, EVENT_F_ENV_CUT);
-	off += e->env_len;
+	off += e->header.env_len;
 	if (off > DATA_MAX)
 		return 0;
 	size = offsetof(struct event, data) + off;
@@ -406,7 +413,7 @@ int BPF_PROG(otelproc_fork, struct task_struct *parent, struct task_struct *chil
 		return 0;
 	fill_common(e, child, EVENT_FORK, pid);
 	if (!tracked_now)
-		e->flags = EVENT_F_UNTRACKED;
+		e->header.flags = EVENT_F_UNTRACKED;
 	submit_small(e);
 	return 0;
 }
@@ -436,18 +443,18 @@ static __always_inline __u64 mm_peak_pages(struct mm_struct *mm)
 }
 
 /* Adds what a task used to the record's totals. */
-static __always_inline void add_usage(struct event *e, struct task_struct *t)
+static __always_inline void add_usage(struct event_usage *u, struct task_struct *t)
 {
-	e->cpu_ns += t->se.sum_exec_runtime;
-	e->utime_ns += t->utime;
-	e->stime_ns += t->stime;
-	e->min_flt += t->min_flt;
-	e->maj_flt += t->maj_flt;
-	e->nvcsw += t->nvcsw;
-	e->nivcsw += t->nivcsw;
+	u->cpu_ns += t->se.sum_exec_runtime;
+	u->utime_ns += t->utime;
+	u->stime_ns += t->stime;
+	u->min_flt += t->min_flt;
+	u->maj_flt += t->maj_flt;
+	u->nvcsw += t->nvcsw;
+	u->nivcsw += t->nivcsw;
 	if (bpf_core_field_exists(t->ioac.read_bytes)) {	/* CONFIG_TASK_IO_ACCOUNTING */
-		e->read_bytes += t->ioac.read_bytes;
-		e->write_bytes += t->ioac.write_bytes;
+		u->read_bytes += t->ioac.read_bytes;
+		u->write_bytes += t->ioac.write_bytes;
 	}
 }
 
@@ -455,33 +462,33 @@ static __always_inline void add_usage(struct event *e, struct task_struct *t)
  * left theirs in signal_struct; the leader's stays in its task until it is
  * reaped; the last thread is this one. (A thread that died at the same instant
  * and is not yet released is missed: the kernel folds it in just after this.) */
-static __always_inline void fill_usage(struct event *e, struct task_struct *task)
+static __always_inline void fill_usage(struct event_usage *u, struct task_struct *task)
 {
 	struct signal_struct *sig = task->signal;
 	struct task_struct *leader = task->group_leader;
 
-	e->cpu_ns = sig->sum_sched_runtime;
-	e->utime_ns = sig->utime;
-	e->stime_ns = sig->stime;
-	e->min_flt = sig->min_flt;
-	e->maj_flt = sig->maj_flt;
-	e->nvcsw = sig->nvcsw;
-	e->nivcsw = sig->nivcsw;
+	u->cpu_ns = sig->sum_sched_runtime;
+	u->utime_ns = sig->utime;
+	u->stime_ns = sig->stime;
+	u->min_flt = sig->min_flt;
+	u->maj_flt = sig->maj_flt;
+	u->nvcsw = sig->nvcsw;
+	u->nivcsw = sig->nivcsw;
 	if (bpf_core_field_exists(sig->ioac.read_bytes)) {
-		e->read_bytes = sig->ioac.read_bytes;
-		e->write_bytes = sig->ioac.write_bytes;
+		u->read_bytes = sig->ioac.read_bytes;
+		u->write_bytes = sig->ioac.write_bytes;
 	}
-	add_usage(e, task);
+	add_usage(u, task);
 	if (leader != task)
-		add_usage(e, leader);
+		add_usage(u, leader);
 	/* Since Linux 6.16 this tracepoint comes before exit_mm(): the mm's own
 	 * peak is that of the program run since the last exec. signal->maxrss
 	 * (getrusage's ru_maxrss, set when the group dies, before this
 	 * tracepoint) also counts the images before that exec, for a child of a
 	 * large parent the parent's size. */
-	e->maxrss_pages = mm_peak_pages(task->mm);
-	if (!e->maxrss_pages)
-		e->maxrss_pages = sig->maxrss;
+	u->maxrss_pages = mm_peak_pages(task->mm);
+	if (!u->maxrss_pages)
+		u->maxrss_pages = sig->maxrss;
 }
 
 SEC("tp_btf/sched_process_exit")
@@ -511,10 +518,10 @@ int BPF_PROG(otelproc_exit, struct task_struct *task)
 	 * differ: it can have called exit() itself while the group ended otherwise. */
 	sig = task->signal;
 	if (sig->flags & SIGNAL_GROUP_EXIT)
-		e->exit_code = sig->group_exit_code;
+		e->header.exit_code = sig->group_exit_code;
 	else
-		e->exit_code = task->group_leader->exit_code;
-	fill_usage(e, task);
+		e->header.exit_code = task->group_leader->exit_code;
+	fill_usage(&e->usage, task);
 	submit_small(e);
 	return 0;
 }
@@ -572,17 +579,17 @@ int BPF_PROG(otelproc_signal, int sig, struct kernel_siginfo *info, struct task_
 	e = reserve_brief(task, EVENT_SIGNAL, pid);
 	if (!e)
 		return 0;
-	e->signo = sig;
-	e->si_code = code;
+	e->signal.signo = sig;
+	e->signal.si_code = code;
 	sender = bpf_get_current_task_btf();
 	/* Only kill(), tgkill() and sigqueue() come from the process that runs
 	 * now; timers, faults and the kernel's own kills raise signals from
 	 * whatever context the kernel is in. */
 	if ((code == SI_USER || code == SI_TKILL || code == SI_QUEUE) && !(sender->flags & PF_KTHREAD)) {
-		e->sender_pid = scoped_tgid(sender);
-		BPF_CORE_READ_STR_INTO(&e->sender_comm, sender, group_leader, comm);
+		e->signal.sender_pid = scoped_tgid(sender);
+		BPF_CORE_READ_STR_INTO(&e->signal.sender_comm, sender, group_leader, comm);
 	} else {
-		e->flags = EVENT_F_SENDER_KERNEL;
+		e->header.flags = EVENT_F_SENDER_KERNEL;
 	}
 	submit_small(e);
 	return 0;
@@ -632,17 +639,17 @@ int BPF_PROG(otelproc_oom, struct task_struct *task)
 	if (!mm)
 		mm = BPF_CORE_READ(task, mm);
 	if (mm) {
-		e->oom_total_vm = BPF_CORE_READ(mm, total_vm);
-		e->oom_anon_rss = rss_pages(mm, MM_ANONPAGES);
-		e->oom_file_rss = rss_pages(mm, MM_FILEPAGES);
-		e->oom_shmem_rss = rss_pages(mm, MM_SHMEMPAGES);
-		e->oom_pgtables_bytes = BPF_CORE_READ(mm, pgtables_bytes.counter);
+		e->oom.total_vm = BPF_CORE_READ(mm, total_vm);
+		e->oom.anon_rss = rss_pages(mm, MM_ANONPAGES);
+		e->oom.file_rss = rss_pages(mm, MM_FILEPAGES);
+		e->oom.shmem_rss = rss_pages(mm, MM_SHMEMPAGES);
+		e->oom.pgtables_bytes = BPF_CORE_READ(mm, pgtables_bytes.counter);
 	}
-	e->oom_score_adj = BPF_CORE_READ(task, signal, oom_score_adj);
+	e->oom.score_adj = BPF_CORE_READ(task, signal, oom_score_adj);
 	memcg = limited_memcg(task);
 	if (memcg) {
-		e->flags = EVENT_F_OOM_MEMCG;
-		bpf_probe_read_kernel_str(e->cgroup, sizeof(e->cgroup), BPF_CORE_READ(memcg, css.cgroup, kn, name));
+		e->header.flags = EVENT_F_OOM_MEMCG;
+		bpf_probe_read_kernel_str(e->header.cgroup, sizeof(e->header.cgroup), BPF_CORE_READ(memcg, css.cgroup, kn, name));
 	}
 	submit_small(e);
 	return 0;

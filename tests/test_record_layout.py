@@ -45,7 +45,7 @@ def test_an_object_missing_a_field_the_decoder_reads_is_refused(tmp_path):
     header = bpf / "otelproc.h"
     header.write_text(header.read_text().replace("__u32 vpid;", "__u32 vpid_renamed;"))
     source = bpf / "otelproc.bpf.c"
-    source.write_text(source.read_text().replace("e->vpid", "e->vpid_renamed"))
+    source.write_text(source.read_text().replace("->vpid", "->vpid_renamed"))
     built = tmp_path / "otelproc.bpf.o"
     subprocess.run(["make", "-s", "-C", str(bpf), f"OUT={built}"], check=True)
     # A broken install, not a refusal by the kernel: its own exit code (3), not the kernel's (1).

@@ -267,9 +267,14 @@ def test_without_bpffs_the_state_file_bounds_what_ended_unseen(sidecar, grpc_rec
     assert second.stop() == 0
 
 
-def test_takeover_takes_what_both_probes_saw_once(pin_root, tmp_path):
+FLAT_OBJECT = REPO / "tests" / "data" / "flat-event.bpf.o"  # struct event without parts (tests/data/README.md)
+
+
+@pytest.mark.parametrize("old_object", ["shipped", "flat record"])
+def test_takeover_takes_what_both_probes_saw_once(old_object, pin_root, tmp_path):
     """In process, with the real probes: the old probe alone records X; then both run and record Y.
-    The sidecar reads the old ring (X, Y) and skips the new ring's Y."""
+    The sidecar reads the old ring (X, Y) and skips the new ring's Y. The old probe is this otelproc's
+    object under other settings, or one whose struct event has no parts: its ring is read in its own layout."""
     from otelproc import cli, config
     from otelproc.kernel.probe import Probe, ProbeConfig
     from otelproc.sidecar.loop import Sidecar
@@ -279,22 +284,28 @@ def test_takeover_takes_what_both_probes_saw_once(pin_root, tmp_path):
     pin_dir = pin_root.new_dir()
     args = ["run", "--match", "otpoverlap", "--exporter", "console", "--state-file", "", "--pin-dir", pin_dir]
     settings = config.resolve("run", cli.build_parser().parse_args(args))
-    old = ProbeConfig.from_settings(settings, Path(pin_dir))
+    new = ProbeConfig.from_settings(settings, Path(pin_dir))
+    old = replace(new, max_tracked=1024) if old_object == "shipped" else replace(new, object_path=FLAT_OBJECT)
     try:
-        Probe(replace(old, max_tracked=1024), lambda raw: None).close()  # pinned, nobody reads it
-        x = subprocess.run([shell, "-c", "exit 6"]).returncode
+        Probe(old, lambda raw: None).close()  # pinned, nobody reads it
+        x = subprocess.run([shell, "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exit 6"]).returncode
         sidecar = Sidecar(settings)
         ended = []
         sidecar.export_lifetime = ended.append
-        with Probe(old, sidecar.on_record) as probe:
+        with Probe(new, sidecar.on_record) as probe:
             sidecar.layout = probe.layout
             assert probe.previous is not None, "another fingerprint: a takeover"
+            assert (probe.previous.layout.offsets == probe.layout.offsets) == (old_object == "shipped")
             y = subprocess.Popen([shell, "-c", "exit 7"])
             assert (x, y.wait()) == (6, 7)
             sidecar.carryover.take_over(probe, sidecar.on_record)
             probe.poll(0)
-        codes = sorted(e.exit_code for e in ended if e.process.comm == "otpoverlap")
-        assert codes == [6, 7], "each exit once, the overlap's from the old ring"
+        mine = {e.exit_code: e for e in ended if e.process.comm == "otpoverlap"}
+        assert sorted(e.exit_code for e in ended if e.process.comm == "otpoverlap") == [6, 7], \
+            "each exit once, the overlap's from the old ring"
+        used = mine[6].usage  # X's exit, read from the old ring in the old layout
+        assert used.cpu_user_ns + used.cpu_system_ns > 1_000_000 and used.minor_faults > 0, used
+        assert mine[6].process.pid > 0 and mine[6].process.comm == "otpoverlap"
         assert [p.name for p in pins.probes(Path(pin_dir))] == [probe.pinned_at.name], "the old probe's pins are gone"
     finally:
         pin_root.remove(pin_dir)

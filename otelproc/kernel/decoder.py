@@ -52,12 +52,12 @@ def _oom(r: Any, time: int) -> OomKill:
         time=time,
         memcg=bool(r.flags & record.EVENT_F_OOM_MEMCG),
         cgroup=_cstr(r.cgroup) if r.flags & record.EVENT_F_OOM_MEMCG else "",
-        total_vm=r.oom_total_vm * PAGE_SIZE,
-        anon_rss=r.oom_anon_rss * PAGE_SIZE,
-        file_rss=r.oom_file_rss * PAGE_SIZE,
-        shmem_rss=r.oom_shmem_rss * PAGE_SIZE,
-        pgtables=r.oom_pgtables_bytes,
-        score_adj=r.oom_score_adj,
+        total_vm=r.total_vm * PAGE_SIZE,
+        anon_rss=r.anon_rss * PAGE_SIZE,
+        file_rss=r.file_rss * PAGE_SIZE,
+        shmem_rss=r.shmem_rss * PAGE_SIZE,
+        pgtables=r.pgtables_bytes,
+        score_adj=r.score_adj,
     )
 
 
@@ -66,15 +66,15 @@ class MalformedRecord(ValueError):
 
 
 def decode(raw: bytes, clock: BootClock, layout: EventLayout | None = None) -> ProcessEvent:
-    """One record as the kernel wrote it (fork and exit records end before data[]).
+    """One record as the kernel wrote it (only exec records go on past the fixed part, into data[]).
 
     layout: the struct event of the object that wrote it; default, the shipped object's.
     Anything else raises MalformedRecord, and nothing else.
     """
     layout = layout or default_layout()
-    base = layout.header.size
+    base = layout.fixed.size
     if len(raw) < base:
-        raise MalformedRecord(f"a record of {len(raw)} bytes, shorter than its {base}-byte header")
+        raise MalformedRecord(f"a record of {len(raw)} bytes, shorter than its {base}-byte fixed part")
     r = layout.unpack(raw)
     exe = argv = None
     otel_env: tuple[tuple[str, str], ...] = ()
