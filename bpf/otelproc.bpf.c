@@ -1,5 +1,26 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Process exec, fork and exit events for tracked processes, in one ring buffer. */
+/* Process exec, fork, exit, signal and OOM events for tracked processes, in one ring buffer.
+ *
+ * Reading kernel memory, one rule. A program's typed pointers (its tp_btf
+ * arguments, bpf_get_current_task_btf()) have their members that are not
+ * pointers read directly: task->pid, sender->flags. The verifier checks such
+ * a load against BTF and makes it one that cannot fault, and vmlinux.h marks
+ * its types preserve_access_index, so it is a CO-RE relocation all the same.
+ * Everything else is read with BPF_CORE_READ (bpf_core_read for a block,
+ * BPF_CORE_READ_STR_INTO or bpf_probe_read_kernel_str for a string):
+ * - what lies behind a pointer member (task->signal->live): the verifier
+ *   could follow it, but it types every pointer so loaded with lookups by
+ *   name in the kernel's BTF; on 6.18 following them directly took this
+ *   object twice as long to load;
+ * - a pointer the verifier sees as a plain number: what BPF_CORE_READ
+ *   returned, one held in a copy on the stack, one computed (container_of),
+ *   one compared as a number;
+ * - an array member at an index known only at run time: the verifier takes
+ *   no variable offset into a typed pointer;
+ * - anything in a function that may be given a pointer of either kind.
+ * A member some kernels lack is read only under bpf_core_field_exists() (or a
+ * check of its type's size or kind).
+ */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -107,11 +128,11 @@ static __always_inline void count_lost(__u32 reason)
 		*n += 1;
 }
 
-/* Whether nobody has read the ring for longer than the limit: then a new
- * lifetime is not recorded, only counted, and its exec costs about what an
+/* Whether a new lifetime goes unrecorded, counted as lost, because nobody has
+ * read the ring for longer than the limit: its exec then costs about what an
  * unmatched one does. Lifetimes already tracked began while someone read:
  * their execs and exits are still recorded, bounded by the tracked map. */
-static __always_inline bool unattended(void)
+static __always_inline bool drop_unattended(void)
 {
 	__u32 zero = 0;
 	struct reader *r = bpf_map_lookup_elem(&otelproc_reader, &zero);
@@ -175,7 +196,7 @@ static __always_inline bool exe_name_matches(struct linux_binprm *bprm)
 {
 	struct exe_name_key key = { .prefixlen = EXE_NAME_LEN * 8 };
 
-	bpf_probe_read_kernel_str(key.name, sizeof(key.name), bprm->file->f_path.dentry->d_name.name);
+	bpf_probe_read_kernel_str(key.name, sizeof(key.name), BPF_CORE_READ(bprm, file, f_path.dentry, d_name.name));
 	return bpf_map_lookup_elem(&otelproc_match, &key) != NULL;
 }
 
@@ -230,7 +251,10 @@ _Static_assert(__builtin_offsetof(struct event, data) == sizeof(struct event_hea
 	       sizeof(struct event_oom) + sizeof(struct event_signal),
 	       "zero_record() zeroes every byte of struct event before data[]");
 
-static __always_inline void fill_common(struct event *e, struct task_struct *task, __u32 kind, __u32 pid)
+/* A record of the whole process: every part zeroed, the header filled (who,
+ * when, whose child, which credentials and cgroup). The exit's usage is for
+ * the exit program to fill. */
+static __always_inline void fill_header(struct event *e, struct task_struct *task, __u32 kind, __u32 pid)
 {
 	struct event_header *h = &e->header;
 	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
@@ -238,7 +262,6 @@ static __always_inline void fill_common(struct event *e, struct task_struct *tas
 	__u32 level = BPF_CORE_READ(tgid, level);
 	struct upid own;
 
-	/* Every part zero; whoever needs the exit's usage, the signal or the oom part fills it. */
 	zero_record(e);
 	h->time_ns = bpf_ktime_get_boot_ns();
 	h->start_time_ns = BPF_CORE_READ(leader, start_boottime);
@@ -281,15 +304,17 @@ static __always_inline __u32 read_user_block(struct event *e, __u32 off, unsigne
  * reader that lags, or is not there at all (a pinned probe while otelproc is
  * down), is not asked again for each record, at some 20 us of the traced
  * process's time each. unread counts this record's size bytes. */
-static __always_inline __u64 submit_flags(__u64 unread, __u64 size)
+static __always_inline __u64 wakeup_flag(__u64 unread, __u64 size)
 {
 	if (!wakeup_bytes)
 		return 0;
 	return unread >= wakeup_bytes && unread - size < wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
-/* The fork and exit records carry no data[]: only the fixed part goes out. */
-static __always_inline struct event *reserve_small(void)
+/* Reserves a record without data[] (a fork, exit, signal or oom record):
+ * only the fixed part goes out. The exec record, with its data[], is built in
+ * otelproc_heap and copied out at its used size instead. */
+static __always_inline struct event *reserve_without_data(void)
 {
 	struct event *e = bpf_ringbuf_reserve(&otelproc_ring, offsetof(struct event, data), 0);
 
@@ -298,28 +323,31 @@ static __always_inline struct event *reserve_small(void)
 	return e;
 }
 
-/* A reserved record is already counted as unread. */
-static __always_inline void submit_small(struct event *e)
+/* Submits what reserve_without_data() reserved; a reserved record is already counted as unread. */
+static __always_inline void submit_without_data(struct event *e)
 {
 	__u64 size = offsetof(struct event, data);
 
-	bpf_ringbuf_submit(e, submit_flags(bpf_ringbuf_query(&otelproc_ring, BPF_RB_AVAIL_DATA), size));
+	bpf_ringbuf_submit(e, wakeup_flag(bpf_ringbuf_query(&otelproc_ring, BPF_RB_AVAIL_DATA), size));
 }
 
-/* A signal or OOM record: whose and when; every other field zero. */
-static __always_inline struct event *reserve_brief(struct task_struct *task, __u32 kind, __u32 pid)
+/* Reserves a signal or OOM record, zeroed, with only whose and when filled
+ * (kind, pid, start and event times, comm): the process's other details are
+ * in its exec and fork records, and these come often enough to keep short. */
+static __always_inline struct event *reserve_whose_when(struct task_struct *task, __u32 kind, __u32 pid)
 {
-	struct event *e = reserve_small();
+	struct event *e = reserve_without_data();
+	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
 
 	if (!e)
 		return NULL;
 	zero_record(e);
 	e->header.time_ns = bpf_ktime_get_boot_ns();
-	e->header.start_time_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	e->header.start_time_ns = BPF_CORE_READ(leader, start_boottime);
 	e->header.kind = kind;
 	e->header.pid = pid;
 	e->header.tid = pid;
-	BPF_CORE_READ_STR_INTO(&e->header.comm, task, group_leader, comm);
+	BPF_CORE_READ_STR_INTO(&e->header.comm, leader, comm);
 	return e;
 }
 
@@ -339,7 +367,7 @@ int BPF_PROG(otelproc_exec, struct task_struct *task, pid_t old_pid, struct linu
 	if (!is_tracked(pid, ticks)) {
 		if (!trace_all && !exe_name_matches(bprm))
 			return 0;
-		if (!in_cgroup_scope() || unattended())
+		if (!in_cgroup_scope() || drop_unattended())
 			return 0;
 		if (!track(pid, ticks))
 			flags = EVENT_F_UNTRACKED;
@@ -348,11 +376,11 @@ int BPF_PROG(otelproc_exec, struct task_struct *task, pid_t old_pid, struct linu
 	e = bpf_map_lookup_elem(&otelproc_heap, &zero);
 	if (!e)
 		return 0;
-	fill_common(e, task, EVENT_EXEC, pid);
+	fill_header(e, task, EVENT_EXEC, pid);
 	e->header.flags = flags;
 	/* Exec from a non-leader thread gives that thread the process's pid;
 	 * old_pid is the thread's own id (host numbering). */
-	if (old_pid != BPF_CORE_READ(task, pid))
+	if (old_pid != task->pid)
 		e->header.tid = old_pid;
 
 	/* interp is the file actually run: the interpreter for a #! script. */
@@ -366,16 +394,16 @@ int BPF_PROG(otelproc_exec, struct task_struct *task, pid_t old_pid, struct linu
 
 	mm = BPF_CORE_READ(task, mm);
 	e->header.argv_len = read_user_block(e, off, BPF_CORE_READ(mm, arg_start), BPF_CORE_READ(mm, arg_end),
-				      ARGV_MAX, EVENT_F_ARGV_CUT);
+					     ARGV_MAX, EVENT_F_ARGV_CUT);
 	off += e->header.argv_len;
 	e->header.env_len = read_user_block(e, off, BPF_CORE_READ(mm, env_start), BPF_CORE_READ(mm, env_end),
-				     ENV_MAX, EVENT_F_ENV_CUT);
+					    ENV_MAX, EVENT_F_ENV_CUT);
 	off += e->header.env_len;
 	if (off > DATA_MAX)
 		return 0;
 	size = offsetof(struct event, data) + off;
 	unread = bpf_ringbuf_query(&otelproc_ring, BPF_RB_AVAIL_DATA) + size;
-	if (bpf_ringbuf_output(&otelproc_ring, e, size, submit_flags(unread, size)))
+	if (bpf_ringbuf_output(&otelproc_ring, e, size, wakeup_flag(unread, size)))
 		count_lost(LOST_RINGBUF);
 	return 0;
 }
@@ -388,7 +416,7 @@ int BPF_PROG(otelproc_fork, struct task_struct *parent, struct task_struct *chil
 	bool tracked_now;
 	__u64 ticks;
 
-	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+	if (child->pid != child->tgid)
 		return 0;	/* a new thread, not a process */
 
 	if (trace_all) {
@@ -400,7 +428,7 @@ int BPF_PROG(otelproc_fork, struct task_struct *parent, struct task_struct *chil
 			return 0;
 	}
 	pid = scoped_tgid(child);
-	if (!pid || unattended())
+	if (!pid || drop_unattended())
 		return 0;
 	ticks = start_ticks(child);
 
@@ -408,13 +436,13 @@ int BPF_PROG(otelproc_fork, struct task_struct *parent, struct task_struct *chil
 	 * is lost, but the child is still tracked, so its exit is reported and
 	 * the /proc sweep finds it in the map. */
 	tracked_now = track(pid, ticks);
-	e = reserve_small();
+	e = reserve_without_data();
 	if (!e)
 		return 0;
-	fill_common(e, child, EVENT_FORK, pid);
+	fill_header(e, child, EVENT_FORK, pid);
 	if (!tracked_now)
 		e->header.flags = EVENT_F_UNTRACKED;
-	submit_small(e);
+	submit_without_data(e);
 	return 0;
 }
 
@@ -442,19 +470,19 @@ static __always_inline __u64 mm_peak_pages(struct mm_struct *mm)
 	return hiwater > rss ? hiwater : rss;
 }
 
-/* Adds what a task used to the record's totals. */
-static __always_inline void add_usage(struct event_usage *u, struct task_struct *t)
+/* Adds what a task used, as its own counters hold it, to the record's totals. */
+static __always_inline void add_task_usage(struct event_usage *u, struct task_struct *t)
 {
-	u->cpu_ns += t->se.sum_exec_runtime;
-	u->utime_ns += t->utime;
-	u->stime_ns += t->stime;
-	u->min_flt += t->min_flt;
-	u->maj_flt += t->maj_flt;
-	u->nvcsw += t->nvcsw;
-	u->nivcsw += t->nivcsw;
+	u->cpu_ns += BPF_CORE_READ(t, se.sum_exec_runtime);
+	u->utime_ns += BPF_CORE_READ(t, utime);
+	u->stime_ns += BPF_CORE_READ(t, stime);
+	u->min_flt += BPF_CORE_READ(t, min_flt);
+	u->maj_flt += BPF_CORE_READ(t, maj_flt);
+	u->nvcsw += BPF_CORE_READ(t, nvcsw);
+	u->nivcsw += BPF_CORE_READ(t, nivcsw);
 	if (bpf_core_field_exists(t->ioac.read_bytes)) {	/* CONFIG_TASK_IO_ACCOUNTING */
-		u->read_bytes += t->ioac.read_bytes;
-		u->write_bytes += t->ioac.write_bytes;
+		u->read_bytes += BPF_CORE_READ(t, ioac.read_bytes);
+		u->write_bytes += BPF_CORE_READ(t, ioac.write_bytes);
 	}
 }
 
@@ -464,31 +492,31 @@ static __always_inline void add_usage(struct event_usage *u, struct task_struct 
  * and is not yet released is missed: the kernel folds it in just after this.) */
 static __always_inline void fill_usage(struct event_usage *u, struct task_struct *task)
 {
-	struct signal_struct *sig = task->signal;
-	struct task_struct *leader = task->group_leader;
+	struct signal_struct *sig = BPF_CORE_READ(task, signal);
+	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
 
-	u->cpu_ns = sig->sum_sched_runtime;
-	u->utime_ns = sig->utime;
-	u->stime_ns = sig->stime;
-	u->min_flt = sig->min_flt;
-	u->maj_flt = sig->maj_flt;
-	u->nvcsw = sig->nvcsw;
-	u->nivcsw = sig->nivcsw;
+	u->cpu_ns = BPF_CORE_READ(sig, sum_sched_runtime);
+	u->utime_ns = BPF_CORE_READ(sig, utime);
+	u->stime_ns = BPF_CORE_READ(sig, stime);
+	u->min_flt = BPF_CORE_READ(sig, min_flt);
+	u->maj_flt = BPF_CORE_READ(sig, maj_flt);
+	u->nvcsw = BPF_CORE_READ(sig, nvcsw);
+	u->nivcsw = BPF_CORE_READ(sig, nivcsw);
 	if (bpf_core_field_exists(sig->ioac.read_bytes)) {
-		u->read_bytes = sig->ioac.read_bytes;
-		u->write_bytes = sig->ioac.write_bytes;
+		u->read_bytes = BPF_CORE_READ(sig, ioac.read_bytes);
+		u->write_bytes = BPF_CORE_READ(sig, ioac.write_bytes);
 	}
-	add_usage(u, task);
+	add_task_usage(u, task);
 	if (leader != task)
-		add_usage(u, leader);
+		add_task_usage(u, leader);
 	/* Since Linux 6.16 this tracepoint comes before exit_mm(): the mm's own
 	 * peak is that of the program run since the last exec. signal->maxrss
 	 * (getrusage's ru_maxrss, set when the group dies, before this
 	 * tracepoint) also counts the images before that exec, for a child of a
 	 * large parent the parent's size. */
-	u->maxrss_pages = mm_peak_pages(task->mm);
+	u->maxrss_pages = mm_peak_pages(BPF_CORE_READ(task, mm));
 	if (!u->maxrss_pages)
-		u->maxrss_pages = sig->maxrss;
+		u->maxrss_pages = BPF_CORE_READ(sig, maxrss);
 }
 
 SEC("tp_btf/sched_process_exit")
@@ -509,20 +537,20 @@ int BPF_PROG(otelproc_exit, struct task_struct *task)
 	if (bpf_map_delete_elem(&otelproc_track, &pid))
 		return 0;
 
-	e = reserve_small();
+	e = reserve_without_data();
 	if (!e)
 		return 0;
-	fill_common(e, task, EVENT_EXIT, pid);
+	fill_header(e, task, EVENT_EXIT, pid);
 	/* The status wait() reports (wait_task_zombie): the group's when it
 	 * exited as a group, else the leader's. The last thread's own code may
 	 * differ: it can have called exit() itself while the group ended otherwise. */
-	sig = task->signal;
-	if (sig->flags & SIGNAL_GROUP_EXIT)
-		e->header.exit_code = sig->group_exit_code;
+	sig = BPF_CORE_READ(task, signal);
+	if (BPF_CORE_READ(sig, flags) & SIGNAL_GROUP_EXIT)
+		e->header.exit_code = BPF_CORE_READ(sig, group_exit_code);
 	else
-		e->header.exit_code = task->group_leader->exit_code;
+		e->header.exit_code = BPF_CORE_READ(task, group_leader, exit_code);
 	fill_usage(&e->usage, task);
-	submit_small(e);
+	submit_without_data(e);
 	return 0;
 }
 
@@ -536,13 +564,14 @@ static __always_inline int signal_code(struct kernel_siginfo *info)
 		return SI_USER;
 	if (special == 1)	/* SEND_SIG_PRIV: from the kernel */
 		return SI_KERNEL;
-	return BPF_CORE_READ(info, si_code);
+	return BPF_CORE_READ(info, si_code);	/* info, compared as a number, is one to the verifier */
 }
 
 /* Whether a signal that cannot be harmless by default may end the process or
  * asks it to: worth a record. */
 static __always_inline bool signal_matters(int sig, int code, struct task_struct *task)
 {
+	struct sighand_struct *sighand;
 	void *handler;
 
 	if (SIG_BIT(sig) & STOP_REQUESTS || sig == SIGKILL)
@@ -550,7 +579,8 @@ static __always_inline bool signal_matters(int sig, int code, struct task_struct
 	if (SIG_BIT(sig) & FAULTS && code > 0)
 		return true;
 	/* Any other signal ends the process only if it has no handler. */
-	if (bpf_core_read(&handler, sizeof(handler), &task->sighand->action[(sig - 1) & 63].sa.sa_handler))
+	sighand = BPF_CORE_READ(task, sighand);
+	if (bpf_core_read(&handler, sizeof(handler), &sighand->action[(sig - 1) & 63].sa.sa_handler))
 		return false;
 	return handler == NULL;	/* SIG_DFL */
 }
@@ -576,7 +606,7 @@ int BPF_PROG(otelproc_signal, int sig, struct kernel_siginfo *info, struct task_
 	if (!signal_matters(sig, code, task))
 		return 0;
 
-	e = reserve_brief(task, EVENT_SIGNAL, pid);
+	e = reserve_whose_when(task, EVENT_SIGNAL, pid);
 	if (!e)
 		return 0;
 	e->signal.signo = sig;
@@ -591,7 +621,7 @@ int BPF_PROG(otelproc_signal, int sig, struct kernel_siginfo *info, struct task_
 	} else {
 		e->header.flags = EVENT_F_SENDER_KERNEL;
 	}
-	submit_small(e);
+	submit_without_data(e);
 	return 0;
 }
 
@@ -601,7 +631,7 @@ int BPF_PROG(otelproc_signal, int sig, struct kernel_siginfo *info, struct task_
 #define OOM_CHARGE_SLACK 512	/* pages: the largest charge that fails, a huge page */
 #define MAX_MEMCG_DEPTH 8
 
-static __always_inline struct mem_cgroup *limited_memcg(struct task_struct *task)
+static __always_inline struct mem_cgroup *memcg_at_limit(struct task_struct *task)
 {
 	struct cgroup_subsys_state *css = memory_css(task), *parent;
 	struct mem_cgroup *memcg;
@@ -631,7 +661,7 @@ int BPF_PROG(otelproc_oom, struct task_struct *task)
 	if (!pid || !is_tracked(pid, start_ticks(task)))
 		return 0;
 
-	e = reserve_brief(task, EVENT_OOM, pid);
+	e = reserve_whose_when(task, EVENT_OOM, pid);
 	if (!e)
 		return 0;
 	/* mark_oom_victim() has just set oom_mm; task->mm is gone if the leader already exited. */
@@ -646,12 +676,12 @@ int BPF_PROG(otelproc_oom, struct task_struct *task)
 		e->oom.pgtables_bytes = BPF_CORE_READ(mm, pgtables_bytes.counter);
 	}
 	e->oom.score_adj = BPF_CORE_READ(task, signal, oom_score_adj);
-	memcg = limited_memcg(task);
+	memcg = memcg_at_limit(task);
 	if (memcg) {
 		e->header.flags = EVENT_F_OOM_MEMCG;
 		bpf_probe_read_kernel_str(e->header.cgroup, sizeof(e->header.cgroup), BPF_CORE_READ(memcg, css.cgroup, kn, name));
 	}
-	submit_small(e);
+	submit_without_data(e);
 	return 0;
 }
 
