@@ -106,6 +106,14 @@ struct {
 	__type(value, struct event);
 } otelproc_heap SEC(".maps");
 
+/* A dying group's usage, added up here by sum_group_usage() before its exit record is reserved. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event_usage);
+} otelproc_usage SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
 	__uint(max_entries, 1);
@@ -486,15 +494,66 @@ static __always_inline void add_task_usage(struct event_usage *u, struct task_st
 	}
 }
 
-/* The whole group's usage, as wait4() would report it. Threads that are gone
- * left theirs in signal_struct; the leader's stays in its task until it is
- * reaped; the last thread is this one. (A thread that died at the same instant
- * and is not yet released is missed: the kernel folds it in just after this.) */
-static __always_inline void fill_usage(struct event_usage *u, struct task_struct *task)
+/* signal->stats_lock's sequence, odd while a write section is open. It is
+ * the first 4 bytes of seqlock_t on every kernel: seqlock_t begins with its
+ * seqcount (a seqcount_spinlock_t since 5.10, a seqcount_t before), and that
+ * with its unsigned sequence. */
+static __always_inline __u32 stats_sequence(struct signal_struct *sig)
 {
-	struct signal_struct *sig = BPF_CORE_READ(task, signal);
-	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+	__u32 seq = 1;
 
+	bpf_core_read(&seq, sizeof(seq), &sig->stats_lock);
+	return seq;
+}
+
+/* Threads on a group's list whose counters one read adds up, at most: so
+ * many calls of add_listed_threads(), each adding up so many threads. */
+#define USAGE_THREAD_CALLS 64
+#define USAGE_THREADS_PER_CALL 16
+/* Reads of a group's usage before it is reported as cut (EVENT_F_USAGE_CUT). */
+#define USAGE_READS 4
+
+static __always_inline struct event_usage *usage_sum(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&otelproc_usage, &zero);
+}
+
+/* Adds the counters of the threads on a group's list, from the one whose
+ * task->thread_node is at node, to the sum in otelproc_usage: up to
+ * USAGE_THREADS_PER_CALL of them, or to the list's end (head). Returns the
+ * next node (head at the end; 0 if the list could not be read).
+ *
+ * This and read_group_usage() are global functions: the verifier checks each
+ * once, where it checks a static one at every call, and a bounded loop once
+ * per turn it may take. Thus one read of up to 1024 threads costs the load a
+ * few thousand instructions to check, not tens of thousands. */
+__attribute__((noinline)) __u64 add_listed_threads(__u64 node, __u64 head)
+{
+	struct event_usage *u = usage_sum();
+
+	if (!u)
+		return 0;
+	for (int i = 0; i < USAGE_THREADS_PER_CALL && node && node != head; i++) {
+		add_task_usage(u, (void *)node - bpf_core_field_offset(struct task_struct, thread_node));
+		node = (__u64)BPF_CORE_READ((struct list_head *)node, next);
+	}
+	return node;
+}
+
+/* Sets the sum in otelproc_usage to signal_struct's totals plus the counters
+ * of every thread on the group's list; returns whether that list ended within
+ * USAGE_THREAD_CALLS * USAGE_THREADS_PER_CALL threads. */
+__attribute__((noinline)) int read_group_usage(__u64 signal)
+{
+	struct signal_struct *sig = (void *)signal;
+	struct event_usage *u = usage_sum();
+	__u64 head = (__u64)&sig->thread_head, node;
+
+	if (!u)
+		return 0;
+	__builtin_memset(u, 0, sizeof(*u));
 	u->cpu_ns = BPF_CORE_READ(sig, sum_sched_runtime);
 	u->utime_ns = BPF_CORE_READ(sig, utime);
 	u->stime_ns = BPF_CORE_READ(sig, stime);
@@ -506,9 +565,53 @@ static __always_inline void fill_usage(struct event_usage *u, struct task_struct
 		u->read_bytes = BPF_CORE_READ(sig, ioac.read_bytes);
 		u->write_bytes = BPF_CORE_READ(sig, ioac.write_bytes);
 	}
-	add_task_usage(u, task);
-	if (leader != task)
-		add_task_usage(u, leader);
+	node = (__u64)BPF_CORE_READ(sig, thread_head.next);
+	for (int i = 0; i < USAGE_THREAD_CALLS && node && node != head; i++)
+		node = add_listed_threads(node, head);
+	return node == head;
+}
+
+/* Adds up, in otelproc_usage, the whole group's usage as wait4() reports it
+ * to the parent, read the way the kernel's own thread_group_cputime() reads
+ * it. Returns false when the sum may miss threads.
+ *
+ * A thread's counters stay in its task_struct until the thread is released;
+ * __exit_signal() (kernel/exit.c) then adds them to signal_struct's totals
+ * and takes the thread off the group's list (signal->thread_head, linked
+ * through task->thread_node, on every kernel since 3.14), both in one write
+ * section of signal->stats_lock. Released threads are in the totals; the
+ * others are on the list: this one, the leader until the group is reaped,
+ * and the threads that died with this one, which are released only at the
+ * end of their own exit (a traced one when its tracer reaps it), so that
+ * some are still listed, their counters still their own, when the last
+ * thread reaches this tracepoint. The totals plus the listed threads count
+ * every thread once, provided no thread is released between reading the one
+ * and walking the other: a sequence that was odd (a release under way) or
+ * that moved meanwhile says one was, and the sum is read again.
+ *
+ * A thread's time on CPU since its last tick or switch is not in its
+ * sum_exec_runtime yet; getrusage() leaves it out too, for every thread but
+ * the caller. */
+static __always_inline bool sum_group_usage(struct task_struct *task)
+{
+	struct signal_struct *sig = BPF_CORE_READ(task, signal);
+	__u32 seq;
+
+	for (int i = 0; i < USAGE_READS; i++) {
+		seq = stats_sequence(sig);
+		if (read_group_usage((__u64)sig) && !(seq & 1) && stats_sequence(sig) == seq)
+			return true;
+	}
+	return false;
+}
+
+/* The exit record's usage: the sum sum_group_usage() left, and the peak memory. */
+static __always_inline void fill_usage(struct event_usage *u, struct task_struct *task)
+{
+	struct event_usage *sum = usage_sum();
+
+	if (sum)
+		*u = *sum;
 	/* Since Linux 6.16 this tracepoint comes before exit_mm(): the mm's own
 	 * peak is that of the program run since the last exec. signal->maxrss
 	 * (getrusage's ru_maxrss, set when the group dies, before this
@@ -516,15 +619,16 @@ static __always_inline void fill_usage(struct event_usage *u, struct task_struct
 	 * large parent the parent's size. */
 	u->maxrss_pages = mm_peak_pages(BPF_CORE_READ(task, mm));
 	if (!u->maxrss_pages)
-		u->maxrss_pages = BPF_CORE_READ(sig, maxrss);
+		u->maxrss_pages = BPF_CORE_READ(task, signal, maxrss);
 }
 
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(otelproc_exit, struct task_struct *task)
 {
 	struct signal_struct *sig;
-	__u32 pid;
 	struct event *e;
+	bool whole;
+	__u32 pid;
 
 	/* This fires once per thread; the process is gone only with its last one. */
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
@@ -537,6 +641,7 @@ int BPF_PROG(otelproc_exit, struct task_struct *task)
 	if (bpf_map_delete_elem(&otelproc_track, &pid))
 		return 0;
 
+	whole = sum_group_usage(task);	/* before the reservation, which holds up the reader */
 	e = reserve_without_data();
 	if (!e)
 		return 0;
@@ -550,6 +655,8 @@ int BPF_PROG(otelproc_exit, struct task_struct *task)
 	else
 		e->header.exit_code = BPF_CORE_READ(task, group_leader, exit_code);
 	fill_usage(&e->usage, task);
+	if (!whole)
+		e->header.flags |= EVENT_F_USAGE_CUT;
 	submit_without_data(e);
 	return 0;
 }

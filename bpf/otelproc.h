@@ -33,6 +33,7 @@ enum event_flag {
 	EVENT_F_UNTRACKED = 8,	/* tracked map full: no fork or exit will follow */
 	EVENT_F_SENDER_KERNEL = 16,	/* signal: the kernel sent it, not the process in sender_* */
 	EVENT_F_OOM_MEMCG = 32,	/* oom: a memory cgroup's limit was hit (cgroup names it), not the system's */
+	EVENT_F_USAGE_CUT = 64,	/* exit: usage may miss threads: more were listed than the probe adds up, or releases kept interrupting its reads */
 };
 
 /* Indexes of the per-CPU "lost" counters. */

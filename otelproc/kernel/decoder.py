@@ -28,6 +28,8 @@ def _truncated(flags: int) -> tuple[str, ...]:
         parts.append("argv")
     if flags & record.EVENT_F_ENV_CUT:
         parts.append("env")
+    if flags & record.EVENT_F_USAGE_CUT:
+        parts.append("usage")
     return tuple(parts)
 
 

@@ -92,8 +92,9 @@ def test_each_event_field_comes_from_its_record_field():
                  voluntary_switches=24, involuntary_switches=25, disk_read_bytes=26, disk_write_bytes=27)
     exited = layout.pack(kind=3, exit_code=7 << 8, **usage, **HEADER)
     assert decoded(exited, clock) == expected(clock, EventKind.EXIT, exit_code=7, usage=used)
-    killed = layout.pack(kind=3, exit_code=0x80 | 9, **usage, **HEADER)
-    assert decoded(killed, clock) == expected(clock, EventKind.EXIT, signal=9, core_dumped=True, usage=used)
+    killed = layout.pack(kind=3, exit_code=0x80 | 9, flags=record.EVENT_F_USAGE_CUT, **usage, **HEADER)
+    assert decoded(killed, clock) == expected(clock, EventKind.EXIT, signal=9, core_dumped=True, usage=used,
+                                              truncated=("usage",))
 
     sent = dict(signo=15, si_code=-6, sender_pid=4242, sender_comm=b"sender-field\0")
     signalled = layout.pack(kind=4, flags=record.EVENT_F_SENDER_KERNEL, **sent, **HEADER)
