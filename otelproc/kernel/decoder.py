@@ -116,13 +116,18 @@ def default_layout() -> EventLayout:
     return EventLayout.from_object(DEFAULT_OBJECT)
 
 
-def check_layout(layout: EventLayout) -> None:
-    """Refuses a struct event this decoder cannot read (a field it uses is missing), before any record."""
+def missing_field(layout: EventLayout) -> str | None:
+    """A field this decoder reads that the struct event lacks; None when it can read every record."""
     try:
         for kind in KERNEL_KINDS:
             decode(layout.pack(kind=kind), BootClock(), layout)
     except AttributeError as exc:
-        missing = getattr(exc, "name", None) or str(exc)
-        raise BrokenInstallError(
-            f"struct event in the BPF object has no field {missing}; rebuild it with `make bpf`"
-        ) from None
+        return getattr(exc, "name", None) or str(exc)
+    return None
+
+
+def check_layout(layout: EventLayout) -> None:
+    """Refuses a struct event this decoder cannot read (a field it uses is missing), before any record."""
+    missing = missing_field(layout)
+    if missing is not None:
+        raise BrokenInstallError(f"struct event in the BPF object has no field {missing}; rebuild it with `make bpf`")

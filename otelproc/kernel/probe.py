@@ -18,7 +18,7 @@ from typing import Callable
 from otelproc.kernel import decoder, libbpf, pins, record
 from otelproc.kernel.libbpf import LibbpfError
 from otelproc.config import Settings, scope_pidns
-from otelproc.errors import ConfigError
+from otelproc.errors import BrokenInstallError, ConfigError
 from otelproc.matching import MatchRule
 from otelproc.kernel.record import DEFAULT_OBJECT
 from otelproc.model import NS_PER_TICK
@@ -201,12 +201,27 @@ class PreviousProbe:
                     "remove it with `otelproc detach` (its unread records are lost)",
                 )
             self.btf = libbpf.KernelBtf(btf_id)
-            self.layout = record.EventLayout.from_btf(self.btf.handle)
-            decoder.check_layout(self.layout)
+            self.layout = self._readable_layout(self.btf.handle)
             self.attendance = Attendance.read(self._maps.fds)
         except BaseException:
             self.close()
             raise
+
+    def _readable_layout(self, btf: int) -> record.EventLayout:
+        """Its struct event, refused (with what to do) when this otelproc cannot read its records."""
+        try:
+            layout = record.EventLayout.from_btf(btf)
+            why = decoder.missing_field(layout)
+            why = None if why is None else f"its struct event has no field {why}"
+        except (BrokenInstallError, LibbpfError) as exc:
+            why = str(exc)
+        if why is not None:
+            raise LibbpfError(
+                errno.EPROTO,
+                f"the probe pinned in {self.dir} writes records this otelproc cannot read ({why}); "
+                "remove it with `otelproc detach` (its unread records are lost)",
+            )
+        return layout
 
     def tracked(self) -> list[tuple[bytes, bytes]]:
         return _tracked_items(self._maps.fds[TRACKED])
