@@ -575,11 +575,11 @@ __attribute__((noinline)) int read_group_usage(__u64 signal)
  * to the parent, read the way the kernel's own thread_group_cputime() reads
  * it. Returns false when the sum may miss threads.
  *
- * A thread's counters stay in its task_struct until the thread is released;
- * __exit_signal() (kernel/exit.c) then adds them to signal_struct's totals
- * and takes the thread off the group's list (signal->thread_head, linked
- * through task->thread_node, on every kernel since 3.14), both in one write
- * section of signal->stats_lock. Released threads are in the totals; the
+ * A thread's counters stay in its task_struct until the thread is released:
+ * __exit_signal(), in the kernel's exit.c, then adds them to signal_struct's
+ * totals and takes the thread off the group's list (signal->thread_head,
+ * linked through task->thread_node, on every kernel since 3.14), both in one
+ * write section of signal->stats_lock. Released threads are in the totals; the
  * others are on the list: this one, the leader until the group is reaped,
  * and the threads that died with this one, which are released only at the
  * end of their own exit (a traced one when its tracer reaps it), so that
