@@ -1,5 +1,26 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Process exec, fork and exit events for tracked processes, in one ring buffer. */
+/* Process exec, fork, exit, signal and OOM events for tracked processes, in one ring buffer.
+ *
+ * Reading kernel memory, one rule. A program's typed pointers (its tp_btf
+ * arguments, bpf_get_current_task_btf()) have their members that are not
+ * pointers read directly: task->pid, sender->flags. The verifier checks such
+ * a load against BTF and makes it one that cannot fault, and vmlinux.h marks
+ * its types preserve_access_index, so it is a CO-RE relocation all the same.
+ * Everything else is read with BPF_CORE_READ (bpf_core_read for a block,
+ * BPF_CORE_READ_STR_INTO or bpf_probe_read_kernel_str for a string):
+ * - what lies behind a pointer member (task->signal->live): the verifier
+ *   could follow it, but it types every pointer so loaded with lookups by
+ *   name in the kernel's BTF; on 6.18 following them directly took this
+ *   object twice as long to load;
+ * - a pointer the verifier sees as a plain number: what BPF_CORE_READ
+ *   returned, one held in a copy on the stack, one computed (container_of),
+ *   one compared as a number;
+ * - an array member at an index known only at run time: the verifier takes
+ *   no variable offset into a typed pointer;
+ * - anything in a function that may be given a pointer of either kind.
+ * A member some kernels lack is read only under bpf_core_field_exists() (or a
+ * check of its type's size or kind).
+ */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -85,6 +106,14 @@ struct {
 	__type(value, struct event);
 } otelproc_heap SEC(".maps");
 
+/* A dying group's usage, added up here by sum_group_usage() before its exit record is reserved. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event_usage);
+} otelproc_usage SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
 	__uint(max_entries, 1);
@@ -107,11 +136,11 @@ static __always_inline void count_lost(__u32 reason)
 		*n += 1;
 }
 
-/* Whether nobody has read the ring for longer than the limit: then a new
- * lifetime is not recorded, only counted, and its exec costs about what an
+/* Whether a new lifetime goes unrecorded, counted as lost, because nobody has
+ * read the ring for longer than the limit: its exec then costs about what an
  * unmatched one does. Lifetimes already tracked began while someone read:
  * their execs and exits are still recorded, bounded by the tracked map. */
-static __always_inline bool unattended(void)
+static __always_inline bool drop_unattended(void)
 {
 	__u32 zero = 0;
 	struct reader *r = bpf_map_lookup_elem(&otelproc_reader, &zero);
@@ -175,7 +204,7 @@ static __always_inline bool exe_name_matches(struct linux_binprm *bprm)
 {
 	struct exe_name_key key = { .prefixlen = EXE_NAME_LEN * 8 };
 
-	bpf_probe_read_kernel_str(key.name, sizeof(key.name), bprm->file->f_path.dentry->d_name.name);
+	bpf_probe_read_kernel_str(key.name, sizeof(key.name), BPF_CORE_READ(bprm, file, f_path.dentry, d_name.name));
 	return bpf_map_lookup_elem(&otelproc_match, &key) != NULL;
 }
 
@@ -199,12 +228,12 @@ static __always_inline struct cgroup_subsys_state *memory_css(struct task_struct
 	return BPF_CORE_READ(task, cgroups, subsys[memory]);
 }
 
-static __always_inline void fill_cgroup(struct event *e, struct task_struct *task)
+static __always_inline void fill_cgroup(struct event_header *h, struct task_struct *task)
 {
 	struct cgroup *cgrp = BPF_CORE_READ(task, cgroups, dfl_cgrp);
 	struct kernfs_node *kn = BPF_CORE_READ(cgrp, kn);
 
-	e->cgroup_id = BPF_CORE_READ(kn, id);
+	h->cgroup_id = BPF_CORE_READ(kn, id);
 	/* On a cgroup v1 host every task sits in the v2 root; the memory
 	 * controller's hierarchy then holds the container's name. */
 	if (BPF_CORE_READ(cgrp, level) == 0) {
@@ -213,41 +242,50 @@ static __always_inline void fill_cgroup(struct event *e, struct task_struct *tas
 		if (css)
 			kn = BPF_CORE_READ(css, cgroup, kn);
 	}
-	bpf_probe_read_kernel_str(e->cgroup, sizeof(e->cgroup), BPF_CORE_READ(kn, name));
+	bpf_probe_read_kernel_str(h->cgroup, sizeof(h->cgroup), BPF_CORE_READ(kn, name));
 }
 
-static __always_inline void fill_common(struct event *e, struct task_struct *task, __u32 kind, __u32 pid)
+/* Zeroes the fixed part of a record (all but data[]) part by part, each by
+ * its own size: a member added to a part is zeroed with it, and a part added
+ * to struct event fails the assertion below until it is zeroed here too. */
+static __always_inline void zero_record(struct event *e)
 {
+	__builtin_memset(&e->header, 0, sizeof(e->header));
+	__builtin_memset(&e->usage, 0, sizeof(e->usage));
+	__builtin_memset(&e->oom, 0, sizeof(e->oom));
+	__builtin_memset(&e->signal, 0, sizeof(e->signal));
+}
+_Static_assert(__builtin_offsetof(struct event, data) == sizeof(struct event_header) + sizeof(struct event_usage) +
+	       sizeof(struct event_oom) + sizeof(struct event_signal),
+	       "zero_record() zeroes every byte of struct event before data[]");
+
+/* A record of the whole process: every part zeroed, the header filled (who,
+ * when, whose child, which credentials and cgroup). The exit's usage is for
+ * the exit program to fill. */
+static __always_inline void fill_header(struct event *e, struct task_struct *task, __u32 kind, __u32 pid)
+{
+	struct event_header *h = &e->header;
 	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
 	struct pid *tgid = BPF_CORE_READ(task, signal, pids[PIDTYPE_TGID]);
 	__u32 level = BPF_CORE_READ(tgid, level);
 	struct upid own;
 
-	e->time_ns = bpf_ktime_get_boot_ns();
-	e->start_time_ns = BPF_CORE_READ(leader, start_boottime);
-	e->kind = kind;
-	e->flags = 0;
-	e->pid = pid;
-	e->ppid = scoped_tgid(BPF_CORE_READ(task, real_parent));
-	e->tid = pid;
-	e->vpid = 0;
-	e->pidns = 0;
+	zero_record(e);
+	h->time_ns = bpf_ktime_get_boot_ns();
+	h->start_time_ns = BPF_CORE_READ(leader, start_boottime);
+	h->kind = kind;
+	h->pid = pid;
+	h->ppid = scoped_tgid(BPF_CORE_READ(task, real_parent));
+	h->tid = pid;
 	if (!bpf_core_read(&own, sizeof(own), &tgid->numbers[level])) {
-		e->vpid = own.nr;
-		e->pidns = BPF_CORE_READ(own.ns, ns.inum);
+		h->vpid = own.nr;
+		h->pidns = BPF_CORE_READ(own.ns, ns.inum);
 	}
-	e->uid = BPF_CORE_READ(task, real_cred, uid.val);
-	e->gid = BPF_CORE_READ(task, real_cred, gid.val);
-	e->exit_code = 0;
-	e->exe_len = 0;
-	e->argv_len = 0;
-	e->env_len = 0;
-	e->reserved = 0;
-	/* The exit's usage and the signal and oom fields: whoever needs them fills them. */
-	__builtin_memset(&e->cpu_ns, 0, offsetof(struct event, comm) - offsetof(struct event, cpu_ns));
+	h->uid = BPF_CORE_READ(task, real_cred, uid.val);
+	h->gid = BPF_CORE_READ(task, real_cred, gid.val);
 	/* The leader's name is the process's (/proc/<pid>/comm); threads may name themselves. */
-	BPF_CORE_READ_STR_INTO(&e->comm, leader, comm);
-	fill_cgroup(e, task);
+	BPF_CORE_READ_STR_INTO(&h->comm, leader, comm);
+	fill_cgroup(h, task);
 }
 
 /* Copies [start, end) of the new program's memory to data[off...], at most max bytes. */
@@ -258,7 +296,7 @@ static __always_inline __u32 read_user_block(struct event *e, __u32 off, unsigne
 
 	if (len > max) {
 		len = max;
-		e->flags |= cut_flag;
+		e->header.flags |= cut_flag;
 	}
 	if (off > DATA_MAX - max)
 		return 0;
@@ -274,15 +312,17 @@ static __always_inline __u32 read_user_block(struct event *e, __u32 off, unsigne
  * reader that lags, or is not there at all (a pinned probe while otelproc is
  * down), is not asked again for each record, at some 20 us of the traced
  * process's time each. unread counts this record's size bytes. */
-static __always_inline __u64 submit_flags(__u64 unread, __u64 size)
+static __always_inline __u64 wakeup_flag(__u64 unread, __u64 size)
 {
 	if (!wakeup_bytes)
 		return 0;
 	return unread >= wakeup_bytes && unread - size < wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
-/* The fork and exit records carry no data[]: only the fixed part goes out. */
-static __always_inline struct event *reserve_small(void)
+/* Reserves a record without data[] (a fork, exit, signal or oom record):
+ * only the fixed part goes out. The exec record, with its data[], is built in
+ * otelproc_heap and copied out at its used size instead. */
+static __always_inline struct event *reserve_without_data(void)
 {
 	struct event *e = bpf_ringbuf_reserve(&otelproc_ring, offsetof(struct event, data), 0);
 
@@ -291,28 +331,31 @@ static __always_inline struct event *reserve_small(void)
 	return e;
 }
 
-/* A reserved record is already counted as unread. */
-static __always_inline void submit_small(struct event *e)
+/* Submits what reserve_without_data() reserved; a reserved record is already counted as unread. */
+static __always_inline void submit_without_data(struct event *e)
 {
 	__u64 size = offsetof(struct event, data);
 
-	bpf_ringbuf_submit(e, submit_flags(bpf_ringbuf_query(&otelproc_ring, BPF_RB_AVAIL_DATA), size));
+	bpf_ringbuf_submit(e, wakeup_flag(bpf_ringbuf_query(&otelproc_ring, BPF_RB_AVAIL_DATA), size));
 }
 
-/* A signal or OOM record: whose and when; every other field zero. */
-static __always_inline struct event *reserve_brief(struct task_struct *task, __u32 kind, __u32 pid)
+/* Reserves a signal or OOM record, zeroed, with only whose and when filled
+ * (kind, pid, start and event times, comm): the process's other details are
+ * in its exec and fork records, and these come often enough to keep short. */
+static __always_inline struct event *reserve_whose_when(struct task_struct *task, __u32 kind, __u32 pid)
 {
-	struct event *e = reserve_small();
+	struct event *e = reserve_without_data();
+	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
 
 	if (!e)
 		return NULL;
-	__builtin_memset(e, 0, offsetof(struct event, data));
-	e->time_ns = bpf_ktime_get_boot_ns();
-	e->start_time_ns = BPF_CORE_READ(task, group_leader, start_boottime);
-	e->kind = kind;
-	e->pid = pid;
-	e->tid = pid;
-	BPF_CORE_READ_STR_INTO(&e->comm, task, group_leader, comm);
+	zero_record(e);
+	e->header.time_ns = bpf_ktime_get_boot_ns();
+	e->header.start_time_ns = BPF_CORE_READ(leader, start_boottime);
+	e->header.kind = kind;
+	e->header.pid = pid;
+	e->header.tid = pid;
+	BPF_CORE_READ_STR_INTO(&e->header.comm, leader, comm);
 	return e;
 }
 
@@ -332,7 +375,7 @@ int BPF_PROG(otelproc_exec, struct task_struct *task, pid_t old_pid, struct linu
 	if (!is_tracked(pid, ticks)) {
 		if (!trace_all && !exe_name_matches(bprm))
 			return 0;
-		if (!in_cgroup_scope() || unattended())
+		if (!in_cgroup_scope() || drop_unattended())
 			return 0;
 		if (!track(pid, ticks))
 			flags = EVENT_F_UNTRACKED;
@@ -341,34 +384,34 @@ int BPF_PROG(otelproc_exec, struct task_struct *task, pid_t old_pid, struct linu
 	e = bpf_map_lookup_elem(&otelproc_heap, &zero);
 	if (!e)
 		return 0;
-	fill_common(e, task, EVENT_EXEC, pid);
-	e->flags = flags;
+	fill_header(e, task, EVENT_EXEC, pid);
+	e->header.flags = flags;
 	/* Exec from a non-leader thread gives that thread the process's pid;
 	 * old_pid is the thread's own id (host numbering). */
-	if (old_pid != BPF_CORE_READ(task, pid))
-		e->tid = old_pid;
+	if (old_pid != task->pid)
+		e->header.tid = old_pid;
 
 	/* interp is the file actually run: the interpreter for a #! script. */
 	n = bpf_probe_read_kernel_str(e->data, EXE_MAX, BPF_CORE_READ(bprm, interp));
 	off = n > 0 ? n : 0;
 	if (off >= EXE_MAX)
-		e->flags |= EVENT_F_EXE_CUT;
+		e->header.flags |= EVENT_F_EXE_CUT;
 	if (off > EXE_MAX)
 		off = EXE_MAX;
-	e->exe_len = off;
+	e->header.exe_len = off;
 
 	mm = BPF_CORE_READ(task, mm);
-	e->argv_len = read_user_block(e, off, BPF_CORE_READ(mm, arg_start), BPF_CORE_READ(mm, arg_end),
-				      ARGV_MAX, EVENT_F_ARGV_CUT);
-	off += e->argv_len;
-	e->env_len = read_user_block(e, off, BPF_CORE_READ(mm, env_start), BPF_CORE_READ(mm, env_end),
-				     ENV_MAX, EVENT_F_ENV_CUT);
-	off += e->env_len;
+	e->header.argv_len = read_user_block(e, off, BPF_CORE_READ(mm, arg_start), BPF_CORE_READ(mm, arg_end),
+					     ARGV_MAX, EVENT_F_ARGV_CUT);
+	off += e->header.argv_len;
+	e->header.env_len = read_user_block(e, off, BPF_CORE_READ(mm, env_start), BPF_CORE_READ(mm, env_end),
+					    ENV_MAX, EVENT_F_ENV_CUT);
+	off += e->header.env_len;
 	if (off > DATA_MAX)
 		return 0;
 	size = offsetof(struct event, data) + off;
 	unread = bpf_ringbuf_query(&otelproc_ring, BPF_RB_AVAIL_DATA) + size;
-	if (bpf_ringbuf_output(&otelproc_ring, e, size, submit_flags(unread, size)))
+	if (bpf_ringbuf_output(&otelproc_ring, e, size, wakeup_flag(unread, size)))
 		count_lost(LOST_RINGBUF);
 	return 0;
 }
@@ -381,7 +424,7 @@ int BPF_PROG(otelproc_fork, struct task_struct *parent, struct task_struct *chil
 	bool tracked_now;
 	__u64 ticks;
 
-	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+	if (child->pid != child->tgid)
 		return 0;	/* a new thread, not a process */
 
 	if (trace_all) {
@@ -393,7 +436,7 @@ int BPF_PROG(otelproc_fork, struct task_struct *parent, struct task_struct *chil
 			return 0;
 	}
 	pid = scoped_tgid(child);
-	if (!pid || unattended())
+	if (!pid || drop_unattended())
 		return 0;
 	ticks = start_ticks(child);
 
@@ -401,13 +444,13 @@ int BPF_PROG(otelproc_fork, struct task_struct *parent, struct task_struct *chil
 	 * is lost, but the child is still tracked, so its exit is reported and
 	 * the /proc sweep finds it in the map. */
 	tracked_now = track(pid, ticks);
-	e = reserve_small();
+	e = reserve_without_data();
 	if (!e)
 		return 0;
-	fill_common(e, child, EVENT_FORK, pid);
+	fill_header(e, child, EVENT_FORK, pid);
 	if (!tracked_now)
-		e->flags = EVENT_F_UNTRACKED;
-	submit_small(e);
+		e->header.flags = EVENT_F_UNTRACKED;
+	submit_without_data(e);
 	return 0;
 }
 
@@ -435,61 +478,157 @@ static __always_inline __u64 mm_peak_pages(struct mm_struct *mm)
 	return hiwater > rss ? hiwater : rss;
 }
 
-/* Adds what a task used to the record's totals. */
-static __always_inline void add_usage(struct event *e, struct task_struct *t)
+/* Adds what a task used, as its own counters hold it, to the record's totals. */
+static __always_inline void add_task_usage(struct event_usage *u, struct task_struct *t)
 {
-	e->cpu_ns += t->se.sum_exec_runtime;
-	e->utime_ns += t->utime;
-	e->stime_ns += t->stime;
-	e->min_flt += t->min_flt;
-	e->maj_flt += t->maj_flt;
-	e->nvcsw += t->nvcsw;
-	e->nivcsw += t->nivcsw;
+	u->cpu_ns += BPF_CORE_READ(t, se.sum_exec_runtime);
+	u->utime_ns += BPF_CORE_READ(t, utime);
+	u->stime_ns += BPF_CORE_READ(t, stime);
+	u->min_flt += BPF_CORE_READ(t, min_flt);
+	u->maj_flt += BPF_CORE_READ(t, maj_flt);
+	u->nvcsw += BPF_CORE_READ(t, nvcsw);
+	u->nivcsw += BPF_CORE_READ(t, nivcsw);
 	if (bpf_core_field_exists(t->ioac.read_bytes)) {	/* CONFIG_TASK_IO_ACCOUNTING */
-		e->read_bytes += t->ioac.read_bytes;
-		e->write_bytes += t->ioac.write_bytes;
+		u->read_bytes += BPF_CORE_READ(t, ioac.read_bytes);
+		u->write_bytes += BPF_CORE_READ(t, ioac.write_bytes);
 	}
 }
 
-/* The whole group's usage, as wait4() would report it. Threads that are gone
- * left theirs in signal_struct; the leader's stays in its task until it is
- * reaped; the last thread is this one. (A thread that died at the same instant
- * and is not yet released is missed: the kernel folds it in just after this.) */
-static __always_inline void fill_usage(struct event *e, struct task_struct *task)
+/* signal->stats_lock's sequence, odd while a write section is open. It is
+ * the first 4 bytes of seqlock_t on every kernel: seqlock_t begins with its
+ * seqcount (a seqcount_spinlock_t since 5.10, a seqcount_t before), and that
+ * with its unsigned sequence. */
+static __always_inline __u32 stats_sequence(struct signal_struct *sig)
 {
-	struct signal_struct *sig = task->signal;
-	struct task_struct *leader = task->group_leader;
+	__u32 seq = 1;
 
-	e->cpu_ns = sig->sum_sched_runtime;
-	e->utime_ns = sig->utime;
-	e->stime_ns = sig->stime;
-	e->min_flt = sig->min_flt;
-	e->maj_flt = sig->maj_flt;
-	e->nvcsw = sig->nvcsw;
-	e->nivcsw = sig->nivcsw;
-	if (bpf_core_field_exists(sig->ioac.read_bytes)) {
-		e->read_bytes = sig->ioac.read_bytes;
-		e->write_bytes = sig->ioac.write_bytes;
+	bpf_core_read(&seq, sizeof(seq), &sig->stats_lock);
+	return seq;
+}
+
+/* Threads on a group's list whose counters one read adds up, at most: so
+ * many calls of add_listed_threads(), each adding up so many threads. */
+#define USAGE_THREAD_CALLS 64
+#define USAGE_THREADS_PER_CALL 16
+/* Reads of a group's usage before it is reported as cut (EVENT_F_USAGE_CUT). */
+#define USAGE_READS 4
+
+static __always_inline struct event_usage *usage_sum(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&otelproc_usage, &zero);
+}
+
+/* Adds the counters of the threads on a group's list, from the one whose
+ * task->thread_node is at node, to the sum in otelproc_usage: up to
+ * USAGE_THREADS_PER_CALL of them, or to the list's end (head). Returns the
+ * next node (head at the end; 0 if the list could not be read).
+ *
+ * This and read_group_usage() are global functions: the verifier checks each
+ * once, where it checks a static one at every call, and a bounded loop once
+ * per turn it may take. Thus one read of up to 1024 threads costs the load a
+ * few thousand instructions to check, not tens of thousands. */
+__attribute__((noinline)) __u64 add_listed_threads(__u64 node, __u64 head)
+{
+	struct event_usage *u = usage_sum();
+
+	if (!u)
+		return 0;
+	for (int i = 0; i < USAGE_THREADS_PER_CALL && node && node != head; i++) {
+		add_task_usage(u, (void *)node - bpf_core_field_offset(struct task_struct, thread_node));
+		node = (__u64)BPF_CORE_READ((struct list_head *)node, next);
 	}
-	add_usage(e, task);
-	if (leader != task)
-		add_usage(e, leader);
+	return node;
+}
+
+/* Sets the sum in otelproc_usage to signal_struct's totals plus the counters
+ * of every thread on the group's list; returns whether that list ended within
+ * USAGE_THREAD_CALLS * USAGE_THREADS_PER_CALL threads. */
+__attribute__((noinline)) int read_group_usage(__u64 signal)
+{
+	struct signal_struct *sig = (void *)signal;
+	struct event_usage *u = usage_sum();
+	__u64 head = (__u64)&sig->thread_head, node;
+
+	if (!u)
+		return 0;
+	__builtin_memset(u, 0, sizeof(*u));
+	u->cpu_ns = BPF_CORE_READ(sig, sum_sched_runtime);
+	u->utime_ns = BPF_CORE_READ(sig, utime);
+	u->stime_ns = BPF_CORE_READ(sig, stime);
+	u->min_flt = BPF_CORE_READ(sig, min_flt);
+	u->maj_flt = BPF_CORE_READ(sig, maj_flt);
+	u->nvcsw = BPF_CORE_READ(sig, nvcsw);
+	u->nivcsw = BPF_CORE_READ(sig, nivcsw);
+	if (bpf_core_field_exists(sig->ioac.read_bytes)) {
+		u->read_bytes = BPF_CORE_READ(sig, ioac.read_bytes);
+		u->write_bytes = BPF_CORE_READ(sig, ioac.write_bytes);
+	}
+	node = (__u64)BPF_CORE_READ(sig, thread_head.next);
+	for (int i = 0; i < USAGE_THREAD_CALLS && node && node != head; i++)
+		node = add_listed_threads(node, head);
+	return node == head;
+}
+
+/* Adds up, in otelproc_usage, the whole group's usage as wait4() reports it
+ * to the parent, read the way the kernel's own thread_group_cputime() reads
+ * it. Returns false when the sum may miss threads.
+ *
+ * A thread's counters stay in its task_struct until the thread is released:
+ * __exit_signal(), in the kernel's exit.c, then adds them to signal_struct's
+ * totals and takes the thread off the group's list (signal->thread_head,
+ * linked through task->thread_node, on every kernel since 3.14), both in one
+ * write section of signal->stats_lock. Released threads are in the totals; the
+ * others are on the list: this one, the leader until the group is reaped,
+ * and the threads that died with this one, which are released only at the
+ * end of their own exit (a traced one when its tracer reaps it), so that
+ * some are still listed, their counters still their own, when the last
+ * thread reaches this tracepoint. The totals plus the listed threads count
+ * every thread once, provided no thread is released between reading the one
+ * and walking the other: a sequence that was odd (a release under way) or
+ * that moved meanwhile says one was, and the sum is read again.
+ *
+ * A thread's time on CPU since its last tick or switch is not in its
+ * sum_exec_runtime yet; getrusage() leaves it out too, for every thread but
+ * the caller. */
+static __always_inline bool sum_group_usage(struct task_struct *task)
+{
+	struct signal_struct *sig = BPF_CORE_READ(task, signal);
+	__u32 seq;
+
+	for (int i = 0; i < USAGE_READS; i++) {
+		seq = stats_sequence(sig);
+		if (read_group_usage((__u64)sig) && !(seq & 1) && stats_sequence(sig) == seq)
+			return true;
+	}
+	return false;
+}
+
+/* The exit record's usage: the sum sum_group_usage() left, and the peak memory. */
+static __always_inline void fill_usage(struct event_usage *u, struct task_struct *task)
+{
+	struct event_usage *sum = usage_sum();
+
+	if (sum)
+		*u = *sum;
 	/* Since Linux 6.16 this tracepoint comes before exit_mm(): the mm's own
 	 * peak is that of the program run since the last exec. signal->maxrss
 	 * (getrusage's ru_maxrss, set when the group dies, before this
 	 * tracepoint) also counts the images before that exec, for a child of a
 	 * large parent the parent's size. */
-	e->maxrss_pages = mm_peak_pages(task->mm);
-	if (!e->maxrss_pages)
-		e->maxrss_pages = sig->maxrss;
+	u->maxrss_pages = mm_peak_pages(BPF_CORE_READ(task, mm));
+	if (!u->maxrss_pages)
+		u->maxrss_pages = BPF_CORE_READ(task, signal, maxrss);
 }
 
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(otelproc_exit, struct task_struct *task)
 {
 	struct signal_struct *sig;
-	__u32 pid;
 	struct event *e;
+	bool whole;
+	__u32 pid;
 
 	/* This fires once per thread; the process is gone only with its last one. */
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
@@ -502,20 +641,23 @@ int BPF_PROG(otelproc_exit, struct task_struct *task)
 	if (bpf_map_delete_elem(&otelproc_track, &pid))
 		return 0;
 
-	e = reserve_small();
+	whole = sum_group_usage(task);	/* before the reservation, which holds up the reader */
+	e = reserve_without_data();
 	if (!e)
 		return 0;
-	fill_common(e, task, EVENT_EXIT, pid);
+	fill_header(e, task, EVENT_EXIT, pid);
 	/* The status wait() reports (wait_task_zombie): the group's when it
 	 * exited as a group, else the leader's. The last thread's own code may
 	 * differ: it can have called exit() itself while the group ended otherwise. */
-	sig = task->signal;
-	if (sig->flags & SIGNAL_GROUP_EXIT)
-		e->exit_code = sig->group_exit_code;
+	sig = BPF_CORE_READ(task, signal);
+	if (BPF_CORE_READ(sig, flags) & SIGNAL_GROUP_EXIT)
+		e->header.exit_code = BPF_CORE_READ(sig, group_exit_code);
 	else
-		e->exit_code = task->group_leader->exit_code;
-	fill_usage(e, task);
-	submit_small(e);
+		e->header.exit_code = BPF_CORE_READ(task, group_leader, exit_code);
+	fill_usage(&e->usage, task);
+	if (!whole)
+		e->header.flags |= EVENT_F_USAGE_CUT;
+	submit_without_data(e);
 	return 0;
 }
 
@@ -529,13 +671,14 @@ static __always_inline int signal_code(struct kernel_siginfo *info)
 		return SI_USER;
 	if (special == 1)	/* SEND_SIG_PRIV: from the kernel */
 		return SI_KERNEL;
-	return BPF_CORE_READ(info, si_code);
+	return BPF_CORE_READ(info, si_code);	/* info, compared as a number, is one to the verifier */
 }
 
 /* Whether a signal that cannot be harmless by default may end the process or
  * asks it to: worth a record. */
 static __always_inline bool signal_matters(int sig, int code, struct task_struct *task)
 {
+	struct sighand_struct *sighand;
 	void *handler;
 
 	if (SIG_BIT(sig) & STOP_REQUESTS || sig == SIGKILL)
@@ -543,7 +686,8 @@ static __always_inline bool signal_matters(int sig, int code, struct task_struct
 	if (SIG_BIT(sig) & FAULTS && code > 0)
 		return true;
 	/* Any other signal ends the process only if it has no handler. */
-	if (bpf_core_read(&handler, sizeof(handler), &task->sighand->action[(sig - 1) & 63].sa.sa_handler))
+	sighand = BPF_CORE_READ(task, sighand);
+	if (bpf_core_read(&handler, sizeof(handler), &sighand->action[(sig - 1) & 63].sa.sa_handler))
 		return false;
 	return handler == NULL;	/* SIG_DFL */
 }
@@ -569,22 +713,22 @@ int BPF_PROG(otelproc_signal, int sig, struct kernel_siginfo *info, struct task_
 	if (!signal_matters(sig, code, task))
 		return 0;
 
-	e = reserve_brief(task, EVENT_SIGNAL, pid);
+	e = reserve_whose_when(task, EVENT_SIGNAL, pid);
 	if (!e)
 		return 0;
-	e->signo = sig;
-	e->si_code = code;
+	e->signal.signo = sig;
+	e->signal.si_code = code;
 	sender = bpf_get_current_task_btf();
 	/* Only kill(), tgkill() and sigqueue() come from the process that runs
 	 * now; timers, faults and the kernel's own kills raise signals from
 	 * whatever context the kernel is in. */
 	if ((code == SI_USER || code == SI_TKILL || code == SI_QUEUE) && !(sender->flags & PF_KTHREAD)) {
-		e->sender_pid = scoped_tgid(sender);
-		BPF_CORE_READ_STR_INTO(&e->sender_comm, sender, group_leader, comm);
+		e->signal.sender_pid = scoped_tgid(sender);
+		BPF_CORE_READ_STR_INTO(&e->signal.sender_comm, sender, group_leader, comm);
 	} else {
-		e->flags = EVENT_F_SENDER_KERNEL;
+		e->header.flags = EVENT_F_SENDER_KERNEL;
 	}
-	submit_small(e);
+	submit_without_data(e);
 	return 0;
 }
 
@@ -594,7 +738,7 @@ int BPF_PROG(otelproc_signal, int sig, struct kernel_siginfo *info, struct task_
 #define OOM_CHARGE_SLACK 512	/* pages: the largest charge that fails, a huge page */
 #define MAX_MEMCG_DEPTH 8
 
-static __always_inline struct mem_cgroup *limited_memcg(struct task_struct *task)
+static __always_inline struct mem_cgroup *memcg_at_limit(struct task_struct *task)
 {
 	struct cgroup_subsys_state *css = memory_css(task), *parent;
 	struct mem_cgroup *memcg;
@@ -624,7 +768,7 @@ int BPF_PROG(otelproc_oom, struct task_struct *task)
 	if (!pid || !is_tracked(pid, start_ticks(task)))
 		return 0;
 
-	e = reserve_brief(task, EVENT_OOM, pid);
+	e = reserve_whose_when(task, EVENT_OOM, pid);
 	if (!e)
 		return 0;
 	/* mark_oom_victim() has just set oom_mm; task->mm is gone if the leader already exited. */
@@ -632,19 +776,19 @@ int BPF_PROG(otelproc_oom, struct task_struct *task)
 	if (!mm)
 		mm = BPF_CORE_READ(task, mm);
 	if (mm) {
-		e->oom_total_vm = BPF_CORE_READ(mm, total_vm);
-		e->oom_anon_rss = rss_pages(mm, MM_ANONPAGES);
-		e->oom_file_rss = rss_pages(mm, MM_FILEPAGES);
-		e->oom_shmem_rss = rss_pages(mm, MM_SHMEMPAGES);
-		e->oom_pgtables_bytes = BPF_CORE_READ(mm, pgtables_bytes.counter);
+		e->oom.total_vm = BPF_CORE_READ(mm, total_vm);
+		e->oom.anon_rss = rss_pages(mm, MM_ANONPAGES);
+		e->oom.file_rss = rss_pages(mm, MM_FILEPAGES);
+		e->oom.shmem_rss = rss_pages(mm, MM_SHMEMPAGES);
+		e->oom.pgtables_bytes = BPF_CORE_READ(mm, pgtables_bytes.counter);
 	}
-	e->oom_score_adj = BPF_CORE_READ(task, signal, oom_score_adj);
-	memcg = limited_memcg(task);
+	e->oom.score_adj = BPF_CORE_READ(task, signal, oom_score_adj);
+	memcg = memcg_at_limit(task);
 	if (memcg) {
-		e->flags = EVENT_F_OOM_MEMCG;
-		bpf_probe_read_kernel_str(e->cgroup, sizeof(e->cgroup), BPF_CORE_READ(memcg, css.cgroup, kn, name));
+		e->header.flags = EVENT_F_OOM_MEMCG;
+		bpf_probe_read_kernel_str(e->header.cgroup, sizeof(e->header.cgroup), BPF_CORE_READ(memcg, css.cgroup, kn, name));
 	}
-	submit_small(e);
+	submit_without_data(e);
 	return 0;
 }
 

@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
- * The one record the BPF program writes to the ring buffer. Python reads its
- * layout from the compiled object's BTF (otelproc/record.py) and the decoder
- * uses fields by name: a new field needs no mirror. Enum values and bounds are
- * not in BTF; record.py mirrors the few it needs, checked by the tests.
+ * The one record the BPF program writes to the ring buffer: struct event, a
+ * header and a part per kind of detail. Python reads its layout from the
+ * compiled object's BTF (otelproc/kernel/record.py) and the decoder uses
+ * fields by their own names, whichever part holds them (r.cpu_ns is
+ * usage.cpu_ns): a new field needs no mirror, and its name must not be one
+ * another part uses. Enum values and bounds are not in BTF; record.py mirrors
+ * the few it needs, checked by the tests.
  */
 #ifndef __OTELPROC_H
 #define __OTELPROC_H
@@ -30,6 +33,7 @@ enum event_flag {
 	EVENT_F_UNTRACKED = 8,	/* tracked map full: no fork or exit will follow */
 	EVENT_F_SENDER_KERNEL = 16,	/* signal: the kernel sent it, not the process in sender_* */
 	EVENT_F_OOM_MEMCG = 32,	/* oom: a memory cgroup's limit was hit (cgroup names it), not the system's */
+	EVENT_F_USAGE_CUT = 64,	/* exit: usage may miss threads: more were listed than the probe adds up, or releases kept interrupting its reads */
 };
 
 /* Indexes of the per-CPU "lost" counters. */
@@ -49,7 +53,8 @@ struct reader {
 	__u64 unattended_limit_ns;	/* 0: record whether read or not */
 };
 
-struct event {
+/* What every record starts with: which process, when, and what kind of record. */
+struct event_header {
 	__u64 time_ns;		/* when it happened, CLOCK_BOOTTIME */
 	__u64 start_time_ns;	/* process start, CLOCK_BOOTTIME */
 	__u64 cgroup_id;	/* cgroup v2 id (kernfs node id) */
@@ -67,7 +72,12 @@ struct event {
 	__u16 argv_len;
 	__u16 env_len;
 	__u16 reserved;
-	/* exit: what the whole process (every thread) used, read at the group's exit */
+	char comm[TASK_COMM_LEN];
+	char cgroup[CGROUP_NAME_MAX];	/* leaf name of the process's cgroup; oom with EVENT_F_OOM_MEMCG: the limited one */
+};
+
+/* exit: what the whole process (every thread) used, read at the group's exit */
+struct event_usage {
 	__u64 cpu_ns;		/* time on CPU (sum_exec_runtime) */
 	__u64 utime_ns;		/* user and system time as the tick samples them: */
 	__u64 stime_ns;		/* they split cpu_ns the way getrusage() does */
@@ -78,21 +88,34 @@ struct event {
 	__u64 nivcsw;		/* involuntary context switches */
 	__u64 read_bytes;	/* storage I/O it caused (/proc/<pid>/io) */
 	__u64 write_bytes;
-	/* oom: the victim's memory as the OOM killer saw it, in pages (pgtables in bytes) */
-	__u64 oom_total_vm;
-	__u64 oom_anon_rss;
-	__u64 oom_file_rss;
-	__u64 oom_shmem_rss;
-	__u64 oom_pgtables_bytes;
-	__s32 oom_score_adj;
-	/* signal: which one, why, and who sent it */
+};
+
+/* oom: the victim's memory as the OOM killer saw it, in pages (pgtables in bytes) */
+struct event_oom {
+	__u64 total_vm;
+	__u64 anon_rss;
+	__u64 file_rss;
+	__u64 shmem_rss;
+	__u64 pgtables_bytes;
+	__s32 score_adj;	/* the victim's oom_score_adj */
+};
+
+/* signal: which one, why, and who sent it */
+struct event_signal {
 	__u32 signo;
 	__s32 si_code;		/* SI_USER, SI_TKILL, SI_KERNEL, SEGV_MAPERR, ... */
 	__u32 sender_pid;	/* tgid, scope numbering; 0 outside the scope or from the kernel */
 	char sender_comm[TASK_COMM_LEN];
-	char comm[TASK_COMM_LEN];
-	char cgroup[CGROUP_NAME_MAX];	/* leaf name of the process's cgroup; oom with EVENT_F_OOM_MEMCG: the limited one */
-	char data[DATA_MAX];	/* exec only; fork and exit records end before it */
+};
+
+/* Every record is a header and the three parts, each zeroed by its own
+ * sizeof where the kind does not fill it; only exec records carry data[]. */
+struct event {
+	struct event_header header;
+	struct event_usage usage;
+	struct event_oom oom;
+	struct event_signal signal;
+	char data[DATA_MAX];	/* exec only; fork, exit, signal and oom records end before it */
 };
 
 #define EXE_NAME_LEN 64

@@ -105,7 +105,7 @@ class ProcessEvent(NamedTuple):
     core_dumped: bool
     cgroup_id: int
     cgroup: str
-    truncated: tuple[str, ...]  # parts the kernel cut to its bounds: "exe", "argv", "env"
+    truncated: tuple[str, ...]  # parts the kernel cut to its bounds: "exe", "argv", "env"; "usage" (exit)
     untracked: bool  # the kernel's tracked map was full: no exit will follow
     otel_env: tuple[tuple[str, str], ...]  # allowlisted variables from the exec's environment
     usage: Usage | None = None  # exit only

@@ -262,3 +262,25 @@ def local_stack(tmp_path: Path, test_python: str, pin_root: PinRoot) -> Iterator
             if running(process):
                 process.kill()
         pin_root.remove(stack.pin_dir)
+
+
+# A build beside the tests, in small: spinning, and starting a short-lived process now and then, whose
+# wake-ups preempt whatever runs; at nice 19, so that the tests' own processes still get their share.
+BUSY_LOOP = "while :; do i=0; while [ $i -lt 300 ]; do i=$((i+1)); done; /bin/true; done"
+
+
+@pytest.fixture
+def busy_cores() -> Iterator[int]:
+    """Keeps every core busy for the duration of the test (one BUSY_LOOP per core); yields how many run.
+    Figures the kernel counts (CPU time, context switches) must hold on a loaded machine too."""
+    loops: list[subprocess.Popen] = []
+    try:
+        for _ in range(os.cpu_count() or 1):
+            loops.append(subprocess.Popen(["nice", "-n", "19", "sh", "-c", BUSY_LOOP], stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        yield len(loops)
+    finally:
+        for loop in loops:  # nice execs the shell: each pid is its loop's
+            loop.kill()
+        for loop in loops:
+            loop.wait()

@@ -256,9 +256,14 @@ def test_without_bpffs_the_state_file_bounds_what_ended_unseen(sidecar, grpc_rec
     assert second.stop() == 0
 
 
-def test_takeover_takes_what_both_probes_saw_once(pin_root, tmp_path):
+FLAT_OBJECT = REPO / "tests" / "data" / "flat-event.bpf.o"  # struct event without parts (tests/data/README.md)
+
+
+@pytest.mark.parametrize("old_object", ["shipped", "flat record"])
+def test_takeover_takes_what_both_probes_saw_once(old_object, pin_root, tmp_path):
     """In process, with the real probes: the old probe alone records X; then both run and record Y.
-    The sidecar reads the old ring (X, Y) and skips the new ring's Y."""
+    The sidecar reads the old ring (X, Y) and skips the new ring's Y. The old probe is this otelproc's
+    object under other settings, or one whose struct event has no parts: its ring is read in its own layout."""
     from otelproc import cli, config
     from otelproc.kernel.probe import Probe, ProbeConfig
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -269,24 +274,30 @@ def test_takeover_takes_what_both_probes_saw_once(pin_root, tmp_path):
     shell = tmp_path / "otpoverlap"
     shutil.copy("/bin/sh", shell)
     pin_dir = pin_root.new_dir()
-    args = ["run", "--match", "otpoverlap", "--exporter", "console", "--state-file", "", "--pin-dir", pin_dir]
+    args = ["run", "--match", "otpoverlap", "--exporter", "console", "--state-file", "", "--pin-dir", pin_dir,
+            "--usage", "cpu,memory,faults"]
     settings = config.resolve("run", cli.build_parser().parse_args(args))
-    old = ProbeConfig.from_settings(settings, Path(pin_dir))
+    new = ProbeConfig.from_settings(settings, Path(pin_dir))
+    old = replace(new, max_tracked=1024) if old_object == "shipped" else replace(new, object_path=FLAT_OBJECT)
     try:
-        Probe(replace(old, max_tracked=1024), lambda raw: None).close()  # pinned, nobody reads it
-        x = subprocess.run([shell, "-c", "exit 6"]).returncode
+        Probe(old, lambda raw: None).close()  # pinned, nobody reads it
+        x = subprocess.run([shell, "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exit 6"]).returncode
         spans = InMemorySpanExporter()
         sidecar = build_sidecar(settings, SimpleSpanProcessor(spans))
-        with Probe(old, sidecar.on_record) as probe:
+        with Probe(new, sidecar.on_record) as probe:
             sidecar.layout = probe.layout
             assert probe.previous is not None, "another fingerprint: a takeover"
+            assert (probe.previous.layout.offsets == probe.layout.offsets) == (old_object == "shipped")
             y = subprocess.Popen([shell, "-c", "exit 7"])
             assert (x, y.wait()) == (6, 7)
             sidecar.carryover.take_over(probe, sidecar.on_record)
             probe.poll(0)
-        codes = sorted(span.attributes["process.exit.code"] for span in spans.get_finished_spans()
-                       if span.attributes.get("process.executable.name") == "otpoverlap")
-        assert codes == [6, 7], "each exit once, the overlap's from the old ring"
+        mine = {s.attributes["process.exit.code"]: s.attributes for s in spans.get_finished_spans()
+                if s.attributes.get("process.executable.name") == "otpoverlap"}
+        assert sorted(mine) == [6, 7], "each exit once, the overlap's from the old ring"
+        used = mine[6]  # X's exit, read from the old ring in the old layout
+        assert used["process.cpu.time.user"] + used["process.cpu.time.system"] > 0.001, used
+        assert used["process.paging.faults.minor"] > 0 and used["process.pid"] > 0, used
         assert [p.name for p in pins.probes(Path(pin_dir))] == [probe.pinned_at.name], "the old probe's pins are gone"
     finally:
         pin_root.remove(pin_dir)

@@ -28,6 +28,8 @@ def _truncated(flags: int) -> tuple[str, ...]:
         parts.append("argv")
     if flags & record.EVENT_F_ENV_CUT:
         parts.append("env")
+    if flags & record.EVENT_F_USAGE_CUT:
+        parts.append("usage")
     return tuple(parts)
 
 
@@ -52,12 +54,12 @@ def _oom(r: Any, time: int) -> OomKill:
         time=time,
         memcg=bool(r.flags & record.EVENT_F_OOM_MEMCG),
         cgroup=_cstr(r.cgroup) if r.flags & record.EVENT_F_OOM_MEMCG else "",
-        total_vm=r.oom_total_vm * PAGE_SIZE,
-        anon_rss=r.oom_anon_rss * PAGE_SIZE,
-        file_rss=r.oom_file_rss * PAGE_SIZE,
-        shmem_rss=r.oom_shmem_rss * PAGE_SIZE,
-        pgtables=r.oom_pgtables_bytes,
-        score_adj=r.oom_score_adj,
+        total_vm=r.total_vm * PAGE_SIZE,
+        anon_rss=r.anon_rss * PAGE_SIZE,
+        file_rss=r.file_rss * PAGE_SIZE,
+        shmem_rss=r.shmem_rss * PAGE_SIZE,
+        pgtables=r.pgtables_bytes,
+        score_adj=r.score_adj,
     )
 
 
@@ -66,15 +68,15 @@ class MalformedRecord(ValueError):
 
 
 def decode(raw: bytes, clock: BootClock, layout: EventLayout | None = None) -> ProcessEvent:
-    """One record as the kernel wrote it (fork and exit records end before data[]).
+    """One record as the kernel wrote it (only exec records go on past the fixed part, into data[]).
 
     layout: the struct event of the object that wrote it; default, the shipped object's.
     Anything else raises MalformedRecord, and nothing else.
     """
     layout = layout or default_layout()
-    base = layout.header.size
+    base = layout.fixed.size
     if len(raw) < base:
-        raise MalformedRecord(f"a record of {len(raw)} bytes, shorter than its {base}-byte header")
+        raise MalformedRecord(f"a record of {len(raw)} bytes, shorter than its {base}-byte fixed part")
     r = layout.unpack(raw)
     exe = argv = None
     otel_env: tuple[tuple[str, str], ...] = ()
@@ -114,13 +116,18 @@ def default_layout() -> EventLayout:
     return EventLayout.from_object(DEFAULT_OBJECT)
 
 
-def check_layout(layout: EventLayout) -> None:
-    """Refuses a struct event this decoder cannot read (a field it uses is missing), before any record."""
+def missing_field(layout: EventLayout) -> str | None:
+    """A field this decoder reads that the struct event lacks; None when it can read every record."""
     try:
         for kind in KERNEL_KINDS:
             decode(layout.pack(kind=kind), BootClock(), layout)
     except AttributeError as exc:
-        missing = getattr(exc, "name", None) or str(exc)
-        raise BrokenInstallError(
-            f"struct event in the BPF object has no field {missing}; rebuild it with `make bpf`"
-        ) from None
+        return getattr(exc, "name", None) or str(exc)
+    return None
+
+
+def check_layout(layout: EventLayout) -> None:
+    """Refuses a struct event this decoder cannot read (a field it uses is missing), before any record."""
+    missing = missing_field(layout)
+    if missing is not None:
+        raise BrokenInstallError(f"struct event in the BPF object has no field {missing}; rebuild it with `make bpf`")

@@ -183,40 +183,57 @@ def check(rc: int, what: str) -> int:
 class Member:
     """One member of a struct as BTF describes it."""
 
-    name: str
-    offset: int  # bytes from the start of the struct
+    name: str  # a member of a nested struct: its path from the outer one, "usage.cpu_ns"
+    offset: int  # bytes from the start of the (outer) struct
     size: int  # bytes
-    kind: str  # "uint", "int" (signed) or "bytes" (an array, or anything else that is not an integer)
+    kind: str  # "uint", "int" (signed), "bits" (a bitfield) or "bytes" (an array, anything else not an integer)
 
 
-def _btf_struct(btf: int, name: str) -> tuple[ctypes._Pointer, ctypes.Array]:
+def _btf_struct(btf: int, name: str) -> ctypes._Pointer:
     api = lib()
     type_id = api.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT)
     if type_id < 0:
         raise LibbpfError(errno.ENOENT, f"struct {name} is not in the object's BTF")
-    t = api.btf__type_by_id(btf, type_id)
-    members = ctypes.cast(ctypes.addressof(t.contents) + ctypes.sizeof(_BtfType), ctypes.POINTER(_BtfMember))
-    return t, members
+    return api.btf__type_by_id(btf, type_id)
 
 
-def struct_members(btf: int, name: str) -> tuple[int, list[Member]]:
-    """Size and members of `struct name` as the object's BTF records them (typedefs resolved)."""
+def _members_of(btf: int, t: ctypes._Pointer, outer: str, path: str, base: int) -> list[Member]:
     api = lib()
-    t, members = _btf_struct(btf, name)
+    members = ctypes.cast(ctypes.addressof(t.contents) + ctypes.sizeof(_BtfType), ctypes.POINTER(_BtfMember))
+    kind_flag = t.contents.info >> 31  # then the top 8 bits of a member's offset are a bitfield's size
     out = []
     for i in range(t.contents.info & 0xFFFF):
         member = members[i]
+        name = api.btf__name_by_offset(btf, member.name_off).decode()
+        full = f"{path}{name}"
+        bits = member.offset & 0xFFFFFF if kind_flag else member.offset
         resolved = api.btf__resolve_type(btf, member.type)
         size = api.btf__resolve_size(btf, member.type)
         if resolved < 0 or size < 0:
-            raise LibbpfError(errno.EPROTO, f"struct {name}: member {i} has a type BTF cannot size")
-        mtype = api.btf__type_by_id(btf, resolved).contents
-        kind = "bytes"
-        if (mtype.info >> 24) & 0x1F == BTF_KIND_INT:
-            encoding = ctypes.c_uint32.from_address(ctypes.addressof(mtype) + ctypes.sizeof(_BtfType)).value
-            kind = "int" if (encoding >> 24) & BTF_INT_SIGNED else "uint"
-        out.append(Member(api.btf__name_by_offset(btf, member.name_off).decode(), member.offset // 8, size, kind))
-    return t.contents.size, out
+            raise LibbpfError(errno.EPROTO, f"struct {outer}: member {full or i} has a type BTF cannot size")
+        mtype = api.btf__type_by_id(btf, resolved)
+        kind = (mtype.contents.info >> 24) & 0x1F
+        encoding = "bytes"
+        if kind == BTF_KIND_INT:
+            int_info = ctypes.c_uint32.from_address(ctypes.addressof(mtype.contents) + ctypes.sizeof(_BtfType)).value
+            encoding = "int" if (int_info >> 24) & BTF_INT_SIGNED else "uint"
+            if bits % 8 or (kind_flag and member.offset >> 24) or (int_info & 0xFF) != size * 8:
+                encoding = "bits"  # a bitfield: offset and size are those of the bytes that hold it
+        if kind == BTF_KIND_STRUCT:  # its members in its place; an anonymous struct adds nothing to the path
+            out += _members_of(btf, mtype, outer, f"{full}." if name else path, base + bits // 8)
+            continue
+        out.append(Member(full, base + bits // 8, size, encoding))
+    return out
+
+
+def struct_members(btf: int, name: str) -> tuple[int, list[Member]]:
+    """Size and members of `struct name` as the object's BTF records them (typedefs resolved).
+
+    A member that is itself a struct gives its own members instead, in its place, named by their
+    path ("usage.cpu_ns") and at their offset from the start of `struct name`: the leaves, in order.
+    """
+    t = _btf_struct(btf, name)
+    return t.contents.size, _members_of(btf, t, name, "", 0)
 
 
 @contextlib.contextmanager

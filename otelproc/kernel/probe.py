@@ -18,7 +18,7 @@ from typing import Callable
 from otelproc.kernel import decoder, libbpf, pins, record
 from otelproc.kernel.libbpf import LibbpfError
 from otelproc.config import Settings, scope_pidns
-from otelproc.errors import ConfigError
+from otelproc.errors import BrokenInstallError, ConfigError
 from otelproc.matching import MatchRule
 from otelproc.kernel.record import DEFAULT_OBJECT
 from otelproc.model import NS_PER_TICK
@@ -26,11 +26,11 @@ from otelproc.model import NS_PER_TICK
 DEFAULT_RING_BUFFER_BYTES = 16 << 20
 
 # The probe's maps. Each name (programs' too) begins with otelproc, within the 15 characters the kernel
-# keeps, so that `bpftool map show` says whose they are. A probe pinned by an otelproc from before
-# had the names on the left: a takeover reads its maps by what they are, not by what they were called.
+# keeps, so that `bpftool map show` says whose they are. A probe pinned by another version of otelproc
+# may have its maps named as on the left of UNPREFIXED_MAPS: a takeover reads a map by what it is.
 RING, TRACKED, LOST, READER = "otelproc_ring", "otelproc_track", "otelproc_lost", "otelproc_reader"
 MATCH, SCOPE = "otelproc_match", "otelproc_scope"
-LEGACY_MAPS = {"events": RING, "tracked": TRACKED, "lost": LOST, "match_exe_names": MATCH, "scope_cgroups": SCOPE,
+UNPREFIXED_MAPS = {"events": RING, "tracked": TRACKED, "lost": LOST, "match_exe_names": MATCH, "scope_cgroups": SCOPE,
                "scratch": "otelproc_heap"}
 DEFAULT_MAX_TRACKED = 65536
 DEFAULT_UNATTENDED_LIMIT_NS = 15 * 60 * 1_000_000_000
@@ -126,7 +126,7 @@ def _lost_counts(lost_fd: int) -> dict[str, int]:
         except LibbpfError as exc:
             if exc.errno != errno.ENOENT:
                 raise
-            continue  # an older probe's: its counters end before this reason
+            continue  # a pinned probe of another version may count fewer reasons than this one
         counts[name] = sum(_U64.unpack(v)[0] for v in values)
     return counts
 
@@ -142,7 +142,7 @@ class Attendance:
 
     @classmethod
     def read(cls, maps: dict[str, int]) -> Attendance | None:
-        """None for a probe older than the reader map."""
+        """None for a pinned probe without a reader map (another version's)."""
         if READER not in maps:
             return None
         raw = libbpf.map_lookup(maps[READER], _U32.pack(0), record.READER.size, READER)
@@ -162,7 +162,7 @@ class _PinnedMaps:
             for path in probe_dir.iterdir():
                 if path.name.startswith(pins.MAP_PREFIX):
                     name = path.name[len(pins.MAP_PREFIX):]
-                    self.fds[LEGACY_MAPS.get(name, name)] = libbpf.obj_get(str(path))
+                    self.fds[UNPREFIXED_MAPS.get(name, name)] = libbpf.obj_get(str(path))
         except BaseException:
             self.close()
             raise
@@ -178,7 +178,7 @@ class _PinnedMaps:
 
 
 class PreviousProbe:
-    """A pinned probe of another fingerprint (an older otelproc's, or other settings).
+    """A pinned probe of another fingerprint (another version of otelproc's, or other settings).
 
     It keeps recording until the new probe is attached; then its programs are
     detached, its ring drained with its own record layout (read from its
@@ -201,12 +201,27 @@ class PreviousProbe:
                     "remove it with `otelproc detach` (its unread records are lost)",
                 )
             self.btf = libbpf.KernelBtf(btf_id)
-            self.layout = record.EventLayout.from_btf(self.btf.handle)
-            decoder.check_layout(self.layout)
+            self.layout = self._readable_layout(self.btf.handle)
             self.attendance = Attendance.read(self._maps.fds)
         except BaseException:
             self.close()
             raise
+
+    def _readable_layout(self, btf: int) -> record.EventLayout:
+        """Its struct event, refused (with what to do) when this otelproc cannot read its records."""
+        try:
+            layout = record.EventLayout.from_btf(btf)
+            why = decoder.missing_field(layout)
+            why = None if why is None else f"its struct event has no field {why}"
+        except (BrokenInstallError, LibbpfError) as exc:
+            why = str(exc)
+        if why is not None:
+            raise LibbpfError(
+                errno.EPROTO,
+                f"the probe pinned in {self.dir} writes records this otelproc cannot read ({why}); "
+                "remove it with `otelproc detach` (its unread records are lost)",
+            )
+        return layout
 
     def tracked(self) -> list[tuple[bytes, bytes]]:
         return _tracked_items(self._maps.fds[TRACKED])

@@ -5,6 +5,14 @@ object, so a new kernel field is a change to the C header and to the code that
 uses it, nothing in between. What Python cannot read from BTF (enum values and
 #define bounds, which clang does not emit) is mirrored here, and
 tests/unit/kernel/test_record.py checks the mirror against the C compiler.
+
+struct event is a header and a part per kind of detail (usage, oom, signal),
+each a struct of its own, then data[]. Python reads the record flattened: every
+field by its own name, whichever part holds it (`r.pid` is `header.pid`,
+`r.cpu_ns` is `usage.cpu_ns`, `r.total_vm` is `oom.total_vm`), so names are
+unique across the parts (from_btf refuses a record where two are not), and the
+decoder does not care which part a field sits in. `EventLayout.paths` gives each
+name's place in C.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ EVENT_F_ENV_CUT = 4
 EVENT_F_UNTRACKED = 8
 EVENT_F_SENDER_KERNEL = 16
 EVENT_F_OOM_MEMCG = 32
+EVENT_F_USAGE_CUT = 64
 
 # enum lost_reason
 LOST_RINGBUF, LOST_TRACKED_FULL, LOST_UNATTENDED, LOST_MAX = 0, 1, 2, 3
@@ -46,36 +55,55 @@ _INT_FORMATS = {("uint", 1): "B", ("uint", 2): "H", ("uint", 4): "I", ("uint", 8
                 ("int", 1): "b", ("int", 2): "h", ("int", 4): "i", ("int", 8): "q"}
 
 
+# A probe pinned by another otelproc may lay struct event out flat, every member at the top level,
+# where the oom members carry an oom_ prefix. A takeover reads its ring: there they are read under the
+# names the oom part gives them.
+FLAT_NAMES = {"oom_total_vm": "total_vm", "oom_anon_rss": "anon_rss", "oom_file_rss": "file_rss",
+              "oom_shmem_rss": "shmem_rss", "oom_pgtables_bytes": "pgtables_bytes", "oom_score_adj": "score_adj"}
+
+
 @dataclass(frozen=True)
 class EventLayout:
-    """struct event of one BPF object: the fixed header every record starts with, then data[]."""
+    """struct event of one BPF object: the fixed part every record starts with (the header and the
+    parts), then data[]. Fields are named by their own names, whichever part holds them."""
 
-    header: struct.Struct  # every member before data[]; a fork or exit record is just this
-    fields: Any  # a namedtuple class over the header's members, in order
+    fixed: struct.Struct  # every member before data[]; a fork, exit, signal or oom record is just this
+    fields: Any  # a namedtuple class over those members, in order
     size: int  # sizeof(struct event), data[] included
-    offsets: dict[str, int]
+    offsets: dict[str, int]  # field name -> bytes from the start of the record; "data" too
+    paths: dict[str, str]  # field name -> its place in C, "usage.cpu_ns"
 
     @classmethod
     def from_btf(cls, btf: int) -> EventLayout:
         size, members = libbpf.struct_members(btf, "event")
         if not members or members[-1].name != "data":
             raise BrokenInstallError("struct event in the BPF object does not end with data[]")
-        fmt, names, defaults, at = "<", [], [], 0
+        fmt, names, defaults, paths, at = "<", [], [], {}, 0
         for member in members[:-1]:
-            if member.offset < at:
-                raise BrokenInstallError(f"struct event: member {member.name} overlaps another")
+            if member.offset < at or member.kind == "bits":
+                raise BrokenInstallError(f"struct event: member {member.name} overlaps another or is a bitfield")
+            name = member.name.rsplit(".", 1)[-1]
+            if "." not in member.name:
+                name = FLAT_NAMES.get(name, name)
+            if name in paths:
+                raise BrokenInstallError(f"struct event: {paths[name]} and {member.name} have the same name")
             fmt += "x" * (member.offset - at)  # padding the compiler put in
             code = _INT_FORMATS.get((member.kind, member.size))
             fmt += code or f"{member.size}s"
-            names.append(member.name)
+            names.append(name)
+            paths[name] = member.name
             defaults.append(0 if code else b"")
             at = member.offset + member.size
         fmt += "x" * (members[-1].offset - at)
+        paths["data"] = "data"
+        offsets = dict(zip(names, (m.offset for m in members[:-1])))
+        offsets["data"] = members[-1].offset
         return cls(
-            header=struct.Struct(fmt),
+            fixed=struct.Struct(fmt),
             fields=namedtuple("EventFields", names, defaults=defaults),  # type: ignore[misc]
             size=size,
-            offsets={m.name: m.offset for m in members},
+            offsets=offsets,
+            paths=paths,
         )
 
     @classmethod
@@ -89,9 +117,9 @@ class EventLayout:
             obj.close()
 
     def unpack(self, raw: bytes) -> Any:
-        """The header fields of a record, by name (a namedtuple)."""
-        return self.fields._make(self.header.unpack_from(raw))
+        """The fields of a record before data[], by name (a namedtuple)."""
+        return self.fields._make(self.fixed.unpack_from(raw))
 
     def pack(self, data: bytes = b"", **values: Any) -> bytes:
         """A record as the kernel would write it, fields not given zero (for tests and benchmarks)."""
-        return self.header.pack(*self.fields(**values)) + data
+        return self.fixed.pack(*self.fields(**values)) + data

@@ -97,4 +97,4 @@ def fuzzed_records(rng: random.Random) -> Iterator[bytes]:
         for _ in range(rng.randrange(1, 8)):
             flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
         yield bytes(flipped)
-        yield rng.randbytes(rng.randrange(0, layout.header.size * 2))
+        yield rng.randbytes(rng.randrange(0, layout.fixed.size * 2))

@@ -92,8 +92,9 @@ def test_each_event_field_comes_from_its_record_field():
                  voluntary_switches=24, involuntary_switches=25, disk_read_bytes=26, disk_write_bytes=27)
     exited = layout.pack(kind=3, exit_code=7 << 8, **usage, **HEADER)
     assert decoded(exited, clock) == expected(clock, EventKind.EXIT, exit_code=7, usage=used)
-    killed = layout.pack(kind=3, exit_code=0x80 | 9, **usage, **HEADER)
-    assert decoded(killed, clock) == expected(clock, EventKind.EXIT, signal=9, core_dumped=True, usage=used)
+    killed = layout.pack(kind=3, exit_code=0x80 | 9, flags=record.EVENT_F_USAGE_CUT, **usage, **HEADER)
+    assert decoded(killed, clock) == expected(clock, EventKind.EXIT, signal=9, core_dumped=True, usage=used,
+                                              truncated=("usage",))
 
     sent = dict(signo=15, si_code=-6, sender_pid=4242, sender_comm=b"sender-field\0")
     signalled = layout.pack(kind=4, flags=record.EVENT_F_SENDER_KERNEL, **sent, **HEADER)
@@ -101,9 +102,13 @@ def test_each_event_field_comes_from_its_record_field():
         time=HEADER["time_ns"] + clock.offset_ns, signal=15, code=-6, from_kernel=True, sender_pid=4242,
         sender_comm="sender-field"))
 
-    memory = dict(oom_total_vm=31, oom_anon_rss=32, oom_file_rss=33, oom_shmem_rss=34, oom_pgtables_bytes=35,
-                  oom_score_adj=-36)
+    memory = dict(total_vm=31, anon_rss=32, file_rss=33, shmem_rss=34, pgtables_bytes=35, score_adj=-36)
     chosen = layout.pack(kind=5, flags=record.EVENT_F_OOM_MEMCG, **memory, **HEADER)
     assert decoded(chosen, clock) == expected(clock, EventKind.OOM, oom=OomKill(
         time=HEADER["time_ns"] + clock.offset_ns, memcg=True, cgroup="cgroup-field", total_vm=31 * PAGE_SIZE,
         anon_rss=32 * PAGE_SIZE, file_rss=33 * PAGE_SIZE, shmem_rss=34 * PAGE_SIZE, pgtables=35, score_adj=-36))
+
+    # Every field of every part was given a value of its own above (reserved is padding nobody reads).
+    given = {"kind", "flags", "exit_code", "exe_len", "argv_len", "env_len", *HEADER, *usage, *sent, *memory}
+    assert given == set(layout.fields._fields) - {"reserved"}
+    assert {layout.paths[name].split(".")[0] for name in given} == {"header", "usage", "oom", "signal"}
