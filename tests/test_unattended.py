@@ -51,7 +51,7 @@ def test_an_unread_probe_records_no_new_lifetime_past_the_limit(sidecar, grpc_re
     missed = run_batch(test_python, 7)
     tracked_end = ended_at(tracked)
 
-    # Another limit: not baked into the probe, so it is resumed, not replaced.
+    # Another limit: not fixed when the probe loads, so it is resumed, not replaced.
     second = sidecar(*args, "--unattended-limit", "60", endpoint=grpc_receiver.endpoint, env=QUIET)
     assert any("resumed the probe pinned in" in line for line in second.lines), second.lines
     line = second.wait_line("the probe ran unattended for")
@@ -101,7 +101,7 @@ def test_a_probe_older_than_the_limit_is_taken_over_without_one(pin_root, tmp_pa
         subprocess.run([PYTHON, "-c", "from pathlib import Path; " + pin_old], cwd=tmp_path, check=True,
                        env={**os.environ, "PYTHONPATH": str(tmp_path)})
         with Probe(ProbeConfig(match=(MatchRule("otpnobody"),), pin_dir=pin_dir), lambda raw: None) as probe:
-            assert probe.previous is not None and probe.found is None
+            assert probe.previous is not None and probe.last_read is None
             assert probe.previous.lost() == {"ringbuf_full": 0, "tracked_map_full": 0}
             probe.retire_previous(lambda raw: None)
             assert probe.lost()["unattended"] == 0

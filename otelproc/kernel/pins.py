@@ -3,7 +3,7 @@
 Links and maps pinned in bpffs outlive the process that loaded them, so the
 probe keeps recording into its ring buffer while otelproc is down. A pin
 directory (/sys/fs/bpf/otelproc by default) holds one subdirectory per probe,
-named after its fingerprint: the BPF object's bytes and every setting baked in
+named after its fingerprint: the BPF object's bytes and every setting fixed
 at load time. A successor whose fingerprint is the same reuses the probe; one
 whose fingerprint differs (an upgrade, a new setting) takes it over. Two
 otelprocs never own the same pins: the first holds an flock on the pin
@@ -67,10 +67,10 @@ def ensure_bpffs(pin_dir: Path) -> str | None:
     return None
 
 
-def fingerprint(object_bytes: bytes, baked: dict[str, object]) -> str:
+def fingerprint(object_bytes: bytes, load_time_settings: dict[str, object]) -> str:
     """What a pinned probe is: its object and the settings fixed at its load."""
     digest = hashlib.sha256(object_bytes)
-    digest.update(repr(sorted(baked.items())).encode())
+    digest.update(repr(sorted(load_time_settings.items())).encode())
     return digest.hexdigest()[:16]
 
 

@@ -86,7 +86,7 @@ class ProbeConfig:
     object_path: Path = DEFAULT_OBJECT
     pin_dir: Path | None = None  # pin the probe here (a bpffs directory) so that it outlives this process
     # Unread for longer than this, the probe records no new lifetime (only counts it); 0: never. A map
-    # entry, not baked: a resumed probe takes the new value.
+    # entry, not fixed at load: a resumed probe takes the new value.
     unattended_limit_ns: int = DEFAULT_UNATTENDED_LIMIT_NS
 
     @classmethod
@@ -104,7 +104,7 @@ class ProbeConfig:
             unattended_limit_ns=round(settings.unattended_limit * 1e9),
         )
 
-    def baked(self) -> dict[str, object]:
+    def load_time_settings(self) -> dict[str, object]:
         """What is fixed when the object loads; the match list is a map, rewritten at any start."""
         return {
             "trace_all": self.trace_all, "scope_pidns": self.scope_pidns, "scope_cgroup": self.scope_cgroup,
@@ -132,21 +132,22 @@ def _lost_counts(lost_fd: int) -> dict[str, int]:
 
 
 @dataclass(frozen=True)
-class Attendance:
+class LastRead:
     """What a pinned probe's reader map said when this otelproc found it: when it was last read, and the
     limit past which it stopped recording new lifetimes (0: none)."""
 
     last_read_ns: int  # CLOCK_BOOTTIME
     limit_ns: int
-    found_ns: int  # CLOCK_BOOTTIME: when this otelproc read it
+    checked_ns: int  # CLOCK_BOOTTIME: when this otelproc read it
 
     @classmethod
-    def read(cls, maps: dict[str, int]) -> Attendance | None:
+    def read(cls, maps: dict[str, int]) -> LastRead | None:
         """None for a pinned probe without a reader map (another version's)."""
         if READER not in maps:
             return None
         raw = libbpf.map_lookup(maps[READER], _U32.pack(0), record.READER.size, READER)
-        return cls(*record.READER.unpack(raw), found_ns=boot_ns())
+        last_read_ns, limit_ns = record.READER.unpack(raw)
+        return cls(last_read_ns, limit_ns, boot_ns())
 
 
 def _tracked_items(tracked_fd: int) -> list[tuple[bytes, bytes]]:
@@ -189,7 +190,7 @@ class PreviousProbe:
         self.dir = probe_dir
         self.btf: libbpf.KernelBtf | None = None
         self.layout: record.EventLayout  # its struct event, which may differ from this otelproc's
-        self.attendance: Attendance | None = None
+        self.last_read: LastRead | None = None
         self._maps = _PinnedMaps(probe_dir)
         try:
             ids = pins.prog_ids(probe_dir)
@@ -202,7 +203,7 @@ class PreviousProbe:
                 )
             self.btf = libbpf.KernelBtf(btf_id)
             self.layout = self._readable_layout(self.btf.handle)
-            self.attendance = Attendance.read(self._maps.fds)
+            self.last_read = LastRead.read(self._maps.fds)
         except BaseException:
             self.close()
             raise
@@ -260,7 +261,7 @@ class Probe:
         self.attached_at = 0  # boot ns just before this probe's programs began attaching
         self.layout: record.EventLayout  # struct event of this object, for decoding its records
         self.left_out: list[OptionalProgram] = []  # what this kernel cannot give
-        self.found: Attendance | None = None  # the resumed (or taken over) probe's, before this otelproc read it
+        self.last_read: LastRead | None = None  # the resumed (or taken over) probe's reader map, as found
         self._obj: libbpf.BpfObject | None = None
         self._ring: libbpf.RingBuffer | None = None
         self._cgroup_fd: int | None = None
@@ -277,7 +278,7 @@ class Probe:
         obj = self._open()
         pin_dir = self.config.pin_dir
         here = None if pin_dir is None else pin_dir / pins.fingerprint(self.config.object_path.read_bytes(),
-                                                                         self.config.baked())
+                                                                         self.config.load_time_settings())
         if pin_dir is not None:
             for probe_dir in pins.probes(pin_dir):
                 if probe_dir == here and pins.links(probe_dir):
@@ -289,20 +290,20 @@ class Probe:
                     pins.remove(probe_dir)  # half pinned or half removed, or a third: nothing to carry on with
                 else:
                     self.previous = PreviousProbe(probe_dir)
-        if self.resumed:
+        if self._pinned is not None:  # resumed
             obj.close()
             self._maps = dict(self._pinned.fds)
-            self.found = Attendance.read(self._maps)
-            self._attend()
+            self.last_read = LastRead.read(self._maps)
+            self._stamp_read()
             self._refill_match()
         else:
             self._obj = obj
             obj.load()
             self._maps = {name: obj.map_fd(name) for name in obj.map_names()}
             self._fill_maps()
-            self._attend()
+            self._stamp_read()
             if self.previous is not None:
-                self.found = self.previous.attendance
+                self.last_read = self.previous.last_read
             self._carry_tracked()
             self.attached_at = boot_ns()
             obj.attach_all()
@@ -378,7 +379,7 @@ class Probe:
                 except LibbpfError:
                     pass  # there already (or the map is full: the sweep adopts what it finds)
 
-    def _attend(self) -> None:
+    def _stamp_read(self) -> None:
         """Tells the kernel side that its ring is read now, and how long it may go unread."""
         libbpf.map_update(self._maps[READER], _U32.pack(0),
                           record.READER.pack(boot_ns(), self.config.unattended_limit_ns), READER)
@@ -393,7 +394,7 @@ class Probe:
         if self._ring is None:
             raise LibbpfError(errno.EBADF, "the probe is closed")
         read = self._ring.poll(timeout_ms)
-        self._attend()
+        self._stamp_read()
         return read
 
     def _fd(self, name: str) -> int:

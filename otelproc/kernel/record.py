@@ -78,7 +78,10 @@ class EventLayout:
         size, members = libbpf.struct_members(btf, "event")
         if not members or members[-1].name != "data":
             raise BrokenInstallError("struct event in the BPF object does not end with data[]")
-        fmt, names, defaults, paths, at = "<", [], [], {}, 0
+        fmt, at = "<", 0
+        names: list[str] = []
+        defaults: list[int | bytes] = []
+        paths: dict[str, str] = {}
         for member in members[:-1]:
             if member.offset < at or member.kind == "bits":
                 raise BrokenInstallError(f"struct event: member {member.name} overlaps another or is a bitfield")

@@ -90,7 +90,7 @@ class Carryover:
         self.take_over(probe, read_record)
         probe.poll(0)  # what the resumed probe recorded while nobody read it
         lost_now = probe.lost()
-        gap = unattended.figures(probe.found, self.tracker.begun - begun, lost_then or {}, saved.lost)
+        gap = unattended.figures(probe.last_read, self.tracker.begun - begun, lost_then or {}, saved.lost)
         if gap is not None:
             (log.warning if gap.missed else log.info)("%s", gap)
         lost_while_down = lost_then is not None and self.count_downtime_losses(lost_then, saved)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from otelproc.kernel.probe import Attendance
+from otelproc.kernel.probe import LastRead
 from otelproc.kernel.record import LOST_NAMES, LOST_UNATTENDED
 
 MISSED = LOST_NAMES[LOST_UNATTENDED]
@@ -49,11 +49,11 @@ class Unattended:
         return f"{said}, missed {missed} after the {duration(self.limit_ns)} limit"
 
 
-def figures(found: Attendance | None, kept: int, lost_then: dict[str, int],
+def figures(last_read: LastRead | None, kept: int, lost_then: dict[str, int],
             lost_before: dict[str, int]) -> Unattended | None:
     """From the reader map as found, the lifetimes the drain began, and the lost counters as found
     and as the previous otelproc last saw them (its state file); None for a probe too old to say."""
-    if found is None:
+    if last_read is None:
         return None
     missed = max(0, lost_then.get(MISSED, 0) - lost_before.get(MISSED, 0))
-    return Unattended(max(0, found.found_ns - found.last_read_ns), found.limit_ns, kept, missed)
+    return Unattended(max(0, last_read.checked_ns - last_read.last_read_ns), last_read.limit_ns, kept, missed)
