@@ -140,7 +140,7 @@ class Programs:
     static: bool  # whether the tiny program is linked statically (the cheaper exec, the harder case)
 
 
-def _cc(source: Path, target: Path, *flags: str) -> bool:
+def compile_c(source: Path, target: Path, *flags: str) -> bool:
     if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
         return True
     result = subprocess.run(
@@ -153,11 +153,11 @@ def build() -> Programs:
     """Compiles bench/c/ into bench/work/ (again only when a source changed)."""
     WORK.mkdir(parents=True, exist_ok=True)
     storm = WORK / STORM
-    if not _cc(BENCH / "c" / "storm.c", storm):
+    if not compile_c(BENCH / "c" / "storm.c", storm):
         sys.exit("cc could not build bench/c/storm.c (install gcc and libc6-dev)")
     tiny = WORK / "tiny"
-    static = _cc(BENCH / "c" / "tiny.c", tiny, "-static")
-    if not static and not _cc(BENCH / "c" / "tiny.c", tiny):
+    static = compile_c(BENCH / "c" / "tiny.c", tiny, "-static")
+    if not static and not compile_c(BENCH / "c" / "tiny.c", tiny):
         sys.exit("cc could not build bench/c/tiny.c")
     for name in (MATCHED, UNMATCHED):
         if not (WORK / name).exists() or (WORK / name).stat().st_mtime < tiny.stat().st_mtime:

@@ -34,7 +34,7 @@ RATE = 1000  # processes started, and later killed, per second: a steady arrival
 def build_idle() -> Path:
     target = common.WORK / IDLE
     common.WORK.mkdir(parents=True, exist_ok=True)
-    if not common._cc(common.BENCH / "c" / "idle.c", target, "-static") and not common._cc(
+    if not common.compile_c(common.BENCH / "c" / "idle.c", target, "-static") and not common.compile_c(
         common.BENCH / "c" / "idle.c", target
     ):
         raise SystemExit("cc could not build bench/c/idle.c")

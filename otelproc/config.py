@@ -423,7 +423,7 @@ class Settings:
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
 
-def _check_settings_fields() -> None:
+def check_settings_fields() -> None:
     """OPTIONS and Settings name the same settings: adding one to only one of them fails at import."""
     option_names = {o.name for o in OPTIONS}
     field_names = {f.name for f in fields(Settings)} - {"sources"}
@@ -434,7 +434,7 @@ def _check_settings_fields() -> None:
         )
 
 
-_check_settings_fields()
+check_settings_fields()
 
 
 def resolve(command: str, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:

@@ -21,12 +21,12 @@ import pytest
 # The helpers in tests/support assert too: their failures say what differs, as a test's do.
 pytest.register_assert_rewrite("support")
 
-from otelproc.clock import BootClock
-from otelproc.config import parse_match
-from otelproc.model import ProcessEvent
-from support import REPO
-from support.sidecar import PinRoot, SidecarProcess
-from support.subjects import LONE_COMM, TEST_COMM, python_named
+from otelproc.clock import BootClock  # noqa: E402 -- after the registration above, as every import below
+from otelproc.config import parse_match  # noqa: E402
+from otelproc.model import ProcessEvent  # noqa: E402
+from support import REPO  # noqa: E402
+from support.sidecar import PinRoot, SidecarProcess  # noqa: E402
+from support.subjects import LONE_COMM, TEST_COMM, python_named  # noqa: E402
 
 if TYPE_CHECKING:
     from support.jaeger import Backend

@@ -28,11 +28,11 @@ def test_run_prints_a_line_per_process(sidecar, test_python):
     failed = subprocess.Popen([test_python, "-c", "raise SystemExit(3)"])
     assert killed.wait(30) == -signal.SIGKILL and failed.wait(30) == 3
     assert side.stop() == 0
-    by_pid = {int(m.group(3)): m for m in map(LINE.fullmatch, (l.rstrip("\n") for l in side.stdout_lines)) if m}
+    by_pid = {int(m.group(3)): m for m in map(LINE.fullmatch, (text.rstrip("\n") for text in side.stdout_lines)) if m}
     assert by_pid[killed.pid].group(6) == "killed by SIGKILL from itself"
     assert by_pid[failed.pid].group(6) == "exit status 3"
     assert by_pid[failed.pid].group(2) == f"{TEST_COMM} -c"
-    assert all(LINE.fullmatch(l.rstrip("\n")) for l in side.stdout_lines), side.stdout_lines
+    assert all(LINE.fullmatch(text.rstrip("\n")) for text in side.stdout_lines), side.stdout_lines
     assert "printing one line per span" in side.wait_line("attached;")
 
 
@@ -56,7 +56,7 @@ def test_children_that_match_no_name_are_marked_or_left_out(sidecar, test_python
         parent = subprocess.Popen([test_python, "-c", script])
         assert parent.wait(30) == 0
         assert side.stop() == 0
-        parsed = [LINE.fullmatch(l.rstrip("\n")) for l in side.stdout_lines]
+        parsed = [LINE.fullmatch(text.rstrip("\n")) for text in side.stdout_lines]
         assert all(parsed), side.stdout_lines
         (python,) = [m for m in parsed if int(m.group(3)) == parent.pid]
         assert python.group(2) == f"{TEST_COMM} -c", "matched by its own name: no mark"

@@ -26,7 +26,7 @@ NEEDED = {CAP_NAMES[c].lower() for c in RUN_CAPS}
 
 def bounding_set() -> list[str]:
     out = subprocess.run(["capsh", "--print"], capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines() if l.startswith("Bounding set ="))
+    line = next(text for text in out.splitlines() if text.startswith("Bounding set ="))
     return line.split("=", 1)[1].split(",")
 
 

@@ -131,7 +131,7 @@ def _type_name(exc_type: type[BaseException]) -> str:
 def _text(exc: BaseException) -> str:
     try:
         return str(exc)
-    except Exception:  # a broken __str__ must not cost the report
+    except Exception:  # noqa: BLE001 -- a broken __str__ must not cost the report
         return f"<{type(exc).__name__}: str() failed>"
 
 
@@ -236,7 +236,7 @@ def _quietly(what: Callable[..., None], *args: Any, **kwargs: Any) -> None:
     """A report that fails must never change how the process dies."""
     try:
         what(*args, **kwargs)
-    except Exception:
+    except Exception:  # noqa: BLE001 -- the docstring's rule
         pass
 
 
@@ -289,7 +289,7 @@ def _remember(record: logging.LogRecord) -> None:
         return
     try:
         message = record.getMessage()
-    except Exception:
+    except Exception:  # noqa: BLE001 -- a format that does not fit its arguments: the message as given
         message = str(record.msg)
     death = capture("logging", exc, logger=record.name, log_message=message)
     _state.logged = dataclasses.replace(death, time_ns=int(record.created * 1e9))
@@ -313,7 +313,7 @@ def _note_raised_exit(exit: SystemExit) -> None:
 
 def _sys_exit(status: object = None) -> NoReturn:
     if threading.current_thread() is threading.main_thread():  # elsewhere it only ends a thread
-        _quietly(_note_exit, status, sys._getframe(1))
+        _quietly(_note_exit, status, sys._getframe(1))  # noqa: SLF001 -- the caller's frame: where it exited
     _replaced["sys.exit"](status)
     raise AssertionError("sys.exit returned")  # for the type checker: it never does
 

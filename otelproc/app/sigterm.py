@@ -44,7 +44,7 @@ def _raise_signal(signalnum: int, /) -> None:
     if provider is not None and signalnum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         try:
             flush_within(provider)
-        except Exception:  # a flush that fails must not change how the process dies
+        except Exception:  # noqa: BLE001 -- a flush that fails must not change how the process dies
             pass
     _original_raise_signal(signalnum)
 

@@ -505,7 +505,7 @@ class RingBuffer:
     def _sample(self, _ctx: int, data: int, size: int) -> int:
         try:
             self._on_record(ctypes.string_at(data, size))
-        except BaseException as exc:  # a ctypes callback cannot raise: poll() re-raises it
+        except BaseException as exc:  # noqa: BLE001 -- a ctypes callback cannot raise: poll() re-raises it
             self._error = exc
             return -1
         return 0

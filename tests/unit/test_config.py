@@ -91,7 +91,7 @@ def test_an_option_without_a_settings_field_is_refused(monkeypatch):
     extra = config.Option("spool_dir", "", str, "somewhere", ("run",))
     monkeypatch.setattr(config, "OPTIONS", (*config.OPTIONS, extra))
     with pytest.raises(TypeError, match="spool_dir"):
-        config._check_settings_fields()
+        config.check_settings_fields()
 
 
 @pytest.mark.parametrize(
