@@ -181,14 +181,17 @@ class StormResult:
         return self.iterations / (self.elapsed_ns / 1e9)
 
 
-def storm(programs: Programs, program: Path, iterations: int, jobs: int = 1, rate: float = 0,
-          wrapper: Sequence[str] = ()) -> StormResult:
+def storm(
+    programs: Programs, program: Path, iterations: int, jobs: int = 1, rate: float = 0, wrapper: Sequence[str] = ()
+) -> StormResult:
     """Runs the driver to the end; it reports its own wall time, free of Python's start-up.
     `wrapper` runs it elsewhere, e.g. nsenter into another pid namespace."""
     started = time.time()
     result = subprocess.run(
         [*wrapper, str(programs.storm), str(iterations), str(program), str(jobs), f"{rate:.3f}"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     finished = time.time()
     if result.returncode not in (0, 1) or not result.stdout:
@@ -221,7 +224,8 @@ class Receiver:
         self._cond = threading.Condition()
         handlers = (
             grpc.method_handlers_generic_handler(
-                TRACE_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(self._export)}  # raw bytes in and out
+                TRACE_SERVICE,
+                {"Export": grpc.unary_unary_rpc_method_handler(self._export)},  # raw bytes in and out
             ),
             grpc.method_handlers_generic_handler(
                 METRICS_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(self._export_metrics)}
@@ -466,8 +470,9 @@ def parse_stop(returncode: int, text: str) -> StopReport:
 class Otelproc:
     """`otelproc run` from this tree, exporting over OTLP/gRPC to `endpoint`; stopped with SIGTERM."""
 
-    def __init__(self, match: str, endpoint: str, *extra: str, env: dict[str, str] | None = None,
-                 wrapper: Sequence[str] = ()) -> None:
+    def __init__(
+        self, match: str, endpoint: str, *extra: str, env: dict[str, str] | None = None, wrapper: Sequence[str] = ()
+    ) -> None:
         """`wrapper` runs it inside something, e.g. unshare: then self.pid is the wrapper's."""
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_"))}
         full_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
@@ -481,8 +486,12 @@ class Otelproc:
         self.launched_wall_ns = time.time_ns()  # to compare with the receiver's arrival times
         self.proc = subprocess.Popen(
             [*wrapper, PYTHON, "-m", "otelproc", *self.args],
-            cwd=REPO, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
+            cwd=REPO,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.pid = self.proc.pid
         self.stderr = LineReader(self.proc.stderr)
@@ -538,8 +547,13 @@ class Bpftrace:
             argv = ["bpftrace", "-e", program]
         else:
             argv = [
-                "unshare", "--mount", "--", "sh", "-c",
-                'mount -t tracefs nodev /sys/kernel/tracing && exec bpftrace -e "$0"', program,
+                "unshare",
+                "--mount",
+                "--",
+                "sh",
+                "-c",
+                'mount -t tracefs nodev /sys/kernel/tracing && exec bpftrace -e "$0"',
+                program,
             ]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.lines = 0
@@ -668,7 +682,8 @@ def write_results(
     if targets:
         md += [
             Table(
-                "Targets", ["what", "target", "measured", "verdict"],
+                "Targets",
+                ["what", "target", "measured", "verdict"],
                 [[t.what, t.goal, t.measured, t.verdict] for t in targets],
             ).markdown(),
             "",

@@ -106,14 +106,24 @@ def main() -> None:
     rss_idle = median(s["rss_idle_mb"] for s in launches)
     peak = max(run["storm_rss_mb"], default=float("nan"))
     start_table = Table(
-        "Start", ["launch", "to attached s", "to first span at the receiver s", "RSS idle MB", "of it BPF maps MB"],
-        [[i + 1, s["attached_s"], s["first_export_s"] if s["first_export_s"] is not None else "never",
-          s["rss_idle_mb"], s["bpf_maps_mb"]] for i, s in enumerate(launches)],
+        "Start",
+        ["launch", "to attached s", "to first span at the receiver s", "RSS idle MB", "of it BPF maps MB"],
+        [
+            [
+                i + 1,
+                s["attached_s"],
+                s["first_export_s"] if s["first_export_s"] is not None else "never",
+                s["rss_idle_mb"],
+                s["bpf_maps_mb"],
+            ]
+            for i, s in enumerate(launches)
+        ],
         note="From the launch of `python -m otelproc run` (interpreter start and imports included). The first span "
         "is of one matched lifetime run as soon as otelproc said 'attached'.",
     )
     use_table = Table(
-        "Resources", ["what", "value"],
+        "Resources",
+        ["what", "value"],
         [
             [f"idle CPU over {run['idle_s']:.0f} s (%)", run["idle_cpu_pct"]],
             ["RSS idle, median of launches (MB)", rss_idle],
@@ -128,20 +138,46 @@ def main() -> None:
     steady = max(rss_idle, run["steady_rss_mb"])
     maps = median(s["bpf_maps_mb"] for s in launches) if steady == rss_idle else run["steady_bpf_maps_mb"]
     targets = [
-        Target("launch → attached (median)", f"<= {TARGET_ATTACHED_S} s", f"{attached:.3f} s",
-               attached <= TARGET_ATTACHED_S),
-        Target("launch → first export (median)", "report", f"{median(exported):.3f} s" if exported else "never",
-               None if exported else False),
-        Target("RSS steady (idle, and after the storm)", f"<= {TARGET_RSS_MB} MB",
-               f"{steady:.1f} MB ({maps:.1f} MB of it BPF map mappings)", steady <= TARGET_RSS_MB),
-        Target("idle CPU", f"< {TARGET_IDLE_CPU_PCT}%", f"{run['idle_cpu_pct']:.3f}%",
-               run["idle_cpu_pct"] < TARGET_IDLE_CPU_PCT),
+        Target(
+            "launch → attached (median)",
+            f"<= {TARGET_ATTACHED_S} s",
+            f"{attached:.3f} s",
+            attached <= TARGET_ATTACHED_S,
+        ),
+        Target(
+            "launch → first export (median)",
+            "report",
+            f"{median(exported):.3f} s" if exported else "never",
+            None if exported else False,
+        ),
+        Target(
+            "RSS steady (idle, and after the storm)",
+            f"<= {TARGET_RSS_MB} MB",
+            f"{steady:.1f} MB ({maps:.1f} MB of it BPF map mappings)",
+            steady <= TARGET_RSS_MB,
+        ),
+        Target(
+            "idle CPU",
+            f"< {TARGET_IDLE_CPU_PCT}%",
+            f"{run['idle_cpu_pct']:.3f}%",
+            run["idle_cpu_pct"] < TARGET_IDLE_CPU_PCT,
+        ),
     ]
     common.write_results(
-        out, "footprint", "Footprint and start", info,
-        {"starts": starts, "idle_s": idle_s, "storm_lifetimes": lifetimes, "storm_jobs": jobs,
-         "otelproc": f"run --match {MATCHED} --adopt false, OTLP/gRPC to a local receiver"},
-        [start_table, use_table], targets, {"launches": launches, **run},
+        out,
+        "footprint",
+        "Footprint and start",
+        info,
+        {
+            "starts": starts,
+            "idle_s": idle_s,
+            "storm_lifetimes": lifetimes,
+            "storm_jobs": jobs,
+            "otelproc": f"run --match {MATCHED} --adopt false, OTLP/gRPC to a local receiver",
+        },
+        [start_table, use_table],
+        targets,
+        {"launches": launches, **run},
     )
 
 

@@ -63,8 +63,17 @@ def main() -> None:
     table = Table(
         "Exit → span at the receiver",
         ["lifetimes", "spans received", "p50 ms", "p95 ms", "p99 ms", "max ms", "min ms"],
-        [[lifetimes, len(latencies), p50, p95, p99, max(latencies, default=float("nan")),
-          min(latencies, default=float("nan"))]],
+        [
+            [
+                lifetimes,
+                len(latencies),
+                p50,
+                p95,
+                p99,
+                max(latencies, default=float("nan")),
+                min(latencies, default=float("nan")),
+            ]
+        ],
         note=f"{lifetimes:,} matched lifetimes paced at {result.rate:,.0f}/s; otelproc with its defaults "
         f"(batch schedule delay 1 s, ring buffer polled every 100 ms); {report.events} events, {report.spans} spans, "
         f"otelproc dropped {report.dropped_text()}.",
@@ -74,10 +83,18 @@ def main() -> None:
         Target("every span arrived", f"{lifetimes:,}", f"{len(latencies):,}", complete and len(latencies) == lifetimes),
     ]
     common.write_results(
-        out, "latency", "Latency: exit → span at the receiver", info,
-        {"rate": args.rate, "seconds": seconds,
-         "otelproc": f"run --match {MATCHED} --adopt false (defaults otherwise)"},
-        [table], targets, {"latencies_ms": latencies},
+        out,
+        "latency",
+        "Latency: exit → span at the receiver",
+        info,
+        {
+            "rate": args.rate,
+            "seconds": seconds,
+            "otelproc": f"run --match {MATCHED} --adopt false (defaults otherwise)",
+        },
+        [table],
+        targets,
+        {"latencies_ms": latencies},
     )
     plot(latencies, out / "latency.png")
 

@@ -88,8 +88,15 @@ def run(program: Path, processes: int, hold_s: float, sweep_s: float, rate: floa
     receiver = Receiver()
     state_dir = Path(tempfile.mkdtemp(prefix="otelproc-many-"))
     port = free_port()
-    otelproc = Otelproc(IDLE, receiver.endpoint, "--sweep-interval", str(sweep_s), "--health-port", str(port),
-                        env={"OTELPROC_STATE_FILE": str(state_dir / "state.json"), "OTEL_METRICS_EXPORTER": "none"})
+    otelproc = Otelproc(
+        IDLE,
+        receiver.endpoint,
+        "--sweep-interval",
+        str(sweep_s),
+        "--health-port",
+        str(port),
+        env={"OTELPROC_STATE_FILE": str(state_dir / "state.json"), "OTEL_METRICS_EXPORTER": "none"},
+    )
     pids: list[int] = []
     try:
         otelproc.wait_attached()
@@ -160,7 +167,8 @@ def main() -> None:
     r = run(build_idle(), processes, hold_s, args.sweep, args.rate)
     away = r["away_max_ms"]
     table = Table(
-        f"{processes:,} live tracked processes", ["what", "value"],
+        f"{processes:,} live tracked processes",
+        ["what", "value"],
         [
             ["started in (s)", r["spawn_s"]],
             ["all 'started' spans at the receiver after (s)", r["tracked_s"]],
@@ -171,24 +179,45 @@ def main() -> None:
             ["RSS peak (MB)", r["rss_peak_mb"]],
             ["RSS after they ended (MB)", r["rss_after_mb"]],
             ["state file with all live (MB)", r["state_file_mb"]],
-            ["spans / dropped", f"{r['spans']} / {', '.join(f'{k}={v}' for k, v in r['dropped'].items() if v) or 'nothing'}"],
+            [
+                "spans / dropped",
+                f"{r['spans']} / {', '.join(f'{k}={v}' for k, v in r['dropped'].items() if v) or 'nothing'}",
+            ],
         ],
         note=f"otelproc run --match {IDLE} --sweep-interval {args.sweep} --health-port, a state file, OTLP/gRPC to a "
         f"local receiver. Held {hold_s:.0f} s with all live (about {hold_s / args.sweep:.0f} sweeps and state-file "
         "writes), then all killed at once.",
     )
     targets = [
-        Target(f"ring reader away, {processes:,} live", f"<= {TARGET_AWAY_MS} ms",
-               f"{away} ms" if away is not None else "not reported", away is not None and away <= TARGET_AWAY_MS),
-        Target("/healthz green throughout", "every answer 200", f"{r['health_failed']} of {r['health_asked']} not",
-               r["health_failed"] == 0 and r["health_asked"] > 0),
-        Target("every lifetime exported", f"{2 * processes:,} spans", f"{r['spans']}",
-               bool(r["all_ended"]) and not any(r["dropped"].values())),
+        Target(
+            f"ring reader away, {processes:,} live",
+            f"<= {TARGET_AWAY_MS} ms",
+            f"{away} ms" if away is not None else "not reported",
+            away is not None and away <= TARGET_AWAY_MS,
+        ),
+        Target(
+            "/healthz green throughout",
+            "every answer 200",
+            f"{r['health_failed']} of {r['health_asked']} not",
+            r["health_failed"] == 0 and r["health_asked"] > 0,
+        ),
+        Target(
+            "every lifetime exported",
+            f"{2 * processes:,} spans",
+            f"{r['spans']}",
+            bool(r["all_ended"]) and not any(r["dropped"].values()),
+        ),
         Target("RSS with all live", "report", f"{r['rss_live_mb']:.0f} MB (after: {r['rss_after_mb']:.0f} MB)", None),
     ]
     common.write_results(
-        out, "many_live", "Many live processes: the ring-buffer reader under a large table", info,
-        {"processes": processes, "hold_s": hold_s, "sweep_s": args.sweep, "rate": args.rate}, [table], targets, r,
+        out,
+        "many_live",
+        "Many live processes: the ring-buffer reader under a large table",
+        info,
+        {"processes": processes, "hold_s": hold_s, "sweep_s": args.sweep, "rate": args.rate},
+        [table],
+        targets,
+        r,
     )
 
 

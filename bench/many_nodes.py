@@ -60,8 +60,9 @@ class Service:
         self.log = log
         base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")}
         with log.open("wb") as out:
-            self.proc = subprocess.Popen([binary, "--config", f"file:{config}"], env={**base, **env},
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [binary, "--config", f"file:{config}"], env={**base, **env}, stdout=out, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + 60
         while not listening(port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -88,8 +89,14 @@ class Node:
         machine_id.write_text(f"{index:032x}\n")
         setup = f'hostname {self.name} && mount --bind {machine_id} /etc/machine-id && exec "$@"'
         self.agent = Otelproc(
-            common.MATCHED, endpoint, "--scope", "pidns", "--pin-dir", str(self.pin_dir),
-            "--service-name", SERVICE,
+            common.MATCHED,
+            endpoint,
+            "--scope",
+            "pidns",
+            "--pin-dir",
+            str(self.pin_dir),
+            "--service-name",
+            SERVICE,
             env={"OTEL_METRICS_EXPORTER": "none"},
             wrapper=["unshare", "--pid", "--fork", "--mount-proc", "--uts", "--", "sh", "-c", setup, "sh"],
         )
@@ -111,23 +118,36 @@ class Node:
 
     def detach(self) -> None:
         """The pinned probe outlives the agent; removed as `otelproc detach` does."""
-        subprocess.run([common.PYTHON, "-m", "otelproc", "detach", "--pin-dir", str(self.pin_dir)],
-                       cwd=common.REPO, capture_output=True, check=False, env={**os.environ, "OTELPROC_STATE_FILE": ""})
+        subprocess.run(
+            [common.PYTHON, "-m", "otelproc", "detach", "--pin-dir", str(self.pin_dir)],
+            cwd=common.REPO,
+            capture_output=True,
+            check=False,
+            env={**os.environ, "OTELPROC_STATE_FILE": ""},
+        )
 
 
-def storm_all(fleet: list[Node], programs: common.Programs, iterations: int, rate: float,
-              results: dict[str, common.StormResult]) -> list[threading.Thread]:
+def storm_all(
+    fleet: list[Node], programs: common.Programs, iterations: int, rate: float, results: dict[str, common.StormResult]
+) -> list[threading.Thread]:
     """Every node's workload at once, each on a thread; `results` gets each node's StormResult."""
-    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n.name, n.storm(programs, iterations, rate)))
-               for n in fleet]
+    threads = [
+        threading.Thread(target=lambda n=n: results.__setitem__(n.name, n.storm(programs, iterations, rate)))
+        for n in fleet
+    ]
     for t in threads:
         t.start()
     return threads
 
 
-def wait_stored(cluster: Cluster, count: int, threads: list[threading.Thread], t0: float | None = None,
-                on_reached: Callable[[], None] = lambda: None, timeout: float = 600,
-                ) -> tuple[float, list[tuple[float, int]]]:
+def wait_stored(
+    cluster: Cluster,
+    count: int,
+    threads: list[threading.Thread],
+    t0: float | None = None,
+    on_reached: Callable[[], None] = lambda: None,
+    timeout: float = 600,
+) -> tuple[float, list[tuple[float, int]]]:
     """Polls OpenSearch until it holds `count` spans, the workloads are done and nothing more has
     come for SETTLE_S (a batch sent again would come late, and be counted). Calls on_reached when
     `count` is reached; returns when that was (seconds since t0), and the samples (seconds since
@@ -174,8 +194,7 @@ def stored_lifetimes(cluster: Cluster) -> list[tuple[str, str, int]]:
     set no OTEL_SERVICE_NAME: the agents' --service-name), read with a scroll."""
     url = cluster.nodes[0].url
     httpx.post(f"{url}/jaeger-span-*/_refresh", timeout=30)
-    body = {"size": 5000, "_source": ["spanID", "tags", "process"],
-            "query": {"term": {"process.serviceName": SERVICE}}}
+    body = {"size": 5000, "_source": ["spanID", "tags", "process"], "query": {"term": {"process.serviceName": SERVICE}}}
     page = httpx.post(f"{url}/jaeger-span-*/_search", params={"scroll": "1m"}, json=body, timeout=60).json()
     found = []
     while page["hits"]["hits"]:
@@ -184,8 +203,9 @@ def stored_lifetimes(cluster: Cluster) -> list[tuple[str, str, int]]:
             resource = {t["key"]: t["value"] for t in doc["process"].get("tags", [])}
             attributes = {t["key"]: t["value"] for t in doc.get("tags", [])}
             found.append((resource.get("host.name"), doc["spanID"], int(attributes.get("process.pid", -1))))
-        page = httpx.post(f"{url}/_search/scroll", json={"scroll": "1m", "scroll_id": page["_scroll_id"]},
-                          timeout=60).json()
+        page = httpx.post(
+            f"{url}/_search/scroll", json={"scroll": "1m", "scroll_id": page["_scroll_id"]}, timeout=60
+        ).json()
     return found
 
 
@@ -224,17 +244,34 @@ def run(nodes: int, per_node: int, rate: float, scratch: Path) -> dict[str, Any]
         cluster.start()
         cluster.wait_healthy("green", nodes=3)
         j_otlp, j_http, j_query, j_qgrpc, c_grpc, c_http, c_tel = free_ports(7)
-        jaeger = Service(binary, JAEGER_CONFIG, {
-            "OPENSEARCH_URLS": "[" + ", ".join(cluster.urls) + "]", "JAEGER_LISTEN_HOST": "127.0.0.1",
-            "JAEGER_OTLP_GRPC_PORT": str(j_otlp), "JAEGER_OTLP_HTTP_PORT": str(j_http),
-            "JAEGER_QUERY_HTTP_PORT": str(j_query), "JAEGER_QUERY_GRPC_PORT": str(j_qgrpc),
-        }, scratch / "jaeger.log", j_otlp)
+        jaeger = Service(
+            binary,
+            JAEGER_CONFIG,
+            {
+                "OPENSEARCH_URLS": "[" + ", ".join(cluster.urls) + "]",
+                "JAEGER_LISTEN_HOST": "127.0.0.1",
+                "JAEGER_OTLP_GRPC_PORT": str(j_otlp),
+                "JAEGER_OTLP_HTTP_PORT": str(j_http),
+                "JAEGER_QUERY_HTTP_PORT": str(j_query),
+                "JAEGER_QUERY_GRPC_PORT": str(j_qgrpc),
+            },
+            scratch / "jaeger.log",
+            j_otlp,
+        )
         started.append(jaeger)
-        collector = Service(binary, COLLECTOR_CONFIG, {
-            "COLLECTOR_LISTEN_HOST": "127.0.0.1", "COLLECTOR_OTLP_GRPC_PORT": str(c_grpc),
-            "COLLECTOR_OTLP_HTTP_PORT": str(c_http), "COLLECTOR_TELEMETRY_PORT": str(c_tel),
-            "JAEGER_OTLP_ENDPOINT": f"127.0.0.1:{j_otlp}",
-        }, scratch / "collector.log", c_grpc)
+        collector = Service(
+            binary,
+            COLLECTOR_CONFIG,
+            {
+                "COLLECTOR_LISTEN_HOST": "127.0.0.1",
+                "COLLECTOR_OTLP_GRPC_PORT": str(c_grpc),
+                "COLLECTOR_OTLP_HTTP_PORT": str(c_http),
+                "COLLECTOR_TELEMETRY_PORT": str(c_tel),
+                "JAEGER_OTLP_ENDPOINT": f"127.0.0.1:{j_otlp}",
+            },
+            scratch / "collector.log",
+            c_grpc,
+        )
         started.append(collector)
         for i in range(1, nodes + 1):
             fleet.append(Node(i, f"http://127.0.0.1:{c_grpc}", pin_root, scratch))
@@ -275,12 +312,21 @@ def run(nodes: int, per_node: int, rate: float, scratch: Path) -> dict[str, Any]
     repeated = sum(c - 1 for c in Counter((host, pid) for host, _, pid in lifetimes).values() if c > 1)
     cpu = {name: cpu_after[name] - cpu_before[name] for name in pids}
     return {
-        "nodes": nodes, "per_node": per_node, "rate_per_node": rate, "total": total,
-        "storms_s": storms_s, "stored_after_s": t_stored, "stored": len(lifetimes),
-        "rates_during_after": phase_rates(samples, before, storms_s, t_stored), "idle_cpu_s": idle, "idle_s": idle_s,
-        "per_host": dict(per_host), "repeated": repeated,
+        "nodes": nodes,
+        "per_node": per_node,
+        "rate_per_node": rate,
+        "total": total,
+        "storms_s": storms_s,
+        "stored_after_s": t_stored,
+        "stored": len(lifetimes),
+        "rates_during_after": phase_rates(samples, before, storms_s, t_stored),
+        "idle_cpu_s": idle,
+        "idle_s": idle_s,
+        "per_host": dict(per_host),
+        "repeated": repeated,
         "distinct_span_ids": len({span for _, span, _ in lifetimes}),
-        "cpu_s": cpu, "run_cpu_s_available": t_stored * (os.cpu_count() or 1),
+        "cpu_s": cpu,
+        "run_cpu_s_available": t_stored * (os.cpu_count() or 1),
         "machine_busy": (busy_after[0] - busy_before[0]) / max(1, busy_after[1] - busy_before[1]),
         "machine_busy_cpu_s": (busy_after[0] - busy_before[0]) / common.CLK_TCK,
         "samples": samples,
@@ -289,8 +335,11 @@ def run(nodes: int, per_node: int, rate: float, scratch: Path) -> dict[str, Any]
 
 
 def component(name: str) -> str:
-    return "otelproc (all agents)" if name.startswith("node-") else (
-        "OpenSearch (3 nodes)" if name.startswith("opensearch") else name)
+    return (
+        "otelproc (all agents)"
+        if name.startswith("node-")
+        else ("OpenSearch (3 nodes)" if name.startswith("opensearch") else name)
+    )
 
 
 def main() -> None:
@@ -315,12 +364,26 @@ def main() -> None:
     for name, seconds in r["cpu_s"].items():
         run_cpu[component(name)] += seconds
         idle_cpu[component(name)] += r["idle_cpu_s"][name] / r["idle_s"]  # CPU s per s
-    cpu_rows = [[name, seconds, 100 * seconds / stored_s, 100 * idle_cpu[name],
-                 1e6 * max(0.0, seconds - idle_cpu[name] * stored_s) / total]
-                for name, seconds in run_cpu.most_common()]
+    cpu_rows = [
+        [
+            name,
+            seconds,
+            100 * seconds / stored_s,
+            100 * idle_cpu[name],
+            1e6 * max(0.0, seconds - idle_cpu[name] * stored_s) / total,
+        ]
+        for name, seconds in run_cpu.most_common()
+    ]
     rest = r["machine_busy_cpu_s"] - sum(run_cpu.values())
-    cpu_rows.append(["everything else: the workloads, the kernel, other users of the machine", rest,
-                     100 * rest / stored_s, float("nan"), float("nan")])
+    cpu_rows.append(
+        [
+            "everything else: the workloads, the kernel, other users of the machine",
+            rest,
+            100 * rest / stored_s,
+            float("nan"),
+            float("nan"),
+        ]
+    )
     busiest = max(r["cpu_s"], key=lambda n: r["cpu_s"][n] - r["idle_cpu_s"][n] / r["idle_s"] * stored_s)
     table = Table(
         f"{nodes} nodes x {per_node:,} lifetimes at {rate:.0f}/s each, one Collector, Jaeger, OpenSearch",
@@ -336,37 +399,70 @@ def main() -> None:
             ["stored spans, warm-up included / distinct span ids", f"{r['stored']} / {r['distinct_span_ids']}"],
             ["per node (host.name: spans)", ", ".join(f"{h}: {c}" for h, c in sorted(r["per_host"].items()))],
             ["a (node, pid) stored more than once", r["repeated"]],
-            ["agents: spans (dropped)", ", ".join(
-                f"{n}: {a['spans']} ({', '.join(f'{k}={v}' for k, v in a['dropped'].items() if v) or 'none'})"
-                for n, a in r["agents"].items())],
+            [
+                "agents: spans (dropped)",
+                ", ".join(
+                    f"{n}: {a['spans']} ({', '.join(f'{k}={v}' for k, v in a['dropped'].items() if v) or 'none'})"
+                    for n, a in r["agents"].items()
+                ),
+            ],
             ["machine busy over the run", f"{100 * r['machine_busy']:.0f}% of {os.cpu_count()} cores"],
         ],
         note="Each node: unshare --pid --fork --mount-proc --uts, its own hostname and /etc/machine-id, "
-             "`otelproc run --scope pidns --pin-dir <its own, in the benchmark's bpffs>`, its workload entered "
-             "with nsenter. Counted in OpenSearch's jaeger-span-* indices.",
+        "`otelproc run --scope pidns --pin-dir <its own, in the benchmark's bpffs>`, its workload entered "
+        "with nsenter. Counted in OpenSearch's jaeger-span-* indices.",
     )
     cpu_table = Table(
-        "CPU by component", ["component", "CPU s over the run", "% of one core, run", "% of one core, idle",
-                             "CPU ms per 1,000 lifetimes, above idle"],
+        "CPU by component",
+        [
+            "component",
+            "CPU s over the run",
+            "% of one core, run",
+            "% of one core, idle",
+            "CPU ms per 1,000 lifetimes, above idle",
+        ],
         cpu_rows,
         note=f"utime+stime from the workloads' start until every span was stored ({stored_s:.1f} s); idle: "
-             f"{r['idle_s']:.0f} s with nothing sent, just before. Busiest single process above idle: {busiest}.",
+        f"{r['idle_s']:.0f} s with nothing sent, just before. Busiest single process above idle: {busiest}.",
     )
-    exact = r["stored"] == nodes * each and r["repeated"] == 0 and len(r["per_host"]) == nodes \
+    exact = (
+        r["stored"] == nodes * each
+        and r["repeated"] == 0
+        and len(r["per_host"]) == nodes
         and all(c == each for c in r["per_host"].values())
+    )
     targets = [
-        Target("every lifetime of every node, exactly once, under its node", f"{nodes * each:,} spans, {nodes} hosts",
-               f"{r['stored']:,} spans, {len(r['per_host'])} hosts, {r['repeated']} repeated", exact),
-        Target("lifetimes/s into the backend", "report",
-               f"{into_backend:,.0f}/s start to stored ({r['rates_during_after'][0]:,.0f}/s while the workloads "
-               f"ran, {r['rates_during_after'][1]:,.0f}/s after)", None),
-        Target("the bottleneck", "report", f"{component(busiest)}; CPU ms per 1,000 lifetimes: " + ", ".join(
-            f"{row[0]} {row[4]:,.0f}" for row in cpu_rows if row[4] == row[4]) +
-            f"; machine {100 * r['machine_busy']:.0f}% busy", None),
+        Target(
+            "every lifetime of every node, exactly once, under its node",
+            f"{nodes * each:,} spans, {nodes} hosts",
+            f"{r['stored']:,} spans, {len(r['per_host'])} hosts, {r['repeated']} repeated",
+            exact,
+        ),
+        Target(
+            "lifetimes/s into the backend",
+            "report",
+            f"{into_backend:,.0f}/s start to stored ({r['rates_during_after'][0]:,.0f}/s while the workloads "
+            f"ran, {r['rates_during_after'][1]:,.0f}/s after)",
+            None,
+        ),
+        Target(
+            "the bottleneck",
+            "report",
+            f"{component(busiest)}; CPU ms per 1,000 lifetimes: "
+            + ", ".join(f"{row[0]} {row[4]:,.0f}" for row in cpu_rows if row[4] == row[4])
+            + f"; machine {100 * r['machine_busy']:.0f}% busy",
+            None,
+        ),
     ]
     common.write_results(
-        out, "many_nodes", "Many nodes, one backend: otelproc agents -> Collector -> Jaeger -> OpenSearch", info,
-        {"nodes": nodes, "per_node": per_node, "rate_per_node": rate}, [table, cpu_table], targets, r,
+        out,
+        "many_nodes",
+        "Many nodes, one backend: otelproc agents -> Collector -> Jaeger -> OpenSearch",
+        info,
+        {"nodes": nodes, "per_node": per_node, "rate_per_node": rate},
+        [table, cpu_table],
+        targets,
+        r,
     )
 
 

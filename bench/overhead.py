@@ -74,7 +74,10 @@ def run_round(
                 cpu_before = tracer.otelproc.cpu_seconds() if tracer.otelproc else 0.0
                 result = common.storm(programs, program, iterations)
                 run: dict[str, Any] = {
-                    "round": index, "condition": condition, "workload": workload, "elapsed_ns": result.elapsed_ns,
+                    "round": index,
+                    "condition": condition,
+                    "workload": workload,
+                    "elapsed_ns": result.elapsed_ns,
                 }
                 if tracer.otelproc is not None:
                     if workload == "matched":
@@ -106,17 +109,33 @@ def summarize(runs: list[dict[str, Any]], iterations: int) -> tuple[Table, dict[
             medians[(condition, workload)] = med / base
             paired = sorted(r["elapsed_ns"] / base_by_round[r["round"]] for r in mine if r["round"] in base_by_round)
             cpu = [r["otelproc_cpu_s"] for r in mine if "otelproc_cpu_s" in r]
-            rows.append([
-                workload, condition, len(times), med / iterations / 1000,
-                min(times) / iterations / 1000, max(times) / iterations / 1000,
-                med / base, f"{paired[0]:.3f}–{paired[-1]:.3f}",
-                median(cpu) / iterations * 1e6 if cpu else float("nan"),
-            ])
+            rows.append(
+                [
+                    workload,
+                    condition,
+                    len(times),
+                    med / iterations / 1000,
+                    min(times) / iterations / 1000,
+                    max(times) / iterations / 1000,
+                    med / base,
+                    f"{paired[0]:.3f}–{paired[-1]:.3f}",
+                    median(cpu) / iterations * 1e6 if cpu else float("nan"),
+                ]
+            )
     table = Table(
-        "Storm wall time", [
-            "workload", "condition", "runs", "median µs/lifetime", "min", "max", "ratio to no tracer (medians)",
-            "per-round ratios (min–max)", "otelproc CPU µs/lifetime",
-        ], rows,
+        "Storm wall time",
+        [
+            "workload",
+            "condition",
+            "runs",
+            "median µs/lifetime",
+            "min",
+            "max",
+            "ratio to no tracer (medians)",
+            "per-round ratios (min–max)",
+            "otelproc CPU µs/lifetime",
+        ],
+        rows,
         note=f"{iterations:,} fork+exec+wait of the tiny program per run; otelproc CPU covers the storm and the "
         "export of its spans (utime+stime of the otelproc process).",
     )
@@ -134,12 +153,23 @@ def plot(runs: list[dict[str, Any]], medians: dict[tuple[str, str], float], path
         base = median(r["elapsed_ns"] for r in runs if r["condition"] == "no tracer" and r["workload"] == workload)
         for c, condition in enumerate(CONDITIONS):
             x = w + (c - 1) * width
-            ax.bar(x, medians[(condition, workload)], width * 0.9, color=colors[condition],
-                   label=condition if w == 0 else None)
+            ax.bar(
+                x,
+                medians[(condition, workload)],
+                width * 0.9,
+                color=colors[condition],
+                label=condition if w == 0 else None,
+            )
             dots = [r["elapsed_ns"] / base for r in runs if r["condition"] == condition and r["workload"] == workload]
             ax.plot([x] * len(dots), dots, "k.", markersize=4)
-        ax.hlines(TARGETS[workload], w - 1.5 * width, w + 1.5 * width, colors="red", linestyles="dashed",
-                  label="otelproc target" if w == 0 else None)
+        ax.hlines(
+            TARGETS[workload],
+            w - 1.5 * width,
+            w + 1.5 * width,
+            colors="red",
+            linestyles="dashed",
+            label="otelproc target" if w == 0 else None,
+        )
     names = {"matched": MATCHED, "unmatched": common.UNMATCHED}
     ax.set_xticks(range(len(WORKLOADS)), [f"{w} ({names[w]})" for w in WORKLOADS])
     ax.set_ylabel("storm wall time / untraced median")
@@ -174,26 +204,49 @@ def main() -> None:
 
     table, medians = summarize(runs, iterations)
     checks = Table(
-        "What each tracer saw", ["round", "condition", "report"],
-        [[t["round"], t["condition"], ", ".join(f"{k}={v}" for k, v in t.items() if k not in ("round", "condition"))]
-         for t in tracer_reports if t["condition"] != "no tracer"],
+        "What each tracer saw",
+        ["round", "condition", "report"],
+        [
+            [t["round"], t["condition"], ", ".join(f"{k}={v}" for k, v in t.items() if k not in ("round", "condition"))]
+            for t in tracer_reports
+            if t["condition"] != "no tracer"
+        ],
         note=f"Per round, from the matched storm only: otelproc should count {2 * iterations:,} events and "
         f"{iterations:,} spans, bpftrace print {2 * iterations:,} lines.",
     )
     lost = [r for r in runs if r.get("spans_received", iterations) != iterations]
     targets = [
-        Target(f"{w} storm under otelproc, wall time vs no tracer", f"<= {TARGETS[w]}x",
-               f"{medians[('otelproc', w)]:.3f}x", medians[("otelproc", w)] <= TARGETS[w])
+        Target(
+            f"{w} storm under otelproc, wall time vs no tracer",
+            f"<= {TARGETS[w]}x",
+            f"{medians[('otelproc', w)]:.3f}x",
+            medians[("otelproc", w)] <= TARGETS[w],
+        )
         for w in WORKLOADS
     ]
-    targets.append(Target("every matched lifetime exported (spans at the receiver)", "all",
-                          "all" if not lost else f"{len(lost)} storms short", not lost))
+    targets.append(
+        Target(
+            "every matched lifetime exported (spans at the receiver)",
+            "all",
+            "all" if not lost else f"{len(lost)} storms short",
+            not lost,
+        )
+    )
     common.write_results(
-        out, "overhead", "Overhead on a fork+exec+wait storm", info,
-        {"iterations": iterations, "rounds": rounds, "tiny_program": "static" if programs.static else "dynamic",
-         "otelproc": "run --match " + MATCHED + " --adopt false, OTLP/gRPC to a local receiver",
-         "bpftrace": common.BPFTRACE_PROGRAM.format(name=MATCHED)},
-        [table, checks], targets, {"runs": runs, "tracers": tracer_reports},
+        out,
+        "overhead",
+        "Overhead on a fork+exec+wait storm",
+        info,
+        {
+            "iterations": iterations,
+            "rounds": rounds,
+            "tiny_program": "static" if programs.static else "dynamic",
+            "otelproc": "run --match " + MATCHED + " --adopt false, OTLP/gRPC to a local receiver",
+            "bpftrace": common.BPFTRACE_PROGRAM.format(name=MATCHED),
+        },
+        [table, checks],
+        targets,
+        {"runs": runs, "tracers": tracer_reports},
     )
     plot(runs, medians, out / "overhead.png")
 

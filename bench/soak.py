@@ -86,7 +86,8 @@ def main() -> None:
     peak = max(s[1] for s in samples) / MB
     final = samples[-1][1] / MB
     table = Table(
-        "Soak", ["what", "value"],
+        "Soak",
+        ["what", "value"],
         [
             ["processes run", lifetimes],
             ["storm rate /s", result.rate],
@@ -104,23 +105,43 @@ def main() -> None:
         note="RSS sampled every second (VmRSS); the plot shows it against time with the spans received.",
     )
     targets = [
-        Target("spans at the receiver == processes run; loss counters 0", f"{lifetimes:,}; 0",
-               f"{received:,}; dropped {report.dropped_text()}",
-               complete and received == lifetimes and report.dropped_nothing),
-        Target("memory flat (RSS growth after 10% of the run)", f"<= {FLAT_MB} MB", f"{growth:+.1f} MB",
-               abs(growth) <= FLAT_MB),
-        Target("RSS steady", f"<= {TARGET_RSS_MB} MB", f"{final:.1f} MB at the end ({in_maps:.1f} MB of it BPF maps)",
-               final <= TARGET_RSS_MB),
+        Target(
+            "spans at the receiver == processes run; loss counters 0",
+            f"{lifetimes:,}; 0",
+            f"{received:,}; dropped {report.dropped_text()}",
+            complete and received == lifetimes and report.dropped_nothing,
+        ),
+        Target(
+            "memory flat (RSS growth after 10% of the run)",
+            f"<= {FLAT_MB} MB",
+            f"{growth:+.1f} MB",
+            abs(growth) <= FLAT_MB,
+        ),
+        Target(
+            "RSS steady",
+            f"<= {TARGET_RSS_MB} MB",
+            f"{final:.1f} MB at the end ({in_maps:.1f} MB of it BPF maps)",
+            final <= TARGET_RSS_MB,
+        ),
     ]
     data: dict[str, Any] = {
         "samples": [{"t": s[0] - samples[0][0], "rss_mb": s[1] / MB, "cpu_s": s[2], "spans": s[3]} for s in samples],
         "report": vars(report),
     }
     common.write_results(
-        out, "soak", "Soak: 100,000 processes through one sidecar", info,
-        {"lifetimes": lifetimes, "rate": args.rate or "full", "jobs": jobs,
-         "otelproc": f"run --match {MATCHED} --adopt false, OTLP/gRPC to a local receiver"},
-        [table], targets, data,
+        out,
+        "soak",
+        "Soak: 100,000 processes through one sidecar",
+        info,
+        {
+            "lifetimes": lifetimes,
+            "rate": args.rate or "full",
+            "jobs": jobs,
+            "otelproc": f"run --match {MATCHED} --adopt false, OTLP/gRPC to a local receiver",
+        },
+        [table],
+        targets,
+        data,
     )
     plot(samples, out / "soak.png")
 

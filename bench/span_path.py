@@ -46,24 +46,40 @@ from otelproc.sidecar.tracker import Tracker
 TARGET_US = 50.0
 BATCH = 512  # the SDK's default export batch
 SERVICE_ENV = [
-    f"{k}={v}" for k, v in {
-        "PATH": "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin", "HOME": "/home/app", "LANG": "C.UTF-8",
-        "HOSTNAME": "shop-7d9f8c6b5-x2k4q", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
-        "OTEL_SERVICE_NAME": "shop", "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,service.version=1.4.2",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4317", "DATABASE_URL": "postgresql://db:5432/shop",
-        "KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443", "GPG_KEY": "A035C8C19219BA821ECEA86B",
+    f"{k}={v}"
+    for k, v in {
+        "PATH": "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin",
+        "HOME": "/home/app",
+        "LANG": "C.UTF-8",
+        "HOSTNAME": "shop-7d9f8c6b5-x2k4q",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "OTEL_SERVICE_NAME": "shop",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,service.version=1.4.2",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4317",
+        "DATABASE_URL": "postgresql://db:5432/shop",
+        "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+        "KUBERNETES_SERVICE_PORT": "443",
+        "GPG_KEY": "A035C8C19219BA821ECEA86B",
         **{f"SHOP_SETTING_{i}": "x" * 48 for i in range(24)},
     }.items()
 ]
 KINDS: dict[str, dict[str, Any]] = {
     "storm": {
-        "comm": common.MATCHED, "exe": str(common.WORK / common.MATCHED), "argv": [str(common.WORK / common.MATCHED)],
-        "env": [], "cgroup": "", "cgroup_id": 1,
+        "comm": common.MATCHED,
+        "exe": str(common.WORK / common.MATCHED),
+        "argv": [str(common.WORK / common.MATCHED)],
+        "env": [],
+        "cgroup": "",
+        "cgroup_id": 1,
     },
     "service": {
-        "comm": "python3", "exe": "/usr/local/bin/python3.11",
+        "comm": "python3",
+        "exe": "/usr/local/bin/python3.11",
         "argv": ["python3", "-m", "uvicorn", "shop.app:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"],
-        "env": SERVICE_ENV, "cgroup": "docker-" + "3f" * 32 + ".scope", "cgroup_id": 1,
+        "env": SERVICE_ENV,
+        "cgroup": "docker-" + "3f" * 32 + ".scope",
+        "cgroup_id": 1,
     },
 }
 
@@ -77,8 +93,9 @@ def _record(**fields: Any) -> bytes:
 
 
 # What a short python run uses, as an exit record carries it: the span path encodes what is not zero.
-EXIT_USAGE = dict(cpu_ns=21_000_000, utime_ns=16_000_000, stime_ns=4_000_000, maxrss_pages=2_400, min_flt=1_150,
-                  nvcsw=2, nivcsw=3)
+EXIT_USAGE = dict(
+    cpu_ns=21_000_000, utime_ns=16_000_000, stime_ns=4_000_000, maxrss_pages=2_400, min_flt=1_150, nvcsw=2, nivcsw=3
+)
 
 
 def records(kind: str, count: int, first_pid: int = 100_000) -> list[bytes]:
@@ -93,15 +110,34 @@ def records(kind: str, count: int, first_pid: int = 100_000) -> list[bytes]:
         pid = first_pid + i % 3_000_000
         start = boot + i * 1_000_000  # a tick apart at most every 10 processes; (pid, start) stays unique
         common_fields = dict(
-            start_time_ns=start, cgroup_id=spec["cgroup_id"], pid=pid, ppid=1, tid=pid, vpid=pid, pidns=0xEFFFFFFC,
-            uid=0, gid=0, comm=spec["comm"].encode(), cgroup=spec["cgroup"].encode(),
+            start_time_ns=start,
+            cgroup_id=spec["cgroup_id"],
+            pid=pid,
+            ppid=1,
+            tid=pid,
+            vpid=pid,
+            pidns=0xEFFFFFFC,
+            uid=0,
+            gid=0,
+            comm=spec["comm"].encode(),
+            cgroup=spec["cgroup"].encode(),
         )
-        out.append(_record(
-            time_ns=start + 50_000, kind=KIND_NUMBER[EventKind.EXEC], exe_len=len(exe), argv_len=len(argv), env_len=len(env),
-            data=exe + argv + env, **common_fields,
-        ))
-        out.append(_record(time_ns=start + 900_000, kind=KIND_NUMBER[EventKind.EXIT], exit_code=0, **EXIT_USAGE,
-                           **common_fields))
+        out.append(
+            _record(
+                time_ns=start + 50_000,
+                kind=KIND_NUMBER[EventKind.EXEC],
+                exe_len=len(exe),
+                argv_len=len(argv),
+                env_len=len(env),
+                data=exe + argv + env,
+                **common_fields,
+            )
+        )
+        out.append(
+            _record(
+                time_ns=start + 900_000, kind=KIND_NUMBER[EventKind.EXIT], exit_code=0, **EXIT_USAGE, **common_fields
+            )
+        )
     return out
 
 
@@ -161,8 +197,11 @@ def whole(kind: str, lifetimes: int) -> dict[str, float]:
     path.processor.shutdown()
     if path.exporter.spans != lifetimes:
         raise RuntimeError(f"{lifetimes - path.exporter.spans} spans went missing on the path")
-    return {"cpu_us": cpu / lifetimes / 1000, "wall_us": wall / lifetimes / 1000,
-            "otlp_bytes_per_span": path.exporter.bytes / lifetimes}
+    return {
+        "cpu_us": cpu / lifetimes / 1000,
+        "wall_us": wall / lifetimes / 1000,
+        "otlp_bytes_per_span": path.exporter.bytes / lifetimes,
+    }
 
 
 def stages(kind: str, lifetimes: int) -> dict[str, float]:
@@ -179,11 +218,14 @@ def stages(kind: str, lifetimes: int) -> dict[str, float]:
 
     events = timed("decode (exec + exit record)", lambda: [decode(raw, path.clock) for raw in raws])
     ended = timed("tracker (exec + exit)", lambda: [e for e in map(path.tracker.handle, events) if e is not None])
-    spans = timed("span (SpanBuilder.lifetime + cgroup path)",
-                  lambda: [path.builder.lifetime(e, path.cgroups.path(e.process.cgroup_id)) for e in ended])
-    timed("OTLP encode + serialize", lambda: [
-        len(encode_spans(spans[i:i + BATCH]).SerializeToString()) for i in range(0, len(spans), BATCH)
-    ])
+    spans = timed(
+        "span (SpanBuilder.lifetime + cgroup path)",
+        lambda: [path.builder.lifetime(e, path.cgroups.path(e.process.cgroup_id)) for e in ended],
+    )
+    timed(
+        "OTLP encode + serialize",
+        lambda: [len(encode_spans(spans[i : i + BATCH]).SerializeToString()) for i in range(0, len(spans), BATCH)],
+    )
     path.processor.shutdown()
     return out
 
@@ -202,8 +244,10 @@ def profile(kind: str, lifetimes: int, out_dir: Path) -> tuple[list[dict[str, An
     stats = pstats.Stats(main_profile).add(export_profile)
 
     text = io.StringIO()
-    text.write(f"cProfile of the span path ({kind} processes, {lifetimes:,} lifetimes; the batch processor's "
-               f"export thread merged in). Times are profiled, so inflated; compare them with each other.\n\n")
+    text.write(
+        f"cProfile of the span path ({kind} processes, {lifetimes:,} lifetimes; the batch processor's "
+        f"export thread merged in). Times are profiled, so inflated; compare them with each other.\n\n"
+    )
     for key in ("cumulative", "tottime"):
         stats.stream = text
         text.write(f"==== by {key} ====\n")
@@ -212,10 +256,15 @@ def profile(kind: str, lifetimes: int, out_dir: Path) -> tuple[list[dict[str, An
 
     def top(index: int) -> list[dict[str, Any]]:
         rows = sorted(stats.stats.items(), key=lambda item: item[1][index], reverse=True)[:10]
-        return [{
-            "function": _shorten(f"{file}:{line}({name})"), "calls": calls,
-            "own_us_per_lifetime": own / lifetimes * 1e6, "cumulative_us_per_lifetime": cum / lifetimes * 1e6,
-        } for (file, line, name), (_prim, calls, own, cum, _callers) in rows]
+        return [
+            {
+                "function": _shorten(f"{file}:{line}({name})"),
+                "calls": calls,
+                "own_us_per_lifetime": own / lifetimes * 1e6,
+                "cumulative_us_per_lifetime": cum / lifetimes * 1e6,
+            }
+            for (file, line, name), (_prim, calls, own, cum, _callers) in rows
+        ]
 
     return top(3), top(2)
 
@@ -247,19 +296,35 @@ def main() -> None:
     by_cumulative, by_own = profile("service", min(lifetimes, 10_000), out)
 
     whole_table = Table(
-        "Whole path: record → decode → tracker → span → batch processor → OTLP bytes", [
-            "process kind", "CPU µs per lifetime (median)", "min", "max", "wall µs per lifetime",
-            "lifetimes/s on one core", "OTLP bytes per span",
-        ], [[
-            kind, res["cpu_us"], min(r["cpu_us"] for r in res["runs"]), max(r["cpu_us"] for r in res["runs"]),
-            statistics.median(r["wall_us"] for r in res["runs"]), 1e6 / res["cpu_us"],
-            res["runs"][0]["otlp_bytes_per_span"],
-        ] for kind, res in results.items()],
+        "Whole path: record → decode → tracker → span → batch processor → OTLP bytes",
+        [
+            "process kind",
+            "CPU µs per lifetime (median)",
+            "min",
+            "max",
+            "wall µs per lifetime",
+            "lifetimes/s on one core",
+            "OTLP bytes per span",
+        ],
+        [
+            [
+                kind,
+                res["cpu_us"],
+                min(r["cpu_us"] for r in res["runs"]),
+                max(r["cpu_us"] for r in res["runs"]),
+                statistics.median(r["wall_us"] for r in res["runs"]),
+                1e6 / res["cpu_us"],
+                res["runs"][0]["otlp_bytes_per_span"],
+            ]
+            for kind, res in results.items()
+        ],
         note=f"{lifetimes:,} lifetimes per run, {repeat} runs; CPU is the process's (every thread's) CPU time.",
     )
     stage_names = list(next(iter(results.values()))["stages"])
     stage_table = Table(
-        "Stage by stage (CPU µs per lifetime)", ["stage", *KINDS], [
+        "Stage by stage (CPU µs per lifetime)",
+        ["stage", *KINDS],
+        [
             *([name, *(results[k]["stages"][name] for k in KINDS)] for name in stage_names),
             ["sum of the stages", *(sum(results[k]["stages"].values()) for k in KINDS)],
         ],
@@ -267,21 +332,33 @@ def main() -> None:
         "thread hand-off, and garbage collection.",
     )
     profile_tables = [
-        Table(f"Profile, top 10 by {label} (service processes; µs per lifetime, under cProfile)",
-              ["function", "calls", "own µs", "cumulative µs"],
-              [[f"`{r['function']}`", r["calls"], r["own_us_per_lifetime"], r["cumulative_us_per_lifetime"]]
-               for r in rows])
+        Table(
+            f"Profile, top 10 by {label} (service processes; µs per lifetime, under cProfile)",
+            ["function", "calls", "own µs", "cumulative µs"],
+            [
+                [f"`{r['function']}`", r["calls"], r["own_us_per_lifetime"], r["cumulative_us_per_lifetime"]]
+                for r in rows
+            ],
+        )
         for label, rows in (("cumulative time", by_cumulative), ("own time", by_own))
     ]
     targets = [
-        Target(f"CPU per lifetime, {kind} processes", f"<= {TARGET_US:.0f} µs", f"{res['cpu_us']:.1f} µs",
-               res["cpu_us"] <= TARGET_US)
+        Target(
+            f"CPU per lifetime, {kind} processes",
+            f"<= {TARGET_US:.0f} µs",
+            f"{res['cpu_us']:.1f} µs",
+            res["cpu_us"] <= TARGET_US,
+        )
         for kind, res in results.items()
     ]
     common.write_results(
-        out, "span_path", "The span path in isolation", info,
+        out,
+        "span_path",
+        "The span path in isolation",
+        info,
         {"lifetimes": lifetimes, "repeat": repeat, "profile": "span_path_profile.txt"},
-        [whole_table, stage_table, *profile_tables], targets,
+        [whole_table, stage_table, *profile_tables],
+        targets,
         {"results": results, "profile_by_cumulative": by_cumulative, "profile_by_own": by_own},
     )
 

@@ -97,16 +97,38 @@ def main() -> None:
     finally:
         receiver.stop()
 
-    rows = [[
-        "full" if t["asked_rate"] == "full" else f"{t['asked_rate']:,.0f}/s", t["driver_rate"], t["drain_s"],
-        t["end_to_end_rate"], t["received"], t["lost_at_receiver"], t["dropped_text"], t["cpu_ms_per_1000"],
-        t["peak_rss_mb"], t["latency_p50_ms"], t["latency_p99_ms"],
-    ] for t in trials]
+    rows = [
+        [
+            "full" if t["asked_rate"] == "full" else f"{t['asked_rate']:,.0f}/s",
+            t["driver_rate"],
+            t["drain_s"],
+            t["end_to_end_rate"],
+            t["received"],
+            t["lost_at_receiver"],
+            t["dropped_text"],
+            t["cpu_ms_per_1000"],
+            t["peak_rss_mb"],
+            t["latency_p50_ms"],
+            t["latency_p99_ms"],
+        ]
+        for t in trials
+    ]
     table = Table(
-        "Matched lifetimes through one otelproc", [
-            "rate asked", "driver rate /s", "last span after storm end s", "end-to-end rate /s", "spans received",
-            "lost", "otelproc dropped", "otelproc CPU ms per 1,000", "peak RSS MB", "exit→receiver p50 ms", "p99 ms",
-        ], rows,
+        "Matched lifetimes through one otelproc",
+        [
+            "rate asked",
+            "driver rate /s",
+            "last span after storm end s",
+            "end-to-end rate /s",
+            "spans received",
+            "lost",
+            "otelproc dropped",
+            "otelproc CPU ms per 1,000",
+            "peak RSS MB",
+            "exit→receiver p50 ms",
+            "p99 ms",
+        ],
+        rows,
         note=f"{lifetimes:,} lifetimes per trial, {jobs} driver workers; with no tracer the same storm ran at "
         f"{untraced.rate:,.0f}/s. End-to-end rate: lifetimes / (storm start "
         f"→ last span at the receiver). otelproc kept up when its last span came within {KEPT_UP_S} s of the "
@@ -114,24 +136,43 @@ def main() -> None:
     )
     full = trials[0]
     sustained = next((t for t in trials if t["zero_loss"]), None)
-    sustained_text = "none of the rates tried" if sustained is None else (
-        f"{sustained['sustained_rate']:,.0f} lifetimes/s"
-        + (" (kept up with the storm)" if sustained["drain_s"] <= KEPT_UP_S
-           else " (its own rate; the storm was faster)")
-        + (" at the full rate" if sustained is full else " (paced storm)")
+    sustained_text = (
+        "none of the rates tried"
+        if sustained is None
+        else (
+            f"{sustained['sustained_rate']:,.0f} lifetimes/s"
+            + (
+                " (kept up with the storm)"
+                if sustained["drain_s"] <= KEPT_UP_S
+                else " (its own rate; the storm was faster)"
+            )
+            + (" at the full rate" if sustained is full else " (paced storm)")
+        )
     )
     targets = [
-        Target("zero loss at the machine's full matched exec rate", "0 lost",
-               f"{full['lost_at_receiver']} lost at {full['driver_rate']:,.0f}/s; otelproc dropped "
-               + full["dropped_text"],
-               full["zero_loss"]),
+        Target(
+            "zero loss at the machine's full matched exec rate",
+            "0 lost",
+            f"{full['lost_at_receiver']} lost at {full['driver_rate']:,.0f}/s; otelproc dropped "
+            + full["dropped_text"],
+            full["zero_loss"],
+        ),
         Target("lifetimes/s sustained with zero loss", "report", sustained_text, False if sustained is None else None),
     ]
     common.write_results(
-        out, "throughput", "Throughput and loss", info,
-        {"lifetimes": lifetimes, "jobs": jobs, "tiny_program": "static" if programs.static else "dynamic",
-         "otelproc": f"run --match {MATCHED} --adopt false, default batch settings, OTLP/gRPC to a local receiver"},
-        [table], targets, {"untraced_rate": untraced.rate, "trials": trials},
+        out,
+        "throughput",
+        "Throughput and loss",
+        info,
+        {
+            "lifetimes": lifetimes,
+            "jobs": jobs,
+            "tiny_program": "static" if programs.static else "dynamic",
+            "otelproc": f"run --match {MATCHED} --adopt false, default batch settings, OTLP/gRPC to a local receiver",
+        },
+        [table],
+        targets,
+        {"untraced_rate": untraced.rate, "trials": trials},
     )
 
 

@@ -38,7 +38,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="otelproc", description="Process lifetimes of python/uvicorn services as OpenTelemetry spans.")
+    parser = _Parser(
+        prog="otelproc", description="Process lifetimes of python/uvicorn services as OpenTelemetry spans."
+    )
     parser.add_argument("--version", action="version", version=f"otelproc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True

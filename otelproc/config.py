@@ -34,7 +34,7 @@ OTEL_EXPORTER_OTLP_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
 
 
 def parse_match(text: str) -> tuple[MatchRule, ...]:
-    """"python,python3.*": exact executable file names; a trailing * makes a prefix."""
+    """ "python,python3.*": exact executable file names; a trailing * makes a prefix."""
     rules = []
     for item in text.split(","):
         name = item.strip()
@@ -221,8 +221,15 @@ OPTIONS: tuple[Option, ...] = (
         (EV, RUN),
         "LIST",
     ),
-    Option("trace_all", "false", parse_bool, "track every process (ignores --match)", (EV, RUN), flag_only_bool=True,
-           word="all"),
+    Option(
+        "trace_all",
+        "false",
+        parse_bool,
+        "track every process (ignores --match)",
+        (EV, RUN),
+        flag_only_bool=True,
+        word="all",
+    ),
     Option(
         "scope",
         "auto",
@@ -234,9 +241,16 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("duration", "", parse_optional_seconds, "stop by itself after this many seconds", (EV, RUN), "SECONDS"),
     Option(
-        "max_processes", "65536", parse_max_processes, "processes tracked at once (kernel map and table)", (EV, RUN), "N"
+        "max_processes",
+        "65536",
+        parse_max_processes,
+        "processes tracked at once (kernel map and table)",
+        (EV, RUN),
+        "N",
     ),
-    Option("ring_buffer_size", str(8 << 20), parse_ring_size, "kernel ring buffer bytes (power of two)", (EV, RUN), "BYTES"),
+    Option(
+        "ring_buffer_size", str(8 << 20), parse_ring_size, "kernel ring buffer bytes (power of two)", (EV, RUN), "BYTES"
+    ),
     Option(
         "exporter",
         AUTO,
@@ -369,7 +383,11 @@ OPTIONS: tuple[Option, ...] = (
         "LIST",
     ),
     Option(
-        "log_level", "info", parse_log_level, "debug, info, warning or error (logs go to stderr)", (EV, RUN, DETACH),
+        "log_level",
+        "info",
+        parse_log_level,
+        "debug, info, warning or error (logs go to stderr)",
+        (EV, RUN, DETACH),
         "LEVEL",
     ),
 )

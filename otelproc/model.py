@@ -42,7 +42,6 @@ class EventKind(str, Enum):
         return self.value
 
 
-
 class Usage(NamedTuple):
     """What a process used over its life, all its threads together, as the kernel counted it at exit."""
 
@@ -149,5 +148,3 @@ def parse_otel_env(env: bytes) -> tuple[tuple[str, str], ...]:
         end = env.find(b"\0", start)
         found.append((name, text(env[start : end if end >= 0 else len(env)])))
     return tuple(found)
-
-

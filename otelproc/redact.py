@@ -47,8 +47,19 @@ from functools import lru_cache
 
 MASK = "***"
 SECRET_WORDS = (
-    "password", "passwd", "passphrase", "secret", "token", "apikey", "accesskey", "privatekey", "credential",
-    "authorization", "cookie", "signature", "sessionid",
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "apikey",
+    "accesskey",
+    "privatekey",
+    "credential",
+    "authorization",
+    "cookie",
+    "signature",
+    "sessionid",
 )
 SECRET_PARTS = ("pass", "pwd", "auth", "sig", "pw")
 # Last parts that name where a secret is, not the secret: `--password-file /run/x`, `--password-stdin`.
@@ -77,8 +88,9 @@ _SHAPES = re.compile(
     r"|(?<=Bearer )[^\s'\"]+|(?<=Basic )(?=[A-Za-z0-9+/]*[0-9+/=])[A-Za-z0-9+/]{8,}={0,2}"
 )
 _PRIVATE_KEY = re.compile(r"-----BEGIN[A-Z ]* PRIVATE KEY( BLOCK)?-----")
-_PRIVATE_KEY_BLOCK = re.compile(r"-----BEGIN[A-Z ]* PRIVATE KEY( BLOCK)?-----.*?(?:-----END[A-Z ]* PRIVATE KEY( BLOCK)?-----|\Z)",
-                                re.DOTALL)
+_PRIVATE_KEY_BLOCK = re.compile(
+    r"-----BEGIN[A-Z ]* PRIVATE KEY( BLOCK)?-----.*?(?:-----END[A-Z ]* PRIVATE KEY( BLOCK)?-----|\Z)", re.DOTALL
+)
 # In text: a name, maybe quoted, then = or : and a value, maybe quoted (`password=x`, `"token": "x"`,
 # `Authorization: Bearer x`), or a flag and its value (`--db-token x`); the name decides (says_secret).
 _TEXT_NAMED_VALUE = re.compile(
@@ -90,10 +102,45 @@ _TEXT_NAMED_VALUE = re.compile(
 # argument that starts with -p); most contain none. Plain substring tests are several times
 # faster than one regular expression with all of them.
 _TRIGGERS = (
-    "pass", "pw", "auth", "secret", "token", "key", "credential", "cookie", "sig", "session", "bearer", "basic",
-    "://", "\n-p", "\n-a", "\n-u", "\n-k", "\n--user", "\n--proxy-user", "akia", "asia", "ghp_", "gho_", "ghu_",
-    "ghs_", "ghr_", "github_pat_", "glpat-", "xox", "k_live", "k_test", "sk-", "aiza", "npm_", "pypi-", "hf_",
-    "sg.", "eyj", "private key",
+    "pass",
+    "pw",
+    "auth",
+    "secret",
+    "token",
+    "key",
+    "credential",
+    "cookie",
+    "sig",
+    "session",
+    "bearer",
+    "basic",
+    "://",
+    "\n-p",
+    "\n-a",
+    "\n-u",
+    "\n-k",
+    "\n--user",
+    "\n--proxy-user",
+    "akia",
+    "asia",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "xox",
+    "k_live",
+    "k_test",
+    "sk-",
+    "aiza",
+    "npm_",
+    "pypi-",
+    "hf_",
+    "sg.",
+    "eyj",
+    "private key",
 )
 # program name -> (options whose value is the next argument, options whose value is attached)
 _TOOL_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -212,7 +259,7 @@ def _masked_value(match: re.Match[str]) -> str | None:
     if not says_secret(name) and not name.lower().endswith("-key"):
         return None
     quote = value[0] if value[0] in "'\"" else ""
-    scheme = _AUTH_SCHEME.match(value[len(quote):])
+    scheme = _AUTH_SCHEME.match(value[len(quote) :])
     closing = quote if len(value) > 1 and value.endswith(quote) else ""
     return f"{name}{match['quote']}{sep}{quote}{scheme[1] if scheme else ''}{MASK}{closing}"
 
@@ -231,7 +278,7 @@ def redact_text(text: str) -> str:
         if masked is None:  # its value may hold a name that says secret: `bad config: password=x`
             pos = match.end("name")
             continue
-        out += [text[done:match.start()], masked]
+        out += [text[done : match.start()], masked]
         done = pos = match.end()
     text = "".join(out) + text[done:]
     if "://" in text:

@@ -13,18 +13,53 @@ DEFAULT_CLEAN = "TERM,INT,HUP,PIPE"
 
 SI_KERNEL = 0x80
 _GENERIC_CODES = {
-    0: "SI_USER", SI_KERNEL: "SI_KERNEL", -1: "SI_QUEUE", -2: "SI_TIMER", -3: "SI_MESGQ",
-    -4: "SI_ASYNCIO", -5: "SI_SIGIO", -6: "SI_TKILL", -7: "SI_DETHREAD", -60: "SI_ASYNCNL",
+    0: "SI_USER",
+    SI_KERNEL: "SI_KERNEL",
+    -1: "SI_QUEUE",
+    -2: "SI_TIMER",
+    -3: "SI_MESGQ",
+    -4: "SI_ASYNCIO",
+    -5: "SI_SIGIO",
+    -6: "SI_TKILL",
+    -7: "SI_DETHREAD",
+    -60: "SI_ASYNCNL",
 }
 # Codes above 0 (other than SI_KERNEL) mean something for one signal only: a fault's kind.
 _FAULT_CODES: dict[int, tuple[str, ...]] = {
-    signal.SIGSEGV: ("SEGV_MAPERR", "SEGV_ACCERR", "SEGV_BNDERR", "SEGV_PKUERR", "SEGV_ACCADI", "SEGV_ADIDERR",
-                     "SEGV_ADIPERR", "SEGV_MTEAERR", "SEGV_MTESERR", "SEGV_CPERR"),
+    signal.SIGSEGV: (
+        "SEGV_MAPERR",
+        "SEGV_ACCERR",
+        "SEGV_BNDERR",
+        "SEGV_PKUERR",
+        "SEGV_ACCADI",
+        "SEGV_ADIDERR",
+        "SEGV_ADIPERR",
+        "SEGV_MTEAERR",
+        "SEGV_MTESERR",
+        "SEGV_CPERR",
+    ),
     signal.SIGBUS: ("BUS_ADRALN", "BUS_ADRERR", "BUS_OBJERR", "BUS_MCEERR_AR", "BUS_MCEERR_AO"),
-    signal.SIGILL: ("ILL_ILLOPC", "ILL_ILLOPN", "ILL_ILLADR", "ILL_ILLTRP", "ILL_PRVOPC", "ILL_PRVREG",
-                    "ILL_COPROC", "ILL_BADSTK", "ILL_BADIADDR"),
-    signal.SIGFPE: ("FPE_INTDIV", "FPE_INTOVF", "FPE_FLTDIV", "FPE_FLTOVF", "FPE_FLTUND", "FPE_FLTRES",
-                    "FPE_FLTINV", "FPE_FLTSUB"),
+    signal.SIGILL: (
+        "ILL_ILLOPC",
+        "ILL_ILLOPN",
+        "ILL_ILLADR",
+        "ILL_ILLTRP",
+        "ILL_PRVOPC",
+        "ILL_PRVREG",
+        "ILL_COPROC",
+        "ILL_BADSTK",
+        "ILL_BADIADDR",
+    ),
+    signal.SIGFPE: (
+        "FPE_INTDIV",
+        "FPE_INTOVF",
+        "FPE_FLTDIV",
+        "FPE_FLTOVF",
+        "FPE_FLTUND",
+        "FPE_FLTRES",
+        "FPE_FLTINV",
+        "FPE_FLTSUB",
+    ),
     signal.SIGSYS: ("SYS_SECCOMP", "SYS_USER_DISPATCH"),
     signal.SIGTRAP: ("TRAP_BRKPT", "TRAP_TRACE", "TRAP_BRANCH", "TRAP_HWBKPT", "TRAP_UNK", "TRAP_PERF"),
 }
@@ -52,7 +87,7 @@ def code_name(signo: int, code: int) -> str:
 
 
 def parse_signal_set(text: str) -> frozenset[int]:
-    """"TERM,INT" or "SIGTERM, sigint": the signal numbers; an empty text is the empty set."""
+    """ "TERM,INT" or "SIGTERM, sigint": the signal numbers; an empty text is the empty set."""
     numbers = set()
     for item in text.split(","):
         name = item.strip().upper()

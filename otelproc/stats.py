@@ -31,8 +31,13 @@ class Stats:
     ring_away_max_ns: int = 0  # longest time the reader spent between two reads of the ring buffer
 
     def in_flight(self) -> int:
-        return (sum(self.spans.values()) - self.exported - self.kept - self.drops["export_failed"]
-                - self.drops["span_invalid"])
+        return (
+            sum(self.spans.values())
+            - self.exported
+            - self.kept
+            - self.drops["export_failed"]
+            - self.drops["span_invalid"]
+        )
 
     def summary(self) -> str:
         drops = ", ".join(f"{k}={v}" for k, v in sorted(self.drops.items()) if v) or "none"
@@ -76,5 +81,6 @@ class StageFailures:
 
     def __call__(self, stage: str, exc: BaseException) -> None:
         self.stats.failures[stage] += 1
-        self.throttled.warning(stage, "%s failed: %s; skipped, %d so far", stage, describe(exc),
-                               self.stats.failures[stage])
+        self.throttled.warning(
+            stage, "%s failed: %s; skipped, %d so far", stage, describe(exc), self.stats.failures[stage]
+        )

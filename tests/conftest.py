@@ -54,8 +54,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if not Path("/sys/kernel/btf/vmlinux").exists():
         problems.append("a kernel with BTF (/sys/kernel/btf/vmlinux)")
     if problems:
-        pytest.exit("the kernel tests need " + " and ".join(problems) + "; they do not skip."
-                    " The unit tests need neither: python3 -m pytest tests/unit", returncode=3)
+        pytest.exit(
+            "the kernel tests need " + " and ".join(problems) + "; they do not skip."
+            " The unit tests need neither: python3 -m pytest tests/unit",
+            returncode=3,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -178,8 +181,9 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory, pin_root: PinRoot) -> Iter
     started: list[SidecarProcess] = []
     pin_dirs: list[str] = []
 
-    def start(*args: str, endpoint: str | None = None, env: dict[str, str] | None = None,
-              cwd: Path = REPO) -> SidecarProcess:
+    def start(
+        *args: str, endpoint: str | None = None, env: dict[str, str] | None = None, cwd: Path = REPO
+    ) -> SidecarProcess:
         full_env = sidecar_env(tmp_path_factory, pin_root)
         if endpoint:
             full_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
@@ -276,8 +280,14 @@ def busy_cores() -> Iterator[int]:
     loops: list[subprocess.Popen] = []
     try:
         for _ in range(os.cpu_count() or 1):
-            loops.append(subprocess.Popen(["nice", "-n", "19", "sh", "-c", BUSY_LOOP], stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            loops.append(
+                subprocess.Popen(
+                    ["nice", "-n", "19", "sh", "-c", BUSY_LOOP],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         yield len(loops)
     finally:
         for loop in loops:  # nice execs the shell: each pid is its loop's

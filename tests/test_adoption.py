@@ -22,9 +22,15 @@ def test_adopts_a_process_whose_comm_is_not_utf8(sidecar, grpc_receiver, lone_py
     """A comm cut inside a multi-byte character (prctl PR_SET_NAME): the process is adopted, its comm decoded
     as a kernel record's bytes are."""
     renamed = subprocess.Popen(
-        [lone_python, "-c", f"import ctypes, sys; ctypes.CDLL(None).prctl({PR_SET_NAME}, b'py-caf\\xc3', 0, 0, 0); "
-                            "print('renamed', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={"PATH": "/usr/bin"},
+        [
+            lone_python,
+            "-c",
+            f"import ctypes, sys; ctypes.CDLL(None).prctl({PR_SET_NAME}, b'py-caf\\xc3', 0, 0, 0); "
+            "print('renamed', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={"PATH": "/usr/bin"},
     )
     try:
         assert renamed.stdout.readline() == b"renamed\n"
@@ -49,8 +55,14 @@ def test_a_non_utf8_argv_does_not_take_its_batch_down(sidecar, grpc_receiver, lo
     odd = subprocess.Popen([bytes(link), script, b"arg-\xfe"], stdin=subprocess.PIPE, env={"PATH": "/usr/bin"})
     try:
         time.sleep(0.3)
-        side = sidecar("--match", LONE_COMM, "--start-span-delay", "3600", endpoint=grpc_receiver.endpoint,
-                       env={**QUIET, "OTEL_BSP_SCHEDULE_DELAY": "3000"})
+        side = sidecar(
+            "--match",
+            LONE_COMM,
+            "--start-span-delay",
+            "3600",
+            endpoint=grpc_receiver.endpoint,
+            env={**QUIET, "OTEL_BSP_SCHEDULE_DELAY": "3000"},
+        )
         others = [until_finished(str(link), f"other-{i}") for i in range(5)]
         time.sleep(0.5)
     finally:
@@ -77,8 +89,10 @@ def test_a_process_that_cannot_be_adopted_is_counted_and_the_rest_adopted(test_p
     from otelproc.sidecar.loop import build_sidecar
 
     args = ["run", "--match", TEST_COMM, "--exporter", "console", "--state-file", "", "--pin-dir", ""]
-    sidecar = build_sidecar(config.resolve("run", cli.build_parser().parse_args(args), environ={}),
-                            SimpleSpanProcessor(InMemorySpanExporter()))
+    sidecar = build_sidecar(
+        config.resolve("run", cli.build_parser().parse_args(args), environ={}),
+        SimpleSpanProcessor(InMemorySpanExporter()),
+    )
     children = [until_finished(test_python, f"adoptee-{i}") for i in range(3)]
     try:
         time.sleep(0.3)  # each has exec'd: /proc names it TEST_COMM
@@ -124,8 +138,9 @@ def test_a_process_the_sweep_cannot_adopt_costs_only_itself(test_python, monkeyp
             return handle(event)
 
         monkeypatch.setattr(tracker, "handle", fails_for_one)
-        reconciler = Reconciler(tracker, None, stats, lambda pid: None, lambda skip: (),
-                                lambda stage, exc: failed.append(stage))
+        reconciler = Reconciler(
+            tracker, None, stats, lambda pid: None, lambda skip: (), lambda stage, exc: failed.append(stage)
+        )
         assert reconciler.apply(findings, time.monotonic_ns() + 10_000_000_000) == []
     finally:
         finish(*children)

@@ -34,9 +34,23 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import redis
 
     port = free_port()
-    server = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
-                               "--save", "", "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            shutil.which("redis-server"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path_factory.mktemp("redis")),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         client = redis.Redis(port=port)
         deadline = time.monotonic() + 10
@@ -57,8 +71,9 @@ def task_id(span) -> str:
     return span.attributes.get("messaging.message.id") or span.attributes["messaging.message_id"]
 
 
-def test_celery_prefork_tasks_link_the_pool_process_that_ran_them(sidecar, grpc_receiver, test_python, redis_url,
-                                                                  tmp_path):
+def test_celery_prefork_tasks_link_the_pool_process_that_ran_them(
+    sidecar, grpc_receiver, test_python, redis_url, tmp_path
+):
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
     env = setup_env(grpc_receiver.endpoint, "zero-code")
     env["CELERY_REDIS"] = redis_url
@@ -66,10 +81,26 @@ def test_celery_prefork_tasks_link_the_pool_process_that_ran_them(sidecar, grpc_
     # minute means none leaves on the schedule, so every task span that arrives was flushed
     # when its pool process ended.
     env["OTEL_BSP_SCHEDULE_DELAY"] = "60000"
-    argv = [test_python, "-m", "celery", "-A", "celery_tasks", "worker", "--pool", "prefork", "-c", "2",
-            "--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel", "info"]
-    worker = subprocess.Popen(command("zero-code", argv), env=env, stdout=subprocess.DEVNULL,
-                              stderr=open(tmp_path / "worker.log", "w"))
+    argv = [
+        test_python,
+        "-m",
+        "celery",
+        "-A",
+        "celery_tasks",
+        "worker",
+        "--pool",
+        "prefork",
+        "-c",
+        "2",
+        "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        "info",
+    ]
+    worker = subprocess.Popen(
+        command("zero-code", argv), env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w")
+    )
     client = Celery(broker=redis_url, backend=redis_url)
     try:
         # A task over its hard time limit: the main worker process ends the pool process that runs it.
@@ -100,8 +131,10 @@ def test_celery_prefork_tasks_link_the_pool_process_that_ran_them(sidecar, grpc_
     ran = set(answered.values())
     assert not ran & {master, killed, timed_out}
     spans = grpc_receiver.wait_for(
-        lambda _: (found := {task_id(s): s for s in grpc_receiver.spans if s.name == TASK_SPAN}).keys()
-        >= answered.keys() and found
+        lambda _: (
+            (found := {task_id(s): s for s in grpc_receiver.spans if s.name == TASK_SPAN}).keys() >= answered.keys()
+            and found
+        )
     )
     grpc_receiver.wait_for(lambda _: all(grpc_receiver.of_pid(p) for p in ran | {master, killed, timed_out}))
     assert_each_names_its_worker(grpc_receiver, {t: spans[t] for t in answered}, answered, master)

@@ -14,15 +14,30 @@ from support import PYTHON, REPO
 from support.cli import OTELPROC, assert_one_line_error, otelproc
 
 KEYS = {
-    "kind", "time", "pid", "ppid", "vpid", "tid", "uid", "gid", "comm", "exe", "argv", "start_time",
-    "exit_code", "signal", "core_dumped", "cgroup_id", "cgroup",
+    "kind",
+    "time",
+    "pid",
+    "ppid",
+    "vpid",
+    "tid",
+    "uid",
+    "gid",
+    "comm",
+    "exe",
+    "argv",
+    "start_time",
+    "exit_code",
+    "signal",
+    "core_dumped",
+    "cgroup_id",
+    "cgroup",
 }
 
 
-
-
 def start_events(*args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([*OTELPROC, "events", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*OTELPROC, "events", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 20
     line = proc.stderr.readline()  # "attached; ..." once the probe is live
     assert "attached" in line, line + (proc.stderr.read() if proc.poll() is not None else "")
@@ -63,7 +78,11 @@ def test_events_stops_cleanly_on_signal(signum):
 def test_without_privileges_as_nobody():
     result = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", *OTELPROC, "events"],
-        capture_output=True, text=True, cwd="/", env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
     )
     assert_one_line_error(result, "CAP_BPF")
 
@@ -71,7 +90,10 @@ def test_without_privileges_as_nobody():
 def test_without_privileges_root_without_capabilities():
     result = subprocess.run(
         ["capsh", "--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--", "-c", " ".join([*OTELPROC, "events"])],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
     assert_one_line_error(result, "CAP_BPF")
 
@@ -86,8 +108,17 @@ def test_check_reports_each_thing():
 
 def test_check_without_privileges_fails_with_reason():
     result = subprocess.run(
-        ["capsh", "--drop=cap_bpf,cap_perfmon,cap_sys_admin,cap_sys_ptrace", "--", "-c", " ".join([*OTELPROC, "check"])],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        [
+            "capsh",
+            "--drop=cap_bpf,cap_perfmon,cap_sys_admin,cap_sys_ptrace",
+            "--",
+            "-c",
+            " ".join([*OTELPROC, "check"]),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "missing capabilities: CAP_BPF" in result.stderr and "Traceback" not in result.stderr

@@ -13,9 +13,15 @@ from support.cli import QUIET
 from support.sidecar import summary
 from support.subjects import MATCH_TEST, run_all
 
+
 def test_collector_down_then_back(sidecar, grpc_receiver, test_python):
-    side = sidecar(*MATCH_TEST, "--start-span-delay", "3600", endpoint=grpc_receiver.endpoint,
-                   env={**QUIET, "OTEL_EXPORTER_OTLP_TIMEOUT": "2", "OTEL_BSP_SCHEDULE_DELAY": "200"})
+    side = sidecar(
+        *MATCH_TEST,
+        "--start-span-delay",
+        "3600",
+        endpoint=grpc_receiver.endpoint,
+        env={**QUIET, "OTEL_EXPORTER_OTLP_TIMEOUT": "2", "OTEL_BSP_SCHEDULE_DELAY": "200"},
+    )
     before = run_all(test_python, 5, "before")
     grpc_receiver.wait_for(lambda _: all(grpc_receiver.of_pid(p) for p in before))
     grpc_receiver.stop()

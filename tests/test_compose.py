@@ -37,26 +37,49 @@ BPFFS_OWN_FILES = {"maps.debug", "progs.debug"}  # what the kernel's bpffs shows
 def compose(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """podman-compose ARGS in the repository root; fails the test, with its output, if it does not end in time."""
     try:
-        return subprocess.run(["podman-compose", *args], cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            ["podman-compose", *args],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired as exc:
-        output = "".join(o.decode(errors="replace") if isinstance(o, bytes) else o or "" for o in (exc.output, exc.stderr))
-        pytest.fail(f"podman-compose {' '.join(args)}: still running after {timeout} s\n{output[-3000:]}", pytrace=False)
+        output = "".join(
+            o.decode(errors="replace") if isinstance(o, bytes) else o or "" for o in (exc.output, exc.stderr)
+        )
+        pytest.fail(
+            f"podman-compose {' '.join(args)}: still running after {timeout} s\n{output[-3000:]}", pytrace=False
+        )
 
 
 def project_containers() -> list[str]:
-    listed = subprocess.run(["podman", "ps", "--all", "--format", "{{.Names}}",
-                             "--filter", f"label=com.docker.compose.project={PROJECT}"],
-                            capture_output=True, text=True, timeout=60, check=True)
+    listed = subprocess.run(
+        ["podman", "ps", "--all", "--format", "{{.Names}}", "--filter", f"label=com.docker.compose.project={PROJECT}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return listed.stdout.split()
 
 
 def container_id(service: str) -> str:
     """The full id of the service's container, as the runtime names its cgroup (podman-compose and Docker
     name the containers differently; both label them)."""
-    (cid,) = run("podman", "ps", "--no-trunc", "--format", "{{.ID}}",
-                 "--filter", f"label=com.docker.compose.project={PROJECT}",
-                 "--filter", f"label=com.docker.compose.service={service}", timeout=60).stdout.split()
+    (cid,) = run(
+        "podman",
+        "ps",
+        "--no-trunc",
+        "--format",
+        "{{.ID}}",
+        "--filter",
+        f"label=com.docker.compose.project={PROJECT}",
+        "--filter",
+        f"label=com.docker.compose.service={service}",
+        timeout=60,
+    ).stdout.split()
     return cid
 
 
@@ -72,6 +95,7 @@ def program_loaded(prog_id: int) -> bool:
 @dataclass
 class Stack:
     """The compose project, and what it pinned (to check that the way down removes it)."""
+
     programs: set[int] = field(default_factory=set)
     pinned: bool = False
 
@@ -95,8 +119,11 @@ def stack() -> Iterator[Stack]:
     require("podman-compose")
     assert not project_containers(), f"{PROJECT} is already up: `podman-compose down` it first"
     if PIN_DIR.exists():
-        pytest.fail(f"{PIN_DIR} exists: an otelproc of this host pins there, and the compose demo's would share "
-                    "the directory and its detach remove that probe too; detach it first", pytrace=False)
+        pytest.fail(
+            f"{PIN_DIR} exists: an otelproc of this host pins there, and the compose demo's would share "
+            "the directory and its detach remove that probe too; detach it first",
+            pytrace=False,
+        )
     mounted_here = not pins.on_bpffs(PIN_DIR)
     if mounted_here:
         libbpf.mount_bpffs(str(HOST_BPFFS))
@@ -108,8 +135,9 @@ def stack() -> Iterator[Stack]:
             if project_containers():
                 state.down()
             for name in project_containers():  # what down left, its dependents with it
-                subprocess.run(["podman", "rm", "--force", "--depend", "--time", "5", name], capture_output=True,
-                               timeout=120)
+                subprocess.run(
+                    ["podman", "rm", "--force", "--depend", "--time", "5", name], capture_output=True, timeout=120
+                )
         finally:
             if PIN_DIR.exists():  # the otelproc container never ran, or its detach failed
                 pins.remove_all(PIN_DIR)
@@ -167,8 +195,12 @@ def test_compose_up_requests_linked_in_jaeger_then_detach_and_down_leave_nothing
         lifetimes = {s.attributes.get("process.pid") for s in spans if s.role == "lifetime"}
         return spans if len(request_spans(spans)) >= requests and workers <= started and spawned in lifetimes else []
 
-    spans = wait_for(all_arrived, f"{requests} request spans, the 'started' spans of workers {sorted(workers)} "
-                     "and the /spawn child's lifetime span in Jaeger's API", timeout=120)
+    spans = wait_for(
+        all_arrived,
+        f"{requests} request spans, the 'started' spans of workers {sorted(workers)} "
+        "and the /spawn child's lifetime span in Jaeger's API",
+        timeout=120,
+    )
     started = {(s.trace_id, s.span_id): s for s in spans if s.role == "started"}
     requests_seen = request_spans(spans)
     assert len(requests_seen) == requests
@@ -198,8 +230,11 @@ def test_compose_up_requests_linked_in_jaeger_then_detach_and_down_leave_nothing
     restarted = compose("restart", "jaeger", timeout=120)
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
     kept = {(s.trace_id, s.span_id) for s in spans}
-    wait_for(lambda: kept <= {(s.trace_id, s.span_id) for s in jaeger_spans(since)},
-             f"the {len(kept)} spans again in the restarted Jaeger", timeout=60)
+    wait_for(
+        lambda: kept <= {(s.trace_id, s.span_id) for s in jaeger_spans(since)},
+        f"the {len(kept)} spans again in the restarted Jaeger",
+        timeout=60,
+    )
 
     stack.note_pins()
     assert stack.pinned and stack.programs, f"otelproc pinned no probe in {PIN_DIR}"
@@ -210,6 +245,9 @@ def test_compose_up_requests_linked_in_jaeger_then_detach_and_down_leave_nothing
     assert down.returncode == 0, down.stdout + down.stderr
     assert project_containers() == []
     assert not PIN_DIR.exists(), f"{PIN_DIR} is left on the host"
-    wait_for(lambda: not any(program_loaded(p) for p in stack.programs),
-             f"otelproc's programs {sorted(stack.programs)} to be unloaded", timeout=30)
+    wait_for(
+        lambda: not any(program_loaded(p) for p in stack.programs),
+        f"otelproc's programs {sorted(stack.programs)} to be unloaded",
+        timeout=30,
+    )
     print(f"compose up to down: {time.monotonic() - started_at:.0f} s")

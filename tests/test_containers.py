@@ -33,15 +33,32 @@ def otelproc_image() -> str:
 def test_both_images_build_from_the_files_as_they_are(otelproc_image):
     run("podman", "build", "-f", "demo/Dockerfile", "-t", "otelproc-demo:latest", ".", timeout=1800)
     # The runtime image holds what `otelproc run` needs: the console script, the compiled probe, libbpf.
-    probe = run("podman", "run", "--rm", "--entrypoint", "python3", otelproc_image, "-c",
-                "import ctypes, pathlib, otelproc; ctypes.CDLL('libbpf.so.1');"
-                "print((pathlib.Path(otelproc.__file__).parent / 'bpf' / 'otelproc.bpf.o').read_bytes()[:4])",
-                timeout=120)
+    probe = run(
+        "podman",
+        "run",
+        "--rm",
+        "--entrypoint",
+        "python3",
+        otelproc_image,
+        "-c",
+        "import ctypes, pathlib, otelproc; ctypes.CDLL('libbpf.so.1');"
+        "print((pathlib.Path(otelproc.__file__).parent / 'bpf' / 'otelproc.bpf.o').read_bytes()[:4])",
+        timeout=120,
+    )
     assert probe.stdout.strip() == repr(b"\x7fELF")
-    assert run("podman", "run", "--rm", "--entrypoint", "otelproc", otelproc_image, "--version",
-               timeout=120).stdout.startswith("otelproc ")
-    demo = run("podman", "run", "--rm", "localhost/otelproc-demo:latest",
-               "python", "-c", "import otelproc.app, uvicorn, opentelemetry.instrumentation.asgi; print('imports ok')", timeout=120)
+    assert run(
+        "podman", "run", "--rm", "--entrypoint", "otelproc", otelproc_image, "--version", timeout=120
+    ).stdout.startswith("otelproc ")
+    demo = run(
+        "podman",
+        "run",
+        "--rm",
+        "localhost/otelproc-demo:latest",
+        "python",
+        "-c",
+        "import otelproc.app, uvicorn, opentelemetry.instrumentation.asgi; print('imports ok')",
+        timeout=120,
+    )
     assert "imports ok" in demo.stdout
 
 
@@ -50,13 +67,37 @@ def otelproc_container(image: str, name: str, endpoint: str, state_dir: Path, *s
     in the host's pid and network namespaces, exporting to ENDPOINT, tracking only this session's interpreter."""
     options = dict(zip(MATCH_TEST[::2], MATCH_TEST[1::2]))
     return subprocess.Popen(
-        ["podman", "run", "--rm", "--name", name, "--pid", "host", "--network", "host",
-         "--cap-drop", "ALL", "--cap-add", CAPABILITIES, *security, "--read-only",
-         "-v", f"{state_dir}:/var/lib/otelproc",
-         "-e", f"OTELPROC_OTLP_ENDPOINT={endpoint}", "-e", "OTELPROC_PIN_DIR=",
-         "-e", f"OTELPROC_MATCH={options['--match']}", "-e", f"OTELPROC_ADOPT={options['--adopt']}",
-         image],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            "podman",
+            "run",
+            "--rm",
+            "--name",
+            name,
+            "--pid",
+            "host",
+            "--network",
+            "host",
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            CAPABILITIES,
+            *security,
+            "--read-only",
+            "-v",
+            f"{state_dir}:/var/lib/otelproc",
+            "-e",
+            f"OTELPROC_OTLP_ENDPOINT={endpoint}",
+            "-e",
+            "OTELPROC_PIN_DIR=",
+            "-e",
+            f"OTELPROC_MATCH={options['--match']}",
+            "-e",
+            f"OTELPROC_ADOPT={options['--adopt']}",
+            image,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -70,10 +111,12 @@ def stop_container(name: str, process: subprocess.Popen) -> str:
 
 
 def test_image_exports_a_host_process_span_with_four_capabilities_and_the_seccomp_profile(
-        otelproc_image, grpc_receiver, test_python, tmp_path):
+    otelproc_image, grpc_receiver, test_python, tmp_path
+):
     name = f"otelproc-test-{os.getpid()}"
-    container = otelproc_container(otelproc_image, name, grpc_receiver.endpoint, tmp_path,
-                                   "--security-opt", f"seccomp={SECCOMP}")
+    container = otelproc_container(
+        otelproc_image, name, grpc_receiver.endpoint, tmp_path, "--security-opt", f"seccomp={SECCOMP}"
+    )
     try:
         ready = run_until_ready(name)
         assert ready, "otelproc did not say it is ready"
@@ -91,8 +134,11 @@ def test_podman_default_seccomp_profile_refuses_what_the_shipped_one_allows(otel
     """Why the profile ships (docs/security.md): under podman 4.3's default, CAP_BPF is not enough."""
     name = f"otelproc-test-default-{os.getpid()}"
     container = otelproc_container(otelproc_image, name, "http://127.0.0.1:9", tmp_path)
-    output = stop_container(name, container) if container.poll() is None and not wait_exit(container) else \
-        container.communicate()[0]
+    output = (
+        stop_container(name, container)
+        if container.poll() is None and not wait_exit(container)
+        else container.communicate()[0]
+    )
     assert container.returncode == 1, output
     assert "Operation not permitted" in output, output
 

@@ -18,7 +18,18 @@ from support.subjects import MATCH_TEST
 
 
 def uvicorn_command(test_python: str, port: int, workers: int) -> list[str]:
-    return [test_python, "-m", "uvicorn", "shop:app", "--app-dir", str(APPS), "--port", str(port), "--workers", str(workers)]
+    return [
+        test_python,
+        "-m",
+        "uvicorn",
+        "shop:app",
+        "--app-dir",
+        str(APPS),
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
 
 
 def request_spans(receiver) -> list:
@@ -29,8 +40,9 @@ def test_request_spans_link_to_the_worker_that_served_them(sidecar, grpc_receive
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
     port = free_port()
     env = app_env(grpc_receiver.endpoint, OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otelproc")
-    master = subprocess.Popen(zero_code(uvicorn_command(test_python, port, 2)), env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    master = subprocess.Popen(
+        zero_code(uvicorn_command(test_python, port, 2)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         served = get_pids(port, "/", want=2)
         workers = sorted(served)
@@ -56,9 +68,14 @@ def test_request_spans_link_to_the_worker_that_served_them(sidecar, grpc_receive
         key = process_span.attributes["otelproc.process.key"]
         assert request.resource["otelproc.process.key"] == key == request.attributes["otelproc.process.key"]
     (killed,) = grpc_receiver.of_pid(victim)
-    assert killed.status_message.startswith(f"killed by SIGKILL from pid {os.getpid()} (") and killed.name == "uvicorn worker"
+    assert (
+        killed.status_message.startswith(f"killed by SIGKILL from pid {os.getpid()} (")
+        and killed.name == "uvicorn worker"
+    )
     # From the process span back: its key finds exactly the requests that worker served.
-    served_by_victim = [r for r in requests if r.resource["otelproc.process.key"] == killed.attributes["otelproc.process.key"]]
+    served_by_victim = [
+        r for r in requests if r.resource["otelproc.process.key"] == killed.attributes["otelproc.process.key"]
+    ]
     assert len(served_by_victim) == served[victim]
 
 
@@ -66,13 +83,18 @@ def test_subprocess_in_a_request_is_a_child_of_the_request(sidecar, grpc_receive
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
     port = free_port()
     env = app_env(grpc_receiver.endpoint, OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otelproc")
-    master = subprocess.Popen(zero_code(uvicorn_command(test_python, port, 1)), env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    master = subprocess.Popen(
+        zero_code(uvicorn_command(test_python, port, 1)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         (child_pid,) = get_pids(port, "/spawn", want=1)
         (child,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child_pid))
         (request,) = grpc_receiver.wait_for(
-            lambda _: [r for r in request_spans(grpc_receiver) if r.attributes.get("http.target", r.attributes.get("url.path")) == "/spawn"]
+            lambda _: [
+                r
+                for r in request_spans(grpc_receiver)
+                if r.attributes.get("http.target", r.attributes.get("url.path")) == "/spawn"
+            ]
         )
     finally:
         stop(master)
@@ -85,8 +107,12 @@ def test_app_in_its_own_pid_namespace(sidecar, grpc_receiver, test_python):
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
     port = free_port()
     env = app_env(grpc_receiver.endpoint, SHOP_SETUP="code")
-    outer = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", *uvicorn_command(test_python, port, 2)],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    outer = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", *uvicorn_command(test_python, port, 2)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         served = get_pids(port, "/", want=2)
         assert all(pid < 100 for pid in served), "the answers are pids inside the app's namespace"
@@ -97,7 +123,9 @@ def test_app_in_its_own_pid_namespace(sidecar, grpc_receiver, test_python):
         for master in psutil.Process(outer.pid).children():
             master.send_signal(signal.SIGTERM)  # uvicorn is pid 1 in there; unshare follows it out
         stop(outer)
-    grpc_receiver.wait_for(lambda _: len([s for s in grpc_receiver.lifetimes() if s.attributes["process.vpid"] in served]) >= 2)
+    grpc_receiver.wait_for(
+        lambda _: len([s for s in grpc_receiver.lifetimes() if s.attributes["process.vpid"] in served]) >= 2
+    )
     process_spans = grpc_receiver.process_spans()
     for request in request_spans(grpc_receiver):
         ((trace_id, span_id, _),) = request.links

@@ -34,15 +34,36 @@ def run_uvicorn(backend, test_python: str, dying: str, *extra: str) -> tuple[sub
     (port,) = free_ports(1)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_", "TRACE"))}
     env.update(
-        DYING=dying, PYTHONPATH=f"{REPO}:{APPS}",  # the worktree's otelproc, and the app
-        OTEL_SERVICE_NAME="dying", OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otelproc",
-        OTEL_EXPORTER_OTLP_ENDPOINT=backend.collector_endpoint, OTEL_TRACES_EXPORTER="otlp",
-        OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none", OTELPROC_MATCH=MATCH_TEST[1],
+        DYING=dying,
+        PYTHONPATH=f"{REPO}:{APPS}",  # the worktree's otelproc, and the app
+        OTEL_SERVICE_NAME="dying",
+        OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otelproc",
+        OTEL_EXPORTER_OTLP_ENDPOINT=backend.collector_endpoint,
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        OTELPROC_MATCH=MATCH_TEST[1],
     )
     master = subprocess.Popen(
-        [instrument_command(), test_python, "-m", "uvicorn", "dying:app", "--app-dir", str(APPS),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "2", *extra],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            instrument_command(),
+            test_python,
+            "-m",
+            "uvicorn",
+            "dying:app",
+            "--app-dir",
+            str(APPS),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     return master, port
 
@@ -55,8 +76,10 @@ def deaths_with_lifetimes(backend, since, want: int, status: str | None) -> list
     """(lifetime span, exception span) pairs of one process, once `want` of them are in Jaeger: the
     exception span a child of the process's process span (docs/spans.md), the lifetime span that
     span itself (a process that ended within --start-span-delay) or, under it, its sibling."""
+
     def pairs() -> list[tuple[JaegerSpan, JaegerSpan]]:
         spans = find_spans(backend.query_url, "dying", since)
+
         def role(span: JaegerSpan) -> str | None:
             return span.attributes.get("otelproc.span")
 
@@ -77,8 +100,9 @@ def deaths_with_lifetimes(backend, since, want: int, status: str | None) -> list
     return wait_for(pairs, f"{want} exception spans under their process spans in Jaeger", timeout=90)
 
 
-def worker_deaths(backend, sidecar, test_python: str, dying: str, want: int,
-                  status: str) -> list[tuple[JaegerSpan, JaegerSpan]]:
+def worker_deaths(
+    backend, sidecar, test_python: str, dying: str, want: int, status: str
+) -> list[tuple[JaegerSpan, JaegerSpan]]:
     """otelproc running and uvicorn workers dying the `dying` way: deaths_with_lifetimes, the server stopped."""
     since = datetime.datetime.now(datetime.timezone.utc)
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
@@ -107,8 +131,9 @@ def test_a_worker_that_raises_at_import_names_the_exception(backend, sidecar, te
     for life, death in pairs:
         assert life.name == "uvicorn worker" and life.status_code == STATUS_ERROR
         assert life.attributes["process.exit.code"] == 1
-        assert_names_the_exception(life, death, r"ValueError: bad config: password=\*\*\* \(dying\.py:\d+\)",
-                                   "multiprocessing")
+        assert_names_the_exception(
+            life, death, r"ValueError: bad config: password=\*\*\* \(dying\.py:\d+\)", "multiprocessing"
+        )
         event = death.events["exception"]
         assert event["exception.type"] == "ValueError"
         assert event["exception.message"].startswith("bad config: password=***\nsetting_0: not valid")
@@ -134,8 +159,7 @@ def test_a_worker_whose_start_up_fails_names_the_logged_exception(backend, sidec
         stop_server(master)
     for life, death in pairs:
         assert life.name == "uvicorn worker" and life.attributes["process.exit.code"] == 3
-        assert_names_the_exception(life, death, r"ValueError: bad config: password=\*\*\* \(dying\.py:\d+\)",
-                                   "logging")
+        assert_names_the_exception(life, death, r"ValueError: bad config: password=\*\*\* \(dying\.py:\d+\)", "logging")
         assert death.attributes["otelproc.exception.logger"] == "uvicorn.error"
         assert "in failing_lifespan" in death.events["exception"]["exception.stacktrace"]
 
@@ -147,6 +171,7 @@ def test_a_thread_that_dies_is_on_its_process_trace(backend, sidecar, test_pytho
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
     master, port = run_uvicorn(backend, test_python, "thread")
     try:
+
         def two_thread_deaths() -> list[JaegerSpan]:
             found = exception_spans(find_spans(backend.query_url, "dying", since))
             return found if len(found) >= 2 else []
@@ -160,8 +185,12 @@ def test_a_thread_that_dies_is_on_its_process_trace(backend, sidecar, test_pytho
     for life, death in pairs:
         assert life.name == "uvicorn worker" and life.status_code == STATUS_OK  # stopped by SIGTERM, as asked
         assert_names_the_exception(
-            life, death, r"ConnectionError: poller lost redis://app:\*\*\*@127\.0\.0\.1:6379/0 \(dying\.py:\d+\) "
-            r"in thread poller", "threading.excepthook")
+            life,
+            death,
+            r"ConnectionError: poller lost redis://app:\*\*\*@127\.0\.0\.1:6379/0 \(dying\.py:\d+\) "
+            r"in thread poller",
+            "threading.excepthook",
+        )
         assert death.attributes["thread.name"] == "poller"
         assert life.parent_span_id == death.parent_span_id, "both under the worker's 'started' span"
     assert {d.span_id for d in deaths} <= {d.span_id for _, d in pairs}

@@ -21,22 +21,45 @@ TRACE_ID, SPAN_ID = "5eed0f0b1e55ed5eed0f0b1e55ed5eed", "0b1e55ed5eed0f0b"
 
 def test_a_span_is_dropped_after_the_retention(tmp_path: Path):
     otlp_grpc, otlp_http, query_http, query_grpc = free_ports(4)
-    env = {"PATH": "/usr/bin:/bin", "JAEGER_LISTEN_HOST": "127.0.0.1", "JAEGER_DATA_DIR": str(tmp_path / "data"),
-           "JAEGER_RETENTION": "10s", "JAEGER_OTLP_GRPC_PORT": str(otlp_grpc), "JAEGER_OTLP_HTTP_PORT": str(otlp_http),
-           "JAEGER_QUERY_HTTP_PORT": str(query_http), "JAEGER_QUERY_GRPC_PORT": str(query_grpc)}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "JAEGER_LISTEN_HOST": "127.0.0.1",
+        "JAEGER_DATA_DIR": str(tmp_path / "data"),
+        "JAEGER_RETENTION": "10s",
+        "JAEGER_OTLP_GRPC_PORT": str(otlp_grpc),
+        "JAEGER_OTLP_HTTP_PORT": str(otlp_http),
+        "JAEGER_QUERY_HTTP_PORT": str(query_http),
+        "JAEGER_QUERY_GRPC_PORT": str(query_grpc),
+    }
     log = tmp_path / "jaeger.log"
     with log.open("wb") as out:
-        jaeger = subprocess.Popen([jaeger_binary(), "--config", f"file:{ALL_IN_ONE}", "--config", f"file:{BADGER}"],
-                                  env=env, stdout=out, stderr=subprocess.STDOUT)
+        jaeger = subprocess.Popen(
+            [jaeger_binary(), "--config", f"file:{ALL_IN_ONE}", "--config", f"file:{BADGER}"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
+
         def sent() -> bool:
             assert jaeger.poll() is None, log.read_text(errors="replace")[-3000:]
             now = time.time_ns()
-            span = {"traceId": TRACE_ID, "spanId": SPAN_ID, "name": "kept a while", "kind": 1,
-                    "startTimeUnixNano": str(now), "endTimeUnixNano": str(now + 1000)}
-            body = {"resourceSpans": [{
-                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "retention"}}]},
-                "scopeSpans": [{"spans": [span]}]}]}
+            span = {
+                "traceId": TRACE_ID,
+                "spanId": SPAN_ID,
+                "name": "kept a while",
+                "kind": 1,
+                "startTimeUnixNano": str(now),
+                "endTimeUnixNano": str(now + 1000),
+            }
+            body = {
+                "resourceSpans": [
+                    {
+                        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "retention"}}]},
+                        "scopeSpans": [{"spans": [span]}],
+                    }
+                ]
+            }
             try:
                 return httpx.post(f"http://127.0.0.1:{otlp_http}/v1/traces", json=body, timeout=5).status_code == 200
             except httpx.TransportError:

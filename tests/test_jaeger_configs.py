@@ -25,8 +25,19 @@ from support.jaeger import ALL_IN_ONE, COLLECTOR_CONFIG, OPENSEARCH_CONFIG, jaeg
 CORE_COMPONENTS = {
     "receivers": {"nop", "otlp", "hostmetrics", "jaeger", "kafka", "prometheus", "zipkin"},
     "processors": {"batch", "memory_limiter", "attributes", "resource", "span", "probabilistic_sampler", "filter"},
-    "exporters": {"debug", "nop", "otlp", "otlp_grpc", "otlphttp", "otlp_http", "file", "kafka", "prometheus",
-                  "prometheusremotewrite", "zipkin"},
+    "exporters": {
+        "debug",
+        "nop",
+        "otlp",
+        "otlp_grpc",
+        "otlphttp",
+        "otlp_http",
+        "file",
+        "kafka",
+        "prometheus",
+        "prometheusremotewrite",
+        "zipkin",
+    },
     "extensions": {"zpages", "health_check", "pprof"},
     "connectors": {"forward"},
 }
@@ -46,7 +57,9 @@ def jaeger_components() -> dict[str, set[str]]:
 def test_collector_config_uses_only_components_of_both_distributions():
     used, jaeger = components_used(COLLECTOR_CONFIG), jaeger_components()
     for kind, names in used.items():
-        assert names <= CORE_COMPONENTS[kind], f"{kind} missing from the core collector: {names - CORE_COMPONENTS[kind]}"
+        assert names <= CORE_COMPONENTS[kind], (
+            f"{kind} missing from the core collector: {names - CORE_COMPONENTS[kind]}"
+        )
         assert names <= jaeger[kind], f"{kind} missing from the Jaeger binary: {names - jaeger[kind]}"
     config = collector_config(COLLECTOR_CONFIG, {})
     pipelines = config["service"]["pipelines"]
@@ -60,13 +73,19 @@ def test_collector_config_uses_only_components_of_both_distributions():
 @pytest.mark.parametrize("config", [COLLECTOR_CONFIG, ALL_IN_ONE], ids=lambda p: p.name)
 def test_jaeger_validates_the_config(config):
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}
-    result = subprocess.run([jaeger_binary(), "validate", "--config", f"file:{config}"],
-                            capture_output=True, text=True, timeout=60, env=env)
+    result = subprocess.run(
+        [jaeger_binary(), "validate", "--config", f"file:{config}"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_jaeger_validates_the_opensearch_config():
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}
-    result = subprocess.run([jaeger_binary(), "validate", "--config", f"file:{OPENSEARCH_CONFIG}"],
-                            capture_output=True, text=True, timeout=60, env=env)
+    result = subprocess.run(
+        [jaeger_binary(), "validate", "--config", f"file:{OPENSEARCH_CONFIG}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -18,8 +18,19 @@ import subprocess
 import httpx
 
 from support.jaeger import (
-    DEMO, JaegerSpan, STATUS_ERROR, STATUS_OK, demo_env, find_spans, get_json, instrument_command, path_of,
-    request_spans, search_by_tag, stop_server, wait_for,
+    DEMO,
+    JaegerSpan,
+    STATUS_ERROR,
+    STATUS_OK,
+    demo_env,
+    find_spans,
+    get_json,
+    instrument_command,
+    path_of,
+    request_spans,
+    search_by_tag,
+    stop_server,
+    wait_for,
 )
 from support.ports import free_ports
 from support.subjects import MATCH_TEST
@@ -30,13 +41,29 @@ def test_process_and_request_spans_reach_jaeger(backend, sidecar, test_python):
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
     (port,) = free_ports(1)
     master = subprocess.Popen(
-        [instrument_command(), test_python, "-m", "uvicorn", "app:app", "--app-dir", str(DEMO),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-        env=demo_env(backend.collector_endpoint), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            instrument_command(),
+            test_python,
+            "-m",
+            "uvicorn",
+            "app:app",
+            "--app-dir",
+            str(DEMO),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        env=demo_env(backend.collector_endpoint),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     served: dict[int, list[str]] = {}  # worker pid -> the paths it served
     spawned = 0
     try:
+
         def both_workers_answered() -> bool:
             try:
                 _, body = get_json(port, "/")
@@ -54,8 +81,11 @@ def test_process_and_request_spans_reach_jaeger(backend, sidecar, test_python):
         # Request spans leave each worker within OTEL_BSP_SCHEDULE_DELAY; a worker dies of its
         # re-raised SIGTERM, past atexit, so they are awaited in Jaeger before the app stops.
         requests = sum(len(paths) for paths in served.values())
-        wait_for(lambda: len(request_spans(find_spans(backend.query_url, "demo", since))) >= requests,
-                 f"{requests} request spans in Jaeger", timeout=60)
+        wait_for(
+            lambda: len(request_spans(find_spans(backend.query_url, "demo", since))) >= requests,
+            f"{requests} request spans in Jaeger",
+            timeout=60,
+        )
     finally:
         stop_server(master)
     workers = set(served)
@@ -66,8 +96,9 @@ def test_process_and_request_spans_reach_jaeger(backend, sidecar, test_python):
         pids = {s.attributes.get("process.pid") for s in spans if s.role == "lifetime"}
         return spans if pids >= {master.pid, spawned, *workers} else []
 
-    spans = wait_for(process_spans_arrived, "lifetime spans of the master, its workers and the spawned child",
-                     timeout=60)
+    spans = wait_for(
+        process_spans_arrived, "lifetime spans of the master, its workers and the spawned child", timeout=60
+    )
     lifetimes = {s.attributes["process.pid"]: s for s in spans if s.role == "lifetime"}
     started = {s.attributes["process.pid"]: s for s in spans if s.role == "started"}
 
@@ -93,9 +124,7 @@ def test_process_and_request_spans_reach_jaeger(backend, sidecar, test_python):
     # The request traces (app-side helper): every request span links to its worker's process span.
     by_id = {(s.trace_id, s.span_id): s for s in started.values()}
     requests_seen = request_spans(spans)
-    assert sorted(path_of(r) for r in requests_seen) == sorted(
-        path for paths in served.values() for path in paths
-    )
+    assert sorted(path_of(r) for r in requests_seen) == sorted(path for paths in served.values() for path in paths)
     for request in requests_seen:
         (link,) = [(t, s) for t, s, attrs in request.links if attrs.get("otelproc.link") == "process"]
         process_span = by_id[link]

@@ -46,15 +46,27 @@ def test_request_links_to_its_worker_and_the_process_trace_shows_how_workers_end
     victim = max(served, key=served.get)
     # What it served is in Jaeger before it dies: a SIGKILLed worker flushes nothing, and its last
     # batch (up to OTEL_BSP_SCHEDULE_DELAY old) would go with it.
-    requests = wait_for(lambda: [r for r in request_spans(find_spans(local_stack.jaeger, "demo", since))
-                                 if r.resource["process.pid"] == victim and path_of(r) == "/"],
-                        "the victim's request spans in Jaeger", timeout=60)
+    requests = wait_for(
+        lambda: [
+            r
+            for r in request_spans(find_spans(local_stack.jaeger, "demo", since))
+            if r.resource["process.pid"] == victim and path_of(r) == "/"
+        ],
+        "the victim's request spans in Jaeger",
+        timeout=60,
+    )
     kill_worker(local_stack, victim)
-    killed = wait_for(lambda: lifetime_span(local_stack.jaeger, victim, since),
-                      "the killed worker's lifetime span in Jaeger", timeout=90)
+    killed = wait_for(
+        lambda: lifetime_span(local_stack.jaeger, victim, since),
+        "the killed worker's lifetime span in Jaeger",
+        timeout=90,
+    )
     # What its requests link to: its process span (docs/spans.md), the 'started' span of a worker that ran.
-    victim_process = wait_for(lambda: process_span(local_stack.jaeger, victim, since),
-                              "the killed worker's process span in Jaeger", timeout=30)
+    victim_process = wait_for(
+        lambda: process_span(local_stack.jaeger, victim, since),
+        "the killed worker's process span in Jaeger",
+        timeout=30,
+    )
     assert victim_process.trace_id == killed.trace_id
 
     with JaegerUI(local_stack.jaeger, screenshots) as ui:

@@ -134,14 +134,7 @@ def test_exec_from_non_leader_thread(kernel_events):
 
 def test_fork_only_child(kernel_events):
     events = kernel_events()
-    code = (
-        "import os\n"
-        "pid = os.fork()\n"
-        "if pid == 0:\n"
-        "    os._exit(5)\n"
-        "print(pid, flush=True)\n"
-        "os.waitpid(pid, 0)\n"
-    )
+    code = "import os\npid = os.fork()\nif pid == 0:\n    os._exit(5)\nprint(pid, flush=True)\nos.waitpid(pid, 0)\n"
     parent = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=30)
     child_pid = int(parent.stdout)
     exit_event = events.wait_exit(child_pid)
@@ -266,7 +259,9 @@ def test_exit_status_is_the_one_wait_reports(kernel_events, tmp_path):
     libc = ctypes.CDLL(None, use_errno=True)
     libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
     go = tmp_path / "leader-go"
-    child = subprocess.Popen([PYTHON, "-c", RAW_EXITS, str(go)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [PYTHON, "-c", RAW_EXITS, str(go)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         tid = int(child.stdout.readline())
         assert libc.ptrace(PTRACE_SEIZE, tid, None, PTRACE_O_TRACEEXIT) == 0, os.strerror(ctypes.get_errno())
@@ -312,7 +307,8 @@ def test_signals_recorded_are_the_ones_that_can_end_it(kernel_events):
     events.wait_exit(child.pid)
     sent = [e.sent for e in events.of(child.pid, "signal")]
     assert [(s.signal, s.sender_pid, s.code, s.from_kernel) for s in sent] == [
-        (signal.SIGTERM, os.getpid(), 0, False), (signal.SIGUSR2, os.getpid(), 0, False)
+        (signal.SIGTERM, os.getpid(), 0, False),
+        (signal.SIGUSR2, os.getpid(), 0, False),
     ]
     assert {s.sender_comm for s in sent} == {Path("/proc/self/comm").read_text().strip()}
 
@@ -353,9 +349,7 @@ def test_usage_of_threads_dying_together_is_the_whole_process(load, kernel_event
         "for _ in range(4):\n"
         "    threading.Thread(target=burn, daemon=True).start()\n"
         "while time.process_time() < 0.5:  # CPU time, not wall time: as much whatever the load\n"
-        "    time.sleep(0.01)\n"
-        + SELF_USAGE +
-        "os._exit(0)\n"
+        "    time.sleep(0.01)\n" + SELF_USAGE + "os._exit(0)\n"
     )
     child = subprocess.Popen([PYTHON, "-c", code], stdout=subprocess.PIPE)
     _, status, kernel = os.wait4(child.pid, 0)
@@ -373,7 +367,8 @@ def test_usage_of_threads_dying_together_is_the_whole_process(load, kernel_event
 # A thread that has run and died while a tracer holds it: a traced thread is not released at the end of its
 # exit but when its tracer reaps it, so it is still on its group's list, its counters its own and not yet
 # in the group's totals, when the last thread exits (here the main one, once it sees the thread a zombie).
-TRACED_THREAD = r"""
+TRACED_THREAD = (
+    r"""
 import os, resource, sys, threading, time
 go = threading.Event()
 def burn():
@@ -390,7 +385,10 @@ worker.join()
 stat = f"/proc/self/task/{worker.native_id}/stat"
 while open(stat).read().rsplit(")", 1)[1].split()[0] != "Z":
     time.sleep(0.01)
-""" + SELF_USAGE + "os._exit(0)\n"
+"""
+    + SELF_USAGE
+    + "os._exit(0)\n"
+)
 
 
 def test_usage_counts_a_dead_thread_its_tracer_has_not_released(kernel_events):

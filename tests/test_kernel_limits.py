@@ -38,13 +38,24 @@ for pid in children:
 
 
 def test_tiny_ring_buffer_losses_are_counted_and_reconciled(sidecar, grpc_receiver, test_python):
-    side = sidecar(*MATCH_TEST, "--ring-buffer-size", "4096", "--sweep-interval", "0.3", "--start-span-delay", "3600",
-                   endpoint=grpc_receiver.endpoint, env=QUIET)
+    side = sidecar(
+        *MATCH_TEST,
+        "--ring-buffer-size",
+        "4096",
+        "--sweep-interval",
+        "0.3",
+        "--start-span-delay",
+        "3600",
+        endpoint=grpc_receiver.endpoint,
+        env=QUIET,
+    )
     big_env = {"PATH": "/usr/bin:/bin", "PADDING": "x" * 3000}  # one exec record fills most of the ring
     os.kill(side.proc.pid, signal.SIGSTOP)  # nothing reads the ring buffer now: it overflows
     try:
-        children = [spawn(test_python, "import sys, time; sys.stdin.read()", stdin=subprocess.PIPE, env=big_env)
-                    for _ in range(30)]
+        children = [
+            spawn(test_python, "import sys, time; sys.stdin.read()", stdin=subprocess.PIPE, env=big_env)
+            for _ in range(30)
+        ]
         time.sleep(1.5)
     finally:
         os.kill(side.proc.pid, signal.SIGCONT)
@@ -75,10 +86,27 @@ def test_tiny_ring_buffer_losses_are_counted_and_reconciled(sidecar, grpc_receiv
 def test_forks_lost_in_a_full_ring_buffer_are_still_tracked(sidecar, grpc_receiver, lone_python):
     """The fork handler tracks the child before it reserves ring space for the record: a child whose fork
     record a full ring buffer lost is still tracked, and the sweeps give it its one span."""
-    side = sidecar("--match", LONE_COMM, "--adopt", "false", "--ring-buffer-size", "4096", "--sweep-interval", "0.3",
-                   "--start-span-delay", "3600", endpoint=grpc_receiver.endpoint, env=QUIET)
-    parent = subprocess.Popen([lone_python, "-c", FORKER, "60"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, env={"PATH": "/usr/bin"})
+    side = sidecar(
+        "--match",
+        LONE_COMM,
+        "--adopt",
+        "false",
+        "--ring-buffer-size",
+        "4096",
+        "--sweep-interval",
+        "0.3",
+        "--start-span-delay",
+        "3600",
+        endpoint=grpc_receiver.endpoint,
+        env=QUIET,
+    )
+    parent = subprocess.Popen(
+        [lone_python, "-c", FORKER, "60"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"PATH": "/usr/bin"},
+    )
     try:
         time.sleep(1)  # the parent's exec record has been read: the ring is empty
         os.kill(side.proc.pid, signal.SIGSTOP)  # nothing reads the ring now: 60 fork records overflow it
@@ -107,15 +135,34 @@ def test_forks_lost_in_a_full_ring_buffer_are_still_tracked(sidecar, grpc_receiv
 def test_a_process_refused_by_a_full_map_is_tracked_once_there_is_room(sidecar, grpc_receiver, lone_python):
     """With --max-processes 3, a fourth process is refused, then tracked when one of the three
     ends: its own exit is reported by the kernel (not guessed by a sweep), and so is its child's."""
-    side = sidecar("--match", LONE_COMM, "--adopt", "false", "--max-processes", "3", "--sweep-interval", "0.3",
-                   "--start-span-delay", "3600", endpoint=grpc_receiver.endpoint, env=QUIET)
+    side = sidecar(
+        "--match",
+        LONE_COMM,
+        "--adopt",
+        "false",
+        "--max-processes",
+        "3",
+        "--sweep-interval",
+        "0.3",
+        "--start-span-delay",
+        "3600",
+        endpoint=grpc_receiver.endpoint,
+        env=QUIET,
+    )
     first = [until_finished(lone_python, f"fill-{i}") for i in range(3)]
     time.sleep(0.5)
     fourth = subprocess.Popen(
-        [lone_python, "-c", "import os, sys; sys.stdin.readline(); pid = os.fork()\n"
-                            "if pid == 0: os._exit(0)\n"
-                            "print(pid, flush=True); os.waitpid(pid, 0); sys.stdin.readline()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={"PATH": "/usr/bin"},
+        [
+            lone_python,
+            "-c",
+            "import os, sys; sys.stdin.readline(); pid = os.fork()\n"
+            "if pid == 0: os._exit(0)\n"
+            "print(pid, flush=True); os.waitpid(pid, 0); sys.stdin.readline()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"PATH": "/usr/bin"},
     )
     try:
         side.wait_line("tracked_map_full")  # refused: the map holds the first three

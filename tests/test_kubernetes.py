@@ -37,23 +37,24 @@ IMAGES_SCRIPT = REPO / "deploy" / "images" / "build.sh"
 
 # What podman 4.3's kube play does not do, and how the test gives it instead (docs/deployment.md).
 PODMAN_GAPS = {
-    "hostPID": "ignored (the pod gets a pid namespace of its own): the test sets pidns=\"host\" in a "
-               "containers.conf of its own (CONTAINERS_CONF) for the kube play of the DaemonSet's pod",
+    "hostPID": 'ignored (the pod gets a pid namespace of its own): the test sets pidns="host" in a '
+    "containers.conf of its own (CONTAINERS_CONF) for the kube play of the DaemonSet's pod",
     "seccompProfile": "securityContext.seccompProfile is ignored: the test adds the older annotation "
-                      "container.seccomp.security.alpha.kubernetes.io/<container>: localhost/otelproc.json "
-                      "and --seccomp-profile-root deploy/seccomp",
-    "ports": "containerPort with hostNetwork is refused (\"PortMappings can only be used with Bridge or "
-             "slirp4netns networking\"): the test's copy, on the host's network, drops them",
+    "container.seccomp.security.alpha.kubernetes.io/<container>: localhost/otelproc.json "
+    "and --seccomp-profile-root deploy/seccomp",
+    "ports": 'containerPort with hostNetwork is refused ("PortMappings can only be used with Bridge or '
+    "slirp4netns networking\"): the test's copy, on the host's network, drops them",
     "probes": "httpGet probes become podman healthchecks, which need systemd timers (none here): they "
-              "are created but never run; the test asks /readyz itself",
+    "are created but never run; the test asks /readyz itself",
     "preStop": "lifecycle hooks do not run on kube play --down: the test runs `otelproc detach` itself",
     "kind DaemonSet": "not played: the test plays its pod template as a Pod",
     "$(VAR)": "env values are not expanded (OTEL_RESOURCE_ATTRIBUTES stays k8s.pod.uid=$(POD_UID)): the "
-              "test's copy gives metadata.uid a uid of its own and expands the references, as the kubelet does",
+    "test's copy gives metadata.uid a uid of its own and expands the references, as the kubelet does",
 }
 
 
 # --- strict decoding ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def validator(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -78,15 +79,26 @@ def test_every_manifest_decodes_strictly_with_the_kubernetes_types(validator):
     ("where", "edit", "field"),
     [
         # securityContext one level up, on the pod: a pod's has no readOnlyRootFilesystem
-        ("daemonset.yaml", ("      hostPID: true\n", "      hostPID: true\n      readOnlyRootFilesystem: true\n"),
-         'unknown field "spec.template.spec.readOnlyRootFilesystem"'),
+        (
+            "daemonset.yaml",
+            ("      hostPID: true\n", "      hostPID: true\n      readOnlyRootFilesystem: true\n"),
+            'unknown field "spec.template.spec.readOnlyRootFilesystem"',
+        ),
         # a typo'd key
-        ("sidecar.yaml", ("shareProcessNamespace:", "shareProcessNamspace:"),
-         'unknown field "spec.template.spec.shareProcessNamspace"'),
+        (
+            "sidecar.yaml",
+            ("shareProcessNamespace:", "shareProcessNamspace:"),
+            'unknown field "spec.template.spec.shareProcessNamspace"',
+        ),
         # the seccomp profile on the container, not in its securityContext
-        ("daemonset.yaml", ("          securityContext:\n", "          seccompProfile: {type: RuntimeDefault}\n"
-                                                           "          securityContext:\n"),
-         'unknown field "spec.template.spec.containers[0].seccompProfile"'),
+        (
+            "daemonset.yaml",
+            (
+                "          securityContext:\n",
+                "          seccompProfile: {type: RuntimeDefault}\n          securityContext:\n",
+            ),
+            'unknown field "spec.template.spec.containers[0].seccompProfile"',
+        ),
     ],
     ids=["misplaced", "typo", "wrong-level"],
 )
@@ -102,6 +114,7 @@ def test_a_misplaced_or_unknown_field_fails(validator, tmp_path, where, edit, fi
 
 # --- the Collector -----------------------------------------------------------------------------
 
+
 def documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
@@ -114,8 +127,9 @@ def find(path: Path, kind: str, name: str | None = None) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def collector() -> str:
     """The Collector built from deploy/images/otelcol-k8s.yaml (cached; minutes the first time)."""
-    result = subprocess.run([str(REPO / "deploy" / "images" / "otelcol-build.sh"), str(COLLECTOR_MANIFEST)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [str(REPO / "deploy" / "images" / "otelcol-build.sh"), str(COLLECTOR_MANIFEST)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -147,7 +161,8 @@ def test_k8sattributes_finds_pods_by_container_id_and_may_read_what_it_needs():
     first = k8s["pod_association"][0]["sources"]
     assert first == [{"from": "resource_attribute", "name": "container.id"}]
     assert {"k8s.pod.name", "k8s.namespace.name", "k8s.deployment.name", "k8s.daemonset.name"} <= set(
-        k8s["extract"]["metadata"])
+        k8s["extract"]["metadata"]
+    )
     traces = config["service"]["pipelines"]["traces"]["processors"]
     # otelproc's container.id is a span attribute: moved to the resource before k8sattributes looks
     assert config["processors"]["groupbyattrs/container"]["keys"] == ["container.id"]
@@ -157,8 +172,12 @@ def test_k8sattributes_finds_pods_by_container_id_and_may_read_what_it_needs():
     binding = find(KUBERNETES / "collector.yaml", "ClusterRoleBinding")
     assert {"kind": "ServiceAccount", "name": account, "namespace": "otelproc-demo"} in binding["subjects"]
     role = find(KUBERNETES / "collector.yaml", "ClusterRole", binding["roleRef"]["name"])
-    granted = {(group, resource): set(rule["verbs"]) for rule in role["rules"]
-               for group in rule["apiGroups"] for resource in rule["resources"]}
+    granted = {
+        (group, resource): set(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
     assert granted == {("", "pods"): {"get", "list", "watch"}, ("apps", "replicasets"): {"get", "list", "watch"}}
 
 
@@ -166,8 +185,9 @@ def test_k8sattributes_finds_pods_by_container_id_and_may_read_what_it_needs():
 
 
 def podman(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        ["podman", *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -229,7 +249,9 @@ def seccomp_annotations(spec: dict[str, Any]) -> dict[str, str]:
         profile = container.get("securityContext", {}).get("seccompProfile")
         if profile:
             assert profile == {"type": "Localhost", "localhostProfile": SECCOMP_PROFILE}
-            found[f"container.seccomp.security.alpha.kubernetes.io/{container['name']}"] = f"localhost/{SECCOMP_PROFILE}"
+            found[f"container.seccomp.security.alpha.kubernetes.io/{container['name']}"] = (
+                f"localhost/{SECCOMP_PROFILE}"
+            )
     return found
 
 
@@ -241,8 +263,12 @@ class Played:
         self.path.write_text(yaml.safe_dump(manifest))
         self.pod = pod
         self.env = env
-        assert (SECCOMP_DIR / SECCOMP_PROFILE).exists(), "deploy/seccomp/otelproc.json, the seccomp profile the manifests name"
-        result = podman("kube", "play", "--replace", "--seccomp-profile-root", str(SECCOMP_DIR), str(self.path), env=env)
+        assert (SECCOMP_DIR / SECCOMP_PROFILE).exists(), (
+            "deploy/seccomp/otelproc.json, the seccomp profile the manifests name"
+        )
+        result = podman(
+            "kube", "play", "--replace", "--seccomp-profile-root", str(SECCOMP_DIR), str(self.path), env=env
+        )
         assert result.returncode == 0, result.stderr
 
     def container(self, name: str) -> str:
@@ -303,8 +329,9 @@ def kube_play(tmp_path: Path) -> Iterator[Any]:
             p.down()
 
 
-def test_the_daemonset_pod_exports_the_span_of_a_host_process(images, grpc_receiver, pin_root, test_python,
-                                                              kube_play, tmp_path):
+def test_the_daemonset_pod_exports_the_span_of_a_host_process(
+    images, grpc_receiver, pin_root, test_python, kube_play, tmp_path
+):
     daemonset = yaml.safe_load((KUBERNETES / "daemonset.yaml").read_text())
     template = copy.deepcopy(daemonset["spec"]["template"])
     spec = template["spec"]
@@ -314,20 +341,28 @@ def test_the_daemonset_pod_exports_the_span_of_a_host_process(images, grpc_recei
     (otelproc,) = spec["containers"]
     pin_dir = "/sys/fs/bpf/" + Path(pin_root.new_dir()).name
     # Only this session's subjects (TEST_COMM), not every Python process on the host
-    set_env(otelproc, OTELPROC_HEALTH_PORT=str(health), OTELPROC_MATCH=TEST_COMM, OTELPROC_ADOPT="false",
-            OTELPROC_PIN_DIR=pin_dir)
+    set_env(
+        otelproc,
+        OTELPROC_HEALTH_PORT=str(health),
+        OTELPROC_MATCH=TEST_COMM,
+        OTELPROC_ADOPT="false",
+        OTELPROC_PIN_DIR=pin_dir,
+    )
     pod = f"otelproc-ds-{uuid.uuid4().hex[:6]}"
-    manifest = {"apiVersion": "v1", "kind": "Pod",  # PODMAN_GAPS["kind DaemonSet"]
-                "metadata": {"name": pod, "labels": template["metadata"]["labels"],
-                             "annotations": seccomp_annotations(spec)},
-                "spec": spec}
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Pod",  # PODMAN_GAPS["kind DaemonSet"]
+        "metadata": {"name": pod, "labels": template["metadata"]["labels"], "annotations": seccomp_annotations(spec)},
+        "spec": spec,
+    }
     played = kube_play(manifest, pod, env={"CONTAINERS_CONF": str(host_pid_conf(tmp_path))})
     wait_ready(health, played)
 
     subject = subprocess.Popen([test_python, "-c", "import time; time.sleep(0.3)"])
     subject.wait(timeout=10)
-    (span,) = grpc_receiver.wait_for(lambda spans: [s for s in spans if s.attributes.get("process.pid") == subject.pid],
-                                     timeout=20)
+    (span,) = grpc_receiver.wait_for(
+        lambda spans: [s for s in spans if s.attributes.get("process.pid") == subject.pid], timeout=20
+    )
     assert span.attributes["otelproc.span"] == "lifetime"
     assert span.attributes["process.exit.code"] == 0
 
@@ -360,7 +395,8 @@ def test_the_sidecar_deployment_exports_the_demos_spans(images, grpc_receiver, p
     result = played.exec("demo", "python3", "-c", f"import sys; sys.argv.append({marker!r})")
     assert result.returncode == 0, result.stderr
     (worker_span,) = grpc_receiver.wait_for(
-        lambda spans: [s for s in spans if marker in str(s.attributes.get("process.command_args"))], timeout=20)
+        lambda spans: [s for s in spans if marker in str(s.attributes.get("process.command_args"))], timeout=20
+    )
     assert worker_span.attributes["otelproc.span"] == "lifetime"
     assert worker_span.resource.get("k8s.pod.uid") == pod_uid  # k8sattributes finds the pod by it
 
@@ -373,6 +409,9 @@ def test_the_sidecar_deployment_exports_the_demos_spans(images, grpc_receiver, p
             assert time.monotonic() < deadline, played.logs("demo")[-3000:]
             time.sleep(1)
     requests = grpc_receiver.wait_for(
-        lambda spans: [s for s in spans if s.service == "demo" and s.attributes.get("otelproc.span") is None
-                       and s.kind == 2], timeout=30)  # SERVER
+        lambda spans: [
+            s for s in spans if s.service == "demo" and s.attributes.get("otelproc.span") is None and s.kind == 2
+        ],
+        timeout=30,
+    )  # SERVER
     assert requests[0].resource.get("k8s.pod.uid") == pod_uid

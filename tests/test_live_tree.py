@@ -30,8 +30,18 @@ import pytest
 
 from support import REPO
 from support.jaeger import (
-    DEMO, SERVER, Backend, JaegerSpan, demo_env, find_spans, get_json, instrument_command, running_backend,
-    search_by_tag, stop_server, wait_for,
+    DEMO,
+    SERVER,
+    Backend,
+    JaegerSpan,
+    demo_env,
+    find_spans,
+    get_json,
+    instrument_command,
+    running_backend,
+    search_by_tag,
+    stop_server,
+    wait_for,
 )
 from support.jaeger_ui import JaegerUI, missing_browser
 from support.ports import free_ports
@@ -140,6 +150,7 @@ def by_pid(spans: list[dict[str, Any]], role: str) -> dict[int, dict[str, Any]]:
 
 def the_trace_of(query_url: str, service: str, master: int, since: datetime.datetime, want: set[int]) -> str:
     """The trace id of the master's process trace, once the 'started' spans of `want` are in it."""
+
     def arrived() -> str | None:
         spans = find_spans(query_url, service, since)
         roots = [s for s in spans if s.attributes.get("process.pid") == master and s.role == "started"]
@@ -165,8 +176,10 @@ def check_tree(query_url: str, trace_id: str, master: int, alive: set[int], dead
     for pid in dead:
         assert parent_of(lifetimes[pid]) == started[pid]["spanID"]
         assert lifetimes[pid]["tagmap"]["otelproc.exit.signal_name"] == "SIGKILL"
-        assert any(t["key"] == "otel.status_description" and t["value"].startswith("killed by SIGKILL")
-                   for t in lifetimes[pid]["tags"])
+        assert any(
+            t["key"] == "otel.status_description" and t["value"].startswith("killed by SIGKILL")
+            for t in lifetimes[pid]["tags"]
+        )
     assert not set(lifetimes) & alive
     return spans
 
@@ -178,9 +191,13 @@ def process_link(request: JaegerSpan) -> tuple[str, str] | None:
 
 def linked_requests(query_url: str, service: Service, since: datetime.datetime, pids: set[int]) -> list[JaegerSpan]:
     """The request spans served by `pids`, once each of them served one; each with its process link."""
+
     def arrived() -> list[JaegerSpan]:
-        spans = [s for s in find_spans(query_url, service.name, since)
-                 if s.kind == SERVER and s.resource.get("process.pid") in pids]
+        spans = [
+            s
+            for s in find_spans(query_url, service.name, since)
+            if s.kind == SERVER and s.resource.get("process.pid") in pids
+        ]
         return spans if {s.resource["process.pid"] for s in spans} == pids else []
 
     requests = wait_for(arrived, f"request spans of {service.name} workers {sorted(pids)}", timeout=60)
@@ -201,11 +218,19 @@ def check_links(query_url: str, requests: list[JaegerSpan]) -> None:
 
 def check_search(query_url: str, service: Service, worker: int, requests: list[JaegerSpan]) -> None:
     """Search by the worker's otelproc.process.key (the UI's tag search): its process span and its requests."""
-    spans = [s for s in find_spans(query_url, service.name, datetime.datetime.now(datetime.timezone.utc)
-                                   - datetime.timedelta(minutes=5)) if s.attributes.get("process.pid") == worker]
+    spans = [
+        s
+        for s in find_spans(
+            query_url, service.name, datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+        )
+        if s.attributes.get("process.pid") == worker
+    ]
     key = spans[0].attributes["otelproc.process.key"]
-    found = {s["spanID"] for trace in search_by_tag(query_url, service.name, "otelproc.process.key", key)
-             for s in trace["spans"]}
+    found = {
+        s["spanID"]
+        for trace in search_by_tag(query_url, service.name, "otelproc.process.key", key)
+        for s in trace["spans"]
+    }
     assert {s.span_id for s in spans} <= found, "the worker's own process spans"
     served = {r.span_id for r in requests if r.resource["process.pid"] == worker}
     assert served and served <= found, "the requests it served"
@@ -250,15 +275,56 @@ def test_running_services_read_as_a_live_tree(ui_backend, ui, sidecar, test_pyth
     sidecar(*MATCH_TEST, endpoint=ui_backend.collector_endpoint)
     uvicorn_port, gunicorn_port = free_ports(2)
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uvicorn = Service("demo", subprocess.Popen(
-        [instrument_command(), test_python, "-m", "uvicorn", "app:app", "--app-dir", str(DEMO),
-         "--host", "127.0.0.1", "--port", str(uvicorn_port), "--workers", "2"],
-        env={**demo_env(ui_backend.collector_endpoint), "PYTHONPATH": str(REPO)}, **quiet), uvicorn_port)
-    gunicorn = Service("shop", subprocess.Popen(
-        [instrument_command(), test_python, "-m", "gunicorn", "-w", "2", "-k", "sync",
-         "-b", f"127.0.0.1:{gunicorn_port}", "--chdir", str(APPS), "sync_shop:app"],
-        env=app_env(ui_backend.collector_endpoint, OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otelproc",
-                    PYTHONPATH=f"{REPO}:{APPS}"), **quiet), gunicorn_port)
+    uvicorn = Service(
+        "demo",
+        subprocess.Popen(
+            [
+                instrument_command(),
+                test_python,
+                "-m",
+                "uvicorn",
+                "app:app",
+                "--app-dir",
+                str(DEMO),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(uvicorn_port),
+                "--workers",
+                "2",
+            ],
+            env={**demo_env(ui_backend.collector_endpoint), "PYTHONPATH": str(REPO)},
+            **quiet,
+        ),
+        uvicorn_port,
+    )
+    gunicorn = Service(
+        "shop",
+        subprocess.Popen(
+            [
+                instrument_command(),
+                test_python,
+                "-m",
+                "gunicorn",
+                "-w",
+                "2",
+                "-k",
+                "sync",
+                "-b",
+                f"127.0.0.1:{gunicorn_port}",
+                "--chdir",
+                str(APPS),
+                "sync_shop:app",
+            ],
+            env=app_env(
+                ui_backend.collector_endpoint,
+                OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otelproc",
+                PYTHONPATH=f"{REPO}:{APPS}",
+            ),
+            **quiet,
+        ),
+        gunicorn_port,
+    )
     services = (uvicorn, gunicorn)
     try:
         first = {uvicorn: uvicorn_answers(uvicorn.port), gunicorn: set(ask(gunicorn.port, 6, 2).values())}
@@ -278,13 +344,18 @@ def test_running_services_read_as_a_live_tree(ui_backend, ui, sidecar, test_pyth
         killed = {s: min(first[s]) for s in services}
         for service in services:
             os.kill(killed[service], signal.SIGKILL)
-        now = {s: wait_for(lambda s=s: s.respawned(killed[s]), f"{s.name} to respawn a worker", timeout=60)
-               for s in services}
+        now = {
+            s: wait_for(lambda s=s: s.respawned(killed[s]), f"{s.name} to respawn a worker", timeout=60)
+            for s in services
+        }
         for service in services:
             new = now[service] - first[service]
             the_trace_of(url, service.name, service.master.pid, since, new)
-            wait_for(lambda s=service: killed[s] in by_pid(process_trace(url, traces[s]), "lifetime"),
-                     f"the killed {service.name} worker's lifetime span", timeout=60)
+            wait_for(
+                lambda s=service: killed[s] in by_pid(process_trace(url, traces[s]), "lifetime"),
+                f"the killed {service.name} worker's lifetime span",
+                timeout=60,
+            )
             spans = check_tree(url, traces[service], service.master.pid, now[service], {killed[service]})
             check_ui(ui, traces[service], spans, f"{service.name}-respawned")
         uvicorn_answers(uvicorn.port, want=now[uvicorn] - first[uvicorn])
@@ -298,8 +369,11 @@ def test_running_services_read_as_a_live_tree(ui_backend, ui, sidecar, test_pyth
     # Stopped: the same tree, completed into lifetime spans, still every parent present.
     for service in services:
         everyone = {service.master.pid} | first[service] | now[service]
-        wait_for(lambda s=service, e=everyone: e <= set(by_pid(process_trace(url, traces[s]), "lifetime")),
-                 f"every {service.name} lifetime span", timeout=60)
+        wait_for(
+            lambda s=service, e=everyone: e <= set(by_pid(process_trace(url, traces[s]), "lifetime")),
+            f"every {service.name} lifetime span",
+            timeout=60,
+        )
         spans = process_trace(url, traces[service])
         check_whole(spans)
         started, lifetimes = by_pid(spans, "started"), by_pid(spans, "lifetime")

@@ -49,8 +49,11 @@ def test_up_request_spans_in_jaeger_down_leaves_nothing(tmp_path, test_python, p
             started_spans = {s.attributes["process.pid"]: s for s in spans if s.role == "started"}
             return (requests, started_spans) if requests and {master, worker} <= started_spans.keys() else None
 
-        (request,), processes = wait_for(request_and_processes, "the /spawn request span and the 'started' spans "
-                                         "of the uvicorn master and the worker that served it", timeout=90)
+        (request,), processes = wait_for(
+            request_and_processes,
+            "the /spawn request span and the 'started' spans of the uvicorn master and the worker that served it",
+            timeout=90,
+        )
         assert request.kind == SERVER and request.resource["process.pid"] == worker
         assert processes[master].name == "uvicorn started"
         # The request links to its worker's process span: the worker's 'started' span, under the master's.
@@ -79,8 +82,11 @@ def test_traces_survive_a_restart_of_the_stack(local_stack):
     local_stack.up()
     worker = httpx.get(f"{local_stack.demo}/", timeout=30).json()["worker"]
     kill_worker(local_stack, worker)
-    before = wait_for(lambda: lifetime_span(local_stack.jaeger, worker, since),
-                      "the killed worker's lifetime span in Jaeger", timeout=90)
+    before = wait_for(
+        lambda: lifetime_span(local_stack.jaeger, worker, since),
+        "the killed worker's lifetime span in Jaeger",
+        timeout=90,
+    )
     assert before.status_message.startswith("killed by SIGKILL")
 
     assert "down" in local_stack.down()

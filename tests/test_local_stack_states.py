@@ -70,8 +70,10 @@ class Stack:
         return sorted(Path(self.pin_dir).glob("*")) if self.pin_dir and Path(self.pin_dir).is_dir() else []
 
     def logs(self) -> str:
-        return "".join(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]) + "\n"
-                       for log in sorted(self.dir.glob("*.log")))
+        return "".join(
+            f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]) + "\n"
+            for log in sorted(self.dir.glob("*.log"))
+        )
 
 
 def output(result: subprocess.CompletedProcess[str]) -> str:

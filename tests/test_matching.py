@@ -90,19 +90,27 @@ def test_python_dash_m(default_sidecar, grpc_receiver, tmp_path):
     assert lifetime(grpc_receiver, pid).name == "otp_module"
 
 
-def test_bash_shim_named_python3_is_not_tracked_but_the_interpreter_it_runs_is(default_sidecar, grpc_receiver, tmp_path):
+def test_bash_shim_named_python3_is_not_tracked_but_the_interpreter_it_runs_is(
+    default_sidecar, grpc_receiver, tmp_path
+):
     """A version manager's shim: a bash script named python3 that runs helpers, then execs the interpreter."""
     shims = tmp_path / "shims"
     shims.mkdir()
     helpers = tmp_path / "helper-pids"
-    write_script(shims / "python3", f"""#!/bin/bash
+    write_script(
+        shims / "python3",
+        f"""#!/bin/bash
 sh -c 'echo $$ >> {helpers}'
 sh -c 'echo $$ >> {helpers}; exit 3'
 exec {PYTHON} "$@"
-""")
+""",
+    )
     (tmp_path / "otp_shimmed.py").write_text("print('hi')\n")
-    pid, status = run(["python3", str(tmp_path / "otp_shimmed.py")],
-                      env={**os.environ, "PATH": f"{shims}:/usr/bin:/bin"}, stdout=subprocess.DEVNULL)
+    pid, status = run(
+        ["python3", str(tmp_path / "otp_shimmed.py")],
+        env={**os.environ, "PATH": f"{shims}:/usr/bin:/bin"},
+        stdout=subprocess.DEVNULL,
+    )
     assert status == 0
     span = lifetime(grpc_receiver, pid)  # the shim's pid, from the moment it became python
     assert span.name == "otp_shimmed.py"

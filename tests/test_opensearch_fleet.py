@@ -55,8 +55,10 @@ class FleetJaeger:
         otlp_grpc, otlp_http, query_http, query_grpc = free_ports(4)
         self.env = {
             "OPENSEARCH_URLS": "[" + ", ".join(cluster.urls) + "]",
-            "JAEGER_LISTEN_HOST": "127.0.0.1", "JAEGER_OTLP_GRPC_PORT": str(otlp_grpc),
-            "JAEGER_OTLP_HTTP_PORT": str(otlp_http), "JAEGER_QUERY_HTTP_PORT": str(query_http),
+            "JAEGER_LISTEN_HOST": "127.0.0.1",
+            "JAEGER_OTLP_GRPC_PORT": str(otlp_grpc),
+            "JAEGER_OTLP_HTTP_PORT": str(otlp_http),
+            "JAEGER_QUERY_HTTP_PORT": str(query_http),
             "JAEGER_QUERY_GRPC_PORT": str(query_grpc),
         }
         self.otlp_endpoint = f"http://127.0.0.1:{otlp_grpc}"
@@ -119,10 +121,14 @@ def cluster_manager(cluster: Cluster) -> str:
 
 def test_spans_survive_a_lost_node_and_a_jaeger_restart(cluster, jaeger, sidecar, test_python):
     since = datetime.datetime.now(datetime.timezone.utc)
-    otelproc = sidecar(*MATCH_TEST, endpoint=jaeger.otlp_endpoint, env={
-        "OTEL_METRICS_EXPORTER": "none",  # Jaeger takes traces only
-        "OTEL_BSP_SCHEDULE_DELAY": "200",  # a steady stream of small batches
-    })
+    otelproc = sidecar(
+        *MATCH_TEST,
+        endpoint=jaeger.otlp_endpoint,
+        env={
+            "OTEL_METRICS_EXPORTER": "none",  # Jaeger takes traces only
+            "OTEL_BSP_SCHEDULE_DELAY": "200",  # a steady stream of small batches
+        },
+    )
     subject_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_", "TRACE"))}
     subject_env["OTEL_SERVICE_NAME"] = SERVICE
     started: list[int] = []
@@ -151,8 +157,11 @@ def test_spans_survive_a_lost_node_and_a_jaeger_restart(cluster, jaeger, sidecar
     health = cluster.wait_healthy("yellow", nodes=2, timeout=120)
     assert health["status"] in ("green", "yellow"), health
 
-    wait_for(lambda: set(lifetime_pids(stored(jaeger, since, lost=killed))) >= set(started),
-             f"the lifetime spans of all {len(started)} processes", timeout=180)
+    wait_for(
+        lambda: set(lifetime_pids(stored(jaeger, since, lost=killed))) >= set(started),
+        f"the lifetime spans of all {len(started)} processes",
+        timeout=180,
+    )
     assert otelproc.stop(timeout=60) == 0
     stop_line = otelproc.wait_line("stopped;")
     exported = int(re.search(r"(\d+) exported", stop_line).group(1))

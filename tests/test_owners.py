@@ -22,10 +22,19 @@ def test_owner_is_the_name_in_the_process_own_passwd(sidecar, grpc_receiver, lon
     passwd.write_text(PASSWD)
     side = sidecar("--match", LONE_COMM, "--adopt", "false", endpoint=grpc_receiver.endpoint, env=QUIET)
     inside = subprocess.Popen(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-         f'mount --bind {passwd} /etc/passwd && exec {lone_python} -c "import os, sys; print(os.getpid(), flush=True); '
-         'sys.stdin.read()"'],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f'mount --bind {passwd} /etc/passwd && exec {lone_python} -c "import os, sys; print(os.getpid(), flush=True); '
+            'sys.stdin.read()"',
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         pid = int(inside.stdout.readline())

@@ -15,7 +15,15 @@ import pytest
 
 from support.ports import free_port
 from support.servers import (
-    APPS, SERVER, SETUPS, ask, assert_children_of, assert_each_names_its_worker, command, request_number, setup_env,
+    APPS,
+    SERVER,
+    SETUPS,
+    ask,
+    assert_children_of,
+    assert_each_names_its_worker,
+    command,
+    request_number,
+    setup_env,
     stop,
 )
 from support.subjects import MATCH_TEST
@@ -26,22 +34,47 @@ WORKER_CLASSES = ("uvicorn.workers.UvicornWorker", "sync")
 @pytest.mark.parametrize("preload", (False, True), ids=("", "preload"))
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 @pytest.mark.parametrize("setup", SETUPS)
-def test_gunicorn_workers_each_link_their_own_process_span(sidecar, grpc_receiver, test_python, setup, worker_class,
-                                                           preload):
+def test_gunicorn_workers_each_link_their_own_process_span(
+    sidecar, grpc_receiver, test_python, setup, worker_class, preload
+):
     """With --preload the master imports the app (and, set up in code, builds the TracerProvider)
     before it forks: each worker must still link to and name itself."""
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
     port = free_port()
     app = "shop:app" if worker_class != "sync" else "sync_shop:app"
-    argv = [test_python, "-m", "gunicorn", "-w", "2", "-k", worker_class, "-b", f"127.0.0.1:{port}",
-            "--chdir", str(APPS), *(["--preload"] if preload else []), app]
-    master = subprocess.Popen(command(setup, argv), env=setup_env(grpc_receiver.endpoint, setup),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    argv = [
+        test_python,
+        "-m",
+        "gunicorn",
+        "-w",
+        "2",
+        "-k",
+        worker_class,
+        "-b",
+        f"127.0.0.1:{port}",
+        "--chdir",
+        str(APPS),
+        *(["--preload"] if preload else []),
+        app,
+    ]
+    master = subprocess.Popen(
+        command(setup, argv),
+        env=setup_env(grpc_receiver.endpoint, setup),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         answered = ask(port, requests=20, workers=2)
         spans = grpc_receiver.wait_for(
-            lambda _: (found := {request_number(s): s for s in grpc_receiver.spans
-                                 if s.service == "shop" and s.kind == SERVER}).keys() >= answered.keys() and found
+            lambda _: (
+                (
+                    found := {
+                        request_number(s): s for s in grpc_receiver.spans if s.service == "shop" and s.kind == SERVER
+                    }
+                ).keys()
+                >= answered.keys()
+                and found
+            )
         )
     finally:
         stop(master)
@@ -56,8 +89,9 @@ def test_gunicorn_workers_each_link_their_own_process_span(sidecar, grpc_receive
 def test_fork_pool_tasks_link_the_worker_that_ran_them(sidecar, grpc_receiver, test_python, setup):
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
     argv = [test_python, str(APPS / "fork_pool.py"), "8"]
-    run = subprocess.run(command(setup, argv), env=setup_env(grpc_receiver.endpoint, setup),
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        command(setup, argv), env=setup_env(grpc_receiver.endpoint, setup), capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 0, run.stderr
     answer = json.loads(run.stdout)
     master = answer["master"]
@@ -65,8 +99,11 @@ def test_fork_pool_tasks_link_the_worker_that_ran_them(sidecar, grpc_receiver, t
     workers = set(answered.values())
     assert len(workers) == 2 and master not in workers
     spans = grpc_receiver.wait_for(
-        lambda _: (found := {s.attributes["task.n"]: s for s in grpc_receiver.spans if s.name == "task"}).keys()
-        >= answered.keys() and found
+        lambda _: (
+            (found := {s.attributes["task.n"]: s for s in grpc_receiver.spans if s.name == "task"}).keys()
+            >= answered.keys()
+            and found
+        )
     )
     grpc_receiver.wait_for(lambda _: all(grpc_receiver.of_pid(p) for p in workers | {master}))
     assert_each_names_its_worker(grpc_receiver, spans, answered, master)

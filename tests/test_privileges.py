@@ -57,14 +57,25 @@ def test_run_with_exactly_the_named_capabilities(grpc_receiver, tmp_path_factory
         shutil.copy("/bin/sleep", program)
         os.chmod(program, 0o755)
         nobody = subprocess.Popen(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-             "env", "OTEL_SERVICE_NAME=nobodysvc", program, "60"],
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "env",
+                "OTEL_SERVICE_NAME=nobodysvc",
+                program,
+                "60",
+            ],
         )
         time.sleep(0.5)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_"))}
-        env.update(OTEL_EXPORTER_OTLP_ENDPOINT=grpc_receiver.endpoint, OTEL_METRICS_EXPORTER="none",
-                   OTELPROC_STATE_FILE=str(tmp_path_factory.mktemp("state") / "state.json"),
-                   OTELPROC_PIN_DIR=pin_root.new_dir())
+        env.update(
+            OTEL_EXPORTER_OTLP_ENDPOINT=grpc_receiver.endpoint,
+            OTEL_METRICS_EXPORTER="none",
+            OTELPROC_STATE_FILE=str(tmp_path_factory.mktemp("state") / "state.json"),
+            OTELPROC_PIN_DIR=pin_root.new_dir(),
+        )
         args = ["--match", "otpnobody"]
         command = shlex.join([PYTHON, "-m", "otelproc", "run", *args])
         side = SidecarProcess(args, env, command=[*only(NEEDED), command])
@@ -97,8 +108,20 @@ def test_kernel_tests_pass_with_exactly_the_named_capabilities():
     run this very test.
     """
     selection = "not namespace and not same_pid and not privileges"
-    command = shlex.join([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
-                          "tests/test_kernel_events.py", "tests/test_run_spans.py"])
+    command = shlex.join(
+        [
+            PYTHON,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            selection,
+            "tests/test_kernel_events.py",
+            "tests/test_run_spans.py",
+        ]
+    )
     result = subprocess.run([*only(NEEDED), command], capture_output=True, text=True, cwd=REPO, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout

@@ -21,6 +21,7 @@ from otelproc.kernel.libbpf import LibbpfError
 from otelproc.kernel.probe import Probe, ProbeConfig
 from otelproc.kernel.record import DEFAULT_OBJECT, EventLayout
 
+
 def test_a_new_field_needs_no_python_mirror(tmp_path):
     """A field added to the header is decoded by name, from a rebuilt object, with nothing else edited."""
     bpf = tmp_path / "bpf"
@@ -72,8 +73,11 @@ def test_a_pinned_probe_whose_records_cannot_be_read_is_refused_with_what_to_do(
         with monkeypatch.context() as patched:  # pinned as an otelproc that reads vpid_renamed would
             patched.setattr(decoder, "check_layout", lambda layout: None)
             Probe(ProbeConfig(object_path=built, pin_dir=pin_dir), lambda raw: None).close()
-        with pytest.raises(LibbpfError, match=r"writes records this otelproc cannot read \(its struct event has "
-                                              r"no field vpid\); remove it with `otelproc detach`"):
+        with pytest.raises(
+            LibbpfError,
+            match=r"writes records this otelproc cannot read \(its struct event has "
+            r"no field vpid\); remove it with `otelproc detach`",
+        ):
             Probe(ProbeConfig(pin_dir=pin_dir), lambda raw: None)
     finally:
         pin_root.remove(pin_dir)

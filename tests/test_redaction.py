@@ -21,11 +21,18 @@ SECRETS = ("hunter2", "tok3n-value", "pw1234", "k3y-value", "envsecret")
 def test_secrets_never_leave(sidecar, grpc_receiver, test_python, tmp_path):
     side = sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint, env=QUIET)
     argv = ["pass", "--password=hunter2", "--token", "tok3n-value", "postgres://app:pw1234@db/x", "API_KEY=k3y-value"]
-    child = spawn(test_python, *argv, env={"PATH": "/usr/bin", "DB_PASSWORD": "envsecret", "OTEL_SERVICE_NAME": "vault"})
+    child = spawn(
+        test_python, *argv, env={"PATH": "/usr/bin", "DB_PASSWORD": "envsecret", "OTEL_SERVICE_NAME": "vault"}
+    )
     assert child.wait(30) == 0
     (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
     assert span.attributes["process.command_args"][2:] == [
-        "pass", "--password=***", "--token", "***", "postgres://app:***@db/x", "API_KEY=***",
+        "pass",
+        "--password=***",
+        "--token",
+        "***",
+        "postgres://app:***@db/x",
+        "API_KEY=***",
     ]
     assert span.service == "vault"
     assert side.stop() == 0
@@ -46,12 +53,20 @@ def test_redaction_can_be_switched_off(sidecar, grpc_receiver, test_python):
 
 def test_events_redacts_argv(lone_python):
     """`otelproc events` honours --redact as `run` does."""
-    events = subprocess.Popen([PYTHON, "-m", "otelproc", "events", "--match", LONE_COMM], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events = subprocess.Popen(
+        [PYTHON, "-m", "otelproc", "events", "--match", LONE_COMM],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "attached" in events.stderr.readline()
-        child = subprocess.run([lone_python, "-c", "pass", "--password=hunter2", "-H", "Authorization: Bearer t0k3n"],
-                               timeout=30, env={"PATH": "/usr/bin"})
+        child = subprocess.run(
+            [lone_python, "-c", "pass", "--password=hunter2", "-H", "Authorization: Bearer t0k3n"],
+            timeout=30,
+            env={"PATH": "/usr/bin"},
+        )
         assert child.returncode == 0
         time.sleep(0.5)
     finally:

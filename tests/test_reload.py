@@ -15,7 +15,14 @@ import httpx
 
 from support.ports import free_port
 from support.servers import (
-    APPS, BATCH_DELAY_MS, SERVER, assert_children_of, assert_each_names_its_worker, command, request_number, setup_env,
+    APPS,
+    BATCH_DELAY_MS,
+    SERVER,
+    assert_children_of,
+    assert_each_names_its_worker,
+    command,
+    request_number,
+    setup_env,
     stop,
 )
 from support.subjects import MATCH_TEST
@@ -27,11 +34,23 @@ def test_uvicorn_reload_each_server_lifetime_has_its_requests(sidecar, grpc_rece
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
     apps = shutil.copytree(APPS, tmp_path / "apps", ignore=shutil.ignore_patterns("__pycache__"))
     port = free_port()
-    argv = [test_python, "-m", "uvicorn", "shop:app", "--app-dir", str(apps), "--port", str(port),
-            "--reload", "--reload-dir", str(apps)]
+    argv = [
+        test_python,
+        "-m",
+        "uvicorn",
+        "shop:app",
+        "--app-dir",
+        str(apps),
+        "--port",
+        str(port),
+        "--reload",
+        "--reload-dir",
+        str(apps),
+    ]
     env = {**setup_env(grpc_receiver.endpoint, "zero-code"), "OTEL_BSP_SCHEDULE_DELAY": BATCH_DELAY_MS}
-    reloader = subprocess.Popen(command("zero-code", argv), env=env,
-                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "uvicorn.log", "w"))
+    reloader = subprocess.Popen(
+        command("zero-code", argv), env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "uvicorn.log", "w")
+    )
     answered: dict[int, int] = {}
 
     def ask_until(servers: int, per_server: int = 5, timeout: float = 40) -> None:
@@ -68,4 +87,7 @@ def test_uvicorn_reload_each_server_lifetime_has_its_requests(sidecar, grpc_rece
     assert ended.end_ns <= started.start_ns, "the first server's lifetime ends before the next one starts"
     assert ended.name == started.name == "uvicorn worker"
     assert grpc_receiver.of_pid(reloader.pid)[0].name == "uvicorn"
-    assert ended.attributes["otelproc.exit.reason"] == f"stopped by SIGTERM from pid {reloader.pid} ({ended.attributes['process.executable.name']})"
+    assert (
+        ended.attributes["otelproc.exit.reason"]
+        == f"stopped by SIGTERM from pid {reloader.pid} ({ended.attributes['process.executable.name']})"
+    )

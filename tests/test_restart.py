@@ -66,9 +66,16 @@ class Storm:
 # The names an older otelproc gave the probe's maps and programs, not all beginning with otelproc: the
 # upgrade test's old version (old_otelproc) uses them.
 NAMES_BEFORE = {
-    "otelproc_exec": "handle_exec", "otelproc_fork": "handle_fork", "otelproc_exit": "handle_exit",
-    "otelproc_signal": "handle_signal", "otelproc_oom": "handle_oom_victim", "otelproc_match": "match_exe_names",
-    "otelproc_track": "tracked", "otelproc_ring": "events", "otelproc_lost": "lost", "otelproc_heap": "scratch",
+    "otelproc_exec": "handle_exec",
+    "otelproc_fork": "handle_fork",
+    "otelproc_exit": "handle_exit",
+    "otelproc_signal": "handle_signal",
+    "otelproc_oom": "handle_oom_victim",
+    "otelproc_match": "match_exe_names",
+    "otelproc_track": "tracked",
+    "otelproc_ring": "events",
+    "otelproc_lost": "lost",
+    "otelproc_heap": "scratch",
     "otelproc_scope": "scope_cgroups",
 }
 
@@ -102,13 +109,25 @@ def stop_first(side, how: str) -> None:
         assert side.stop() == 0
 
 
-@pytest.mark.parametrize("how,version", [("kill", "same"), ("sigterm", "same"), ("sigterm", "upgrade"),
-                                         ("kill", "upgrade")])
-def test_restart_loses_nothing_and_duplicates_nothing(how, version, sidecar, grpc_receiver, test_python, pin_root,
-                                                      tmp_path, request):
+@pytest.mark.parametrize(
+    "how,version", [("kill", "same"), ("sigterm", "same"), ("sigterm", "upgrade"), ("kill", "upgrade")]
+)
+def test_restart_loses_nothing_and_duplicates_nothing(
+    how, version, sidecar, grpc_receiver, test_python, pin_root, tmp_path, request
+):
     pin_dir = pin_root.new_dir()
-    args = ("--match", TEST_COMM, "--state-file", str(tmp_path / "state.json"), "--pin-dir", pin_dir,
-            "--sweep-interval", "0.5", "--start-span-delay", "0.2")
+    args = (
+        "--match",
+        TEST_COMM,
+        "--state-file",
+        str(tmp_path / "state.json"),
+        "--pin-dir",
+        pin_dir,
+        "--sweep-interval",
+        "0.5",
+        "--start-span-delay",
+        "0.2",
+    )
     first_tree = request.getfixturevalue("old_otelproc") if version == "upgrade" else REPO
     first = sidecar(*args, endpoint=grpc_receiver.endpoint, env=QUIET, cwd=first_tree)
     if version == "upgrade":  # pinned under the names of before: the takeover must find its maps all the same
@@ -141,8 +160,13 @@ def test_restart_loses_nothing_and_duplicates_nothing(how, version, sidecar, grp
     time.sleep(1.5)  # a duplicate, if one were sent, would be here by now
     assert second.stop() == 0
 
-    ends = {a.pid: (a_end, 3), b.pid: (b_end, 4), c.pid: (c_end, 5), gap.pid: (gap_end, 6),
-            **{pid: (t, 6) for pid, t in storm_exits.items()}}
+    ends = {
+        a.pid: (a_end, 3),
+        b.pid: (b_end, 4),
+        c.pid: (c_end, 5),
+        gap.pid: (gap_end, 6),
+        **{pid: (t, 6) for pid, t in storm_exits.items()},
+    }
     for pid, (end, status) in ends.items():
         spans = grpc_receiver.of_pid(pid)
         assert len(spans) == 1, f"pid {pid}: {len(spans)} lifetime spans"
@@ -170,8 +194,14 @@ def test_restart_loses_nothing_and_duplicates_nothing(how, version, sidecar, grp
 
 def test_a_second_instance_is_refused(sidecar, grpc_receiver):
     first = sidecar("--match", TEST_COMM, endpoint=grpc_receiver.endpoint, env=QUIET)
-    result = subprocess.run([PYTHON, "-m", "otelproc", "run", "--match", TEST_COMM, "--duration", "5"],
-                            cwd=REPO, env=first.env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [PYTHON, "-m", "otelproc", "run", "--match", TEST_COMM, "--duration", "5"],
+        cwd=REPO,
+        env=first.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"another otelproc (pid {first.proc.pid}) owns the pinned probe" in lines[0], lines
@@ -181,8 +211,18 @@ def test_a_second_instance_is_refused(sidecar, grpc_receiver):
 
 def test_state_file_of_another_boot_is_not_resumed(sidecar, grpc_receiver, test_python, tmp_path):
     path = tmp_path / "state.json"
-    first = sidecar("--match", TEST_COMM, "--adopt", "false", "--state-file", str(path), "--start-span-delay", "3600",
-                    endpoint=grpc_receiver.endpoint, env=QUIET)
+    first = sidecar(
+        "--match",
+        TEST_COMM,
+        "--adopt",
+        "false",
+        "--state-file",
+        str(path),
+        "--start-span-delay",
+        "3600",
+        endpoint=grpc_receiver.endpoint,
+        env=QUIET,
+    )
     child = waiting(test_python, 0)
     try:
         time.sleep(1.5)
@@ -194,8 +234,9 @@ def test_state_file_of_another_boot_is_not_resumed(sidecar, grpc_receiver, test_
     saved["boot_id"] = "00000000-0000-0000-0000-000000000000"
     path.write_text(json.dumps(saved))
     # A fresh pin directory: the first probe would hold the child's exit, and this is about the file.
-    second = sidecar("--match", TEST_COMM, "--adopt", "false", "--state-file", str(path),
-                     endpoint=grpc_receiver.endpoint, env=QUIET)
+    second = sidecar(
+        "--match", TEST_COMM, "--adopt", "false", "--state-file", str(path), endpoint=grpc_receiver.endpoint, env=QUIET
+    )
     (line,) = [line for line in second.lines if "state file" in line]
     assert "from another boot" in line and "not resumed" in line
     time.sleep(1)
@@ -214,8 +255,9 @@ def test_detach_leaves_no_program_and_no_pin(sidecar, grpc_receiver, tmp_path):
     shown = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
     assert all(f"{i}: " in shown for i in prog_ids)
 
-    result = subprocess.run([PYTHON, "-m", "otelproc", "detach"], cwd=REPO, env=side.env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [PYTHON, "-m", "otelproc", "detach"], cwd=REPO, env=side.env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "removed the probe pinned in" in result.stderr
     time.sleep(0.2)  # links go after their last reference, through RCU
@@ -223,15 +265,15 @@ def test_detach_leaves_no_program_and_no_pin(sidecar, grpc_receiver, tmp_path):
     assert not any(libbpf.prog_exists(i) for i in prog_ids)
     shown = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
     assert not any(line.startswith(f"{i}: ") for line in shown.splitlines() for i in prog_ids)
-    again = subprocess.run([PYTHON, "-m", "otelproc", "detach"], cwd=REPO, env=side.env,
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [PYTHON, "-m", "otelproc", "detach"], cwd=REPO, env=side.env, capture_output=True, text=True, timeout=60
+    )
     assert again.returncode == 0 and "nothing pinned" in again.stderr
 
 
 def test_without_bpffs_the_state_file_bounds_what_ended_unseen(sidecar, grpc_receiver, test_python, tmp_path):
     path, not_bpffs = tmp_path / "state.json", tmp_path / "pins"
-    args = ("--match", TEST_COMM, "--state-file", str(path), "--pin-dir", str(not_bpffs),
-            "--start-span-delay", "0.2")
+    args = ("--match", TEST_COMM, "--state-file", str(path), "--pin-dir", str(not_bpffs), "--start-span-delay", "0.2")
     first = sidecar(*args, endpoint=grpc_receiver.endpoint, env=QUIET)
     (warning,) = [line for line in first.lines if "not pinning" in line]
     assert f"{not_bpffs} is not on a bpffs mount" in warning
@@ -274,8 +316,19 @@ def test_takeover_takes_what_both_probes_saw_once(old_object, pin_root, tmp_path
     shell = tmp_path / "otpoverlap"
     shutil.copy("/bin/sh", shell)
     pin_dir = pin_root.new_dir()
-    args = ["run", "--match", "otpoverlap", "--exporter", "console", "--state-file", "", "--pin-dir", pin_dir,
-            "--usage", "cpu,memory,faults"]
+    args = [
+        "run",
+        "--match",
+        "otpoverlap",
+        "--exporter",
+        "console",
+        "--state-file",
+        "",
+        "--pin-dir",
+        pin_dir,
+        "--usage",
+        "cpu,memory,faults",
+    ]
     settings = config.resolve("run", cli.build_parser().parse_args(args))
     new = ProbeConfig.from_settings(settings, Path(pin_dir))
     old = replace(new, max_tracked=1024) if old_object == "shipped" else replace(new, object_path=FLAT_OBJECT)
@@ -292,8 +345,11 @@ def test_takeover_takes_what_both_probes_saw_once(old_object, pin_root, tmp_path
             assert (x, y.wait()) == (6, 7)
             sidecar.carryover.take_over(probe, sidecar.on_record)
             probe.poll(0)
-        mine = {s.attributes["process.exit.code"]: s.attributes for s in spans.get_finished_spans()
-                if s.attributes.get("process.executable.name") == "otpoverlap"}
+        mine = {
+            s.attributes["process.exit.code"]: s.attributes
+            for s in spans.get_finished_spans()
+            if s.attributes.get("process.executable.name") == "otpoverlap"
+        }
         assert sorted(mine) == [6, 7], "each exit once, the overlap's from the old ring"
         used = mine[6]  # X's exit, read from the old ring in the old layout
         assert used["process.cpu.time.user"] + used["process.cpu.time.system"] > 0.001, used
@@ -333,8 +389,18 @@ def test_a_resumed_probe_matches_what_this_otelproc_was_told(pin_root, tmp_path)
 
 def test_kill9_and_restart_lose_nothing_duplicate_nothing(sidecar, grpc_receiver, test_python, tmp_path):
     # No pinning: what the state file alone carries across (test_restart.py has the pinned probe).
-    args = ("--match", TEST_COMM, "--state-file", str(tmp_path / "state.json"), "--pin-dir", "",
-            "--sweep-interval", "0.3", "--start-span-delay", "0.2")
+    args = (
+        "--match",
+        TEST_COMM,
+        "--state-file",
+        str(tmp_path / "state.json"),
+        "--pin-dir",
+        "",
+        "--sweep-interval",
+        "0.3",
+        "--start-span-delay",
+        "0.2",
+    )
     first = sidecar(*args, endpoint=grpc_receiver.endpoint, env=QUIET)
     waiting = "import sys; sys.stdin.read()"
     a = spawn(test_python, waiting, "a", stdin=subprocess.PIPE)
@@ -358,7 +424,10 @@ def test_kill9_and_restart_lose_nothing_duplicate_nothing(sidecar, grpc_receiver
         (lifetime,) = grpc_receiver.of_pid(p.pid)
         assert len(grpc_receiver.of_pid(p.pid, "started")) == 1, f"one 'started' span for {p.args}"
         (started,) = grpc_receiver.of_pid(p.pid, "started")  # the process span, with the scheme's id
-        assert started.span_id == expected_ids(HOST_PIDNS, p.pid, int(lifetime.attributes["otelproc.process.key"].split("/")[3]))[1]
+        assert (
+            started.span_id
+            == expected_ids(HOST_PIDNS, p.pid, int(lifetime.attributes["otelproc.process.key"].split("/")[3]))[1]
+        )
         assert lifetime.parent_span_id == started.span_id
     (a_span,) = grpc_receiver.of_pid(a.pid)
     assert a_span.attributes["otelproc.start.source"] == "exec"  # carried over from the state file
@@ -386,21 +455,34 @@ def test_sigterm_records_state_0600(sidecar, grpc_receiver, test_python, tmp_pat
         child.communicate(b"")
 
 
-def test_a_state_file_that_cannot_be_written_is_counted_and_the_loop_goes_on(sidecar, grpc_receiver, lone_python,
-                                                                               tmp_path):
+def test_a_state_file_that_cannot_be_written_is_counted_and_the_loop_goes_on(
+    sidecar, grpc_receiver, lone_python, tmp_path
+):
     """A stage that fails (here: the state file) is counted by stage, logged at most every
     few seconds, and the sidecar goes on making spans."""
     path = tmp_path / "state.json"
-    side = sidecar("--match", LONE_COMM, "--adopt", "false", "--state-file", str(path), "--sweep-interval", "0.2",
-                   endpoint=grpc_receiver.endpoint, env={"OTEL_METRIC_EXPORT_INTERVAL": "1000"})
+    side = sidecar(
+        "--match",
+        LONE_COMM,
+        "--adopt",
+        "false",
+        "--state-file",
+        str(path),
+        "--sweep-interval",
+        "0.2",
+        endpoint=grpc_receiver.endpoint,
+        env={"OTEL_METRIC_EXPORT_INTERVAL": "1000"},
+    )
     (tmp_path / "state.json.tmp").mkdir()  # where each save writes first: every save fails now
     child = subprocess.Popen([lone_python, "-c", "pass"], env={"PATH": "/usr/bin"})  # a change to write
     assert child.wait(30) == 0
     grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
     # The state file is written (here: tried) every second while it is behind the table.
     points = grpc_receiver.wait_for(
-        lambda _: (m := grpc_receiver.metric_points()).get(("otelproc.failures", (("stage", "state_file"),)), 0) >= 3
-        and m)
+        lambda _: (
+            (m := grpc_receiver.metric_points()).get(("otelproc.failures", (("stage", "state_file"),)), 0) >= 3 and m
+        )
+    )
     assert points[("otelproc.failures", (("stage", "state_file"),))] >= 3
     assert side.proc.poll() is None
     assert side.stop() == 0

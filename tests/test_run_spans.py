@@ -27,7 +27,8 @@ def test_uvicorn_master_and_workers_form_one_trace(sidecar, grpc_receiver, test_
     port = free_port()
     master = subprocess.Popen(
         [test_python, "-m", "uvicorn", "hello:app", "--app-dir", str(APPS), "--port", str(port), "--workers", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         workers = set()
@@ -141,14 +142,20 @@ def test_two_processes_with_the_same_pid_get_two_spans(sidecar, grpc_receiver, t
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
     out = subprocess.run(
         ["unshare", "--pid", "--fork", "--mount-proc", test_python, "-c", SAME_PID_TWICE],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout.split()
     (pid_a, ticks_a), (pid_b, ticks_b), pidns = (out[0], out[1]), (out[2], out[3]), int(out[4])
     assert pid_a == pid_b == "100" and ticks_a != ticks_b
 
     def both(spans):
-        return [s for s in grpc_receiver.lifetimes() if s.attributes["process.vpid"] == 100 and
-                s.attributes["otelproc.process.key"].split("/")[1] == str(pidns)]
+        return [
+            s
+            for s in grpc_receiver.lifetimes()
+            if s.attributes["process.vpid"] == 100 and s.attributes["otelproc.process.key"].split("/")[1] == str(pidns)
+        ]
 
     spans = grpc_receiver.wait_for(lambda _: len(both(_)) == 2 and both(_))
     assert {s.span_id for s in spans} == {expected_ids(pidns, 100, int(t))[1] for t in (ticks_a, ticks_b)}
@@ -203,7 +210,9 @@ def test_running_process_is_visible_within_5_seconds(sidecar, grpc_receiver, tes
 def test_services_share_one_export_grouped_by_resource(sidecar, grpc_receiver, test_python):
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint, env={"OTEL_BSP_SCHEDULE_DELAY": "3000"})
     children = [
-        subprocess.Popen([test_python, "-c", "pass"], env={"OTEL_SERVICE_NAME": name, "OTEL_RESOURCE_ATTRIBUTES": f"team={name}x"})
+        subprocess.Popen(
+            [test_python, "-c", "pass"], env={"OTEL_SERVICE_NAME": name, "OTEL_RESOURCE_ATTRIBUTES": f"team={name}x"}
+        )
         for name in ("alpha", "beta")
     ]
     for child in children:
@@ -212,17 +221,29 @@ def test_services_share_one_export_grouped_by_resource(sidecar, grpc_receiver, t
     by_service = {grpc_receiver.of_pid(c.pid)[0].service: grpc_receiver.of_pid(c.pid)[0] for c in children}
     assert by_service["alpha"].resource["team"] == "alphax" and by_service["beta"].resource["team"] == "betax"
     mixed = [
-        r for r in grpc_receiver.requests
-        if {rs.resource.attributes[0].key for rs in r.resource_spans} and
-        {kv.value.string_value for rs in r.resource_spans for kv in rs.resource.attributes if kv.key == "service.name"}
+        r
+        for r in grpc_receiver.requests
+        if {rs.resource.attributes[0].key for rs in r.resource_spans}
+        and {
+            kv.value.string_value
+            for rs in r.resource_spans
+            for kv in rs.resource.attributes
+            if kv.key == "service.name"
+        }
         >= {"alpha", "beta"}
     ]
     assert mixed, "alpha and beta spans should travel in one export request, as two resources"
 
 
 def test_malformed_input_is_ignored_and_counted(sidecar, grpc_receiver, test_python, tmp_path):
-    side = sidecar("--match", "python-otp*", "--adopt", "false", endpoint=grpc_receiver.endpoint,
-                   env={"OTEL_METRIC_EXPORT_INTERVAL": "300"})
+    side = sidecar(
+        "--match",
+        "python-otp*",
+        "--adopt",
+        "false",
+        endpoint=grpc_receiver.endpoint,
+        env={"OTEL_METRIC_EXPORT_INTERVAL": "300"},
+    )
     bad_env = {"OTEL_RESOURCE_ATTRIBUTES": "=nokey,novalue,team=ok", "TRACEPARENT": "00-zzzz-01", "PATH": "/usr/bin"}
     first = spawn(test_python, "pass", env=bad_env)
     # A name, an argument and a path that are not UTF-8, through a link named with a 0xff byte
@@ -234,8 +255,13 @@ def test_malformed_input_is_ignored_and_counted(sidecar, grpc_receiver, test_pyt
     second = os.posix_spawn(link, [link, b"-c", b"pass", b"arg-\xfe"], {b"PATH": b"/usr/bin"})
     big = spawn(test_python, "pass", "y" * 100_000)
     assert first.wait(30) == 0 and os.waitpid(second, 0)[1] == 0 and big.wait(30) == 0
-    spans = grpc_receiver.wait_for(lambda _: [grpc_receiver.of_pid(p) for p in (first.pid, second, big.pid)]
-                                   if all(grpc_receiver.of_pid(p) for p in (first.pid, second, big.pid)) else None)
+    spans = grpc_receiver.wait_for(
+        lambda _: (
+            [grpc_receiver.of_pid(p) for p in (first.pid, second, big.pid)]
+            if all(grpc_receiver.of_pid(p) for p in (first.pid, second, big.pid))
+            else None
+        )
+    )
     (first_span,), (odd_span,), (big_span,) = spans
     assert first_span.resource["team"] == "ok" and first_span.service == "otelproc"
     assert first_span.parent_span_id == "" and first_span.status == "OK"
@@ -245,8 +271,11 @@ def test_malformed_input_is_ignored_and_counted(sidecar, grpc_receiver, test_pyt
     assert big_span.attributes["otelproc.truncated"] == ["argv"]
     assert len(big_span.attributes["process.command_args"][-1]) < 100_000
     points = grpc_receiver.wait_for(
-        lambda _: (m := grpc_receiver.metric_points()).get(("otelproc.input.malformed", (("what", "traceparent"),)))
-        and m.get(("otelproc.input.malformed", (("what", "resource_attributes"),))) and m
+        lambda _: (
+            (m := grpc_receiver.metric_points()).get(("otelproc.input.malformed", (("what", "traceparent"),)))
+            and m.get(("otelproc.input.malformed", (("what", "resource_attributes"),)))
+            and m
+        )
     )
     assert points[("otelproc.input.malformed", (("what", "traceparent"),))] == 1
     assert points[("otelproc.input.malformed", (("what", "resource_attributes"),))] == 2

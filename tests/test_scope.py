@@ -37,7 +37,10 @@ def events_in_new_pidns(test_python: str, scope: str) -> tuple[int, list[dict]]:
     """The pid (as seen inside) of the child started inside, and the events otelproc reported in there."""
     driver = subprocess.Popen(
         ["unshare", "--pid", "--fork", "--mount-proc", PYTHON, "-c", INSIDE, test_python, scope, PYTHON, TEST_COMM],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert driver.stdout.readline().strip() == "ready"
@@ -52,7 +55,9 @@ def events_in_new_pidns(test_python: str, scope: str) -> tuple[int, list[dict]]:
             driver.kill()
             driver.wait()
     assert last.startswith("events ")
-    events = [json.loads(chunk) for chunk in last[len("events "):].replace("} {", "}\n{").splitlines() if chunk.strip()]
+    events = [
+        json.loads(chunk) for chunk in last[len("events ") :].replace("} {", "}\n{").splitlines() if chunk.strip()
+    ]
     return inside, events
 
 
@@ -95,7 +100,10 @@ def cgroup_dir(tmp_path):
 def test_cgroup_scope_sees_only_processes_in_it(test_python, cgroup_dir):
     events = subprocess.Popen(
         [PYTHON, "-m", "otelproc", "events", "--match", TEST_COMM, "--scope", f"cgroup={cgroup_dir}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
     def move_into_cgroup() -> None:
@@ -123,9 +131,26 @@ def test_host_and_cgroup_scope_are_refused_inside_a_pid_namespace(scope):
     """Inside a pid namespace --scope host and cgroup=... are refused: the kernel would number processes as the
     host does, /proc as the namespace does."""
     result = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", PYTHON, "-m", "otelproc", "run", "--scope", scope,
-         "--duration", "1", "--exporter", "console"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            PYTHON,
+            "-m",
+            "otelproc",
+            "run",
+            "--scope",
+            scope,
+            "--duration",
+            "1",
+            "--exporter",
+            "console",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

@@ -56,8 +56,12 @@ def env(endpoint: str, setup: str = "zero-code") -> dict[str, str]:
 def test_single_uvicorn_flushes_its_last_request_on_sigterm(sidecar, grpc_receiver, test_python, setup):
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
     port = free_port()
-    server = subprocess.Popen(command(setup, uvicorn(test_python, port)), env=env(grpc_receiver.endpoint, setup),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        command(setup, uvicorn(test_python, port)),
+        env=env(grpc_receiver.endpoint, setup),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         served = get_pids(port, "/", want=1)
         assert list(served) == [server.pid], "one process (opentelemetry-instrument execs uvicorn)"
@@ -74,8 +78,12 @@ def test_uvicorn_worker_flushes_its_last_request_on_sigterm(sidecar, grpc_receiv
     """Set up in code, enable() runs as the worker's uvicorn imports the app, with uvicorn's handler in place."""
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
     port = free_port()
-    master = subprocess.Popen(command(setup, uvicorn(test_python, port, "--workers", "2")),
-                              env=env(grpc_receiver.endpoint, setup), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    master = subprocess.Popen(
+        command(setup, uvicorn(test_python, port, "--workers", "2")),
+        env=env(grpc_receiver.endpoint, setup),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         (worker, requests), *_ = get_pids(port, "/", want=1).items()
         assert worker in {c.pid for c in psutil.Process(master.pid).children()}
@@ -89,10 +97,26 @@ def test_gunicorn_uvicorn_worker_flushes_its_last_request_on_sigterm(sidecar, gr
     uvicorn starts: uvicorn finds the default, not the app side's handler, and raises SIGTERM with it."""
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
     port = free_port()
-    argv = [test_python, "-m", "gunicorn", "-w", "1", "-k", "uvicorn.workers.UvicornWorker", "-b", f"127.0.0.1:{port}",
-            "--chdir", str(APPS), "shop:app"]
-    master = subprocess.Popen(command("zero-code", argv), env=env(grpc_receiver.endpoint),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = [
+        test_python,
+        "-m",
+        "gunicorn",
+        "-w",
+        "1",
+        "-k",
+        "uvicorn.workers.UvicornWorker",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--chdir",
+        str(APPS),
+        "shop:app",
+    ]
+    master = subprocess.Popen(
+        command("zero-code", argv),
+        env=env(grpc_receiver.endpoint),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         ((worker, requests),) = get_pids(port, "/", want=1).items()
         assert_worker_flushes_on_sigterm(grpc_receiver, worker, requests, "gunicorn")

@@ -135,8 +135,15 @@ def test_stop_within_the_timeout_keeps_spans_for_the_next_start(
     sidecar, silent_collector, grpc_receiver, http_receiver, test_python, tmp_path, collector, protocol
 ):
     endpoint = silent_collector.endpoint if collector == "silent" else f"http://127.0.0.1:{free_port()}"
-    args = (*MATCH_TEST, "--state-file", str(tmp_path / "state.json"), "--otlp-protocol", protocol,
-            "--start-span-delay", "3600")
+    args = (
+        *MATCH_TEST,
+        "--state-file",
+        str(tmp_path / "state.json"),
+        "--otlp-protocol",
+        protocol,
+        "--start-span-delay",
+        "3600",
+    )
     first = sidecar(*args, endpoint=endpoint, env=QUIET)
     before = run_all(test_python, 5, "before")
     time.sleep(1)  # read from the ring buffer and queued; the exporter is stuck, or retrying
@@ -159,8 +166,17 @@ def test_stop_within_the_timeout_keeps_spans_for_the_next_start(
 
 
 def test_a_second_signal_ends_the_stop_at_once(sidecar, silent_collector, test_python, tmp_path):
-    side = sidecar(*MATCH_TEST, "--state-file", str(tmp_path / "state.json"), "--stop-timeout", "60",
-                   "--start-span-delay", "3600", endpoint=silent_collector.endpoint, env=QUIET)
+    side = sidecar(
+        *MATCH_TEST,
+        "--state-file",
+        str(tmp_path / "state.json"),
+        "--stop-timeout",
+        "60",
+        "--start-span-delay",
+        "3600",
+        endpoint=silent_collector.endpoint,
+        env=QUIET,
+    )
     run_all(test_python, 3, "stuck")
     time.sleep(1)
     side.proc.send_signal(signal.SIGTERM)
@@ -172,8 +188,17 @@ def test_a_second_signal_ends_the_stop_at_once(sidecar, silent_collector, test_p
 
 
 def test_without_a_state_file_unsent_spans_are_dropped_and_said(sidecar, silent_collector, test_python):
-    side = sidecar(*MATCH_TEST, "--state-file", "", "--stop-timeout", "0.5", "--start-span-delay", "3600",
-                   endpoint=silent_collector.endpoint, env=QUIET)
+    side = sidecar(
+        *MATCH_TEST,
+        "--state-file",
+        "",
+        "--stop-timeout",
+        "0.5",
+        "--start-span-delay",
+        "3600",
+        endpoint=silent_collector.endpoint,
+        env=QUIET,
+    )
     run_all(test_python, 2, "nowhere")
     time.sleep(1)
     code, took = stop_with(side, signal.SIGTERM)

@@ -34,11 +34,20 @@ def run_batch(test_python: str, status: int, n: int = 3) -> list[int]:
     return pids
 
 
-def test_an_unread_probe_records_no_new_lifetime_past_the_limit(sidecar, grpc_receiver, test_python, pin_root,
-                                                                 tmp_path):
+def test_an_unread_probe_records_no_new_lifetime_past_the_limit(
+    sidecar, grpc_receiver, test_python, pin_root, tmp_path
+):
     pin_dir = pin_root.new_dir()
-    args = ["--match", TEST_COMM, "--adopt", "false", "--state-file", str(tmp_path / "state.json"),
-            "--pin-dir", pin_dir]
+    args = [
+        "--match",
+        TEST_COMM,
+        "--adopt",
+        "false",
+        "--state-file",
+        str(tmp_path / "state.json"),
+        "--pin-dir",
+        pin_dir,
+    ]
     first = sidecar(*args, "--unattended-limit", str(LIMIT_S), endpoint=grpc_receiver.endpoint, env=QUIET)
     tracked = waiting(test_python, 5)  # begins while read: its exit is recorded whenever it comes
     grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(tracked.pid, "started"))
@@ -77,8 +86,9 @@ def test_an_unread_probe_records_no_new_lifetime_past_the_limit(sidecar, grpc_re
 
 def test_a_probe_that_is_read_skips_nothing_past_the_limit(sidecar, grpc_receiver, test_python):
     """The reader stamps the probe at every poll: however long otelproc runs, the limit never bites."""
-    side = sidecar("--match", TEST_COMM, "--adopt", "false", "--unattended-limit", "1",
-                   endpoint=grpc_receiver.endpoint, env=QUIET)
+    side = sidecar(
+        "--match", TEST_COMM, "--adopt", "false", "--unattended-limit", "1", endpoint=grpc_receiver.endpoint, env=QUIET
+    )
     pids = []
     for _ in range(6):  # over some three times the limit
         pids += run_batch(test_python, 6, 1)
@@ -95,11 +105,17 @@ def test_a_probe_older_than_the_limit_is_taken_over_without_one(pin_root, tmp_pa
     never had."""
     subprocess.run(f"git -C {REPO} archive effee35 otelproc | tar -x -C {tmp_path}", shell=True, check=True)
     pin_dir = Path(pin_root.new_dir())
-    pin_old = (f"from otelproc.kernel.probe import Probe, ProbeConfig; from otelproc.matching import MatchRule; "
-               f"Probe(ProbeConfig(match=(MatchRule('otpnobody'),), pin_dir=Path({str(pin_dir)!r})), print).close()")
+    pin_old = (
+        f"from otelproc.kernel.probe import Probe, ProbeConfig; from otelproc.matching import MatchRule; "
+        f"Probe(ProbeConfig(match=(MatchRule('otpnobody'),), pin_dir=Path({str(pin_dir)!r})), print).close()"
+    )
     try:
-        subprocess.run([PYTHON, "-c", "from pathlib import Path; " + pin_old], cwd=tmp_path, check=True,
-                       env={**os.environ, "PYTHONPATH": str(tmp_path)})
+        subprocess.run(
+            [PYTHON, "-c", "from pathlib import Path; " + pin_old],
+            cwd=tmp_path,
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        )
         with Probe(ProbeConfig(match=(MatchRule("otpnobody"),), pin_dir=pin_dir), lambda raw: None) as probe:
             assert probe.previous is not None and probe.last_read is None
             assert probe.previous.lost() == {"ringbuf_full": 0, "tracked_map_full": 0}

@@ -30,8 +30,11 @@ def wait_ready(child: subprocess.Popen) -> None:
 
 def test_sigkill_names_the_process_that_sent_it(sidecar, grpc_receiver, test_python):
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
-    child = subprocess.Popen([test_python, "-c", "print('ready', flush=True); import time; time.sleep(60)"],
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [test_python, "-c", "print('ready', flush=True); import time; time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     wait_ready(child)
     killer = subprocess.Popen(["/bin/kill", "-KILL", str(child.pid)])
     assert killer.wait() == 0
@@ -80,8 +83,11 @@ def test_a_server_that_handles_sigterm_and_reraises_it_stopped_cleanly(sidecar, 
 
 def test_clean_signals_is_a_setting(sidecar, grpc_receiver, test_python):
     sidecar(*MATCH_TEST, "--clean-signals", "INT", endpoint=grpc_receiver.endpoint)
-    child = subprocess.Popen([test_python, "-c", "print('ready', flush=True); import time; time.sleep(60)"],
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [test_python, "-c", "print('ready', flush=True); import time; time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     wait_ready(child)
     child.terminate()
     assert child.wait() == -signal.SIGTERM
@@ -95,7 +101,9 @@ def test_sigsegv_is_an_error_from_the_kernel(sidecar, grpc_receiver, test_python
     crash = "import ctypes; ctypes.string_at(0)"
     plain = subprocess.Popen([test_python, "-c", crash], cwd=tmp_path, stderr=subprocess.DEVNULL)
     # faulthandler catches the fault, prints a traceback, then raises SIGSEGV again itself.
-    handled = subprocess.Popen([test_python, "-X", "faulthandler", "-c", crash], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    handled = subprocess.Popen(
+        [test_python, "-X", "faulthandler", "-c", crash], cwd=tmp_path, stderr=subprocess.DEVNULL
+    )
     assert plain.wait() == -signal.SIGSEGV and handled.wait() == -signal.SIGSEGV
     for child in (plain, handled):
         (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
@@ -303,5 +311,8 @@ def test_signals_seen_before_a_restart_stay_on_the_span(sidecar, grpc_receiver, 
     assert killer.wait() == 0 and child.wait() == -signal.SIGKILL
     (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
     assert span.status_message == f"killed by SIGKILL from pid {killer.pid} (kill)"
-    assert [(name, attrs["otelproc.signal.name"], attrs["otelproc.signal.sender_pid"])
-            for name, _, attrs in span.events if name == "signal"] == [("signal", "SIGTERM", os.getpid())]
+    assert [
+        (name, attrs["otelproc.signal.name"], attrs["otelproc.signal.sender_pid"])
+        for name, _, attrs in span.events
+        if name == "signal"
+    ] == [("signal", "SIGTERM", os.getpid())]

@@ -72,7 +72,9 @@ class Death:
         """Where it was raised: the innermost frame of Python code (a SyntaxError: the line it could not parse)."""
         if self.error.exc_type is not None and issubclass(self.error.exc_type, SyntaxError) and self.error.filename:
             # TracebackException keeps a SyntaxError's line number as text
-            return traceback.FrameSummary(self.error.filename, int(self.error.lineno or 0), "<module>", lookup_line=False)
+            return traceback.FrameSummary(
+                self.error.filename, int(self.error.lineno or 0), "<module>", lookup_line=False
+            )
         return next((f for f in reversed(self.error.stack) if not f.filename.startswith("<frozen")), None)
 
     def summary(self) -> str:
@@ -94,7 +96,7 @@ class Death:
         text) to a quarter of the limit, from their start; the frames before them to the rest."""
         lines = list(self.error.format())
         words = list(self.error.format_exception_only())
-        if lines[-len(words):] != words:
+        if lines[-len(words) :] != words:
             return bounded_trace("".join(lines))
         said = _bounded("".join(words), STACKTRACE_LIMIT // 4)
         return bounded_trace("".join(lines[: -len(words)]), STACKTRACE_LIMIT - len(said)) + said
@@ -136,8 +138,9 @@ def _text(exc: BaseException) -> str:
 
 
 def capture(source: str, exc: BaseException, tb: TracebackType | None = None, **more: Any) -> Death:
-    error = traceback.TracebackException(type(exc), exc, tb if tb is not None else exc.__traceback__,
-                                         lookup_lines=False, compact=True)
+    error = traceback.TracebackException(
+        type(exc), exc, tb if tb is not None else exc.__traceback__, lookup_lines=False, compact=True
+    )
     return Death(source, error, _type_name(type(exc)), _text(exc), time.time_ns(), os.getpid(), **more)
 
 
@@ -183,8 +186,9 @@ def _attributes(death: Death) -> dict[str, AttributeValue]:
     }
     where = death.location()
     if where is not None:
-        attributes.update({"code.file.path": where.filename, "code.line.number": where.lineno or 0,
-                           "code.function.name": where.name})
+        attributes.update(
+            {"code.file.path": where.filename, "code.line.number": where.lineno or 0, "code.function.name": where.name}
+        )
     if death.thread is not None:
         attributes["thread.name"] = death.thread.name
         if death.thread.native_id is not None:
@@ -210,11 +214,15 @@ def report(death: Death, flush: bool = True) -> None:
     span = provider.get_tracer(TRACER_NAME).start_span(
         name, context=parent, kind=SpanKind.INTERNAL, attributes=_attributes(death), start_time=death.time_ns
     )
-    span.add_event("exception", {
-        "exception.type": death.type_name,
-        "exception.message": _bounded(death.message),
-        "exception.stacktrace": death.stacktrace(),
-    }, timestamp=death.time_ns)
+    span.add_event(
+        "exception",
+        {
+            "exception.type": death.type_name,
+            "exception.message": _bounded(death.message),
+            "exception.stacktrace": death.stacktrace(),
+        },
+        timestamp=death.time_ns,
+    )
     span.set_status(Status(StatusCode.ERROR, name))
     span.end()
     if flush:
@@ -240,8 +248,9 @@ def _quietly(what: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         pass
 
 
-def _report_exception(source: str, exc: BaseException, tb: TracebackType | None = None, flush: bool = True,
-                      **more: Any) -> None:
+def _report_exception(
+    source: str, exc: BaseException, tb: TracebackType | None = None, flush: bool = True, **more: Any
+) -> None:
     report(capture(source, exc, tb, **more), flush)
 
 
@@ -331,6 +340,7 @@ def _os_exit(status: int) -> NoReturn:
 
 def _at_exit() -> None:
     """The interpreter is ending: a sys.exit(message), or a logged exception then sys.exit(non-zero)."""
+
     def last_words() -> None:
         death = _state.ending(_state.exit_status)
         if death is not None:

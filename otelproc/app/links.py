@@ -156,7 +156,9 @@ class ProcessLinkProcessor(SpanProcessor):
         if parent is not None and not first_in_process(parent.span_id, parent.is_remote, self._open):
             return
         span.set_attribute("otelproc.process.key", key)
-        if link is not None and (parent is None or parent.span_id != link.span_id):  # a child needs no link to its parent
+        if link is not None and (
+            parent is None or parent.span_id != link.span_id
+        ):  # a child needs no link to its parent
             span.add_link(link.span_context(), LINK_ATTRIBUTES)
 
     def on_end(self, span: ReadableSpan) -> None:

@@ -71,9 +71,7 @@ def require_caps(needed: tuple[int, ...]) -> None:
     if missing:
         cap = missing[0]
         grant = ",".join(CAP_NAMES[c] for c in needed)
-        raise CheckFailed(
-            f"missing capability {CAP_NAMES[cap]} ({CAP_PURPOSE[cap]}); run as root or grant {grant}"
-        )
+        raise CheckFailed(f"missing capability {CAP_NAMES[cap]} ({CAP_PURPOSE[cap]}); run as root or grant {grant}")
 
 
 def kernel_version(release: str) -> tuple[int, int]:

@@ -13,7 +13,18 @@ from otelproc.clock import BootClock
 from otelproc.errors import BrokenInstallError
 from otelproc.kernel import record
 from otelproc.kernel.record import DEFAULT_OBJECT, KERNEL_KINDS, EventLayout
-from otelproc.model import NS_PER_TICK, PAGE_SIZE, EventKind, OomKill, ProcessEvent, SignalSent, Usage, split_argv, parse_otel_env, text
+from otelproc.model import (
+    NS_PER_TICK,
+    PAGE_SIZE,
+    EventKind,
+    OomKill,
+    ProcessEvent,
+    SignalSent,
+    Usage,
+    split_argv,
+    parse_otel_env,
+    text,
+)
 
 
 def _cstr(raw: bytes) -> str:
@@ -45,8 +56,9 @@ def cpu_split(cpu_ns: int, utime_ns: int, stime_ns: int) -> tuple[int, int]:
 
 def _usage(r: Any) -> Usage:
     user, system = cpu_split(r.cpu_ns, r.utime_ns, r.stime_ns)
-    return Usage(user, system, r.maxrss_pages * PAGE_SIZE, r.min_flt, r.maj_flt, r.nvcsw, r.nivcsw,
-                 r.read_bytes, r.write_bytes)
+    return Usage(
+        user, system, r.maxrss_pages * PAGE_SIZE, r.min_flt, r.maj_flt, r.nvcsw, r.nivcsw, r.read_bytes, r.write_bytes
+    )
 
 
 def _oom(r: Any, time: int) -> OomKill:
@@ -105,9 +117,31 @@ def decode(raw: bytes, clock: BootClock, layout: EventLayout | None = None) -> P
         oom = _oom(r, r.time_ns + offset)
     # Positional: the fields in ProcessEvent's order (a keyword call costs a microsecond more per record).
     return ProcessEvent(
-        kind, r.time_ns + offset, r.pid, r.ppid, r.vpid, r.pidns, r.tid, r.uid, r.gid, _cstr(r.comm), exe, argv,
-        r.start_time_ns + offset, r.start_time_ns // NS_PER_TICK, exit_code, signal, core, r.cgroup_id,
-        _cstr(r.cgroup), _truncated(r.flags), bool(r.flags & record.EVENT_F_UNTRACKED), otel_env, usage, sent, oom,
+        kind,
+        r.time_ns + offset,
+        r.pid,
+        r.ppid,
+        r.vpid,
+        r.pidns,
+        r.tid,
+        r.uid,
+        r.gid,
+        _cstr(r.comm),
+        exe,
+        argv,
+        r.start_time_ns + offset,
+        r.start_time_ns // NS_PER_TICK,
+        exit_code,
+        signal,
+        core,
+        r.cgroup_id,
+        _cstr(r.cgroup),
+        _truncated(r.flags),
+        bool(r.flags & record.EVENT_F_UNTRACKED),
+        otel_env,
+        usage,
+        sent,
+        oom,
     )
 
 

@@ -365,7 +365,7 @@ def prog_btf_id(prog_id: int) -> int:
         raise fail(f"opening program {prog_id}")
     try:
         size, offsets = _prog_info_layout()
-        return int.from_bytes(_info(fd, size, f"program {prog_id}")[offsets["btf_id"]:][:4], "little")
+        return int.from_bytes(_info(fd, size, f"program {prog_id}")[offsets["btf_id"] :][:4], "little")
     finally:
         os.close(fd)
 
@@ -477,8 +477,10 @@ class BpfObject:
         for name, link in self._links:
             check(self._api.bpf_link__pin(link, f"{directory}/{link_prefix}{name}".encode()), f"pinning link {name}")
         for name in self.map_names():
-            check(self._api.bpf_map__pin(self._map(name), f"{directory}/{map_prefix}{name}".encode()),
-                  f"pinning map {name}")
+            check(
+                self._api.bpf_map__pin(self._map(name), f"{directory}/{map_prefix}{name}".encode()),
+                f"pinning map {name}",
+            )
 
     def close(self) -> None:
         """Detaches every program not pinned and frees the object; safe to call twice."""

@@ -30,8 +30,14 @@ DEFAULT_RING_BUFFER_BYTES = 16 << 20
 # may have its maps named as on the left of UNPREFIXED_MAPS: a takeover reads a map by what it is.
 RING, TRACKED, LOST, READER = "otelproc_ring", "otelproc_track", "otelproc_lost", "otelproc_reader"
 MATCH, SCOPE = "otelproc_match", "otelproc_scope"
-UNPREFIXED_MAPS = {"events": RING, "tracked": TRACKED, "lost": LOST, "match_exe_names": MATCH, "scope_cgroups": SCOPE,
-               "scratch": "otelproc_heap"}
+UNPREFIXED_MAPS = {
+    "events": RING,
+    "tracked": TRACKED,
+    "lost": LOST,
+    "match_exe_names": MATCH,
+    "scope_cgroups": SCOPE,
+    "scratch": "otelproc_heap",
+}
 DEFAULT_MAX_TRACKED = 65536
 DEFAULT_UNATTENDED_LIMIT_NS = 15 * 60 * 1_000_000_000
 
@@ -107,9 +113,13 @@ class ProbeConfig:
     def load_time_settings(self) -> dict[str, object]:
         """What is fixed when the object loads; the match list is a map, rewritten at any start."""
         return {
-            "trace_all": self.trace_all, "scope_pidns": self.scope_pidns, "scope_cgroup": self.scope_cgroup,
-            "ring_buffer_bytes": self.ring_buffer_bytes, "max_tracked": self.max_tracked,
-            "wakeup_bytes": self.wakeup_bytes, "ns_per_tick": NS_PER_TICK,
+            "trace_all": self.trace_all,
+            "scope_pidns": self.scope_pidns,
+            "scope_cgroup": self.scope_cgroup,
+            "ring_buffer_bytes": self.ring_buffer_bytes,
+            "max_tracked": self.max_tracked,
+            "wakeup_bytes": self.wakeup_bytes,
+            "ns_per_tick": NS_PER_TICK,
         }
 
 
@@ -162,7 +172,7 @@ class _PinnedMaps:
         try:
             for path in probe_dir.iterdir():
                 if path.name.startswith(pins.MAP_PREFIX):
-                    name = path.name[len(pins.MAP_PREFIX):]
+                    name = path.name[len(pins.MAP_PREFIX) :]
                     self.fds[UNPREFIXED_MAPS.get(name, name)] = libbpf.obj_get(str(path))
         except BaseException:
             self.close()
@@ -277,8 +287,11 @@ class Probe:
     def _start(self, on_record: Callable[[bytes], None]) -> None:
         obj = self._open()
         pin_dir = self.config.pin_dir
-        here = None if pin_dir is None else pin_dir / pins.fingerprint(self.config.object_path.read_bytes(),
-                                                                         self.config.load_time_settings())
+        here = (
+            None
+            if pin_dir is None
+            else pin_dir / pins.fingerprint(self.config.object_path.read_bytes(), self.config.load_time_settings())
+        )
         if pin_dir is not None:
             for probe_dir in pins.probes(pin_dir):
                 if probe_dir == here and pins.links(probe_dir):
@@ -381,8 +394,9 @@ class Probe:
 
     def _stamp_read(self) -> None:
         """Tells the kernel side that its ring is read now, and how long it may go unread."""
-        libbpf.map_update(self._maps[READER], _U32.pack(0),
-                          record.READER.pack(boot_ns(), self.config.unattended_limit_ns), READER)
+        libbpf.map_update(
+            self._maps[READER], _U32.pack(0), record.READER.pack(boot_ns(), self.config.unattended_limit_ns), READER
+        )
 
     def retire_previous(self, on_record: Callable[[bytes], None]) -> int:
         """Ends the takeover: the old probe's programs detached, its ring read, its pins gone."""
@@ -410,8 +424,10 @@ class Probe:
         """Bytes written to the ring buffer and not yet consumed (its two position pages)."""
         fd = self._fd(RING)
         page = mmap.PAGESIZE
-        with mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=0) as consumer, \
-                mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page) as producer:
+        with (
+            mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=0) as consumer,
+            mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page) as producer,
+        ):
             return _U64.unpack_from(producer)[0] - _U64.unpack_from(consumer)[0]
 
     def track(self, pid: int, start_ticks: int) -> bool:

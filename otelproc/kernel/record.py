@@ -51,15 +51,29 @@ LOST_NAMES = {LOST_RINGBUF: "ringbuf_full", LOST_TRACKED_FULL: "tracked_map_full
 READER = struct.Struct("<QQ")  # struct reader: last_read_ns, unattended_limit_ns
 EXE_NAME_KEY = struct.Struct(f"<I{EXE_NAME_LEN}s")  # struct exe_name_key: prefixlen in bits, name bytes
 
-_INT_FORMATS = {("uint", 1): "B", ("uint", 2): "H", ("uint", 4): "I", ("uint", 8): "Q",
-                ("int", 1): "b", ("int", 2): "h", ("int", 4): "i", ("int", 8): "q"}
+_INT_FORMATS = {
+    ("uint", 1): "B",
+    ("uint", 2): "H",
+    ("uint", 4): "I",
+    ("uint", 8): "Q",
+    ("int", 1): "b",
+    ("int", 2): "h",
+    ("int", 4): "i",
+    ("int", 8): "q",
+}
 
 
 # A probe pinned by another otelproc may lay struct event out flat, every member at the top level,
 # where the oom members carry an oom_ prefix. A takeover reads its ring: there they are read under the
 # names the oom part gives them.
-FLAT_NAMES = {"oom_total_vm": "total_vm", "oom_anon_rss": "anon_rss", "oom_file_rss": "file_rss",
-              "oom_shmem_rss": "shmem_rss", "oom_pgtables_bytes": "pgtables_bytes", "oom_score_adj": "score_adj"}
+FLAT_NAMES = {
+    "oom_total_vm": "total_vm",
+    "oom_anon_rss": "anon_rss",
+    "oom_file_rss": "file_rss",
+    "oom_shmem_rss": "shmem_rss",
+    "oom_pgtables_bytes": "pgtables_bytes",
+    "oom_score_adj": "score_adj",
+}
 
 
 @dataclass(frozen=True)

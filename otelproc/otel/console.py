@@ -76,8 +76,9 @@ class ConsoleLineExporter(SpanExporter):
     (a shell, git, tr that a Python process ran): those are marked, or left out with hide_children.
     """
 
-    def __init__(self, out: TextIO = sys.stdout, match: tuple[MatchRule, ...] | None = None,
-                 hide_children: bool = False) -> None:
+    def __init__(
+        self, out: TextIO = sys.stdout, match: tuple[MatchRule, ...] | None = None, hide_children: bool = False
+    ) -> None:
         self.out = out
         self.match = match
         self.hide_children = hide_children

@@ -94,8 +94,13 @@ def check_endpoint(settings: Settings) -> None:
     try:
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
-        log.warning("%s %s: the host %s does not resolve (%s); spans are retried and dropped until it does",
-                    source, endpoint, host, exc.strerror or exc)
+        log.warning(
+            "%s %s: the host %s does not resolve (%s); spans are retried and dropped until it does",
+            source,
+            endpoint,
+            host,
+            exc.strerror or exc,
+        )
 
 
 def collector_answers(port: int, timeout: float = 0.5) -> bool:
@@ -185,8 +190,10 @@ def make_destination(settings: Settings) -> Destination:
     name = choose(settings)
     reason = ""
     if name != "otlp" and settings.exporter == AUTO:
-        reason = (f" (no collector answered on localhost:{DEFAULT_PORTS[settings.otlp_protocol]}; "
-                  "set --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT to export)")
+        reason = (
+            f" (no collector answered on localhost:{DEFAULT_PORTS[settings.otlp_protocol]}; "
+            "set --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT to export)"
+        )
     try:
         return EXPORTERS[name](settings, reason)
     except ValueError as exc:  # the SDK's exporters raise it for what they cannot parse

@@ -31,8 +31,15 @@ Finish = Callable[[float, Callable[[], bool]], str]
 class Outlet:
     """A span processor with a bound on the spans in flight, and the stop that empties it."""
 
-    def __init__(self, processor: SpanProcessor, stats: Stats, max_in_flight: int, description: str,
-                 metric_exporter: MetricExporter | None = None, finish: Finish | None = None) -> None:
+    def __init__(
+        self,
+        processor: SpanProcessor,
+        stats: Stats,
+        max_in_flight: int,
+        description: str,
+        metric_exporter: MetricExporter | None = None,
+        finish: Finish | None = None,
+    ) -> None:
         self.processor = processor
         self.stats = stats
         self.max_in_flight = max_in_flight
@@ -64,5 +71,11 @@ def open_outlet(settings: Settings, stats: Stats) -> Outlet:
     courier = unsent.Courier(destination.exporter, kept.backlog)
     bound = queue_bound()
     processor = make_processor(CountingExporter(courier, stats, kept.keep), bound)
-    return Outlet(processor, stats, bound, destination.description, destination.metric_exporter,
-                  lambda deadline, hurry: kept.finish(processor, courier, stats, deadline, hurry))
+    return Outlet(
+        processor,
+        stats,
+        bound,
+        destination.description,
+        destination.metric_exporter,
+        lambda deadline, hurry: kept.finish(processor, courier, stats, deadline, hurry),
+    )

@@ -186,8 +186,15 @@ class ServiceResource(Resource):
 
 
 class SpanBuilder:
-    def __init__(self, default_service: str, host: dict[str, str], redact: bool = True, stats: Stats | None = None,
-                 clean_signals: frozenset[int] = CLEAN_SIGNALS, usage: frozenset[str] = USAGE):
+    def __init__(
+        self,
+        default_service: str,
+        host: dict[str, str],
+        redact: bool = True,
+        stats: Stats | None = None,
+        clean_signals: frozenset[int] = CLEAN_SIGNALS,
+        usage: frozenset[str] = USAGE,
+    ):
         self.default_service = default_service
         self.clean_signals = clean_signals
         self.usage = usage
@@ -255,7 +262,9 @@ class SpanBuilder:
         return attrs
 
     @staticmethod
-    def limited(attrs: dict[str, AttributeValue], count: int | None, length: int | None) -> Mapping[str, AttributeValue]:
+    def limited(
+        attrs: dict[str, AttributeValue], count: int | None, length: int | None
+    ) -> Mapping[str, AttributeValue]:
         """The SDK's SpanLimits, as its own spans get them (BoundedAttributes counts what it drops);
         within the limits, the dict as it is: the defaults (128 attributes, any length) cost nothing."""
         if (count is None or len(attrs) <= count) and length is None:
@@ -312,7 +321,8 @@ class SpanBuilder:
                 "exec",
                 self.limited(
                     {"process.executable.path": e.exe or "", "process.command_args": self.command_args(e.argv or ())},
-                    self.limits.max_event_attributes, self.limits.max_attribute_length,
+                    self.limits.max_event_attributes,
+                    self.limits.max_attribute_length,
                 ),
                 timestamp=e.time,
             )
@@ -322,7 +332,9 @@ class SpanBuilder:
             for sent in process.signals:
                 if sent is not fatal:
                     attributes: dict[str, AttributeValue] = {"otelproc.signal.name": signal_name(sent.signal)}
-                    attributes.update((f"otelproc.signal.{k}", v) for k, v in signal_attributes(sent, process.pid).items())
+                    attributes.update(
+                        (f"otelproc.signal.{k}", v) for k, v in signal_attributes(sent, process.pid).items()
+                    )
                     events.append(Event("signal", attributes, timestamp=sent.time))
             events.sort(key=lambda event: event.timestamp)
         context, parent = self.lifetime_place(process)
@@ -348,7 +360,9 @@ class SpanBuilder:
         place = process.span_place
         if not process.started_span_sent or process.legacy_started:
             return place.span_context(), place.parent_context()
-        context = SpanContext(place.trace_id, process.identity.lifetime_span_id(), False, place.span_context().trace_flags)
+        context = SpanContext(
+            place.trace_id, process.identity.lifetime_span_id(), False, place.span_context().trace_flags
+        )
         return context, place.span_context()
 
     def started(self, process: TrackedProcess, cgroup_path: str | None = None) -> ReadableSpan:

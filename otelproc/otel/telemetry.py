@@ -33,8 +33,9 @@ class CountingExporter(SpanExporter):
     is split in halves until the spans at fault are alone, and only those are dropped.
     """
 
-    def __init__(self, inner: SpanExporter, stats: Stats,
-                 keep: Callable[[Sequence[ReadableSpan]], bool] | None = None) -> None:
+    def __init__(
+        self, inner: SpanExporter, stats: Stats, keep: Callable[[Sequence[ReadableSpan]], bool] | None = None
+    ) -> None:
         self.inner = inner
         self.stats = stats
         self.keep = keep or (lambda _spans: False)  # takes a failed batch for later (during a stop), else it is lost
@@ -50,8 +51,13 @@ class CountingExporter(SpanExporter):
                 ok = first is SpanExportResult.SUCCESS and second is SpanExportResult.SUCCESS
                 return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
             self.stats.drops["span_invalid"] += 1
-            self.throttled.warning("span_invalid", "span %r could not be exported (%s); dropped, %d so far",
-                                   spans[0].name, exc, self.stats.drops["span_invalid"])
+            self.throttled.warning(
+                "span_invalid",
+                "span %r could not be exported (%s); dropped, %d so far",
+                spans[0].name,
+                exc,
+                self.stats.drops["span_invalid"],
+            )
             return SpanExportResult.SUCCESS  # nothing left to retry
         if result is SpanExportResult.SUCCESS:
             self.stats.exported += len(spans)
@@ -60,7 +66,9 @@ class CountingExporter(SpanExporter):
         else:
             self.stats.drops["export_failed"] += len(spans)
             self.stats.export_failures += 1
-            log.warning("export of %s failed; %d lost so far", count(len(spans), "span"), self.stats.drops["export_failed"])
+            log.warning(
+                "export of %s failed; %d lost so far", count(len(spans), "span"), self.stats.drops["export_failed"]
+            )
         return result
 
     def shutdown(self) -> None:
@@ -85,22 +93,45 @@ def start_metrics(
     resource = Resource({**host, "service.name": "otelproc", "service.version": __version__})
     provider = MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(exporter)])
     meter = provider.get_meter("otelproc", __version__)
-    meter.create_observable_counter("otelproc.events", [_by_attribute(stats.events, "kind")], "{event}",
-                                    "process events received from the kernel")
-    meter.create_observable_counter("otelproc.spans", [_by_attribute(stats.spans, "otelproc.span")], "{span}",
-                                    "spans handed to the exporter")
-    meter.create_observable_counter("otelproc.spans.exported", [_value(lambda: stats.exported)], "{span}",
-                                    "spans the collector accepted")
-    meter.create_observable_counter("otelproc.export.failures", [_value(lambda: stats.export_failures)], "{call}",
-                                    "export calls that failed after retries")
-    meter.create_observable_counter("otelproc.drops", [_by_attribute(stats.drops, "reason")], "{item}",
-                                    "records, processes or spans dropped, by reason")
-    meter.create_observable_counter("otelproc.reconciled", [_by_attribute(stats.reconciled, "what")], "{process}",
-                                    "process starts and ends found by /proc sweeps instead of the kernel")
-    meter.create_observable_counter("otelproc.failures", [_by_attribute(stats.failures, "stage")], "{failure}",
-                                    "work of one stage that raised and was skipped, by stage")
-    meter.create_observable_counter("otelproc.input.malformed", [_by_attribute(stats.malformed, "what")], "{item}",
-                                    "malformed input from traced processes, ignored")
+    meter.create_observable_counter(
+        "otelproc.events", [_by_attribute(stats.events, "kind")], "{event}", "process events received from the kernel"
+    )
+    meter.create_observable_counter(
+        "otelproc.spans", [_by_attribute(stats.spans, "otelproc.span")], "{span}", "spans handed to the exporter"
+    )
+    meter.create_observable_counter(
+        "otelproc.spans.exported", [_value(lambda: stats.exported)], "{span}", "spans the collector accepted"
+    )
+    meter.create_observable_counter(
+        "otelproc.export.failures",
+        [_value(lambda: stats.export_failures)],
+        "{call}",
+        "export calls that failed after retries",
+    )
+    meter.create_observable_counter(
+        "otelproc.drops",
+        [_by_attribute(stats.drops, "reason")],
+        "{item}",
+        "records, processes or spans dropped, by reason",
+    )
+    meter.create_observable_counter(
+        "otelproc.reconciled",
+        [_by_attribute(stats.reconciled, "what")],
+        "{process}",
+        "process starts and ends found by /proc sweeps instead of the kernel",
+    )
+    meter.create_observable_counter(
+        "otelproc.failures",
+        [_by_attribute(stats.failures, "stage")],
+        "{failure}",
+        "work of one stage that raised and was skipped, by stage",
+    )
+    meter.create_observable_counter(
+        "otelproc.input.malformed",
+        [_by_attribute(stats.malformed, "what")],
+        "{item}",
+        "malformed input from traced processes, ignored",
+    )
     for name, (read, unit, description) in gauges.items():
         meter.create_observable_gauge(name, [_value(read)], unit, description)
     return provider

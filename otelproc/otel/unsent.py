@@ -80,7 +80,8 @@ def send_encoded(exporter: SpanExporter, request: bytes) -> None:
 
         assert isinstance(exporter, GrpcSpans) and exporter._client is not None  # noqa: SLF001
         exporter._client.Export(  # noqa: SLF001
-            request=ExportTraceServiceRequest.FromString(request), metadata=exporter._headers,  # noqa: SLF001
+            request=ExportTraceServiceRequest.FromString(request),
+            metadata=exporter._headers,  # noqa: SLF001
             timeout=exporter._timeout,  # noqa: SLF001
         )
     elif module.startswith(_HTTP):
@@ -99,7 +100,7 @@ def read_requests(path: Path) -> list[bytes]:
     requests, at = [], 0
     while at < len(data):
         (length,) = _LENGTH.unpack_from(data, at)
-        request = data[at + _LENGTH.size:at + _LENGTH.size + length]
+        request = data[at + _LENGTH.size : at + _LENGTH.size + length]
         if len(request) != length:
             raise ValueError("truncated")
         spans_in(request)  # raises on what is not a request
@@ -173,14 +174,22 @@ class Backlog:
                 send_encoded(exporter, request)
             except Exception as exc:  # noqa: BLE001 -- grpc.RpcError, OSError, whatever the transport raises
                 if not after_success:
-                    log.warning("%d spans kept by the last otelproc in %s not sent yet (%s); trying again after "
-                                "the next batch gets through", self.count(), self.path, _reason(exc))
+                    log.warning(
+                        "%d spans kept by the last otelproc in %s not sent yet (%s); trying again after "
+                        "the next batch gets through",
+                        self.count(),
+                        self.path,
+                        _reason(exc),
+                    )
                     break
                 with self._lock:
                     self.requests.popleft()
                 self.drops["unsent_refused"] += spans_in(request)
-                log.warning("the collector refused %d spans kept by the last otelproc (%s); dropped",
-                            spans_in(request), _reason(exc))
+                log.warning(
+                    "the collector refused %d spans kept by the last otelproc (%s); dropped",
+                    spans_in(request),
+                    _reason(exc),
+                )
                 continue
             with self._lock:
                 self.requests.popleft()
@@ -218,8 +227,9 @@ class Courier(SpanExporter):
         if backlog.requests and self.sends_backlog:
             self._jobs.append(_Job(lambda: self._send_backlog(after_success=False)))
         elif backlog.requests:
-            log.warning("%d spans kept by the last otelproc wait in %s for an OTLP exporter", backlog.count(),
-                        backlog.path)
+            log.warning(
+                "%d spans kept by the last otelproc wait in %s for an OTLP exporter", backlog.count(), backlog.path
+            )
         threading.Thread(target=self._work, name="otelproc-export", daemon=True).start()
 
     def _send_backlog(self, after_success: bool) -> SpanExportResult:
@@ -293,8 +303,9 @@ class Unsent:
             self._kept.append(list(spans))
         return True
 
-    def finish(self, processor: BatchSpanProcessor, courier: Courier, stats: Stats, deadline: float,
-               hurry: Callable[[], bool]) -> str:
+    def finish(
+        self, processor: BatchSpanProcessor, courier: Courier, stats: Stats, deadline: float, hurry: Callable[[], bool]
+    ) -> str:
         """Shuts the batch processor down by deadline (time.monotonic()), sooner if hurry() says so, and
         keeps what it could not deliver; returns what became of those spans, in words, for the stop line."""
         self._stop(processor, courier, deadline, hurry)
@@ -305,8 +316,9 @@ class Unsent:
         stats.drops["unsent"] += dropped + stuck
         return words
 
-    def _stop(self, processor: BatchSpanProcessor, courier: Courier, deadline: float,
-              hurry: Callable[[], bool]) -> None:
+    def _stop(
+        self, processor: BatchSpanProcessor, courier: Courier, deadline: float, hurry: Callable[[], bool]
+    ) -> None:
         self.stopping = True
         shutting = threading.Thread(target=processor.shutdown, name="otelproc-stop", daemon=True)
         shutting.start()
@@ -338,7 +350,10 @@ class Unsent:
         try:
             write_requests(self.path, fitting)
         except OSError as exc:
-            return f"{count(total, 'span')} not delivered in time dropped: cannot write {self.path} ({exc.strerror})", total
+            return (
+                f"{count(total, 'span')} not delivered in time dropped: cannot write {self.path} ({exc.strerror})",
+                total,
+            )
         words = f"{count(kept, 'span')} not delivered in time kept in {self.path} for the next start"
         if kept < total:
             words += f" ({total - kept} more dropped: over its {MAX_BYTES >> 20} MiB bound)"

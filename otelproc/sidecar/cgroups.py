@@ -48,7 +48,7 @@ class CgroupPaths:
             dirs.sort()
 
     def path(self, cgroup_id: int) -> str | None:
-        """"0::/system.slice/app.service" in /proc/<pid>/cgroup form, or None when unknown or the root."""
+        """ "0::/system.slice/app.service" in /proc/<pid>/cgroup form, or None when unknown or the root."""
         if cgroup_id in (0, ROOT_CGROUP_ID) or not self.mount:
             return None
         path = self._paths.get(cgroup_id)

@@ -33,7 +33,13 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from otelproc.clock import BootClock
 from otelproc.config import (
-    INITIAL_PIDNS_INODE, POLL_MS, ConfigError, Settings, describe_tracking, own_pidns_inode, tracking_config,
+    INITIAL_PIDNS_INODE,
+    POLL_MS,
+    ConfigError,
+    Settings,
+    describe_tracking,
+    own_pidns_inode,
+    tracking_config,
 )
 from otelproc.kernel import pins
 from otelproc.kernel.checks import RUN_CAPS, require_caps
@@ -67,9 +73,21 @@ class Sidecar:
     build_sidecar and given to it; what carries over from one otelproc to the next is
     restart.Carryover's, what /proc shows is adoption.Scanner's."""
 
-    def __init__(self, settings: Settings, *, stats: Stats, failed: StageFailures, clock: BootClock,
-                 tracker: Tracker, builder: SpanBuilder, outlet: Outlet, carryover: Carryover,
-                 scanner: adoption.Scanner, cgroups: CgroupPaths, host: dict[str, str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        stats: Stats,
+        failed: StageFailures,
+        clock: BootClock,
+        tracker: Tracker,
+        builder: SpanBuilder,
+        outlet: Outlet,
+        carryover: Carryover,
+        scanner: adoption.Scanner,
+        cgroups: CgroupPaths,
+        host: dict[str, str],
+    ) -> None:
         self.settings = settings
         self.stats = stats
         self.failed = failed
@@ -194,7 +212,8 @@ class Sidecar:
         self.stats.drops.update(grown)
         if grown:
             self.loss_log.warning(
-                "kernel", "the kernel side dropped %s; the /proc sweep will reconcile",
+                "kernel",
+                "the kernel side dropped %s; the /proc sweep will reconcile",
                 ", ".join(f"{v} ({k})" for k, v in grown.items()),
             )
 
@@ -209,8 +228,11 @@ class Sidecar:
             "otelproc.kernel.tracked.limit": (lambda: self.settings.max_processes, "{process}", "its size"),
             "otelproc.ringbuf.used": (probe.ring_used, "By", "ring buffer bytes not yet read"),
             "otelproc.ringbuf.size": (lambda: self.settings.ring_buffer_size, "By", "ring buffer size"),
-            "otelproc.ringbuf.away.max": (lambda: self.stats.ring_away_max_ns // 1_000_000, "ms",
-                                          "longest time the reader spent between two reads of the ring buffer"),
+            "otelproc.ringbuf.away.max": (
+                lambda: self.stats.ring_away_max_ns // 1_000_000,
+                "ms",
+                "longest time the reader spent between two reads of the ring buffer",
+            ),
         }
 
     # the sidecar's life: attach, loop, drain, shut down
@@ -246,11 +268,16 @@ class Sidecar:
             unsent_words = self.outlet.finish(stop_by, lambda: stop.again)
             if server is not None:
                 server.close()
-        log.info("stopped; %s; %s still running; failed: %s; longest away from the ring buffer: %d ms; "
-                 "%s, in %.1f s%s", self.stats.summary(), count(len(self.tracker), "process"),
-                 self.stats.failures_summary(), self.stats.ring_away_max_ns // 1_000_000, stop.cause,
-                 time.monotonic() - stop_by + s.stop_timeout,
-                 "".join(f"; {words}" for words in (fate, unsent_words) if words))
+        log.info(
+            "stopped; %s; %s still running; failed: %s; longest away from the ring buffer: %d ms; %s, in %.1f s%s",
+            self.stats.summary(),
+            count(len(self.tracker), "process"),
+            self.stats.failures_summary(),
+            self.stats.ring_away_max_ns // 1_000_000,
+            stop.cause,
+            time.monotonic() - stop_by + s.stop_timeout,
+            "".join(f"; {words}" for words in (fate, unsent_words) if words),
+        )
         return 0
 
     def serve_health(self) -> HealthServer | None:
@@ -286,8 +313,9 @@ class Sidecar:
         gc.collect()  # what is garbage already goes first: frozen, it would stay
         gc.freeze()
         log.info("ready; %s tracked", count(len(self.tracker), "process"))
-        reconciler = Reconciler(self.tracker, probe, self.stats, self.scanner.snapshot, self.scanner.running,
-                                self.failed)
+        reconciler = Reconciler(
+            self.tracker, probe, self.stats, self.scanner.snapshot, self.scanner.running, self.failed
+        )
         self.sweeper = Sweeper(reconciler, self.settings.sweep_interval, self.failed)
         self.sweeper.start()
         return metrics
@@ -307,7 +335,9 @@ class Sidecar:
             added += 1
         log.info(
             "adopted %s (%d vanished while read, %d unreadable)",
-            count(added, "running process"), self.scanner.stats.vanished, self.scanner.stats.unreadable,
+            count(added, "running process"),
+            self.scanner.stats.vanished,
+            self.scanner.stats.unreadable,
         )
         return added
 
@@ -352,19 +382,39 @@ def build_sidecar(settings: Settings, processor: SpanProcessor | None = None) ->
     clock = BootClock()
     host = host_attributes()
     builder = SpanBuilder(settings.service_name, host, settings.redact, stats, settings.clean_signals, settings.usage)
-    tracker = Tracker(settings.max_processes, int(settings.start_span_delay * 1e9), stats, Owners(),
-                      builder.limits.max_events or DEFAULT_MAX_EXECS)
+    tracker = Tracker(
+        settings.max_processes,
+        int(settings.start_span_delay * 1e9),
+        stats,
+        Owners(),
+        builder.limits.max_events or DEFAULT_MAX_EXECS,
+    )
     cgroups = CgroupPaths()
     if processor is None:
         outlet = open_outlet(settings, stats)
     else:
         outlet = Outlet(processor, stats, queue_bound(), f"handing spans to {type(processor).__name__}")
     return Sidecar(
-        settings, stats=stats, failed=failed, clock=clock, tracker=tracker, builder=builder, outlet=outlet,
-        carryover=Carryover(settings.state_file, tracking_config(settings), settings.redact, settings.adopt,
-                            tracker, stats, clock, failed),
+        settings,
+        stats=stats,
+        failed=failed,
+        clock=clock,
+        tracker=tracker,
+        builder=builder,
+        outlet=outlet,
+        carryover=Carryover(
+            settings.state_file,
+            tracking_config(settings),
+            settings.redact,
+            settings.adopt,
+            tracker,
+            stats,
+            clock,
+            failed,
+        ),
         scanner=adoption.Scanner(settings.match, settings.trace_all, clock, cgroups.mount, settings.scope.cgroup),
-        cgroups=cgroups, host=host,
+        cgroups=cgroups,
+        host=host,
     )
 
 
@@ -422,7 +472,9 @@ def detach(settings: Settings) -> int:
     removed, running = 0, None
     if pin_dir is not None and pin_dir.exists():
         if not pins.on_bpffs(pin_dir):  # what is not bpffs holds no probe, and files of other things
-            raise ConfigError(f"--pin-dir {pin_dir}: not on a bpffs mount, so no probe is pinned there; nothing removed")
+            raise ConfigError(
+                f"--pin-dir {pin_dir}: not on a bpffs mount, so no probe is pinned there; nothing removed"
+            )
         try:
             running = pins.holder(pin_dir)
             removed = pins.remove_all(pin_dir)
@@ -436,8 +488,12 @@ def detach(settings: Settings) -> int:
         also.append(f"{count(discarded, 'span')} a stop kept for the next start ({unsent.FILE_NAME})")
     removed_too = " and ".join(also)
     if removed and running:
-        log.info("unpinned the probe in %s%s; otelproc (pid %s) still runs it, until it stops", pin_dir,
-                 f", and removed {removed_too}" if also else "", running)
+        log.info(
+            "unpinned the probe in %s%s; otelproc (pid %s) still runs it, until it stops",
+            pin_dir,
+            f", and removed {removed_too}" if also else "",
+            running,
+        )
     elif removed:
         log.info("detached: removed the probe pinned in %s%s", pin_dir, f", {removed_too}" if also else "")
     else:

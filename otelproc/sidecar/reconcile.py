@@ -113,8 +113,11 @@ class Reconciler:
                 found.append(event)
         self._refused = refused > 0
         if found or not self._refused:
-            log.info("sweep: tracked map had room; %s found untracked, %d still refused",
-                     count(len(found), "process"), refused)
+            log.info(
+                "sweep: tracked map had room; %s found untracked, %d still refused",
+                count(len(found), "process"),
+                refused,
+            )
         return found
 
     def apply(self, findings: Findings, deadline_ns: int) -> list[Ended]:
@@ -131,7 +134,9 @@ class Reconciler:
             event = findings.found.popleft()
             # A process that ended since it was read has had its exit record read, or will have:
             # adopting it now would give it a second span.
-            if (event.pid, event.start_ticks) in self.tracker.processes or not adoption.running_now(event.pid, event.start_ticks):
+            if (event.pid, event.start_ticks) in self.tracker.processes or not adoption.running_now(
+                event.pid, event.start_ticks
+            ):
                 continue
             try:
                 self.tracker.handle(event)

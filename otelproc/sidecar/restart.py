@@ -82,8 +82,9 @@ class Carryover:
         """Resumes the state file's processes, reads what the pinned probe recorded meanwhile and
         ends those that are gone."""
         if probe.resumed:
-            log.info("resumed the probe pinned in %s; reading what it recorded while otelproc was down",
-                     probe.pinned_at)
+            log.info(
+                "resumed the probe pinned in %s; reading what it recorded while otelproc was down", probe.pinned_at
+            )
         saved = self.resume()
         lost_then = probe.previous.lost() if probe.previous else probe.lost() if probe.resumed else None
         begun = self.tracker.begun
@@ -124,8 +125,9 @@ class Carryover:
         self._overlap_from = self.clock.to_wall(probe.attached_at)
         where, layout = previous.dir, previous.layout
         drained = probe.retire_previous(lambda raw: read_record(raw, layout))
-        log.info("took over the probe pinned in %s: %s read in its own layout, then removed", where,
-                 count(drained, "record"))
+        log.info(
+            "took over the probe pinned in %s: %s read in its own layout, then removed", where, count(drained, "record")
+        )
 
     def count_downtime_losses(self, lost: dict[str, int], saved: state.Saved) -> bool:
         """What the pinned probe dropped while nobody read it (its ring was full): counted, logged."""
@@ -133,8 +135,10 @@ class Carryover:
         self.stats.drops.update(grown)
         grown.pop(unattended.MISSED, None)  # no record was lost there: begin() says it in a line of its own
         if grown:
-            log.warning("while otelproc was down the kernel side dropped %s; the sweep will reconcile",
-                        ", ".join(f"{v} ({k})" for k, v in grown.items()))
+            log.warning(
+                "while otelproc was down the kernel side dropped %s; the sweep will reconcile",
+                ", ".join(f"{v} ({k})" for k, v in grown.items()),
+            )
         return bool(grown)
 
     def settle(self, probe: Probe, saved: state.Saved, exits_read: bool) -> list[Ended]:
@@ -163,8 +167,11 @@ class Carryover:
                 self.stats.reconciled["exited_while_down"] += 1
                 ended.append(Ended.between(process, saved.last_alive, now))
         if saved.processes:
-            log.info("resumed %s from the state file (%d gone with no exit record)",
-                     count(len(saved.processes), "process"), gone)
+            log.info(
+                "resumed %s from the state file (%d gone with no exit record)",
+                count(len(saved.processes), "process"),
+                gone,
+            )
         return ended
 
     def start_writing(self, table: Callable[[], list[TrackedProcess]], lost: Callable[[], dict[str, int]]) -> None:
@@ -225,8 +232,10 @@ class Carryover:
                 try:
                     pins.remove_all(probe.pinned_at.parent)
                 except OSError as exc:
-                    return (f"could not detach the probe pinned in {probe.pinned_at} ({exc.strerror}); "
-                            "`otelproc detach` removes it")
+                    return (
+                        f"could not detach the probe pinned in {probe.pinned_at} ({exc.strerror}); "
+                        "`otelproc detach` removes it"
+                    )
             return "detached the probe (Ctrl-C; --keep-probe keeps it pinned)"
         if writer is not None:
             try:
@@ -235,8 +244,10 @@ class Carryover:
                 self.failed("state_file", exc)
         if probe.pinned_at is None:
             return ""
-        return (f"the probe stays pinned in {probe.pinned_at} and keeps recording for the next otelproc; "
-                "`otelproc detach` removes it")
+        return (
+            f"the probe stays pinned in {probe.pinned_at} and keeps recording for the next otelproc; "
+            "`otelproc detach` removes it"
+        )
 
     def close(self) -> None:
         """Stops the state file's thread, where the loop ended before finish (an error)."""

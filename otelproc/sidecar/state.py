@@ -60,16 +60,34 @@ def to_dict(p: TrackedProcess, redact: bool) -> dict[str, Any]:
         return list(redacted(value) if redact else value)
 
     return {
-        "pid": p.pid, "start_ticks": p.identity.start_ticks, "pidns": p.pidns, "vpid": p.vpid, "ppid": p.ppid,
-        "origin": p.origin, "start_time": p.start_time, "creation_time": p.creation_time,
-        "uid": p.uid, "gid": p.gid, "comm": p.comm, "exe": p.exe, "argv": argv(p.argv),
-        "cgroup_id": p.cgroup_id, "cgroup": p.cgroup, "otel_env": p.otel_env, "truncated": sorted(p.truncated),
-        "link": _place_to_dict(p.span_place), "parent": list(p.parent_key) if p.parent_key else None,
-        "parent_program": p.parent_program, "started_span_sent": p.started_span_sent,
-        "legacy_started": p.legacy_started, "depth": p.depth,
+        "pid": p.pid,
+        "start_ticks": p.identity.start_ticks,
+        "pidns": p.pidns,
+        "vpid": p.vpid,
+        "ppid": p.ppid,
+        "origin": p.origin,
+        "start_time": p.start_time,
+        "creation_time": p.creation_time,
+        "uid": p.uid,
+        "gid": p.gid,
+        "comm": p.comm,
+        "exe": p.exe,
+        "argv": argv(p.argv),
+        "cgroup_id": p.cgroup_id,
+        "cgroup": p.cgroup,
+        "otel_env": p.otel_env,
+        "truncated": sorted(p.truncated),
+        "link": _place_to_dict(p.span_place),
+        "parent": list(p.parent_key) if p.parent_key else None,
+        "parent_program": p.parent_program,
+        "started_span_sent": p.started_span_sent,
+        "legacy_started": p.legacy_started,
+        "depth": p.depth,
         "execs": [{"time": e.time, "exe": e.exe, "argv": argv(e.argv)} for e in p.execs],
-        "execs_dropped": p.execs_dropped, "owner": p.owner,
-        "signals": [list(sent) for sent in p.signals], "signals_dropped": p.signals_dropped,
+        "execs_dropped": p.execs_dropped,
+        "owner": p.owner,
+        "signals": [list(sent) for sent in p.signals],
+        "signals_dropped": p.signals_dropped,
         "oom": list(p.oom) if p.oom else None,
     }
 
@@ -77,19 +95,34 @@ def to_dict(p: TrackedProcess, redact: bool) -> dict[str, Any]:
 def from_dict(d: dict[str, Any], version: int = VERSION) -> TrackedProcess:
     return TrackedProcess(
         identity=ProcessIdentity(boot_id(), d["pidns"], d["vpid"], d["start_ticks"]),
-        origin=d["origin"], start_time=d["start_time"], creation_time=d["creation_time"],
-        pid=d["pid"], ppid=d["ppid"], vpid=d["vpid"], pidns=d["pidns"], uid=d["uid"], gid=d["gid"],
-        comm=d["comm"], exe=d["exe"], argv=None if d["argv"] is None else tuple(d["argv"]),
-        cgroup_id=d["cgroup_id"], cgroup=d["cgroup"], otel_env=dict(d["otel_env"]), truncated=set(d["truncated"]),
-        span_place=_place_from_dict(d["link"]), parent_key=tuple(d["parent"]) if d["parent"] else None,
+        origin=d["origin"],
+        start_time=d["start_time"],
+        creation_time=d["creation_time"],
+        pid=d["pid"],
+        ppid=d["ppid"],
+        vpid=d["vpid"],
+        pidns=d["pidns"],
+        uid=d["uid"],
+        gid=d["gid"],
+        comm=d["comm"],
+        exe=d["exe"],
+        argv=None if d["argv"] is None else tuple(d["argv"]),
+        cgroup_id=d["cgroup_id"],
+        cgroup=d["cgroup"],
+        otel_env=dict(d["otel_env"]),
+        truncated=set(d["truncated"]),
+        span_place=_place_from_dict(d["link"]),
+        parent_key=tuple(d["parent"]) if d["parent"] else None,
         parent_program=d["parent_program"],
         started_span_sent=d["started_span_sent" if version >= 3 else "announced"],
         # A 'started' span sent under versions 2 and 3 is a child of the lifetime span: that one keeps its ids.
         legacy_started=d["legacy_started"] if version >= 4 else d["started_span_sent" if version >= 3 else "announced"],
         depth=d.get("depth", 0),
         execs=[Exec(e["time"], e["exe"], None if e["argv"] is None else tuple(e["argv"])) for e in d["execs"]],
-        execs_dropped=d.get("execs_dropped", 0), owner=d.get("owner"),
-        signals=[SignalSent(*sent) for sent in d.get("signals", ())], signals_dropped=d.get("signals_dropped", 0),
+        execs_dropped=d.get("execs_dropped", 0),
+        owner=d.get("owner"),
+        signals=[SignalSent(*sent) for sent in d.get("signals", ())],
+        signals_dropped=d.get("signals_dropped", 0),
         oom=OomKill(*d["oom"]) if d.get("oom") else None,
     )
 
@@ -114,8 +147,14 @@ def save(path: Path, processes: list[TrackedProcess], redact: bool, config: str,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     head = json.dumps(
-        {"version": VERSION, "boot_id": boot_id(), "host": host(), "config": config, "saved_at": time.time_ns(),
-         "lost": lost},
+        {
+            "version": VERSION,
+            "boot_id": boot_id(),
+            "host": host(),
+            "config": config,
+            "saved_at": time.time_ns(),
+            "lost": lost,
+        },
         separators=(",", ":"),
     )
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -148,16 +187,19 @@ def load(path: Path, config: str) -> Saved:
         why = exc.strerror if isinstance(exc, OSError) else exc  # the path is said already
         raise StateFileError(f"state file {path} is unreadable ({why}); move it away or pass another --state-file")
     if not isinstance(data, dict) or data.get("version") not in READABLE_VERSIONS:
-        raise StateFileError(f"state file {path} is not an otelproc state file of version "
-                             f"{' or '.join(map(str, READABLE_VERSIONS))}; not resumed")
+        raise StateFileError(
+            f"state file {path} is not an otelproc state file of version "
+            f"{' or '.join(map(str, READABLE_VERSIONS))}; not resumed"
+        )
     # pids and start times of another boot or host name other processes; another configuration tracked others.
     if data.get("boot_id") != boot_id():
         raise StateFileError(f"state file {path} is from another boot (boot id {data.get('boot_id')}); not resumed")
     if data.get("host") != host():
         raise StateFileError(f"state file {path} is from another host ({data.get('host')}); not resumed")
     if data.get("config") != config:
-        raise StateFileError(f"state file {path} was written with other tracking settings ({data.get('config')}); "
-                             "not resumed")
+        raise StateFileError(
+            f"state file {path} was written with other tracking settings ({data.get('config')}); not resumed"
+        )
     try:
         processes = [from_dict(d, data["version"]) for d in data["processes"]]
         return Saved(processes, max(int(data["saved_at"]), mtime), {k: int(v) for k, v in data["lost"].items()})

@@ -26,6 +26,7 @@ DEFAULT_MAX_EXECS = 128
 # Lifetimes of a young parent's children kept until its process span is out; past it, its 'started' span goes early.
 MAX_WAITING = 256
 
+
 def keep_latest(items: list, item: object, limit: int) -> int:
     """Appends item and lets the oldest go past limit; returns how many went (0 or 1)."""
     items.append(item)
@@ -335,6 +336,10 @@ class Tracker:
     def hung_from(self, process: TrackedProcess) -> TrackedProcess | None:
         """The tracked parent whose process span is the parent of this one's, if it has one."""
         parent = self.processes.get(process.parent_key) if process.parent_key else None
-        if parent is None or process.span_place.remote_parent or process.span_place.parent_span_id != parent.span_place.span_id:
+        if (
+            parent is None
+            or process.span_place.remote_parent
+            or process.span_place.parent_span_id != parent.span_place.span_id
+        ):
             return None  # placed under a TRACEPARENT, or a root (its parent is in another pid namespace)
         return parent

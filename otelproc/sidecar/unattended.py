@@ -49,8 +49,9 @@ class Unattended:
         return f"{said}, missed {missed} after the {duration(self.limit_ns)} limit"
 
 
-def figures(last_read: LastRead | None, kept: int, lost_then: dict[str, int],
-            lost_before: dict[str, int]) -> Unattended | None:
+def figures(
+    last_read: LastRead | None, kept: int, lost_then: dict[str, int], lost_before: dict[str, int]
+) -> Unattended | None:
     """From the reader map as found, the lifetimes the drain began, and the lost counters as found
     and as the previous otelproc last saw them (its state file); None for a probe too old to say."""
     if last_read is None:

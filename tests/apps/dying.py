@@ -1,11 +1,11 @@
 """An ASGI app for tests/test_deaths.py that dies the way DYING says, with a secret in its words.
 
-    import    raises ValueError while uvicorn imports it in a worker (multiprocessing's bootstrap
-              catches and prints it, status 1), with a message long enough to be bounded
-    lifespan  fails its lifespan start-up as Starlette does: sends lifespan.startup.failed with the
-              traceback while handling the exception; uvicorn logs that and exits with status 3
-    thread    a background thread dies of an exception; the worker lives on and answers
-    exit      calls sys.exit(message) at import (status 1)
+import    raises ValueError while uvicorn imports it in a worker (multiprocessing's bootstrap
+          catches and prints it, status 1), with a message long enough to be bounded
+lifespan  fails its lifespan start-up as Starlette does: sends lifespan.startup.failed with the
+          traceback while handling the exception; uvicorn logs that and exits with status 3
+thread    a background thread dies of an exception; the worker lives on and answers
+exit      calls sys.exit(message) at import (status 1)
 """
 
 import os

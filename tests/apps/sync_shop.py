@@ -14,7 +14,9 @@ import otel_setup  # noqa: F401 (sets up the SDK when SHOP_SETUP=code)
 
 def app(environ, start_response):
     tracer = trace.get_tracer("sync_shop")
-    with tracer.start_as_current_span("GET /", kind=SpanKind.SERVER, attributes={"http.target": environ["PATH_INFO"] + "?" + environ["QUERY_STRING"]}):
+    with tracer.start_as_current_span(
+        "GET /", kind=SpanKind.SERVER, attributes={"http.target": environ["PATH_INFO"] + "?" + environ["QUERY_STRING"]}
+    ):
         body = str(os.getpid()).encode()
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
         return [body]

@@ -18,8 +18,13 @@ def otelproc(*args: str, **kwargs: object) -> subprocess.CompletedProcess:
 
 def run_with(*setting: str) -> subprocess.CompletedProcess:
     """`otelproc run` for a second with one setting given by flag, printing to the console, pinning nothing."""
-    return otelproc("run", *setting, "--duration", "1",
-                    env={**os.environ, **QUIET, "OTELPROC_EXPORTER": "console", "OTELPROC_PIN_DIR": ""})
+    return otelproc(
+        "run",
+        *setting,
+        "--duration",
+        "1",
+        env={**os.environ, **QUIET, "OTELPROC_EXPORTER": "console", "OTELPROC_PIN_DIR": ""},
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:

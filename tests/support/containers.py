@@ -21,8 +21,10 @@ def run(*args: str, timeout: float) -> subprocess.CompletedProcess:
 
 def require(command: str) -> None:
     if not shutil.which(command):
-        pytest.fail(f"{command} is not installed: ./install.sh --test installs it (deploy/images/setup-podman.sh)",
-                    pytrace=False)
+        pytest.fail(
+            f"{command} is not installed: ./install.sh --test installs it (deploy/images/setup-podman.sh)",
+            pytrace=False,
+        )
 
 
 def build_stand_ins(*names: str) -> None:

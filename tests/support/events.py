@@ -16,9 +16,27 @@ CONTAINER = "a3f0" * 16
 
 def event(kind: str, pid: int, ticks: int, ppid: int = 1, **kw: object) -> ProcessEvent:
     base = dict(
-        kind=EventKind(kind), time=1_000 + ticks, pid=pid, ppid=ppid, vpid=pid, pidns=4026531836, tid=pid, uid=0, gid=0,
-        comm="python3", exe="/usr/bin/python3", argv=("python3", "app.py"), start_time=ticks, start_ticks=ticks,
-        exit_code=None, signal=None, core_dumped=False, cgroup_id=0, cgroup="", truncated=(), untracked=False,
+        kind=EventKind(kind),
+        time=1_000 + ticks,
+        pid=pid,
+        ppid=ppid,
+        vpid=pid,
+        pidns=4026531836,
+        tid=pid,
+        uid=0,
+        gid=0,
+        comm="python3",
+        exe="/usr/bin/python3",
+        argv=("python3", "app.py"),
+        start_time=ticks,
+        start_ticks=ticks,
+        exit_code=None,
+        signal=None,
+        core_dumped=False,
+        cgroup_id=0,
+        cgroup="",
+        truncated=(),
+        untracked=False,
         otel_env=(),
     )
     base.update(kw)
@@ -37,13 +55,17 @@ def representative_spans() -> list:
     def stopped_by_gunicorn(pid: int) -> list[ProcessEvent]:
         """More signals than a span keeps; the last a re-raise of the one that asked it to stop."""
         asked = [SignalSent(9_000 + n, signal.SIGHUP, 0, False, 812, "gunicorn") for n in range(MAX_SIGNALS)]
-        asked += [SignalSent(9_500, signal.SIGTERM, 0, False, 812, "gunicorn"),
-                  SignalSent(9_600, signal.SIGTERM, -6, False, pid, "python3")]
+        asked += [
+            SignalSent(9_500, signal.SIGTERM, 0, False, 812, "gunicorn"),
+            SignalSent(9_600, signal.SIGTERM, -6, False, pid, "python3"),
+        ]
         return [event("signal", pid, ticks=pid, sent=sent) for sent in asked]
 
     def oom_killed(pid: int) -> list[ProcessEvent]:
-        return [event("signal", pid, ticks=pid, sent=SignalSent(9_700, signal.SIGKILL, 0x80, True, 0, "")),
-                event("oom", pid, ticks=pid, oom=memcg)]
+        return [
+            event("signal", pid, ticks=pid, sent=SignalSent(9_700, signal.SIGKILL, 0x80, True, 0, "")),
+            event("oom", pid, ticks=pid, oom=memcg),
+        ]
 
     cases = [
         (dict(exit_code=3, usage=used), None),
@@ -85,11 +107,24 @@ def fuzzed_records(rng: random.Random) -> Iterator[bytes]:
         lens = [rng.randrange(0, 300) for _ in range(3)]
         raw = layout.pack(
             data,
-            kind=rng.choice(kinds), flags=rng.getrandbits(32), pid=rng.getrandbits(32), ppid=rng.getrandbits(32),
-            tid=rng.getrandbits(32), vpid=rng.getrandbits(32), pidns=rng.getrandbits(32), uid=rng.getrandbits(32),
-            gid=rng.getrandbits(32), exit_code=rng.getrandbits(32), time_ns=rng.getrandbits(63),
-            start_time_ns=rng.getrandbits(63), cgroup_id=rng.getrandbits(64), exe_len=lens[0], argv_len=lens[1],
-            env_len=lens[2], comm=rng.randbytes(16), cgroup=rng.randbytes(rng.randrange(0, 128)),
+            kind=rng.choice(kinds),
+            flags=rng.getrandbits(32),
+            pid=rng.getrandbits(32),
+            ppid=rng.getrandbits(32),
+            tid=rng.getrandbits(32),
+            vpid=rng.getrandbits(32),
+            pidns=rng.getrandbits(32),
+            uid=rng.getrandbits(32),
+            gid=rng.getrandbits(32),
+            exit_code=rng.getrandbits(32),
+            time_ns=rng.getrandbits(63),
+            start_time_ns=rng.getrandbits(63),
+            cgroup_id=rng.getrandbits(64),
+            exe_len=lens[0],
+            argv_len=lens[1],
+            env_len=lens[2],
+            comm=rng.randbytes(16),
+            cgroup=rng.randbytes(rng.randrange(0, 128)),
         )
         yield raw
         yield raw[: rng.randrange(0, len(raw) + 1)]

@@ -117,19 +117,34 @@ def running_backend(tmp_path: Path, jaeger_overlay: Path | None = None) -> Itera
     otlp_grpc, otlp_http, query_http, query_grpc, c_grpc, c_http, c_telemetry = free_ports(7)
     started: list[JaegerProcess] = []
     try:
-        jaeger = JaegerProcess(binary, ALL_IN_ONE, {
-            "JAEGER_LISTEN_HOST": "127.0.0.1", "JAEGER_OTLP_GRPC_PORT": str(otlp_grpc),
-            "JAEGER_OTLP_HTTP_PORT": str(otlp_http), "JAEGER_QUERY_HTTP_PORT": str(query_http),
-            "JAEGER_QUERY_GRPC_PORT": str(query_grpc),
-        }, tmp_path / "jaeger.log", jaeger_overlay)
+        jaeger = JaegerProcess(
+            binary,
+            ALL_IN_ONE,
+            {
+                "JAEGER_LISTEN_HOST": "127.0.0.1",
+                "JAEGER_OTLP_GRPC_PORT": str(otlp_grpc),
+                "JAEGER_OTLP_HTTP_PORT": str(otlp_http),
+                "JAEGER_QUERY_HTTP_PORT": str(query_http),
+                "JAEGER_QUERY_GRPC_PORT": str(query_grpc),
+            },
+            tmp_path / "jaeger.log",
+            jaeger_overlay,
+        )
         started.append(jaeger)
         jaeger.wait_listening(query_http)
         jaeger.wait_listening(otlp_grpc)
-        collector = JaegerProcess(binary, COLLECTOR_CONFIG, {
-            "COLLECTOR_LISTEN_HOST": "127.0.0.1", "COLLECTOR_OTLP_GRPC_PORT": str(c_grpc),
-            "COLLECTOR_OTLP_HTTP_PORT": str(c_http), "COLLECTOR_TELEMETRY_PORT": str(c_telemetry),
-            "JAEGER_OTLP_ENDPOINT": f"127.0.0.1:{otlp_grpc}",
-        }, tmp_path / "collector.log")
+        collector = JaegerProcess(
+            binary,
+            COLLECTOR_CONFIG,
+            {
+                "COLLECTOR_LISTEN_HOST": "127.0.0.1",
+                "COLLECTOR_OTLP_GRPC_PORT": str(c_grpc),
+                "COLLECTOR_OTLP_HTTP_PORT": str(c_http),
+                "COLLECTOR_TELEMETRY_PORT": str(c_telemetry),
+                "JAEGER_OTLP_ENDPOINT": f"127.0.0.1:{otlp_grpc}",
+            },
+            tmp_path / "collector.log",
+        )
         started.append(collector)
         collector.wait_listening(c_grpc)
         yield Backend(f"http://127.0.0.1:{query_http}", f"http://127.0.0.1:{c_grpc}", collector)
@@ -181,14 +196,24 @@ def flatten(result: dict[str, Any]) -> list[JaegerSpan]:
         for scope_spans in resource_spans.get("scopeSpans", []):
             for s in scope_spans.get("spans", []):
                 status = s.get("status", {})
-                spans.append(JaegerSpan(
-                    name=s["name"], trace_id=s["traceId"], span_id=s["spanId"],
-                    parent_span_id=s.get("parentSpanId", ""), kind=s.get("kind", 0),
-                    status_code=status.get("code", 0), status_message=status.get("message", ""),
-                    attributes=attributes(s.get("attributes")), resource=resource,
-                    links=[(lk["traceId"], lk["spanId"], attributes(lk.get("attributes"))) for lk in s.get("links", [])],
-                    events={e["name"]: attributes(e.get("attributes")) for e in s.get("events", [])}, text=repr(s),
-                ))
+                spans.append(
+                    JaegerSpan(
+                        name=s["name"],
+                        trace_id=s["traceId"],
+                        span_id=s["spanId"],
+                        parent_span_id=s.get("parentSpanId", ""),
+                        kind=s.get("kind", 0),
+                        status_code=status.get("code", 0),
+                        status_message=status.get("message", ""),
+                        attributes=attributes(s.get("attributes")),
+                        resource=resource,
+                        links=[
+                            (lk["traceId"], lk["spanId"], attributes(lk.get("attributes"))) for lk in s.get("links", [])
+                        ],
+                        events={e["name"]: attributes(e.get("attributes")) for e in s.get("events", [])},
+                        text=repr(s),
+                    )
+                )
     return spans
 
 
@@ -208,13 +233,17 @@ def rfc3339(moment: datetime.datetime) -> str:
 def find_spans(query_url: str, service: str, since: datetime.datetime) -> list[JaegerSpan]:
     """Every span of the service's traces, as stored (raw: no clock-skew adjustment), via /api/v3/traces."""
     now = datetime.datetime.now(datetime.timezone.utc)
-    response = httpx.get(f"{query_url}/api/v3/traces", timeout=10, params={
-        "query.service_name": service,
-        "query.start_time_min": rfc3339(since - datetime.timedelta(minutes=1)),
-        "query.start_time_max": rfc3339(now + datetime.timedelta(minutes=1)),
-        "query.num_traces": 1000,  # 0 (the default) is refused: "search depth must be greater than 0"
-        "query.raw_traces": "true",
-    })
+    response = httpx.get(
+        f"{query_url}/api/v3/traces",
+        timeout=10,
+        params={
+            "query.service_name": service,
+            "query.start_time_min": rfc3339(since - datetime.timedelta(minutes=1)),
+            "query.start_time_max": rfc3339(now + datetime.timedelta(minutes=1)),
+            "query.num_traces": 1000,  # 0 (the default) is refused: "search depth must be greater than 0"
+            "query.raw_traces": "true",
+        },
+    )
     if response.status_code == 404:  # "No traces found"
         return []
     response.raise_for_status()
@@ -223,9 +252,16 @@ def find_spans(query_url: str, service: str, since: datetime.datetime) -> list[J
 
 def search_by_tag(query_url: str, service: str, key: str, value: str) -> list[dict[str, Any]]:
     """The UI's Search with a tag filter (the UI's own /api/traces; API v3 has no tag filter)."""
-    response = httpx.get(f"{query_url}/api/traces", timeout=10, params={
-        "service": service, "tags": json.dumps({key: value}), "lookback": "1h", "limit": 1000,
-    })
+    response = httpx.get(
+        f"{query_url}/api/traces",
+        timeout=10,
+        params={
+            "service": service,
+            "tags": json.dumps({key: value}),
+            "lookback": "1h",
+            "limit": 1000,
+        },
+    )
     response.raise_for_status()
     return response.json()["data"]
 

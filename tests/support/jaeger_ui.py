@@ -26,9 +26,19 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # As root Chromium needs --no-sandbox; without the background-networking flags it keeps trying to
 # reach Google's hosts, which a closed network refuses. A scale factor of 1: a screenshot has the
 # window's size in pixels.
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--hide-scrollbars", "--force-device-scale-factor=1")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--force-device-scale-factor=1",
+)
 T = TypeVar("T")
 
 
@@ -108,9 +118,11 @@ class JaegerUI:
                 return result
             if time.monotonic() > deadline:
                 self.save_as_is("unseen")
-                raise AssertionError(f"the browser waited {timeout} s for {what}; the page "
-                                     f"({self.driver.current_url}, title {self.driver.title!r}) shows:\n"
-                                     f"{self.text()[:1500]}")
+                raise AssertionError(
+                    f"the browser waited {timeout} s for {what}; the page "
+                    f"({self.driver.current_url}, title {self.driver.title!r}) shows:\n"
+                    f"{self.text()[:1500]}"
+                )
             time.sleep(0.3)
 
     def save_as_is(self, name: str) -> None:
@@ -146,7 +158,8 @@ class JaegerUI:
             self.driver.save_screenshot(str(path))
             return path
         bottom = self.driver.execute_script(
-            "return Math.max(...[...document.querySelectorAll('.span-row')].map(r => r.getBoundingClientRect().bottom));")
+            "return Math.max(...[...document.querySelectorAll('.span-row')].map(r => r.getBoundingClientRect().bottom));"
+        )
         frame = self.driver.execute_script("return window.outerHeight - window.innerHeight;")
         self.driver.set_window_size(self.width, int(bottom) + frame + 12)
         try:
@@ -161,8 +174,9 @@ class JaegerUI:
     def open(self) -> None:
         """Jaeger's start page, the Search form; fails unless it is the Jaeger UI with its form."""
         self.driver.get(self.base_url + "/search")
-        self.wait(lambda: self.find("div[name=service] input[role=combobox]"),
-                  "the Jaeger UI's Search form (a Service field)")
+        self.wait(
+            lambda: self.find("div[name=service] input[role=combobox]"), "the Jaeger UI's Search form (a Service field)"
+        )
 
     def search(self, service: str) -> list[SearchResult]:
         """Search: picks the service in the Service field, Find Traces, and the traces listed."""
@@ -170,17 +184,23 @@ class JaegerUI:
         self.wait(lambda: not self.find("div[name=service].ant-select-disabled"), "the Service field to be enabled")
         field.click()
         field.send_keys(service)
-        option = self.wait(lambda: [o for o in self.find(".ant-select-item-option") if o.text.strip() == service],
-                           f"the service {service!r} among the Service field's choices")[0]
+        option = self.wait(
+            lambda: [o for o in self.find(".ant-select-item-option") if o.text.strip() == service],
+            f"the service {service!r} among the Service field's choices",
+        )[0]
         option.click()
-        self.wait(lambda: self.find("div[name=service] .ant-select-content-value")[0].text == service,
-                  f"the Service field to show {service!r}")
+        self.wait(
+            lambda: self.find("div[name=service] .ant-select-content-value")[0].text == service,
+            f"the Service field to show {service!r}",
+        )
         self.button("Find Traces").click()
         return self.wait(self.results, f"traces of {service!r} listed")
 
     def button(self, label: str) -> WebElement:
-        return self.wait(lambda: [b for b in self.find("button") if b.text.strip() == label and b.is_enabled()],
-                         f"an enabled button {label!r}")[0]
+        return self.wait(
+            lambda: [b for b in self.find("button") if b.text.strip() == label and b.is_enabled()],
+            f"an enabled button {label!r}",
+        )[0]
 
     def results(self) -> list[SearchResult]:
         """The traces the Search page lists, as shown."""
@@ -196,8 +216,11 @@ class JaegerUI:
 
     def open_result(self, trace_id: str) -> None:
         """Clicks the listed trace with that id, and waits for its page."""
-        (item,) = [r for r in self.find(".ResultItem")
-                   if f"/trace/{trace_id}" in r.find_element(By.CSS_SELECTOR, "a[href*='/trace/']").get_attribute("href")]
+        (item,) = [
+            r
+            for r in self.find(".ResultItem")
+            if f"/trace/{trace_id}" in r.find_element(By.CSS_SELECTOR, "a[href*='/trace/']").get_attribute("href")
+        ]
         self.click(item.find_element(By.CSS_SELECTOR, ".ResultItemTitle--title"))
         self.wait_trace(trace_id)
 
@@ -210,8 +233,10 @@ class JaegerUI:
         self.wait_trace(trace_id)
 
     def wait_trace(self, trace_id: str) -> None:
-        self.wait(lambda: f"/trace/{trace_id}" in self.driver.current_url and self.spans(),
-                  f"the page of trace {trace_id} with its spans")
+        self.wait(
+            lambda: f"/trace/{trace_id}" in self.driver.current_url and self.spans(),
+            f"the page of trace {trace_id} with its spans",
+        )
         time.sleep(0.5)  # the timeline draws its rows over a few frames
 
     def spans(self) -> list[SpanRow]:
@@ -223,11 +248,16 @@ class JaegerUI:
             guides = row.find_elements(By.CSS_SELECTOR, ".SpanTreeOffset--indentGuide")
             # The timeline's rows are keyed by span id: "<id>--bar" for the span, "<id>--detail" for its detail.
             key = row.find_element(By.XPATH, "ancestor::div[@data-item-key][1]").get_attribute("data-item-key")
-            rows.append(SpanRow(
-                service=service.split("\n")[0].strip(), name=name.strip(), depth=len(guides) - 1,
-                span_id=key.removesuffix("--bar"), ancestors=tuple(g.get_attribute("data-ancestor-id") for g in guides),
-                matching="is-matching-filter" in (row.get_attribute("class") or ""),
-            ))
+            rows.append(
+                SpanRow(
+                    service=service.split("\n")[0].strip(),
+                    name=name.strip(),
+                    depth=len(guides) - 1,
+                    span_id=key.removesuffix("--bar"),
+                    ancestors=tuple(g.get_attribute("data-ancestor-id") for g in guides),
+                    matching="is-matching-filter" in (row.get_attribute("class") or ""),
+                )
+            )
         return rows
 
     def span(self, name: str, index: int = 0) -> SpanRow:
@@ -259,17 +289,23 @@ class JaegerUI:
         for opened in self.find(".span-row a.span-name[aria-checked=true]"):
             self.click(opened)
         self.click(self.find(f"div[data-item-key='{span.span_id}--bar'] .span-row a.span-name")[0])
-        detail = self.wait(lambda: self.find(f"div[data-item-key='{span.span_id}--detail'] .detail-info-wrapper"),
-                           f"the detail of span {span.name!r}")[0]
+        detail = self.wait(
+            lambda: self.find(f"div[data-item-key='{span.span_id}--detail'] .detail-info-wrapper"),
+            f"the detail of span {span.name!r}",
+        )[0]
         for section in sections:
             self.unfold(detail, section)
         return detail
 
     def unfold(self, detail: WebElement, section: str) -> None:
         """Unfolds a section of a span's detail (Tags, Process, Logs, References) unless it is open."""
-        header = [h for h in detail.find_elements(By.CSS_SELECTOR, ".AccordianKeyValues--header, "
-                                                  ".AccordianReferences--header, .AccordianLogs--header")
-                  if h.text.strip().startswith(section)]
+        header = [
+            h
+            for h in detail.find_elements(
+                By.CSS_SELECTOR, ".AccordianKeyValues--header, .AccordianReferences--header, .AccordianLogs--header"
+            )
+            if h.text.strip().startswith(section)
+        ]
         assert header, f"the span's detail has no {section!r} section: {detail.text[:500]}"
         if header[0].get_attribute("aria-checked") != "true":
             self.click(header[0])
@@ -278,14 +314,17 @@ class JaegerUI:
         """The References of a span: its detail opened, only References unfolded; each reference as
         the link the page shows (its text: the reference type and the span id)."""
         detail = self.open_detail(span, ("References",))
-        return self.wait(lambda: detail.find_elements(By.CSS_SELECTOR, ".ReferencesList--Item a"),
-                         f"the references of span {span.name!r}")
+        return self.wait(
+            lambda: detail.find_elements(By.CSS_SELECTOR, ".ReferencesList--Item a"),
+            f"the references of span {span.name!r}",
+        )
 
     def warnings(self) -> list[str]:
         """Every span's detail opened: the warnings the page shows there (an invalid parent span ID...)."""
         count = len(self.spans())
         self.driver.execute_script(
-            "document.querySelectorAll('.span-row a.span-name[aria-checked=\"false\"]').forEach(a => a.click());")
+            "document.querySelectorAll('.span-row a.span-name[aria-checked=\"false\"]').forEach(a => a.click());"
+        )
         self.wait(lambda: len(self.find(".detail-row")) == count, f"{count} span details open")
         for header in self.find(".AccordianWarnings--header"):
             self.driver.execute_script("arguments[0].click();", header)
@@ -298,8 +337,10 @@ class JaegerUI:
         self.click(link)
         new = self.wait(lambda: set(self.driver.window_handles) - before, "a new tab for the link")
         self.driver.switch_to.window(new.pop())
-        trace_id = self.wait(lambda: "/trace/" in self.driver.current_url and trace_id_in(self.driver.current_url),
-                             "the linked trace's page")
+        trace_id = self.wait(
+            lambda: "/trace/" in self.driver.current_url and trace_id_in(self.driver.current_url),
+            "the linked trace's page",
+        )
         self.wait_trace(trace_id)
         return trace_id
 

@@ -16,8 +16,16 @@ from support.ports import free_ports
 from support.subjects import TEST_COMM
 
 UP, DOWN = REPO / "deploy" / "local" / "up.sh", REPO / "deploy" / "local" / "down.sh"
-PORT_VARIABLES = ("JAEGER_OTLP_GRPC_PORT", "JAEGER_OTLP_HTTP_PORT", "JAEGER_QUERY_HTTP_PORT", "JAEGER_QUERY_GRPC_PORT",
-                  "COLLECTOR_OTLP_GRPC_PORT", "COLLECTOR_OTLP_HTTP_PORT", "COLLECTOR_TELEMETRY_PORT", "DEMO_PORT")
+PORT_VARIABLES = (
+    "JAEGER_OTLP_GRPC_PORT",
+    "JAEGER_OTLP_HTTP_PORT",
+    "JAEGER_QUERY_HTTP_PORT",
+    "JAEGER_QUERY_GRPC_PORT",
+    "COLLECTOR_OTLP_GRPC_PORT",
+    "COLLECTOR_OTLP_HTTP_PORT",
+    "COLLECTOR_TELEMETRY_PORT",
+    "DEMO_PORT",
+)
 
 
 def stack_env(stack_dir: Path, test_python: str) -> dict[str, str]:

@@ -111,9 +111,9 @@ class Cluster:
         # data/: this node's own instead.
         options = config / "jvm.options"
         options.write_text(
-            options.read_text().replace("logs/", f"{node.directory}/logs/").replace(
-                "HeapDumpPath=data", f"HeapDumpPath={node.directory}/data"
-            )
+            options.read_text()
+            .replace("logs/", f"{node.directory}/logs/")
+            .replace("HeapDumpPath=data", f"HeapDumpPath={node.directory}/data")
         )
         for sub in ("data", "logs", "tmp"):
             (node.directory / sub).mkdir()
@@ -137,8 +137,15 @@ class Cluster:
         }
         with (node.directory / "stdout.log").open("ab") as out:
             node.proc = subprocess.Popen(
-                [str(self.home / "bin" / "opensearch")], cwd=node.directory, env=env, user=self.uid,
-                group=self.gid, extra_groups=[], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                [str(self.home / "bin" / "opensearch")],
+                cwd=node.directory,
+                env=env,
+                user=self.uid,
+                group=self.gid,
+                extra_groups=[],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
 

@@ -76,7 +76,11 @@ def flatten(request: trace_service_pb2.ExportTraceServiceRequest) -> list[Receiv
                             for e in s.events
                         ],
                         links=[
-                            (link.trace_id.hex(), link.span_id.hex(), {kv.key: any_value(kv.value) for kv in link.attributes})
+                            (
+                                link.trace_id.hex(),
+                                link.span_id.hex(),
+                                {kv.key: any_value(kv.value) for kv in link.attributes},
+                            )
                             for link in s.links
                         ],
                     )
@@ -150,7 +154,9 @@ class _Store:
     def of_pid(self, pid: int, role: str = "lifetime") -> list[ReceivedSpan]:
         with self._cond:
             return [
-                s for s in self.spans if s.attributes.get("process.pid") == pid and s.attributes.get("otelproc.span") == role
+                s
+                for s in self.spans
+                if s.attributes.get("process.pid") == pid and s.attributes.get("otelproc.span") == role
             ]
 
 

@@ -135,4 +135,6 @@ def assert_children_of(receiver, workers: set[int], master: int) -> None:
         assert (worker_span.trace_id, worker_span.parent_span_id) == (master_span.trace_id, master_span.span_id), worker
         (lifetime,) = receiver.of_pid(worker)
         assert lifetime is worker_span or (lifetime.trace_id, lifetime.parent_span_id) == (
-            worker_span.trace_id, worker_span.span_id), worker
+            worker_span.trace_id,
+            worker_span.span_id,
+        ), worker

@@ -22,7 +22,7 @@ def sweep_killed_sessions() -> None:
     from otelproc.kernel import pins
 
     for mount in Path(tempfile.gettempdir()).glob(BPFFS_PREFIX + "*"):
-        pid = mount.name[len(BPFFS_PREFIX):].split("-", 1)[0]
+        pid = mount.name[len(BPFFS_PREFIX) :].split("-", 1)[0]
         if not pid.isdigit() or Path(f"/proc/{pid}").exists():
             continue
         if pins.on_bpffs(mount):
@@ -84,8 +84,11 @@ class PinRoot:
                 found.append(f"pinned probe left: {probe_dir} ({', '.join(p.name for p in probe_dir.iterdir())})")
                 self.remove(probe_dir.parent)
         time.sleep(0.1)  # a link is released after its last reference, through RCU
-        found += [f"BPF program {i} of a test's pinned probe is still loaded" for i in sorted(self.prog_ids)
-                  if libbpf.prog_exists(i)]
+        found += [
+            f"BPF program {i} of a test's pinned probe is still loaded"
+            for i in sorted(self.prog_ids)
+            if libbpf.prog_exists(i)
+        ]
         if not self.production_existed and Path(pins.BPFFS_ROOT, "otelproc").exists():
             found.append(f"a test pinned in {pins.BPFFS_ROOT}/otelproc, the production default")
         return found
@@ -100,15 +103,20 @@ class PinRoot:
 class SidecarProcess:
     """`otelproc run` as a real subprocess; its stderr is collected line by line."""
 
-    def __init__(self, args: list[str], env: dict[str, str], command: list[str] | None = None,
-                 cwd: Path = REPO) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], command: list[str] | None = None, cwd: Path = REPO
+    ) -> None:
         self.args = args
         self.env = env
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
             command or [PYTHON, "-m", "otelproc", "run", *args],
-            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True).start()
         self.stdout_lines: list[str] = []

@@ -31,8 +31,9 @@ def python_named(directory: Path, name: str) -> str:
     """PYTHON as an executable file named `name`: the kernel side matches the name of the file an exec
     loads (symlinks resolved), so a symlink would not do. A copy in a venv (--copies) made in
     `directory`, so that it finds its standard library and sees the installed packages."""
-    subprocess.run([PYTHON, "-m", "venv", "--copies", "--system-site-packages", "--without-pip", str(directory)],
-                   check=True)
+    subprocess.run(
+        [PYTHON, "-m", "venv", "--copies", "--system-site-packages", "--without-pip", str(directory)], check=True
+    )
     python = directory / "bin" / name
     (directory / "bin" / os.path.basename(PYTHON)).rename(python)
     return str(python)
@@ -63,8 +64,11 @@ def run_all(test_python: str, n: int, tag: str) -> list[int]:
 
 def until_finished(python: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """A subject that runs until its stdin is closed (finish)."""
-    return subprocess.Popen([python, "-c", "import sys; sys.stdin.read()", *args], stdin=subprocess.PIPE,
-                            env=env if env is not None else {"PATH": "/usr/bin:/bin"})
+    return subprocess.Popen(
+        [python, "-c", "import sys; sys.stdin.read()", *args],
+        stdin=subprocess.PIPE,
+        env=env if env is not None else {"PATH": "/usr/bin:/bin"},
+    )
 
 
 def finish(*children: subprocess.Popen) -> None:

@@ -13,10 +13,6 @@ from otelproc.matching import EXE_NAME_MAX
 from support.cli import assert_one_line_error, otelproc, run_with
 
 
-
-
-
-
 def test_unknown_flag_is_one_line():
     assert_one_line_error(otelproc("events", "--frobnicate"), "--frobnicate")
 
@@ -30,10 +26,15 @@ def test_malformed_match_list_from_environment():
     assert_one_line_error(otelproc("events", env={**os.environ, "OTELPROC_MATCH": "*"}), "OTELPROC_MATCH")
 
 
-
 # (A state file otelproc cannot write is found once it holds its privileges: tests/test_cli_messages.py.)
-@pytest.mark.parametrize("bad", [
-    ("--sweep-interval", "0"), ("--health-port", "70000"), ("--exporter", "zipkin"), ("--otlp-protocol", "thrift"),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ("--sweep-interval", "0"),
+        ("--health-port", "70000"),
+        ("--exporter", "zipkin"),
+        ("--otlp-protocol", "thrift"),
+    ],
+)
 def test_bad_configuration_is_one_line(bad):
     assert_one_line_error(run_with(*bad), bad[0])

@@ -57,8 +57,11 @@ def test_the_sdks_variable_stands_in_after_otelprocs_own():
         ([], {"OTELPROC_ADOPT": "maybe"}, "OTELPROC_ADOPT"),
         (["--scope", "cgroup=/nonexistent"], {}, "--scope"),
         ([], {"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
-        ([], {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http"},
-         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+        (
+            [],
+            {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http"},
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ),
     ],
 )
 def test_bad_settings_name_their_source(argv, env, where):
@@ -111,7 +114,8 @@ def test_bad_match_lists_say_why(text, message):
 def test_documented_settings_table_matches_the_code():
     assert config.markdown_table() in (REPO / "docs" / "configuration.md").read_text(), (
         "the settings table of docs/configuration.md is not the one OPTIONS makes: paste the output of "
-        "python3 -c 'import otelproc.config as c; print(c.markdown_table())'")
+        "python3 -c 'import otelproc.config as c; print(c.markdown_table())'"
+    )
 
 
 def test_usage_setting():

@@ -21,17 +21,28 @@ from otelproc.config import options_for
 from otelproc.kernel.checks import CAP_NAMES, RUN_CAPS
 from support import REPO
 from support.deploy import (
-    COMPOSE, JAEGER_IMAGE_ENV, collector_config, compose_service, expand, host_port, otlp_receiver,
+    COMPOSE,
+    JAEGER_IMAGE_ENV,
+    collector_config,
+    compose_service,
+    expand,
+    host_port,
+    otlp_receiver,
 )
 from support.jaeger import ALL_IN_ONE, BADGER, COLLECTOR_CONFIG
 
-KUBERNETES = [doc for f in sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))
-              for doc in yaml.safe_load_all(f.read_text()) if doc]
+KUBERNETES = [
+    doc
+    for f in sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))
+    for doc in yaml.safe_load_all(f.read_text())
+    if doc
+]
 RUN_CAP_NAMES = {CAP_NAMES[c].removeprefix("CAP_") for c in RUN_CAPS}
 BPFFS = "/sys/fs/bpf"  # where the deployments give otelproc the host's bpffs
 
 
 # --- following the files --------------------------------------------------------------------
+
 
 def k8s_collector_config() -> str:
     """The Collector config of deploy/kubernetes/collector.yaml's ConfigMap (the one its Deployment mounts)."""
@@ -60,8 +71,11 @@ def pid_owner(pid: str) -> str | None:
     if pid.startswith("service:"):
         return pid.removeprefix("service:")
     if pid.startswith("container:"):
-        named = [name for name, service in COMPOSE["services"].items()
-                 if service.get("container_name") == pid.removeprefix("container:")]
+        named = [
+            name
+            for name, service in COMPOSE["services"].items()
+            if service.get("container_name") == pid.removeprefix("container:")
+        ]
         assert named, f"pid: {pid} names no service's container_name"
         return named[0]
     return None
@@ -114,8 +128,11 @@ def k8s_service_target(endpoint: str, namespace: str) -> tuple[dict[str, Any], d
     entries = [p for p in service["spec"]["ports"] if p["port"] == port]
     assert len(entries) == 1, f"{endpoint}: Service {host} has no port {port}"
     selector = service["spec"]["selector"]
-    (deployment,) = [d for d in KUBERNETES if d["kind"] == "Deployment"
-                     and d["spec"]["template"]["metadata"]["labels"].items() >= selector.items()]
+    (deployment,) = [
+        d
+        for d in KUBERNETES
+        if d["kind"] == "Deployment" and d["spec"]["template"]["metadata"]["labels"].items() >= selector.items()
+    ]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     return deployment, container, k8s_container_port(container, entries[0].get("targetPort", port))
 
@@ -124,23 +141,33 @@ def otelproc_deployments() -> dict[str, dict[str, Any]]:
     """Each deployment's otelproc: its pid namespace, environment, arguments and capabilities."""
     compose = compose_service("otelproc")
     pid = str(compose.get("pid", ""))
-    found = {"compose": {
-        "pid": "host" if pid == "host" else "shared with a service" if pid_owner(pid) else "own",
-        "env": compose_env(compose), "args": list(compose.get("command", [])),
-        "add": set(compose.get("cap_add", [])), "drop": set(compose.get("cap_drop", [])),
-        "privileged": compose.get("privileged", False),
-    }}
+    found = {
+        "compose": {
+            "pid": "host" if pid == "host" else "shared with a service" if pid_owner(pid) else "own",
+            "env": compose_env(compose),
+            "args": list(compose.get("command", [])),
+            "add": set(compose.get("cap_add", [])),
+            "drop": set(compose.get("cap_drop", [])),
+            "privileged": compose.get("privileged", False),
+        }
+    }
     sidecar, daemonset = k8s("Deployment", "demo"), k8s("DaemonSet", "otelproc")
     for name, workload in (("kubernetes sidecar", sidecar), ("kubernetes daemonset", daemonset)):
         pod = workload["spec"]["template"]["spec"]
         container = k8s_container(workload, "otelproc")
         security = container.get("securityContext", {})
         found[name] = {
-            "pid": "host" if pod.get("hostPID") else "shared with a service" if pod.get("shareProcessNamespace") else "own",
-            "env": k8s_env(container), "args": container.get("args", []),
+            "pid": "host"
+            if pod.get("hostPID")
+            else "shared with a service"
+            if pod.get("shareProcessNamespace")
+            else "own",
+            "env": k8s_env(container),
+            "args": container.get("args", []),
             "add": set(security.get("capabilities", {}).get("add", [])),
             "drop": set(security.get("capabilities", {}).get("drop", [])),
-            "privileged": security.get("privileged", False), "container": container,
+            "privileged": security.get("privileged", False),
+            "container": container,
             "namespace": workload["metadata"]["namespace"],
         }
     return found
@@ -150,6 +177,7 @@ DEPLOYMENTS = otelproc_deployments()
 
 
 # --- compose --------------------------------------------------------------------------------
+
 
 def test_compose_otlp_senders_reach_the_collector_receiver():
     collector = compose_service("collector")
@@ -186,8 +214,11 @@ def test_compose_jaeger_keeps_its_traces_in_a_volume_its_user_owns():
     assert volume in COMPOSE["volumes"], f"{data_dir}: a named volume, so that it outlives the container"
     # The image runs as uid 10001 (Jaeger's cmd/jaeger/Dockerfile); a new volume is root's until the
     # one-off Jaeger waits for has given it to that user.
-    (owner,) = [name for name, condition in jaeger["depends_on"].items()
-                if condition == {"condition": "service_completed_successfully"}]
+    (owner,) = [
+        name
+        for name, condition in jaeger["depends_on"].items()
+        if condition == {"condition": "service_completed_successfully"}
+    ]
     chown = compose_service(owner)
     assert chown["command"] == ["chown", "10001:10001", data_dir]
     assert chown["volumes"] == [f"{volume}:{data_dir}"]
@@ -213,6 +244,7 @@ def test_compose_otelproc_watches_the_demo_and_mounts_read_only():
 
 
 # --- Kubernetes -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["kubernetes sidecar", "kubernetes daemonset"])
 def test_kubernetes_otelproc_exports_to_the_collector_receiver(name):
@@ -323,6 +355,7 @@ def test_kubernetes_namespace_admits_the_capabilities():
 
 # --- every deployment of otelproc ----------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", DEPLOYMENTS)
 def test_scope_fits_the_pid_namespace(name):
     deployment = DEPLOYMENTS[name]
@@ -353,10 +386,12 @@ def test_otelproc_variables_are_real_settings(name):
 
 # --- images ---------------------------------------------------------------------------------
 
+
 def dockerfile_stages(path: Path) -> list[list[tuple[str, str]]]:
     """(INSTRUCTION, arguments) per stage, with continuation lines joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(line for line in path.read_text().splitlines()
-                                          if not line.lstrip().startswith("#")))
+    text = re.sub(
+        r"\\\n", " ", "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+    )
     stages: list[list[tuple[str, str]]] = []
     for line in filter(str.strip, text.splitlines()):
         instruction, _, arguments = line.strip().partition(" ")

@@ -12,7 +12,12 @@ import tokenize
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = [REPO / "README.md", REPO / "ARCHITECTURE.md", REPO / "bench" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = [
+    REPO / "README.md",
+    REPO / "ARCHITECTURE.md",
+    REPO / "bench" / "README.md",
+    *sorted((REPO / "docs").glob("*.md")),
+]
 SEARCHED = ("otelproc", "tests", "bench", "demo", "deploy", "bpf")
 # Files of the user's own service that the docs show as examples, not files of this repository.
 USERS_FILES = {"manage.py"}
@@ -72,21 +77,28 @@ def test_every_module_the_docs_name_imports():
         for dotted in set(_DOTTED.findall(doc.read_text())):
             if any(dotted == name or dotted.startswith(name + ".") for name in data):
                 continue  # an attribute like otelproc.exit.signal_code, which the code writes as f"otelproc.exit.{key}"
-            if re.fullmatch(r"otelproc(\.bpf)?\.[cho]|otelproc\.(log|json)", dotted):  # otelproc.bpf.c, otelproc.h, otelproc.json: files
+            if re.fullmatch(
+                r"otelproc(\.bpf)?\.[cho]|otelproc\.(log|json)", dotted
+            ):  # otelproc.bpf.c, otelproc.h, otelproc.json: files
                 continue
             if not resolves(dotted):
                 missing.append(f"{doc.relative_to(REPO)}: {dotted}")
     assert not missing, "dotted names the docs use that are neither a module nor a documented attribute:\n" + "\n".join(
-        sorted(missing))
+        sorted(missing)
+    )
 
 
 def test_every_module_has_its_place_in_the_architecture():
     """ARCHITECTURE.md names each module of the package, so a new one arrives with its place in the map."""
     text = (REPO / "ARCHITECTURE.md").read_text()
     package = REPO / "otelproc"
-    unnamed = [str(p.relative_to(package)) for p in sorted(package.rglob("*.py"))
-               if p.name not in ("__init__.py", "__main__.py") and f"`{p.name}`" not in text
-               and f"{p.relative_to(package)}`" not in text]
+    unnamed = [
+        str(p.relative_to(package))
+        for p in sorted(package.rglob("*.py"))
+        if p.name not in ("__init__.py", "__main__.py")
+        and f"`{p.name}`" not in text
+        and f"{p.relative_to(package)}`" not in text
+    ]
     assert unnamed == [], "modules ARCHITECTURE.md does not name: " + ", ".join(unnamed)
 
 
@@ -99,8 +111,11 @@ def comments(name: str, text: str) -> list[tuple[int, str]]:
     """(line, text) of each comment and docstring of a tracked file: Python, C, and the files that comment with #."""
     path = REPO / name
     if path.suffix == ".py":
-        found = [(t.start[0], t.string) for t in tokenize.generate_tokens(io.StringIO(text).readline)
-                 if t.type == tokenize.COMMENT]
+        found = [
+            (t.start[0], t.string)
+            for t in tokenize.generate_tokens(io.StringIO(text).readline)
+            if t.type == tokenize.COMMENT
+        ]
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 docstring = ast.get_docstring(node, clean=False)
@@ -120,8 +135,10 @@ def comments(name: str, text: str) -> list[tuple[int, str]]:
 
 def ignored(path: str) -> bool:
     """A place git ignores: what a run makes (bench/work), not a file of the repository."""
-    return any(subprocess.run(["git", "check-ignore", "-q", "--no-index", name], cwd=REPO, timeout=60).returncode == 0
-               for name in (path, path + "/"))
+    return any(
+        subprocess.run(["git", "check-ignore", "-q", "--no-index", name], cwd=REPO, timeout=60).returncode == 0
+        for name in (path, path + "/")
+    )
 
 
 def test_every_path_a_comment_names_exists():

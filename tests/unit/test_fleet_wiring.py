@@ -17,8 +17,12 @@ from support.deploy import JAEGER_IMAGE_ENV, collector_config, compose_service, 
 from support.jaeger import OPENSEARCH_CONFIG
 
 OVERRIDE = yaml.safe_load((REPO / "docker-compose.opensearch.yml").read_text())
-FLEET = [doc for f in sorted((REPO / "deploy" / "kubernetes" / "fleet").glob("*.yaml"))
-         for doc in yaml.safe_load_all(f.read_text()) if doc]
+FLEET = [
+    doc
+    for f in sorted((REPO / "deploy" / "kubernetes" / "fleet").glob("*.yaml"))
+    for doc in yaml.safe_load_all(f.read_text())
+    if doc
+]
 
 
 def fleet(kind: str, name: str) -> dict[str, Any]:
@@ -81,7 +85,8 @@ def test_kubernetes_jaeger_reaches_every_pod_of_the_statefulset():
     assert fleet("PodDisruptionBudget", "opensearch")["spec"]["maxUnavailable"] == 1
     # Retention: the cleaner reaches the cluster, and the query side looks no further back.
     (cleaner,) = fleet("CronJob", "jaeger-es-index-cleaner")["spec"]["jobTemplate"]["spec"]["template"]["spec"][
-        "containers"]
+        "containers"
+    ]
     days, url = cleaner["args"]
     assert urlsplit(url).hostname in hosts
     assert settings["max_span_age"] == f"{24 * int(days)}h"

@@ -10,9 +10,21 @@ from otelproc import config, matching
 @pytest.mark.parametrize(
     "exe_name, python",
     [
-        ("python", True), ("python3", True), ("python3.13", True), ("python3.13t", True), ("python3.11-dbg", True),
-        ("python2.7", True), ("pypy3.10", True), ("pypy", True), ("graalpy", True),
-        ("bash", False), ("uvicorn", False), ("celery", False), ("uwsgi", False), ("env", False), (None, False),
+        ("python", True),
+        ("python3", True),
+        ("python3.13", True),
+        ("python3.13t", True),
+        ("python3.11-dbg", True),
+        ("python2.7", True),
+        ("pypy3.10", True),
+        ("pypy", True),
+        ("graalpy", True),
+        ("bash", False),
+        ("uvicorn", False),
+        ("celery", False),
+        ("uwsgi", False),
+        ("env", False),
+        (None, False),
     ],
 )
 def test_default_list_is_the_python_interpreters(exe_name, python):

@@ -49,8 +49,11 @@ def place(tmp_path: Path) -> Path:
 
 
 def run(place: Path, *args: str, path: str | None = None) -> subprocess.CompletedProcess:
-    env = {"PATH": path or f"{place / 'bin'}:/usr/bin:/bin", "HOME": str(place / "home"),
-           "OTELPROC_OPENSEARCH_CACHE": str(place / "cache")}
+    env = {
+        "PATH": path or f"{place / 'bin'}:/usr/bin:/bin",
+        "HOME": str(place / "home"),
+        "OTELPROC_OPENSEARCH_CACHE": str(place / "cache"),
+    }
     return subprocess.run([str(FETCH), *args], env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -85,8 +88,9 @@ def test_without_java_it_says_what_to_install(place):
     bare = place / "bare"
     bare.mkdir()
     for tool in ("bash", "dirname", "mkdir"):  # everything but java
-        (bare / tool).symlink_to(subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True,
-                                                text=True).stdout.strip())
+        (bare / tool).symlink_to(
+            subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip()
+        )
     result = run(place, path=f"{place / 'bin'}:{bare}")
     assert result.returncode == 2
     assert "apt-get install openjdk-17-jre-headless" in result.stderr

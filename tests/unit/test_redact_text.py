@@ -30,7 +30,7 @@ HARMLESS_TEXT = [
     "the password is required",
     "KeyError: 'token'",
     "  File \"/srv/app.py\", line 4, in <module>\n    raise ValueError(f'bad config password={PW}')",
-    "  File \"/usr/lib/python3/site-packages/passlib/x.py\", line 3, in check_password",
+    '  File "/usr/lib/python3/site-packages/passlib/x.py", line 3, in check_password',
     "ZeroDivisionError: division by zero",
 ]
 
@@ -47,7 +47,7 @@ def test_harmless_text_is_left_alone(text):
 
 def test_a_long_trace_keeps_its_ends_and_says_what_it_left_out():
     frames = "".join(traceback.format_stack()) * 50
-    text = f"Traceback (most recent call last):\n{frames}  File \"app.py\", line 9, in f\nValueError: password=hunter2\n"
+    text = f'Traceback (most recent call last):\n{frames}  File "app.py", line 9, in f\nValueError: password=hunter2\n'
     bounded = bounded_trace(text, 8192)
     assert len(text) > 4 * 8192 and len(bounded) <= 8192
     assert bounded.startswith("Traceback (most recent call last):\n")

@@ -19,6 +19,12 @@ def test_clean_signals_setting():
 
 
 def test_si_code_names():
-    assert [code_name(15, c) for c in (0, -6, -1, 0x80, -2)] == ["SI_USER", "SI_TKILL", "SI_QUEUE", "SI_KERNEL", "SI_TIMER"]
+    assert [code_name(15, c) for c in (0, -6, -1, 0x80, -2)] == [
+        "SI_USER",
+        "SI_TKILL",
+        "SI_QUEUE",
+        "SI_KERNEL",
+        "SI_TIMER",
+    ]
     assert code_name(signal.SIGSEGV, 2) == "SEGV_ACCERR" and code_name(signal.SIGSYS, 1) == "SYS_SECCOMP"
     assert code_name(signal.SIGSEGV, 99) == "99"

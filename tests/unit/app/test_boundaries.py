@@ -41,8 +41,11 @@ def loaded_by(code: str) -> set[str]:
     """The modules a fresh interpreter has loaded after running code, with this tree's otelproc first."""
     result = subprocess.run(
         [PYTHON, "-c", f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"],
-        cwd=REPO, env={"PYTHONPATH": python_path(), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        env={"PYTHONPATH": python_path(), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     return set(result.stdout.split())
@@ -56,24 +59,29 @@ def test_the_entry_points_are_the_app_sides():
     assert entry_points() and all(point.startswith(f"{APP}.") for point in entry_points()), entry_points()
 
 
-@pytest.mark.parametrize("code", [
-    f"import {APP}",
-    f"import {APP}.instrumentor",
-    *(f"from {module} import {attribute}" for module, attribute in (p.split(":") for p in entry_points())),
-    # At work: a span linked to its process, the resource detector, context for a subprocess.
-    f"import subprocess, {APP}\n"
-    "from opentelemetry.sdk.trace import TracerProvider\n"
-    f"provider = TracerProvider()\n{APP}.enable(provider)\n"
-    "provider.get_tracer('t').start_span('request').end()\n"
-    f"{APP}.ProcessResourceDetector().detect()\nsubprocess.run(['true'])",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        f"import {APP}",
+        f"import {APP}.instrumentor",
+        *(f"from {module} import {attribute}" for module, attribute in (p.split(":") for p in entry_points())),
+        # At work: a span linked to its process, the resource detector, context for a subprocess.
+        f"import subprocess, {APP}\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        f"provider = TracerProvider()\n{APP}.enable(provider)\n"
+        "provider.get_tracer('t').start_span('request').end()\n"
+        f"{APP}.ProcessResourceDetector().detect()\nsubprocess.run(['true'])",
+    ],
+)
 def test_the_app_side_loads_nothing_of_the_kernel_side_or_the_sidecar(code):
     loaded = kernel_side(loaded_by(code))
     assert loaded == [], f"{code!r} loaded {', '.join(loaded)}"
 
 
 # The words every role shares (otelproc/*.py), but for the command itself, which wires the roles together.
-SHARED = sorted(f"otelproc.{path.stem}" for path in PACKAGE.glob("*.py") if path.stem not in ("__init__", "__main__", "cli"))
+SHARED = sorted(
+    f"otelproc.{path.stem}" for path in PACKAGE.glob("*.py") if path.stem not in ("__init__", "__main__", "cli")
+)
 
 
 @pytest.mark.parametrize("module", SHARED)
@@ -88,8 +96,13 @@ def ctypes_importers(directory) -> list[str]:
     found = []
     for path in sorted(directory.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             if any(name == "ctypes" or name.startswith("ctypes.") for name in names):
                 found.append(str(path.relative_to(REPO)))
                 break
@@ -126,14 +139,24 @@ def role_of(path) -> str:
 def imported_roles(path) -> set[str]:
     """The roles whose modules this file imports, outside `if TYPE_CHECKING:` blocks."""
     tree = ast.parse(path.read_text(), str(path))
-    hints = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-             for stmt in block.body for n in ast.walk(stmt)}
+    hints = {
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for stmt in block.body
+        for n in ast.walk(stmt)
+    }
     roles = set()
     for node in ast.walk(tree):
         if id(node) in hints:
             continue
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        names = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else []
+        )
         for name in names:
             parts = name.split(".")
             if parts[0] == "otelproc" and len(parts) > 1 and parts[1] in ROLES:
@@ -146,4 +169,6 @@ def test_each_module_imports_only_the_roles_its_role_may(path):
     role = role_of(path)
     assert role in MAY_IMPORT, f"{path} is in no role this test knows: add it to MAY_IMPORT"
     forbidden = imported_roles(path) - MAY_IMPORT[role]
-    assert forbidden == set(), f"{path.relative_to(REPO)} ({role}) imports otelproc.{', otelproc.'.join(sorted(forbidden))}"
+    assert forbidden == set(), (
+        f"{path.relative_to(REPO)} ({role}) imports otelproc.{', otelproc.'.join(sorted(forbidden))}"
+    )

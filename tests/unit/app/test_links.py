@@ -23,8 +23,11 @@ def test_the_app_side_does_not_count_a_shim_as_tracked(test_python, tmp_path):
     shims.mkdir()
     code = "import otelproc.app as a; print(a.process_link() is not None, flush=True)"
     write_script(shims / name, f"#!/bin/bash\n{PYTHON} -c '{code}'\n")  # python as the shim's child
-    env = {**os.environ, "OTELPROC_MATCH": name,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "OTELPROC_MATCH": name,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     under_shim = subprocess.run([str(shims / name)], env=env, capture_output=True, text=True, timeout=30)
     assert under_shim.stdout.strip() == "False", under_shim.stderr
     parent = f"import subprocess; subprocess.run([{PYTHON!r}, '-c', {code!r}])"

@@ -30,8 +30,9 @@ provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=6
 
 def start(code: str, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen([PYTHON, "-c", SETUP + code, *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [PYTHON, "-c", SETUP + code, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_ready(process: subprocess.Popen) -> None:

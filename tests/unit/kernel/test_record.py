@@ -31,12 +31,17 @@ def c_layout(tmp_path, fields: list[str], constants: list[str]) -> dict[str, int
     """sizeof, offsetof and the constants, as the C compiler sees bpf/otelproc.h."""
     lines = [f'printf("offset.{f} %zu\\n", offsetof(struct event, {f}));' for f in fields]
     lines += [f'printf("const.{c} %ld\\n", (long){c});' for c in constants]
-    lines += ['printf("size.reader %zu\\n", sizeof(struct reader));',
-              'printf("offset.reader.unattended_limit_ns %zu\\n", offsetof(struct reader, unattended_limit_ns));']
-    lines += ['printf("size.event %zu\\n", sizeof(struct event));', 'printf("size.exe_name_key %zu\\n", sizeof(struct exe_name_key));']
+    lines += [
+        'printf("size.reader %zu\\n", sizeof(struct reader));',
+        'printf("offset.reader.unattended_limit_ns %zu\\n", offsetof(struct reader, unattended_limit_ns));',
+    ]
+    lines += [
+        'printf("size.event %zu\\n", sizeof(struct event));',
+        'printf("size.exe_name_key %zu\\n", sizeof(struct exe_name_key));',
+    ]
     src = tmp_path / "layout.c"
     src.write_text(
-        "#include <stdio.h>\n#include <stddef.h>\n#include <linux/types.h>\n#include \"otelproc.h\"\n"
+        '#include <stdio.h>\n#include <stddef.h>\n#include <linux/types.h>\n#include "otelproc.h"\n'
         "int main(void) {\n" + "\n".join(lines) + "\nreturn 0;\n}\n"
     )
     exe = tmp_path / "layout"
@@ -54,7 +59,9 @@ def test_btf_layout_is_the_c_compilers(tmp_path):
     assert layout.fixed.size == layout.offsets["data"], "the fixed part is everything before data[]"
     assert c["size.exe_name_key"] == record.EXE_NAME_KEY.size
     assert (c["size.reader"], c["offset.reader.unattended_limit_ns"]) == (record.READER.size, 8)  # <QQ
-    assert {name: c[f"const.{name}"] for name in CONSTANTS} == {name: getattr(record if hasattr(record, name) else model, name) for name in CONSTANTS}
+    assert {name: c[f"const.{name}"] for name in CONSTANTS} == {
+        name: getattr(record if hasattr(record, name) else model, name) for name in CONSTANTS
+    }
     assert {name: c[f"const.{name}"] for name in kinds} == kinds
     assert sorted(record.LOST_NAMES) == list(range(record.LOST_MAX)), "every lost counter has a name"
 
@@ -70,7 +77,9 @@ def test_struct_members_resolve_typedefs_and_descend_into_parts():
     assert (by_name["header.exe_len"].size, by_name["header.exe_len"].kind) == (2, "uint")  # __u16
     assert (by_name["header.comm"].size, by_name["header.comm"].kind) == (model.TASK_COMM_LEN, "bytes")
     assert (by_name["oom.score_adj"].size, by_name["oom.score_adj"].kind) == (4, "int")  # __s32
-    assert by_name["header.time_ns"].offset == 0 and by_name["usage.cpu_ns"].offset > 0, "offsets from the record's start"
+    assert by_name["header.time_ns"].offset == 0 and by_name["usage.cpu_ns"].offset > 0, (
+        "offsets from the record's start"
+    )
     end = members[-1].offset + members[-1].size
     assert members[-1].name == "data" and size == (end + 7) // 8 * 8, "data[] last, then the padding to 8 bytes"
     assert [m.offset for m in members] == sorted(m.offset for m in members)
@@ -95,6 +104,11 @@ def test_a_flat_record_reads_under_the_names_of_the_parts():
     raw = flat.pack(kind=5, pid=4242, total_vm=31, anon_rss=32, pgtables_bytes=35, score_adj=-36)
     event = decoder.decode(raw, BootClock(), flat)
     assert (event.pid, event.oom.total_vm, event.oom.anon_rss, event.oom.pgtables, event.oom.score_adj) == (
-        4242, 31 * PAGE_SIZE, 32 * PAGE_SIZE, 35, -36)
+        4242,
+        31 * PAGE_SIZE,
+        32 * PAGE_SIZE,
+        35,
+        -36,
+    )
     exited = decoder.decode(flat.pack(kind=3, pid=4242, cpu_ns=5_000, nvcsw=7), BootClock(), flat)
     assert (exited.usage.cpu_user_ns, exited.usage.voluntary_switches) == (5_000, 7)

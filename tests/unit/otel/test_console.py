@@ -26,14 +26,24 @@ def test_one_aligned_line_per_span_says_how_it_ended():
     assert len({line.index(" pid ") for line in lines}) == 1, "the pid column lines up"
     assert len({m.end(5) for m in parsed}) == 1, "durations are right-aligned"
     endings = [m.group(6) for m in parsed]
-    assert endings == ["running", "exit status 3", "running", "killed by SIGSEGV (core dumped)",
-                       "running", "exit status 0", "running", "stopped by SIGTERM from pid 812 (gunicorn)",
-                       "running", "killed by SIGKILL from the OOM killer (memory cgroup limit, cgroup app.service)",
-                       "ended, exit not seen",
-                       "ended while otelproc was down, exit not seen"]
+    assert endings == [
+        "running",
+        "exit status 3",
+        "running",
+        "killed by SIGSEGV (core dumped)",
+        "running",
+        "exit status 0",
+        "running",
+        "stopped by SIGTERM from pid 812 (gunicorn)",
+        "running",
+        "killed by SIGKILL from the OOM killer (memory cgroup limit, cgroup app.service)",
+        "ended, exit not seen",
+        "ended while otelproc was down, exit not seen",
+    ]
     assert [m.group(3) for m in parsed[:2]] == [str(spans[0].attributes["process.pid"])] * 2
 
 
 def test_durations_read_like_a_person_writes_them():
-    assert [duration_text(ns) for ns in (420_000, 21_340_000, 1_024_000_000, 125 * 10**9, 3 * 3600 * 10**9 + 120 * 10**9)] \
-        == ["420 µs", "21.3 ms", "1.02 s", "2m05s", "3h02m"]
+    assert [
+        duration_text(ns) for ns in (420_000, 21_340_000, 1_024_000_000, 125 * 10**9, 3 * 3600 * 10**9 + 120 * 10**9)
+    ] == ["420 µs", "21.3 ms", "1.02 s", "2m05s", "3h02m"]

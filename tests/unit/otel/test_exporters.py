@@ -17,12 +17,15 @@ def destination(*flags: str, environ: dict[str, str] | None = None) -> exporters
     return exporters.make_destination(config.resolve("run", args, environ=environ or {}))
 
 
-@pytest.mark.parametrize("endpoint,protocol,why", [
-    ("notaurl", "grpc", "no port in it"),
-    ("ftp://collector:4317", "grpc", "the scheme is 'ftp', not http or https"),
-    ("http://:4318", "http/protobuf", "no host in it"),
-    ("localhost:99999", "grpc", "Port out of range 0-65535"),
-])
+@pytest.mark.parametrize(
+    "endpoint,protocol,why",
+    [
+        ("notaurl", "grpc", "no port in it"),
+        ("ftp://collector:4317", "grpc", "the scheme is 'ftp', not http or https"),
+        ("http://:4318", "http/protobuf", "no host in it"),
+        ("localhost:99999", "grpc", "Port out of range 0-65535"),
+    ],
+)
 def test_an_endpoint_that_names_no_collector_is_one_line(endpoint, protocol, why):
     with pytest.raises(ConfigError) as refused:
         destination("--otlp-endpoint", endpoint, "--otlp-protocol", protocol)
@@ -45,10 +48,16 @@ def test_a_host_that_does_not_resolve_is_said_at_start(monkeypatch, caplog):
     assert line.startswith("--otlp-endpoint collector.invalid:4317: the host collector.invalid does not resolve (")
 
 
-@pytest.mark.parametrize("endpoint,protocol", [
-    ("localhost:4317", "grpc"), ("http://127.0.0.1:4317", "grpc"), ("https://localhost", "grpc"),
-    ("http://localhost:4318", "http/protobuf"), ("localhost", "http/protobuf"),
-])
+@pytest.mark.parametrize(
+    "endpoint,protocol",
+    [
+        ("localhost:4317", "grpc"),
+        ("http://127.0.0.1:4317", "grpc"),
+        ("https://localhost", "grpc"),
+        ("http://localhost:4318", "http/protobuf"),
+        ("localhost", "http/protobuf"),
+    ],
+)
 def test_addresses_the_exporters_take_start_without_a_word(endpoint, protocol, monkeypatch, caplog):
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
     with caplog.at_level(logging.WARNING, logger="otelproc"):

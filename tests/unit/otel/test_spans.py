@@ -32,20 +32,33 @@ def test_exit_status_descriptions():
     assert status(None, None) == ("UNSET", "ended; its exit was not seen", None)
     assert status(None, 9) == ("ERROR", "killed by SIGKILL", "SIGKILL")
     segv = [_sent(11, code=1, from_kernel=True)]
-    assert status(None, 11, True, segv) == ("ERROR", "killed by SIGSEGV from the kernel (SEGV_MAPERR, core dumped)", "SIGSEGV")
+    assert status(None, 11, True, segv) == (
+        "ERROR",
+        "killed by SIGSEGV from the kernel (SEGV_MAPERR, core dumped)",
+        "SIGSEGV",
+    )
     assert status(None, 11, True) == ("ERROR", "killed by SIGSEGV (core dumped)", "SIGSEGV")
     gunicorn = _sent(15, 812, "gunicorn")
     assert status(None, 15, signals=[gunicorn]) == ("OK", "stopped by SIGTERM from pid 812 (gunicorn)", None)
     # Handled, then re-raised by the process itself: the one that asked it to stop is named.
-    assert status(None, 15, signals=[gunicorn, _sent(15, 100, "uvicorn", code=-6)])[1] == "stopped by SIGTERM from pid 812 (gunicorn)"
+    assert (
+        status(None, 15, signals=[gunicorn, _sent(15, 100, "uvicorn", code=-6)])[1]
+        == "stopped by SIGTERM from pid 812 (gunicorn)"
+    )
     assert status(None, 2, signals=[_sent(2, 100, "python", code=-6)])[1] == "stopped by SIGINT from itself"
     assert status(None, 15, signals=[gunicorn], clean=frozenset()) == (
-        "ERROR", "killed by SIGTERM from pid 812 (gunicorn)", "SIGTERM")
+        "ERROR",
+        "killed by SIGTERM from pid 812 (gunicorn)",
+        "SIGTERM",
+    )
     # A clean signal that dumps core (SIGQUIT is not clean; a core dump never is).
     assert status(None, 3, True)[0] == "ERROR"
     memcg = OomKill(0, True, "otp-oom", 0, 0, 0, 0, 0, 0)
     assert status(None, 9, signals=[_sent(9, code=0x80, from_kernel=True)], oom=memcg) == (
-        "ERROR", "killed by SIGKILL from the OOM killer (memory cgroup limit, cgroup otp-oom)", "OOMKilled")
+        "ERROR",
+        "killed by SIGKILL from the OOM killer (memory cgroup limit, cgroup otp-oom)",
+        "OOMKilled",
+    )
     system = memcg._replace(memcg=False, cgroup="")
     assert status(None, 9, oom=system)[1] == "killed by SIGKILL from the OOM killer (system out of memory)"
 
@@ -89,9 +102,11 @@ def _lifetime(builder: SpanBuilder, cgroup_path: str | None = None, **exec_field
 
 def test_usage_groups_say_what_a_span_carries():
     default = _lifetime(SpanBuilder("svc", {}))
-    assert {k for k in default if k.startswith(("process.cpu", "otelproc.memory", "process.paging",
-                                                   "process.context", "process.disk"))} == {
-        "process.cpu.time.user", "process.cpu.time.system", "otelproc.memory.peak"}
+    assert {
+        k
+        for k in default
+        if k.startswith(("process.cpu", "otelproc.memory", "process.paging", "process.context", "process.disk"))
+    } == {"process.cpu.time.user", "process.cpu.time.system", "otelproc.memory.peak"}
     assert default["process.cpu.time.user"] == 0.003 and default["otelproc.memory.peak"] == 9 << 20
     everything = _lifetime(SpanBuilder("svc", {}, usage=frozenset(USAGE_GROUPS)))
     assert everything["process.paging.faults.minor"] == 1_150 and everything["process.disk.io.write"] == 4096

@@ -12,6 +12,7 @@ from otelproc.otel.telemetry import CountingExporter, Stats
 def test_the_exporter_drops_only_the_span_it_cannot_encode(grpc_receiver):
     """A span the OTLP encoder refuses (text that is not valid Unicode) is dropped alone and counted; the
     rest of its batch is exported."""
+
     def span(name: str) -> ReadableSpan:  # the encoder skips a bad attribute, but not a bad name
         return ReadableSpan(name=name, context=SpanContext(7, len(name), False), start_time=1, end_time=2)
 

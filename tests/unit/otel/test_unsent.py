@@ -26,7 +26,10 @@ def kept_words(tmp_path, spans: int) -> str:
 
 
 def test_one_span_kept_is_one_span(tmp_path):
-    assert kept_words(tmp_path, 1) == f"1 span not delivered in time kept in {tmp_path / unsent.FILE_NAME} for the next start"
+    assert (
+        kept_words(tmp_path, 1)
+        == f"1 span not delivered in time kept in {tmp_path / unsent.FILE_NAME} for the next start"
+    )
 
 
 def test_spans_kept_are_counted(tmp_path):

@@ -36,7 +36,9 @@ def test_adoption_skips_a_pid_reused_while_read(monkeypatch):
     def reused(pid: int) -> procfs.Stat:
         stat = real_stat(pid)
         reads.append(pid)
-        return stat._replace(start_ticks=stat.start_ticks + (1 if len(reads) > 1 else 0))  # the second read finds a newer process
+        return stat._replace(
+            start_ticks=stat.start_ticks + (1 if len(reads) > 1 else 0)
+        )  # the second read finds a newer process
 
     monkeypatch.setattr(procfs, "stat", reused)
     stats = adoption.AdoptionStats()

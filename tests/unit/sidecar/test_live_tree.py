@@ -43,7 +43,8 @@ class Service:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, state_file: Path | None = None) -> None:
         args = cli.build_parser().parse_args(
-            ["run", "--exporter", "console", "--state-file", str(state_file or ""), "--adopt", "false"])
+            ["run", "--exporter", "console", "--state-file", str(state_file or ""), "--adopt", "false"]
+        )
         self.memory = InMemorySpanExporter()
         self.sidecar = loop.build_sidecar(config.resolve("run", args, environ={}), SimpleSpanProcessor(self.memory))
         self.monkeypatch = monkeypatch
@@ -150,8 +151,11 @@ def test_a_short_lived_process_is_one_span(service: Service):
     service.delay_passes()
     service.check()
     assert len(service.spans) == 10 and {s.attributes["otelproc.span"] for s in service.spans} == {"lifetime"}
-    assert all(s.context.span_id == ProcessIdentity(boot_id(), 4026531836, s.attributes["process.pid"],
-                                                    s.attributes["process.pid"]).span_id() for s in service.spans)
+    assert all(
+        s.context.span_id
+        == ProcessIdentity(boot_id(), 4026531836, s.attributes["process.pid"], s.attributes["process.pid"]).span_id()
+        for s in service.spans
+    )
 
 
 def test_a_child_of_a_young_parent_waits_for_its_parents_span(service: Service):
@@ -164,7 +168,10 @@ def test_a_child_of_a_young_parent_waits_for_its_parents_span(service: Service):
     assert service.spans == []
     service.delay_passes()
     assert [(s.attributes["process.pid"], s.attributes["otelproc.span"]) for s in service.spans] == [
-        (300, "started"), (301, "started"), (302, "lifetime")]
+        (300, "started"),
+        (301, "started"),
+        (302, "lifetime"),
+    ]
     service.feed("exit", 301, ppid=300, exit_code=0)
     service.feed("exit", 300, exit_code=0)
     service.check()
@@ -180,7 +187,10 @@ def test_a_short_lived_tree_is_one_span_a_process(service: Service):
         service.feed("exit", pid, ppid=ppid, exit_code=0, time=time_ns)
     service.check()
     assert [(s.attributes["process.pid"], s.attributes["otelproc.span"]) for s in service.spans] == [
-        (310, "lifetime"), (311, "lifetime"), (312, "lifetime")]
+        (310, "lifetime"),
+        (311, "lifetime"),
+        (312, "lifetime"),
+    ]
     service.delay_passes()
     assert len(service.spans) == 3
 
@@ -192,7 +202,9 @@ def test_at_a_stop_waiting_lifetimes_go_out_after_their_parents_started_span(ser
     service.sidecar.release_waiting()
     service.check()
     assert [(s.attributes["process.pid"], s.attributes["otelproc.span"]) for s in service.spans] == [
-        (320, "started"), (321, "lifetime")]
+        (320, "started"),
+        (321, "lifetime"),
+    ]
     service.delay_passes()
     assert len(service.spans) == 2  # no second 'started' span
 

@@ -44,8 +44,10 @@ def test_state_file_of_the_previous_version_is_carried_on(tmp_path):
     from otelproc.identity import boot_id
 
     path, config = tmp_path / "state.json", "match=a scope=host pidns=0"
-    path.write_text(f'{{"version":2,"boot_id":"{boot_id()}","host":"{state.host()}","config":"{config}",'
-                    f'"saved_at":{time.time_ns()},"lost":{{"ringbuf_full":1}},"processes":[{VERSION_2_PROCESS}]}}')
+    path.write_text(
+        f'{{"version":2,"boot_id":"{boot_id()}","host":"{state.host()}","config":"{config}",'
+        f'"saved_at":{time.time_ns()},"lost":{{"ringbuf_full":1}},"processes":[{VERSION_2_PROCESS}]}}'
+    )
     saved = state.load(path, config)
     (process,) = saved.processes
     assert (process.pid, process.argv, process.started_span_sent) == (4242, ("python3", "app.py"), True)

@@ -48,7 +48,10 @@ def test_forked_child_inherits_program_and_parent():
     child = tracker.processes[(11, 2)]
     parent = tracker.processes[(10, 1)]
     assert child.argv == parent.argv and child.otel_env == {"OTEL_SERVICE_NAME": "svc"}
-    assert child.span_place.trace_id == parent.span_place.trace_id and child.span_place.parent_span_id == parent.span_place.span_id
+    assert (
+        child.span_place.trace_id == parent.span_place.trace_id
+        and child.span_place.parent_span_id == parent.span_place.span_id
+    )
 
 
 def test_started_spans_come_due_once():
@@ -89,8 +92,11 @@ def test_signals_kept_per_process_are_bounded_and_become_span_events():
     signal_events = [e for e in span.events if e.name == "signal"]
     assert len(signal_events) == MAX_SIGNALS
     assert dict(signal_events[0].attributes) == {
-        "otelproc.signal.name": "SIGHUP", "otelproc.signal.code": "SI_USER", "otelproc.signal.sender": "process",
-        "otelproc.signal.sender_pid": 504, "otelproc.signal.sender_name": "sender",
+        "otelproc.signal.name": "SIGHUP",
+        "otelproc.signal.code": "SI_USER",
+        "otelproc.signal.sender": "process",
+        "otelproc.signal.sender_pid": 504,
+        "otelproc.signal.sender_name": "sender",
     }
 
 
