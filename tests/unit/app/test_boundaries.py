@@ -91,19 +91,21 @@ def test_the_shared_words_load_no_role_below_them(module):
     assert loaded == [], f"{module} loaded {', '.join(loaded)}"
 
 
+def imported_names(node: ast.AST) -> list[str]:
+    """The modules an import statement names (none for any other node)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        return [node.module or ""]
+    return []
+
+
 def ctypes_importers(directory) -> list[str]:
     """Modules under directory whose code imports ctypes (at any depth: a function's own import counts)."""
     found = []
     for path in sorted(directory.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else []
-            )
-            if any(name == "ctypes" or name.startswith("ctypes.") for name in names):
+            if any(name == "ctypes" or name.startswith("ctypes.") for name in imported_names(node)):
                 found.append(str(path.relative_to(REPO)))
                 break
     return found
@@ -150,14 +152,7 @@ def imported_roles(path) -> set[str]:
     for node in ast.walk(tree):
         if id(node) in hints:
             continue
-        names = (
-            [a.name for a in node.names]
-            if isinstance(node, ast.Import)
-            else [node.module or ""]
-            if isinstance(node, ast.ImportFrom)
-            else []
-        )
-        for name in names:
+        for name in imported_names(node):
             parts = name.split(".")
             if parts[0] == "otelproc" and len(parts) > 1 and parts[1] in ROLES:
                 roles.add(parts[1])
