@@ -41,6 +41,7 @@
 #define SIGQUIT 3
 #define SIGILL 4
 #define SIGTRAP 5
+#define SIGABRT 6
 #define SIGBUS 7
 #define SIGFPE 8
 #define SIGKILL 9
@@ -56,8 +57,10 @@
 #define SIGWINCH 28
 #define SIGSYS 31
 #define SIG_BIT(sig) (1ULL << ((sig) & 63))
-/* Reported whatever the process does with them: the usual ways to ask a process to stop. */
-#define STOP_REQUESTS (SIG_BIT(SIGTERM) | SIG_BIT(SIGINT) | SIG_BIT(SIGHUP) | SIG_BIT(SIGQUIT))
+/* Reported whatever the process does with them: the usual ways to ask a process to stop, and
+ * SIGABRT, which a server sends a worker it gives up on (gunicorn's timeout) and the worker
+ * handles before it exits: its span names the abort, not the exit status that follows. */
+#define STOP_REQUESTS (SIG_BIT(SIGTERM) | SIG_BIT(SIGINT) | SIG_BIT(SIGHUP) | SIG_BIT(SIGQUIT) | SIG_BIT(SIGABRT))
 /* A fault the kernel raised in the process itself, often handled (faulthandler) then re-raised. */
 #define FAULTS (SIG_BIT(SIGSEGV) | SIG_BIT(SIGBUS) | SIG_BIT(SIGILL) | SIG_BIT(SIGFPE) | SIG_BIT(SIGSYS) | SIG_BIT(SIGTRAP))
 /* Signals whose default action is not to end the process. */
@@ -254,9 +257,10 @@ static __always_inline void zero_record(struct event *e)
 	__builtin_memset(&e->usage, 0, sizeof(e->usage));
 	__builtin_memset(&e->oom, 0, sizeof(e->oom));
 	__builtin_memset(&e->signal, 0, sizeof(e->signal));
+	__builtin_memset(&e->region, 0, sizeof(e->region));
 }
 _Static_assert(__builtin_offsetof(struct event, data) == sizeof(struct event_header) + sizeof(struct event_usage) +
-	       sizeof(struct event_oom) + sizeof(struct event_signal),
+	       sizeof(struct event_oom) + sizeof(struct event_signal) + sizeof(struct event_region),
 	       "zero_record() zeroes every byte of struct event before data[]");
 
 /* A record of the whole process: every part zeroed, the header filled (who,
@@ -789,6 +793,48 @@ int BPF_PROG(otelproc_oom, struct task_struct *task)
 		bpf_probe_read_kernel_str(e->header.cgroup, sizeof(e->header.cgroup), BPF_CORE_READ(memcg, css.cgroup, kn, name));
 	}
 	submit_without_data(e);
+	return 0;
+}
+
+/* The fd a thread's new name announces (REGION_PREFIX, then 1 to 6 digits), or -1. */
+static __always_inline int announced_fd(const char *comm)
+{
+	const char prefix[REGION_PREFIX_LEN + 1] = REGION_PREFIX;
+	char name[TASK_COMM_LEN];
+	int fd = 0, i;
+
+	if (bpf_probe_read_kernel_str(name, sizeof(name), comm) < 0)
+		return -1;
+	for (i = 0; i < REGION_PREFIX_LEN; i++)
+		if (name[i] != prefix[i])
+			return -1;
+	for (i = REGION_PREFIX_LEN; i < REGION_PREFIX_LEN + 6 && name[i] >= '0' && name[i] <= '9'; i++)
+		fd = fd * 10 + name[i] - '0';
+	return i > REGION_PREFIX_LEN && name[i & (TASK_COMM_LEN - 1)] == 0 ? fd : -1;
+}
+
+/* A tracked process announces its span region (a memfd) by a thread's name:
+ * no system call an unprivileged process makes is traced more cheaply, and
+ * this one is rare. otelproc must open the region through /proc before the
+ * process can die, so this record wakes the reader at once. */
+SEC("tp_btf/task_rename")
+int BPF_PROG(otelproc_region, struct task_struct *task, const char *comm)
+{
+	struct event *e;
+	__u32 pid;
+	int fd;
+
+	pid = scoped_tgid(task);
+	if (!pid || !is_tracked(pid, start_ticks(task)))
+		return 0;
+	fd = announced_fd(comm);
+	if (fd < 0)
+		return 0;
+	e = reserve_whose_when(task, EVENT_REGION, pid);
+	if (!e)
+		return 0;
+	e->region.region_fd = fd;
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	return 0;
 }
 

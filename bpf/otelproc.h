@@ -24,7 +24,13 @@ enum event_kind {
 	EVENT_EXIT = 3,
 	EVENT_SIGNAL = 4,	/* a signal that may end it was sent to a tracked process */
 	EVENT_OOM = 5,		/* the OOM killer chose a tracked process */
+	EVENT_REGION = 6,	/* a tracked process created its span region (otelproc/region.py) */
 };
+
+/* How a process announces its span region: a thread of it takes the name
+ * REGION_PREFIX followed by the region's fd in decimal (otelproc/region.py). */
+#define REGION_PREFIX "otelproc-r"
+#define REGION_PREFIX_LEN 10
 
 enum event_flag {
 	EVENT_F_EXE_CUT = 1,	/* exe longer than EXE_MAX - 1 bytes */
@@ -108,14 +114,20 @@ struct event_signal {
 	char sender_comm[TASK_COMM_LEN];
 };
 
-/* Every record is a header and the three parts, each zeroed by its own
- * sizeof where the kind does not fill it; only exec records carry data[]. */
+/* region: where the process keeps the spans it has not exported, for otelproc to open through /proc */
+struct event_region {
+	__s32 region_fd;	/* the region's descriptor (a memfd) in the process */
+};
+
+/* Every record is a header and the parts, each zeroed by its own sizeof
+ * where the kind does not fill it; only exec records carry data[]. */
 struct event {
 	struct event_header header;
 	struct event_usage usage;
 	struct event_oom oom;
 	struct event_signal signal;
-	char data[DATA_MAX];	/* exec only; fork, exit, signal and oom records end before it */
+	struct event_region region;
+	char data[DATA_MAX];	/* exec only; fork, exit, signal, oom and region records end before it */
 };
 
 #define EXE_NAME_LEN 64

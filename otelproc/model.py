@@ -36,6 +36,7 @@ class EventKind(str, Enum):
     EXIT = "exit"
     SIGNAL = "signal"  # a signal that may end it was sent to it
     OOM = "oom"  # the OOM killer chose it
+    REGION = "region"  # it created its span region (otelproc/region.py)
     ADOPT = "adopt"  # found running in /proc, not seen by the kernel side
 
     def __str__(self) -> str:
@@ -82,7 +83,8 @@ class OomKill(NamedTuple):
 
 
 class ProcessEvent(NamedTuple):
-    """One exec, fork or exit of a tracked process, a signal sent to it or the OOM killer's choice of it.
+    """One exec, fork or exit of a tracked process, a signal sent to it, the OOM killer's choice of it, or
+    the creation of its span region.
     Times are Unix-epoch nanoseconds."""
 
     kind: EventKind
@@ -110,6 +112,7 @@ class ProcessEvent(NamedTuple):
     usage: Usage | None = None  # exit only
     sent: SignalSent | None = None  # signal only
     oom: OomKill | None = None  # oom only
+    region_fd: int | None = None  # region only: the region's descriptor in the process
 
     def to_json_dict(self) -> dict[str, object]:
         d = self._asdict()

@@ -102,7 +102,7 @@ def decode(raw: bytes, clock: BootClock, layout: EventLayout | None = None) -> P
         argv_at, env_at = base + r.exe_len, base + r.exe_len + r.argv_len
         argv = split_argv(raw[argv_at:env_at])
         otel_env = parse_otel_env(raw[env_at : env_at + r.env_len])
-    exit_code = signal = usage = sent = oom = None
+    exit_code = signal = usage = sent = oom = region_fd = None
     core = False
     offset = clock.offset_ns
     if kind is EventKind.EXIT:
@@ -115,6 +115,8 @@ def decode(raw: bytes, clock: BootClock, layout: EventLayout | None = None) -> P
         sent = SignalSent(r.time_ns + offset, r.signo, r.si_code, from_kernel, r.sender_pid, _cstr(r.sender_comm))
     elif kind is EventKind.OOM:
         oom = _oom(r, r.time_ns + offset)
+    elif kind is EventKind.REGION:
+        region_fd = r.region_fd
     # Positional: the fields in ProcessEvent's order (a keyword call costs a microsecond more per record).
     return ProcessEvent(
         kind,
@@ -142,6 +144,7 @@ def decode(raw: bytes, clock: BootClock, layout: EventLayout | None = None) -> P
         usage,
         sent,
         oom,
+        region_fd,
     )
 
 
@@ -150,10 +153,15 @@ def default_layout() -> EventLayout:
     return EventLayout.from_object(DEFAULT_OBJECT)
 
 
+def written_by(layout: EventLayout) -> list[int]:
+    """The kinds of record an object of this layout writes: region records came with their part."""
+    return [k for k, kind in KERNEL_KINDS.items() if kind is not EventKind.REGION or "region_fd" in layout.offsets]
+
+
 def missing_field(layout: EventLayout) -> str | None:
     """A field this decoder reads that the struct event lacks; None when it can read every record."""
     try:
-        for kind in KERNEL_KINDS:
+        for kind in written_by(layout):
             decode(layout.pack(kind=kind), BootClock(), layout)
     except AttributeError as exc:
         return getattr(exc, "name", None) or str(exc)

@@ -69,6 +69,7 @@ OPTIONAL_PROGRAMS = (
     OptionalProgram("otelproc_signal", "signal_generate", None, "who sent the signal that ended a process"),
     # Older kernels have mark_victim(int pid); 6.x kernels mark_victim(struct task_struct *task, uid_t uid).
     OptionalProgram("otelproc_oom", "mark_victim", libbpf.BTF_KIND_PTR, "which processes the OOM killer ended"),
+    OptionalProgram("otelproc_region", "task_rename", libbpf.BTF_KIND_PTR, "which requests a killed process took"),
 )
 
 

@@ -33,7 +33,14 @@ DEFAULT_OBJECT = Path(str(resources.files("otelproc") / "bpf" / "otelproc.bpf.o"
 
 
 # enum event_kind in bpf/otelproc.h
-KERNEL_KINDS = {1: EventKind.EXEC, 2: EventKind.FORK, 3: EventKind.EXIT, 4: EventKind.SIGNAL, 5: EventKind.OOM}
+KERNEL_KINDS = {
+    1: EventKind.EXEC,
+    2: EventKind.FORK,
+    3: EventKind.EXIT,
+    4: EventKind.SIGNAL,
+    5: EventKind.OOM,
+    6: EventKind.REGION,
+}
 
 # enum event_flag
 EVENT_F_EXE_CUT = 1

@@ -189,7 +189,11 @@ def test_each_event_field_comes_from_its_record_field():
         ),
     )
 
+    announced = layout.pack(kind=6, region_fd=1234, **HEADER)
+    assert decoded(announced, clock) == expected(clock, EventKind.REGION, region_fd=1234)
+
     # Every field of every part was given a value of its own above (reserved is padding nobody reads).
-    given = {"kind", "flags", "exit_code", "exe_len", "argv_len", "env_len", *HEADER, *usage, *sent, *memory}
+    given = {"kind", "flags", "exit_code", "exe_len", "argv_len", "env_len", "region_fd"}
+    given |= {*HEADER, *usage, *sent, *memory}
     assert given == set(layout.fields._fields) - {"reserved"}
-    assert {layout.paths[name].split(".")[0] for name in given} == {"header", "usage", "oom", "signal"}
+    assert {layout.paths[name].split(".")[0] for name in given} == {"header", "usage", "oom", "signal", "region"}
