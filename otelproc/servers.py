@@ -28,6 +28,7 @@ untracked parent (tests/test_prefork.py shows how).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from functools import lru_cache
 from typing import Callable
@@ -37,6 +38,15 @@ from otelproc.matching import is_python
 # Arguments that mark a python started by its parent to be one of its workers.
 SPAWNED_WORKER_MARKERS = ("--multiprocessing-fork",)  # multiprocessing's spawn (uvicorn --workers, spawn pools)
 _PYTHON_OPTIONS_WITH_VALUE = {"-W", "-X", "--check-hash-based-pycs"}
+# What a server's master means by a signal it sends one of its workers, for the sentence of how the
+# worker ended: gunicorn aborts a worker past --timeout (SIGABRT, which the worker handles, then
+# exits; SIGKILL if it lingers), uvicorn kills one its health check finds unresponsive. Celery's
+# prefork pool ends a process past a task's hard time limit with SIGTERM, then SIGKILL, as it
+# also ends them at a shutdown: the signal alone does not tell the two apart, so it has no row.
+MASTER_SIGNALS: dict[tuple[str, int], str] = {
+    ("gunicorn", signal.SIGABRT): "worker timeout",
+    ("uvicorn", signal.SIGKILL): "unresponsive worker",
+}
 
 
 @lru_cache(maxsize=256)  # asked for each span and each child; a pool of workers shares one answer (argv: 8 KiB at most)
@@ -58,6 +68,11 @@ def program_name(exe: str | None, argv: tuple[str, ...] | None, comm: str, paren
         elif not arg.startswith("-"):
             return os.path.basename(arg)
     return base
+
+
+def master_reason(parent_program: str | None, signo: int) -> str | None:
+    """Why a worker's master sent it signo, where the server model says (see MASTER_SIGNALS)."""
+    return MASTER_SIGNALS.get((parent_program or "", signo))
 
 
 def first_in_process(parent_span_id: int | None, parent_is_remote: bool, open_here: set[int]) -> bool:

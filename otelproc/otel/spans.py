@@ -27,6 +27,8 @@ from otelproc.config import parse_usage
 from otelproc.model import TASK_COMM_LEN
 from otelproc.model import DEFAULT_USAGE, OomKill, SignalSent, Usage
 from otelproc.redact import redacted
+from otelproc.otel.unfinished import links_to_the_dead, unfinished_spans
+from otelproc.servers import master_reason
 from otelproc.signals import DEFAULT_CLEAN, SI_KERNEL, code_name, parse_signal_set, signal_name
 from otelproc.stats import Stats
 
@@ -95,24 +97,44 @@ def exit_status(ended: Ended, clean: frozenset[int] = CLEAN_SIGNALS) -> tuple[St
     """The span status, error.type and one sentence that says how a process ended.
 
     A signal in `clean` without a core dump is a requested, orderly stop (systemd's
-    rule); the OOM killer, other signals and a non-zero exit status are errors.
+    rule); the OOM killer, other signals and a non-zero exit status are errors, and so
+    is an exit that follows a server's abort of its worker, whatever its status. Where
+    the sender is the process's parent and its server model says what that signal
+    means (servers.MASTER_SIGNALS), the sentence ends with it.
     """
+    process = ended.process
     if ended.signal:
         name = signal_name(ended.signal)
         oom = ended.oom_kill()
         if oom is not None:
             why = f"memory cgroup limit, cgroup {oom.cgroup}" if oom.memcg else "system out of memory"
             return _error(f"killed by SIGKILL from the OOM killer ({why})", OOM_ERROR_TYPE)
-        sender, detail = sender_phrase(ended.fatal_signal(), ended.process.pid)
-        if ended.signal in clean and not ended.core_dumped:
+        fatal = ended.fatal_signal()
+        sender, detail = sender_phrase(fatal, process.pid)
+        reason = _master_reason(fatal, process)
+        if ended.signal in clean and not ended.core_dumped and reason is None:
             return _OK, None, f"stopped by {name}{sender}"
         details = ", ".join(d for d in (detail, "core dumped" if ended.core_dumped else None) if d)
-        return _error(f"killed by {name}{sender}" + (f" ({details})" if details else ""), name)
+        sentence = (
+            f"killed by {name}{sender}" + (f" ({details})" if details else "") + (f": {reason}" if reason else "")
+        )
+        return _error(sentence, name)
+    abort = ended.abort()
+    if abort is not None:
+        reason = _master_reason(abort, process)
+        sentence = f"aborted by SIGABRT{sender_phrase(abort, process.pid)[0]}" + (f": {reason}" if reason else "")
+        return _error(sentence, signal_name(abort.signal))
     if ended.exit_code:
         return _error(f"exit status {ended.exit_code}", str(ended.exit_code))
     if ended.exit_code is None:
         return Status(StatusCode.UNSET), None, "ended; its exit was not seen"
     return _OK, None, "exit status 0"
+
+
+def _master_reason(sent: SignalSent | None, process: TrackedProcess) -> str | None:
+    if sent is None or sent.from_kernel or not sent.sender_pid or sent.sender_pid != process.ppid:
+        return None
+    return master_reason(process.parent_program, sent.signal)
 
 
 def _error(reason: str, error_type: str) -> tuple[Status, str, str]:
@@ -283,7 +305,11 @@ class SpanBuilder:
     def command_args(self, argv: tuple[str, ...]) -> tuple[str, ...]:
         return redacted(argv) if self.redact else argv
 
-    def lifetime(self, ended: Ended, cgroup_path: str | None = None) -> ReadableSpan:
+    def lifetime(
+        self, ended: Ended, cgroup_path: str | None = None, died_in_flight: Sequence[SpanContext] = ()
+    ) -> ReadableSpan:
+        """The span of a finished lifetime. died_in_flight: the spans its process took with it
+        (unfinished()), which it links to."""
         process = ended.process
         attrs = self.attributes(process, cgroup_path)
         attrs["otelproc.span"] = "lifetime"
@@ -345,11 +371,32 @@ class SpanBuilder:
             resource=self.resource(process),
             attributes=self.limited(attrs, self.limits.max_span_attributes, self.limits.max_span_attribute_length),
             events=self.limited_events(events, process.execs_dropped),
+            links=links_to_the_dead(died_in_flight),
             kind=SpanKind.INTERNAL,
             status=status,
             start_time=process.start_time,
             end_time=max(ended.end_time, process.start_time),
             instrumentation_scope=SCOPE,
+        )
+
+    def unfinished(self, ended: Ended) -> tuple[list[ReadableSpan], list[SpanContext]]:
+        """The spans the process left in its span region (none if it had none), as it would have exported
+        them; and the contexts of those that died in flight with it, for its lifetime span's links."""
+        if ended.left is None:
+            return [], []
+        status, error_type, reason = exit_status(ended, self.clean_signals)
+        if error_type is None and ended.signal:  # a clean stop of the process is still the end of its requests
+            error_type = signal_name(ended.signal)
+        return unfinished_spans(
+            ended.left,
+            died_in_flight=ended.died(),
+            dying_since=ended.dying_since() if status.status_code is StatusCode.ERROR else None,
+            death_ns=ended.end_time,
+            status=Status(StatusCode.ERROR, reason),
+            error_type=error_type,
+            process_span=ended.process.span_place.span_context(),
+            fallback_resource=self.resource(ended.process),
+            redact=self.redact,
         )
 
     @staticmethod

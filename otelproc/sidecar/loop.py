@@ -30,6 +30,7 @@ from typing import Callable
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.trace import SpanContext
 
 from otelproc.clock import BootClock
 from otelproc.config import (
@@ -55,8 +56,11 @@ from otelproc.plural import count
 from otelproc.sidecar import adoption, state
 from otelproc.sidecar.cgroups import CgroupPaths
 from otelproc.sidecar.health import Health, HealthServer
+from otelproc.model import EventKind, ProcessEvent
+from otelproc.sidecar.adoption import alive
 from otelproc.sidecar.owners import Owners
 from otelproc.sidecar.reconcile import Reconciler, Sweeper
+from otelproc.sidecar.regions import Regions
 from otelproc.sidecar.restart import Carryover
 from otelproc.sidecar.tracker import DEFAULT_MAX_EXECS, Ended, TrackedProcess, Tracker
 from otelproc.stats import Stats, StageFailures, ThrottledLog
@@ -86,6 +90,7 @@ class Sidecar:
         carryover: Carryover,
         scanner: adoption.Scanner,
         cgroups: CgroupPaths,
+        regions: Regions,
         host: dict[str, str],
     ) -> None:
         self.settings = settings
@@ -98,6 +103,7 @@ class Sidecar:
         self.carryover = carryover
         self.scanner = scanner
         self.cgroups = cgroups
+        self.regions = regions
         self.host = host
         self.health = Health()
         self.loss_log = ThrottledLog(LOSS_LOG_NS)
@@ -115,6 +121,10 @@ class Sidecar:
             if self.carryover.seen_before(event, from_old_probe=layout is not None):
                 return  # the old probe's copy of it was taken already
             self.stats.events[event.kind] += 1
+            if event.kind is EventKind.REGION:
+                stage = "region"
+                self.open_region(event)
+                return
             stage = "track"
             ended = self.tracker.handle(event)
         except Exception as exc:  # noqa: BLE001 -- one record must not end the sidecar
@@ -124,9 +134,21 @@ class Sidecar:
         if ended is not None:
             self.export_lifetime(ended)
 
+    def open_region(self, event: ProcessEvent) -> None:
+        """A tracked process created its span region: opened now, while the process lives."""
+        process = self.tracker.processes.get((event.pid, event.start_ticks))
+        if process is not None and event.region_fd is not None:
+            self.regions.open(process.key, process.pid, process.uid, event.region_fd)
+
     def export_lifetime(self, ended: Ended) -> None:
-        """A lifetime span, once the span it hangs from is out (Tracker.hold), then those it kept waiting."""
+        """A lifetime span, once the span it hangs from is out (Tracker.hold), then those it kept waiting.
+        What its span region held is read now, at its end."""
         self.carryover.mark_dirty()
+        process = ended.process
+        try:
+            ended.left = self.regions.take(process.key, process.vpid, process.identity.start_ticks)
+        except Exception as exc:  # noqa: BLE001 -- a region costs its own spans at most
+            self.failed("region", exc)
         if self.tracker.hold(ended):
             return
         for parent in self.tracker.claim_unsent_parents(ended.process):
@@ -134,7 +156,21 @@ class Sidecar:
         self.send_lifetime(ended)
 
     def send_lifetime(self, ended: Ended) -> None:
-        self.export(lambda: self.builder.lifetime(ended, self.cgroups.path(ended.process.cgroup_id)), "lifetime")
+        """The spans its process left in its span region, then its lifetime span, linked to those that
+        died in flight with it."""
+        died_in_flight: list[SpanContext] = []
+        try:
+            spans, died_in_flight = self.builder.unfinished(ended)
+        except Exception as exc:  # noqa: BLE001
+            self.failed("build", exc)
+            spans = []
+        for span in spans:
+            try:
+                self.outlet.emit(span, "app")
+            except Exception as exc:  # noqa: BLE001
+                self.failed("export", exc)
+        cgroup_path = self.cgroups.path(ended.process.cgroup_id)
+        self.export(lambda: self.builder.lifetime(ended, cgroup_path, died_in_flight), "lifetime")
         self.send_waiting(ended.process)
 
     def export_started(self, process: TrackedProcess) -> None:
@@ -259,6 +295,7 @@ class Sidecar:
                 self.sweeper.stop()  # before the probe closes: a sweep reads its map
             self.health.ready = False
             self.carryover.close()
+            self.regions.close()
             if metrics is not None:
                 # Its last collection reads the probe, so it goes first. Half of what is left of the stop,
                 # at most: the spans' turn comes next, and a collector that does not answer takes all it is given.
@@ -305,6 +342,8 @@ class Sidecar:
             self.export_lifetime(ended)
         if self.settings.adopt:
             self.adopt(probe)
+        for process in list(self.tracker.processes.values()):  # running before this otelproc saw them start
+            self.regions.find(process.key, process.pid, process.uid)
         self.carryover.start_writing(self.table, lambda: dict(self._lost_seen))
         self.health.ready = True
         # What exists now (modules, the SDK, gRPC: some 100,000 objects) stays for otelproc's life.
@@ -356,6 +395,7 @@ class Sidecar:
                 next_loss_read = time.monotonic() + interval
                 self.carryover.end_overlap()
                 self.read_kernel_losses(probe)
+                self.regions.prune(alive)
 
     def drain(self, probe: Probe) -> None:
         """After the loop: the last records, and all the last sweep found."""
@@ -390,6 +430,7 @@ def build_sidecar(settings: Settings, processor: SpanProcessor | None = None) ->
         builder.limits.max_events or DEFAULT_MAX_EXECS,
     )
     cgroups = CgroupPaths()
+    regions = Regions(stats)
     if processor is None:
         outlet = open_outlet(settings, stats)
     else:
@@ -414,6 +455,7 @@ def build_sidecar(settings: Settings, processor: SpanProcessor | None = None) ->
         ),
         scanner=adoption.Scanner(settings.match, settings.trace_all, clock, cgroups.mount, settings.scope.cgroup),
         cgroups=cgroups,
+        regions=regions,
         host=host,
     )
 

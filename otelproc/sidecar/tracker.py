@@ -15,6 +15,7 @@ from typing import Iterator
 
 from otelproc.identity import ProcessIdentity, SpanPlace, boot_id, fresh_carrier, place
 from otelproc.model import EventKind, OomKill, ProcessEvent, SignalSent, Usage
+from otelproc.region import Region
 from otelproc.servers import program_name
 from otelproc.stats import Stats
 from otelproc.sidecar.owners import Owners
@@ -25,6 +26,9 @@ MAX_SIGNALS = 16  # signals kept per process, the most recent: a bound on its sp
 DEFAULT_MAX_EXECS = 128
 # Lifetimes of a young parent's children kept until its process span is out; past it, its 'started' span goes early.
 MAX_WAITING = 256
+# An exit this soon after a SIGABRT from another process ends what the abort began (gunicorn's
+# graceful timeout, 30 s, bounds how long a worker may take to wind down).
+ABORT_WINDOW_NS = 30_000_000_000
 
 
 def keep_latest(items: list, item: object, limit: int) -> int:
@@ -98,6 +102,7 @@ class Ended:
     core_dumped: bool
     usage: Usage | None = None  # what it used; None when its exit was not seen
     gone_by: int | None = None  # set when the end lies in a window: end_time is its start (last seen alive)
+    left: Region | None = None  # what its span region held when it ended (otelproc/region.py)
 
     @classmethod
     def unseen(cls, process: TrackedProcess, noticed_at: int) -> Ended:
@@ -112,6 +117,37 @@ class Ended:
     def oom_kill(self) -> OomKill | None:
         """The OOM killer's choice of it, when that is what ended it (its SIGKILL)."""
         return self.process.oom if self.signal == signal.SIGKILL else None
+
+    def abort(self) -> SignalSent | None:
+        """The SIGABRT another process sent it before it exited, when that exit ended what the abort began:
+        a server giving up on a worker (gunicorn's timeout), which the worker handled, then exited."""
+        if self.signal or self.exit_code is None:
+            return None
+        for sent in reversed(self.process.signals):
+            if (
+                sent.signal == signal.SIGABRT
+                and not sent.from_kernel
+                and sent.sender_pid != self.process.pid
+                and 0 <= self.end_time - sent.time <= ABORT_WINDOW_NS
+            ):
+                return sent
+        return None
+
+    def dying_since(self) -> int | None:
+        """When it was first asked to end, of the signals that led to its death (those another process or
+        the kernel sent it within ABORT_WINDOW_NS before it ended): Unix ns, None when there was none."""
+        times = [
+            sent.time
+            for sent in self.process.signals
+            if (sent.from_kernel or sent.sender_pid != self.process.pid)
+            and 0 <= self.end_time - sent.time <= ABORT_WINDOW_NS
+        ]
+        return min(times) if times else None
+
+    def died(self) -> bool:
+        """Whether it died rather than ended: a signal, or an exit its server's abort forced. Its spans
+        in flight then ended with it (a clean exit leaves none that were ever going to end)."""
+        return bool(self.signal) or self.abort() is not None
 
     def fatal_signal(self) -> SignalSent | None:
         """The sending of the signal that ended it, if it was seen.

@@ -12,9 +12,10 @@ from otelproc.sidecar.tracker import Ended, Tracker
 from support.events import event
 
 
-def _ended(code, sig, core=False, signals=(), oom=None):
-    process = types.SimpleNamespace(pid=100, signals=list(signals), oom=oom)
-    return Ended(process, 0, code, sig, core)
+def _ended(code, sig, core=False, signals=(), oom=None, parent=(1, None)):
+    ppid, parent_program = parent
+    process = types.SimpleNamespace(pid=100, signals=list(signals), oom=oom, ppid=ppid, parent_program=parent_program)
+    return Ended(process, 10_000_000_000, code, sig, core)
 
 
 def _sent(sig, sender_pid=0, comm="", code=0, from_kernel=False):
@@ -61,6 +62,35 @@ def test_exit_status_descriptions():
     )
     system = memcg._replace(memcg=False, cgroup="")
     assert status(None, 9, oom=system)[1] == "killed by SIGKILL from the OOM killer (system out of memory)"
+
+
+def test_a_worker_its_server_gives_up_on_says_why():
+    def status(code, sig, signals, parent):
+        s, err, reason = exit_status(_ended(code, sig, signals=signals, parent=parent))
+        return s.status_code.name, reason, err
+
+    gunicorn = (812, "gunicorn")
+    abort = _sent(6, 812, "gunicorn")
+    # gunicorn's worker timeout: SIGABRT, handled, then an exit whose status says nothing of it.
+    assert status(0, None, [abort], gunicorn) == (
+        "ERROR",
+        "aborted by SIGABRT from pid 812 (gunicorn): worker timeout",
+        "SIGABRT",
+    )
+    assert status(1, None, [abort], gunicorn)[1] == "aborted by SIGABRT from pid 812 (gunicorn): worker timeout"
+    # From a process that is not its master: an abort all the same, with no server's reason.
+    assert status(0, None, [_sent(6, 900, "kill")], gunicorn)[1] == "aborted by SIGABRT from pid 900 (kill)"
+    # Long before the exit: that abort was handled and the worker lived on.
+    old = SignalSent(-30_000_000_000, 6, 0, False, 812, "gunicorn")
+    assert status(0, None, [old], gunicorn) == ("OK", "exit status 0", None)
+    # Raised by itself (abort()): the signal ended it, as any other.
+    assert status(None, 6, [_sent(6, 100, "python3", code=-6)], gunicorn)[1] == "killed by SIGABRT from itself"
+    # uvicorn kills a worker its health check finds unresponsive; and gunicorn's SIGKILL has no reason of its own.
+    uvicorn = (700, "uvicorn")
+    assert status(None, 9, [_sent(9, 700, "uvicorn")], uvicorn)[1] == (
+        "killed by SIGKILL from pid 700 (uvicorn): unresponsive worker"
+    )
+    assert status(None, 9, [_sent(9, 812, "gunicorn")], gunicorn)[1] == "killed by SIGKILL from pid 812 (gunicorn)"
 
 
 @pytest.mark.parametrize(
