@@ -9,7 +9,9 @@ track; the sidecar and the worker export to the same real OTLP receiver.
 
 from __future__ import annotations
 
+import datetime
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -145,3 +147,80 @@ def test_celery_prefork_tasks_link_the_pool_process_that_ran_them(
     main_name = timed_out_span.attributes["process.executable.name"]
     assert timed_out_span.status_message == f"killed by SIGKILL from pid {master} ({main_name})"
     assert killed_span.name == timed_out_span.name == "celery"
+
+
+def test_a_task_past_its_hard_time_limit_is_in_its_callers_trace_linked_to_the_pool_process_it_took(
+    backend, sidecar, test_python, redis_url, tmp_path
+):
+    """billiard ends the pool process running a task past its hard time limit (SIGTERM, then SIGKILL from the
+    main worker process): the task's span died with it, in flight. It reaches its caller's trace in Jaeger,
+    ended at the kill, saying so, linked to the pool process's span, which links back to it."""
+    from support.jaeger import STATUS_ERROR, find_spans, wait_for
+
+    since = datetime.datetime.now(datetime.timezone.utc)
+    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
+    env = setup_env(backend.collector_endpoint, "zero-code")
+    env.update(CELERY_REDIS=redis_url, OTEL_SERVICE_NAME="tasks")
+    argv = [
+        test_python,
+        "-m",
+        "celery",
+        "-A",
+        "celery_tasks",
+        "worker",
+        "--pool",
+        "prefork",
+        "-c",
+        "1",
+        "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        "info",
+    ]
+    worker = subprocess.Popen(
+        command("zero-code", argv), env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w")
+    )
+    client = Celery(broker=redis_url, backend=redis_url)
+    trace_id, caller = secrets.token_hex(16), secrets.token_hex(8)
+    try:
+        pid_file = tmp_path / "hang.pid"
+        hung = client.send_task(
+            "celery_tasks.hang", args=[str(pid_file)], headers={"traceparent": f"00-{trace_id}-{caller}-01"}
+        )
+        with pytest.raises(TimeLimitExceeded):
+            hung.get(timeout=60)
+        pool = int(pid_file.read_text())
+        spans = wait_for(
+            lambda: [
+                s
+                for s in find_spans(backend.query_url, "tasks", since)
+                if s.trace_id == trace_id and s.name == "run/celery_tasks.hang"
+            ],
+            "the task's span in its caller's trace",
+            timeout=60,
+        )
+        (lifetime,) = wait_for(
+            lambda: [
+                s
+                for s in find_spans(backend.query_url, "tasks", since)
+                if s.attributes.get("otelproc.span") == "lifetime" and s.attributes.get("process.pid") == pool
+            ],
+            "the pool process's lifetime span",
+            timeout=60,
+        )
+    finally:
+        stop(worker)
+        client.close()
+    (task,) = spans
+    assert task.parent_span_id == caller, "under the caller that sent it"
+    assert lifetime.status_message.startswith(f"killed by SIGKILL from pid {worker.pid} (")
+    # The pool process's SIGTERM handler (billiard's) exits at once: the task ends as the process unwinds.
+    assert (task.status_code, task.status_message, task.attributes["error.type"]) == (
+        STATUS_ERROR,
+        "stopped by SIGTERM",
+        "SIGTERM",
+    ), task
+    assert task_id(task) == hung.id
+    assert (task.trace_id, task.span_id) in [(t, s) for t, s, _ in lifetime.links], "the pool process links to it"
+    assert lifetime.span_id in {s for _, s, _ in task.links} or lifetime.parent_span_id in {s for _, s, _ in task.links}

@@ -1,0 +1,30 @@
+"""A WSGI app for gunicorn's sync workers whose /sleep outlasts gunicorn's --timeout, for
+tests/test_killed_requests.py. Its server span is made by hand from the caller's traceparent, as a
+WSGI instrumentation would; the worker notes its pid in VICTIM_DIR/sleep first."""
+
+import os
+import time
+from pathlib import Path
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
+
+NOTES = Path(os.environ.get("VICTIM_DIR", "/tmp"))
+
+
+def app(environ, start_response):
+    carrier = {"traceparent": environ.get("HTTP_TRACEPARENT", "")}
+    tracer = trace.get_tracer("sync_victim")
+    path = environ["PATH_INFO"]
+    with tracer.start_as_current_span(
+        f"GET {path}",
+        context=propagate.extract(carrier),
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": "GET", "url.path": path},
+    ):
+        (NOTES / path.strip("/")).write_text(str(os.getpid()))
+        if path == "/sleep":
+            time.sleep(120)
+        body = str(os.getpid()).encode()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]

@@ -1,0 +1,325 @@
+"""The request that died with its worker: in its caller's trace in Jaeger, ended at the death, saying
+what killed it, linked to the worker's process span, and that span linked back to it.
+
+Real servers (uvicorn --workers 2, gunicorn's sync workers) run the apps of tests/apps/victim.py and
+sync_victim.py under the zero-code helper (opentelemetry-instrument with
+OTEL_EXPERIMENTAL_RESOURCE_DETECTORS=otelproc), started by this test (a parent otelproc does not
+track); the real `otelproc run` exports through the Collector to Jaeger, and Jaeger's query API is
+the check. Each request carries a traceparent of the test's own, as a caller's would.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import secrets
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from support import REPO
+from support.jaeger import SERVER, STATUS_ERROR, JaegerSpan, find_spans, instrument_command, stop_server, wait_for
+from support.ports import free_ports
+from support.subjects import MATCH_TEST
+
+APPS = REPO / "tests" / "apps"
+MEMORY_V1 = Path("/sys/fs/cgroup/memory")
+SERVICE = "victim"
+
+
+def app_env(backend, notes: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_", "TRACE"))}
+    env.update(
+        PYTHONPATH=f"{REPO}:{APPS}",  # the worktree's otelproc, and the apps
+        OTEL_SERVICE_NAME=SERVICE,
+        OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otelproc",
+        OTEL_EXPORTER_OTLP_ENDPOINT=backend.collector_endpoint,
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        OTEL_BSP_SCHEDULE_DELAY="5000",  # the SDK's default: a finished request waits up to 5 s for export
+        OTELPROC_MATCH=MATCH_TEST[1],
+        VICTIM_DIR=str(notes),
+        **extra,
+    )
+    return env
+
+
+def start_uvicorn(backend, test_python: str, notes: Path, **extra: str) -> tuple[subprocess.Popen, int]:
+    (port,) = free_ports(1)
+    command = [
+        instrument_command(),
+        test_python,
+        "-m",
+        "uvicorn",
+        "victim:app",
+        "--app-dir",
+        str(APPS),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--timeout-worker-healthcheck",
+        "2",
+    ]
+    master = subprocess.Popen(
+        command, env=app_env(backend, notes, **extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for(lambda: answers(port), "uvicorn to answer", timeout=60)
+    return master, port
+
+
+def answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Caller:
+    """A request on a thread of its own, with a traceparent of the test's: its trace id is the one to find."""
+
+    def __init__(self, port: int, path: str) -> None:
+        self.path = path
+        self.trace_id = secrets.token_hex(16)
+        self.parent_id = secrets.token_hex(8)
+        self.status: int | str | None = None
+        headers = {"traceparent": f"00-{self.trace_id}-{self.parent_id}-01"}
+
+        def call() -> None:
+            try:
+                self.status = httpx.get(f"http://127.0.0.1:{port}/{path}", headers=headers, timeout=150).status_code
+            except httpx.HTTPError as exc:
+                self.status = type(exc).__name__
+
+        self.thread = threading.Thread(target=call, daemon=True)
+        self.thread.start()
+
+
+def worker_in(notes: Path, path: str) -> int:
+    """The pid of the worker serving path, as the app noted it at the request's start."""
+    note = notes / path
+    return int(wait_for(lambda: note.exists() and note.read_text(), f"a worker to take /{path}", timeout=30))
+
+
+def trace_spans(backend, since, trace_id: str) -> list[JaegerSpan]:
+    return [s for s in find_spans(backend.query_url, SERVICE, since) if s.trace_id == trace_id]
+
+
+def server_spans(backend, since, trace_id: str) -> list[JaegerSpan]:
+    """The request's server span (the ASGI middleware's 'http send' spans are its children)."""
+    return [s for s in trace_spans(backend, since, trace_id) if s.kind == SERVER]
+
+
+def lifetime_of(backend, since, pid: int) -> JaegerSpan:
+    def find() -> JaegerSpan | None:
+        for span in find_spans(backend.query_url, SERVICE, since):
+            if span.attributes.get("otelproc.span") == "lifetime" and span.attributes.get("process.pid") == pid:
+                return span
+        return None
+
+    return wait_for(find, f"the lifetime span of worker {pid}", timeout=60)
+
+
+def process_span_ids(backend, since, life: JaegerSpan) -> tuple[str, str]:
+    """The worker's process span (docs/spans.md): its 'started' span, or its lifetime span when it had none."""
+    key = life.attributes["otelproc.process.key"]
+    for span in find_spans(backend.query_url, SERVICE, since):
+        if span.attributes.get("otelproc.span") == "started" and span.attributes["otelproc.process.key"] == key:
+            return span.trace_id, span.span_id
+    return life.trace_id, life.span_id
+
+
+def assert_died_with_its_worker(backend, since, caller: Caller, worker: int, status: str, error_type: str) -> None:
+    """The caller's trace has the request's server span, ended by otelproc at the death: status ERROR with
+    the worker's own sentence, error.type as there, a link to the worker's process span, and the
+    worker's lifetime span links back to it."""
+    life = lifetime_of(backend, since, worker)
+    assert life.status_code == STATUS_ERROR and life.status_message.startswith(status), (life.status_message, status)
+    (request,) = wait_for(
+        lambda: server_spans(backend, since, caller.trace_id), "the request in its caller's trace", 60
+    )
+    assert request.parent_span_id == caller.parent_id, request  # under the caller
+    assert request.status_code == STATUS_ERROR and request.status_message == life.status_message, request
+    assert request.attributes["error.type"] == error_type
+    assert request.attributes["otelproc.span.ended_by"] == "process death"
+    assert request.resource["service.name"] == SERVICE
+    assert request.attributes.get("http.target", request.attributes.get("url.path", "")).endswith("/" + caller.path)
+    assert process_span_ids(backend, since, life) in [(t, s) for t, s, _ in request.links], (
+        "the request links to its worker"
+    )
+    assert (request.trace_id, request.span_id) in [(t, s) for t, s, _ in life.links], "the worker links to it"
+
+
+def test_a_request_in_flight_when_its_worker_is_sigkilled_is_in_its_callers_trace(
+    backend, sidecar, test_python, tmp_path
+):
+    since = datetime.datetime.now(datetime.timezone.utc)
+    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
+    master, port = start_uvicorn(backend, test_python, tmp_path)
+    try:
+        caller = Caller(port, "slow")
+        worker = worker_in(tmp_path, "slow")
+        time.sleep(0.5)  # well inside the request
+        os.kill(worker, signal.SIGKILL)
+        assert_died_with_its_worker(
+            backend, since, caller, worker, f"killed by SIGKILL {sender(os.getpid())}", "SIGKILL"
+        )
+    finally:
+        stop_server(master)
+
+
+def sender(pid: int) -> str:
+    """How the process span names a sender: its pid and its comm."""
+    return f"from pid {pid} ({Path(f'/proc/{pid}/comm').read_text().strip()})"
+
+
+def test_a_request_that_segfaults_its_worker_is_in_its_callers_trace(backend, sidecar, test_python, tmp_path):
+    since = datetime.datetime.now(datetime.timezone.utc)
+    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
+    master, port = start_uvicorn(backend, test_python, tmp_path)
+    try:
+        caller = Caller(port, "segfault")
+        worker = worker_in(tmp_path, "segfault")
+        assert_died_with_its_worker(
+            backend, since, caller, worker, "killed by SIGSEGV from the kernel (SEGV_MAPERR", "SIGSEGV"
+        )
+    finally:
+        stop_server(master)
+
+
+def test_a_request_that_exhausts_a_memory_cgroup_is_in_its_callers_trace(backend, sidecar, test_python, tmp_path):
+    cgroup = MEMORY_V1 / f"otelproc-victim-{os.getpid()}"
+    cgroup.mkdir()
+    since = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        (cgroup / "memory.limit_in_bytes").write_text(str(96 << 20))
+        sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
+        master, port = start_uvicorn(backend, test_python, tmp_path, VICTIM_CGROUP=str(cgroup))
+        try:
+            caller = Caller(port, "eat")
+            worker = worker_in(tmp_path, "eat")
+            assert_died_with_its_worker(
+                backend,
+                since,
+                caller,
+                worker,
+                f"killed by SIGKILL from the OOM killer (memory cgroup limit, cgroup {cgroup.name})",
+                "OOMKilled",
+            )
+        finally:
+            stop_server(master)
+    finally:
+        remove_cgroup(cgroup)
+
+
+def test_a_request_that_hangs_its_worker_dies_with_it_when_uvicorn_kills_it(backend, sidecar, test_python, tmp_path):
+    """uvicorn's supervisor pings each worker; one that does not answer (its event loop blocked) it kills."""
+    since = datetime.datetime.now(datetime.timezone.utc)
+    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
+    master, port = start_uvicorn(backend, test_python, tmp_path)
+    try:
+        caller = Caller(port, "block")
+        worker = worker_in(tmp_path, "block")
+        assert_died_with_its_worker(
+            backend, since, caller, worker, f"killed by SIGKILL {sender(master.pid)}: unresponsive worker", "SIGKILL"
+        )
+    finally:
+        stop_server(master)
+
+
+def test_gunicorns_worker_timeout_is_an_abort_and_the_request_is_in_its_callers_trace(
+    backend, sidecar, test_python, tmp_path
+):
+    """gunicorn's master sends SIGABRT to a worker past --timeout; the worker handles it and exits."""
+    since = datetime.datetime.now(datetime.timezone.utc)
+    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
+    (port,) = free_ports(1)
+    command = [
+        instrument_command(),
+        test_python,
+        "-m",
+        "gunicorn",
+        "sync_victim:app",
+        "--chdir",
+        str(APPS),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "2",
+        "--timeout",
+        "2",
+    ]
+    master = subprocess.Popen(
+        command, env=app_env(backend, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(lambda: answers(port), "gunicorn to answer", timeout=60)
+        caller = Caller(port, "sleep")
+        worker = worker_in(tmp_path, "sleep")
+        life = lifetime_of(backend, since, worker)
+        sentence = f"aborted by SIGABRT {sender(master.pid)}: worker timeout"
+        assert (life.status_code, life.status_message, life.attributes["error.type"]) == (
+            STATUS_ERROR,
+            sentence,
+            "SIGABRT",
+        )
+        (request,) = wait_for(lambda: server_spans(backend, since, caller.trace_id), "the request in its trace", 60)
+        assert request.parent_span_id == caller.parent_id, request
+        assert (request.status_code, request.status_message, request.attributes["error.type"]) == (
+            STATUS_ERROR,
+            sentence,
+            "SIGABRT",
+        )
+        assert process_span_ids(backend, since, life) in [(t, s) for t, s, _ in request.links]
+        assert (request.trace_id, request.span_id) in [(t, s) for t, s, _ in life.links], "the worker links to it"
+    finally:
+        stop_server(master)
+
+
+def test_a_request_finished_just_before_its_worker_is_sigkilled_reaches_its_trace_once(
+    backend, sidecar, test_python, tmp_path
+):
+    """Its span had ended and waited in the batch processor's queue (5 s) when the worker died with it."""
+    since = datetime.datetime.now(datetime.timezone.utc)
+    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
+    master, port = start_uvicorn(backend, test_python, tmp_path)
+    try:
+        caller = Caller(port, "quick")
+        caller.thread.join(30)
+        assert caller.status == 200
+        worker = worker_in(tmp_path, "quick")
+        os.kill(worker, signal.SIGKILL)
+        life = lifetime_of(backend, since, worker)
+        (request,) = wait_for(lambda: server_spans(backend, since, caller.trace_id), "the request in its trace", 60)
+        time.sleep(3)  # a second copy would arrive within the Collector's batch
+        spans = trace_spans(backend, since, caller.trace_id)
+        assert (
+            len(spans) == len({s.span_id for s in spans}) and len(server_spans(backend, since, caller.trace_id)) == 1
+        ), [(s.name, s.span_id) for s in spans]
+        assert request.parent_span_id == caller.parent_id and request.status_code != STATUS_ERROR, request
+        assert "otelproc.span.ended_by" not in request.attributes
+        assert process_span_ids(backend, since, life) in [(t, s) for t, s, _ in request.links], (
+            "the request links to its worker"
+        )
+    finally:
+        stop_server(master)
+
+
+def remove_cgroup(path: Path) -> None:
+    """rmdir once the kernel has let go of the dead member (its pages are uncharged lazily)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            path.rmdir()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
