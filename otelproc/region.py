@@ -62,21 +62,22 @@ AttributeValue = str | bool | int | float | Sequence[str]
 def encode_attributes(attributes: Mapping[str, object]) -> list[str]:
     """key, type-and-value, ... for the texts of a slot or the resource: str, bool, int, float, and
     sequences of str (joined by \x1e); any other value as its str. NUL in a text becomes U+FFFD."""
-    parts = []
+    parts: list[str] = []
+    append = parts.append
     for key, value in attributes.items():
-        tag = _TYPES.get(type(value))
-        if tag == "s":
-            text = str(value)
-        elif tag == "b":
-            text = "1" if value else "0"
-        elif tag is not None:
-            text = repr(value)
+        kind = type(value)
+        if kind is str:
+            text = "s" + value  # type: ignore[operator]
+        elif kind is int or kind is float:
+            text = _TYPES[kind] + repr(value)
+        elif kind is bool:
+            text = "b1" if value else "b0"
         elif isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
-            tag, text = "S", "\x1e".join(value)
+            text = "S" + "\x1e".join(value)
         else:
-            tag, text = "s", str(value)
-        parts.append(key if SEP not in key else key.replace(SEP, "\ufffd"))
-        parts.append(tag + (text if SEP not in text else text.replace(SEP, "\ufffd")))
+            text = "s" + str(value)
+        append(key if SEP not in key else key.replace(SEP, "\ufffd"))
+        append(text if SEP not in text else text.replace(SEP, "\ufffd"))
     return parts
 
 

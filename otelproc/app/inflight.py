@@ -17,13 +17,15 @@ one struct and one slice, the texts joined once; no system call on the request p
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import mmap
 import os
 import signal
+import struct
 import threading
 from types import FrameType
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
@@ -31,12 +33,27 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.trace import Status, StatusCode
 
 from otelproc import procfs, region
+from otelproc.config import ConfigError, parse_bool
 from otelproc.region import ABORTED, ENDED, FREE, HEADER, HEADER_SIZE, SLOT, SLOT_SIZE, SLOTS, STARTED, TEXT_MAX
 from otelproc.servers import master_reason, program_name
 
 log = logging.getLogger("otelproc")
 _DROPPED_AT = HEADER.size - 8  # the header's dropped counter
 _ZERO = bytes(8)
+SEP = region.SEP
+# Parts of a slot an end rewrites in place (see region.SLOT): its state; status, text bytes and
+# attribute count; its end.
+_ENDING = struct.Struct("<B")
+_STATUS_AND_TEXTS = struct.Struct("<BHH")
+_END = struct.Struct("<Q")
+
+
+def _attributes_of(span: ReadableSpan) -> Mapping[str, object]:
+    """The span's attributes. The SDK's public view (a MappingProxy over BoundedAttributes) iterates in
+    Python, a microsecond a span; the dict it wraps does not."""
+    bounded = getattr(span, "_attributes", None)
+    plain = getattr(bounded, "_dict", None)
+    return plain if isinstance(plain, dict) else (span.attributes or {})
 
 
 class SpanRegion:
@@ -50,6 +67,8 @@ class SpanRegion:
         self.dropped = 0
         self._free = list(range(SLOTS - 1, -1, -1))  # pop() takes the lowest: few pages are touched
         self._seq = [0] * SLOTS
+        # per slot, as last written whole: name, status description, bytes of text, attributes, none cut
+        self._written: list[tuple[str, str, int, int, bool]] = [("", "", 0, 0, False)] * SLOTS
         self._slot_of: dict[int, int] = {}  # span id -> slot
         self._live: dict[int, Span] = {}  # span id -> the span, while it runs
         self._aborted: set[int] = set()  # span ids in flight when the process's server aborted it
@@ -64,6 +83,32 @@ class SpanRegion:
         )
         self.map[HEADER.size : HEADER.size + len(resource_bytes)] = resource_bytes
         _announce(self.fd)
+
+    def _end(self, index: int, span: ReadableSpan) -> None:
+        """Marks a written span ended: its end, its status and the attributes added since its start (a
+        server span's status code), appended; all of it written again where more changed."""
+        name, description, text_len, count, whole = self._written[index]
+        attributes = _attributes_of(span)
+        status = span.status
+        if not whole or span.name != name or (status.description or "") != description or len(attributes) < count:
+            self._write(index, ENDED, span, span.end_time or 0)
+            return
+        added = region.encode_attributes(dict(itertools.islice(attributes.items(), count, None)))
+        tail = (SEP + SEP.join(added)).encode("utf-8", "replace") if added else b""
+        if text_len + len(tail) > TEXT_MAX:
+            self._write(index, ENDED, span, span.end_time or 0)
+            return
+        at = HEADER_SIZE + index * SLOT_SIZE
+        seq = self._seq[index] + 1
+        self.map[at : at + 4] = seq.to_bytes(4, "little")  # odd: being written
+        self.map[at + SLOT.size + text_len : at + SLOT.size + text_len + len(tail)] = tail
+        _ENDING.pack_into(self.map, at + 4, ENDED)
+        _STATUS_AND_TEXTS.pack_into(
+            self.map, at + 7, status.status_code.value, text_len + len(tail), count + len(added) // 2
+        )
+        _END.pack_into(self.map, at + SLOT.size - 8, span.end_time or 0)
+        self.map[at : at + 4] = (seq + 1).to_bytes(4, "little")
+        self._seq[index] = seq + 1
 
     def _write(self, index: int, state: int, span: ReadableSpan, end_ns: int) -> None:
         context = span.context
@@ -80,7 +125,7 @@ class SpanRegion:
             status.description or "",
             context.trace_state.to_header() if context.trace_state else "",
         )
-        data, count, cut = region.encode_texts(texts, span.attributes or {}, TEXT_MAX)
+        data, count, cut = region.encode_texts(texts, _attributes_of(span), TEXT_MAX)
         at = HEADER_SIZE + index * SLOT_SIZE
         seq = self._seq[index] + 1
         SLOT.pack_into(
@@ -100,6 +145,7 @@ class SpanRegion:
             end_ns,
         )
         self.map[at + SLOT.size : at + SLOT.size + len(data)] = data
+        self._written[index] = (span.name, texts[3], len(data), count, not cut)
         self.map[at : at + 4] = (seq + 1).to_bytes(4, "little")  # even again: the slot is whole
         self._seq[index] = seq + 1
 
@@ -131,7 +177,7 @@ class SpanRegion:
             if index is None:
                 return  # not recorded, or exported already (a simple span processor comes first)
             if keep:
-                self._write(index, ENDED, span, span.end_time or 0)
+                self._end(index, span)
                 self._ended[span_id] = None
             else:
                 self._release(span_id)
@@ -315,9 +361,20 @@ def _wrap_exporter(processor: SpanProcessor) -> bool:
     return False
 
 
+def wanted() -> bool:
+    """OTELPROC_SPAN_REGION=false leaves the region out (it costs some microseconds a span)."""
+    try:
+        return parse_bool(os.environ.get("OTELPROC_SPAN_REGION", "true"))
+    except ConfigError:
+        return True
+
+
 def install(provider: TracerProvider) -> None:
-    """The region for this process (and each forked child), written by a processor of the provider."""
+    """The region for this process (and each forked child), written by a processor of the provider;
+    nothing where OTELPROC_SPAN_REGION says no."""
     global _provider, _fork_hook
+    if not wanted():
+        return
     _provider = provider
     wrapped = [_wrap_exporter(p) for p in _exporting_processors(provider)]
     keep_ended = bool(wrapped) and all(wrapped)

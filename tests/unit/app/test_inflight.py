@@ -138,3 +138,13 @@ def test_a_handler_that_returns_ends_nothing(provider):
         signal.signal(signal.SIGTERM, previous)
     assert span.status.status_code is StatusCode.UNSET
     span.end()
+
+
+def test_the_region_can_be_left_out(monkeypatch):
+    """OTELPROC_SPAN_REGION=false: nothing of this provider's spans is written to the region."""
+    monkeypatch.setenv("OTELPROC_SPAN_REGION", "false")
+    made = TracerProvider()
+    inflight.install(made)
+    span = made.get_tracer("shop").start_span("not kept")
+    assert span.get_span_context().span_id not in [s.span_id for s in held().spans]
+    span.end()
