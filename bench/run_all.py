@@ -19,7 +19,17 @@ from typing import Any
 import common
 
 # The span path first: it needs neither root nor the kernel, and says the most about the rest.
-BENCHMARKS = ("span_path", "overhead", "throughput", "latency", "footprint", "soak", "many_live", "many_nodes", "app_side")
+BENCHMARKS = (
+    "span_path",
+    "overhead",
+    "throughput",
+    "latency",
+    "footprint",
+    "soak",
+    "many_live",
+    "many_nodes",
+    "app_side",
+)
 
 
 def summary(out: Path, ran: dict[str, int], machine_info: dict[str, Any]) -> str:

@@ -11,10 +11,12 @@ auto-instrumentation; a FastAPI app would need none).
     GET /work   burns a little CPU
     GET /spawn  runs a child python: its process span sits under this request
     GET /fail   answers 500: an error request span
+    GET /slow   answers after a minute: a request to kill its worker in (the span goes out all the same)
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -42,7 +44,7 @@ def spawn() -> dict:
     return {"child": int(child.stdout)}
 
 
-ROUTES = {"/": hello, "/work": work, "/spawn": spawn}
+ROUTES = {"/": hello, "/work": work, "/spawn": spawn, "/slow": hello}
 
 
 async def demo(scope, receive, send) -> None:
@@ -54,6 +56,8 @@ async def demo(scope, receive, send) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["path"] == "/slow":
+        await asyncio.sleep(60)
     handler = ROUTES.get(scope["path"])
     if handler is not None:
         status, body = 200, handler()

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import datetime
 import os
+import secrets
 import signal
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -144,3 +147,62 @@ def worker_index(ui: JaegerUI, pid: int) -> int:
         if pid_in(ui.span_details("uvicorn worker", index)) == pid:
             return index
     raise AssertionError(f"no 'uvicorn worker' span of pid {pid} on the page")
+
+
+def test_a_request_its_worker_died_in_is_red_in_its_callers_trace_and_links_to_the_worker(local_stack, tmp_path):
+    """The request that killed the worker, as a person finds it: in the caller's trace, a red span that says
+    what killed the worker, ended at the kill, whose reference opens the worker's process trace, where the
+    worker's lifetime span refers back to it. Its screenshot: request-killed-with-worker."""
+    missing = missing_browser()
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    screenshots = Path(os.environ.get("JAEGER_UI_SCREENSHOTS", tmp_path / "screenshots"))
+    since = datetime.datetime.now(datetime.timezone.utc)
+    local_stack.up()
+    workers: set[int] = set()
+    wait_for(
+        lambda: workers.add(httpx.get(f"{local_stack.demo}/", timeout=30).json()["worker"]) or len(workers) >= 2,
+        "both uvicorn workers to answer",
+        timeout=60,
+    )
+    trace_id, caller = secrets.token_hex(16), secrets.token_hex(8)
+    answered: list[object] = []
+
+    def call() -> None:
+        try:
+            answered.append(
+                httpx.get(
+                    f"{local_stack.demo}/slow", headers={"traceparent": f"00-{trace_id}-{caller}-01"}, timeout=120
+                ).status_code
+            )
+        except httpx.HTTPError as exc:
+            answered.append(type(exc).__name__)
+
+    threading.Thread(target=call, daemon=True).start()
+    time.sleep(2)  # the request is in one of the workers, waiting
+    for worker in workers:  # whichever took it dies with it
+        kill_worker(local_stack, worker)
+    (request,) = wait_for(
+        lambda: [s for s in find_spans(local_stack.jaeger, "demo", since) if s.trace_id == trace_id and s.kind == 2],
+        "the killed request in its caller's trace",
+        timeout=90,
+    )
+    worker = int(request.resource["process.pid"])
+    killed = wait_for(lambda: lifetime_span(local_stack.jaeger, worker, since), "its worker's lifetime span", 90)
+    assert request.status_message == killed.status_message and killed.status_message.startswith("killed by SIGKILL")
+
+    with JaegerUI(local_stack.jaeger, screenshots) as ui:
+        ui.open_trace(trace_id)
+        (row,) = [s for s in ui.spans() if s.name == "GET /slow"]
+        detail = ui.span_details("GET /slow", sections=("Tags",))
+        assert "error\ntrue" in detail and f"otel.status_description\n{killed.status_message}" in detail, detail
+        assert "otelproc.span.ended_by\nprocess death" in detail and "error.type\nSIGKILL" in detail
+        # Its parent, the caller's span (not in this Jaeger), and its link to the worker's process span.
+        (reference,) = [link for link in ui.references(row) if "FOLLOWS_FROM" in link.text]
+        process = process_span(local_stack.jaeger, worker, since)
+        assert process.span_id in reference.text
+        ui.screenshot("request-killed-with-worker")
+        assert ui.follow(reference) == killed.trace_id
+        assert ui.unfold_found() == "uvicorn worker started"
+        back = ui.references(ui.span("uvicorn worker", index=worker_index(ui, worker)))
+        assert any(request.span_id in link.text for link in back), [link.text for link in back]
