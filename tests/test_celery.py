@@ -68,6 +68,27 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop(server)
 
 
+def prefork_worker(python: str, processes: int) -> list[str]:
+    """A Celery worker of tests/apps/celery_tasks.py with a prefork pool of that many processes."""
+    return [
+        python,
+        "-m",
+        "celery",
+        "-A",
+        "celery_tasks",
+        "worker",
+        "--pool",
+        "prefork",
+        "-c",
+        str(processes),
+        "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        "info",
+    ]
+
+
 def task_id(span) -> str:
     """The id of the task a task span ran, whichever messaging semconv version the instrumentation sets."""
     return span.attributes.get("messaging.message.id") or span.attributes["messaging.message_id"]
@@ -83,23 +104,7 @@ def test_celery_prefork_tasks_link_the_pool_process_that_ran_them(
     # minute means none leaves on the schedule, so every task span that arrives was flushed
     # when its pool process ended.
     env["OTEL_BSP_SCHEDULE_DELAY"] = "60000"
-    argv = [
-        test_python,
-        "-m",
-        "celery",
-        "-A",
-        "celery_tasks",
-        "worker",
-        "--pool",
-        "prefork",
-        "-c",
-        "2",
-        "--without-heartbeat",
-        "--without-gossip",
-        "--without-mingle",
-        "--loglevel",
-        "info",
-    ]
+    argv = prefork_worker(test_python, 2)
     worker = subprocess.Popen(
         command("zero-code", argv), env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w")
     )
@@ -161,23 +166,7 @@ def test_a_task_past_its_hard_time_limit_is_in_its_callers_trace_linked_to_the_p
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
     env = setup_env(backend.collector_endpoint, "zero-code")
     env.update(CELERY_REDIS=redis_url, OTEL_SERVICE_NAME="tasks")
-    argv = [
-        test_python,
-        "-m",
-        "celery",
-        "-A",
-        "celery_tasks",
-        "worker",
-        "--pool",
-        "prefork",
-        "-c",
-        "1",
-        "--without-heartbeat",
-        "--without-gossip",
-        "--without-mingle",
-        "--loglevel",
-        "info",
-    ]
+    argv = prefork_worker(test_python, 1)
     worker = subprocess.Popen(
         command("zero-code", argv), env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w")
     )

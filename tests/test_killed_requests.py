@@ -24,10 +24,9 @@ import httpx
 from support import REPO
 from support.jaeger import SERVER, STATUS_ERROR, JaegerSpan, find_spans, instrument_command, stop_server, wait_for
 from support.ports import free_ports
-from support.subjects import MATCH_TEST
+from support.subjects import MATCH_TEST, MEMORY_V1, remove_cgroup
 
 APPS = REPO / "tests" / "apps"
-MEMORY_V1 = Path("/sys/fs/cgroup/memory")
 SERVICE = "victim"
 
 
@@ -310,16 +309,3 @@ def test_a_request_finished_just_before_its_worker_is_sigkilled_reaches_its_trac
         )
     finally:
         stop_server(master)
-
-
-def remove_cgroup(path: Path) -> None:
-    """rmdir once the kernel has let go of the dead member (its pages are uncharged lazily)."""
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            path.rmdir()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)

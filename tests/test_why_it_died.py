@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 
 from support import PYTHON
-from support.subjects import MATCH_TEST
+from support.subjects import MATCH_TEST, MEMORY_V1, remove_cgroup
 from otelproc.kernel import probe as loader
 
 OWN_COMM = Path("/proc/self/comm").read_text().strip()
-MEMORY_V1 = Path("/sys/fs/cgroup/memory")
 
 
 def wait_ready(child: subprocess.Popen) -> None:
@@ -232,7 +231,7 @@ def test_oom_kill_in_a_memory_cgroup(sidecar, grpc_receiver, test_python):
         assert child.stdout.readline().strip() == "inside"
         assert child.wait(60) == -signal.SIGKILL
     finally:
-        _remove_cgroup(cgroup)
+        remove_cgroup(cgroup)
     (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child.pid))
     a = span.attributes
     assert span.status == "ERROR"
@@ -261,19 +260,6 @@ def kernel_oom_report(pid: int) -> dict[str, object]:
     for name, value in re.findall(r"([a-z_-]+):(-?\d+)", killed.split(")", 1)[1]):
         report[name] = int(value) * 1024 if name != "oom_score_adj" else int(value)
     return report
-
-
-def _remove_cgroup(path: Path) -> None:
-    """rmdir once the kernel has let go of the dead member (its pages are uncharged lazily)."""
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            path.rmdir()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def test_a_kernel_without_a_tracepoint_still_runs(kernel_events, monkeypatch):

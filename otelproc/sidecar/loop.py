@@ -165,10 +165,7 @@ class Sidecar:
             self.failed("build", exc)
             spans = []
         for span in spans:
-            try:
-                self.outlet.emit(span, "app")
-            except Exception as exc:  # noqa: BLE001
-                self.failed("export", exc)
+            self.emit(span, "app")
         cgroup_path = self.cgroups.path(ended.process.cgroup_id)
         self.export(lambda: self.builder.lifetime(ended, cgroup_path, died_in_flight), "lifetime")
         self.send_waiting(ended.process)
@@ -200,6 +197,10 @@ class Sidecar:
         except Exception as exc:  # noqa: BLE001
             self.failed("build", exc)
             return
+        self.emit(span, role)
+
+    def emit(self, span: ReadableSpan, role: str) -> None:
+        """Hands a span to the outlet; a failure is counted and skipped."""
         try:
             self.outlet.emit(span, role)
         except Exception as exc:  # noqa: BLE001

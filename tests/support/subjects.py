@@ -78,3 +78,19 @@ def finish(*children: subprocess.Popen) -> None:
             child.stdin.close()
     for child in children:
         child.wait(30)
+
+
+MEMORY_V1 = Path("/sys/fs/cgroup/memory")  # these machines mount cgroup v1's memory controller here
+
+
+def remove_cgroup(path: Path) -> None:
+    """rmdir once the kernel has let go of the dead member (its pages are uncharged lazily)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            path.rmdir()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
