@@ -13,7 +13,6 @@ redacted and bounded.
 from __future__ import annotations
 
 import datetime
-import os
 import re
 import subprocess
 
@@ -22,7 +21,16 @@ import psutil
 
 from otelproc.app.deaths import MESSAGE_LIMIT, STACKTRACE_LIMIT
 from support import REPO
-from support.jaeger import STATUS_ERROR, STATUS_OK, JaegerSpan, find_spans, instrument_command, stop_server, wait_for
+from support.jaeger import (
+    STATUS_ERROR,
+    STATUS_OK,
+    JaegerSpan,
+    find_spans,
+    instrument_command,
+    stop_server,
+    wait_for,
+    zero_code_env,
+)
 from support.ports import free_ports
 from support.subjects import MATCH_TEST
 
@@ -32,18 +40,7 @@ SECRET = "hunter2"
 
 def run_uvicorn(backend, test_python: str, dying: str, *extra: str) -> tuple[subprocess.Popen, int]:
     (port,) = free_ports(1)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_", "TRACE"))}
-    env.update(
-        DYING=dying,
-        PYTHONPATH=f"{REPO}:{APPS}",  # the worktree's otelproc, and the app
-        OTEL_SERVICE_NAME="dying",
-        OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otelproc",
-        OTEL_EXPORTER_OTLP_ENDPOINT=backend.collector_endpoint,
-        OTEL_TRACES_EXPORTER="otlp",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_LOGS_EXPORTER="none",
-        OTELPROC_MATCH=MATCH_TEST[1],
-    )
+    env = zero_code_env(backend.collector_endpoint, "dying", DYING=dying)
     master = subprocess.Popen(
         [
             instrument_command(),

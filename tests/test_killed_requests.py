@@ -22,7 +22,16 @@ from pathlib import Path
 import httpx
 
 from support import REPO
-from support.jaeger import SERVER, STATUS_ERROR, JaegerSpan, find_spans, instrument_command, stop_server, wait_for
+from support.jaeger import (
+    SERVER,
+    STATUS_ERROR,
+    JaegerSpan,
+    find_spans,
+    instrument_command,
+    stop_server,
+    wait_for,
+    zero_code_env,
+)
 from support.ports import free_ports
 from support.subjects import MATCH_TEST, MEMORY_V1, remove_cgroup
 
@@ -31,21 +40,10 @@ SERVICE = "victim"
 
 
 def app_env(backend, notes: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_", "TRACE"))}
-    env.update(
-        PYTHONPATH=f"{REPO}:{APPS}",  # the worktree's otelproc, and the apps
-        OTEL_SERVICE_NAME=SERVICE,
-        OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otelproc",
-        OTEL_EXPORTER_OTLP_ENDPOINT=backend.collector_endpoint,
-        OTEL_TRACES_EXPORTER="otlp",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_LOGS_EXPORTER="none",
-        OTEL_BSP_SCHEDULE_DELAY="5000",  # the SDK's default: a finished request waits up to 5 s for export
-        OTELPROC_MATCH=MATCH_TEST[1],
-        VICTIM_DIR=str(notes),
-        **extra,
+    # OTEL_BSP_SCHEDULE_DELAY: the SDK's default, said outright: a finished request waits up to 5 s for export.
+    return zero_code_env(
+        backend.collector_endpoint, SERVICE, OTEL_BSP_SCHEDULE_DELAY="5000", VICTIM_DIR=str(notes), **extra
     )
-    return env
 
 
 def start_uvicorn(backend, test_python: str, notes: Path, **extra: str) -> tuple[subprocess.Popen, int]:
@@ -102,9 +100,10 @@ class Caller:
 
 
 def worker_in(notes: Path, path: str) -> int:
-    """The pid of the worker serving path, as the app noted it at the request's start."""
+    """The pid of the first worker that took path, as the app noted it at the request's start (one line
+    per worker that took it)."""
     note = notes / path
-    return int(wait_for(lambda: note.exists() and note.read_text(), f"a worker to take /{path}", timeout=30))
+    return int(wait_for(lambda: note.exists() and note.read_text(), f"a worker to take /{path}", timeout=30).split()[0])
 
 
 def trace_spans(backend, since, trace_id: str) -> list[JaegerSpan]:
@@ -135,6 +134,14 @@ def process_span_ids(backend, since, life: JaegerSpan) -> tuple[str, str]:
     return life.trace_id, life.span_id
 
 
+def assert_linked_both_ways(backend, since, request: JaegerSpan, life: JaegerSpan) -> None:
+    """The request links to its worker's process span, and the worker's lifetime span links to the request."""
+    assert process_span_ids(backend, since, life) in [(t, s) for t, s, _ in request.links], (
+        "the request links to its worker"
+    )
+    assert (request.trace_id, request.span_id) in [(t, s) for t, s, _ in life.links], "the worker links to it"
+
+
 def assert_died_with_its_worker(backend, since, caller: Caller, worker: int, status: str, error_type: str) -> None:
     """The caller's trace has the request's server span, ended by otelproc at the death: status ERROR with
     the worker's own sentence, error.type as there, a link to the worker's process span, and the
@@ -150,10 +157,7 @@ def assert_died_with_its_worker(backend, since, caller: Caller, worker: int, sta
     assert request.attributes["otelproc.span.ended_by"] == "process death"
     assert request.resource["service.name"] == SERVICE
     assert request.attributes.get("http.target", request.attributes.get("url.path", "")).endswith("/" + caller.path)
-    assert process_span_ids(backend, since, life) in [(t, s) for t, s, _ in request.links], (
-        "the request links to its worker"
-    )
-    assert (request.trace_id, request.span_id) in [(t, s) for t, s, _ in life.links], "the worker links to it"
+    assert_linked_both_ways(backend, since, request, life)
 
 
 def test_a_request_in_flight_when_its_worker_is_sigkilled_is_in_its_callers_trace(
@@ -276,8 +280,7 @@ def test_gunicorns_worker_timeout_is_an_abort_and_the_request_is_in_its_callers_
             sentence,
             "SIGABRT",
         )
-        assert process_span_ids(backend, since, life) in [(t, s) for t, s, _ in request.links]
-        assert (request.trace_id, request.span_id) in [(t, s) for t, s, _ in life.links], "the worker links to it"
+        assert_linked_both_ways(backend, since, request, life)
     finally:
         stop_server(master)
 

@@ -19,9 +19,9 @@ from typing import Callable
 
 from otelproc import region
 from otelproc.region import Region, RegionError
+from otelproc.sidecar.tracker import ProcessKey
 from otelproc.stats import Stats
 
-ProcessKey = tuple[int, int]  # (pid, start ticks), as the tracker's
 LINK_NAME = f"/memfd:{region.REGION_NAME} (deleted)"
 FD_HEADROOM = 256  # descriptors left for everything else otelproc opens
 

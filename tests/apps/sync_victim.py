@@ -22,7 +22,8 @@ def app(environ, start_response):
         kind=SpanKind.SERVER,
         attributes={"http.request.method": "GET", "url.path": path},
     ):
-        (NOTES / path.strip("/")).write_text(str(os.getpid()))
+        with open(NOTES / path.strip("/"), "a") as note:  # a line per worker that takes it
+            note.write(f"{os.getpid()}\n")
         if path == "/sleep":
             time.sleep(120)
         body = str(os.getpid()).encode()

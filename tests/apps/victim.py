@@ -39,7 +39,8 @@ async def _app(scope, receive, send):
         await lifespan(receive, send)
         return
     path = scope["path"].strip("/")
-    (NOTES / path).write_text(str(os.getpid()))
+    with open(NOTES / path, "a") as note:  # a line per worker that takes it
+        note.write(f"{os.getpid()}\n")
     if path == "slow":
         await asyncio.sleep(120)
     elif path == "block":

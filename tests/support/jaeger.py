@@ -273,6 +273,24 @@ def instrument_command() -> str:
     return str(script)
 
 
+def zero_code_env(collector_endpoint: str, service: str, **extra: str) -> dict[str, str]:
+    """A test app under opentelemetry-instrument with otelproc's helper: this worktree's otelproc and
+    tests/apps on its path, spans over OTLP to the Collector, tracked by this session's sidecars."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_", "TRACE"))}
+    env.update(
+        PYTHONPATH=f"{REPO}:{REPO / 'tests' / 'apps'}",
+        OTEL_SERVICE_NAME=service,
+        OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otelproc",
+        OTEL_EXPORTER_OTLP_ENDPOINT=collector_endpoint,
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        OTELPROC_MATCH=MATCH_TEST[1],
+        **extra,
+    )
+    return env
+
+
 def demo_env(collector_endpoint: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_", "TRACE"))}
     env.update(
