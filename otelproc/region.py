@@ -14,8 +14,8 @@ Layout (little-endian): a header page, then SLOTS slots of SLOT_SIZE bytes.
 
   header  magic, version, slot size and count, the owner's pid (as it sees itself) and
           start time in clock ticks (which the sidecar checks against the process it
-          opened it from), spans not recorded for want of a slot, and the resource the
-          process exports under.
+          opened it from), spans not recorded for want of a slot, ended spans whose slot
+          a newer span took before their export, and the resource the process exports under.
   slot    a sequence number (odd while the slot is being written: what a kill cuts in
           half is skipped), the state (free, started, ended, aborted), the span's ids, kind, flags,
           start and end, status, then its texts: name, instrumentation scope and version,
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 REGION_NAME = "otelproc-spans"  # memfd_create's name; /proc/<pid>/fd shows "/memfd:otelproc-spans (deleted)"
 ANNOUNCE_PREFIX = "otelproc-r"  # bpf/otelproc.h's REGION_PREFIX
@@ -38,7 +38,7 @@ MAGIC = b"OTPSPANS"
 VERSION = 1
 HEADER_SIZE = 4096
 SLOT_SIZE = 1024
-SLOTS = 128
+SLOTS = 1024  # the batch span processor's default batch (512) waiting, and as many more in flight
 SIZE = HEADER_SIZE + SLOTS * SLOT_SIZE
 
 # A slot's state. ABORTED: a span in flight when a signal's handler exited the process (a server's
@@ -47,8 +47,10 @@ FREE, STARTED, ENDED, ABORTED = 0, 1, 2, 3
 FLAG_SAMPLED, FLAG_PARENT, FLAG_REMOTE_PARENT, FLAG_CUT = 1, 2, 4, 8
 STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
 
-HEADER = struct.Struct("<8sIIIIQII")  # magic, version, slot_size, slots, pid, start_ticks, dropped, resource_len
-SLOT = struct.Struct("<IBBBBHH16s8s8sQQ")  # seq, state, kind, flags, status, text_len, attr_count, ids, start, end
+# magic, version, slot_size, slots, pid, start_ticks, unrecorded (dropped), evicted, resource_len
+HEADER = struct.Struct("<8sIIIIQIII")
+# seq, state, kind, flags, status, text_len, attr_count, end, ids, start: what an end changes comes first
+SLOT = struct.Struct("<IBBBBHHQ16s8s8sQ")
 TEXT_MAX = SLOT_SIZE - SLOT.size
 RESOURCE_MAX = HEADER_SIZE - HEADER.size
 NAME_MAX = 256  # characters of a span's name, scope or status description
@@ -59,23 +61,28 @@ _TYPES = {str: "s", bool: "b", int: "i", float: "f"}
 AttributeValue = str | bool | int | float | Sequence[str]
 
 
-def encode_attributes(attributes: Mapping[str, object]) -> list[str]:
-    """key, type-and-value, ... for the texts of a slot or the resource: str, bool, int, float, and
-    sequences of str (joined by \x1e); any other value as its str. NUL in a text becomes U+FFFD."""
+def _typed(value: object) -> str:
+    """An attribute's value with its type: str, bool, int, float, and sequences of str (joined by \x1e);
+    any other value as its str."""
+    kind = type(value)
+    if kind is str:
+        return "s" + value  # type: ignore[operator]
+    if kind is int or kind is float:
+        return _TYPES[kind] + repr(value)
+    if kind is bool:
+        return "b1" if value else "b0"
+    if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
+        return "S" + "\x1e".join(value)
+    return "s" + str(value)
+
+
+def encode_attributes(attributes: Iterable[tuple[str, object]]) -> list[str]:
+    """key, type-and-value, ... of (key, value) pairs, for the texts of a slot or the resource. NUL in a
+    text becomes U+FFFD."""
     parts: list[str] = []
     append = parts.append
-    for key, value in attributes.items():
-        kind = type(value)
-        if kind is str:
-            text = "s" + value  # type: ignore[operator]
-        elif kind is int or kind is float:
-            text = _TYPES[kind] + repr(value)
-        elif kind is bool:
-            text = "b1" if value else "b0"
-        elif isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
-            text = "S" + "\x1e".join(value)
-        else:
-            text = "s" + str(value)
+    for key, value in attributes:
+        text = _typed(value)
         append(key if SEP not in key else key.replace(SEP, "\ufffd"))
         append(text if SEP not in text else text.replace(SEP, "\ufffd"))
     return parts
@@ -84,8 +91,19 @@ def encode_attributes(attributes: Mapping[str, object]) -> list[str]:
 def encode_texts(texts: Sequence[str], attributes: Mapping[str, object], limit: int) -> tuple[bytes, int, bool]:
     """The texts, then as many attributes as fit in limit bytes; returns the bytes, how many attributes
     they hold, and whether any was left out."""
+    # The request path's case first: every text free of NUL and short enough, all of it fitting. One
+    # join, and one count of the separators to know no text held one of its own.
+    parts = [t[:NAME_MAX] for t in texts]
+    for key, value in attributes.items():
+        parts.append(key)
+        parts.append("s" + value if type(value) is str else _typed(value))
+    joined = SEP.join(parts)
+    if joined.count(SEP) == len(parts) - 1:
+        data = joined.encode("utf-8", "replace")
+        if len(data) <= limit:
+            return data, len(attributes), False
     head = [t[:NAME_MAX] if SEP not in t else t[:NAME_MAX].replace(SEP, "\ufffd") for t in texts]
-    encoded_attributes = encode_attributes(attributes)
+    encoded_attributes = encode_attributes(attributes.items())
     data = SEP.join(head + encoded_attributes).encode("utf-8", "replace")
     if len(data) <= limit:
         return data, len(encoded_attributes) // 2, False
@@ -129,11 +147,12 @@ class Region:
 
     pid: int
     start_ticks: int
-    dropped: int  # spans the process could not record: every slot taken
+    dropped: int  # spans the process could not record: every slot taken by a span in flight
     resource: dict[str, AttributeValue]
     spans: list[RecordedSpan] = field(default_factory=list)
     torn: int = 0  # slots caught half written
     malformed: int = 0  # slots whose contents make no sense
+    evicted: int = 0  # ended spans whose slot a new span took before their export: lost if that never came
 
 
 class RegionError(ValueError):
@@ -175,19 +194,19 @@ def read_region(data: bytes) -> Region:
     """Reads a region's bytes, as the process left them. RegionError when the header is not ours."""
     if len(data) < HEADER_SIZE:
         raise RegionError(f"{len(data)} bytes, not a span region")
-    magic, version, slot_size, slots, pid, start_ticks, dropped, resource_len = HEADER.unpack_from(data)
+    magic, version, slot_size, slots, pid, start_ticks, dropped, evicted, resource_len = HEADER.unpack_from(data)
     if magic != MAGIC or version != VERSION:
         raise RegionError("not a span region of version 1")
     if slot_size != SLOT_SIZE or slots > SLOTS or resource_len > RESOURCE_MAX:
         raise RegionError(f"a region of {slots} slots of {slot_size} bytes, not of at most {SLOTS} of {SLOT_SIZE}")
     resource_parts = data[HEADER.size : HEADER.size + resource_len].decode("utf-8", "replace").split(SEP)
     resource, _ = decode_attributes(resource_parts, MAX_ATTRIBUTES)
-    region = Region(pid, start_ticks, dropped, resource)
+    region = Region(pid, start_ticks, dropped, resource, evicted=evicted)
     for index in range(slots):
         at = HEADER_SIZE + index * SLOT_SIZE
         if at + SLOT_SIZE > len(data):
             break
-        seq, state, kind, flags, status, text_len, attr_count, ids, span_id, parent, start, end = SLOT.unpack_from(
+        seq, state, kind, flags, status, text_len, attr_count, end, ids, span_id, parent, start = SLOT.unpack_from(
             data, at
         )
         if state == FREE:

@@ -1,7 +1,7 @@
 """The app side's half of the span region (otelproc/region.py): every span this process has not
 exported yet, written where otelproc can still read it after a kill.
 
-A span is written to a slot when it starts, written again when it ends, and its slot is let
+A span is written to a slot when it starts, completed when it ends, and its slot is let
 go once the exporter has taken the batch it was in (ReleasingExporter wraps the exporter of
 each batch or simple span processor the provider has when install runs). What the process
 loses when it is killed (the spans in flight, and those ended but still queued for export)
@@ -9,9 +9,10 @@ is then in the region: otelproc exports the first as killed with the process, th
 they ended. A process that exits cleanly has exported everything and left nothing.
 
 Bounded: SLOTS slots. A span that finds none free takes the slot of the oldest span that
-ended and waits for export; with none of those either, it is not recorded (counted in the
-header): the outermost spans, which start first, keep theirs. Cheap: a slot is written with
-one struct and one slice, the texts joined once; no system call on the request path.
+ended and waits for export (counted in the header: evicted); with none of those either, it is
+not recorded (counted: unrecorded): the outermost spans, which start first, keep theirs. Cheap:
+a start is one struct and one slice, the texts joined once; an end completes the slot in place;
+no system call on the request path.
 """
 
 from __future__ import annotations
@@ -38,14 +39,14 @@ from otelproc.region import ABORTED, ENDED, FREE, HEADER, HEADER_SIZE, SLOT, SLO
 from otelproc.servers import master_reason, program_name
 
 log = logging.getLogger("otelproc")
-_DROPPED_AT = HEADER.size - 8  # the header's dropped counter
+_UNRECORDED_AT = HEADER.size - 12  # the header's counters: spans not recorded, ended spans evicted
+_EVICTED_AT = HEADER.size - 8
 _ZERO = bytes(8)
 SEP = region.SEP
-# Parts of a slot an end rewrites in place (see region.SLOT): its state; status, text bytes and
-# attribute count; its end.
-_ENDING = struct.Struct("<B")
-_STATUS_AND_TEXTS = struct.Struct("<BHH")
-_END = struct.Struct("<Q")
+_U32 = struct.Struct("<I")  # a slot's sequence number, a header's counter
+# What an end completes in place, after the sequence number (region.SLOT): state, kind, flags, status,
+# bytes of text, attribute count, end.
+_ENDING = struct.Struct("<BBBBHHQ")
 
 
 def _attributes_of(span: ReadableSpan) -> Mapping[str, object]:
@@ -64,11 +65,13 @@ class SpanRegion:
         os.ftruncate(self.fd, region.SIZE)
         self.map = mmap.mmap(self.fd, region.SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.pid = os.getpid()
-        self.dropped = 0
+        self.unrecorded = 0
+        self.evicted = 0
         self._free = list(range(SLOTS - 1, -1, -1))  # pop() takes the lowest: few pages are touched
         self._seq = [0] * SLOTS
-        # per slot, as last written whole: name, status description, bytes of text, attributes, none cut
-        self._written: list[tuple[str, str, int, int, bool]] = [("", "", 0, 0, False)] * SLOTS
+        # per slot, as its start was written: name, kind, flags, bytes of text, attributes; None where
+        # something was cut (an end then writes the slot whole again)
+        self._written: list[tuple[str, int, int, int, int] | None] = [None] * SLOTS
         self._slot_of: dict[int, int] = {}  # span id -> slot
         self._live: dict[int, Span] = {}  # span id -> the span, while it runs
         self._aborted: set[int] = set()  # span ids in flight when the process's server aborted it
@@ -79,53 +82,40 @@ class SpanRegion:
         resource_bytes = encoded[1:] if encoded.startswith(b"\0") else encoded
         start_ticks = procfs.stat(self.pid).start_ticks
         HEADER.pack_into(
-            self.map, 0, region.MAGIC, region.VERSION, SLOT_SIZE, SLOTS, self.pid, start_ticks, 0, len(resource_bytes)
+            self.map,
+            0,
+            region.MAGIC,
+            region.VERSION,
+            SLOT_SIZE,
+            SLOTS,
+            self.pid,
+            start_ticks,
+            0,
+            0,
+            len(resource_bytes),
         )
         self.map[HEADER.size : HEADER.size + len(resource_bytes)] = resource_bytes
         _announce(self.fd)
 
-    def _end(self, index: int, span: ReadableSpan) -> None:
-        """Marks a written span ended: its end, its status and the attributes added since its start (a
-        server span's status code), appended; all of it written again where more changed."""
-        name, description, text_len, count, whole = self._written[index]
-        attributes = _attributes_of(span)
-        status = span.status
-        if not whole or span.name != name or (status.description or "") != description or len(attributes) < count:
-            self._write(index, ENDED, span, span.end_time or 0)
-            return
-        added = region.encode_attributes(dict(itertools.islice(attributes.items(), count, None)))
-        tail = (SEP + SEP.join(added)).encode("utf-8", "replace") if added else b""
-        if text_len + len(tail) > TEXT_MAX:
-            self._write(index, ENDED, span, span.end_time or 0)
-            return
-        at = HEADER_SIZE + index * SLOT_SIZE
-        seq = self._seq[index] + 1
-        self.map[at : at + 4] = seq.to_bytes(4, "little")  # odd: being written
-        self.map[at + SLOT.size + text_len : at + SLOT.size + text_len + len(tail)] = tail
-        _ENDING.pack_into(self.map, at + 4, ENDED)
-        _STATUS_AND_TEXTS.pack_into(
-            self.map, at + 7, status.status_code.value, text_len + len(tail), count + len(added) // 2
-        )
-        _END.pack_into(self.map, at + SLOT.size - 8, span.end_time or 0)
-        self.map[at : at + 4] = (seq + 1).to_bytes(4, "little")
-        self._seq[index] = seq + 1
-
     def _write(self, index: int, state: int, span: ReadableSpan, end_ns: int) -> None:
+        """Writes the slot whole: fields, then texts, inside an odd sequence number."""
         context = span.context
         parent = span.parent
         scope = span.instrumentation_scope
-        flags = int(context.trace_flags.sampled)
+        flags = region.FLAG_SAMPLED if context.trace_flags.sampled else 0
         if parent is not None:
             flags |= region.FLAG_PARENT | (region.FLAG_REMOTE_PARENT if parent.is_remote else 0)
         status = span.status
+        trace_state = context.trace_state
         texts = (
             span.name,
             scope.name if scope else "",
             (scope.version or "") if scope else "",
             status.description or "",
-            context.trace_state.to_header() if context.trace_state else "",
+            trace_state.to_header() if trace_state else "",
         )
         data, count, cut = region.encode_texts(texts, _attributes_of(span), TEXT_MAX)
+        kind = span.kind.value
         at = HEADER_SIZE + index * SLOT_SIZE
         seq = self._seq[index] + 1
         SLOT.pack_into(
@@ -133,40 +123,75 @@ class SpanRegion:
             at,
             seq,
             state,
-            span.kind.value,
+            kind,
             flags | (region.FLAG_CUT if cut else 0),
             status.status_code.value,
             len(data),
             count,
+            end_ns,
             context.trace_id.to_bytes(16, "big"),
             context.span_id.to_bytes(8, "big"),
             parent.span_id.to_bytes(8, "big") if parent else _ZERO,
             span.start_time or 0,
-            end_ns,
         )
         self.map[at + SLOT.size : at + SLOT.size + len(data)] = data
-        self._written[index] = (span.name, texts[3], len(data), count, not cut)
-        self.map[at : at + 4] = (seq + 1).to_bytes(4, "little")  # even again: the slot is whole
+        _U32.pack_into(self.map, at, seq + 1)  # even again: the slot is whole
+        self._seq[index] = seq + 1
+        self._written[index] = None if cut else (span.name, kind, flags, len(data), count)
+
+    def _end(self, index: int, span: ReadableSpan) -> None:
+        """Completes a started slot in place: the attributes added since the start (a server span's status
+        code) appended, then its status and end. Written whole again where more than that changed."""
+        written = self._written[index]
+        attributes = _attributes_of(span)
+        status = span.status
+        if written is None or status.description or span.name != written[0] or len(attributes) < written[4]:
+            self._write(index, ENDED, span, span.end_time or 0)
+            return
+        _name, kind, flags, text_len, count = written
+        tail = b""
+        if len(attributes) > count:
+            added = region.encode_attributes(itertools.islice(attributes.items(), count, None))
+            tail = (SEP + SEP.join(added)).encode("utf-8", "replace")
+            if text_len + len(tail) > TEXT_MAX:
+                self._write(index, ENDED, span, span.end_time or 0)
+                return
+            count += len(added) // 2
+        at = HEADER_SIZE + index * SLOT_SIZE
+        seq = self._seq[index] + 1
+        _U32.pack_into(self.map, at, seq)  # odd: being written
+        if tail:
+            self.map[at + SLOT.size + text_len : at + SLOT.size + text_len + len(tail)] = tail
+        _ENDING.pack_into(
+            self.map,
+            at + 4,
+            ENDED,
+            kind,
+            flags,
+            status.status_code.value,
+            text_len + len(tail),
+            count,
+            span.end_time or 0,
+        )
+        _U32.pack_into(self.map, at, seq + 1)
         self._seq[index] = seq + 1
 
-    def _drop(self) -> None:
-        self.dropped += 1
-        self.map[_DROPPED_AT : _DROPPED_AT + 4] = (self.dropped & 0xFFFFFFFF).to_bytes(4, "little")
-
-    def started(self, span: ReadableSpan) -> None:
+    def started(self, span: Span) -> None:
+        span_id = span.context.span_id
         with self._lock:
             if self._free:
                 index = self._free.pop()
             elif self._ended:  # the oldest span that ended and still waits for export gives up its slot
                 index = self._slot_of.pop(self._ended.popitem(last=False)[0])
-                self._drop()
-            else:
-                self._drop()
+                self.evicted += 1
+                _U32.pack_into(self.map, _EVICTED_AT, self.evicted & 0xFFFFFFFF)
+            else:  # every slot held by a span in flight: the outermost, which started first, keep theirs
+                self.unrecorded += 1
+                _U32.pack_into(self.map, _UNRECORDED_AT, self.unrecorded & 0xFFFFFFFF)
                 return
             self._write(index, STARTED, span, 0)
-            self._slot_of[span.context.span_id] = index
-            if isinstance(span, Span):
-                self._live[span.context.span_id] = span
+            self._slot_of[span_id] = index
+            self._live[span_id] = span
 
     def ended(self, span: ReadableSpan, keep: bool) -> None:
         """keep: the span waits for an exporter that releases it; else its slot is free at once."""
@@ -305,14 +330,15 @@ class InFlightProcessor(SpanProcessor):
     def __init__(self, keep_ended: bool) -> None:
         self.keep_ended = keep_ended  # an exporter releases ended spans; without one there is nothing to wait for
 
+    # _region is this process's: the at-fork hook replaces it in a child before any of the child's code runs.
     def on_start(self, span: Span, parent_context: object = None) -> None:
         own = _region
-        if own is not None and own.pid == os.getpid():
+        if own is not None:
             own.started(span)
 
     def on_end(self, span: ReadableSpan) -> None:
         own = _region
-        if own is not None and own.pid == os.getpid():
+        if own is not None:
             own.ended(span, self.keep_ended)
 
 

@@ -22,9 +22,11 @@ import os
 import subprocess
 from typing import Any, Callable
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource, ResourceDetector
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.trace import Link
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otelproc import procfs
@@ -128,6 +130,18 @@ class ProcessResourceDetector(ResourceDetector):
         return True
 
 
+# The SDK's add_link builds the same immutable link attributes anew for every span (3 µs of a request
+# span's cost); its _add_link takes a link built once. Where an SDK has no such method, the public call.
+_ADD_BUILT_LINK: Callable[[Span, Link], None] | None = getattr(Span, "_add_link", None)
+
+
+def _add_link(span: Span, link: Link) -> None:
+    if _ADD_BUILT_LINK is not None:
+        _ADD_BUILT_LINK(span, link)
+    else:
+        span.add_link(link.context, link.attributes)
+
+
 class ProcessLinkProcessor(SpanProcessor):
     """Links every span that is the first of its trace in this process to this process's process span.
 
@@ -143,23 +157,31 @@ class ProcessLinkProcessor(SpanProcessor):
         self._flush = flush
         self._pid = -1
         self._open: set[int] = set()  # span ids started in this process and not yet ended
+        self._key = ""
+        self._link: Link | None = None  # to the process span, built once per process
+
+    def _this_process(self) -> None:
+        """First use, or a forked child: another process, another process span."""
+        self._pid = os.getpid()
+        self._open = set()
+        self._key, place = own_process()
+        self._link = None
+        if place is not None:
+            self._link = Link(place.span_context(), BoundedAttributes(attributes=LINK_ATTRIBUTES, immutable=True))
+        if self._flush is not None:
+            flush_before_pool_exit(self._flush)
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        if self._pid != os.getpid():  # first use, or a forked child: another process, another span
-            self._pid = os.getpid()
-            self._open = set()
-            if self._flush is not None:
-                flush_before_pool_exit(self._flush)
-        key, link = own_process()
+        if self._pid != os.getpid():
+            self._this_process()
         self._open.add(span.context.span_id)
         parent = span.parent
         if parent is not None and not first_in_process(parent.span_id, parent.is_remote, self._open):
             return
-        span.set_attribute("otelproc.process.key", key)
-        if link is not None and (
-            parent is None or parent.span_id != link.span_id
-        ):  # a child needs no link to its parent
-            span.add_link(link.span_context(), LINK_ATTRIBUTES)
+        span.set_attribute("otelproc.process.key", self._key)
+        link = self._link
+        if link is not None and (parent is None or parent.span_id != link.context.span_id):
+            _add_link(span, link)  # (a child needs no link to its parent)
 
     def on_end(self, span: ReadableSpan) -> None:
         if self._pid == os.getpid():

@@ -146,7 +146,7 @@ class Sidecar:
         self.carryover.mark_dirty()
         process = ended.process
         try:
-            ended.left = self.regions.take(process.key, process.vpid, process.identity.start_ticks)
+            ended.left = self.regions.take(process.key, process.vpid, process.identity.start_ticks, ended.died())
         except Exception as exc:  # noqa: BLE001 -- a region costs its own spans at most
             self.failed("region", exc)
         if self.tracker.hold(ended):

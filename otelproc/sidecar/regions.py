@@ -91,9 +91,10 @@ class Regions:
                 continue
         return False
 
-    def take(self, key: ProcessKey, pid: int, start_ticks: int) -> Region | None:
+    def take(self, key: ProcessKey, pid: int, start_ticks: int, died: bool) -> Region | None:
         """The region of a process that has ended, read and closed; None if it had none or it is unreadable.
-        pid is the process's own (its vpid): the header must name it, and its start."""
+        pid is the process's own (its vpid): the header must name it, and its start. died: it was killed
+        (or its server aborted it), so the ended spans it evicted from the region may never have gone out."""
         fd = self._open.pop(key, None)
         if fd is None:
             return None
@@ -115,6 +116,8 @@ class Regions:
         self.stats.drops["region_span_torn"] += found.torn
         self.stats.drops["region_span_malformed"] += found.malformed
         self.stats.drops["region_span_unrecorded"] += found.dropped
+        if died:
+            self.stats.drops["region_span_evicted"] += found.evicted
         return found
 
     def prune(self, alive: Callable[[int, int], bool]) -> None:

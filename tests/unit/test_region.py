@@ -14,7 +14,7 @@ from otelproc.region import HEADER, HEADER_SIZE, SLOT, SLOT_SIZE, SLOTS, RegionE
 
 def blank(pid: int = 42, start_ticks: int = 7, resource: bytes = b"service.name\0sshop") -> bytearray:
     data = bytearray(region.SIZE)
-    HEADER.pack_into(data, 0, region.MAGIC, region.VERSION, SLOT_SIZE, SLOTS, pid, start_ticks, 3, len(resource))
+    HEADER.pack_into(data, 0, region.MAGIC, region.VERSION, SLOT_SIZE, SLOTS, pid, start_ticks, 3, 5, len(resource))
     data[HEADER.size : HEADER.size + len(resource)] = resource
     return data
 
@@ -43,11 +43,11 @@ def put(
         0,
         len(encoded),
         count,
+        0,
         trace_id.to_bytes(16, "big"),
         span_id.to_bytes(8, "big"),
         parent.to_bytes(8, "big"),
         100,
-        0,
     )
     data[at + SLOT.size : at + SLOT.size + len(encoded)] = encoded
 
@@ -57,7 +57,8 @@ def test_a_slot_reads_back_as_written():
     attributes = {"http.route": "/items/{id}", "n": 3, "ratio": 0.5, "ok": True, "tags": ["a", "b"]}
     put(data, 5, attributes=attributes, parent=0x99)
     read = region.read_region(bytes(data))
-    assert (read.pid, read.start_ticks, read.dropped, read.resource) == (42, 7, 3, {"service.name": "shop"})
+    assert (read.pid, read.start_ticks, read.dropped, read.evicted) == (42, 7, 3, 5)
+    assert read.resource == {"service.name": "shop"}
     (span,) = read.spans
     assert (span.trace_id, span.span_id, span.parent_span_id, span.kind, span.start_ns) == (0xABC, 0xDEF, 0x99, 1, 100)
     assert (span.name, span.scope, span.scope_version) == ("GET /", "asgi", "1.0")
@@ -80,6 +81,23 @@ def test_a_nul_in_a_text_does_not_shift_the_rest():
     assert span.name == "a\ufffdb" and span.attributes == {"k\ufffd": "v\ufffdw", "after": "x"}
 
 
+@pytest.mark.parametrize(
+    "texts, attributes",
+    [
+        (("GET /items/{id}", "asgi", "1.0", "", ""), {"http.route": "/items/{id}", "n": 3, "ok": False}),
+        (("n" * 300, "s", "", "", ""), {"k": "v"}),  # a name past NAME_MAX
+        (("a", "s", "", "", ""), {"k\0": "v"}),  # a NUL in a key
+        (("a", "s", "", "", "x\0y"), {}),  # in a text
+    ],
+)
+def test_the_quick_encoding_is_the_careful_one(texts, attributes):
+    """encode_texts' one-join path (the request path's) writes what the per-text path writes."""
+    quick = region.encode_texts(texts, attributes, region.TEXT_MAX)
+    careful_texts = [t[: region.NAME_MAX].replace("\0", "\ufffd") for t in texts]
+    careful = "\0".join(careful_texts + region.encode_attributes(attributes.items())).encode()
+    assert quick == (careful, len(attributes), False)
+
+
 def test_a_slot_caught_half_written_is_skipped_and_counted():
     data = blank()
     put(data, 0, seq=3)
@@ -100,7 +118,7 @@ def test_a_header_that_is_not_a_regions_is_refused_whole(damage):
     elif damage == "slots":
         struct.pack_into("<I", data, 16, SLOTS + 1)
     elif damage == "resource":
-        struct.pack_into("<I", data, 36, HEADER_SIZE)
+        struct.pack_into("<I", data, HEADER.size - 4, HEADER_SIZE)
     else:
         data = data[:100]
     with pytest.raises(RegionError):
