@@ -1,6 +1,6 @@
 """docker-compose.yml run for real, as README step 3 runs it: up --build, the README's requests, the
-traces in Jaeger's API (and again after a restart of Jaeger), then the documented way down, which
-leaves nothing behind.
+traces in Jaeger's API, a request whose worker is killed under it, the traces again after a restart of
+Jaeger, then the documented way down, which leaves nothing behind.
 
 podman-compose (deploy/images/setup-podman.sh) runs the file unchanged on podman 4.3, with the
 stand-in base images of deploy/images/build.sh (no image registry is reachable here). otelproc pins
@@ -23,6 +23,7 @@ import pytest
 
 from otelproc.kernel import libbpf, pins
 from support import REPO
+from support.callers import Caller, pid_inside, serving_worker
 from support.containers import build_stand_ins, require, run
 from support.jaeger import SERVER, STATUS_ERROR, JaegerSpan, find_spans, path_of, request_spans, wait_for
 
@@ -225,6 +226,25 @@ def test_compose_up_requests_linked_in_jaeger_then_detach_and_down_leave_nothing
     (child,) = [s for s in spans if s.role == "lifetime" and s.attributes["process.pid"] == spawned]
     assert (child.trace_id, child.parent_span_id) == (spawn_request.trace_id, spawn_request.span_id)
     assert child.attributes["container.id"] == demo_id
+
+    # A request in flight when its worker is killed reaches its caller's trace: otelproc, in a container of
+    # its own, reads the span region the worker (another user, in the demo's container) left.
+    caller = Caller(DEMO, "slow")
+    worker = serving_worker(demo_id, 8000)
+    worker_pid = pid_inside(worker)  # as otelproc, in the demo's pid namespace, names it
+    worker.kill()
+
+    def killed_request() -> list[JaegerSpan]:
+        return [s for s in jaeger_spans(since) if s.trace_id == caller.trace_id and s.kind == SERVER]
+
+    (killed,) = wait_for(killed_request, "the /slow request its worker was killed in, in its caller's trace", 60)
+    assert killed.parent_span_id == caller.parent_id and path_of(killed) == "/slow"
+    assert killed.status_code == STATUS_ERROR and killed.status_message.startswith("killed by SIGKILL"), killed
+    assert killed.attributes["otelproc.span.ended_by"] == "process death"
+    (worker_span,) = [
+        s for s in jaeger_spans(since) if s.role == "started" and s.attributes.get("process.pid") == worker_pid
+    ]
+    assert [(t, s) for t, s, _ in killed.links] == [(worker_span.trace_id, worker_span.span_id)], "linked to its worker"
 
     # Jaeger keeps them in its volume: restarted, it finds the same request and process spans again.
     restarted = compose("restart", "jaeger", timeout=120)

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import datetime
 import os
-import secrets
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from support.jaeger import (
     wait_for,
     zero_code_env,
 )
+from support.callers import Caller
 from support.ports import free_ports
 from support.subjects import MATCH_TEST, MEMORY_V1, remove_cgroup
 
@@ -77,26 +76,6 @@ def answers(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-class Caller:
-    """A request on a thread of its own, with a traceparent of the test's: its trace id is the one to find."""
-
-    def __init__(self, port: int, path: str) -> None:
-        self.path = path
-        self.trace_id = secrets.token_hex(16)
-        self.parent_id = secrets.token_hex(8)
-        self.status: int | str | None = None
-        headers = {"traceparent": f"00-{self.trace_id}-{self.parent_id}-01"}
-
-        def call() -> None:
-            try:
-                self.status = httpx.get(f"http://127.0.0.1:{port}/{path}", headers=headers, timeout=150).status_code
-            except httpx.HTTPError as exc:
-                self.status = type(exc).__name__
-
-        self.thread = threading.Thread(target=call, daemon=True)
-        self.thread.start()
 
 
 def worker_in(notes: Path, path: str) -> int:
@@ -167,7 +146,7 @@ def test_a_request_in_flight_when_its_worker_is_sigkilled_is_in_its_callers_trac
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
     master, port = start_uvicorn(backend, test_python, tmp_path)
     try:
-        caller = Caller(port, "slow")
+        caller = Caller(f"http://127.0.0.1:{port}", "slow")
         worker = worker_in(tmp_path, "slow")
         time.sleep(0.5)  # well inside the request
         os.kill(worker, signal.SIGKILL)
@@ -188,7 +167,7 @@ def test_a_request_that_segfaults_its_worker_is_in_its_callers_trace(backend, si
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
     master, port = start_uvicorn(backend, test_python, tmp_path)
     try:
-        caller = Caller(port, "segfault")
+        caller = Caller(f"http://127.0.0.1:{port}", "segfault")
         worker = worker_in(tmp_path, "segfault")
         assert_died_with_its_worker(
             backend, since, caller, worker, "killed by SIGSEGV from the kernel (SEGV_MAPERR", "SIGSEGV"
@@ -206,7 +185,7 @@ def test_a_request_that_exhausts_a_memory_cgroup_is_in_its_callers_trace(backend
         sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
         master, port = start_uvicorn(backend, test_python, tmp_path, VICTIM_CGROUP=str(cgroup))
         try:
-            caller = Caller(port, "eat")
+            caller = Caller(f"http://127.0.0.1:{port}", "eat")
             worker = worker_in(tmp_path, "eat")
             assert_died_with_its_worker(
                 backend,
@@ -228,7 +207,7 @@ def test_a_request_that_hangs_its_worker_dies_with_it_when_uvicorn_kills_it(back
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
     master, port = start_uvicorn(backend, test_python, tmp_path)
     try:
-        caller = Caller(port, "block")
+        caller = Caller(f"http://127.0.0.1:{port}", "block")
         worker = worker_in(tmp_path, "block")
         assert_died_with_its_worker(
             backend, since, caller, worker, f"killed by SIGKILL {sender(master.pid)}: unresponsive worker", "SIGKILL"
@@ -264,7 +243,7 @@ def test_gunicorns_worker_timeout_is_an_abort_and_the_request_is_in_its_callers_
     )
     try:
         wait_for(lambda: answers(port), "gunicorn to answer", timeout=60)
-        caller = Caller(port, "sleep")
+        caller = Caller(f"http://127.0.0.1:{port}", "sleep")
         worker = worker_in(tmp_path, "sleep")
         life = lifetime_of(backend, since, worker)
         sentence = f"aborted by SIGABRT {sender(master.pid)}: worker timeout"
@@ -293,7 +272,7 @@ def test_a_request_finished_just_before_its_worker_is_sigkilled_reaches_its_trac
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
     master, port = start_uvicorn(backend, test_python, tmp_path)
     try:
-        caller = Caller(port, "quick")
+        caller = Caller(f"http://127.0.0.1:{port}", "quick")
         caller.thread.join(30)
         assert caller.status == 200
         worker = worker_in(tmp_path, "quick")

@@ -23,6 +23,8 @@ import pytest
 import yaml
 
 from support import REPO
+from support.callers import Caller, pid_inside, serving_worker
+from support.jaeger import wait_for
 from support.ports import free_port
 from support.sidecar import PinRoot
 from support.subjects import TEST_COMM
@@ -366,6 +368,62 @@ def test_the_daemonset_pod_exports_the_span_of_a_host_process(
     assert span.attributes["otelproc.span"] == "lifetime"
     assert span.attributes["process.exit.code"] == 0
 
+    # A span in flight in a host process killed under it (the helper in code, a span region of its own):
+    # otelproc, in the DaemonSet's pod (hostPID), holds the region and sends the span after the kill.
+    app = subprocess.Popen(
+        [test_python, "-c", IN_FLIGHT_APP, grpc_receiver.endpoint],
+        env={**os.environ, "PYTHONPATH": str(REPO), "OTELPROC_MATCH": TEST_COMM},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert app.stdout is not None and app.stdout.readline().split() == ["in", "flight"]
+        otelproc_pid = int(podman("inspect", "--format", "{{.State.Pid}}", played.container("otelproc")).stdout)
+        wait_for(lambda: holds_region(otelproc_pid, app.pid), "otelproc to hold the app's span region", timeout=20)
+        app.kill()
+    finally:
+        app.wait(timeout=10)
+    (killed,) = grpc_receiver.wait_for(lambda spans: [s for s in spans if s.name == "GET /slow"], timeout=20)
+    assert killed.status == "ERROR" and killed.status_message.startswith("killed by SIGKILL"), killed
+    assert killed.resource.get("service.name") == "in-flight-app"
+    (link,) = [(t, s) for t, s, attributes in killed.links if attributes.get("otelproc.link") == "process"]
+    assert grpc_receiver.process_spans()[link].attributes["process.pid"] == app.pid, "linked to its process"
+
+
+# A process with the app-side helper in code and a span in flight; prints "in flight", then waits to be killed.
+IN_FLIGHT_APP = """
+import sys, time
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import SpanKind
+import otelproc.app
+
+provider = TracerProvider(resource=Resource({"service.name": "in-flight-app"}))
+provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(sys.argv[1], insecure=True)))
+otelproc.app.enable(provider)
+span = provider.get_tracer("in-flight").start_span("GET /slow", kind=SpanKind.SERVER)
+print("in flight", flush=True)
+time.sleep(120)
+"""
+
+
+def holds_region(holder: int, owner: int) -> bool:
+    """Whether process holder has the span region of process owner open (the same memfd)."""
+
+    def regions(pid: int) -> set[int]:
+        found = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd).startswith("/memfd:otelproc-spans"):
+                    found.add(os.stat(fd).st_ino)
+            except OSError:
+                continue
+        return found
+
+    return bool(regions(owner) & regions(holder))
+
 
 def test_the_sidecar_deployment_exports_the_demos_spans(images, grpc_receiver, pin_root, kube_play):
     deployment = yaml.safe_load_all((KUBERNETES / "sidecar.yaml").read_text()).__next__()
@@ -415,3 +473,20 @@ def test_the_sidecar_deployment_exports_the_demos_spans(images, grpc_receiver, p
         timeout=30,
     )  # SERVER
     assert requests[0].resource.get("k8s.pod.uid") == pod_uid
+
+    # A request in flight when its worker is killed reaches its caller's trace: otelproc, in its own
+    # container of the pod (shareProcessNamespace), reads the span region of the demo's worker.
+    demo_id = podman("inspect", "--format", "{{.Id}}", played.container("demo")).stdout.strip()
+    caller = Caller(f"http://127.0.0.1:{http}", "slow")
+    worker = serving_worker(demo_id, http)
+    worker_pid = pid_inside(worker)  # as otelproc, in the pod's pid namespace, names it
+    worker.kill()
+    (killed,) = grpc_receiver.wait_for(
+        lambda spans: [s for s in spans if s.trace_id == caller.trace_id and s.kind == 2], timeout=30
+    )
+    assert killed.parent_span_id == caller.parent_id
+    assert killed.status == "ERROR" and killed.status_message.startswith("killed by SIGKILL"), killed
+    assert killed.attributes["otelproc.span.ended_by"] == "process death"
+    assert killed.resource.get("k8s.pod.uid") == pod_uid, "exported under the worker's own resource"
+    (link,) = [(t, s) for t, s, attributes in killed.links if attributes.get("otelproc.link") == "process"]
+    assert grpc_receiver.process_spans()[link].attributes["process.pid"] == worker_pid, "linked to its worker"
