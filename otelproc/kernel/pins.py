@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import time
 from pathlib import Path
 
 from otelproc.errors import EXIT_USAGE, OtelprocError
@@ -110,6 +111,29 @@ def remove(probe_dir: Path) -> None:
     for path in probe_dir.iterdir():
         path.unlink(missing_ok=True)
     probe_dir.rmdir()
+
+
+def programs(pin_dir: Path) -> list[int]:
+    """The programs of every probe pinned under pin_dir, as far as their pins can be read."""
+    ids = []
+    for probe_dir in probes(pin_dir):
+        try:
+            ids += prog_ids(probe_dir)
+        except OSError:
+            continue
+    return ids
+
+
+def wait_unloaded(prog_ids: list[int], timeout: float = 5.0) -> list[int]:
+    """Those of prog_ids still loaded after up to timeout seconds. The kernel frees a program whose last
+    link went after an RCU grace period, so an unpinned probe's programs linger a moment; one another
+    process holds open stays."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [i for i in prog_ids if libbpf.prog_exists(i)]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.02)
 
 
 def remove_all(pin_dir: Path) -> int:

@@ -512,7 +512,7 @@ def detach(settings: Settings) -> int:
     """Removes the pinned probe for good (its programs, maps and pins), the state file and the spans a
     stop kept for the next start (unsent-spans.pb): what was detached for good is not carried on with."""
     pin_dir = settings.pin_dir
-    removed, running = 0, None
+    removed, running, lingering = 0, None, []
     if pin_dir is not None and pin_dir.exists():
         if not pins.on_bpffs(pin_dir):  # what is not bpffs holds no probe, and files of other things
             raise ConfigError(
@@ -520,9 +520,11 @@ def detach(settings: Settings) -> int:
             )
         try:
             running = pins.holder(pin_dir)
+            programs = [] if running else pins.programs(pin_dir)
             removed = pins.remove_all(pin_dir)
         except OSError as exc:
             raise ConfigError(f"cannot remove the probe pinned in {pin_dir} ({exc.strerror})") from None
+        lingering = pins.wait_unloaded(programs)  # detached means gone from `bpftool prog show` too
     also = []
     if settings.state_file is not None and state.remove(settings.state_file):
         also.append("the state file")
@@ -536,6 +538,14 @@ def detach(settings: Settings) -> int:
             pin_dir,
             f", and removed {removed_too}" if also else "",
             running,
+        )
+    elif removed and lingering:
+        log.warning(
+            "removed the probe pinned in %s%s; the kernel still holds its programs %s: another process has "
+            "them open (bpftool prog show lists them with their pids)",
+            pin_dir,
+            f", and {removed_too}" if also else "",
+            ", ".join(map(str, lingering)),
         )
     elif removed:
         log.info("detached: removed the probe pinned in %s%s", pin_dir, f", {removed_too}" if also else "")
