@@ -16,13 +16,13 @@ import os
 import secrets
 import signal
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from support.callers import serving
 from support.jaeger import JaegerSpan, find_spans, path_of, request_spans, wait_for
 from support.jaeger_ui import JaegerUI, SpanRow, missing_browser
 from support.local_stack import kill_worker, lifetime_span
@@ -179,9 +179,9 @@ def test_a_request_its_worker_died_in_is_red_in_its_callers_trace_and_links_to_t
             answered.append(type(exc).__name__)
 
     threading.Thread(target=call, daemon=True).start()
-    time.sleep(2)  # the request is in one of the workers, waiting
-    for worker in workers:  # whichever took it dies with it
-        kill_worker(local_stack, worker)
+    port = httpx.URL(local_stack.demo).port
+    taken = wait_for(lambda: serving(workers, port), "a worker to take the request", timeout=30)
+    kill_worker(local_stack, taken)
     (request,) = wait_for(
         lambda: [s for s in find_spans(local_stack.jaeger, "demo", since) if s.trace_id == trace_id and s.kind == 2],
         "the killed request in its caller's trace",

@@ -7,6 +7,7 @@ import os
 import secrets
 import threading
 from pathlib import Path
+from typing import Iterable
 
 import httpx
 import psutil
@@ -70,15 +71,20 @@ def sockets_of(pid: int) -> set[int]:
     return found
 
 
+def serving(pids: Iterable[int], port: int) -> int | None:
+    """The one of pids that holds an established connection accepted on `port`: the one serving the request
+    in flight. None while none does, or more than one (an earlier request's connection, not yet closed)."""
+    holders = [pid for pid in pids if sockets_of(pid) & established_on(pid, port)]
+    return holders[0] if len(holders) == 1 else None
+
+
 def serving_worker(container_id: str, port: int, timeout: float = 30) -> psutil.Process:
     """The process of the container (by its full id, in its cgroup's path) holding a connection accepted
     on `port`: the worker serving the one request in flight."""
 
     def holder() -> psutil.Process | None:
-        for process in psutil.process_iter():
-            if in_container(process.pid, container_id) and sockets_of(process.pid) & established_on(process.pid, port):
-                return process
-        return None
+        pid = serving((p.pid for p in psutil.process_iter() if in_container(p.pid, container_id)), port)
+        return psutil.Process(pid) if pid is not None else None
 
     return wait_for(holder, f"a process of container {container_id[:12]} serving a request on port {port}", timeout)
 
