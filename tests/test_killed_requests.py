@@ -176,6 +176,20 @@ def test_a_request_that_segfaults_its_worker_is_in_its_callers_trace(backend, si
         stop_server(master)
 
 
+def test_a_request_whose_worker_exits_with_an_error_is_in_its_callers_trace(backend, sidecar, test_python, tmp_path):
+    """os._exit(3) in the middle of a request (a library giving up on a fatal error): no signal, but the
+    request never finished, and its worker's exit status says why."""
+    since = datetime.datetime.now(datetime.timezone.utc)
+    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
+    master, port = start_uvicorn(backend, test_python, tmp_path)
+    try:
+        caller = Caller(f"http://127.0.0.1:{port}", "exit")
+        worker = worker_in(tmp_path, "exit")
+        assert_died_with_its_worker(backend, since, caller, worker, "exit status 3", "3")
+    finally:
+        stop_server(master)
+
+
 def test_a_request_that_exhausts_a_memory_cgroup_is_in_its_callers_trace(backend, sidecar, test_python, tmp_path):
     cgroup = MEMORY_V1 / f"otelproc-victim-{os.getpid()}"
     cgroup.mkdir()

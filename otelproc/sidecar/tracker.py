@@ -145,9 +145,10 @@ class Ended:
         return min(times) if times else None
 
     def died(self) -> bool:
-        """Whether it died rather than ended: a signal, or an exit its server's abort forced. Its spans
-        in flight then ended with it (a clean exit leaves none that were ever going to end)."""
-        return bool(self.signal) or self.abort() is not None
+        """Whether it died rather than ended: a signal, an exit with an error status (os._exit(3) in the
+        middle of a request), or an exit its server's abort forced. Its spans in flight then ended with
+        it (a clean exit leaves none that were ever going to end)."""
+        return bool(self.signal) or bool(self.exit_code) or self.abort() is not None
 
     def fatal_signal(self) -> SignalSent | None:
         """The sending of the signal that ended it, if it was seen.

@@ -10,6 +10,7 @@ worker to kill, or which one its server killed:
            (answered on a thread of the worker's) finds it unresponsive, and the master kills it
 /segfault  reads address 0 through ctypes: SIGSEGV
 /eat       joins the memory cgroup VICTIM_CGROUP and allocates until its OOM killer ends the worker
+/exit      ends the worker with os._exit(3), as a library that gives up on a fatal error does
 """
 
 import asyncio
@@ -49,6 +50,8 @@ async def _app(scope, receive, send):
         ctypes.string_at(0)
     elif path == "eat":
         eat_memory()
+    elif path == "exit":
+        os._exit(3)
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
 
