@@ -47,6 +47,14 @@ MASTER_SIGNALS: dict[tuple[str, int], str] = {
     ("gunicorn", signal.SIGABRT): "worker timeout",
     ("uvicorn", signal.SIGKILL): "unresponsive worker",
 }
+# What a master's signal means after an earlier one of its to the same worker went unanswered: gunicorn
+# kills a worker that outlives its abort (one stuck in C code, where Python's handler never runs) or its
+# stop past --graceful-timeout. (master, earlier signal, signal): reason.
+MASTER_FOLLOW_UPS: dict[tuple[str, int, int], str] = {
+    ("gunicorn", signal.SIGABRT, signal.SIGKILL): "worker timeout, still running after SIGABRT",
+    ("gunicorn", signal.SIGTERM, signal.SIGKILL): "still running after --graceful-timeout",
+    ("gunicorn", signal.SIGQUIT, signal.SIGKILL): "still running after --graceful-timeout",
+}
 
 
 @lru_cache(maxsize=256)  # asked for each span and each child; a pool of workers shares one answer (argv: 8 KiB at most)
@@ -70,8 +78,13 @@ def program_name(exe: str | None, argv: tuple[str, ...] | None, comm: str, paren
     return base
 
 
-def master_reason(parent_program: str | None, signo: int) -> str | None:
-    """Why a worker's master sent it signo, where the server model says (see MASTER_SIGNALS)."""
+def master_reason(parent_program: str | None, signo: int, earlier: int | None = None) -> str | None:
+    """Why a worker's master sent it signo (after its signal earlier, if any), where the server model says
+    (see MASTER_SIGNALS, MASTER_FOLLOW_UPS)."""
+    if earlier is not None:
+        follow_up = MASTER_FOLLOW_UPS.get((parent_program or "", earlier, signo))
+        if follow_up is not None:
+            return follow_up
     return MASTER_SIGNALS.get((parent_program or "", signo))
 
 

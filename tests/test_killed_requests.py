@@ -230,12 +230,8 @@ def test_a_request_that_hangs_its_worker_dies_with_it_when_uvicorn_kills_it(back
         stop_server(master)
 
 
-def test_gunicorns_worker_timeout_is_an_abort_and_the_request_is_in_its_callers_trace(
-    backend, sidecar, test_python, tmp_path
-):
-    """gunicorn's master sends SIGABRT to a worker past --timeout; the worker handles it and exits."""
-    since = datetime.datetime.now(datetime.timezone.utc)
-    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
+def start_gunicorn(backend, test_python: str, notes: Path) -> tuple[subprocess.Popen, int]:
+    """gunicorn, two sync workers of tests/apps/sync_victim.py, --timeout 2."""
     (port,) = free_ports(1)
     command = [
         instrument_command(),
@@ -253,10 +249,37 @@ def test_gunicorns_worker_timeout_is_an_abort_and_the_request_is_in_its_callers_
         "2",
     ]
     master = subprocess.Popen(
-        command, env=app_env(backend, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command, env=app_env(backend, notes), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+    wait_for(lambda: answers(port), "gunicorn to answer", timeout=60)
+    return master, port
+
+
+def test_a_gunicorn_worker_stuck_past_its_abort_is_killed_and_the_request_is_in_its_callers_trace(
+    backend, sidecar, test_python, tmp_path
+):
+    """A worker stuck in a C call never runs its SIGABRT handler (Python runs handlers between bytecodes):
+    gunicorn's master kills it at its next check, and both spans say it was the worker timeout."""
+    since = datetime.datetime.now(datetime.timezone.utc)
+    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
+    master, port = start_gunicorn(backend, test_python, tmp_path)
     try:
-        wait_for(lambda: answers(port), "gunicorn to answer", timeout=60)
+        caller = Caller(f"http://127.0.0.1:{port}", "block")
+        worker = worker_in(tmp_path, "block")
+        status = f"killed by SIGKILL {sender(master.pid)}: worker timeout, still running after SIGABRT"
+        assert_died_with_its_worker(backend, since, caller, worker, status, "SIGKILL")
+    finally:
+        stop_server(master)
+
+
+def test_gunicorns_worker_timeout_is_an_abort_and_the_request_is_in_its_callers_trace(
+    backend, sidecar, test_python, tmp_path
+):
+    """gunicorn's master sends SIGABRT to a worker past --timeout; the worker handles it and exits."""
+    since = datetime.datetime.now(datetime.timezone.utc)
+    sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
+    master, port = start_gunicorn(backend, test_python, tmp_path)
+    try:
         caller = Caller(f"http://127.0.0.1:{port}", "sleep")
         worker = worker_in(tmp_path, "sleep")
         life = lifetime_of(backend, since, worker)

@@ -134,7 +134,8 @@ def exit_status(ended: Ended, clean: frozenset[int] = CLEAN_SIGNALS) -> tuple[St
 def _master_reason(sent: SignalSent | None, process: TrackedProcess) -> str | None:
     if sent is None or sent.from_kernel or not sent.sender_pid or sent.sender_pid != process.ppid:
         return None
-    return master_reason(process.parent_program, sent.signal)
+    earlier = [s.signal for s in process.signals if s.sender_pid == sent.sender_pid and s.time < sent.time]
+    return master_reason(process.parent_program, sent.signal, earlier[-1] if earlier else None)
 
 
 def _error(reason: str, error_type: str) -> tuple[Status, str, str]:

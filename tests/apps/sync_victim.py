@@ -1,7 +1,9 @@
 """A WSGI app for gunicorn's sync workers whose /sleep outlasts gunicorn's --timeout, for
-tests/test_killed_requests.py. Its server span is made by hand from the caller's traceparent, as a
+tests/test_killed_requests.py; its /block outlasts it in one C call that checks for no signal (a key
+derivation of minutes), where the worker's SIGABRT handler never runs. Its server span is made by hand from the caller's traceparent, as a
 WSGI instrumentation would; the worker notes its pid in VICTIM_DIR/sleep first."""
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -26,6 +28,8 @@ def app(environ, start_response):
             note.write(f"{os.getpid()}\n")
         if path == "/sleep":
             time.sleep(120)
+        elif path == "/block":
+            hashlib.pbkdf2_hmac("sha256", b"key", b"salt", 10**9)
         body = str(os.getpid()).encode()
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
         return [body]

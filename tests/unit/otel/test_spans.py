@@ -18,8 +18,8 @@ def _ended(code, sig, core=False, signals=(), oom=None, parent=(1, None)):
     return Ended(process, 10_000_000_000, code, sig, core)
 
 
-def _sent(sig, sender_pid=0, comm="", code=0, from_kernel=False):
-    return SignalSent(0, sig, code, from_kernel, sender_pid, comm)
+def _sent(sig, sender_pid=0, comm="", code=0, from_kernel=False, at=0):
+    return SignalSent(at, sig, code, from_kernel, sender_pid, comm)
 
 
 def test_exit_status_descriptions():
@@ -91,6 +91,14 @@ def test_a_worker_its_server_gives_up_on_says_why():
         "killed by SIGKILL from pid 700 (uvicorn): unresponsive worker"
     )
     assert status(None, 9, [_sent(9, 812, "gunicorn")], gunicorn)[1] == "killed by SIGKILL from pid 812 (gunicorn)"
+    # gunicorn's SIGKILL after its abort went unanswered (a worker stuck in a C call), or after its stop did.
+    assert status(None, 9, [abort, _sent(9, 812, "gunicorn", at=1_000)], gunicorn)[1] == (
+        "killed by SIGKILL from pid 812 (gunicorn): worker timeout, still running after SIGABRT"
+    )
+    for stop in (15, 3):
+        assert status(None, 9, [_sent(stop, 812, "gunicorn"), _sent(9, 812, "gunicorn", at=1_000)], gunicorn)[1] == (
+            "killed by SIGKILL from pid 812 (gunicorn): still running after --graceful-timeout"
+        )
 
 
 @pytest.mark.parametrize(
