@@ -47,8 +47,7 @@ def test_request_links_to_its_worker_and_the_process_trace_shows_how_workers_end
 
     wait_for(both_workers_answered, "both uvicorn workers to answer", timeout=60)
     victim = max(served, key=served.get)
-    # What it served is in Jaeger before it dies: a SIGKILLed worker flushes nothing, and its last
-    # batch (up to OTEL_BSP_SCHEDULE_DELAY old) would go with it.
+    # A request it served, in Jaeger before it dies: the page below opens it.
     requests = wait_for(
         lambda: [
             r

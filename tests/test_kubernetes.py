@@ -26,6 +26,7 @@ from support import REPO
 from support.callers import Caller, pid_inside, serving_worker
 from support.jaeger import wait_for
 from support.ports import free_port
+from support.regions import holds_region
 from support.sidecar import PinRoot
 from support.subjects import TEST_COMM
 
@@ -407,22 +408,6 @@ span = provider.get_tracer("in-flight").start_span("GET /slow", kind=SpanKind.SE
 print("in flight", flush=True)
 time.sleep(120)
 """
-
-
-def holds_region(holder: int, owner: int) -> bool:
-    """Whether process holder has the span region of process owner open (the same memfd)."""
-
-    def regions(pid: int) -> set[int]:
-        found = set()
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                if os.readlink(fd).startswith("/memfd:otelproc-spans"):
-                    found.add(os.stat(fd).st_ino)
-            except OSError:
-                continue
-        return found
-
-    return bool(regions(owner) & regions(holder))
 
 
 def test_the_sidecar_deployment_exports_the_demos_spans(images, grpc_receiver, pin_root, kube_play):
