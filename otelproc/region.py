@@ -44,7 +44,9 @@ SIZE = HEADER_SIZE + SLOTS * SLOT_SIZE
 # A slot's state. ABORTED: a span in flight when a signal's handler exited the process (a server's
 # abort of its worker), exported by the process itself; kept so that the process span can link to it.
 FREE, STARTED, ENDED, ABORTED = 0, 1, 2, 3
-FLAG_SAMPLED, FLAG_PARENT, FLAG_REMOTE_PARENT, FLAG_CUT = 1, 2, 4, 8
+# FLAG_LINKED: the span links to its process's process span, as the first of its trace in the process
+# (app/links.py): one without a parent, with a remote one, or with one its forked parent had open.
+FLAG_SAMPLED, FLAG_PARENT, FLAG_REMOTE_PARENT, FLAG_CUT, FLAG_LINKED = 1, 2, 4, 8, 16
 STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
 
 # magic, version, slot_size, slots, pid, start_ticks, unrecorded (dropped), evicted, resource_len
@@ -139,6 +141,7 @@ class RecordedSpan:
     trace_state: str
     attributes: dict[str, AttributeValue]
     cut: bool  # attributes were left out, by the writer or the reader
+    linked: bool = False  # to its process span (FLAG_LINKED)
 
 
 @dataclass
@@ -246,6 +249,7 @@ def read_region(data: bytes) -> Region:
                 texts[4][:NAME_MAX],
                 attributes,
                 bool(flags & FLAG_CUT) or bad,
+                bool(flags & FLAG_LINKED),
             )
         )
     return region

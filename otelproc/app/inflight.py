@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.trace import Status, StatusCode
 
 from otelproc import procfs, region
+from otelproc.app.links import LINK_ATTRIBUTES
 from otelproc.config import ConfigError, parse_bool
 from otelproc.region import ABORTED, ENDED, FREE, HEADER, HEADER_SIZE, SLOT, SLOT_SIZE, SLOTS, STARTED, TEXT_MAX
 from otelproc.servers import master_reason, program_name
@@ -47,6 +48,7 @@ _U32 = struct.Struct("<I")  # a slot's sequence number, a header's counter
 # What an end completes in place, after the sequence number (region.SLOT): state, kind, flags, status,
 # bytes of text, attribute count, end.
 _ENDING = struct.Struct("<BBBBHHQ")
+((_LINK_KEY, _PROCESS_LINK),) = LINK_ATTRIBUTES.items()
 
 
 def _attributes_of(span: ReadableSpan) -> Mapping[str, object]:
@@ -105,6 +107,8 @@ class SpanRegion:
         flags = region.FLAG_SAMPLED if context.trace_flags.sampled else 0
         if parent is not None:
             flags |= region.FLAG_PARENT | (region.FLAG_REMOTE_PARENT if parent.is_remote else 0)
+        if any(link.attributes and link.attributes.get(_LINK_KEY) == _PROCESS_LINK for link in span.links):
+            flags |= region.FLAG_LINKED
         status = span.status
         trace_state = context.trace_state
         texts = (

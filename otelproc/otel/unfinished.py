@@ -107,7 +107,7 @@ def _span(
         parent = SpanContext(recorded.trace_id, recorded.parent_span_id, recorded.remote_parent, flags, trace_state)
     attributes = _redacted(recorded.attributes, redact)
     links: Sequence[Link] = ()
-    if parent is None or recorded.remote_parent:  # the first span of its trace here: the app links those
+    if recorded.linked or parent is None or recorded.remote_parent:  # as the app linked it (FLAG_LINKED)
         links = (Link(process_span, LINK_ATTRIBUTES),)
     end = recorded.end_ns if recorded.state == ENDED else max(death_ns, recorded.start_ns)
     span_status = Status(StatusCode(recorded.status), recorded.status_description or None)

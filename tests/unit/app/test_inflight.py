@@ -11,7 +11,8 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode, TraceFlags
 
 from otelproc import region
 from otelproc.app import inflight
@@ -45,6 +46,19 @@ def test_a_span_in_flight_is_in_the_region_with_its_start(provider):
     assert recorded.trace_id == span.get_span_context().trace_id and recorded.start_ns == span.start_time
     assert held().pid == os.getpid() and held().resource["service.name"] == provider.resource.attributes["service.name"]
     span.end()
+
+
+def test_a_span_linked_to_its_process_span_says_so_and_its_child_does_not(provider):
+    """otelproc, exporting it after a kill, links it as the app did (a forked worker's first span has a
+    local parent of its master's and the link all the same)."""
+    tracer = provider.get_tracer("pool")
+    process_span = SpanContext(0x1F, 0x2F, False, TraceFlags(TraceFlags.SAMPLED))
+    task = tracer.start_span("task", links=[Link(process_span, {"otelproc.link": "process"})])
+    step = tracer.start_span("step", context=trace.set_span_in_context(task))
+    recorded = {s.name: s for s in held().spans if s.trace_id == task.get_span_context().trace_id}
+    assert (recorded["task"].linked, recorded["step"].linked) == (True, False)
+    step.end()
+    task.end()
 
 
 def test_an_ended_span_stays_until_its_export_then_leaves(provider):

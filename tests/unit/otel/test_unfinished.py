@@ -69,6 +69,18 @@ def test_a_span_in_flight_ends_at_the_death_saying_what_killed_it():
     ]
 
 
+def test_a_span_goes_out_linked_to_the_process_span_as_the_app_linked_it():
+    """The first span of its trace in a forked worker has a local parent (its master's) and, as the app
+    linked it, a link to the process span; its children have neither."""
+    first = recorded(0xA1, ENDED, end_ns=6_000, remote_parent=False, linked=True)
+    child = recorded(0xB2, ENDED, end_ns=5_500, parent_span_id=0xA1, remote_parent=False)
+    builder = SpanBuilder("svc", host_attributes())
+    ended = worker_death(Region(7, 7, 0, {}, [first, child]), exit_code=0)
+    spans, _ = builder.unfinished(ended)
+    links = {span.context.span_id: [link.context for link in span.links] for span in spans}
+    assert links == {0xA1: [ended.process.span_place.span_context()], 0xB2: []}
+
+
 def test_an_ended_span_goes_out_as_it_ended_and_a_clean_exit_takes_none_in_flight():
     left = Region(7, 7, 0, {}, [recorded(0xA1, STARTED), recorded(0xB2, ENDED, end_ns=6_000, status=STATUS_OK)])
     builder = SpanBuilder("svc", host_attributes())
