@@ -32,20 +32,20 @@ from support.jaeger import (
 )
 from support.callers import Caller
 from support.ports import free_ports
+from support.regions import unexported
 from support.subjects import MATCH_TEST, MEMORY_V1, remove_cgroup
 
 APPS = REPO / "tests" / "apps"
 SERVICE = "victim"
 
 
-def app_env(backend, notes: Path, **extra: str) -> dict[str, str]:
+def app_env(endpoint: str, notes: Path, **extra: str) -> dict[str, str]:
     # OTEL_BSP_SCHEDULE_DELAY: the SDK's default, said outright: a finished request waits up to 5 s for export.
-    return zero_code_env(
-        backend.collector_endpoint, SERVICE, OTEL_BSP_SCHEDULE_DELAY="5000", VICTIM_DIR=str(notes), **extra
-    )
+    settings = {"OTEL_BSP_SCHEDULE_DELAY": "5000", "VICTIM_DIR": str(notes), **extra}
+    return zero_code_env(endpoint, SERVICE, **settings)
 
 
-def start_uvicorn(backend, test_python: str, notes: Path, **extra: str) -> tuple[subprocess.Popen, int]:
+def start_uvicorn(endpoint: str, test_python: str, notes: Path, **extra: str) -> tuple[subprocess.Popen, int]:
     (port,) = free_ports(1)
     command = [
         instrument_command(),
@@ -65,7 +65,7 @@ def start_uvicorn(backend, test_python: str, notes: Path, **extra: str) -> tuple
         "2",
     ]
     master = subprocess.Popen(
-        command, env=app_env(backend, notes, **extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command, env=app_env(endpoint, notes, **extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     wait_for(lambda: answers(port), "uvicorn to answer", timeout=60)
     return master, port
@@ -144,7 +144,7 @@ def test_a_request_in_flight_when_its_worker_is_sigkilled_is_in_its_callers_trac
 ):
     since = datetime.datetime.now(datetime.timezone.utc)
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
-    master, port = start_uvicorn(backend, test_python, tmp_path)
+    master, port = start_uvicorn(backend.collector_endpoint, test_python, tmp_path)
     try:
         caller = Caller(f"http://127.0.0.1:{port}", "slow")
         worker = worker_in(tmp_path, "slow")
@@ -165,7 +165,7 @@ def sender(pid: int) -> str:
 def test_a_request_that_segfaults_its_worker_is_in_its_callers_trace(backend, sidecar, test_python, tmp_path):
     since = datetime.datetime.now(datetime.timezone.utc)
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
-    master, port = start_uvicorn(backend, test_python, tmp_path)
+    master, port = start_uvicorn(backend.collector_endpoint, test_python, tmp_path)
     try:
         caller = Caller(f"http://127.0.0.1:{port}", "segfault")
         worker = worker_in(tmp_path, "segfault")
@@ -181,7 +181,7 @@ def test_a_request_whose_worker_exits_with_an_error_is_in_its_callers_trace(back
     request never finished, and its worker's exit status says why."""
     since = datetime.datetime.now(datetime.timezone.utc)
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
-    master, port = start_uvicorn(backend, test_python, tmp_path)
+    master, port = start_uvicorn(backend.collector_endpoint, test_python, tmp_path)
     try:
         caller = Caller(f"http://127.0.0.1:{port}", "exit")
         worker = worker_in(tmp_path, "exit")
@@ -197,7 +197,7 @@ def test_a_request_that_exhausts_a_memory_cgroup_is_in_its_callers_trace(backend
     try:
         (cgroup / "memory.limit_in_bytes").write_text(str(96 << 20))
         sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
-        master, port = start_uvicorn(backend, test_python, tmp_path, VICTIM_CGROUP=str(cgroup))
+        master, port = start_uvicorn(backend.collector_endpoint, test_python, tmp_path, VICTIM_CGROUP=str(cgroup))
         try:
             caller = Caller(f"http://127.0.0.1:{port}", "eat")
             worker = worker_in(tmp_path, "eat")
@@ -219,7 +219,7 @@ def test_a_request_that_hangs_its_worker_dies_with_it_when_uvicorn_kills_it(back
     """uvicorn's supervisor pings each worker; one that does not answer (its event loop blocked) it kills."""
     since = datetime.datetime.now(datetime.timezone.utc)
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
-    master, port = start_uvicorn(backend, test_python, tmp_path)
+    master, port = start_uvicorn(backend.collector_endpoint, test_python, tmp_path)
     try:
         caller = Caller(f"http://127.0.0.1:{port}", "block")
         worker = worker_in(tmp_path, "block")
@@ -230,7 +230,7 @@ def test_a_request_that_hangs_its_worker_dies_with_it_when_uvicorn_kills_it(back
         stop_server(master)
 
 
-def start_gunicorn(backend, test_python: str, notes: Path) -> tuple[subprocess.Popen, int]:
+def start_gunicorn(endpoint: str, test_python: str, notes: Path) -> tuple[subprocess.Popen, int]:
     """gunicorn, two sync workers of tests/apps/sync_victim.py, --timeout 2."""
     (port,) = free_ports(1)
     command = [
@@ -249,7 +249,7 @@ def start_gunicorn(backend, test_python: str, notes: Path) -> tuple[subprocess.P
         "2",
     ]
     master = subprocess.Popen(
-        command, env=app_env(backend, notes), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command, env=app_env(endpoint, notes), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     wait_for(lambda: answers(port), "gunicorn to answer", timeout=60)
     return master, port
@@ -262,7 +262,7 @@ def test_a_gunicorn_worker_stuck_past_its_abort_is_killed_and_the_request_is_in_
     gunicorn's master kills it at its next check, and both spans say it was the worker timeout."""
     since = datetime.datetime.now(datetime.timezone.utc)
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
-    master, port = start_gunicorn(backend, test_python, tmp_path)
+    master, port = start_gunicorn(backend.collector_endpoint, test_python, tmp_path)
     try:
         caller = Caller(f"http://127.0.0.1:{port}", "block")
         worker = worker_in(tmp_path, "block")
@@ -278,7 +278,7 @@ def test_gunicorns_worker_timeout_is_an_abort_and_the_request_is_in_its_callers_
     """gunicorn's master sends SIGABRT to a worker past --timeout; the worker handles it and exits."""
     since = datetime.datetime.now(datetime.timezone.utc)
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
-    master, port = start_gunicorn(backend, test_python, tmp_path)
+    master, port = start_gunicorn(backend.collector_endpoint, test_python, tmp_path)
     try:
         caller = Caller(f"http://127.0.0.1:{port}", "sleep")
         worker = worker_in(tmp_path, "sleep")
@@ -307,7 +307,7 @@ def test_a_request_finished_just_before_its_worker_is_sigkilled_reaches_its_trac
     """Its span had ended and waited in the batch processor's queue (5 s) when the worker died with it."""
     since = datetime.datetime.now(datetime.timezone.utc)
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
-    master, port = start_uvicorn(backend, test_python, tmp_path)
+    master, port = start_uvicorn(backend.collector_endpoint, test_python, tmp_path)
     try:
         caller = Caller(f"http://127.0.0.1:{port}", "quick")
         caller.thread.join(30)
@@ -328,3 +328,41 @@ def test_a_request_finished_just_before_its_worker_is_sigkilled_reaches_its_trac
         )
     finally:
         stop_server(master)
+
+
+def test_a_worker_killed_while_its_batch_waits_for_the_collectors_answer_loses_none_of_it(
+    grpc_receiver, sidecar, test_python, tmp_path
+):
+    """The Collector has taken the batch but not answered when the worker dies: the worker still holds
+    the batch's spans, and otelproc sends them again. Every request is there, each a second time with
+    the same ids (docs/correlation.md: at least once, the copy at most the batch in flight)."""
+    sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
+    master, port = start_uvicorn(grpc_receiver.endpoint, test_python, tmp_path, OTEL_BSP_SCHEDULE_DELAY="200")
+    try:
+        grpc_receiver.answering.clear()
+        callers = [Caller(f"http://127.0.0.1:{port}", "quick") for _ in range(3)]
+        for caller in callers:
+            caller.thread.join(30)
+            assert caller.status == 200
+        traces = {caller.trace_id for caller in callers}
+
+        def requests() -> list:
+            return [s for s in grpc_receiver.spans if s.trace_id in traces and s.kind == SERVER]
+
+        taken = grpc_receiver.wait_for(lambda _: len(requests()) >= 3 and requests())
+        workers = {span.resource["process.pid"] for span in taken}
+        assert all(unexported(worker) for worker in workers), "each worker still waits for the answer"
+        for worker in workers:
+            os.kill(worker, signal.SIGKILL)
+        grpc_receiver.wait_for(lambda _: all(grpc_receiver.of_pid(w) for w in workers), timeout=30)
+    finally:
+        grpc_receiver.answering.set()
+        stop_server(master)
+    copies = grpc_receiver.wait_for(lambda _: len(requests()) >= 6 and requests(), timeout=30)
+    by_id: dict[str, list] = {}
+    for span in copies:
+        by_id.setdefault(span.span_id, []).append(span)
+    assert sorted(len(same) for same in by_id.values()) == [2, 2, 2], [(s.span_id, s.trace_id) for s in copies]
+    for first, again in by_id.values():
+        assert (again.trace_id, again.parent_span_id, again.name) == (first.trace_id, first.parent_span_id, first.name)
+        assert "otelproc.span.ended_by" not in again.attributes, "it had ended: it goes out as it ended"

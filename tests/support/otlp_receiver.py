@@ -95,6 +95,9 @@ class _Store:
         self.spans: list[ReceivedSpan] = []
         self.refusing = False
         self.refused = 0  # requests turned away while refusing
+        # Cleared: a Collector that has taken each batch but not answered yet (until set, or 60 s).
+        self.answering = threading.Event()
+        self.answering.set()
         self._cond = threading.Condition()
 
     def add(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
@@ -178,6 +181,7 @@ class GrpcReceiver(_Store):
                     store.refused += 1
                     context.abort(grpc.StatusCode.UNAVAILABLE, "refusing, as the test asked")
                 store.add(request)
+                store.answering.wait(60)
                 return trace_service_pb2.ExportTraceServiceResponse()
 
         class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
@@ -187,7 +191,7 @@ class GrpcReceiver(_Store):
                 store.add_metrics(request)
                 return metrics_service_pb2.ExportMetricsServiceResponse()
 
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self._server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(), self._server)
         self.port = self._server.add_insecure_port(f"127.0.0.1:{self.port}")
