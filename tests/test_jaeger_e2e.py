@@ -33,6 +33,7 @@ from support.jaeger import (
     wait_for,
 )
 from support.ports import free_ports
+from support.servers import spread_requests
 from support.subjects import MATCH_TEST
 
 
@@ -64,15 +65,14 @@ def test_process_and_request_spans_reach_jaeger(backend, sidecar, test_python):
     spawned = 0
     try:
 
-        def both_workers_answered() -> bool:
+        def worker_of_root() -> int | None:
             try:
-                _, body = get_json(port, "/")
-            except httpx.HTTPError:
-                return False
-            served.setdefault(body["worker"], []).append("/")
-            return len(served) >= 2
+                return get_json(port, "/")[1]["worker"]
+            except httpx.ConnectError:
+                return None
 
-        wait_for(both_workers_answered, "both uvicorn workers to answer", timeout=60)
+        for worker, count in spread_requests(worker_of_root, want=2).items():
+            served[worker] = ["/"] * count
         for path in ("/work", "/spawn", "/fail"):
             status, body = get_json(port, path)
             assert status == (500 if path == "/fail" else 200), body

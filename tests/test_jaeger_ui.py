@@ -26,6 +26,7 @@ from support.callers import serving
 from support.jaeger import JaegerSpan, find_spans, path_of, request_spans, wait_for
 from support.jaeger_ui import JaegerUI, SpanRow, missing_browser
 from support.local_stack import kill_worker, lifetime_span
+from support.servers import spread_requests
 
 
 def test_request_links_to_its_worker_and_the_process_trace_shows_how_workers_ended(local_stack, tmp_path):
@@ -38,14 +39,7 @@ def test_request_links_to_its_worker_and_the_process_trace_shows_how_workers_end
     assert f"Jaeger UI         {local_stack.jaeger}/" in up
     master = local_stack.pid("demo")
 
-    served: dict[int, int] = {}  # worker pid -> requests to / it answered
-
-    def both_workers_answered() -> bool:
-        worker = httpx.get(f"{local_stack.demo}/", timeout=30).json()["worker"]
-        served[worker] = served.get(worker, 0) + 1
-        return len(served) >= 2
-
-    wait_for(both_workers_answered, "both uvicorn workers to answer", timeout=60)
+    served = spread_requests(lambda: worker_of(f"{local_stack.demo}/"), want=2)  # worker pid -> requests to /
     victim = max(served, key=served.get)
     # A request it served, in Jaeger before it dies: the page below opens it.
     requests = wait_for(
@@ -139,6 +133,11 @@ def pid_in(detail: str) -> int:
     return int(detail.split("process.pid\n", 1)[1].split("\n", 1)[0])
 
 
+def worker_of(url: str) -> int:
+    """The demo's answer: the pid of the worker that served the request."""
+    return httpx.get(url, timeout=30).json()["worker"]
+
+
 def worker_index(ui: JaegerUI, pid: int) -> int:
     """Which of the page's 'uvicorn worker' spans is process PID's (each opened to read its pid)."""
     count = sum(s.name == "uvicorn worker" for s in ui.spans())
@@ -158,12 +157,7 @@ def test_a_request_its_worker_died_in_is_red_in_its_callers_trace_and_links_to_t
     screenshots = Path(os.environ.get("JAEGER_UI_SCREENSHOTS", tmp_path / "screenshots"))
     since = datetime.datetime.now(datetime.timezone.utc)
     local_stack.up()
-    workers: set[int] = set()
-    wait_for(
-        lambda: workers.add(httpx.get(f"{local_stack.demo}/", timeout=30).json()["worker"]) or len(workers) >= 2,
-        "both uvicorn workers to answer",
-        timeout=60,
-    )
+    workers = set(spread_requests(lambda: worker_of(f"{local_stack.demo}/"), want=2))
     trace_id, caller = secrets.token_hex(16), secrets.token_hex(8)
     answered: list[object] = []
 

@@ -9,6 +9,8 @@ import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import httpx
 
@@ -40,18 +42,37 @@ def zero_code(command: list[str]) -> list[str]:
     return [shutil.which("opentelemetry-instrument"), *command]
 
 
-def get_pids(port: int, path: str, want: int, timeout: float = 40) -> dict[int, int]:
-    """GETs until `want` distinct answers came back; answer -> number of requests."""
+def spread_requests(answer: Callable[[], int | None], want: int, timeout: float = 60) -> dict[int, int]:
+    """Calls answer() until `want` distinct answers (worker pids) came back; answer -> how many times.
+    None: nobody answered (the server not listening yet). For two workers or more, four calls at a
+    time: both workers wait on the listening socket and the one the kernel runs first accepts, so under
+    load the same one can take every request sent one after another; one busy with a request leaves
+    the next to another."""
+    at_once = 1 if want == 1 else 4
     seen: dict[int, int] = {}
     deadline = time.monotonic() + timeout
-    while len(seen) < want and time.monotonic() < deadline:
-        try:
-            answer = int(httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).text)
-            seen[answer] = seen.get(answer, 0) + 1
-        except httpx.HTTPError:
-            time.sleep(0.2)
+    with ThreadPoolExecutor(at_once) as pool:
+        while len(seen) < want and time.monotonic() < deadline:
+            answers = list(pool.map(lambda _: answer(), range(at_once)))
+            for got in answers:
+                if got is not None:
+                    seen[got] = seen.get(got, 0) + 1
+            if None in answers:
+                time.sleep(0.2)
     assert len(seen) >= want, f"only {seen} answered"
     return seen
+
+
+def get_pids(port: int, path: str, want: int, timeout: float = 60) -> dict[int, int]:
+    """GETs until `want` distinct answers came back; answer -> number of requests."""
+
+    def answer() -> int | None:
+        try:
+            return int(httpx.get(f"http://127.0.0.1:{port}{path}", timeout=30).text)
+        except httpx.ConnectError:
+            return None
+
+    return spread_requests(answer, want, timeout)
 
 
 def stop(process: subprocess.Popen) -> None:
