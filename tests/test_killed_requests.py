@@ -45,7 +45,11 @@ def app_env(endpoint: str, notes: Path, **extra: str) -> dict[str, str]:
     return zero_code_env(endpoint, SERVICE, **settings)
 
 
-def start_uvicorn(endpoint: str, test_python: str, notes: Path, **extra: str) -> tuple[subprocess.Popen, int]:
+def start_uvicorn(
+    endpoint: str, test_python: str, notes: Path, healthcheck_s: int = 60, **extra: str
+) -> tuple[subprocess.Popen, int]:
+    """healthcheck_s: how long uvicorn waits for a worker's answer before it kills it. Long, but where
+    that kill is the test: under load a short one kills workers the test means to kill itself."""
     (port,) = free_ports(1)
     command = [
         instrument_command(),
@@ -62,7 +66,7 @@ def start_uvicorn(endpoint: str, test_python: str, notes: Path, **extra: str) ->
         "--workers",
         "2",
         "--timeout-worker-healthcheck",
-        "2",
+        str(healthcheck_s),
     ]
     master = subprocess.Popen(
         command, env=app_env(endpoint, notes, **extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -219,7 +223,7 @@ def test_a_request_that_hangs_its_worker_dies_with_it_when_uvicorn_kills_it(back
     """uvicorn's supervisor pings each worker; one that does not answer (its event loop blocked) it kills."""
     since = datetime.datetime.now(datetime.timezone.utc)
     sidecar(*MATCH_TEST, endpoint=backend.collector_endpoint)
-    master, port = start_uvicorn(backend.collector_endpoint, test_python, tmp_path)
+    master, port = start_uvicorn(backend.collector_endpoint, test_python, tmp_path, healthcheck_s=2)
     try:
         caller = Caller(f"http://127.0.0.1:{port}", "block")
         worker = worker_in(tmp_path, "block")
@@ -337,7 +341,10 @@ def test_a_worker_killed_while_its_batch_waits_for_the_collectors_answer_loses_n
     the batch's spans, and otelproc sends them again. Every request is there, each a second time with
     the same ids (docs/correlation.md: at least once, the copy at most the batch in flight)."""
     sidecar(*MATCH_TEST, endpoint=grpc_receiver.endpoint)
-    master, port = start_uvicorn(grpc_receiver.endpoint, test_python, tmp_path, OTEL_BSP_SCHEDULE_DELAY="200")
+    # The batch processor's 5 s: every span of the three requests is in one batch per worker (a span that
+    # ended after its worker's export began would queue behind the held answer). The exporter waits for
+    # the answer as long as the receiver holds it, not its default 10 s.
+    master, port = start_uvicorn(grpc_receiver.endpoint, test_python, tmp_path, OTEL_EXPORTER_OTLP_TIMEOUT="120")
     try:
         grpc_receiver.answering.clear()
         callers = [Caller(f"http://127.0.0.1:{port}", "quick") for _ in range(3)]
@@ -349,7 +356,7 @@ def test_a_worker_killed_while_its_batch_waits_for_the_collectors_answer_loses_n
         def requests() -> list:
             return [s for s in grpc_receiver.spans if s.trace_id in traces and s.kind == SERVER]
 
-        taken = grpc_receiver.wait_for(lambda _: len(requests()) >= 3 and requests())
+        taken = grpc_receiver.wait_for(lambda _: len(requests()) >= 3 and requests(), timeout=30)
         workers = {span.resource["process.pid"] for span in taken}
         assert all(unexported(worker) for worker in workers), "each worker still waits for the answer"
         for worker in workers:

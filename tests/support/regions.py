@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import psutil
+
 from otelproc import region
 
 
@@ -32,6 +34,8 @@ def unexported(pid: int) -> int:
     """Spans process pid has ended and its exporter has not yet returned from sending. A span the
     Collector already has but its process has not yet let go of is sent again should the process be
     killed right then (docs/correlation.md): a test that counts spans kills once this is 0."""
+    if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+        raise AssertionError(f"process {pid} has exited: it holds no region")
     total = 0
     for fd in _region_fds(pid):
         with open(fd, "rb") as memfd:
