@@ -32,7 +32,7 @@ from support.jaeger import (
 )
 from support.callers import Caller
 from support.ports import free_ports
-from support.regions import unexported
+from support.regions import in_flight, unexported
 from support.subjects import MATCH_TEST, MEMORY_V1, remove_cgroup
 
 APPS = REPO / "tests" / "apps"
@@ -317,6 +317,8 @@ def test_a_request_finished_just_before_its_worker_is_sigkilled_reaches_its_trac
         caller.thread.join(30)
         assert caller.status == 200
         worker = worker_in(tmp_path, "quick")
+        # The caller has its answer before the server span ends: under load the worker can be killed in between.
+        wait_for(lambda: in_flight(worker) == 0, "the worker to end the request's spans", timeout=10)
         os.kill(worker, signal.SIGKILL)
         life = lifetime_of(backend, since, worker)
         (request,) = wait_for(lambda: server_spans(backend, since, caller.trace_id), "the request in its trace", 60)

@@ -30,10 +30,7 @@ def holds_region(holder: int, owner: int) -> bool:
     return bool(inodes(owner) & inodes(holder))
 
 
-def unexported(pid: int) -> int:
-    """Spans process pid has ended and its exporter has not yet returned from sending. A span the
-    Collector already has but its process has not yet let go of is sent again should the process be
-    killed right then (docs/correlation.md): a test that counts spans kills once this is 0."""
+def _held(pid: int, state: int) -> int:
     if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
         raise AssertionError(f"process {pid} has exited: it holds no region")
     total = 0
@@ -41,5 +38,18 @@ def unexported(pid: int) -> int:
         with open(fd, "rb") as memfd:
             found = region.read_region(memfd.read(region.SIZE))
         if found.pid == pid:  # its own, not one inherited from its parent
-            total += sum(1 for span in found.spans if span.state == region.ENDED)
+            total += sum(1 for span in found.spans if span.state == state)
     return total
+
+
+def in_flight(pid: int) -> int:
+    """Spans process pid has started and not ended. A server span ends after the response has gone out:
+    a test that kills a worker after its request "finished" waits for this to be 0 first."""
+    return _held(pid, region.STARTED)
+
+
+def unexported(pid: int) -> int:
+    """Spans process pid has ended and its exporter has not yet returned from sending. A span the
+    Collector already has but its process has not yet let go of is sent again should the process be
+    killed right then (docs/correlation.md): a test that counts spans kills once this is 0."""
+    return _held(pid, region.ENDED)
