@@ -131,6 +131,21 @@ def exit_status(ended: Ended, clean: frozenset[int] = CLEAN_SIGNALS) -> tuple[St
     return _OK, None, "exit status 0"
 
 
+def exit_outcome(ended: Ended, status: Status) -> str:
+    """How a process ended, in one of six words that metrics can count by (otelproc.exit.outcome):
+    the status sentence and error.type say more, but a sentence names pids and an exit status is
+    one of 256."""
+    if ended.signal:
+        if ended.oom_kill() is not None:
+            return "oom_kill"
+        return "clean_stop" if status.status_code is StatusCode.OK else "signal"
+    if ended.abort() is not None:
+        return "signal"
+    if ended.exit_code is None:
+        return "unknown"
+    return "exit_status" if ended.exit_code else "ok"
+
+
 def _master_reason(sent: SignalSent | None, process: TrackedProcess) -> str | None:
     if sent is None or sent.from_kernel or not sent.sender_pid or sent.sender_pid != process.ppid:
         return None
@@ -312,11 +327,15 @@ class SpanBuilder:
         """The span of a finished lifetime. died_in_flight: the spans its process took with it
         (unfinished()), which it links to."""
         process = ended.process
+        context, parent = self.lifetime_place(process)
         attrs = self.attributes(process, cgroup_path)
         attrs["otelproc.span"] = "lifetime"
+        if context.span_id == process.span_place.span_id:  # its first span: counting those counts processes
+            attrs["otelproc.process_span"] = True
         if ended.exit_code is not None:
             attrs["process.exit.code"] = ended.exit_code
         status, error_type, reason = exit_status(ended, self.clean_signals)
+        attrs["otelproc.exit.outcome"] = exit_outcome(ended, status)
         if status.status_code is StatusCode.OK and ended.signal:
             attrs["otelproc.exit.reason"] = reason  # an OK status carries no description
         fatal = None
@@ -364,7 +383,6 @@ class SpanBuilder:
                     )
                     events.append(Event("signal", attributes, timestamp=sent.time))
             events.sort(key=lambda event: event.timestamp)
-        context, parent = self.lifetime_place(process)
         return ReadableSpan(
             name=process.program,
             context=context,
@@ -420,6 +438,7 @@ class SpanBuilder:
         Jaeger's UI warns of clock skew on a child span that neither fits inside its parent nor lasts longer."""
         attrs = self.attributes(process, cgroup_path)
         attrs["otelproc.span"] = "started"
+        attrs["otelproc.process_span"] = True
         place = process.span_place
         return ReadableSpan(
             name=f"{process.program} started",

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import time
 import types
 
 import pytest
 
 from otelproc.model import USAGE_GROUPS, OomKill, SignalSent, Usage
-from otelproc.otel.spans import CLEAN_SIGNALS, SpanBuilder, container_id, exit_status, parse_resource_attributes
+from otelproc.otel.spans import (
+    CLEAN_SIGNALS,
+    SpanBuilder,
+    container_id,
+    exit_outcome,
+    exit_status,
+    parse_resource_attributes,
+)
 from otelproc.sidecar.tracker import Ended, Tracker
 from support.events import event
 
@@ -99,6 +107,36 @@ def test_a_worker_its_server_gives_up_on_says_why():
         assert status(None, 9, [_sent(stop, 812, "gunicorn"), _sent(9, 812, "gunicorn", at=1_000)], gunicorn)[1] == (
             "killed by SIGKILL from pid 812 (gunicorn): still running after --graceful-timeout"
         )
+
+
+def test_every_way_of_ending_has_one_outcome_word():
+    def outcome(code, sig, signals=(), oom=None, parent=(1, None)):
+        ended = _ended(code, sig, signals=signals, oom=oom, parent=parent)
+        return exit_outcome(ended, exit_status(ended)[0])
+
+    assert outcome(0, None) == "ok"
+    assert outcome(3, None) == outcome(255, None) == "exit_status"
+    assert outcome(None, None) == "unknown"
+    assert outcome(None, 9) == outcome(None, 11) == "signal"
+    assert outcome(None, 15, [_sent(15, 812, "gunicorn")]) == "clean_stop"
+    memcg = OomKill(0, True, "otp-oom", 0, 0, 0, 0, 0, 0)
+    assert outcome(None, 9, [_sent(9, code=0x80, from_kernel=True)], memcg) == "oom_kill"
+    # gunicorn's worker timeout exits with status 0 after its SIGABRT: a signal ended it, not an exit.
+    assert outcome(0, None, [_sent(6, 812, "gunicorn")], (812, "gunicorn")) == "signal"
+
+
+def test_each_process_has_one_process_span_and_the_lifetime_span_says_whether_it_is_it():
+    builder = SpanBuilder("svc", {})
+    tracker = Tracker(max_processes=10, started_span_after_ns=0)
+    tracker.handle(event("exec", 10, ticks=1))
+    tracker.handle(event("exec", 11, ticks=2))
+    long_lived = next(p for p in tracker.take_due_started_spans(time.time_ns()) if p.pid == 10)
+    started = builder.started(long_lived)
+    quick, slow = (tracker.handle(event("exit", pid, ticks=t, exit_code=0)) for pid, t in ((11, 2), (10, 1)))
+    assert started.attributes["otelproc.process_span"] is True
+    assert "otelproc.process_span" not in builder.lifetime(slow).attributes
+    assert builder.lifetime(quick).attributes["otelproc.process_span"] is True
+    assert builder.lifetime(quick).context.span_id == quick.process.span_place.span_id
 
 
 @pytest.mark.parametrize(
