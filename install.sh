@@ -7,7 +7,8 @@
 #                         stack run (built with Go, cached), the Jaeger UI it serves (built with npm,
 #                         cached) and the browser that tests it (Debian's chromium and chromium-driver)
 #                         and OpenSearch with a user to run it as, for the fleet test and benchmark
-#                         (deploy/opensearch/fetch.sh: Maven Central, cached)
+#                         (deploy/opensearch/fetch.sh: Maven Central, cached), Prometheus and
+#                         promtool for the alerting tests and the local stack (built with Go, cached)
 #                         and podman with podman-compose for the container tests
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -57,12 +58,13 @@ python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 
 command -v pyenv >/dev/null && pyenv rehash || true  # puts the `otelproc` script on a pyenv PATH
 
 # --- Kubernetes tests (tests/test_kubernetes.py) ---------------------------------------------------
-# The Collector the manifests name (contrib components, deploy/images/otelcol-k8s.yaml) for its
-# `validate` test, cached by the manifest's content; the manifest validator is built by the test
-# with Go (module cache and build cache make it seconds after the first time).
+# The contrib Collector the manifests and the compose file name (its stand-in's components:
+# deploy/images/otelcol-contrib.yaml) for its `validate` test and the component check of
+# tests/test_jaeger_configs.py, cached by the manifest's content; the manifest validator is built
+# by the test with Go (module cache and build cache make it seconds after the first time).
 if $test_setup; then
-    step "building the Kubernetes Collector unless cached (deploy/images/otelcol-build.sh; the first time, several minutes)"
-    step "  Collector: $(deploy/images/otelcol-build.sh deploy/images/otelcol-k8s.yaml)"
+    step "building the contrib Collector unless cached (deploy/images/otelcol-build.sh; the first time, several minutes)"
+    step "  Collector: $(deploy/images/otelcol-build.sh deploy/images/otelcol-contrib.yaml)"
 fi
 # --- end of the Kubernetes tests' block ------------------------------------------------------------
 
@@ -72,6 +74,8 @@ if $test_setup; then
     step "building the Jaeger UI unless cached (deploy/jaeger/build-ui.sh; the first time, 2 to 4 minutes)"
     ui=$(deploy/jaeger/build-ui.sh) || fail "no Jaeger UI (above)"
     step "  Jaeger UI: $ui"
+    step "building Prometheus and promtool unless cached (deploy/prometheus/build.sh; the first time, about 5 minutes)"
+    step "  Prometheus: $(deploy/prometheus/build.sh)"
     step "fetching OpenSearch unless cached (deploy/opensearch/fetch.sh; the first time, about 30 s)"
     step "  OpenSearch: $(deploy/opensearch/fetch.sh)"
     # --- containers ---------------------------------------------------------------------------

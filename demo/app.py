@@ -12,6 +12,8 @@ auto-instrumentation; a FastAPI app would need none).
     GET /spawn  runs a child python: its process span sits under this request
     GET /fail   answers 500: an error request span
     GET /slow   answers after a minute: a request to kill its worker in (the span goes out all the same)
+    GET /crash  the worker exits with status 70 in the middle of the request (uvicorn starts another):
+                its process span ends in error, and the request, unanswered, is in its trace all the same
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ async def demo(scope, receive, send) -> None:
                 return
     if scope["path"] == "/slow":
         await asyncio.sleep(60)
+    if scope["path"] == "/crash":
+        os._exit(70)  # EX_SOFTWARE: no cleanup, no flush, as a worker that hits a fatal error
     handler = ROUTES.get(scope["path"])
     if handler is not None:
         status, body = 200, handler()

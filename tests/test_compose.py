@@ -1,6 +1,7 @@
 """docker-compose.yml run for real, as README step 3 runs it: up --build, the README's requests, the
-traces in Jaeger's API, a request whose worker is killed under it, the traces again after a restart of
-Jaeger, then the documented way down, which leaves nothing behind.
+traces in Jaeger's API, a request whose worker is killed under it, that kill counted in Prometheus and
+Jaeger's Monitor tab, the traces again after a restart of Jaeger, then the documented way down, which
+leaves nothing behind.
 
 podman-compose (deploy/images/setup-podman.sh) runs the file unchanged on podman 4.3, with the
 stand-in base images of deploy/images/build.sh (no image registry is reachable here). otelproc pins
@@ -32,6 +33,7 @@ HOST_BPFFS = Path(pins.BPFFS_ROOT)
 PIN_DIR = HOST_BPFFS / "otelproc"  # the otelproc service's pin directory: the default
 DEMO = "http://127.0.0.1:8000"  # the compose file publishes on every address; the test talks to loopback only
 JAEGER = "http://127.0.0.1:16686"
+PROMETHEUS = "http://127.0.0.1:9090"
 BPFFS_OWN_FILES = {"maps.debug", "progs.debug"}  # what the kernel's bpffs shows on its own
 
 
@@ -245,6 +247,31 @@ def test_compose_up_requests_linked_in_jaeger_then_detach_and_down_leave_nothing
         s for s in jaeger_spans(since) if s.role == "started" and s.attributes.get("process.pid") == worker_pid
     ]
     assert [(t, s) for t, s, _ in killed.links] == [(worker_span.trace_id, worker_span.span_id)], "linked to its worker"
+
+    # The killed worker's end is a process metric too: the Collector's spanmetrics connector counts it,
+    # Prometheus scrapes it, and Jaeger's Monitor tab (its API) shows the program with its errors.
+    def killed_worker_counted() -> list[dict]:
+        try:
+            response = httpx.get(
+                f"{PROMETHEUS}/api/v1/query",
+                params={
+                    "query": 'traces_span_metrics_calls_total{service_name="demo",span_name="uvicorn worker",'
+                    'otelproc_exit_outcome="signal",error_type="SIGKILL"}'
+                },
+                timeout=10,
+            )
+            return response.json()["data"]["result"]
+        except httpx.HTTPError:
+            return []
+
+    wait_for(killed_worker_counted, "the killed worker's end in Prometheus", 120)  # 15 s flush, 15 s scrape
+    errors = httpx.get(
+        f"{JAEGER}/api/metrics/errors",
+        params={"service": "demo", "spanKind": "internal", "groupByOperation": "true"},
+        timeout=30,
+    ).json()
+    operations = {label["value"] for m in errors["metrics"] for label in m["labels"] if label["name"] == "operation"}
+    assert "uvicorn worker" in operations, errors
 
     # Jaeger keeps them in its volume: restarted, it finds the same request and process spans again.
     restarted = compose("restart", "jaeger", timeout=120)

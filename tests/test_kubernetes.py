@@ -129,7 +129,7 @@ def find(path: Path, kind: str, name: str | None = None) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def collector() -> str:
-    """The Collector built from deploy/images/otelcol-k8s.yaml (cached; minutes the first time)."""
+    """The Collector built from deploy/images/otelcol-contrib.yaml (cached; minutes the first time)."""
     result = subprocess.run(
         [str(REPO / "deploy" / "images" / "otelcol-build.sh"), str(COLLECTOR_MANIFEST)], capture_output=True, text=True
     )

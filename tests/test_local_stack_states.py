@@ -23,7 +23,7 @@ import pytest
 from support.local_stack import DOWN, UP, running, sessions, stack_env
 
 
-STACK = ("jaeger", "collector", "otelproc", "demo")  # up.sh's start order
+STACK = ("prometheus", "jaeger", "collector", "otelproc", "demo")  # up.sh's start order
 
 
 class Stack:
@@ -175,7 +175,7 @@ def test_a_failed_start_stops_what_it_started_and_up_works_after(stack):
     failed = stack.up(OTELPROC_USAGE="gpu")  # not a usage group: otelproc refuses to start
     assert failed.returncode != 0, output(failed)
     assert "OTELPROC_USAGE: gpu: not a usage group" in failed.stderr, output(failed)
-    for name in ("collector", "jaeger"):
+    for name in ("collector", "jaeger", "prometheus"):
         assert f"local stack: stopping {name} (pid" in failed.stderr, output(failed)
     assert "local stack: otelproc was already gone" in failed.stderr, output(failed)
     assert "stopping demo" not in failed.stderr and "demo was" not in failed.stderr, output(failed)  # not started

@@ -15,6 +15,7 @@
 #                               the Collector built with the OpenTelemetry Collector Builder
 #                               from the manifest in deploy/images/ whose dist.name and
 #                               dist.version match (otelcol / otelcol-contrib, V)
+#   prom/prometheus:vV          the binary of deploy/prometheus/build.sh (which builds version V)
 #   jaegertracing/jaeger:V      the binary of deploy/jaeger/build.sh; with the Jaeger UI's
 #                               assets when they have been built (see JAEGER_UI_ASSETS below)
 #   registry.k8s.io/pause:V     deploy/images/pause.c, compiled static
@@ -238,6 +239,18 @@ build_jaeger() {
     build_binary_image "$image" "$binary" /cmd/jaeger/jaeger-linux "$(printf '%s\n' "${lines[@]}")"
 }
 
+build_prometheus() {
+    local image=$1 dir version
+    dir=$(deploy/prometheus/build.sh)
+    version=$("$dir/prometheus" --version | sed -n 's/^prometheus, version \([^ ]*\).*/\1/p')
+    [[ ${image##*:} == "v$version" ]] || fail "$image: deploy/prometheus/build.sh builds Prometheus $version"
+    # As in the official image: /bin/prometheus, its data in /prometheus, user nobody.
+    build_binary_image "$image" "$dir/prometheus" /bin/prometheus \
+        "$(printf '%s\n' "RUN mkdir /prometheus && chown nobody:nogroup /prometheus" "USER nobody" \
+            "WORKDIR /prometheus" "EXPOSE 9090" 'ENTRYPOINT ["/bin/prometheus"]' \
+            'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]')"
+}
+
 build_pause() {
     local image=$1 work k
     k=$(key deploy/images/pause.c "$0")
@@ -261,6 +274,7 @@ ensure() {
         docker.io/library/python) build_python "$image" ;;
         docker.io/otel/opentelemetry-collector*) build_collector "$image" ;;
         docker.io/jaegertracing/jaeger) build_jaeger "$image" ;;
+        docker.io/prom/prometheus) build_prometheus "$image" ;;
         registry.k8s.io/pause) build_pause "$image" ;;
         *) fail "no recipe for $image: add one to deploy/images/build.sh" ;;
     esac

@@ -15,7 +15,7 @@ STACK_DIR=${OTELPROC_LOCAL_DIR:-${TMPDIR:-/tmp}/otelproc-local}
 # otelproc's state file and pinned probe: the stack's own, never a production otelproc's.
 STATE_FILE=${OTELPROC_STATE_FILE:-$STACK_DIR/state.json}
 PIN_DIR=${OTELPROC_PIN_DIR-/sys/fs/bpf/otelproc-local}
-STACK=(jaeger collector otelproc demo)  # in start order; they are stopped in reverse
+STACK=(prometheus jaeger collector otelproc demo)  # in start order; they are stopped in reverse
 
 note() { echo "local stack: $*"; }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The local stack without Docker (as root): Jaeger all-in-one and the Collector (both under the
-# Jaeger binary of deploy/jaeger/build.sh), `otelproc run` and the demo app, as processes on
-# loopback. deploy/local/down.sh stops exactly what this started.
+# The local stack without Docker (as root): Prometheus (deploy/prometheus/build.sh), Jaeger
+# all-in-one and the Collector (both under the Jaeger binary of deploy/jaeger/build.sh),
+# `otelproc run` and the demo app, as processes on loopback. deploy/local/down.sh stops exactly
+# what this started.
 #
 # When it cannot finish (a component fails to start, Ctrl-C), it stops what it started, a line
 # each, and exits non-zero with the reason. An earlier stack whose processes are all gone (no
@@ -10,7 +11,9 @@
 # Every address can be moved by its variable (defaults below); OTELPROC_* variables reach
 # otelproc (OTELPROC_MATCH the demo's helper too); PYTHON is the demo's interpreter.
 # Jaeger keeps its traces in Badger under JAEGER_DATA_DIR for JAEGER_RETENTION (a Go duration),
-# across restarts of the stack, and serves the UI of deploy/jaeger/build-ui.sh.
+# across restarts of the stack, and serves the UI of deploy/jaeger/build-ui.sh, whose Monitor tab
+# reads the span metrics Prometheus scrapes from the Collector (deploy/jaeger/monitor.yaml).
+# Prometheus evaluates deploy/prometheus/rules.yml and keeps its data in PROMETHEUS_DATA_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -19,6 +22,7 @@ source deploy/local/common.sh
 : "${JAEGER_OTLP_GRPC_PORT:=14317}" "${JAEGER_OTLP_HTTP_PORT:=14318}"
 : "${JAEGER_QUERY_HTTP_PORT:=16686}" "${JAEGER_QUERY_GRPC_PORT:=16685}"
 : "${COLLECTOR_OTLP_GRPC_PORT:=4317}" "${COLLECTOR_OTLP_HTTP_PORT:=4318}" "${COLLECTOR_TELEMETRY_PORT:=8888}"
+: "${COLLECTOR_PROMETHEUS_PORT:=8889}" "${PROMETHEUS_PORT:=9090}" "${PROMETHEUS_DATA_DIR:=$STACK_DIR/prometheus-data}"
 : "${DEMO_PORT:=8000}" "${PYTHON:=python3}"
 : "${JAEGER_DATA_DIR:=$STACK_DIR/jaeger-data}" "${JAEGER_RETENTION:=72h}"
 HOST=127.0.0.1
@@ -125,7 +129,8 @@ if ((${#gone[@]})); then
     fi
 fi
 for variable in JAEGER_OTLP_GRPC_PORT JAEGER_OTLP_HTTP_PORT JAEGER_QUERY_HTTP_PORT JAEGER_QUERY_GRPC_PORT \
-                COLLECTOR_OTLP_GRPC_PORT COLLECTOR_OTLP_HTTP_PORT COLLECTOR_TELEMETRY_PORT DEMO_PORT; do
+                COLLECTOR_OTLP_GRPC_PORT COLLECTOR_OTLP_HTTP_PORT COLLECTOR_TELEMETRY_PORT COLLECTOR_PROMETHEUS_PORT \
+                PROMETHEUS_PORT DEMO_PORT; do
     if listening "${!variable}"; then
         echo "local stack: port ${!variable} is taken; set $variable to another port$(holder "${!variable}")" >&2
         exit 1
@@ -149,6 +154,10 @@ if ! ui=$(deploy/jaeger/build-ui.sh --print-path 2>/dev/null); then
     say "building the Jaeger UI (deploy/jaeger/build-ui.sh; once, 2 to 4 minutes)"
     ui=$(deploy/jaeger/build-ui.sh) || { echo "local stack: no Jaeger UI" >&2; exit 1; }
 fi
+if ! prometheus=$(deploy/prometheus/build.sh --print-path 2>/dev/null); then
+    say "building Prometheus (deploy/prometheus/build.sh; once, a few minutes)"
+    prometheus=$(deploy/prometheus/build.sh) || { echo "local stack: no Prometheus" >&2; exit 1; }
+fi
 # A clean environment: the binary would otherwise pick up OTEL_* variables meant for others.
 base_env=(env -i "PATH=$PATH" "HOME=${HOME:-/root}")
 
@@ -156,19 +165,34 @@ trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
-say "starting Jaeger all-in-one (deploy/jaeger/all-in-one.yaml, traces kept in Badger: badger.yaml)"
+say "starting Prometheus (deploy/prometheus/prometheus.yml and rules.yml, scraping the Collector)"
+# The shipped configuration, with the Collector's loopback address and the rules file's path.
+sed -e "s|\"collector:8889\"|\"$HOST:$COLLECTOR_PROMETHEUS_PORT\"|" -e "s|^  - rules.yml$|  - $REPO/deploy/prometheus/rules.yml|" \
+    deploy/prometheus/prometheus.yml > "$STACK_DIR/prometheus.yml"
+# created-timestamp-zero-ingestion: a counter's start time (the Collector's exporter gives it) becomes a
+# 0 sample, so rate() sees a program's first process end, not only those after it (docs/operations.md).
+start prometheus "${base_env[@]}" "$prometheus/prometheus" --config.file="$STACK_DIR/prometheus.yml" \
+    --storage.tsdb.path="$PROMETHEUS_DATA_DIR" --web.listen-address="$HOST:$PROMETHEUS_PORT" \
+    --enable-feature=created-timestamp-zero-ingestion
+wait_for prometheus "$PROMETHEUS_PORT"
+
+say "starting Jaeger all-in-one (deploy/jaeger/all-in-one.yaml, traces kept in Badger: badger.yaml; Monitor tab: monitor.yaml)"
 start jaeger "${base_env[@]}" JAEGER_LISTEN_HOST=$HOST \
     JAEGER_OTLP_GRPC_PORT="$JAEGER_OTLP_GRPC_PORT" JAEGER_OTLP_HTTP_PORT="$JAEGER_OTLP_HTTP_PORT" \
     JAEGER_QUERY_HTTP_PORT="$JAEGER_QUERY_HTTP_PORT" JAEGER_QUERY_GRPC_PORT="$JAEGER_QUERY_GRPC_PORT" \
     JAEGER_UI_ASSETS="$ui" JAEGER_DATA_DIR="$JAEGER_DATA_DIR" JAEGER_RETENTION="$JAEGER_RETENTION" \
-    "$jaeger" --config "file:$REPO/deploy/jaeger/all-in-one.yaml" --config "file:$REPO/deploy/jaeger/badger.yaml"
+    PROMETHEUS_URL="http://$HOST:$PROMETHEUS_PORT" \
+    "$jaeger" --config "file:$REPO/deploy/jaeger/all-in-one.yaml" --config "file:$REPO/deploy/jaeger/badger.yaml" \
+    --config "file:$REPO/deploy/jaeger/monitor.yaml"
 wait_for jaeger "$JAEGER_QUERY_HTTP_PORT"
 wait_for jaeger "$JAEGER_OTLP_GRPC_PORT"
 
 say "starting the Collector (collector-config.yaml, under the same binary)"
 start collector "${base_env[@]}" COLLECTOR_LISTEN_HOST=$HOST \
     COLLECTOR_OTLP_GRPC_PORT="$COLLECTOR_OTLP_GRPC_PORT" COLLECTOR_OTLP_HTTP_PORT="$COLLECTOR_OTLP_HTTP_PORT" \
-    COLLECTOR_TELEMETRY_PORT="$COLLECTOR_TELEMETRY_PORT" JAEGER_OTLP_ENDPOINT="$HOST:$JAEGER_OTLP_GRPC_PORT" \
+    COLLECTOR_TELEMETRY_PORT="$COLLECTOR_TELEMETRY_PORT" COLLECTOR_PROMETHEUS_PORT="$COLLECTOR_PROMETHEUS_PORT" \
+    COLLECTOR_SPANMETRICS_INTERVAL="${COLLECTOR_SPANMETRICS_INTERVAL:-15s}" \
+    JAEGER_OTLP_ENDPOINT="$HOST:$JAEGER_OTLP_GRPC_PORT" \
     "$jaeger" --config "file:$REPO/collector-config.yaml"
 wait_for collector "$COLLECTOR_OTLP_GRPC_PORT"
 
@@ -194,8 +218,10 @@ up=true
 cat <<EOF
 
 The local stack is up (logs and pid files in $STACK_DIR):
-  demo app          http://$HOST:$DEMO_PORT/   also /work, /spawn, /fail
+  demo app          http://$HOST:$DEMO_PORT/   also /work, /spawn, /fail, /crash
   Jaeger UI         http://$HOST:$JAEGER_QUERY_HTTP_PORT/   (service demo; its API: docs/correlation.md)
+  Monitor tab       http://$HOST:$JAEGER_QUERY_HTTP_PORT/monitor   (span kind Internal: the demo's processes)
+  Prometheus        http://$HOST:$PROMETHEUS_PORT/   (alerts: /api/v1/alerts; rules: deploy/prometheus/rules.yml)
   Jaeger's traces   $JAEGER_DATA_DIR   (kept for $JAEGER_RETENTION: JAEGER_RETENTION)
   Collector         OTLP $HOST:$COLLECTOR_OTLP_GRPC_PORT (gRPC), $HOST:$COLLECTOR_OTLP_HTTP_PORT (HTTP)
   otelproc          $STACK_DIR/otelproc.log

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 import httpx
 import psutil
@@ -24,11 +24,15 @@ from support import REPO
 from support.ports import free_ports
 from support.subjects import MATCH_TEST
 
+if TYPE_CHECKING:
+    from support.prometheus import Prometheus
+
 BUILD_SCRIPT = REPO / "deploy" / "jaeger" / "build.sh"
 ALL_IN_ONE = REPO / "deploy" / "jaeger" / "all-in-one.yaml"
 COLLECTOR_CONFIG = REPO / "collector-config.yaml"
 DEMO = REPO / "demo"
 BADGER = REPO / "deploy" / "jaeger" / "badger.yaml"
+MONITOR = REPO / "deploy" / "jaeger" / "monitor.yaml"
 OPENSEARCH_CONFIG = REPO / "deploy" / "jaeger" / "opensearch.yaml"
 SERVER, STATUS_OK, STATUS_ERROR = 2, 1, 2  # OTLP's SpanKind and StatusCode numbers
 T = TypeVar("T")
@@ -83,10 +87,10 @@ def stop_server(master: subprocess.Popen) -> None:
 class JaegerProcess:
     """`jaeger --config file:CONFIG` with a clean environment plus `env`; its output goes to `log`."""
 
-    def __init__(self, binary: str, config: Path, env: dict[str, str], log: Path, overlay: Path | None = None) -> None:
+    def __init__(self, binary: str, config: Path, env: dict[str, str], log: Path, *overlays: Path | None) -> None:
         self.log = log
         base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")}
-        configs = [f"--config=file:{path}" for path in (config, overlay) if path is not None]  # merged, in order
+        configs = [f"--config=file:{path}" for path in (config, *overlays) if path is not None]  # merged, in order
         with log.open("wb") as out:
             self.proc = subprocess.Popen([binary, *configs], env={**base, **env}, stdout=out, stderr=subprocess.STDOUT)
 
@@ -108,15 +112,24 @@ class Backend:
     query_url: str  # Jaeger's query API (and UI)
     collector_endpoint: str  # the Collector's OTLP/gRPC receiver
     collector: JaegerProcess
+    metrics_target: str  # host:port where the Collector's prometheus exporter serves the span metrics
+    prometheus: "Prometheus | None" = None  # with monitor=True: scraping metrics_target, Jaeger's Monitor tab on it
 
 
-def running_backend(tmp_path: Path, jaeger_overlay: Path | None = None) -> Iterator[Backend]:
+def running_backend(tmp_path: Path, jaeger_overlay: Path | None = None, monitor: bool = False) -> Iterator[Backend]:
     """Jaeger all-in-one (its settings merged with jaeger_overlay), then the Collector exporting to it;
-    both stopped when the generator is closed."""
+    with monitor, first Prometheus (the shipped configuration and rules, every second) scraping the
+    Collector's span metrics, and Jaeger's Monitor tab on it (deploy/jaeger/monitor.yaml). All stopped
+    when the generator is closed."""
+    from support.prometheus import running_prometheus
+
     binary = jaeger_binary()
-    otlp_grpc, otlp_http, query_http, query_grpc, c_grpc, c_http, c_telemetry = free_ports(7)
+    otlp_grpc, otlp_http, query_http, query_grpc, c_grpc, c_http, c_telemetry, c_metrics, p_http = free_ports(9)
+    metrics_target = f"127.0.0.1:{c_metrics}"
     started: list[JaegerProcess] = []
+    prometheus_run = running_prometheus(tmp_path, p_http, metrics_target) if monitor else None
     try:
+        prometheus = next(prometheus_run) if prometheus_run is not None else None
         jaeger = JaegerProcess(
             binary,
             ALL_IN_ONE,
@@ -126,9 +139,11 @@ def running_backend(tmp_path: Path, jaeger_overlay: Path | None = None) -> Itera
                 "JAEGER_OTLP_HTTP_PORT": str(otlp_http),
                 "JAEGER_QUERY_HTTP_PORT": str(query_http),
                 "JAEGER_QUERY_GRPC_PORT": str(query_grpc),
+                **({"PROMETHEUS_URL": prometheus.url} if prometheus else {}),
             },
             tmp_path / "jaeger.log",
             jaeger_overlay,
+            MONITOR if prometheus else None,
         )
         started.append(jaeger)
         jaeger.wait_listening(query_http)
@@ -141,16 +156,22 @@ def running_backend(tmp_path: Path, jaeger_overlay: Path | None = None) -> Itera
                 "COLLECTOR_OTLP_GRPC_PORT": str(c_grpc),
                 "COLLECTOR_OTLP_HTTP_PORT": str(c_http),
                 "COLLECTOR_TELEMETRY_PORT": str(c_telemetry),
+                "COLLECTOR_PROMETHEUS_PORT": str(c_metrics),
+                "COLLECTOR_SPANMETRICS_INTERVAL": "1s",
                 "JAEGER_OTLP_ENDPOINT": f"127.0.0.1:{otlp_grpc}",
             },
             tmp_path / "collector.log",
         )
         started.append(collector)
         collector.wait_listening(c_grpc)
-        yield Backend(f"http://127.0.0.1:{query_http}", f"http://127.0.0.1:{c_grpc}", collector)
+        yield Backend(
+            f"http://127.0.0.1:{query_http}", f"http://127.0.0.1:{c_grpc}", collector, metrics_target, prometheus
+        )
     finally:
         for process in reversed(started):
             stop_process(process.proc)
+        if prometheus_run is not None:
+            prometheus_run.close()
 
 
 def any_value(value: dict[str, Any]) -> Any:

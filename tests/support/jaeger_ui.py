@@ -319,6 +319,39 @@ class JaegerUI:
             f"the references of span {span.name!r}",
         )
 
+    # -- Monitor ---------------------------------------------------------------------------------
+
+    def open_monitor(self, service: str, span_kind: str) -> None:
+        """The Monitor tab (from the top bar), with `service` and `span_kind` picked in its fields."""
+        self.driver.get(self.base_url + "/search")
+        tab = self.wait(lambda: [a for a in self.find("a") if a.text.strip() == "Monitor"], "the Monitor tab")[0]
+        self.click(tab)
+        self.pick(".select-a-service-input", service)
+        self.pick(".span-kind-selector", span_kind)
+
+    def pick(self, select_css: str, choice: str) -> None:
+        """Picks `choice` in the drop-down field `select_css`, unless it shows it already."""
+        field = self.wait(lambda: self.find(select_css), f"the field {select_css}")[0]
+        if field.text.strip() == choice:
+            return
+        self.click(field)
+        option = self.wait(
+            lambda: [o for o in self.find(".ant-select-item-option") if o.text.strip() == choice],
+            f"{choice!r} among the choices of {select_css}",
+        )[0]
+        option.click()
+        self.wait(lambda: self.find(select_css)[0].text.strip() == choice, f"{select_css} to show {choice!r}")
+
+    def operations(self) -> dict[str, list[str]]:
+        """The Monitor tab's table of operations: name -> the cells after it as the page shows them
+        (P95 latency, request rate, error rate, impact)."""
+        table: dict[str, list[str]] = {}
+        for row in self.find(".ant-table-row"):
+            cells = [c.text.strip() for c in row.find_elements(By.CSS_SELECTOR, "td")]
+            if cells:
+                table[cells[0]] = cells[1:]
+        return table
+
     def warnings(self) -> list[str]:
         """Every span's detail opened: the warnings the page shows there (an invalid parent span ID...)."""
         count = len(self.spans())

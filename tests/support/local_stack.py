@@ -24,6 +24,8 @@ PORT_VARIABLES = (
     "COLLECTOR_OTLP_GRPC_PORT",
     "COLLECTOR_OTLP_HTTP_PORT",
     "COLLECTOR_TELEMETRY_PORT",
+    "COLLECTOR_PROMETHEUS_PORT",
+    "PROMETHEUS_PORT",
     "DEMO_PORT",
 )
 
@@ -32,6 +34,7 @@ def stack_env(stack_dir: Path, test_python: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELPROC_", "TRACE"))}
     env.update(zip(PORT_VARIABLES, map(str, free_ports(len(PORT_VARIABLES)))))
     env.update(OTELPROC_LOCAL_DIR=str(stack_dir), PYTHON=test_python, OTELPROC_MATCH=TEST_COMM, OTELPROC_ADOPT="false")
+    env.update(COLLECTOR_SPANMETRICS_INTERVAL="1s")  # metrics in Prometheus within seconds, for the Monitor tab
     return env
 
 
@@ -82,6 +85,10 @@ class LocalStack:
     @property
     def jaeger(self) -> str:
         return f"http://127.0.0.1:{self.env['JAEGER_QUERY_HTTP_PORT']}"
+
+    @property
+    def prometheus(self) -> str:
+        return f"http://127.0.0.1:{self.env['PROMETHEUS_PORT']}"
 
     @property
     def demo(self) -> str:

@@ -29,7 +29,9 @@ from support.deploy import (
     host_port,
     otlp_receiver,
 )
-from support.jaeger import ALL_IN_ONE, BADGER, COLLECTOR_CONFIG
+from support.jaeger import ALL_IN_ONE, BADGER, COLLECTOR_CONFIG, MONITOR
+from support.prometheus import CONFIG as PROMETHEUS_CONFIG
+from support.prometheus import RULES as PROMETHEUS_RULES
 
 KUBERNETES = [
     doc
@@ -181,9 +183,9 @@ DEPLOYMENTS = otelproc_deployments()
 
 def test_compose_otlp_senders_reach_the_collector_receiver():
     collector = compose_service("collector")
-    assert collector["image"].startswith("otel/opentelemetry-collector:")
+    assert collector["image"].startswith("otel/opentelemetry-collector-contrib:")  # spanmetrics
     # The image's default config path: the mounted file is what it runs.
-    assert compose_mount(collector, COLLECTOR_CONFIG) == "/etc/otelcol/config.yaml"
+    assert compose_mount(collector, COLLECTOR_CONFIG) == "/etc/otelcol-contrib/config.yaml"
     config = collector_config(COLLECTOR_CONFIG, compose_env(collector))
     for sender in ("otelproc", "demo"):
         env = compose_env(compose_service(sender))
@@ -199,12 +201,32 @@ def test_compose_collector_exports_to_jaeger_otlp_grpc():
     host, port = host_port(exporter["endpoint"])
     jaeger = compose_service(host)
     assert jaeger["image"].startswith(("jaegertracing/jaeger:2.", "cr.jaegertracing.io/jaegertracing/jaeger:2."))
-    mounted, badger = compose_mount(jaeger, ALL_IN_ONE), compose_mount(jaeger, BADGER)
-    assert jaeger["command"] == ["--config", f"file:{mounted}", "--config", f"file:{badger}"]
+    mounted, badger, monitor = (compose_mount(jaeger, path) for path in (ALL_IN_ONE, BADGER, MONITOR))
+    assert jaeger["command"] == [f"--config=file:{path}" for path in (mounted, badger, monitor)]
     jaeger_config = collector_config(ALL_IN_ONE, {**JAEGER_IMAGE_ENV, **compose_env(jaeger)})
     assert otlp_receiver(jaeger_config, "grpc") == ("0.0.0.0", port)
     ui_port = int(jaeger_config["extensions"]["jaeger_query"]["http"]["endpoint"].rsplit(":", 1)[1])
     assert f"{ui_port}:{ui_port}" in jaeger["ports"], "the UI is published"
+
+
+def test_compose_prometheus_scrapes_the_collectors_span_metrics_and_jaeger_reads_it():
+    collector = compose_service("collector")
+    exporter = collector_config(COLLECTOR_CONFIG, compose_env(collector))["exporters"]["prometheus"]
+    listen_host, metrics_port = host_port(exporter["endpoint"])
+    assert listen_host == "0.0.0.0"
+    prometheus = compose_service("prometheus")
+    assert prometheus["image"].startswith("prom/prometheus:v3.")
+    config_path = compose_mount(prometheus, PROMETHEUS_CONFIG)
+    assert f"--config.file={config_path}" in prometheus["command"]
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    (job,) = config["scrape_configs"]
+    assert job["static_configs"] == [{"targets": [f"collector:{metrics_port}"]}]
+    # rule_files are relative to the configuration file: the rules are mounted beside it.
+    (rules,) = config["rule_files"]
+    assert compose_mount(prometheus, PROMETHEUS_RULES) == str(Path(config_path).parent / rules)
+    jaeger = compose_service("jaeger")
+    assert compose_env(jaeger)["PROMETHEUS_URL"] == "http://prometheus:9090"
+    assert "9090:9090" in prometheus["ports"]
 
 
 def test_compose_jaeger_keeps_its_traces_in_a_volume_its_user_owns():

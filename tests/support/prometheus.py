@@ -1,0 +1,98 @@
+"""Prometheus for the tests: the binaries deploy/prometheus/build.sh builds, run on loopback with the
+shipped deploy/prometheus/prometheus.yml (its target and intervals changed) and rules.yml."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import yaml
+
+from support import REPO
+
+BUILD_SCRIPT = REPO / "deploy" / "prometheus" / "build.sh"
+CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
+RULES = REPO / "deploy" / "prometheus" / "rules.yml"
+
+
+def prometheus_dir() -> Path:
+    """Where deploy/prometheus/build.sh keeps prometheus and promtool; none is a failure that says what to run."""
+    result = subprocess.run([str(BUILD_SCRIPT), "--print-path"], capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        pytest.fail(
+            "no Prometheus: run deploy/prometheus/build.sh (needs Go; `./install.sh --test` runs it). "
+            + result.stderr.strip(),
+            pytrace=False,
+        )
+    return Path(result.stdout.strip())
+
+
+def config_for(target: str, interval: str) -> dict[str, Any]:
+    """The shipped prometheus.yml, scraping `target` and evaluating the shipped rules every `interval`."""
+    config = yaml.safe_load(CONFIG.read_text())
+    config["global"].update(scrape_interval=interval, evaluation_interval=interval)
+    config["rule_files"] = [str(RULES)]
+    (job,) = config["scrape_configs"]
+    job["static_configs"] = [{"targets": [target]}]
+    return config
+
+
+@dataclass
+class Prometheus:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
+        response.raise_for_status()
+        return response.json()["data"]["result"]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.url}/api/v1/alerts", timeout=10)
+        response.raise_for_status()
+        return response.json()["data"]["alerts"]
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def running_prometheus(tmp_path: Path, port: int, target: str, interval: str = "1s") -> Iterator[Prometheus]:
+    """Prometheus on 127.0.0.1:port scraping target; stopped when the generator is closed."""
+    from support.jaeger import stop_process, wait_for
+
+    binary = prometheus_dir() / "prometheus"
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump(config_for(target, interval)))
+    log = tmp_path / "prometheus.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(binary),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--enable-feature=created-timestamp-zero-ingestion",  # as deploy/local/up.sh runs it
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    prometheus = Prometheus(f"http://127.0.0.1:{port}", proc, log)
+    try:
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"prometheus exited {proc.returncode}:\n{prometheus.tail()}")
+            try:
+                return httpx.get(f"{prometheus.url}/-/ready", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(ready, "Prometheus to be ready", 60)
+        yield prometheus
+    finally:
+        stop_process(proc)
