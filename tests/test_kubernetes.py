@@ -33,7 +33,7 @@ from support.subjects import TEST_COMM
 KUBERNETES = REPO / "deploy" / "kubernetes"
 MANIFESTS = sorted(KUBERNETES.glob("*.yaml"))
 VALIDATOR = KUBERNETES / "validate"
-COLLECTOR_MANIFEST = REPO / "deploy" / "images" / "otelcol-k8s.yaml"
+COLLECTOR_MANIFEST = REPO / "deploy" / "images" / "otelcol-contrib.yaml"
 SECCOMP_DIR = REPO / "deploy" / "seccomp"
 SECCOMP_PROFILE = "otelproc.json"
 IMAGES_SCRIPT = REPO / "deploy" / "images" / "build.sh"
@@ -149,7 +149,9 @@ def test_the_collector_image_is_the_distribution_built_here():
 def test_the_collector_config_passes_validate(collector, tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(find(KUBERNETES / "collector.yaml", "ConfigMap")["data"]["config.yaml"])
-    env = {**os.environ, "JAEGER_OTLP_ENDPOINT": "jaeger:4317"}
+    (container,) = find(KUBERNETES / "collector.yaml", "Deployment")["spec"]["template"]["spec"]["containers"]
+    given = {e["name"]: e["value"] for e in container["env"] if "value" in e}  # and POD_NAME, from the pod
+    env = {**os.environ, **given, "POD_NAME": "otel-collector-5d8f7c9b4-x2x7q"}
     result = subprocess.run([collector, "validate", "--config", str(config)], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     # validate reads the processor's settings: a misspelt one fails

@@ -1,6 +1,7 @@
 """Process health as metrics and alerts, end to end: real processes on the real kernel, `otelproc run`,
 the Collector of collector-config.yaml (its spanmetrics connector), the real Prometheus with the shipped
-deploy/prometheus/ configuration and rules, and Jaeger's Monitor tab in a real browser.
+deploy/prometheus/ configuration and rules, and Jaeger's Monitor tab in a real browser; and the
+Kubernetes path: deploy/kubernetes/collector.yaml's Collector remote-writing to prometheus.yaml's.
 
 The rules' own cases (each alert on the series that should fire it, and quiet on those that should
 not) are promtool's unit tests in deploy/prometheus/rules_test.yml, run here too. The Monitor tab's
@@ -20,16 +21,19 @@ from typing import Any, Iterator
 import httpx
 import psutil
 import pytest
+import yaml
 
 from support import REPO
 from support.jaeger import Backend, demo_env, find_spans, instrument_command, running_backend, stop_server, wait_for
 from support.jaeger_ui import JaegerUI, missing_browser
 from support.local_stack import kill_worker, lifetime_span
 from support.ports import free_ports
-from support.prometheus import CONFIG, prometheus_dir
+from support.otlp_receiver import GrpcReceiver
+from support.prometheus import CONFIG, RULES, prometheus_dir, running_prometheus
 from support.subjects import MATCH_TEST
 
 RULES_TEST = REPO / "deploy" / "prometheus" / "rules_test.yml"
+CONTRIB_MANIFEST = REPO / "deploy" / "images" / "otelcol-contrib.yaml"
 APPS = REPO / "tests" / "apps"
 # What a span metric may be labelled by: the connector's dimensions (collector-config.yaml), the
 # scrape's and the exporter's own labels. Nothing that names one process (a pid, a command line).
@@ -65,6 +69,14 @@ def test_the_shipped_configuration_and_rules_pass_promtool():
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def contrib_collector() -> str:
+    """The stand-in of otel/opentelemetry-collector-contrib (cached; minutes the first time)."""
+    build = REPO / "deploy" / "images" / "otelcol-build.sh"
+    result = subprocess.run([str(build), str(CONTRIB_MANIFEST)], capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip()
 
 
 @pytest.fixture
@@ -205,3 +217,77 @@ def test_the_monitor_tab_shows_how_the_demos_workers_ended(local_stack, tmp_path
         assert rate.endswith("req/s"), rate
         assert "uvicorn worker started" in ui.operations()
         ui.screenshot("monitor-tab")
+
+
+def kubernetes_collector_on_loopback(ports: list[int], jaeger: str, remote_write: str) -> dict[str, Any]:
+    """deploy/kubernetes/collector.yaml's config as it runs outside a cluster: k8sattributes, which asks
+    the API server, left out; its listeners on loopback ports; its own metrics off."""
+    (config_map,) = [
+        d
+        for d in yaml.safe_load_all((REPO / "deploy" / "kubernetes" / "collector.yaml").read_text())
+        if d and d["kind"] == "ConfigMap"
+    ]
+    text = config_map["data"]["config.yaml"]
+    env = {"JAEGER_OTLP_ENDPOINT": jaeger, "PROMETHEUS_REMOTE_WRITE_URL": remote_write, "POD_NAME": "otel-collector-0"}
+    config = yaml.safe_load(re.sub(r"\$\{env:(\w+)\}", lambda m: env[m.group(1)], text))
+    del config["processors"]["k8sattributes"]
+    for pipeline in config["service"]["pipelines"].values():
+        if "processors" in pipeline:
+            pipeline["processors"].remove("k8sattributes")
+    grpc, http, health = ports
+    config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"] = f"127.0.0.1:{grpc}"
+    config["receivers"]["otlp"]["protocols"]["http"]["endpoint"] = f"127.0.0.1:{http}"
+    config["extensions"]["health_check"]["endpoint"] = f"127.0.0.1:{health}"
+    config["service"]["telemetry"] = {"metrics": {"level": "none"}}
+    return config
+
+
+def test_the_kubernetes_collector_remote_writes_process_metrics_that_the_rules_read(tmp_path, sidecar, test_python):
+    """The Kubernetes path: collector.yaml's Collector (the contrib stand-in) remote-writes to the
+    Prometheus of prometheus.yaml (its configuration and flags), which evaluates the shipped rules."""
+    manifests = {
+        d["kind"]: d for d in yaml.safe_load_all((REPO / "deploy" / "kubernetes" / "prometheus.yaml").read_text()) if d
+    }
+    (server,) = manifests["Deployment"]["spec"]["template"]["spec"]["containers"]
+    flags = [a for a in server["args"] if not a.startswith(("--config.file", "--storage.tsdb.path"))]
+    config = yaml.safe_load(manifests["ConfigMap"]["data"]["prometheus.yml"])
+    config["global"]["evaluation_interval"] = "1s"
+    config["rule_files"] = [str(RULES)]
+    p_port, grpc, http, health = free_ports(4)
+    jaeger = GrpcReceiver()
+    jaeger.start()
+    prometheus_run = running_prometheus(tmp_path, p_port, config, *flags)
+    collector = None
+    try:
+        prometheus = next(prometheus_run)
+        collector_config = tmp_path / "collector.yaml"
+        collector_config.write_text(
+            yaml.safe_dump(
+                kubernetes_collector_on_loopback(
+                    [grpc, http, health], f"127.0.0.1:{jaeger.port}", f"{prometheus.url}/api/v1/write"
+                )
+            )
+        )
+        log = (tmp_path / "collector.log").open("wb")
+        collector = subprocess.Popen(
+            [contrib_collector(), "--config", str(collector_config)], stdout=log, stderr=subprocess.STDOUT
+        )
+        sidecar(*MATCH_TEST, endpoint=f"http://127.0.0.1:{grpc}")
+        for _ in range(3):  # from pytest, which is not tracked
+            subprocess.run([test_python, "-c", "raise SystemExit(4)"], check=False, timeout=60)
+
+        def ends() -> float:
+            result = prometheus.query('sum(otelproc:process_ends:increase10m{error_type="4"})')
+            return float(result[0]["value"][1]) if result else 0.0
+
+        # spanmetrics flushes every 15 s in collector.yaml: the first remote write within about 20 s.
+        assert wait_for(lambda: ends() >= 3, "3 ends with status 4 in Prometheus, remote-written", 90)
+        (series,) = prometheus.query('traces_span_metrics_calls_total{error_type="4"}')
+        assert series["metric"]["otelcol_replica"] == "otel-collector-0"
+        assert series["metric"]["otelproc_exit_outcome"] == "exit_status"
+        assert not set(series["metric"]) - ALLOWED_LABELS - {"otelcol_replica"}
+    finally:
+        if collector is not None:
+            stop_server(collector)
+        prometheus_run.close()
+        jaeger.stop()

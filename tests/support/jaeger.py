@@ -121,13 +121,13 @@ def running_backend(tmp_path: Path, jaeger_overlay: Path | None = None, monitor:
     with monitor, first Prometheus (the shipped configuration and rules, every second) scraping the
     Collector's span metrics, and Jaeger's Monitor tab on it (deploy/jaeger/monitor.yaml). All stopped
     when the generator is closed."""
-    from support.prometheus import running_prometheus
+    from support.prometheus import config_for, running_prometheus
 
     binary = jaeger_binary()
     otlp_grpc, otlp_http, query_http, query_grpc, c_grpc, c_http, c_telemetry, c_metrics, p_http = free_ports(9)
     metrics_target = f"127.0.0.1:{c_metrics}"
     started: list[JaegerProcess] = []
-    prometheus_run = running_prometheus(tmp_path, p_http, metrics_target) if monitor else None
+    prometheus_run = running_prometheus(tmp_path, p_http, config_for(metrics_target, "1s")) if monitor else None
     try:
         prometheus = next(prometheus_run) if prometheus_run is not None else None
         jaeger = JaegerProcess(

@@ -61,22 +61,24 @@ class Prometheus:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def running_prometheus(tmp_path: Path, port: int, target: str, interval: str = "1s") -> Iterator[Prometheus]:
-    """Prometheus on 127.0.0.1:port scraping target; stopped when the generator is closed."""
+def running_prometheus(tmp_path: Path, port: int, config: dict[str, Any], *flags: str) -> Iterator[Prometheus]:
+    """Prometheus on 127.0.0.1:port with `config` (config_for: the shipped one) and `flags`; stopped when
+    the generator is closed."""
     from support.jaeger import stop_process, wait_for
 
     binary = prometheus_dir() / "prometheus"
-    config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump(config_for(target, interval)))
+    config_file = tmp_path / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config))
     log = tmp_path / "prometheus.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
                 str(binary),
-                f"--config.file={config}",
+                f"--config.file={config_file}",
                 f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
                 "--enable-feature=created-timestamp-zero-ingestion",  # as deploy/local/up.sh runs it
+                *flags,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 import pytest
@@ -291,9 +292,63 @@ def test_kubernetes_collector_exports_to_jaeger_otlp_grpc():
     (container,) = collector["spec"]["template"]["spec"]["containers"]
     exporter = yaml.safe_load(expand(k8s_collector_config(), k8s_env(container)))["exporters"]["otlp/jaeger"]
     _, jaeger, port = k8s_service_target(exporter["endpoint"], collector["metadata"]["namespace"])
-    assert jaeger["args"] == ["--config", "file:/etc/jaeger/all-in-one.yaml"]
+    assert jaeger["args"][0] == "--config=file:/etc/jaeger/all-in-one.yaml"
     jaeger_config = collector_config(ALL_IN_ONE, {**JAEGER_IMAGE_ENV, **k8s_env(jaeger)})
     assert otlp_receiver(jaeger_config, "grpc") == ("0.0.0.0", port)
+
+
+def test_kubernetes_collector_remote_writes_the_span_metrics_to_prometheus_with_its_rules():
+    collector = k8s("Deployment", "otel-collector")
+    (container,) = collector["spec"]["template"]["spec"]["containers"]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    config = yaml.safe_load(expand(k8s_collector_config(), {**k8s_env(container), "POD_NAME": "otel-collector-1"}))
+    pipelines = config["service"]["pipelines"]
+    assert "spanmetrics" in pipelines["traces"]["exporters"]
+    assert pipelines["metrics/spanmetrics"] == {"receivers": ["spanmetrics"], "exporters": ["prometheusremotewrite"]}
+    # The same metrics as collector-config.yaml makes for compose and the local stack.
+    shipped = collector_config(COLLECTOR_CONFIG, {})["connectors"]["spanmetrics"]
+    connector = config["connectors"]["spanmetrics"]
+    for key in ("histogram", "dimensions", "resource_metrics_key_attributes", "aggregation_cardinality_limit"):
+        assert connector[key] == shipped[key], key
+    exporter = config["exporters"]["prometheusremotewrite"]
+    assert exporter["external_labels"] == {"otelcol_replica": "otel-collector-1"}
+    url = urlsplit(exporter["endpoint"])
+    assert url.path == "/api/v1/write"
+    prometheus, server, _ = k8s_service_target(f"{url.hostname}:{url.port}", collector["metadata"]["namespace"])
+    assert "--web.enable-remote-write-receiver" in server["args"]
+    # Its rules: the ConfigMap prometheus.yaml's header creates from deploy/prometheus/rules.yml,
+    # mounted where its configuration's rule_files looks.
+    header = (REPO / "deploy" / "kubernetes" / "prometheus.yaml").read_text()
+    assert "create configmap prometheus-rules --from-file=deploy/prometheus/rules.yml" in header
+    (rules_mount,) = [
+        m
+        for m in server["volumeMounts"]
+        if k8s_volume(prometheus, m).get("configMap", {}).get("name") == "prometheus-rules"
+    ]
+    config_mount = next(
+        m
+        for m in server["volumeMounts"]
+        if k8s_volume(prometheus, m).get("configMap", {}).get("name") == "prometheus-config"
+    )
+    prometheus_yml = yaml.safe_load(k8s("ConfigMap", "prometheus-config")["data"]["prometheus.yml"])
+    assert f"--config.file={config_mount['mountPath']}/prometheus.yml" in server["args"]
+    assert prometheus_yml["rule_files"] == [f"{rules_mount['mountPath']}/{PROMETHEUS_RULES.name}"]
+
+
+@pytest.mark.parametrize("path", ["jaeger.yaml", "fleet/jaeger.yaml"])
+def test_kubernetes_jaeger_reads_prometheus_for_its_monitor_tab(path):
+    (deployment,) = [
+        d
+        for d in yaml.safe_load_all((REPO / "deploy" / "kubernetes" / path).read_text())
+        if d and d["kind"] == "Deployment"
+    ]
+    (jaeger,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert jaeger["args"][-1] == f"--config=file:/etc/jaeger/{MONITOR.name}"
+    header = (REPO / "deploy" / "kubernetes" / path).read_text()
+    assert f"--from-file=deploy/jaeger/{MONITOR.name}" in header
+    url = urlsplit(k8s_env(jaeger)["PROMETHEUS_URL"])
+    _, server, _ = k8s_service_target(f"{url.hostname}:{url.port}", deployment["metadata"]["namespace"])
+    assert server["image"].startswith("prom/prometheus:")
 
 
 @pytest.mark.parametrize("name", ["kubernetes sidecar", "kubernetes daemonset"])

@@ -40,7 +40,7 @@ def storage(env: dict[str, str]) -> dict[str, Any]:
 
 def test_compose_jaeger_reads_the_opensearch_config_and_reaches_every_node():
     jaeger = OVERRIDE["services"]["jaeger"]
-    assert jaeger["command"] == ["--config", "file:/etc/jaeger/opensearch.yaml"]
+    assert jaeger["command"] == ["--config=file:/etc/jaeger/opensearch.yaml", "--config=file:/etc/jaeger/monitor.yaml"]
     assert "./deploy/jaeger/opensearch.yaml:/etc/jaeger/opensearch.yaml:ro" in jaeger["volumes"]
     urls = storage(jaeger["environment"])["server_urls"]
     nodes = {name for name in OVERRIDE["services"] if name.startswith("opensearch-")}
@@ -65,7 +65,7 @@ def test_compose_one_node_can_be_lost():
 def test_kubernetes_jaeger_reaches_every_pod_of_the_statefulset():
     jaeger = fleet("Deployment", "jaeger")
     (container,) = jaeger["spec"]["template"]["spec"]["containers"]
-    assert container["args"] == ["--config", "file:/etc/jaeger/opensearch.yaml"]
+    assert container["args"][0] == "--config=file:/etc/jaeger/opensearch.yaml"  # then monitor.yaml
     (volume,) = jaeger["spec"]["template"]["spec"]["volumes"]
     assert volume["configMap"]["name"] == "jaeger-opensearch-config"
     env = {e["name"]: e["value"] for e in container["env"]}
