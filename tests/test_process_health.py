@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,7 +31,7 @@ from support.local_stack import kill_worker, lifetime_span
 from support.ports import free_ports
 from support.otlp_receiver import GrpcReceiver
 from support.prometheus import CONFIG, RULES, prometheus_dir, running_prometheus
-from support.subjects import MATCH_TEST
+from support.subjects import EAT_MEMORY, MATCH_TEST, MEMORY_V1, TEST_COMM, remove_cgroup
 
 RULES_TEST = REPO / "deploy" / "prometheus" / "rules_test.yml"
 CONTRIB_MANIFEST = REPO / "deploy" / "images" / "otelcol-contrib.yaml"
@@ -85,9 +86,7 @@ def monitored(tmp_path: Path) -> Iterator[Backend]:
     yield from running_backend(tmp_path, monitor=True)
 
 
-def test_a_crash_looping_service_fires_the_crash_loop_alert_and_a_healthy_one_fires_nothing(
-    monitored, sidecar, test_python
-):
+def test_a_crash_loop_and_an_oom_kill_fire_their_alerts_and_a_healthy_service_nothing(monitored, sidecar, test_python):
     prometheus = monitored.prometheus
     assert prometheus is not None
     sidecar(*MATCH_TEST, endpoint=monitored.collector_endpoint)
@@ -124,20 +123,35 @@ def test_a_crash_looping_service_fires_the_crash_loop_alert_and_a_healthy_one_fi
                 return 0
 
         children = [wait_for(spawned, "the healthy service to run a child", 60) for _ in range(4)]
+        # A third service's process, OOM-killed in a memory cgroup at its 64 MiB limit.
+        cgroup = MEMORY_V1 / f"otelproc-health-{os.getpid()}"
+        cgroup.mkdir()
+        try:
+            (cgroup / "memory.limit_in_bytes").write_text(str(64 << 20))
+            hungry = subprocess.Popen(
+                [test_python, "-c", EAT_MEMORY, str(cgroup)],
+                env={**os.environ, "OTEL_SERVICE_NAME": "hungry"},
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert hungry.stdout is not None and hungry.stdout.readline().strip() == "inside"
+            assert hungry.wait(60) == -signal.SIGKILL
+        finally:
+            remove_cgroup(cgroup)
 
-        def firing() -> list[dict[str, Any]]:
+        def firing() -> dict[str, dict[str, Any]]:
             crashes.update(p.pid for p in psutil.Process(loop.pid).children())
-            return [
-                a
-                for a in prometheus.alerts()
-                if a["labels"]["alertname"] == "OtelprocCrashLoop" and a["state"] == "firing"
-            ]
+            fired = {a["labels"]["alertname"]: a for a in prometheus.alerts() if a["state"] == "firing"}
+            return fired if {"OtelprocCrashLoop", "OtelprocOOMKill"} <= set(fired) else {}
 
-        (alert,) = wait_for(firing, "the crash-loop alert to fire", 180)
+        fired = wait_for(firing, "the crash-loop and OOM-kill alerts to fire", 180)
         assert loop.poll() is None, "the loop ran all along"
     finally:
         stop_server(loop)
         stop_server(healthy)
+    oom = fired["OtelprocOOMKill"]["labels"]
+    assert (oom["service_name"], oom["span_name"], oom["severity"]) == ("hungry", f"{TEST_COMM} -c", "warning"), oom
+    alert = fired["OtelprocCrashLoop"]
     labels = alert["labels"]
     assert (labels["service_name"], labels["span_name"], labels["severity"]) == ("crashloop", "uvicorn", "critical")
     assert re.fullmatch(
@@ -146,7 +160,11 @@ def test_a_crash_looping_service_fires_the_crash_loop_alert_and_a_healthy_one_fi
     # The healthy service was measured (its children's ends are counted) and fired nothing, in any state.
     ended_ok = prometheus.query('otelproc:process_ends:increase10m{service_name="healthy",otelproc_exit_outcome="ok"}')
     assert ended_ok and float(ended_ok[0]["value"][1]) >= len(children), ended_ok
-    assert [a for a in prometheus.alerts() if a["labels"].get("service_name") != "crashloop"] == []
+    # Each alert for its own service only; the healthy one has none, in any state.
+    assert sorted((a["labels"]["alertname"], a["labels"]["service_name"]) for a in prometheus.alerts()) == [
+        ("OtelprocCrashLoop", "crashloop"),
+        ("OtelprocOOMKill", "hungry"),
+    ]
     # However many processes ended, the series are per program and outcome: no pid, no command line.
     series = prometheus.query('{__name__=~"traces_span_metrics_.*",service_name=~"crashloop|healthy"}')
     assert not {name for s in series for name in s["metric"]} - ALLOWED_LABELS

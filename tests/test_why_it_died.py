@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from support import PYTHON
-from support.subjects import MATCH_TEST, MEMORY_V1, remove_cgroup
+from support.subjects import EAT_MEMORY, MATCH_TEST, MEMORY_V1, remove_cgroup
 from otelproc.kernel import probe as loader
 
 OWN_COMM = Path("/proc/self/comm").read_text().strip()
@@ -207,18 +207,6 @@ def test_peak_memory_is_the_programs_own_not_its_parents(sidecar, grpc_receiver,
     assert child_ru_maxrss >= 300 << 20
     (span,) = grpc_receiver.wait_for(lambda _: grpc_receiver.of_pid(child_pid))
     assert 1 << 20 < span.attributes["otelproc.memory.peak"] < 100 << 20
-
-
-EAT_MEMORY = """
-import os, sys
-open(os.path.join(sys.argv[1], 'cgroup.procs'), 'w').write(str(os.getpid()))
-print('inside', flush=True)
-blocks = []
-while True:
-    block = bytearray(16 << 20)
-    block[::4096] = b'x' * len(range(0, 16 << 20, 4096))
-    blocks.append(block)
-"""
 
 
 def test_oom_kill_in_a_memory_cgroup(sidecar, grpc_receiver, test_python):

@@ -81,6 +81,17 @@ def finish(*children: subprocess.Popen) -> None:
 
 
 MEMORY_V1 = Path("/sys/fs/cgroup/memory")  # these machines mount cgroup v1's memory controller here
+# A python that joins the memory cgroup argv[1] names, says so, then eats memory until the OOM killer ends it.
+EAT_MEMORY = """
+import os, sys
+open(os.path.join(sys.argv[1], 'cgroup.procs'), 'w').write(str(os.getpid()))
+print('inside', flush=True)
+blocks = []
+while True:
+    block = bytearray(16 << 20)
+    block[::4096] = b'x' * len(range(0, 16 << 20, 4096))
+    blocks.append(block)
+"""
 
 
 def remove_cgroup(path: Path) -> None:
