@@ -29,6 +29,7 @@ BENCHMARKS = (
     "many_live",
     "many_nodes",
     "app_side",
+    "process_metrics",
 )
 
 
