@@ -248,6 +248,16 @@ def backend(tmp_path: Path) -> Iterator["Backend"]:
 
 
 @pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """Where a browser test saves its screenshots: JAEGER_UI_SCREENSHOTS (docs/images, to refresh the
+    docs' pictures), else the test's temporary directory. The browser is checked first."""
+    from support.jaeger_ui import require_browser
+
+    require_browser()
+    return Path(os.environ.get("JAEGER_UI_SCREENSHOTS", tmp_path / "screenshots"))
+
+
+@pytest.fixture
 def local_stack(tmp_path: Path, test_python: str, pin_root: PinRoot) -> Iterator["LocalStack"]:
     """deploy/local/up.sh and down.sh with the test's ports, directory and interpreter; brought down at
     teardown, whatever the test did: what down.sh leaves is killed and the pin directory emptied."""

@@ -152,6 +152,10 @@ def test_celery_prefork_tasks_link_the_pool_process_that_ran_them(
     main_name = timed_out_span.attributes["process.executable.name"]
     assert timed_out_span.status_message == f"killed by SIGKILL from pid {master} ({main_name})"
     assert killed_span.name == timed_out_span.name == "celery"
+    # What the alert OtelprocCeleryTimeLimitKill (deploy/prometheus/rules.yml) selects, as the spanmetrics
+    # connector labels it: span name celery, error type SIGKILL, sent by a process.
+    a = timed_out_span.attributes
+    assert (a["error.type"], a["otelproc.exit.outcome"], a["otelproc.exit.sender"]) == ("SIGKILL", "signal", "process")
 
 
 def test_a_task_past_its_hard_time_limit_is_in_its_callers_trace_linked_to_the_pool_process_it_took(

@@ -16,24 +16,18 @@ import os
 import secrets
 import signal
 import threading
-from pathlib import Path
 
 import httpx
 import psutil
-import pytest
 
 from support.callers import serving
 from support.jaeger import JaegerSpan, find_spans, path_of, request_spans, wait_for
-from support.jaeger_ui import JaegerUI, SpanRow, missing_browser
+from support.jaeger_ui import JaegerUI, SpanRow
 from support.local_stack import kill_worker, lifetime_span
 from support.servers import spread_requests
 
 
-def test_request_links_to_its_worker_and_the_process_trace_shows_how_workers_ended(local_stack, tmp_path):
-    missing = missing_browser()
-    if missing:
-        pytest.fail(missing, pytrace=False)
-    screenshots = Path(os.environ.get("JAEGER_UI_SCREENSHOTS", tmp_path / "screenshots"))
+def test_request_links_to_its_worker_and_the_process_trace_shows_how_workers_ended(local_stack, screenshots):
     since = datetime.datetime.now(datetime.timezone.utc)
     up = local_stack.up()
     assert f"Jaeger UI         {local_stack.jaeger}/" in up
@@ -147,14 +141,10 @@ def worker_index(ui: JaegerUI, pid: int) -> int:
     raise AssertionError(f"no 'uvicorn worker' span of pid {pid} on the page")
 
 
-def test_a_request_its_worker_died_in_is_red_in_its_callers_trace_and_links_to_the_worker(local_stack, tmp_path):
+def test_a_request_its_worker_died_in_is_red_in_its_callers_trace_and_links_to_the_worker(local_stack, screenshots):
     """The request that killed the worker, as a person finds it: in the caller's trace, a red span that says
     what killed the worker, ended at the kill, whose reference opens the worker's process trace, where the
     worker's lifetime span refers back to it. Its screenshot: request-killed-with-worker."""
-    missing = missing_browser()
-    if missing:
-        pytest.fail(missing, pytrace=False)
-    screenshots = Path(os.environ.get("JAEGER_UI_SCREENSHOTS", tmp_path / "screenshots"))
     since = datetime.datetime.now(datetime.timezone.utc)
     local_stack.up()
     workers = set(spread_requests(lambda: worker_of(f"{local_stack.demo}/"), want=2))

@@ -43,7 +43,7 @@ from support.jaeger import (
     stop_server,
     wait_for,
 )
-from support.jaeger_ui import JaegerUI, missing_browser
+from support.jaeger_ui import JaegerUI, require_browser
 from support.ports import free_ports
 from support.servers import APPS, app_env, ask
 from support.subjects import MATCH_TEST
@@ -75,9 +75,7 @@ def ui_backend(tmp_path: Path) -> Iterator[Backend]:
 def ui(ui_backend: Backend, tmp_path: Path) -> Iterator[JaegerUI]:
     """Headless Chromium on the backend's UI, its window tall enough for a trace with every span's
     detail open; its screenshots go to the test's temporary directory."""
-    missing = missing_browser()
-    if missing:
-        pytest.fail(missing, pytrace=False)
+    require_browser()
     with JaegerUI(ui_backend.query_url, tmp_path, width=1400, height=2400) as browser:
         yield browser
 

@@ -26,7 +26,7 @@ import yaml
 
 from support import REPO
 from support.jaeger import Backend, demo_env, find_spans, instrument_command, running_backend, stop_server, wait_for
-from support.jaeger_ui import JaegerUI, missing_browser
+from support.jaeger_ui import JaegerUI
 from support.local_stack import kill_worker, lifetime_span
 from support.ports import free_ports
 from support.otlp_receiver import GrpcReceiver
@@ -53,7 +53,7 @@ ALLOWED_LABELS = {
     "status_code",
     "le",
     "otelproc_span",
-    "otelproc_process_span",
+    "otelproc_started_span",
     "otelproc_exit_outcome",
     "otelproc_exit_sender",
     "error_type",
@@ -171,7 +171,7 @@ def test_a_crash_loop_and_an_oom_kill_fire_their_alerts_and_a_healthy_service_no
     crashloop_calls = [
         s for s in series if s["metric"]["service_name"] == "crashloop" and s["metric"]["__name__"].endswith("_total")
     ]
-    # The lifetime spans (with otelproc.process_span or without: whether the crash came within
+    # The lifetime spans (with otelproc.started_span or without: whether the crash came after
     # --start-span-delay) and the 'started' spans: at most three series, however many crashes.
     assert len(crashes) >= 4 and len(crashloop_calls) <= 3, (crashes, crashloop_calls)
     lifetimes = [s["metric"] for s in crashloop_calls if s["metric"]["otelproc_span"] == "lifetime"]
@@ -181,11 +181,7 @@ def test_a_crash_loop_and_an_oom_kill_fire_their_alerts_and_a_healthy_service_no
     ), lifetimes
 
 
-def test_the_monitor_tab_shows_how_the_demos_workers_ended(local_stack, tmp_path):
-    missing = missing_browser()
-    if missing:
-        pytest.fail(missing, pytrace=False)
-    screenshots = Path(os.environ.get("JAEGER_UI_SCREENSHOTS", tmp_path / "screenshots"))
+def test_the_monitor_tab_shows_how_the_demos_workers_ended(local_stack, screenshots):
     since = datetime.datetime.now(datetime.timezone.utc)
     local_stack.up()
     master = local_stack.pid("demo")

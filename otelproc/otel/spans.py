@@ -330,8 +330,8 @@ class SpanBuilder:
         context, parent = self.lifetime_place(process)
         attrs = self.attributes(process, cgroup_path)
         attrs["otelproc.span"] = "lifetime"
-        if context.span_id == process.span_place.span_id:  # its first span: counting those counts processes
-            attrs["otelproc.process_span"] = True
+        if process.started_span_sent:  # it was counted then: counting the others counts processes started
+            attrs["otelproc.started_span"] = True
         if ended.exit_code is not None:
             attrs["process.exit.code"] = ended.exit_code
         status, error_type, reason = exit_status(ended, self.clean_signals)
@@ -438,7 +438,6 @@ class SpanBuilder:
         Jaeger's UI warns of clock skew on a child span that neither fits inside its parent nor lasts longer."""
         attrs = self.attributes(process, cgroup_path)
         attrs["otelproc.span"] = "started"
-        attrs["otelproc.process_span"] = True
         place = process.span_place
         return ReadableSpan(
             name=f"{process.program} started",

@@ -81,6 +81,7 @@ def representative_spans() -> list:
         (process,) = [p for p in tracker.processes.values() if p.pid == pid]
         process.owner = "app"  # what the sidecar finds in the process's own /etc/passwd
         spans.append(builder.started(process, "0::/system.slice/app.service"))
+        process.started_span_sent = True  # as the loop marks it when the span goes out
         for kernel_event in before(pid) if before else ():
             tracker.handle(kernel_event)
         ended = tracker.handle(event("exit", pid, ticks=pid, time=10_000, **ending))

@@ -38,16 +38,21 @@ SERVER, STATUS_OK, STATUS_ERROR = 2, 1, 2  # OTLP's SpanKind and StatusCode numb
 T = TypeVar("T")
 
 
-def jaeger_binary() -> str:
-    """The binary deploy/jaeger/build.sh built and caches; none is a failure that says what to run."""
-    result = subprocess.run([str(BUILD_SCRIPT), "--print-path"], capture_output=True, text=True, timeout=30)
+def built_by(script: Path, what: str) -> str:
+    """The path a cached build's `SCRIPT --print-path` prints; none is a failure that says what to run."""
+    result = subprocess.run([str(script), "--print-path"], capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
         pytest.fail(
-            "no Jaeger binary: run deploy/jaeger/build.sh (needs Go; `./install.sh --test` runs it). "
+            f"no {what}: run {script.relative_to(REPO)} (needs Go; `./install.sh --test` runs it). "
             + result.stderr.strip(),
             pytrace=False,
         )
     return result.stdout.strip()
+
+
+def jaeger_binary() -> str:
+    """The binary deploy/jaeger/build.sh built and caches."""
+    return built_by(BUILD_SCRIPT, "Jaeger binary")
 
 
 def wait_for(check: Callable[[], T], what: str, timeout: float) -> T:

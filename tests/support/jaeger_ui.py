@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
+import pytest
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
@@ -42,12 +43,15 @@ FLAGS = (
 T = TypeVar("T")
 
 
-def missing_browser() -> str | None:
-    """What is missing to run the browser, as the line that says how to install it; None when nothing is."""
+def require_browser() -> None:
+    """Fails the test, with the line that says how to install what is missing, unless the browser
+    is there: a browser test never skips."""
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not Path(path).exists()]
     if missing:
-        return f"{' and '.join(missing)} missing: apt-get install chromium chromium-driver (./install.sh --test does)"
-    return None
+        pytest.fail(
+            f"{' and '.join(missing)} missing: apt-get install chromium chromium-driver (./install.sh --test does)",
+            pytrace=False,
+        )
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
-import pytest
 import yaml
 
 from support import REPO
+from support.jaeger import built_by, stop_process, wait_for
 
 BUILD_SCRIPT = REPO / "deploy" / "prometheus" / "build.sh"
 CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
@@ -20,15 +20,8 @@ RULES = REPO / "deploy" / "prometheus" / "rules.yml"
 
 
 def prometheus_dir() -> Path:
-    """Where deploy/prometheus/build.sh keeps prometheus and promtool; none is a failure that says what to run."""
-    result = subprocess.run([str(BUILD_SCRIPT), "--print-path"], capture_output=True, text=True, timeout=30)
-    if result.returncode != 0:
-        pytest.fail(
-            "no Prometheus: run deploy/prometheus/build.sh (needs Go; `./install.sh --test` runs it). "
-            + result.stderr.strip(),
-            pytrace=False,
-        )
-    return Path(result.stdout.strip())
+    """Where deploy/prometheus/build.sh keeps prometheus and promtool."""
+    return Path(built_by(BUILD_SCRIPT, "Prometheus"))
 
 
 def config_for(target: str, interval: str) -> dict[str, Any]:
@@ -64,8 +57,6 @@ class Prometheus:
 def running_prometheus(tmp_path: Path, port: int, config: dict[str, Any], *flags: str) -> Iterator[Prometheus]:
     """Prometheus on 127.0.0.1:port with `config` (config_for: the shipped one) and `flags`; stopped when
     the generator is closed."""
-    from support.jaeger import stop_process, wait_for
-
     binary = prometheus_dir() / "prometheus"
     config_file = tmp_path / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config))

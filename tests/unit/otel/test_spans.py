@@ -125,7 +125,7 @@ def test_every_way_of_ending_has_one_outcome_word():
     assert outcome(0, None, [_sent(6, 812, "gunicorn")], (812, "gunicorn")) == "signal"
 
 
-def test_each_process_has_one_process_span_and_the_lifetime_span_says_whether_it_is_it():
+def test_a_lifetime_span_says_whether_its_process_had_a_started_span():
     builder = SpanBuilder("svc", {})
     tracker = Tracker(max_processes=10, started_span_after_ns=0)
     tracker.handle(event("exec", 10, ticks=1))
@@ -133,9 +133,9 @@ def test_each_process_has_one_process_span_and_the_lifetime_span_says_whether_it
     long_lived = next(p for p in tracker.take_due_started_spans(time.time_ns()) if p.pid == 10)
     started = builder.started(long_lived)
     quick, slow = (tracker.handle(event("exit", pid, ticks=t, exit_code=0)) for pid, t in ((11, 2), (10, 1)))
-    assert started.attributes["otelproc.process_span"] is True
-    assert "otelproc.process_span" not in builder.lifetime(slow).attributes
-    assert builder.lifetime(quick).attributes["otelproc.process_span"] is True
+    assert started.attributes["otelproc.span"] == "started" and "otelproc.started_span" not in started.attributes
+    assert builder.lifetime(slow).attributes["otelproc.started_span"] is True
+    assert "otelproc.started_span" not in builder.lifetime(quick).attributes
     assert builder.lifetime(quick).context.span_id == quick.process.span_place.span_id
 
 
