@@ -10,7 +10,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
 from urllib.parse import unquote
 
 from opentelemetry.sdk.resources import Resource
@@ -93,8 +93,19 @@ def sender_kind(sent: SignalSent, pid: int) -> str:
     return "kernel" if sent.from_kernel else "self" if sent.sender_pid == pid else "process"
 
 
-def exit_status(ended: Ended, clean: frozenset[int] = CLEAN_SIGNALS) -> tuple[Status, str | None, str]:
-    """The span status, error.type and one sentence that says how a process ended.
+class ExitStatus(NamedTuple):
+    """How a process ended: the span's status, error.type, one sentence, and the outcome, one of six
+    words that metrics count by (otelproc.exit.outcome: a sentence names pids, an exit status is one of
+    256): ok, exit_status, signal, oom_kill, clean_stop, unknown."""
+
+    status: Status
+    error_type: str | None
+    reason: str
+    outcome: str
+
+
+def exit_status(ended: Ended, clean: frozenset[int] = CLEAN_SIGNALS) -> ExitStatus:
+    """How a process ended (ExitStatus).
 
     A signal in `clean` without a core dump is a requested, orderly stop (systemd's
     rule); the OOM killer, other signals and a non-zero exit status are errors, and so
@@ -108,42 +119,27 @@ def exit_status(ended: Ended, clean: frozenset[int] = CLEAN_SIGNALS) -> tuple[St
         oom = ended.oom_kill()
         if oom is not None:
             why = f"memory cgroup limit, cgroup {oom.cgroup}" if oom.memcg else "system out of memory"
-            return _error(f"killed by SIGKILL from the OOM killer ({why})", OOM_ERROR_TYPE)
+            return _error(f"killed by SIGKILL from the OOM killer ({why})", OOM_ERROR_TYPE, "oom_kill")
         fatal = ended.fatal_signal()
         sender, detail = sender_phrase(fatal, process.pid)
         reason = _master_reason(fatal, process)
         if ended.signal in clean and not ended.core_dumped and reason is None:
-            return _OK, None, f"stopped by {name}{sender}"
+            return ExitStatus(_OK, None, f"stopped by {name}{sender}", "clean_stop")
         details = ", ".join(d for d in (detail, "core dumped" if ended.core_dumped else None) if d)
         sentence = (
             f"killed by {name}{sender}" + (f" ({details})" if details else "") + (f": {reason}" if reason else "")
         )
-        return _error(sentence, name)
+        return _error(sentence, name, "signal")
     abort = ended.abort()
     if abort is not None:
         reason = _master_reason(abort, process)
         sentence = f"aborted by SIGABRT{sender_phrase(abort, process.pid)[0]}" + (f": {reason}" if reason else "")
-        return _error(sentence, signal_name(abort.signal))
+        return _error(sentence, signal_name(abort.signal), "signal")
     if ended.exit_code:
-        return _error(f"exit status {ended.exit_code}", str(ended.exit_code))
+        return _error(f"exit status {ended.exit_code}", str(ended.exit_code), "exit_status")
     if ended.exit_code is None:
-        return Status(StatusCode.UNSET), None, "ended; its exit was not seen"
-    return _OK, None, "exit status 0"
-
-
-def exit_outcome(ended: Ended, status: Status) -> str:
-    """How a process ended, in one of six words that metrics can count by (otelproc.exit.outcome):
-    the status sentence and error.type say more, but a sentence names pids and an exit status is
-    one of 256."""
-    if ended.signal:
-        if ended.oom_kill() is not None:
-            return "oom_kill"
-        return "clean_stop" if status.status_code is StatusCode.OK else "signal"
-    if ended.abort() is not None:
-        return "signal"
-    if ended.exit_code is None:
-        return "unknown"
-    return "exit_status" if ended.exit_code else "ok"
+        return ExitStatus(Status(StatusCode.UNSET), None, "ended; its exit was not seen", "unknown")
+    return ExitStatus(_OK, None, "exit status 0", "ok")
 
 
 def _master_reason(sent: SignalSent | None, process: TrackedProcess) -> str | None:
@@ -153,8 +149,8 @@ def _master_reason(sent: SignalSent | None, process: TrackedProcess) -> str | No
     return master_reason(process.parent_program, sent.signal, earlier[-1] if earlier else None)
 
 
-def _error(reason: str, error_type: str) -> tuple[Status, str, str]:
-    return Status(StatusCode.ERROR, reason), error_type, reason
+def _error(reason: str, error_type: str, outcome: str) -> ExitStatus:
+    return ExitStatus(Status(StatusCode.ERROR, reason), error_type, reason, outcome)
 
 
 def signal_attributes(sent: SignalSent, pid: int) -> dict[str, AttributeValue]:
@@ -327,15 +323,14 @@ class SpanBuilder:
         """The span of a finished lifetime. died_in_flight: the spans its process took with it
         (unfinished()), which it links to."""
         process = ended.process
-        context, parent = self.lifetime_place(process)
         attrs = self.attributes(process, cgroup_path)
         attrs["otelproc.span"] = "lifetime"
         if process.started_span_sent:  # it was counted then: counting the others counts processes started
             attrs["otelproc.started_span"] = True
         if ended.exit_code is not None:
             attrs["process.exit.code"] = ended.exit_code
-        status, error_type, reason = exit_status(ended, self.clean_signals)
-        attrs["otelproc.exit.outcome"] = exit_outcome(ended, status)
+        status, error_type, reason, outcome = exit_status(ended, self.clean_signals)
+        attrs["otelproc.exit.outcome"] = outcome
         if status.status_code is StatusCode.OK and ended.signal:
             attrs["otelproc.exit.reason"] = reason  # an OK status carries no description
         fatal = None
@@ -383,6 +378,7 @@ class SpanBuilder:
                     )
                     events.append(Event("signal", attributes, timestamp=sent.time))
             events.sort(key=lambda event: event.timestamp)
+        context, parent = self.lifetime_place(process)
         return ReadableSpan(
             name=process.program,
             context=context,
@@ -403,7 +399,7 @@ class SpanBuilder:
         them; and the contexts of those that died in flight with it, for its lifetime span's links."""
         if ended.left is None:
             return [], []
-        status, error_type, reason = exit_status(ended, self.clean_signals)
+        status, error_type, reason, _ = exit_status(ended, self.clean_signals)
         if error_type is None and ended.signal:  # a clean stop of the process is still the end of its requests
             error_type = signal_name(ended.signal)
         return unfinished_spans(

@@ -107,7 +107,9 @@ def _span(
         parent = SpanContext(recorded.trace_id, recorded.parent_span_id, recorded.remote_parent, flags, trace_state)
     attributes = _redacted(recorded.attributes, redact)
     links: Sequence[Link] = ()
-    if recorded.linked or parent is None or recorded.remote_parent:  # as the app linked it (FLAG_LINKED)
+    # As the app linked it (FLAG_LINKED); a helper from before that flag (same region version) wrote
+    # none, and linked the spans without a parent or with a remote one.
+    if recorded.linked or parent is None or recorded.remote_parent:
         links = (Link(process_span, LINK_ATTRIBUTES),)
     end = recorded.end_ns if recorded.state == ENDED else max(death_ns, recorded.start_ns)
     span_status = Status(StatusCode(recorded.status), recorded.status_description or None)

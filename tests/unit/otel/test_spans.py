@@ -12,7 +12,6 @@ from otelproc.otel.spans import (
     CLEAN_SIGNALS,
     SpanBuilder,
     container_id,
-    exit_outcome,
     exit_status,
     parse_resource_attributes,
 )
@@ -32,7 +31,7 @@ def _sent(sig, sender_pid=0, comm="", code=0, from_kernel=False, at=0):
 
 def test_exit_status_descriptions():
     def status(code, sig, core=False, signals=(), oom=None, clean=CLEAN_SIGNALS):
-        s, err, reason = exit_status(_ended(code, sig, core, signals, oom), clean)
+        s, err, reason, _ = exit_status(_ended(code, sig, core, signals, oom), clean)
         assert s.status_code.name != "ERROR" or s.description == reason
         return s.status_code.name, reason, err
 
@@ -74,7 +73,7 @@ def test_exit_status_descriptions():
 
 def test_a_worker_its_server_gives_up_on_says_why():
     def status(code, sig, signals, parent):
-        s, err, reason = exit_status(_ended(code, sig, signals=signals, parent=parent))
+        s, err, reason, _ = exit_status(_ended(code, sig, signals=signals, parent=parent))
         return s.status_code.name, reason, err
 
     gunicorn = (812, "gunicorn")
@@ -111,8 +110,7 @@ def test_a_worker_its_server_gives_up_on_says_why():
 
 def test_every_way_of_ending_has_one_outcome_word():
     def outcome(code, sig, signals=(), oom=None, parent=(1, None)):
-        ended = _ended(code, sig, signals=signals, oom=oom, parent=parent)
-        return exit_outcome(ended, exit_status(ended)[0])
+        return exit_status(_ended(code, sig, signals=signals, oom=oom, parent=parent)).outcome
 
     assert outcome(0, None) == "ok"
     assert outcome(3, None) == outcome(255, None) == "exit_status"
