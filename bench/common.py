@@ -16,6 +16,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -597,6 +598,38 @@ class Bpftrace:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(30)
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:port."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class JaegerService:
+    """The Jaeger binary with one config (Jaeger itself, or the Collector), output to a log file."""
+
+    def __init__(self, binary: str, config: Path, env: dict[str, str], log: Path, port: int) -> None:
+        self.log = log
+        base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")}
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [binary, "--config", f"file:{config}"], env={**base, **env}, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 60
+        while not listening(port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{log.name}: not listening on {port}:\n{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
 
 
 # ---------------------------------------------------------------- statistics

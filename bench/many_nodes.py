@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,37 +45,6 @@ SERVICE = "many-nodes"
 WARM_UP = 50  # lifetimes per node before the measured run
 IDLE_S = 5.0  # seconds of nothing sent, to measure what each process takes idle
 SETTLE_S = 10.0  # seconds with no new span, after the last expected one, before counting
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-class Service:
-    """The Jaeger binary with one config (Jaeger itself, or the Collector), output to a log file."""
-
-    def __init__(self, binary: str, config: Path, env: dict[str, str], log: Path, port: int) -> None:
-        self.log = log
-        base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")}
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [binary, "--config", f"file:{config}"], env={**base, **env}, stdout=out, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 60
-        while not listening(port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{log.name}: not listening on {port}:\n{log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
 
 
 class Node:
@@ -243,8 +211,8 @@ def run(nodes: int, per_node: int, rate: float, scratch: Path) -> dict[str, Any]
     try:
         cluster.start()
         cluster.wait_healthy("green", nodes=3)
-        j_otlp, j_http, j_query, j_qgrpc, c_grpc, c_http, c_tel = free_ports(7)
-        jaeger = Service(
+        j_otlp, j_http, j_query, j_qgrpc, c_grpc, c_http, c_tel, c_metrics = free_ports(8)
+        jaeger = common.JaegerService(
             binary,
             JAEGER_CONFIG,
             {
@@ -259,7 +227,7 @@ def run(nodes: int, per_node: int, rate: float, scratch: Path) -> dict[str, Any]
             j_otlp,
         )
         started.append(jaeger)
-        collector = Service(
+        collector = common.JaegerService(
             binary,
             COLLECTOR_CONFIG,
             {
@@ -267,6 +235,7 @@ def run(nodes: int, per_node: int, rate: float, scratch: Path) -> dict[str, Any]
                 "COLLECTOR_OTLP_GRPC_PORT": str(c_grpc),
                 "COLLECTOR_OTLP_HTTP_PORT": str(c_http),
                 "COLLECTOR_TELEMETRY_PORT": str(c_tel),
+                "COLLECTOR_PROMETHEUS_PORT": str(c_metrics),
                 "JAEGER_OTLP_ENDPOINT": f"127.0.0.1:{j_otlp}",
             },
             scratch / "collector.log",

@@ -15,7 +15,6 @@ Python SDK's instrument calls per lifetime is timed in this process.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import httpx
 import yaml
 
 import common
-from common import MATCHED, Otelproc, Programs, Receiver, Table, Target, median
+from common import MATCHED, JaegerService, Otelproc, Programs, Receiver, Table, Target, median
 
 sys.path.insert(0, str(common.REPO / "tests"))  # free ports, as the tests choose them
 from support.ports import free_ports  # noqa: E402
@@ -50,14 +49,6 @@ def without_spanmetrics(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def series_of(service: str, port: int) -> list[str]:
     """The span metrics of `service` on the exporter's page: one line per series."""
     page = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
@@ -71,40 +62,35 @@ def series_of(service: str, port: int) -> list[str]:
 def one_storm(
     programs: Programs, receiver: Receiver, jaeger: str, config: Path, lifetimes: int, jobs: int, work: Path
 ) -> dict[str, Any]:
-    """One Collector, one otelproc, one storm: the Collector's and otelproc's CPU over it."""
+    """One Collector, one otelproc, one storm: the Collector's and otelproc's CPU over it, and the series
+    on its exporter's page when the config has the connector."""
     grpc, http, telemetry, metrics = free_ports(4)
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")}
-    env.update(
-        COLLECTOR_LISTEN_HOST="127.0.0.1",
-        COLLECTOR_OTLP_GRPC_PORT=str(grpc),
-        COLLECTOR_OTLP_HTTP_PORT=str(http),
-        COLLECTOR_TELEMETRY_PORT=str(telemetry),
-        COLLECTOR_PROMETHEUS_PORT=str(metrics),
-        COLLECTOR_SPANMETRICS_INTERVAL=f"{FLUSH_S:.0f}s",
-        JAEGER_OTLP_ENDPOINT=f"127.0.0.1:{receiver.port}",
-    )
-    log = (work / f"collector-{config.stem}.log").open("wb")
-    collector = subprocess.Popen([jaeger, "--config", f"file:{config}"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    env = {
+        "COLLECTOR_LISTEN_HOST": "127.0.0.1",
+        "COLLECTOR_OTLP_GRPC_PORT": str(grpc),
+        "COLLECTOR_OTLP_HTTP_PORT": str(http),
+        "COLLECTOR_TELEMETRY_PORT": str(telemetry),
+        "COLLECTOR_PROMETHEUS_PORT": str(metrics),
+        "COLLECTOR_SPANMETRICS_INTERVAL": f"{FLUSH_S:.0f}s",
+        "JAEGER_OTLP_ENDPOINT": f"127.0.0.1:{receiver.port}",
+    }
+    collector = JaegerService(jaeger, config, env, work / f"collector-{config.stem}.log", grpc)
     otelproc = None
     try:
-        deadline = time.monotonic() + 60
-        while not listening(grpc):
-            if collector.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the Collector did not start; its log: {log.name}")
-            time.sleep(0.2)
         receiver.reset()
         otelproc = Otelproc(MATCHED, f"http://127.0.0.1:{grpc}")
         otelproc.wait_attached()
         time.sleep(2)
-        collector_before, otelproc_before = common.cpu_seconds(collector.pid), otelproc.cpu_seconds()
+        collector_before, otelproc_before = common.cpu_seconds(collector.proc.pid), otelproc.cpu_seconds()
         started = time.monotonic()
         result = common.storm(programs, programs.matched, lifetimes, jobs)
         complete = receiver.wait_for(lifetimes, timeout=max(120.0, lifetimes / 50), idle=20)
         time.sleep(FLUSH_S + 1)  # the connector's flush, in the figure
-        collector_cpu = common.cpu_seconds(collector.pid) - collector_before
+        collector_cpu = common.cpu_seconds(collector.proc.pid) - collector_before
         otelproc_cpu = otelproc.cpu_seconds() - otelproc_before
         wall = time.monotonic() - started
-        series = series_of(SERVICE, metrics) if "spanmetrics" in config.stem else []
+        has_connector = "connectors" in yaml.safe_load(config.read_text())  # not so after without_spanmetrics
+        series = series_of(SERVICE, metrics) if has_connector else []
         otelproc.stop()
         return {
             "storm_rate": result.rate,
@@ -119,13 +105,7 @@ def one_storm(
     finally:
         if otelproc is not None:
             otelproc.kill()
-        collector.terminate()
-        try:
-            collector.wait(30)
-        except subprocess.TimeoutExpired:
-            collector.kill()
-            collector.wait(30)
-        log.close()
+        collector.stop()
 
 
 def in_otelproc_us(lifetimes: int) -> float:

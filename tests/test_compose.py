@@ -27,13 +27,14 @@ from support import REPO
 from support.callers import Caller, pid_inside, serving_worker
 from support.containers import build_stand_ins, require, run
 from support.jaeger import SERVER, STATUS_ERROR, JaegerSpan, find_spans, path_of, request_spans, wait_for
+from support.prometheus import Prometheus
 
 PROJECT = "otelproc-demo"  # docker-compose.yml's name
 HOST_BPFFS = Path(pins.BPFFS_ROOT)
 PIN_DIR = HOST_BPFFS / "otelproc"  # the otelproc service's pin directory: the default
 DEMO = "http://127.0.0.1:8000"  # the compose file publishes on every address; the test talks to loopback only
 JAEGER = "http://127.0.0.1:16686"
-PROMETHEUS = "http://127.0.0.1:9090"
+PROMETHEUS = Prometheus("http://127.0.0.1:9090")
 BPFFS_OWN_FILES = {"maps.debug", "progs.debug"}  # what the kernel's bpffs shows on its own
 
 
@@ -250,19 +251,17 @@ def test_compose_up_requests_linked_in_jaeger_then_detach_and_down_leave_nothing
 
     # The killed worker's end is a process metric too: the Collector's spanmetrics connector counts it,
     # Prometheus scrapes it, and Jaeger's Monitor tab (its API) shows the program with its errors.
-    def killed_worker_counted() -> list[dict]:
+    def killed_worker_counted() -> bool:
         try:
-            response = httpx.get(
-                f"{PROMETHEUS}/api/v1/query",
-                params={
-                    "query": 'traces_span_metrics_calls_total{service_name="demo",span_name="uvicorn worker",'
-                    'otelproc_exit_outcome="signal",error_type="SIGKILL"}'
-                },
-                timeout=10,
+            return (
+                PROMETHEUS.value(
+                    'sum(traces_span_metrics_calls_total{service_name="demo",span_name="uvicorn worker",'
+                    'otelproc_exit_outcome="signal",error_type="SIGKILL"})'
+                )
+                >= 1
             )
-            return response.json()["data"]["result"]
-        except httpx.HTTPError:
-            return []
+        except httpx.HTTPError:  # not up yet
+            return False
 
     wait_for(killed_worker_counted, "the killed worker's end in Prometheus", 120)  # 15 s flush, 15 s scrape
     errors = httpx.get(

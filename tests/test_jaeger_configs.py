@@ -17,11 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import REPO
-from support.deploy import collector_config
+from support.deploy import collector_config, contrib_collector
 from support.jaeger import ALL_IN_ONE, COLLECTOR_CONFIG, MONITOR, OPENSEARCH_CONFIG, jaeger_binary
 
-CONTRIB_MANIFEST = REPO / "deploy" / "images" / "otelcol-contrib.yaml"
 KINDS = ("receivers", "processors", "exporters", "extensions", "connectors")
 
 
@@ -37,19 +35,11 @@ def components_of(binary: str) -> dict[str, set[str]]:
     return {kind: {c["name"] for c in listed.get(kind) or []} for kind in KINDS}
 
 
-def contrib_binary() -> str:
-    """The stand-in of otel/opentelemetry-collector-contrib that compose runs (cached; minutes the first time)."""
-    build = REPO / "deploy" / "images" / "otelcol-build.sh"
-    result = subprocess.run([str(build), str(CONTRIB_MANIFEST)], capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout.strip()
-
-
 def test_collector_config_uses_only_components_of_both_distributions():
     used = components_used(COLLECTOR_CONFIG)
     for distribution, has in (
         ("the Jaeger binary", components_of(jaeger_binary())),
-        ("contrib", components_of(contrib_binary())),
+        ("contrib", components_of(contrib_collector())),
     ):
         for kind, names in used.items():
             assert names <= has[kind], f"{kind} missing from {distribution}: {names - has[kind]}"

@@ -24,6 +24,7 @@ import yaml
 
 from support import REPO
 from support.callers import Caller, pid_inside, serving_worker
+from support.deploy import CONTRIB_MANIFEST, contrib_collector, find
 from support.jaeger import wait_for
 from support.ports import free_port
 from support.regions import holds_region
@@ -33,7 +34,6 @@ from support.subjects import TEST_COMM
 KUBERNETES = REPO / "deploy" / "kubernetes"
 MANIFESTS = sorted(KUBERNETES.glob("*.yaml"))
 VALIDATOR = KUBERNETES / "validate"
-COLLECTOR_MANIFEST = REPO / "deploy" / "images" / "otelcol-contrib.yaml"
 SECCOMP_DIR = REPO / "deploy" / "seccomp"
 SECCOMP_PROFILE = "otelproc.json"
 IMAGES_SCRIPT = REPO / "deploy" / "images" / "build.sh"
@@ -118,31 +118,17 @@ def test_a_misplaced_or_unknown_field_fails(validator, tmp_path, where, edit, fi
 # --- the Collector -----------------------------------------------------------------------------
 
 
-def documents(path: Path) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-
-
-def find(path: Path, kind: str, name: str | None = None) -> dict[str, Any]:
-    (found,) = [d for d in documents(path) if d["kind"] == kind and name in (None, d["metadata"]["name"])]
-    return found
-
-
 @pytest.fixture(scope="session")
 def collector() -> str:
-    """The Collector built from deploy/images/otelcol-contrib.yaml (cached; minutes the first time)."""
-    result = subprocess.run(
-        [str(REPO / "deploy" / "images" / "otelcol-build.sh"), str(COLLECTOR_MANIFEST)], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+    return contrib_collector()
 
 
 def test_the_collector_image_is_the_distribution_built_here():
     (container,) = find(KUBERNETES / "collector.yaml", "Deployment")["spec"]["template"]["spec"]["containers"]
-    dist = yaml.safe_load(COLLECTOR_MANIFEST.read_text())["dist"]
+    dist = yaml.safe_load(CONTRIB_MANIFEST.read_text())["dist"]
     assert container["image"] == f"otel/opentelemetry-collector-contrib:{dist['version']}"
     assert dist["name"] == "otelcol-contrib"
-    modules = [c["gomod"] for c in yaml.safe_load(COLLECTOR_MANIFEST.read_text())["processors"]]
+    modules = [c["gomod"] for c in yaml.safe_load(CONTRIB_MANIFEST.read_text())["processors"]]
     assert any("/processor/k8sattributesprocessor " in m for m in modules)
 
 

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from support import REPO
+from support.deploy import contrib_collector, expand, find
 from support.jaeger import Backend, demo_env, find_spans, instrument_command, running_backend, stop_server, wait_for
 from support.jaeger_ui import JaegerUI
 from support.local_stack import kill_worker, lifetime_span
@@ -34,8 +35,8 @@ from support.prometheus import CONFIG, RULES, prometheus_dir, running_prometheus
 from support.subjects import EAT_MEMORY, MATCH_TEST, MEMORY_V1, TEST_COMM, remove_cgroup
 
 RULES_TEST = REPO / "deploy" / "prometheus" / "rules_test.yml"
-CONTRIB_MANIFEST = REPO / "deploy" / "images" / "otelcol-contrib.yaml"
 APPS = REPO / "tests" / "apps"
+KUBERNETES = REPO / "deploy" / "kubernetes"
 # What a span metric may be labelled by: the connector's dimensions (collector-config.yaml), the
 # scrape's and the exporter's own labels. Nothing that names one process (a pid, a command line).
 ALLOWED_LABELS = {
@@ -70,14 +71,6 @@ def test_the_shipped_configuration_and_rules_pass_promtool():
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
-
-
-def contrib_collector() -> str:
-    """The stand-in of otel/opentelemetry-collector-contrib (cached; minutes the first time)."""
-    build = REPO / "deploy" / "images" / "otelcol-build.sh"
-    result = subprocess.run([str(build), str(CONTRIB_MANIFEST)], capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout.strip()
 
 
 @pytest.fixture
@@ -208,16 +201,8 @@ def test_the_monitor_tab_shows_how_the_demos_workers_ended(local_stack, screensh
 
     # The Monitor tab draws what Prometheus has when it opens (it does not refresh itself): both ends
     # in Prometheus first, as a person would reload the page until then.
-    def both_ends_scraped() -> bool:
-        response = httpx.get(
-            f"{local_stack.prometheus}/api/v1/query",
-            params={"query": 'sum(traces_span_metrics_calls_total{service_name="demo",span_name="uvicorn worker"})'},
-            timeout=10,
-        )
-        result = response.json()["data"]["result"]
-        return bool(result) and float(result[0]["value"][1]) == 2
-
-    wait_for(both_ends_scraped, "Prometheus to have both workers' ends", 60)
+    ends = 'sum(traces_span_metrics_calls_total{service_name="demo",span_name="uvicorn worker"})'
+    wait_for(lambda: local_stack.prometheus.value(ends) == 2, "Prometheus to have both workers' ends", 60)
     with JaegerUI(local_stack.jaeger, screenshots) as ui:
         ui.open_monitor("demo", "Internal")
 
@@ -236,14 +221,9 @@ def test_the_monitor_tab_shows_how_the_demos_workers_ended(local_stack, screensh
 def kubernetes_collector_on_loopback(ports: list[int], jaeger: str, remote_write: str) -> dict[str, Any]:
     """deploy/kubernetes/collector.yaml's config as it runs outside a cluster: k8sattributes, which asks
     the API server, left out; its listeners on loopback ports; its own metrics off."""
-    (config_map,) = [
-        d
-        for d in yaml.safe_load_all((REPO / "deploy" / "kubernetes" / "collector.yaml").read_text())
-        if d and d["kind"] == "ConfigMap"
-    ]
-    text = config_map["data"]["config.yaml"]
+    text = find(KUBERNETES / "collector.yaml", "ConfigMap")["data"]["config.yaml"]
     env = {"JAEGER_OTLP_ENDPOINT": jaeger, "PROMETHEUS_REMOTE_WRITE_URL": remote_write, "POD_NAME": "otel-collector-0"}
-    config = yaml.safe_load(re.sub(r"\$\{env:(\w+)\}", lambda m: env[m.group(1)], text))
+    config = yaml.safe_load(expand(text, env))
     del config["processors"]["k8sattributes"]
     for pipeline in config["service"]["pipelines"].values():
         if "processors" in pipeline:
@@ -259,12 +239,9 @@ def kubernetes_collector_on_loopback(ports: list[int], jaeger: str, remote_write
 def test_the_kubernetes_collector_remote_writes_process_metrics_that_the_rules_read(tmp_path, sidecar, test_python):
     """The Kubernetes path: collector.yaml's Collector (the contrib stand-in) remote-writes to the
     Prometheus of prometheus.yaml (its configuration and flags), which evaluates the shipped rules."""
-    manifests = {
-        d["kind"]: d for d in yaml.safe_load_all((REPO / "deploy" / "kubernetes" / "prometheus.yaml").read_text()) if d
-    }
-    (server,) = manifests["Deployment"]["spec"]["template"]["spec"]["containers"]
+    (server,) = find(KUBERNETES / "prometheus.yaml", "Deployment")["spec"]["template"]["spec"]["containers"]
     flags = [a for a in server["args"] if not a.startswith(("--config.file", "--storage.tsdb.path"))]
-    config = yaml.safe_load(manifests["ConfigMap"]["data"]["prometheus.yml"])
+    config = yaml.safe_load(find(KUBERNETES / "prometheus.yaml", "ConfigMap")["data"]["prometheus.yml"])
     config["global"]["evaluation_interval"] = "1s"
     config["rule_files"] = [str(RULES)]
     p_port, grpc, http, health = free_ports(4)
@@ -282,20 +259,17 @@ def test_the_kubernetes_collector_remote_writes_process_metrics_that_the_rules_r
                 )
             )
         )
-        log = (tmp_path / "collector.log").open("wb")
-        collector = subprocess.Popen(
-            [contrib_collector(), "--config", str(collector_config)], stdout=log, stderr=subprocess.STDOUT
-        )
+        with (tmp_path / "collector.log").open("wb") as log:
+            collector = subprocess.Popen(
+                [contrib_collector(), "--config", str(collector_config)], stdout=log, stderr=subprocess.STDOUT
+            )
         sidecar(*MATCH_TEST, endpoint=f"http://127.0.0.1:{grpc}")
         for _ in range(3):  # from pytest, which is not tracked
             subprocess.run([test_python, "-c", "raise SystemExit(4)"], check=False, timeout=60)
 
-        def ends() -> float:
-            result = prometheus.query('sum(otelproc:process_ends:increase10m{error_type="4"})')
-            return float(result[0]["value"][1]) if result else 0.0
-
+        ends = 'sum(otelproc:process_ends:increase10m{error_type="4"})'
         # spanmetrics flushes every 15 s in collector.yaml: the first remote write within about 20 s.
-        assert wait_for(lambda: ends() >= 3, "3 ends with status 4 in Prometheus, remote-written", 90)
+        wait_for(lambda: prometheus.value(ends) >= 3, "3 ends with status 4 in Prometheus, remote-written", 90)
         (series,) = prometheus.query('traces_span_metrics_calls_total{error_type="4"}')
         assert series["metric"]["otelcol_replica"] == "otel-collector-0"
         assert series["metric"]["otelproc_exit_outcome"] == "exit_status"

@@ -117,8 +117,7 @@ class Backend:
     query_url: str  # Jaeger's query API (and UI)
     collector_endpoint: str  # the Collector's OTLP/gRPC receiver
     collector: JaegerProcess
-    metrics_target: str  # host:port where the Collector's prometheus exporter serves the span metrics
-    prometheus: "Prometheus | None" = None  # with monitor=True: scraping metrics_target, Jaeger's Monitor tab on it
+    prometheus: "Prometheus | None" = None  # with monitor=True: scraping the Collector, Jaeger's Monitor tab on it
 
 
 def running_backend(tmp_path: Path, jaeger_overlay: Path | None = None, monitor: bool = False) -> Iterator[Backend]:
@@ -130,9 +129,9 @@ def running_backend(tmp_path: Path, jaeger_overlay: Path | None = None, monitor:
 
     binary = jaeger_binary()
     otlp_grpc, otlp_http, query_http, query_grpc, c_grpc, c_http, c_telemetry, c_metrics, p_http = free_ports(9)
-    metrics_target = f"127.0.0.1:{c_metrics}"
     started: list[JaegerProcess] = []
-    prometheus_run = running_prometheus(tmp_path, p_http, config_for(metrics_target, "1s")) if monitor else None
+    scraping = config_for(f"127.0.0.1:{c_metrics}", "1s")
+    prometheus_run = running_prometheus(tmp_path, p_http, scraping) if monitor else None
     try:
         prometheus = next(prometheus_run) if prometheus_run is not None else None
         jaeger = JaegerProcess(
@@ -169,9 +168,7 @@ def running_backend(tmp_path: Path, jaeger_overlay: Path | None = None, monitor:
         )
         started.append(collector)
         collector.wait_listening(c_grpc)
-        yield Backend(
-            f"http://127.0.0.1:{query_http}", f"http://127.0.0.1:{c_grpc}", collector, metrics_target, prometheus
-        )
+        yield Backend(f"http://127.0.0.1:{query_http}", f"http://127.0.0.1:{c_grpc}", collector, prometheus)
     finally:
         for process in reversed(started):
             stop_process(process.proc)

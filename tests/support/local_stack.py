@@ -13,6 +13,7 @@ import psutil
 from support import REPO
 from support.jaeger import JaegerSpan, find_spans
 from support.ports import free_ports
+from support.prometheus import Prometheus
 from support.subjects import TEST_COMM
 
 UP, DOWN = REPO / "deploy" / "local" / "up.sh", REPO / "deploy" / "local" / "down.sh"
@@ -87,8 +88,8 @@ class LocalStack:
         return f"http://127.0.0.1:{self.env['JAEGER_QUERY_HTTP_PORT']}"
 
     @property
-    def prometheus(self) -> str:
-        return f"http://127.0.0.1:{self.env['PROMETHEUS_PORT']}"
+    def prometheus(self) -> Prometheus:
+        return Prometheus(f"http://127.0.0.1:{self.env['PROMETHEUS_PORT']}")
 
     @property
     def demo(self) -> str:

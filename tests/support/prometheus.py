@@ -34,24 +34,27 @@ def config_for(target: str, interval: str) -> dict[str, Any]:
     return config
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prometheus:
+    """A Prometheus's HTTP API, as a person or Jaeger asks it."""
+
     url: str
-    proc: subprocess.Popen
-    log: Path
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         response = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
         response.raise_for_status()
         return response.json()["data"]["result"]
 
+    def value(self, promql: str) -> float:
+        """The value of a query that gives at most one sample (a sum); 0 when it gives none."""
+        result = self.query(promql)
+        assert len(result) <= 1, result
+        return float(result[0]["value"][1]) if result else 0.0
+
     def alerts(self) -> list[dict[str, Any]]:
         response = httpx.get(f"{self.url}/api/v1/alerts", timeout=10)
         response.raise_for_status()
         return response.json()["data"]["alerts"]
-
-    def tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def running_prometheus(tmp_path: Path, port: int, config: dict[str, Any], *flags: str) -> Iterator[Prometheus]:
@@ -74,12 +77,13 @@ def running_prometheus(tmp_path: Path, port: int, config: dict[str, Any], *flags
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    prometheus = Prometheus(f"http://127.0.0.1:{port}", proc, log)
+    prometheus = Prometheus(f"http://127.0.0.1:{port}")
     try:
 
         def ready() -> bool:
             if proc.poll() is not None:
-                raise AssertionError(f"prometheus exited {proc.returncode}:\n{prometheus.tail()}")
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+                raise AssertionError(f"prometheus exited {proc.returncode}:\n{tail}")
             try:
                 return httpx.get(f"{prometheus.url}/-/ready", timeout=2).status_code == 200
             except httpx.TransportError:
