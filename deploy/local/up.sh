@@ -221,7 +221,7 @@ The local stack is up (logs and pid files in $STACK_DIR):
   demo app          http://$HOST:$DEMO_PORT/   also /work, /spawn, /fail, /crash
   Jaeger UI         http://$HOST:$JAEGER_QUERY_HTTP_PORT/   (service demo; its API: docs/correlation.md)
   Monitor tab       http://$HOST:$JAEGER_QUERY_HTTP_PORT/monitor   (span kind Internal: the demo's processes)
-  Prometheus        http://$HOST:$PROMETHEUS_PORT/   (alerts: /api/v1/alerts; rules: deploy/prometheus/rules.yml)
+  Prometheus        http://$HOST:$PROMETHEUS_PORT/api/v1/alerts   (its API: this build has no web UI; rules: deploy/prometheus/rules.yml)
   Jaeger's traces   $JAEGER_DATA_DIR   (kept for $JAEGER_RETENTION: JAEGER_RETENTION)
   Collector         OTLP $HOST:$COLLECTOR_OTLP_GRPC_PORT (gRPC), $HOST:$COLLECTOR_OTLP_HTTP_PORT (HTTP)
   otelproc          $STACK_DIR/otelproc.log

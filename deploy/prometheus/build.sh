@@ -6,9 +6,9 @@
 #   deploy/prometheus/build.sh               print the directory holding both; build them first if needed
 #   deploy/prometheus/build.sh --print-path  print that directory; exit 1 if they are not built
 #
-# Prometheus 3.16.0 is the Go module github.com/prometheus/prometheus at v0.316.0. Built with
-# `-tags builtinassets` off: the binary serves its API (all the stack and the tests use), not
-# the web UI, whose assets are built with npm in the release process.
+# Prometheus 3.16.0 is the Go module github.com/prometheus/prometheus at v0.316.0. Without the
+# web UI: its assets are built with npm in Prometheus's release process, not in the module, so the
+# binary serves its API (all the stack and the tests use) and an error page at /.
 # Cached in ${XDG_CACHE_HOME:-$HOME/.cache}/otelproc/prometheus-<version>/ and reused without Go.
 set -euo pipefail
 
