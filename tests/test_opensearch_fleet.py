@@ -104,6 +104,19 @@ def stored(jaeger: FleetJaeger, since: datetime.datetime, lost: Node | None = No
         return []
 
 
+def first_stored(jaeger: FleetJaeger, since: datetime.datetime) -> list[JaegerSpan]:
+    """stored(), while the first spans create the day's indices. A search in the moment between an
+    index's creation and its primary shards' start fails in OpenSearch (503, all shards failed) and
+    Jaeger answers 500 (seen here: one search in about a hundred, polling through the first write); a
+    user searches again, and so does this."""
+    try:
+        return stored(jaeger, since)
+    except httpx.HTTPStatusError as error:
+        if error.response.status_code != 500 or "all shards failed" not in error.response.text:
+            raise
+        return []
+
+
 def lifetime_pids(spans: list[JaegerSpan]) -> Counter[int]:
     return Counter(s.attributes["process.pid"] for s in spans if s.role == "lifetime")
 
@@ -136,7 +149,7 @@ def test_spans_survive_a_lost_node_and_a_jaeger_restart(cluster, jaeger, sidecar
     for wave in range(WAVES):
         if wave == WAVES // 2:
             # Mid-stream: spans of the first half are stored, the second half is yet to come.
-            wait_for(lambda: stored(jaeger, since), "the first spans in OpenSearch", timeout=60)
+            wait_for(lambda: first_stored(jaeger, since), "the first spans in OpenSearch", timeout=60)
             # Jaeger created its indices with the first batch; their replicas are copied over in the
             # seconds that follow. A shard whose primary is lost before its replica is in sync is lost
             # with it (red), as in any OpenSearch cluster: the loss this test is about comes after.
