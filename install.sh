@@ -9,7 +9,8 @@
 #                         and OpenSearch with a user to run it as, for the fleet test and benchmark
 #                         (deploy/opensearch/fetch.sh: Maven Central, cached), Prometheus and
 #                         promtool for the alerting tests and the local stack (built with Go, cached)
-#                         and podman with podman-compose for the container tests
+#                         and podman with podman-compose for the container tests, and Docker Engine
+#                         with its compose plugin for the compose test (Debian 13's binaries, cached)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -83,6 +84,10 @@ if $test_setup; then
     # images are built (and cached) by deploy/images/build.sh, which .ci/run calls.
     step "setting up podman and podman-compose (deploy/images/setup-podman.sh)"
     deploy/images/setup-podman.sh
+    # Docker Engine 26 and Docker's compose plugin for test_compose.py (Debian 12's Engine is too old for
+    # the compose file's capabilities); the test starts dockerd itself.
+    step "setting up Docker Engine and its compose plugin (deploy/images/setup-docker.sh; the first time, about 30 s)"
+    deploy/images/setup-docker.sh
     # --- end containers ------------------------------------------------------------------------
     step "done: run the tests with \`python3 -m pytest\` (as root), or the local stack with deploy/local/up.sh"
 else

@@ -3,11 +3,16 @@ traces in Jaeger's API, a request whose worker is killed under it, that kill cou
 Jaeger's Monitor tab, the traces again after a restart of Jaeger, then the documented way down, which
 leaves nothing behind.
 
-podman-compose (deploy/images/setup-podman.sh) runs the file unchanged on podman 4.3, with the
-stand-in base images of deploy/images/build.sh (no image registry is reachable here). otelproc pins
-its probe in the host's /sys/fs/bpf/otelproc, the production default, so this test mounts bpffs at
-/sys/fs/bpf as systemd does on most hosts (this machine mounts none there) and unmounts it after.
-Nothing skips: without podman or podman-compose the test fails, naming ./install.sh --test.
+On both engines users run it with:
+- Docker Engine 26.1.5 with Docker's compose plugin 2.26.1 (deploy/images/setup-docker.sh), the
+  README's `docker compose` commands word for word; dockerd is started here and stopped by its pid
+  (tests/support/docker_engine.py);
+- podman 4.3 with podman-compose (deploy/images/setup-podman.sh), which runs the file unchanged.
+Both on the stand-in base images of deploy/images/build.sh (no image registry is reachable here),
+copied from podman's store into Docker's. otelproc pins its probe in the host's /sys/fs/bpf/otelproc,
+the production default, so this test mounts bpffs at /sys/fs/bpf as systemd does on most hosts (this
+machine mounts none there) and unmounts it after. Nothing skips: without an engine or its compose the
+test fails, naming ./install.sh --test.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import pytest
 from otelproc.kernel import libbpf, pins
 from support import REPO
 from support.callers import Caller, pid_inside, serving_worker
-from support.containers import build_stand_ins, require, run
+from support.containers import build_stand_ins, require
+from support.docker_engine import running_engine
 from support.jaeger import SERVER, STATUS_ERROR, JaegerSpan, find_spans, path_of, request_spans, wait_for
 from support.prometheus import Prometheus
 
@@ -38,53 +44,65 @@ PROMETHEUS = Prometheus("http://127.0.0.1:9090")
 BPFFS_OWN_FILES = {"maps.debug", "progs.debug"}  # what the kernel's bpffs shows on its own
 
 
-def compose(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """podman-compose ARGS in the repository root; fails the test, with its output, if it does not end in time."""
-    try:
-        return subprocess.run(
-            ["podman-compose", *args],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
+@dataclass
+class Engine:
+    """A container engine and its compose: `docker compose` with a DockerEngine's client environment, or
+    podman-compose (env None: this process's)."""
+
+    cli: str
+    compose_command: list[str]
+    env: dict[str, str] | None = None
+
+    def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """compose ARGS in the repository root; fails the test, with its output, if it does not end in time."""
+        try:
+            return subprocess.run(
+                [*self.compose_command, *args],
+                cwd=REPO,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            output = "".join(
+                o.decode(errors="replace") if isinstance(o, bytes) else o or "" for o in (exc.output, exc.stderr)
+            )
+            command = " ".join([*self.compose_command, *args])
+            pytest.fail(f"{command}: still running after {timeout} s\n{output[-3000:]}", pytrace=False)
+
+    def containers(self, *filters: str) -> list[str]:
+        """Full ids of the project's containers (all states), with further label filters."""
+        labels = [f"label={label}" for label in (f"com.docker.compose.project={PROJECT}", *filters)]
+        listed = subprocess.run(
+            [
+                self.cli,
+                "ps",
+                "--all",
+                "--no-trunc",
+                "--format",
+                "{{.ID}}",
+                *(a for f in labels for a in ("--filter", f)),
+            ],
+            env=self.env,
             capture_output=True,
             text=True,
-            timeout=timeout,
+            timeout=60,
+            check=True,
         )
-    except subprocess.TimeoutExpired as exc:
-        output = "".join(
-            o.decode(errors="replace") if isinstance(o, bytes) else o or "" for o in (exc.output, exc.stderr)
-        )
-        pytest.fail(
-            f"podman-compose {' '.join(args)}: still running after {timeout} s\n{output[-3000:]}", pytrace=False
-        )
+        return listed.stdout.split()
 
+    def container_id(self, service: str) -> str:
+        """The full id of the service's container, as the runtime names its cgroup (podman-compose and
+        Docker name the containers differently; both label them)."""
+        (cid,) = self.containers(f"com.docker.compose.service={service}")
+        return cid
 
-def project_containers() -> list[str]:
-    listed = subprocess.run(
-        ["podman", "ps", "--all", "--format", "{{.Names}}", "--filter", f"label=com.docker.compose.project={PROJECT}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return listed.stdout.split()
-
-
-def container_id(service: str) -> str:
-    """The full id of the service's container, as the runtime names its cgroup (podman-compose and Docker
-    name the containers differently; both label them)."""
-    (cid,) = run(
-        "podman",
-        "ps",
-        "--no-trunc",
-        "--format",
-        "{{.ID}}",
-        "--filter",
-        f"label=com.docker.compose.project={PROJECT}",
-        "--filter",
-        f"label=com.docker.compose.service={service}",
-        timeout=60,
-    ).stdout.split()
-    return cid
+    def remove(self, container: str) -> None:
+        """A container `down` left, forced out (podman: with the containers that depend on it)."""
+        force = ["--force", "--depend", "--time", "5"] if self.cli == "podman" else ["--force"]
+        subprocess.run([self.cli, "rm", *force, container], env=self.env, capture_output=True, timeout=120)
 
 
 def pinned_programs() -> set[int]:
@@ -100,6 +118,7 @@ def program_loaded(prog_id: int) -> bool:
 class Stack:
     """The compose project, and what it pinned (to check that the way down removes it)."""
 
+    engine: Engine
     programs: set[int] = field(default_factory=set)
     pinned: bool = False
 
@@ -111,17 +130,30 @@ class Stack:
     def down(self) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
         """The documented way down (docker-compose.yml's comment): detach the pinned probe, then down."""
         self.note_pins()
-        detach = compose("exec", "-T", "otelproc", "otelproc", "detach", timeout=120)
-        return detach, compose("down", "-v")
+        detach = self.engine.compose("exec", "-T", "otelproc", "otelproc", "detach", timeout=120)
+        return detach, self.engine.compose("down", "-v")
+
+
+@pytest.fixture(params=["docker", "podman"])
+def engine(request) -> Iterator[Engine]:
+    """Docker Engine started for the test, its stand-in images loaded; or podman, its images built."""
+    if request.param == "docker":
+        require("iptables-save")
+        with running_engine() as docker:
+            docker.load_stand_ins()
+            yield Engine("docker", ["docker", "compose"], docker.env)
+    else:
+        require("podman")
+        require("podman-compose")
+        build_stand_ins()
+        yield Engine("podman", ["podman-compose"])
 
 
 @pytest.fixture
-def stack() -> Iterator[Stack]:
+def stack(engine: Engine) -> Iterator[Stack]:
     """Before: no project up, no probe pinned in PIN_DIR, bpffs at /sys/fs/bpf. After, whatever happened:
     down, the pins it made removed, and bpffs unmounted again if mounted here."""
-    require("podman")
-    require("podman-compose")
-    assert not project_containers(), f"{PROJECT} is already up: `podman-compose down` it first"
+    assert not engine.containers(), f"{PROJECT} is already up under {engine.cli}: take it down first"
     if PIN_DIR.exists():
         pytest.fail(
             f"{PIN_DIR} exists: an otelproc of this host pins there, and the compose demo's would share "
@@ -131,17 +163,15 @@ def stack() -> Iterator[Stack]:
     mounted_here = not pins.on_bpffs(PIN_DIR)
     if mounted_here:
         libbpf.mount_bpffs(str(HOST_BPFFS))
-    state = Stack()
+    state = Stack(engine)
     try:
         yield state
     finally:
         try:
-            if project_containers():
+            if engine.containers():
                 state.down()
-            for name in project_containers():  # what down left, its dependents with it
-                subprocess.run(
-                    ["podman", "rm", "--force", "--depend", "--time", "5", name], capture_output=True, timeout=120
-                )
+            for container in engine.containers():  # what down left, its dependents with it
+                engine.remove(container)
         finally:
             if PIN_DIR.exists():  # the otelproc container never ran, or its detach failed
                 pins.remove_all(PIN_DIR)
@@ -171,14 +201,14 @@ def jaeger_spans(since: datetime.datetime) -> list[JaegerSpan]:
 
 
 def test_compose_up_requests_linked_in_jaeger_then_detach_and_down_leave_nothing(stack):
-    build_stand_ins()
+    engine = stack.engine
     since = datetime.datetime.now(datetime.timezone.utc)
     started_at = time.monotonic()
     # The images first, under a generous limit (minutes on a cold cache); then `up --build` as a user
     # types it, its build now cached: a container that cannot start makes podman-compose wait forever.
-    built = compose("build", timeout=1800)
+    built = engine.compose("build", timeout=1800)
     assert built.returncode == 0, (built.stdout + built.stderr)[-3000:]
-    up = compose("up", "--build", "-d", timeout=180)
+    up = engine.compose("up", "--build", "-d", timeout=180)
     assert up.returncode == 0, (up.stdout + up.stderr)[-3000:]
     wait_for(answers, "the demo on 127.0.0.1:8000", timeout=120)
 
@@ -211,7 +241,7 @@ def test_compose_up_requests_linked_in_jaeger_then_detach_and_down_leave_nothing
 
     # Each request links to the process span of the worker that served it: the worker's 'started'
     # span, out while the worker runs, which names the demo's container.
-    demo_id = container_id("demo")
+    demo_id = engine.container_id("demo")
     for request in requests_seen:
         # One link. Jaeger's Badger store keeps it as a FOLLOWS_FROM reference: that, not otelproc.link, is
         # what its API says of it (test_correlation checks the attribute, in Jaeger's memory store).
@@ -273,7 +303,7 @@ def test_compose_up_requests_linked_in_jaeger_then_detach_and_down_leave_nothing
     assert "uvicorn worker" in operations, errors
 
     # Jaeger keeps them in its volume: restarted, it finds the same request and process spans again.
-    restarted = compose("restart", "jaeger", timeout=120)
+    restarted = engine.compose("restart", "jaeger", timeout=120)
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
     kept = {(s.trace_id, s.span_id) for s in spans}
     wait_for(
@@ -289,11 +319,11 @@ def test_compose_up_requests_linked_in_jaeger_then_detach_and_down_leave_nothing
     assert detach.returncode == 0, detach.stdout + detach.stderr
     assert "unpinned the probe in /sys/fs/bpf/otelproc" in detach.stderr + detach.stdout
     assert down.returncode == 0, down.stdout + down.stderr
-    assert project_containers() == []
+    assert engine.containers() == []
     assert not PIN_DIR.exists(), f"{PIN_DIR} is left on the host"
     wait_for(
         lambda: not any(program_loaded(p) for p in stack.programs),
         f"otelproc's programs {sorted(stack.programs)} to be unloaded",
         timeout=30,
     )
-    print(f"compose up to down: {time.monotonic() - started_at:.0f} s")
+    print(f"{engine.cli}: compose up to down: {time.monotonic() - started_at:.0f} s")
