@@ -8,7 +8,8 @@
 #                         cached) and the browser that tests it (Debian's chromium and chromium-driver)
 #                         and OpenSearch with a user to run it as, for the fleet test and benchmark
 #                         (deploy/opensearch/fetch.sh: Maven Central, cached), Prometheus and
-#                         promtool for the alerting tests and the local stack (built with Go, cached)
+#                         promtool for the alerting tests and the local stack (built with Go, cached),
+#                         Helm for the chart's tests (built with Go, cached)
 #                         and podman with podman-compose for the container tests, and Docker Engine
 #                         with its compose plugin for the compose test (Debian 13's binaries, cached)
 set -euo pipefail
@@ -77,6 +78,8 @@ if $test_setup; then
     step "  Jaeger UI: $ui"
     step "building Prometheus and promtool unless cached (deploy/prometheus/build.sh; the first time, about 5 minutes)"
     step "  Prometheus: $(deploy/prometheus/build.sh)"
+    step "building Helm unless cached (deploy/helm/build.sh; the first time, about 3 minutes)"
+    step "  Helm: $(deploy/helm/build.sh)"
     step "fetching OpenSearch unless cached (deploy/opensearch/fetch.sh; the first time, about 30 s)"
     step "  OpenSearch: $(deploy/opensearch/fetch.sh)"
     # --- containers ---------------------------------------------------------------------------

@@ -247,6 +247,14 @@ def backend(tmp_path: Path) -> Iterator["Backend"]:
     yield from running_backend(tmp_path)
 
 
+@pytest.fixture(scope="session")
+def validator(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """deploy/kubernetes/validate, built once a session."""
+    from support.deploy import build_validator
+
+    return build_validator(tmp_path_factory.mktemp("validate"))
+
+
 @pytest.fixture
 def screenshots(tmp_path: Path) -> Path:
     """Where a browser test saves its screenshots: JAEGER_UI_SCREENSHOTS (docs/images, to refresh the

@@ -24,7 +24,7 @@ import yaml
 
 from support import REPO
 from support.callers import Caller, pid_inside, serving_worker
-from support.deploy import CONTRIB_MANIFEST, contrib_collector, find
+from support.deploy import CONTRIB_MANIFEST, contrib_collector, find, validate
 from support.jaeger import wait_for
 from support.ports import free_port
 from support.regions import holds_region
@@ -33,7 +33,6 @@ from support.subjects import TEST_COMM
 
 KUBERNETES = REPO / "deploy" / "kubernetes"
 MANIFESTS = sorted(KUBERNETES.glob("*.yaml"))
-VALIDATOR = KUBERNETES / "validate"
 SECCOMP_DIR = REPO / "deploy" / "seccomp"
 SECCOMP_PROFILE = "otelproc.json"
 IMAGES_SCRIPT = REPO / "deploy" / "images" / "build.sh"
@@ -57,18 +56,6 @@ PODMAN_GAPS = {
 
 
 # --- strict decoding ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def validator(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """deploy/kubernetes/validate, built once a session (Go's build cache makes a rebuild quick)."""
-    binary = tmp_path_factory.mktemp("validate") / "validate"
-    subprocess.run(["go", "build", "-o", str(binary), "."], cwd=VALIDATOR, check=True)
-    return binary
-
-
-def validate(binary: Path, *paths: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(binary), *map(str, paths)], capture_output=True, text=True, timeout=60)
 
 
 def test_every_manifest_decodes_strictly_with_the_kubernetes_types(validator):

@@ -1,6 +1,7 @@
 """The deployment files read the way Docker, Kubernetes and the Collector read them: docker-compose.yml's
 services, a manifest's documents, a Collector config with its ${env:...} references expanded, and where
-its OTLP receiver listens; and the contrib Collector the compose file and the manifests run."""
+its OTLP receiver listens; the contrib Collector the compose file and the manifests run; and the strict
+manifest decoder of deploy/kubernetes/validate."""
 
 from __future__ import annotations
 
@@ -65,3 +66,15 @@ def otlp_receiver(config: dict[str, Any], protocol: str) -> tuple[str, int]:
 def compose_service(name: str) -> dict[str, Any]:
     assert name in COMPOSE["services"], f"docker-compose.yml has no service {name!r}"
     return COMPOSE["services"][name]
+
+
+def build_validator(directory: Path) -> Path:
+    """deploy/kubernetes/validate built into `directory` (Go's build cache makes a rebuild quick)."""
+    binary = directory / "validate"
+    subprocess.run(["go", "build", "-o", str(binary), "."], cwd=REPO / "deploy" / "kubernetes" / "validate", check=True)
+    return binary
+
+
+def validate(binary: Path, *paths: Path) -> subprocess.CompletedProcess[str]:
+    """Strict decoding of the manifests at `paths` with the Kubernetes API's Go types: one line a document."""
+    return subprocess.run([str(binary), *map(str, paths)], capture_output=True, text=True, timeout=60)
