@@ -412,7 +412,9 @@ def test_kubernetes_probe_is_pinned_on_the_nodes_bpffs(name):
         (state,) = [m for m in container["volumeMounts"] if m["mountPath"] == state_dir]
         assert "hostPath" in k8s_volume(workload, state), "the next pod finds the state file"
         text = (REPO / "deploy" / "kubernetes" / "daemonset.yaml").read_text()
-        assert "kubectl -n otelproc-demo exec ds/otelproc -- otelproc detach" in text
+        # Every pod of the DaemonSet, by its label: `exec ds/otelproc` would reach one node only.
+        selector = ",".join(f"{k}={v}" for k, v in workload["spec"]["selector"]["matchLabels"].items())
+        assert f"get pods -l {selector} -o name" in text and "exec {} -- otelproc detach" in text
 
 
 def test_compose_probe_is_pinned_on_the_hosts_bpffs_and_detach_is_documented():
