@@ -29,7 +29,7 @@ packages=(libbpf1)
 extras=""
 if $test_setup; then
     packages+=(clang llvm bpftool libbpf-dev make gcc libc6-dev util-linux libcap2-bin procps redis-server chromium chromium-driver
-               openjdk-17-jre-headless maven unzip)
+               openjdk-17-jre-headless maven unzip containerd runc iptables)
     # The Jaeger UI is built with npm (and Node 24 from the npm registry) unless it is cached.
     deploy/jaeger/build-ui.sh --print-path >/dev/null 2>&1 || command -v npm >/dev/null || packages+=(npm)
     extras="[test]"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets up Docker Engine and Docker's compose plugin for the compose test (run as root;
-# install.sh --test calls it). Nothing is installed system-wide but Debian 12's containerd,
-# runc and iptables: the Engine's binaries go into a cache directory that the test puts first
-# on its PATH, and the test starts dockerd itself (tests/support/docker_engine.py).
+# install.sh --test calls it, after installing Debian 12's containerd, runc and iptables).
+# Nothing is installed system-wide: the Engine's binaries go into a cache directory that the
+# test puts first on its PATH, and the test starts dockerd itself (tests/support/docker_engine.py).
 #
 #   deploy/images/setup-docker.sh          fetch unless cached, then print the versions
 #   deploy/images/setup-docker.sh --dir    print the directory that holds bin/ and cli-plugins/
@@ -26,16 +26,9 @@ if [[ ${1:-} == --dir ]]; then
     exit 0
 fi
 
-host_packages=(containerd runc iptables)
-missing=()
-for package in "${host_packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+for command in containerd runc iptables; do
+    command -v "$command" >/dev/null || { note "no $command: ./install.sh --test installs it (Debian's package)"; exit 2; }
 done
-if ((${#missing[@]})); then
-    note "installing with apt-get: ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
 
 if [[ ! -x $DIR/bin/dockerd || ! -x $DIR/bin/docker || ! -x $DIR/cli-plugins/docker-compose ]]; then
     work=$(mktemp -d)

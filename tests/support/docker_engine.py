@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from support import REPO
 from support.containers import build_stand_ins, run
+from support.jaeger import stop_process
 
 SETUP = REPO / "deploy" / "images" / "setup-docker.sh"
 STATE = Path("/run/otelproc-tests/docker")  # socket, pid file, exec root, client config
@@ -88,13 +88,8 @@ class DockerEngine:
 
     def stop(self) -> None:
         """SIGTERM, as its service manager does: it stops its containers and its containerd, then exits."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        if self.proc is not None:
+            stop_process(self.proc, timeout=60)
 
     def load_stand_ins(self) -> None:
         """The stand-in base images (deploy/images/build.sh, in podman's store) copied into this Engine,
