@@ -104,7 +104,14 @@ def test_subprocess_in_a_request_is_a_child_of_the_request(sidecar, grpc_receive
         )
     finally:
         stop(master)
-    assert (child.trace_id, child.parent_span_id) == (request.trace_id, request.span_id)
+    in_trace = [
+        (s.name, s.kind, s.span_id, s.parent_span_id, s.attributes.get("process.pid"))
+        for s in grpc_receiver.spans
+        if s.trace_id == request.trace_id
+    ]
+    assert (child.trace_id, child.parent_span_id) == (request.trace_id, request.span_id), (
+        f"the request's trace holds {in_trace}; the child's span: {child.name} {child.span_id} {child.attributes}"
+    )
     assert child.attributes["process.command_args"][1:] == ["-c", "import os; print(os.getpid())"]
 
 
