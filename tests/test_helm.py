@@ -19,6 +19,7 @@ import yaml
 from otelproc.config import options_for
 from support import REPO
 from support.deploy import find, validate
+from support.jaeger import built_by
 
 CHART = REPO / "deploy" / "helm" / "otelproc"
 BUILD = REPO / "deploy" / "helm" / "build.sh"
@@ -28,10 +29,7 @@ NAMESPACE = "otelproc-demo"
 
 @pytest.fixture(scope="module")
 def helm() -> str:
-    found = subprocess.run([str(BUILD), "--print-path"], capture_output=True, text=True)
-    if found.returncode != 0:
-        pytest.fail(f"{found.stderr.strip()} (./install.sh --test builds it)", pytrace=False)
-    return found.stdout.strip()
+    return built_by(BUILD, "Helm")
 
 
 def template(helm: str, *args: str, release: str = "otelproc") -> subprocess.CompletedProcess[str]:

@@ -4,8 +4,9 @@
 # Nothing is installed system-wide: the Engine's binaries go into a cache directory that the
 # test puts first on its PATH, and the test starts dockerd itself (tests/support/docker_engine.py).
 #
-#   deploy/images/setup-docker.sh          fetch unless cached, then print the versions
-#   deploy/images/setup-docker.sh --dir    print the directory that holds bin/ and cli-plugins/
+#   deploy/images/setup-docker.sh               fetch unless cached, then print the versions
+#   deploy/images/setup-docker.sh --print-path  print the directory that holds bin/ and cli-plugins/;
+#                                               exit 1 if they are not there
 #
 # Why not Debian 12's docker.io: it is Engine 20.10, which refuses the compose file's
 # `cap_add: [BPF, PERFMON]` ("unknown capability"). Debian 13 (trixie), on the same mirror,
@@ -21,16 +22,23 @@ PACKAGES=(docker.io docker-cli docker-compose)  # dockerd and docker-proxy; dock
 
 note() { echo "setup-docker.sh: $*"; }
 
-if [[ ${1:-} == --dir ]]; then
-    echo "$DIR"
-    exit 0
-fi
+fetched() { [[ -x $DIR/bin/dockerd && -x $DIR/bin/docker && -x $DIR/cli-plugins/docker-compose ]]; }
+
+case "${1:-}" in
+    --print-path)
+        fetched || { note "no Docker Engine in $DIR: run deploy/images/setup-docker.sh" >&2; exit 1; }
+        echo "$DIR"
+        exit 0
+        ;;
+    "") ;;
+    *) note "unknown option $1 (use --print-path)" >&2; exit 2 ;;
+esac
 
 for command in containerd runc iptables; do
     command -v "$command" >/dev/null || { note "no $command: ./install.sh --test installs it (Debian's package)"; exit 2; }
 done
 
-if [[ ! -x $DIR/bin/dockerd || ! -x $DIR/bin/docker || ! -x $DIR/cli-plugins/docker-compose ]]; then
+if ! fetched; then
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     mkdir -p "$work/lists/partial" "$work/debs" "$work/root"

@@ -22,7 +22,7 @@ def run(*args: str, timeout: float) -> subprocess.CompletedProcess:
 def require(command: str) -> None:
     if not shutil.which(command):
         pytest.fail(
-            f"{command} is not installed: ./install.sh --test installs it (deploy/images/setup-podman.sh)",
+            f"{command} is not installed: ./install.sh --test installs it",
             pytrace=False,
         )
 

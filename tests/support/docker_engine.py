@@ -15,20 +15,12 @@ import pytest
 
 from support import REPO
 from support.containers import build_stand_ins, run
-from support.jaeger import stop_process
+from support.jaeger import built_by, stop_process
 
 SETUP = REPO / "deploy" / "images" / "setup-docker.sh"
 STATE = Path("/run/otelproc-tests/docker")  # socket, pid file, exec root, client config
 DATA_ROOT = Path("/var/lib/otelproc-tests/docker")  # images and build cache, kept between runs
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
-
-
-def engine_dir() -> Path:
-    """Where setup-docker.sh keeps dockerd, docker-proxy, docker and the compose plugin."""
-    directory = Path(subprocess.run([str(SETUP), "--dir"], capture_output=True, text=True, check=True).stdout.strip())
-    if not (directory / "bin" / "dockerd").exists() or not (directory / "cli-plugins" / "docker-compose").exists():
-        pytest.fail(f"no Docker Engine in {directory}: ./install.sh --test sets it up ({SETUP})", pytrace=False)
-    return directory
 
 
 def links() -> set[str]:
@@ -39,7 +31,7 @@ class DockerEngine:
     """A running dockerd; `env` is what its clients (docker, docker compose) need, README commands unchanged."""
 
     def __init__(self) -> None:
-        directory = engine_dir()
+        directory = Path(built_by(SETUP, "Docker Engine"))  # dockerd, docker-proxy, docker, the compose plugin
         STATE.mkdir(parents=True, exist_ok=True)
         DATA_ROOT.mkdir(parents=True, exist_ok=True)
         socket = STATE / "docker.sock"

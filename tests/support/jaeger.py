@@ -43,8 +43,7 @@ def built_by(script: Path, what: str) -> str:
     result = subprocess.run([str(script), "--print-path"], capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
         pytest.fail(
-            f"no {what}: run {script.relative_to(REPO)} (needs Go; `./install.sh --test` runs it). "
-            + result.stderr.strip(),
+            f"no {what}: run {script.relative_to(REPO)} (`./install.sh --test` runs it). " + result.stderr.strip(),
             pytrace=False,
         )
     return result.stdout.strip()
