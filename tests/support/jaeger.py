@@ -244,6 +244,14 @@ def request_spans(spans: list[JaegerSpan]) -> list[JaegerSpan]:
     return [s for s in spans if s.kind == SERVER and s.resource.get("service.name") == "demo"]
 
 
+def process_span(spans: list[JaegerSpan], pid: int) -> JaegerSpan:
+    """The one process span of pid (docs/spans.md): what its children hang from, its 'started' span, or its
+    lifetime span when it ended before that was due (--start-span-delay)."""
+    own = [s for s in spans if s.attributes.get("process.pid") == pid]
+    (span,) = [s for s in own if s.role == "started"] or [s for s in own if s.role == "lifetime"]
+    return span
+
+
 def path_of(request: JaegerSpan) -> str:
     return request.attributes.get("url.path", request.attributes.get("http.target"))
 
