@@ -13,13 +13,16 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from otelproc import procfs
 from otelproc.errors import ConfigError
 from otelproc.model import DEFAULT_USAGE, USAGE_GROUPS
 from otelproc.matching import EXE_NAME_MAX, PYTHON_INTERPRETERS, MatchRule
 from otelproc.signals import DEFAULT_CLEAN, SignalNameError, parse_signal_set
+
+if TYPE_CHECKING:
+    from otelproc.identity import TraceBound
 
 DEFAULT_MATCH = PYTHON_INTERPRETERS
 INITIAL_PIDNS_INODE = 0xEFFFFFFC  # PROC_PID_INIT_INO: the host's pid namespace
@@ -100,6 +103,13 @@ def parse_max_processes(text: str) -> int:
     value = parse_positive_int(text)
     if value > PID_MAX_LIMIT:
         raise ConfigError(f"{value} is more processes than a Linux host can have ({PID_MAX_LIMIT})")
+    return value
+
+
+def parse_trace_spans(text: str) -> int:
+    value = parse_positive_int(text)
+    if value < 2:
+        raise ConfigError(f"{value} is fewer spans than one process can have (2)")
     return value
 
 
@@ -303,6 +313,26 @@ OPTIONS: tuple[Option, ...] = (
         (RUN,),
         "SECONDS",
     ),
+    Option(
+        "trace_spans",
+        "1000",
+        parse_trace_spans,
+        "spans in one process trace at most: a child joins its parent's trace while it is among the first "
+        "N/2 processes of that trace (by pid); later ones start a trace of their own, linked to their parent. "
+        "Set the same in the service's environment, for its request links",
+        (RUN,),
+        "N",
+    ),
+    Option(
+        "trace_window",
+        "60",
+        parse_positive_seconds,
+        "a child started longer than this after the first process of its parent's trace starts a trace of its "
+        "own, linked to its parent (so that pids that wrapped round cannot join). Set the same in the service's "
+        "environment",
+        (RUN,),
+        "SECONDS",
+    ),
     Option("adopt", "true", parse_bool, "adopt matching processes already running at start", (RUN,), "BOOL"),
     Option(
         "sweep_interval",
@@ -426,6 +456,8 @@ class Settings:
     otlp_protocol: str
     service_name: str
     start_span_delay: float
+    trace_spans: int
+    trace_window: float
     adopt: bool
     sweep_interval: float
     state_file: Path | None
@@ -476,6 +508,25 @@ def resolve(command: str, args: argparse.Namespace, environ: Mapping[str, str] |
             raise ConfigError(f"{where}: {exc}") from None
         sources[option.name] = source
     return Settings(**values, sources=sources)
+
+
+def trace_bound(spans: int, window: float) -> TraceBound:
+    from otelproc.identity import TraceBound  # (here: the settings themselves need no OpenTelemetry)
+
+    return TraceBound(spans, round(window * os.sysconf("SC_CLK_TCK")))
+
+
+def service_trace_bound(environ: Mapping[str, str]) -> TraceBound:
+    """The sidecar's bound as far as a service's own environment tells it (its OTELPROC_TRACE_* variables),
+    for the app side: a bad value there counts as the default, as the sidecar would refuse it."""
+    values = {}
+    for option in OPTIONS:
+        if option.name in ("trace_spans", "trace_window"):
+            try:
+                values[option.name] = option.parse(environ.get(option.env, option.default))
+            except ConfigError:
+                values[option.name] = option.parse(option.default)
+    return trace_bound(values["trace_spans"], values["trace_window"])
 
 
 def scope_pidns(scope: Scope) -> int:

@@ -24,8 +24,10 @@ exit under the lifetime span id, as a child of the 'started' span. Never one id 
 Which trace a process's span joins (in this order):
  1. a TRACEPARENT in its environment at exec that its tracked parent did not also
     have: the carrier's trace, as a child of the carrier's span;
- 2. a tracked parent: the parent's trace, as a child of the parent's span;
- 3. otherwise its own trace id, as a root span.
+ 2. a tracked parent whose trace still has room (TraceBound): the parent's trace,
+    as a child of the parent's span;
+ 3. otherwise its own trace id, as a root span; past the bound, linked to its
+    tracked parent's process span.
 A restarted sidecar and the process itself (otelproc.app.links) compute the same ids.
 """
 
@@ -82,8 +84,10 @@ class SpanPlace:
     trace_id: int
     span_id: int
     parent_span_id: int | None
+    root: tuple[int, int]  # (vpid, start ticks) of the first process of its part of the trace: what bounds it
     trace_state: TraceState | None = None
     remote_parent: bool = False  # the parent came from a TRACEPARENT carrier
+    linked: SpanContext | None = None  # the tracked parent's process span, when the bound put it in a new trace
 
     def span_context(self) -> SpanContext:
         return SpanContext(self.trace_id, self.span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
@@ -98,6 +102,26 @@ class SpanPlace:
             trace_flags=TraceFlags(TraceFlags.SAMPLED),
             trace_state=self.trace_state,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TraceBound:
+    """How many spans one process trace can grow to, whatever the service's lifetime and churn.
+
+    A child joins its parent's trace while its pid is less than spans // 2 above the pid of the
+    first process of that trace (that part of it, under a TRACEPARENT), and it started within
+    window_ticks of that process. A process has at most two spans. Within a pid namespace the kernel
+    hands out pids in increasing order until they wrap, so the offset counts at least the processes
+    (and threads) started since: no count is needed, and the process itself can compute it from
+    /proc. The window keeps pids that wrapped round from joining again.
+    """
+
+    spans: int
+    window_ticks: int
+
+    def joins(self, root: tuple[int, int], child: ProcessIdentity) -> bool:
+        root_vpid, root_ticks = root
+        return 0 < child.vpid - root_vpid < self.spans // 2 and 0 <= child.start_ticks - root_ticks < self.window_ticks
 
 
 def carrier_context(traceparent: str | None, tracestate: str | None = None) -> SpanContext | None:
@@ -122,11 +146,16 @@ def fresh_carrier(
     return carrier, carrier is None
 
 
-def place(identity: ProcessIdentity, carrier: SpanContext | None, parent: SpanPlace | None) -> SpanPlace:
+def place(
+    identity: ProcessIdentity, carrier: SpanContext | None, parent: SpanPlace | None, bound: TraceBound
+) -> SpanPlace:
     """The rule of the module docstring, shared by the sidecar and the app-side helper."""
     span_id = identity.span_id()
+    itself = (identity.vpid, identity.start_ticks)
     if carrier is not None:
-        return SpanPlace(carrier.trace_id, span_id, carrier.span_id, carrier.trace_state, remote_parent=True)
-    if parent is not None:
-        return SpanPlace(parent.trace_id, span_id, parent.span_id, parent.trace_state)
-    return SpanPlace(identity.root_trace_id(), span_id, None)
+        return SpanPlace(carrier.trace_id, span_id, carrier.span_id, itself, carrier.trace_state, remote_parent=True)
+    if parent is None:
+        return SpanPlace(identity.root_trace_id(), span_id, None, itself)
+    if bound.joins(parent.root, identity):
+        return SpanPlace(parent.trace_id, span_id, parent.span_id, parent.root, parent.trace_state)
+    return SpanPlace(identity.root_trace_id(), span_id, None, itself, linked=parent.span_context())

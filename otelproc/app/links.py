@@ -30,7 +30,7 @@ from opentelemetry.trace import Link
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otelproc import procfs
-from otelproc.config import DEFAULT_MATCH, ConfigError, parse_bool, parse_match
+from otelproc.config import DEFAULT_MATCH, ConfigError, parse_bool, parse_match, service_trace_bound
 from otelproc.model import parse_otel_env
 from otelproc.identity import ProcessIdentity, SpanPlace, boot_id, fresh_carrier, place
 from otelproc.matching import MatchRule, starts_tracked
@@ -75,8 +75,9 @@ def process_link(pid: int | None = None) -> SpanPlace | None:
 
     The sidecar tracks a process whose executable matches its list (OTELPROC_MATCH,
     else the default; OTELPROC_ALL: every process) or that descends from one (the
-    rule of otelproc.matching); ancestors outside our pid namespace are invisible
-    here, and the sidecar does not link across namespaces either.
+    rule of otelproc.matching), and bounds its traces by OTELPROC_TRACE_SPANS and
+    OTELPROC_TRACE_WINDOW (else the defaults); ancestors outside our pid namespace
+    are invisible here, and the sidecar does not link across namespaces either.
     """
     rules, trace_all = _match_settings()
     chain = [_Proc(pid or os.getpid())]
@@ -92,12 +93,13 @@ def process_link(pid: int | None = None) -> SpanPlace | None:
     if not any(tracked):
         return None
     top = max(i for i, hit in enumerate(tracked) if hit)  # everything below it is tracked too
+    bound = service_trace_bound(os.environ)
     link: SpanPlace | None = None
     parent_traceparent = None
     for proc in reversed(chain[: top + 1]):
         env = proc.otel_env
         carrier, _malformed = fresh_carrier(env.get("TRACEPARENT"), env.get("TRACESTATE"), parent_traceparent)
-        link = place(proc.identity(), carrier, link)
+        link = place(proc.identity(), carrier, link, bound)
         parent_traceparent = env.get("TRACEPARENT")
     return link
 

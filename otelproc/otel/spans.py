@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.types import AttributeValue
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 
 from otelproc import __version__
 from otelproc.clock import iso_millis
@@ -41,6 +41,7 @@ _OK = Status(StatusCode.OK)
 CLEAN_SIGNALS = parse_signal_set(DEFAULT_CLEAN)
 USAGE = parse_usage(DEFAULT_USAGE)
 OOM_ERROR_TYPE = "OOMKilled"
+PARENT_LINK_ATTRIBUTES = BoundedAttributes(attributes={"otelproc.link": "parent"}, immutable=True)
 
 
 def host_attributes() -> dict[str, str]:
@@ -52,6 +53,13 @@ def host_attributes() -> dict[str, str]:
     if machine_id:
         attrs["host.id"] = machine_id
     return attrs
+
+
+def parent_link(process: TrackedProcess) -> list[Link]:
+    """From a process the trace bound started a new trace with, to its parent's process span: the way back
+    to where it came from (the way there is a search for its otelproc.parent.key, docs/spans.md)."""
+    linked = process.span_place.linked
+    return [] if linked is None else [Link(linked, PARENT_LINK_ATTRIBUTES)]
 
 
 def container_id(cgroup_leaf: str) -> str | None:
@@ -275,6 +283,8 @@ class SpanBuilder:
             attrs["process.vpid"] = process.vpid
         if process.comm != name[: TASK_COMM_LEN - 1]:  # the kernel cuts a task's name to 15 bytes
             attrs["otelproc.comm"] = process.comm
+        if process.linked_parent is not None:
+            attrs["otelproc.parent.key"] = process.linked_parent
         if process.owner is not None:
             attrs["process.owner"] = process.owner
         if exe:
@@ -379,6 +389,9 @@ class SpanBuilder:
                     events.append(Event("signal", attributes, timestamp=sent.time))
             events.sort(key=lambda event: event.timestamp)
         context, parent = self.lifetime_place(process)
+        links = links_to_the_dead(died_in_flight)
+        if context.span_id == process.span_place.span_id:  # it is the process span
+            links[:0] = parent_link(process)
         return ReadableSpan(
             name=process.program,
             context=context,
@@ -386,7 +399,7 @@ class SpanBuilder:
             resource=self.resource(process),
             attributes=self.limited(attrs, self.limits.max_span_attributes, self.limits.max_span_attribute_length),
             events=self.limited_events(events, process.execs_dropped),
-            links=links_to_the_dead(died_in_flight),
+            links=links,
             kind=SpanKind.INTERNAL,
             status=status,
             start_time=process.start_time,
@@ -441,6 +454,7 @@ class SpanBuilder:
             parent=place.parent_context(),
             resource=self.resource(process),
             attributes=self.limited(attrs, self.limits.max_span_attributes, self.limits.max_span_attribute_length),
+            links=parent_link(process),
             kind=SpanKind.INTERNAL,
             start_time=process.start_time,
             end_time=process.start_time + 1 + process.depth,

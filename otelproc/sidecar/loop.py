@@ -40,6 +40,7 @@ from otelproc.config import (
     Settings,
     describe_tracking,
     own_pidns_inode,
+    trace_bound,
     tracking_config,
 )
 from otelproc.kernel import pins
@@ -429,6 +430,7 @@ def build_sidecar(settings: Settings, processor: SpanProcessor | None = None) ->
         stats,
         Owners(),
         builder.limits.max_events or DEFAULT_MAX_EXECS,
+        trace_bound(settings.trace_spans, settings.trace_window),
     )
     cgroups = CgroupPaths()
     regions = Regions(stats)

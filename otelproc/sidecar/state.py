@@ -11,6 +11,7 @@ the spans would show them (redacted); the only environment kept is the allowlist
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from opentelemetry.trace import TraceState
+from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
 from otelproc.model import OomKill, SignalSent
 from otelproc.identity import ProcessIdentity, SpanPlace, boot_id
@@ -28,9 +29,11 @@ from otelproc.sidecar.tracker import Exec, TrackedProcess
 
 # The format this otelproc writes, and those it reads, so that a restart across an upgrade carries on.
 # How the older ones differ: version 2 calls started_span_sent "announced"; in versions 2 and 3 a 'started'
-# span is the lifetime span's child (from_dict marks it legacy_started) and no depth is kept.
-VERSION = 4
-READABLE_VERSIONS = (2, 3, VERSION)
+# span is the lifetime span's child (from_dict marks it legacy_started) and no depth is kept; before version 5
+# a place has no root or link (no bound: every tracked child was in its parent's trace).
+VERSION = 5
+READABLE_VERSIONS = (2, 3, 4, VERSION)
+SAMPLED = TraceFlags(TraceFlags.SAMPLED)  # as every process span is
 
 
 def _place_to_dict(place: SpanPlace) -> dict[str, Any]:
@@ -40,17 +43,36 @@ def _place_to_dict(place: SpanPlace) -> dict[str, Any]:
         "parent_span_id": None if place.parent_span_id is None else f"{place.parent_span_id:016x}",
         "trace_state": place.trace_state.to_header() if place.trace_state else None,
         "remote_parent": place.remote_parent,
+        "root": list(place.root),
+        "linked": None if place.linked is None else [f"{place.linked.trace_id:032x}", f"{place.linked.span_id:016x}"],
     }
 
 
-def _place_from_dict(d: dict[str, Any]) -> SpanPlace:
+def _place_from_dict(d: dict[str, Any], itself: tuple[int, int]) -> SpanPlace:
+    linked = d.get("linked")
     return SpanPlace(
         trace_id=int(d["trace_id"], 16),
         span_id=int(d["span_id"], 16),
         parent_span_id=None if d["parent_span_id"] is None else int(d["parent_span_id"], 16),
+        root=tuple(d["root"]) if "root" in d else itself,  # type: ignore[arg-type]
         trace_state=TraceState.from_header([d["trace_state"]]) if d["trace_state"] else None,
         remote_parent=d["remote_parent"],
+        linked=None if linked is None else SpanContext(int(linked[0], 16), int(linked[1], 16), False, SAMPLED),
     )
+
+
+def _roots_of_older_versions(processes: list[TrackedProcess]) -> None:
+    """A file older than version 5 kept no roots: a process under its tracked parent's span shares the
+    parent's root, as the process itself computes it from /proc; any other is its own."""
+    by_key = {p.key: p for p in processes}
+    for process in processes:
+        top, seen = process, {process.key}  # (a damaged file's cycle of parents must not hang the start)
+        while (parent := by_key.get(top.parent_key) if top.parent_key else None) is not None and (
+            top.span_place.parent_span_id == parent.span_place.span_id and parent.key not in seen
+        ):
+            top = parent
+            seen.add(top.key)
+        process.span_place = dataclasses.replace(process.span_place, root=top.span_place.root)
 
 
 def to_dict(p: TrackedProcess, redact: bool) -> dict[str, Any]:
@@ -79,6 +101,7 @@ def to_dict(p: TrackedProcess, redact: bool) -> dict[str, Any]:
         "truncated": sorted(p.truncated),
         "link": _place_to_dict(p.span_place),
         "parent": list(p.parent_key) if p.parent_key else None,
+        "linked_parent": p.linked_parent,
         "parent_program": p.parent_program,
         "started_span_sent": p.started_span_sent,
         "legacy_started": p.legacy_started,
@@ -111,8 +134,9 @@ def from_dict(d: dict[str, Any], version: int = VERSION) -> TrackedProcess:
         cgroup=d["cgroup"],
         otel_env=dict(d["otel_env"]),
         truncated=set(d["truncated"]),
-        span_place=_place_from_dict(d["link"]),
+        span_place=_place_from_dict(d["link"], (d["vpid"], d["start_ticks"])),
         parent_key=tuple(d["parent"]) if d["parent"] else None,
+        linked_parent=d.get("linked_parent"),
         parent_program=d["parent_program"],
         started_span_sent=d["started_span_sent" if version >= 3 else "announced"],
         # A 'started' span sent under versions 2 and 3 is a child of the lifetime span: that one keeps its ids.
@@ -202,6 +226,8 @@ def load(path: Path, config: str) -> Saved:
         )
     try:
         processes = [from_dict(d, data["version"]) for d in data["processes"]]
+        if data["version"] < 5:
+            _roots_of_older_versions(processes)
         return Saved(processes, max(int(data["saved_at"]), mtime), {k: int(v) for k, v in data["lost"].items()})
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StateFileError(f"state file {path} is damaged ({exc!r}); move it away") from None

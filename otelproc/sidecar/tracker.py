@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from otelproc.identity import ProcessIdentity, SpanPlace, boot_id, fresh_carrier, place
+from otelproc.config import service_trace_bound
+from otelproc.identity import ProcessIdentity, SpanPlace, TraceBound, boot_id, fresh_carrier, place
 from otelproc.model import EventKind, OomKill, ProcessEvent, SignalSent, Usage
 from otelproc.region import Region
 from otelproc.servers import program_name
@@ -70,6 +71,7 @@ class TrackedProcess:
     truncated: set[str]
     span_place: SpanPlace
     parent_key: ProcessKey | None = None
+    linked_parent: str | None = None  # its parent's process key, when the trace bound linked it instead of hanging it
     execs: list[Exec] = field(default_factory=list)  # the latest max_execs of them
     execs_dropped: int = 0  # older execs let go, so that a process that execs in a loop stays bounded
     owner: str | None = None  # user name of uid in the process's own view (owners.py)
@@ -172,8 +174,10 @@ class Tracker:
         stats: Stats | None = None,
         owners: Owners | None = None,
         max_execs: int = DEFAULT_MAX_EXECS,
+        bound: TraceBound | None = None,
     ) -> None:
         self.max_processes = max_processes
+        self.bound = bound or service_trace_bound({})  # (an empty environment: the defaults)
         self.started_span_after_ns = started_span_after_ns
         self.owners = owners
         self.max_execs = max_execs
@@ -251,6 +255,7 @@ class Tracker:
             exe, argv, otel_env = parent.exe, parent.argv, dict(parent.otel_env)
         owner = self._owner(event, parent)
         identity = ProcessIdentity(self._boot_id, event.pidns, event.vpid, event.start_ticks)
+        span_place = self._place(identity, otel_env, parent)
         process = TrackedProcess(
             identity=identity,
             origin=origin,
@@ -269,8 +274,9 @@ class Tracker:
             cgroup=event.cgroup,
             otel_env=otel_env,
             truncated=set(event.truncated),
-            span_place=self._place(identity, otel_env, parent),
+            span_place=span_place,
             parent_key=parent.key if parent else None,
+            linked_parent=parent.identity.key if parent and span_place.linked else None,
             parent_program=parent.program if parent else None,
             owner=owner,
         )
@@ -295,7 +301,7 @@ class Tracker:
         carrier, malformed = fresh_carrier(otel_env.get("TRACEPARENT"), otel_env.get("TRACESTATE"), parent_traceparent)
         if malformed:
             self.stats.malformed["traceparent"] += 1
-        return place(identity, carrier, parent.span_place if parent else None)
+        return place(identity, carrier, parent.span_place if parent else None, self.bound)
 
     def _exec_again(self, process: TrackedProcess, event: ProcessEvent) -> None:
         """Same process, new program: the span stays, the exec becomes a span event."""
@@ -311,6 +317,7 @@ class Tracker:
             # given to the exec, say) may still place it.
             parent = self.processes.get(process.parent_key) if process.parent_key else None
             process.span_place = self._place(process.identity, process.otel_env, parent)
+            process.linked_parent = parent.identity.key if parent and process.span_place.linked else None
             process.depth = self.depth(process)
 
     @staticmethod

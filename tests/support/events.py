@@ -45,7 +45,8 @@ def event(kind: str, pid: int, ticks: int, ppid: int = 1, **kw: object) -> Proce
 
 def representative_spans() -> list:
     """Lifetime and 'started' spans of processes that end every way the kernel reports, plus one unseen end;
-    each with every usage group, the ones in containers with their own pid and a name they gave themselves."""
+    each with every usage group, the ones in containers with their own pid and a name they gave themselves;
+    and a child the trace bound put in a trace of its own."""
     builder = SpanBuilder("svc", host_attributes(), usage=frozenset(USAGE_GROUPS))
     tracker = Tracker(max_processes=10, started_span_after_ns=0)
     spans = []
@@ -90,6 +91,9 @@ def representative_spans() -> list:
     spans.append(builder.lifetime(Ended.unseen(tracker.forget((200, 200)), 20_000)))
     tracker.handle(event("exec", 201, ticks=201, cgroup="app.service"))  # no cgroup v2 path known
     spans.append(builder.lifetime(Ended.between(tracker.forget((201, 201)), 20_000, 30_000)))  # while down
+    tracker.handle(event("exec", 300, ticks=300))
+    tracker.handle(event("fork", 900, ticks=301, ppid=300))  # past the trace bound: a trace of its own
+    spans.append(builder.started(tracker.processes[(900, 301)]))
     return spans
 
 

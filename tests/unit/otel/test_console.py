@@ -39,6 +39,7 @@ def test_one_aligned_line_per_span_says_how_it_ended():
         "killed by SIGKILL from the OOM killer (memory cgroup limit, cgroup app.service)",
         "ended, exit not seen",
         "ended while otelproc was down, exit not seen",
+        "running",
     ]
     assert [m.group(3) for m in parsed[:2]] == [str(spans[0].attributes["process.pid"])] * 2
 

@@ -7,6 +7,7 @@ import types
 
 import pytest
 
+from otelproc.identity import TraceBound
 from otelproc.model import USAGE_GROUPS, OomKill, SignalSent, Usage
 from otelproc.otel.spans import (
     CLEAN_SIGNALS,
@@ -203,3 +204,28 @@ def test_attributes_that_would_repeat_another_are_left_out():
     assert "otelproc.cgroup" not in with_path and with_path["process.linux.cgroup"] == "0::/system.slice/app.service"
     other_leaf = _lifetime(builder, cgroup="mem-7", cgroup_path="0::/system.slice/app.service")  # a v1 memory cgroup
     assert other_leaf["otelproc.cgroup"] == "mem-7"
+
+
+def test_a_child_past_the_trace_bound_links_back_to_its_parent_from_its_process_span():
+    """A worker started after the bound is a root span of its own trace, with a link to its master's process
+    span and the master's key to search by; its lifetime span, under its 'started' span, needs no link."""
+    builder = SpanBuilder("svc", {})
+    tracker = Tracker(max_processes=10, started_span_after_ns=0, bound=TraceBound(spans=4, window_ticks=6000))
+    tracker.handle(event("exec", 10, ticks=1))
+    tracker.handle(event("fork", 11, ticks=2, ppid=10))  # the first child: in the master's trace
+    tracker.handle(event("fork", 12, ticks=3, ppid=10))  # pid offset 2 = spans / 2: past the bound
+    tracker.handle(event("fork", 13, ticks=4, ppid=10))
+    master, joined, past, short_lived = (tracker.processes[(pid, t)] for pid, t in ((10, 1), (11, 2), (12, 3), (13, 4)))
+    for child in (joined, past):
+        assert builder.started(child).parent is not None or child is past
+    started = builder.started(past)
+    assert started.parent is None and started.context.trace_id != master.span_place.trace_id
+    ((link,),) = [started.links]
+    assert (link.context.trace_id, link.context.span_id) == (master.span_place.trace_id, master.span_place.span_id)
+    assert link.attributes == {"otelproc.link": "parent"}
+    assert started.attributes["otelproc.parent.key"] == master.identity.key
+    assert not builder.started(joined).links and "otelproc.parent.key" not in builder.started(joined).attributes
+    past.started_span_sent = True
+    assert not builder.lifetime(tracker.handle(event("exit", 12, ticks=3, exit_code=0))).links
+    lifetime = builder.lifetime(tracker.handle(event("exit", 13, ticks=4, exit_code=0)))  # its only span
+    assert lifetime.parent is None and [ln.attributes["otelproc.link"] for ln in lifetime.links] == ["parent"]

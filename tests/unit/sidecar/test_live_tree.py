@@ -210,9 +210,10 @@ def test_at_a_stop_waiting_lifetimes_go_out_after_their_parents_started_span(ser
 
 
 def test_a_parent_keeps_a_bounded_number_of_lifetimes_waiting(service: Service):
-    """Past MAX_WAITING, a young parent's 'started' span goes early: what waits stays bounded."""
+    """Past MAX_WAITING, a young parent's 'started' span goes early: what waits stays bounded.
+    (Children within the trace bound of it, so they hang from it.)"""
     service.feed("exec", 330)
-    for pid in range(1000, 1000 + MAX_WAITING + 1):
+    for pid in range(331, 331 + MAX_WAITING + 1):
         service.feed("exec", pid, ppid=330)
         service.feed("exit", pid, ppid=330, exit_code=0)
     service.check()

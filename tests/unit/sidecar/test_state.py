@@ -58,3 +58,29 @@ def test_state_file_of_the_previous_version_is_carried_on(tmp_path):
     assert written["version"] == state.VERSION > 2 and written["processes"][0]["started_span_sent"] is True
     assert state.load(path, config).processes[0].started_span_sent is True
     assert written["processes"][0]["legacy_started"] is True and state.load(path, config).processes[0].legacy_started
+
+
+def test_a_place_past_the_trace_bound_is_resumed_with_its_root_and_link(tmp_path):
+    """The root a child's trace counts from and its link to its parent survive a restart; a file of version 4
+    (no roots) gets the roots the processes themselves compute: a process under its parent's span shares it."""
+    from otelproc.identity import TraceBound
+    from otelproc.sidecar.tracker import Tracker
+    from support.events import event
+
+    tracker = Tracker(max_processes=10, started_span_after_ns=0, bound=TraceBound(spans=6, window_ticks=6000))
+    tracker.handle(event("exec", 10, ticks=1))
+    tracker.handle(event("fork", 11, ticks=2, ppid=10))
+    tracker.handle(event("fork", 12, ticks=3, ppid=11))
+    tracker.handle(event("fork", 20, ticks=4, ppid=10))  # past the bound
+    before = {p.key: (p.span_place, p.linked_parent) for p in tracker.processes.values()}
+    path, config = tmp_path / "state.json", "match=a scope=host pidns=0"
+    state.save(path, list(tracker.processes.values()), True, config, {})
+    after = {p.key: (p.span_place, p.linked_parent) for p in state.load(path, config).processes}
+    assert after == before and after[(20, 4)][0].linked is not None and after[(12, 3)][0].root == (10, 1)
+    data = json.loads(path.read_text())
+    data["version"] = 4
+    for process in data["processes"]:
+        del process["link"]["root"], process["link"]["linked"], process["linked_parent"]
+    path.write_text(json.dumps(data))
+    roots = {p.key: p.span_place.root for p in state.load(path, config).processes}
+    assert roots == {(10, 1): (10, 1), (11, 2): (10, 1), (12, 3): (10, 1), (20, 4): (20, 4)}
