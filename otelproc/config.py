@@ -325,7 +325,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "trace_window",
-        "60",
+        "10",
         parse_positive_seconds,
         "a child started longer than this after the first process of its parent's trace starts a trace of its "
         "own, linked to its parent (so that pids that wrapped round cannot join). Set the same in the service's "

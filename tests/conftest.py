@@ -30,6 +30,7 @@ from support.subjects import LONE_COMM, TEST_COMM, python_named  # noqa: E402
 
 if TYPE_CHECKING:
     from support.jaeger import Backend
+    from support.jaeger_ui import JaegerUI
     from support.local_stack import LocalStack
     from support.otlp_receiver import GrpcReceiver, HttpReceiver
 
@@ -245,6 +246,28 @@ def backend(tmp_path: Path) -> Iterator["Backend"]:
     from support.jaeger import running_backend
 
     yield from running_backend(tmp_path)
+
+
+@pytest.fixture
+def ui_backend(tmp_path: Path) -> Iterator["Backend"]:
+    """The same, with Jaeger serving the Jaeger UI (jaeger-ui v1.76.0, from assets_path)."""
+    from support.jaeger import running_backend
+    from support.jaeger_ui import ui_assets
+
+    overlay = tmp_path / "ui.yaml"
+    overlay.write_text(f"extensions:\n  jaeger_query:\n    ui:\n      assets_path: {ui_assets()}\n")
+    yield from running_backend(tmp_path, overlay)
+
+
+@pytest.fixture
+def ui(ui_backend: "Backend", tmp_path: Path) -> Iterator["JaegerUI"]:
+    """Headless Chromium on ui_backend's UI, its window tall enough for a trace with every span's
+    detail open; its screenshots go to the test's temporary directory."""
+    from support.jaeger_ui import JaegerUI, require_browser
+
+    require_browser()
+    with JaegerUI(ui_backend.query_url, tmp_path, width=1400, height=2400) as browser:
+        yield browser
 
 
 @pytest.fixture(scope="session")

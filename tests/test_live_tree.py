@@ -21,63 +21,33 @@ import os
 import signal
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import psutil
-import pytest
 
 from support import REPO
 from support.jaeger import (
     DEMO,
     SERVER,
-    Backend,
     JaegerSpan,
     demo_env,
     find_spans,
     get_json,
     instrument_command,
-    running_backend,
     search_by_tag,
     stop_server,
     wait_for,
 )
-from support.jaeger_ui import JaegerUI, require_browser
+from support.jaeger_ui import JaegerUI
 from support.ports import free_ports
 from support.servers import APPS, app_env, ask
 from support.subjects import MATCH_TEST
 
-UI_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "otelproc" / "jaeger-ui-v1.76.0"
-BUILD_UI = REPO / "deploy" / "jaeger" / "build-ui.sh"
 PROCESS_TAGS = ("process.pid", "process.command_args", "process.creation.time", "otelproc.process.key")
-
-
-def ui_assets() -> Path:
-    """The Jaeger UI's static files (deploy/jaeger/build-ui.sh makes and caches them)."""
-    if BUILD_UI.exists():
-        result = subprocess.run([str(BUILD_UI), "--print-path"], capture_output=True, text=True, timeout=30)
-        if result.returncode == 0:
-            return Path(result.stdout.strip())
-    if (UI_CACHE / "index.html").exists():
-        return UI_CACHE
-    pytest.fail(f"no Jaeger UI in {UI_CACHE}: build it (deploy/jaeger/build-ui.sh)", pytrace=False)
-
-
-@pytest.fixture
-def ui_backend(tmp_path: Path) -> Iterator[Backend]:
-    overlay = tmp_path / "ui.yaml"
-    overlay.write_text(f"extensions:\n  jaeger_query:\n    ui:\n      assets_path: {ui_assets()}\n")
-    yield from running_backend(tmp_path, overlay)
-
-
-@pytest.fixture
-def ui(ui_backend: Backend, tmp_path: Path) -> Iterator[JaegerUI]:
-    """Headless Chromium on the backend's UI, its window tall enough for a trace with every span's
-    detail open; its screenshots go to the test's temporary directory."""
-    require_browser()
-    with JaegerUI(ui_backend.query_url, tmp_path, width=1400, height=2400) as browser:
-        yield browser
+# The tree within the trace bound (docs/spans.md): set wide for the sidecar and the services alike, so that
+# the respawned workers keep their places whatever the host does meanwhile (tests/test_trace_bound.py: past it).
+WHOLE_TREE = {"OTELPROC_TRACE_SPANS": "100000", "OTELPROC_TRACE_WINDOW": "3600"}
 
 
 @dataclass(eq=False)
@@ -275,7 +245,7 @@ def check_link_in_ui(ui: JaegerUI, request: JaegerSpan) -> None:
 def test_running_services_read_as_a_live_tree(ui_backend, ui, sidecar, test_python):
     since = datetime.datetime.now(datetime.timezone.utc)
     url = ui_backend.query_url
-    sidecar(*MATCH_TEST, endpoint=ui_backend.collector_endpoint)
+    sidecar(*MATCH_TEST, endpoint=ui_backend.collector_endpoint, env=WHOLE_TREE)
     uvicorn_port, gunicorn_port = free_ports(2)
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     uvicorn = Service(
@@ -296,7 +266,7 @@ def test_running_services_read_as_a_live_tree(ui_backend, ui, sidecar, test_pyth
                 "--workers",
                 "2",
             ],
-            env={**demo_env(ui_backend.collector_endpoint), "PYTHONPATH": str(REPO)},
+            env={**demo_env(ui_backend.collector_endpoint), "PYTHONPATH": str(REPO), **WHOLE_TREE},
             **quiet,
         ),
         uvicorn_port,
@@ -323,6 +293,7 @@ def test_running_services_read_as_a_live_tree(ui_backend, ui, sidecar, test_pyth
                 ui_backend.collector_endpoint,
                 OTEL_EXPERIMENTAL_RESOURCE_DETECTORS="otelproc",
                 PYTHONPATH=f"{REPO}:{APPS}",
+                **WHOLE_TREE,
             ),
             **quiet,
         ),

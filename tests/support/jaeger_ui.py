@@ -8,8 +8,10 @@ spans in Jaeger: test_jaeger_ui.py, test_live_tree.py, and any later one.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,7 +25,11 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 
+from support import REPO
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+UI_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "otelproc" / "jaeger-ui-v1.76.0"
+BUILD_UI = REPO / "deploy" / "jaeger" / "build-ui.sh"
 # As root Chromium needs --no-sandbox; without the background-networking flags it keeps trying to
 # reach Google's hosts, which a closed network refuses. A scale factor of 1: a screenshot has the
 # window's size in pixels.
@@ -41,6 +47,17 @@ FLAGS = (
     "--force-device-scale-factor=1",
 )
 T = TypeVar("T")
+
+
+def ui_assets() -> Path:
+    """The Jaeger UI's static files (deploy/jaeger/build-ui.sh makes and caches them)."""
+    if BUILD_UI.exists():
+        result = subprocess.run([str(BUILD_UI), "--print-path"], capture_output=True, text=True, timeout=30)
+        if result.returncode == 0:
+            return Path(result.stdout.strip())
+    if (UI_CACHE / "index.html").exists():
+        return UI_CACHE
+    pytest.fail(f"no Jaeger UI in {UI_CACHE}: build it (deploy/jaeger/build-ui.sh)", pytrace=False)
 
 
 def require_browser() -> None:
@@ -182,8 +199,9 @@ class JaegerUI:
             lambda: self.find("div[name=service] input[role=combobox]"), "the Jaeger UI's Search form (a Service field)"
         )
 
-    def search(self, service: str) -> list[SearchResult]:
-        """Search: picks the service in the Service field, Find Traces, and the traces listed."""
+    def search(self, service: str, tags: str = "") -> list[SearchResult]:
+        """Search: picks the service in the Service field, types `tags` (logfmt, as the field's hint says) in
+        the Tags field, Find Traces, and the traces listed."""
         field = self.find("div[name=service] input[role=combobox]")[0]
         self.wait(lambda: not self.find("div[name=service].ant-select-disabled"), "the Service field to be enabled")
         field.click()
@@ -197,6 +215,8 @@ class JaegerUI:
             lambda: self.find("div[name=service] .ant-select-content-value")[0].text == service,
             f"the Service field to show {service!r}",
         )
+        if tags:
+            self.find("input[name=tags]")[0].send_keys(tags)
         self.button("Find Traces").click()
         return self.wait(self.results, f"traces of {service!r} listed")
 
