@@ -253,7 +253,12 @@ def run(duration: float, scratch: Path) -> dict[str, Any]:
         with JaegerUI(query_url, scratch / "screenshots", width=1400, height=1200) as ui:
             for name, spans in stored.items():
                 by_trace = collections.Counter(s.trace_id for s in spans)
-                workers = [s for s in process_spans(spans) if s.attributes.get("process.parent_pid") == masters[name]]
+                workers = [  # its worker processes (Celery's master also runs `uname -p` once, at its start)
+                    s
+                    for s in process_spans(spans)
+                    if s.attributes.get("process.parent_pid") == masters[name]
+                    and s.attributes.get("process.executable.name") == SUBJECT
+                ]
                 seen = collections.Counter(s.attributes["process.pid"] for s in workers)
                 duplicates = sum(n - 1 for n in collections.Counter((s.trace_id, s.span_id) for s in spans).values())
                 (master_span,) = [s for s in process_spans(spans) if s.attributes["process.pid"] == masters[name]]
@@ -264,6 +269,11 @@ def run(duration: float, scratch: Path) -> dict[str, Any]:
                     "stored_once": seen == collections.Counter(generations[name]) and duplicates == 0,
                     "missing": sum((collections.Counter(generations[name]) - seen).values()),
                     "extra": sum((seen - collections.Counter(generations[name])).values()) + duplicates,
+                    "extra_processes": [
+                        (s.name, s.attributes.get("process.command_args"))
+                        for s in workers
+                        if s.attributes["process.pid"] in seen - collections.Counter(generations[name])
+                    ],
                     "largest_trace": max(by_trace.values()),
                     "traces": len(by_trace),
                     "master_trace_spans": by_trace[master_span.trace_id],

@@ -1,6 +1,6 @@
 """Every benchmark, one after the other, then SUMMARY.md: every target and how it did.
 
-    python3 bench/run_all.py            # the full set (about 14 minutes), results in bench/results/
+    python3 bench/run_all.py            # the full set (about 30 minutes), results in bench/results/
     python3 bench/run_all.py --quick    # a smoke run of each, results in bench/work/results-quick/
 
 Each benchmark runs in a process of its own (the same interpreter as this one), so one that
@@ -30,6 +30,7 @@ BENCHMARKS = (
     "many_nodes",
     "app_side",
     "process_metrics",
+    "churn",
 )
 
 
