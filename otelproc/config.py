@@ -317,8 +317,8 @@ OPTIONS: tuple[Option, ...] = (
         "trace_spans",
         "1000",
         parse_trace_spans,
-        "spans in one process trace at most: a child joins its parent's trace while it is among the first "
-        "N/2 processes of that trace (by pid); later ones start a trace of their own, linked to their parent. "
+        "spans in one process trace at most: a child joins its parent's trace while its pid is less than N/2 "
+        "above that of the trace's first process; later ones start a trace of their own, linked to their parent. "
         "Set the same in the service's environment, for its request links",
         (RUN,),
         "N",
