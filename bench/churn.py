@@ -17,7 +17,6 @@ import collections
 import datetime
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -31,7 +30,7 @@ import common
 from common import Otelproc, RssSampler, Table, Target
 
 sys.path.insert(0, str(common.REPO / "tests"))  # Jaeger's API and UI as the tests read them, and free ports
-from support.jaeger import JaegerSpan, flatten, rfc3339  # noqa: E402
+from support.jaeger import JaegerSpan, flatten, rfc3339, stop_process  # noqa: E402
 from support.jaeger_ui import JaegerUI, require_browser  # noqa: E402
 from support.ports import free_ports  # noqa: E402
 from support.subjects import python_named  # noqa: E402
@@ -68,13 +67,7 @@ class Service:
         return [int(line) for line in self.pids_file.read_text().split()]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        stop_process(self.proc, timeout=60)
         self.log.close()
 
 
