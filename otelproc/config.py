@@ -516,17 +516,18 @@ def trace_bound(spans: int, window: float) -> TraceBound:
     return TraceBound(spans, round(window * os.sysconf("SC_CLK_TCK")))
 
 
+def service_setting(name: str, environ: Mapping[str, str]) -> Any:
+    """The sidecar's setting `name` as far as a service's own environment tells it (its OTELPROC_*
+    variable), for the app side: unset or bad there, it is the default, as the sidecar would refuse it."""
+    (option,) = [o for o in OPTIONS if o.name == name]
+    try:
+        return option.parse(environ.get(option.env, option.default))
+    except ConfigError:
+        return option.parse(option.default)
+
+
 def service_trace_bound(environ: Mapping[str, str]) -> TraceBound:
-    """The sidecar's bound as far as a service's own environment tells it (its OTELPROC_TRACE_* variables),
-    for the app side: a bad value there counts as the default, as the sidecar would refuse it."""
-    values = {}
-    for option in OPTIONS:
-        if option.name in ("trace_spans", "trace_window"):
-            try:
-                values[option.name] = option.parse(environ.get(option.env, option.default))
-            except ConfigError:
-                values[option.name] = option.parse(option.default)
-    return trace_bound(values["trace_spans"], values["trace_window"])
+    return trace_bound(service_setting("trace_spans", environ), service_setting("trace_window", environ))
 
 
 def scope_pidns(scope: Scope) -> int:

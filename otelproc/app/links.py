@@ -30,10 +30,10 @@ from opentelemetry.trace import Link
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otelproc import procfs
-from otelproc.config import DEFAULT_MATCH, ConfigError, parse_bool, parse_match, service_trace_bound
+from otelproc.config import service_setting, service_trace_bound
 from otelproc.model import parse_otel_env
 from otelproc.identity import ProcessIdentity, SpanPlace, boot_id, fresh_carrier, place
-from otelproc.matching import MatchRule, starts_tracked
+from otelproc.matching import starts_tracked
 from otelproc.servers import first_in_process, flush_before_pool_exit
 
 DETECTOR_NAME = "otelproc"
@@ -57,19 +57,6 @@ class _Proc:
         return ProcessIdentity(boot_id(), self.pidns, self.pid, self.start_ticks)
 
 
-def _match_settings() -> tuple[tuple[MatchRule, ...], bool]:
-    """The sidecar's --match and --all, as far as this process's environment tells them."""
-    try:
-        rules = parse_match(os.environ.get("OTELPROC_MATCH", DEFAULT_MATCH))
-    except ConfigError:
-        rules = parse_match(DEFAULT_MATCH)
-    try:
-        trace_all = parse_bool(os.environ.get("OTELPROC_ALL", ""))
-    except ConfigError:
-        trace_all = False
-    return rules, trace_all
-
-
 def process_link(pid: int | None = None) -> SpanPlace | None:
     """The context of a process's process span, or None when the sidecar would not track it.
 
@@ -79,7 +66,7 @@ def process_link(pid: int | None = None) -> SpanPlace | None:
     OTELPROC_TRACE_WINDOW (else the defaults); ancestors outside our pid namespace
     are invisible here, and the sidecar does not link across namespaces either.
     """
-    rules, trace_all = _match_settings()
+    rules, trace_all = service_setting("match", os.environ), service_setting("trace_all", os.environ)
     chain = [_Proc(pid or os.getpid())]
     while chain[-1].ppid > 0 and len(chain) < 4096:
         try:
