@@ -30,7 +30,7 @@ import common
 from common import Otelproc, RssSampler, Table, Target
 
 sys.path.insert(0, str(common.REPO / "tests"))  # Jaeger's API and UI as the tests read them, and free ports
-from support.jaeger import JaegerSpan, flatten, rfc3339, stop_process  # noqa: E402
+from support.jaeger import JaegerSpan, flatten, process_spans, rfc3339, stop_process  # noqa: E402
 from support.jaeger_ui import JaegerUI, require_browser  # noqa: E402
 from support.ports import free_ports  # noqa: E402
 from support.subjects import python_named  # noqa: E402
@@ -128,15 +128,6 @@ def _group(spans: list[JaegerSpan]) -> dict[str, list[JaegerSpan]]:
     for span in spans:
         grouped[span.trace_id].append(span)
     return grouped
-
-
-def process_spans(spans: list[JaegerSpan]) -> list[JaegerSpan]:
-    """Each process's process span: its 'started' span, or the lifetime span of a process that had none."""
-    return [
-        s
-        for s in spans
-        if s.role == "started" or (s.role == "lifetime" and s.attributes.get("otelproc.started_span") is None)
-    ]
 
 
 def render_seconds(ui: JaegerUI, trace_id: str, rounds: int = 3) -> float:

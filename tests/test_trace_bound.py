@@ -26,6 +26,7 @@ from support.jaeger import (
     find_spans,
     get_json,
     instrument_command,
+    process_spans,
     request_spans,
     search_by_tag,
     stop_server,
@@ -45,12 +46,7 @@ def key_of(span: JaegerSpan) -> tuple[int, int]:
 
 
 def process_spans_by_pid(spans: list[JaegerSpan]) -> dict[int, JaegerSpan]:
-    """Each process's process span: its 'started' span, else its lifetime span (docs/spans.md)."""
-    found: dict[int, JaegerSpan] = {}
-    for span in spans:
-        if span.role == "started" or (span.role == "lifetime" and span.attributes.get("otelproc.started_span") is None):
-            found[span.attributes["process.pid"]] = span
-    return found
+    return {s.attributes["process.pid"]: s for s in process_spans(spans)}
 
 
 def newest_child(spans: list[JaegerSpan], master: int) -> JaegerSpan:

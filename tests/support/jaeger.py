@@ -244,9 +244,19 @@ def request_spans(spans: list[JaegerSpan]) -> list[JaegerSpan]:
     return [s for s in spans if s.kind == SERVER and s.resource.get("service.name") == "demo"]
 
 
+def process_spans(spans: list[JaegerSpan]) -> list[JaegerSpan]:
+    """Each process's process span (docs/spans.md): what its children hang from, its 'started' span, or its
+    lifetime span when it ended before that was due (--start-span-delay: no otelproc.started_span on it)."""
+    return [
+        s
+        for s in spans
+        if s.role == "started" or (s.role == "lifetime" and s.attributes.get("otelproc.started_span") is None)
+    ]
+
+
 def process_span(spans: list[JaegerSpan], pid: int) -> JaegerSpan:
-    """The one process span of pid (docs/spans.md): what its children hang from, its 'started' span, or its
-    lifetime span when it ended before that was due (--start-span-delay)."""
+    """The one process span of pid, from the spans of pid alone: its 'started' span, else its lifetime span
+    (while a 'started' span is still on its way, the lifetime span stands for it)."""
     own = [s for s in spans if s.attributes.get("process.pid") == pid]
     (span,) = [s for s in own if s.role == "started"] or [s for s in own if s.role == "lifetime"]
     return span
