@@ -117,6 +117,19 @@ def first_stored(jaeger: FleetJaeger, since: datetime.datetime) -> list[JaegerSp
         return []
 
 
+def each_once(spans: list[JaegerSpan]) -> list[JaegerSpan]:
+    """Each stored span once. A node lost while it handled one of Jaeger's bulk requests can leave a span
+    stored twice, under two document ids: Jaeger sends the unanswered bulk to another node, and what the lost
+    node had written is written again (docs/deployment.md, Replicas; seen here in a packet capture, with
+    otelproc's Export sent once). Such copies are identical, and Jaeger's UI shows them once; two different
+    spans under one id would be otelproc's fault, and fail."""
+    first: dict[str, JaegerSpan] = {}
+    for span in spans:
+        seen = first.setdefault(span.span_id, span)
+        assert (seen.text, seen.resource) == (span.text, span.resource), f"two different spans with id {span.span_id}"
+    return list(first.values())
+
+
 def lifetime_pids(spans: list[JaegerSpan]) -> Counter[int]:
     return Counter(s.attributes["process.pid"] for s in spans if s.role == "lifetime")
 
@@ -181,7 +194,7 @@ def test_spans_survive_a_lost_node_and_a_jaeger_restart(cluster, jaeger, sidecar
 
     def as_many_as_exported() -> list[JaegerSpan]:
         """With whatever otelproc flushed at its stop (OpenSearch shows a write within a second or so)."""
-        spans = stored(jaeger, since, lost=killed)
+        spans = each_once(stored(jaeger, since, lost=killed))
         return spans if len(spans) >= exported else []
 
     spans = wait_for(as_many_as_exported, f"the {exported} spans otelproc exported", timeout=30)
@@ -189,7 +202,6 @@ def test_spans_survive_a_lost_node_and_a_jaeger_restart(cluster, jaeger, sidecar
     # Every process exactly once, and every span otelproc says the backend accepted, no more.
     assert lifetime_pids(spans) == Counter(started), f"after killing {killed.name}"
     assert len(spans) == exported, stop_line
-    assert len({s.span_id for s in spans}) == len(spans)
     # A search that went to the lost node failed at most once: then Jaeger knew the node was gone.
     assert len(jaeger.failed_searches) <= 1, jaeger.failed_searches
 
@@ -205,6 +217,6 @@ def test_spans_survive_a_lost_node_and_a_jaeger_restart(cluster, jaeger, sidecar
     jaeger.env["OPENSEARCH_URLS"] = "[" + ", ".join([killed.url] + [n.url for n in cluster.nodes if n.alive]) + "]"
     jaeger.start()
     for _ in range(2 * len(cluster.nodes)):
-        again = stored(jaeger, since)
+        again = each_once(stored(jaeger, since))
         assert sorted(s.span_id for s in again) == sorted(s.span_id for s in spans)
         assert lifetime_pids(again) == Counter(started)
