@@ -11,7 +11,9 @@
 #                         promtool for the alerting tests and the local stack (built with Go, cached),
 #                         Helm for the chart's tests (built with Go, cached)
 #                         and podman with podman-compose for the container tests, and Docker Engine
-#                         with its compose plugin for the compose test (Debian 13's binaries, cached)
+#                         with its compose plugin for the compose test (Debian 13's binaries, cached),
+#                         and the single-node Kubernetes cluster of the cluster test (Kubernetes and
+#                         CoreDNS built with Go, Debian's etcd unpacked, all cached)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -29,7 +31,7 @@ packages=(libbpf1)
 extras=""
 if $test_setup; then
     packages+=(clang llvm bpftool libbpf-dev make gcc libc6-dev util-linux libcap2-bin procps redis-server chromium chromium-driver
-               openjdk-17-jre-headless maven unzip containerd runc iptables)
+               openjdk-17-jre-headless maven unzip containerd runc iptables containernetworking-plugins openssl)
     # The Jaeger UI is built with npm (and Node 24 from the npm registry) unless it is cached.
     deploy/jaeger/build-ui.sh --print-path >/dev/null 2>&1 || command -v npm >/dev/null || packages+=(npm)
     extras="[test]"
@@ -91,6 +93,14 @@ if $test_setup; then
     # the compose file's capabilities); the test starts dockerd itself.
     step "setting up Docker Engine and its compose plugin (deploy/images/setup-docker.sh; the first time, about 30 s)"
     deploy/images/setup-docker.sh
+    # The test cluster (deploy/kubernetes/cluster/cluster.sh) runs on Debian's containerd, runc and CNI
+    # plugins (the package list above) with these, cached:
+    step "building Kubernetes unless cached (deploy/kubernetes/cluster/build-kubernetes.sh; the first time, about 16 minutes)"
+    step "  Kubernetes: $(deploy/kubernetes/cluster/build-kubernetes.sh)"
+    step "building CoreDNS unless cached (deploy/kubernetes/cluster/build-coredns.sh; the first time, about 4 minutes)"
+    step "  CoreDNS: $(deploy/kubernetes/cluster/build-coredns.sh)"
+    step "fetching etcd unless cached (deploy/kubernetes/cluster/fetch-etcd.sh; Debian's etcd-server, unpacked)"
+    step "  etcd: $(deploy/kubernetes/cluster/fetch-etcd.sh)"
     # --- end containers ------------------------------------------------------------------------
     step "done: run the tests with \`python3 -m pytest\` (as root), or the local stack with deploy/local/up.sh"
 else
