@@ -1,0 +1,341 @@
+"""deploy/kubernetes/ and the Helm chart on a real Kubernetes cluster, with the commands docs/deployment.md
+gives users, and what they show read back in Jaeger's API.
+
+The cluster is a single node on this machine, every part of it upstream (deploy/kubernetes/cluster/cluster.sh:
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, CoreDNS and a kubelet on
+containerd with runc and the CNI bridge), with the stand-in images loaded into its containerd (no registry is
+reachable). The Collector's k8sattributes watches that API server: the pod metadata on each span is observed,
+not configured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from support import REPO
+from support.deploy import documents
+from support.jaeger import JaegerSpan, built_by, find_spans, process_spans, request_spans, wait_for
+
+CLUSTER_SCRIPT = REPO / "deploy" / "kubernetes" / "cluster" / "cluster.sh"
+KUBERNETES = REPO / "deploy" / "kubernetes"
+CHART = REPO / "deploy" / "helm" / "otelproc"
+NAMESPACE = "otelproc-demo"
+NODE = "otelproc-node"  # cluster.sh's node
+IMAGES_SCRIPT = REPO / "deploy" / "images" / "build.sh"
+# What docs/deployment.md says k8sattributes adds, on every span of a process in a pod of a Deployment.
+POD_ATTRIBUTES = ("k8s.pod.name", "k8s.pod.uid", "k8s.namespace.name", "k8s.node.name", "k8s.container.name")
+
+
+class Cluster:
+    def __init__(self, kubeconfig: str, tmp: Path) -> None:
+        self.env = {**os.environ, "KUBECONFIG": kubeconfig}
+        self.tmp = tmp
+
+    def kubectl(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(CLUSTER_SCRIPT), "kubectl", *args], capture_output=True, text=True, timeout=timeout, env=self.env
+        )
+        assert not check or result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr[-2000:]}"
+        return result
+
+    def apply(self, *files: Path) -> None:
+        self.kubectl("apply", *[arg for path in files for arg in ("-f", str(path))])
+
+    def rollout(self, workload: str, timeout: int = 240) -> None:
+        result = self.kubectl("-n", NAMESPACE, "rollout", "status", workload, f"--timeout={timeout}s", check=False)
+        assert result.returncode == 0, f"{workload} not rolled out: {result.stderr}\n{self.describe_pods()}"
+
+    def describe_pods(self) -> str:
+        return self.kubectl("-n", NAMESPACE, "get", "pods", "-o", "wide", check=False).stdout + "\n".join(
+            self.kubectl("-n", NAMESPACE, "get", "events", "--sort-by=.lastTimestamp", check=False).stdout.splitlines()[
+                -30:
+            ]
+        )
+
+    def pods(self, selector: str) -> list[dict[str, Any]]:
+        """The running, not terminating, pods of a label selector."""
+        listed = yaml.safe_load(self.kubectl("-n", NAMESPACE, "get", "pods", "-l", selector, "-o", "json").stdout)
+        return [
+            p
+            for p in listed["items"]
+            if p["status"].get("phase") == "Running" and "deletionTimestamp" not in p["metadata"]
+        ]
+
+    @contextlib.contextmanager
+    def port_forward(self, target: str, port: int) -> Iterator[str]:
+        """`kubectl port-forward`, as the docs tell users to reach Jaeger and the demo: a loopback URL."""
+        proc = subprocess.Popen(
+            [
+                str(CLUSTER_SCRIPT),
+                "kubectl",
+                "-n",
+                NAMESPACE,
+                "port-forward",
+                "--address",
+                "127.0.0.1",
+                target,
+                f":{port}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+        )
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            match = re.search(r"Forwarding from 127\.0\.0\.1:(\d+)", line)
+            assert match, (
+                f"kubectl port-forward {target}: {line}{proc.stdout.read() if proc.poll() is not None else ''}"
+            )
+            yield f"http://127.0.0.1:{match.group(1)}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def container_id(pod: dict[str, Any], container: str) -> str:
+    (status,) = [s for s in pod["status"]["containerStatuses"] if s["name"] == container]
+    runtime, _, cid = status["containerID"].partition("://")
+    assert runtime == "containerd"
+    return cid
+
+
+@pytest.fixture(scope="module")
+def images() -> list[str]:
+    """otelproc and the demo built from the repository's Dockerfiles, and the stand-ins of the images the
+    manifests name, all in podman's store; their names, as the manifests write them."""
+    names = subprocess.run([str(IMAGES_SCRIPT), "--list"], capture_output=True, text=True, check=True).stdout.split()
+    subprocess.run([str(IMAGES_SCRIPT), *names], check=True)
+    for tag, dockerfile in (("otelproc:latest", "Dockerfile"), ("otelproc-demo:latest", "demo/Dockerfile")):
+        result = subprocess.run(
+            ["podman", "build", "-q", "-t", tag, "-f", dockerfile, str(REPO)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+    return [*names, "otelproc:latest", "otelproc-demo:latest"]
+
+
+def host_state() -> dict[str, Any]:
+    """What cluster.sh changes on this machine and must put back: its files, mounts, network devices,
+    iptables rules (counters aside) and processes."""
+
+    def rules(tool: str) -> list[str]:
+        saved = subprocess.run([f"{tool}-save"], capture_output=True, text=True, check=True).stdout
+        return [re.sub(r"\[\d+:\d+\]", "", line) for line in saved.splitlines() if not line.startswith("#")]
+
+    def commands() -> set[str]:
+        names = ("etcd", "kube-", "kubelet", "coredns", "containerd-shim")
+        return {p.name() for p in psutil.process_iter() if p.name().startswith(names)}
+
+    return {
+        "files": [p for p in ("/var/lib/kubelet", "/var/lib/otelproc-k8s", "/run/otelproc-k8s") if Path(p).exists()],
+        "mounts": sorted(line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()),
+        "links": sorted(psutil.net_if_addrs()),
+        "iptables": rules("iptables"),
+        "ip6tables": rules("ip6tables"),
+        "processes": commands(),
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster(images: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """cluster.sh up, the images loaded; at the end, the probes detached in every otelproc pod (as the docs
+    tell users to before removing otelproc) and cluster.sh down, which must leave nothing."""
+    for script, what in (
+        ("build-kubernetes.sh", "Kubernetes"),
+        ("build-coredns.sh", "CoreDNS"),
+        ("fetch-etcd.sh", "etcd"),
+    ):
+        built_by(CLUSTER_SCRIPT.parent / script, what)
+    before = host_state()
+    up = subprocess.run([str(CLUSTER_SCRIPT), "up"], capture_output=True, text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        cluster = Cluster(up.stdout.strip(), tmp_path_factory.mktemp("cluster"))
+        load = subprocess.run([str(CLUSTER_SCRIPT), "load", *images], capture_output=True, text=True, timeout=600)
+        assert load.returncode == 0, load.stderr[-3000:]
+        yield cluster
+    finally:
+        down = subprocess.run([str(CLUSTER_SCRIPT), "down"], capture_output=True, text=True, timeout=300)
+        assert down.returncode == 0, down.stderr[-3000:]
+        assert host_state() == before, "cluster.sh down left something behind"
+
+
+@pytest.fixture(scope="module")
+def backend(cluster: Cluster) -> Iterator[str]:
+    """docs/deployment.md's steps before otelproc: the namespace, the ConfigMaps, Prometheus, Jaeger and the
+    Collector; Jaeger's query, port-forwarded."""
+    cluster.apply(KUBERNETES / "namespace.yaml")
+    cluster.kubectl(
+        "-n", NAMESPACE, "create", "configmap", "jaeger-config",
+        f"--from-file={REPO / 'deploy/jaeger/all-in-one.yaml'}", f"--from-file={REPO / 'deploy/jaeger/monitor.yaml'}",
+    )  # fmt: skip
+    cluster.kubectl(
+        "-n",
+        NAMESPACE,
+        "create",
+        "configmap",
+        "prometheus-rules",
+        f"--from-file={REPO / 'deploy/prometheus/rules.yml'}",
+    )
+    cluster.apply(*(KUBERNETES / f"{name}.yaml" for name in ("prometheus", "jaeger", "collector")))
+    for workload in ("deployment/prometheus", "deployment/jaeger", "deployment/otel-collector"):
+        cluster.rollout(workload)
+    with cluster.port_forward("service/jaeger", 16686) as jaeger:
+        yield jaeger
+
+
+def spans_of(jaeger: str, service: str, since: datetime.datetime) -> list[JaegerSpan]:
+    try:
+        return find_spans(jaeger, service, since)
+    except httpx.HTTPError:
+        return []
+
+
+def requests_and_workers(
+    cluster: Cluster, jaeger: str, since: datetime.datetime, pod: dict[str, Any]
+) -> list[JaegerSpan]:
+    """Requests to the demo through its Service (port-forwarded); the spans of the pod's workers and of the
+    requests, once all are in Jaeger."""
+    served: set[int] = set()
+    with cluster.port_forward("service/demo", 8000) as demo:
+        wait_for(lambda: httpx.get(demo, timeout=10).status_code == 200, "the demo's answer", timeout=60)
+        for path in ["/"] * 12 + ["/spawn"]:
+            response = httpx.get(f"{demo}{path}", timeout=30)
+            assert response.status_code == 200, response.text
+            served.add(response.json()["worker"])
+    name = pod["metadata"]["name"]
+
+    def arrived() -> list[JaegerSpan]:
+        spans = [s for s in spans_of(jaeger, "demo", since) if s.resource.get("k8s.pod.name") == name]
+        started = {s.attributes.get("process.pid") for s in spans if s.role == "started"}
+        return spans if len(request_spans(spans)) >= 13 and len(started) >= len(served) else []
+
+    return wait_for(arrived, f"13 request spans and {len(served)} workers' spans of pod {name} in Jaeger", 120)
+
+
+def assert_linked_with_pod_metadata(spans: list[JaegerSpan], pod: dict[str, Any], deployment: str = "demo") -> None:
+    """Every span of the demo (its workers', the /spawn child's, its requests') names its pod, and each request
+    links to its worker's process span, which names the demo's container."""
+    meta = pod["metadata"]
+    expected = {
+        "k8s.pod.name": meta["name"],
+        "k8s.pod.uid": meta["uid"],
+        "k8s.namespace.name": NAMESPACE,
+        "k8s.node.name": NODE,
+        "k8s.container.name": "demo",
+        "k8s.deployment.name": deployment,
+    }
+    for span in spans:
+        assert {k: span.resource.get(k) for k in expected} == expected, (span.name, span.resource)
+    processes = {(s.trace_id, s.span_id): s for s in process_spans(spans)}
+    demo_id = container_id(pod, "demo")
+    requests = request_spans(spans)
+    for request in requests:
+        (worker,) = [processes[(t, s)] for t, s, _ in request.links if (t, s) in processes]
+        assert worker.attributes["otelproc.process.key"] == request.attributes["otelproc.process.key"]
+        assert worker.resource["container.id"] == demo_id
+
+
+def test_kubectl_apply_the_sidecar_every_span_names_its_pod_and_a_new_pod_its_own(cluster, backend):
+    since = datetime.datetime.now(datetime.timezone.utc)
+    cluster.apply(KUBERNETES / "sidecar.yaml")
+    cluster.rollout("deployment/demo")
+    (pod,) = cluster.pods("app=demo")
+    assert_linked_with_pod_metadata(requests_and_workers(cluster, backend, since, pod), pod)
+
+    # The Deployment replaces a deleted pod; the new pod's processes and requests carry the new pod's name.
+    cluster.kubectl("-n", NAMESPACE, "delete", "pod", pod["metadata"]["name"])
+    cluster.rollout("deployment/demo")
+    (new_pod,) = cluster.pods("app=demo")
+    assert new_pod["metadata"]["name"] != pod["metadata"]["name"]
+    again = datetime.datetime.now(datetime.timezone.utc)
+    assert_linked_with_pod_metadata(requests_and_workers(cluster, backend, again, new_pod), new_pod)
+    cluster.kubectl("delete", "-f", str(KUBERNETES / "sidecar.yaml"))  # its preStop hook detaches the probe
+    wait_for(lambda: not cluster.pods("app=demo"), "the sidecar's pods gone", timeout=120)
+
+
+def app_alone(tmp: Path) -> Path:
+    """The demo Deployment of sidecar.yaml without otelproc's container: a service as a user of the DaemonSet
+    runs it (one otelproc per node, none in the pod)."""
+    deployment, service = documents(KUBERNETES / "sidecar.yaml")
+    deployment = copy.deepcopy(deployment)
+    spec = deployment["spec"]["template"]["spec"]
+    spec["containers"] = [c for c in spec["containers"] if c["name"] != "otelproc"]
+    del spec["shareProcessNamespace"]
+    path = tmp / "demo-alone.yaml"
+    path.write_text(yaml.safe_dump_all([deployment, service]))
+    return path
+
+
+def detach_all(cluster: Cluster, selector: str) -> None:
+    """docs/deployment.md's step before removing the DaemonSet: `otelproc detach` in each of its pods."""
+    for pod in cluster.pods(selector):
+        cluster.kubectl("-n", NAMESPACE, "exec", pod["metadata"]["name"], "--", "otelproc", "detach")
+
+
+@pytest.mark.parametrize("how", ["kubectl apply", "helm install"])
+def test_the_daemonset_gives_pod_metadata_to_a_pods_processes_and_none_to_the_nodes(
+    cluster, backend, how, test_python, tmp_path
+):
+    since = datetime.datetime.now(datetime.timezone.utc)
+    if how == "kubectl apply":
+        cluster.apply(KUBERNETES / "daemonset.yaml")
+        selector, workload = "app=otelproc", "daemonset/otelproc"
+    else:
+        helm = built_by(REPO / "deploy" / "helm" / "build.sh", "Helm")
+        result = subprocess.run(
+            [helm, "install", "otelproc", str(CHART), "-n", NAMESPACE, "--wait", "--timeout", "4m"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=cluster.env,
+        )
+        assert result.returncode == 0, result.stderr + cluster.describe_pods()
+        selector, workload = "app.kubernetes.io/name=otelproc", "daemonset/otelproc"
+    try:
+        cluster.rollout(workload)
+        cluster.apply(app_alone(tmp_path))
+        cluster.rollout("deployment/demo")
+        (pod,) = cluster.pods("app=demo")
+        assert_linked_with_pod_metadata(requests_and_workers(cluster, backend, since, pod), pod)
+
+        # A process on the node, outside any pod: its span, and no pod's name on it.
+        marker = f"on-the-node-{os.getpid()}-{time.monotonic_ns()}"
+        node_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACE"))}
+        node_env["OTEL_SERVICE_NAME"] = "node-process"
+        subprocess.run([test_python, "-c", "import sys", marker], env=node_env, check=True, timeout=30)
+
+        def node_span() -> list[JaegerSpan]:
+            return [
+                s
+                for s in spans_of(backend, "node-process", since)
+                if s.role == "lifetime" and marker in str(s.attributes.get("process.command_args"))
+            ]
+
+        (span,) = wait_for(node_span, f"the lifetime span of the node's process {marker}", timeout=60)
+        assert not {k for k in span.resource if k.startswith("k8s.")}, span.resource
+        assert "container.id" not in span.resource
+    finally:
+        detach_all(cluster, selector)
+        if how == "kubectl apply":
+            cluster.kubectl("delete", "-f", str(KUBERNETES / "daemonset.yaml"))
+        else:
+            subprocess.run([helm, "uninstall", "otelproc", "-n", NAMESPACE, "--wait"], env=cluster.env, timeout=300)
+        cluster.kubectl("-n", NAMESPACE, "delete", "deployment", "demo", "--ignore-not-found")
