@@ -1,10 +1,9 @@
 """deploy/helm/otelproc, the chart Kubernetes users install otelproc with, under the real Helm (built from
 its Go module by deploy/helm/build.sh): `helm lint`, and `helm template` decoded strictly with the
 Kubernetes API's types. With its default values the chart renders the DaemonSet of
-deploy/kubernetes/daemonset.yaml (which test_kubernetes plays under podman), so a change to one that
-the other lacks fails here; each value does what values.yaml says; bad values fail in one line.
-
-No cluster runs here: `helm install` is not tried (docs/deployment.md says so).
+deploy/kubernetes/daemonset.yaml, so a change to one that the other lacks fails here; each value does
+what values.yaml says; bad values fail in one line. `helm install` into a cluster is
+tests/test_kubernetes_cluster.py's.
 """
 
 from __future__ import annotations

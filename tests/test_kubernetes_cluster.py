@@ -15,10 +15,11 @@ import copy
 import datetime
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 import psutil
@@ -27,7 +28,19 @@ import yaml
 
 from support import REPO
 from support.deploy import documents
-from support.jaeger import JaegerSpan, built_by, find_spans, process_spans, request_spans, wait_for
+from support.callers import Caller, in_container, pid_inside, serving_worker
+from support.sidecar import PinRoot
+from support.jaeger import (
+    SERVER,
+    STATUS_ERROR,
+    JaegerSpan,
+    built_by,
+    find_spans,
+    path_of,
+    process_spans,
+    request_spans,
+    wait_for,
+)
 
 CLUSTER_SCRIPT = REPO / "deploy" / "kubernetes" / "cluster" / "cluster.sh"
 KUBERNETES = REPO / "deploy" / "kubernetes"
@@ -35,6 +48,7 @@ CHART = REPO / "deploy" / "helm" / "otelproc"
 NAMESPACE = "otelproc-demo"
 NODE = "otelproc-node"  # cluster.sh's node
 IMAGES_SCRIPT = REPO / "deploy" / "images" / "build.sh"
+NODE_STATE = "/var/lib/otelproc"  # the DaemonSet's hostPath, made on the node (DirectoryOrCreate)
 # What docs/deployment.md says k8sattributes adds, on every span of a process in a pod of a Deployment.
 POD_ATTRIBUTES = ("k8s.pod.name", "k8s.pod.uid", "k8s.namespace.name", "k8s.node.name", "k8s.container.name")
 
@@ -144,7 +158,11 @@ def host_state() -> dict[str, Any]:
         return {p.name() for p in psutil.process_iter() if p.name().startswith(names)}
 
     return {
-        "files": [p for p in ("/var/lib/kubelet", "/var/lib/otelproc-k8s", "/run/otelproc-k8s") if Path(p).exists()],
+        "files": [
+            p
+            for p in ("/var/lib/kubelet", "/var/lib/otelproc-k8s", "/run/otelproc-k8s", NODE_STATE)
+            if Path(p).exists()
+        ],
         "mounts": sorted(line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()),
         "links": sorted(psutil.net_if_addrs()),
         "iptables": rules("iptables"),
@@ -154,9 +172,9 @@ def host_state() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def cluster(images: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """cluster.sh up, the images loaded; at the end, the probes detached in every otelproc pod (as the docs
-    tell users to before removing otelproc) and cluster.sh down, which must leave nothing."""
+def cluster(images: list[str], pin_root: PinRoot, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """cluster.sh up, the images loaded; at the end cluster.sh down, which must leave nothing. (The session's
+    bpffs, pin_root, is mounted first, so that the mounts compared before and after are the cluster's alone.)"""
     for script, what in (
         ("build-kubernetes.sh", "Kubernetes"),
         ("build-coredns.sh", "CoreDNS"),
@@ -174,7 +192,11 @@ def cluster(images: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iter
     finally:
         down = subprocess.run([str(CLUSTER_SCRIPT), "down"], capture_output=True, text=True, timeout=300)
         assert down.returncode == 0, down.stderr[-3000:]
-        assert host_state() == before, "cluster.sh down left something behind"
+        after = host_state()
+        left = {k: (sorted(set(before[k]) - set(after[k])), sorted(set(after[k]) - set(before[k]))) for k in before}
+        assert after == before, (
+            f"cluster.sh down did not put back (was, is): { {k: v for k, v in left.items() if v != ([], [])} }"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +217,9 @@ def backend(cluster: Cluster) -> Iterator[str]:
         f"--from-file={REPO / 'deploy/prometheus/rules.yml'}",
     )
     cluster.apply(*(KUBERNETES / f"{name}.yaml" for name in ("prometheus", "jaeger", "collector")))
+    # "on every node that runs otelproc": the seccomp profile, as the docs' install command puts it
+    profile = REPO / "deploy" / "seccomp" / "otelproc.json"
+    subprocess.run(["install", "-D", "-m", "0644", str(profile), "/var/lib/kubelet/seccomp/otelproc.json"], check=True)
     for workload in ("deployment/prometheus", "deployment/jaeger", "deployment/otel-collector"):
         cluster.rollout(workload)
     with cluster.port_forward("service/jaeger", 16686) as jaeger:
@@ -253,12 +278,50 @@ def assert_linked_with_pod_metadata(spans: list[JaegerSpan], pod: dict[str, Any]
         assert worker.resource["container.id"] == demo_id
 
 
+def killed_request_reaches_its_trace(
+    cluster: Cluster,
+    jaeger: str,
+    since: datetime.datetime,
+    pod: dict[str, Any],
+    pid_seen: Callable[[psutil.Process], int],
+) -> None:
+    """A request in flight when its worker is SIGKILLed reaches its caller's trace, ended by the worker's death,
+    under the worker's pod, and linked to the worker's process span. pid_seen: the worker's pid as the
+    otelproc that tracks it names it (in the pod's pid namespace for the sidecar, the node's for the DaemonSet)."""
+    with cluster.port_forward("service/demo", 8000) as demo:
+        caller = Caller(demo, "slow")
+        worker = serving_worker(container_id(pod, "demo"), 8000)
+        worker_pid = pid_seen(worker)
+        worker.kill()
+
+        def killed_request() -> list[JaegerSpan]:
+            return [s for s in spans_of(jaeger, "demo", since) if s.trace_id == caller.trace_id and s.kind == SERVER]
+
+        (killed,) = wait_for(killed_request, "the /slow request its worker was killed in, in its caller's trace", 60)
+    assert killed.parent_span_id == caller.parent_id and path_of(killed) == "/slow"
+    assert killed.status_code == STATUS_ERROR and killed.status_message.startswith("killed by SIGKILL"), killed
+    assert killed.attributes["otelproc.span.ended_by"] == "process death"
+    assert killed.resource.get("k8s.pod.name") == pod["metadata"]["name"]
+    (worker_span,) = [
+        s
+        for s in spans_of(jaeger, "demo", since)
+        if s.role == "started" and s.attributes.get("process.pid") == worker_pid
+    ]
+    assert [(t, s) for t, s, _ in killed.links] == [(worker_span.trace_id, worker_span.span_id)], "linked to its worker"
+
+
 def test_kubectl_apply_the_sidecar_every_span_names_its_pod_and_a_new_pod_its_own(cluster, backend):
     since = datetime.datetime.now(datetime.timezone.utc)
     cluster.apply(KUBERNETES / "sidecar.yaml")
     cluster.rollout("deployment/demo")
     (pod,) = cluster.pods("app=demo")
+    # The kubelet ran otelproc under the Localhost profile (Seccomp: 2, a filter), not unconfined.
+    otelproc_id = container_id(pod, "otelproc")
+    (otelproc,) = [p for p in psutil.process_iter() if in_container(p.pid, otelproc_id)]
+    assert "Seccomp:\t2" in Path(f"/proc/{otelproc.pid}/status").read_text()
     assert_linked_with_pod_metadata(requests_and_workers(cluster, backend, since, pod), pod)
+    # otelproc, in its own container of the pod (shareProcessNamespace), reads the worker's span region.
+    killed_request_reaches_its_trace(cluster, backend, since, pod, pid_inside)
 
     # The Deployment replaces a deleted pod; the new pod's processes and requests carry the new pod's name.
     cluster.kubectl("-n", NAMESPACE, "delete", "pod", pod["metadata"]["name"])
@@ -295,6 +358,7 @@ def test_the_daemonset_gives_pod_metadata_to_a_pods_processes_and_none_to_the_no
     cluster, backend, how, test_python, tmp_path
 ):
     since = datetime.datetime.now(datetime.timezone.utc)
+    node_state_existed = Path(NODE_STATE).exists()
     if how == "kubectl apply":
         cluster.apply(KUBERNETES / "daemonset.yaml")
         selector, workload = "app=otelproc", "daemonset/otelproc"
@@ -315,6 +379,8 @@ def test_the_daemonset_gives_pod_metadata_to_a_pods_processes_and_none_to_the_no
         cluster.rollout("deployment/demo")
         (pod,) = cluster.pods("app=demo")
         assert_linked_with_pod_metadata(requests_and_workers(cluster, backend, since, pod), pod)
+        # otelproc, in the DaemonSet's pod (hostPID), reads the span region of a worker in another pod.
+        killed_request_reaches_its_trace(cluster, backend, since, pod, lambda worker: worker.pid)
 
         # A process on the node, outside any pod: its span, and no pod's name on it.
         marker = f"on-the-node-{os.getpid()}-{time.monotonic_ns()}"
@@ -339,3 +405,5 @@ def test_the_daemonset_gives_pod_metadata_to_a_pods_processes_and_none_to_the_no
         else:
             subprocess.run([helm, "uninstall", "otelproc", "-n", NAMESPACE, "--wait"], env=cluster.env, timeout=300)
         cluster.kubectl("-n", NAMESPACE, "delete", "deployment", "demo", "--ignore-not-found")
+        if not node_state_existed:
+            shutil.rmtree(NODE_STATE, ignore_errors=True)

@@ -22,13 +22,12 @@
 # where pods reach them (their gateway) and so does this host, on no address of the host's own network.
 # Pods get 10.245.1.0/24 on that bridge, Services 10.96.0.0/16 (kube-proxy, iptables mode). The node is
 # named otelproc-node.
-# The kubelet's root is the default /var/lib/kubelet: the seccomp profile goes where docs/security.md
-# tells users to put it (/var/lib/kubelet/seccomp/otelproc.json), and `up` puts it there.
+# The kubelet's root is the default /var/lib/kubelet, so that the seccomp profile goes where
+# docs/deployment.md tells users to put it (/var/lib/kubelet/seccomp/otelproc.json; the tests do that).
 # Credentials: one CA; the API server's serving certificate; one client certificate (system:masters)
 # that every component and kubectl use. A test cluster's shortcut: a real one gives each its own.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-REPO=$(cd "$HERE/../../.." && pwd)
 
 STATE=/var/lib/otelproc-k8s     # etcd's data, certificates, configs, containerd's images, logs
 RUN=/run/otelproc-k8s           # sockets and pid files
@@ -235,9 +234,6 @@ up() {
     containerd_config
     kubelet_config
     corefile
-    mkdir -p "$KUBELET_ROOT/seccomp"
-    # docs/security.md's step for each node.
-    cp "$REPO/deploy/seccomp/otelproc.json" "$KUBELET_ROOT/seccomp/otelproc.json"
 
     local pki=$STATE/pki
     start etcd "$ETCD/etcd" --name "$NODE" --data-dir "$STATE/etcd" \
