@@ -29,6 +29,8 @@ import yaml
 from support import REPO
 from support.deploy import documents
 from support.callers import Caller, in_container, pid_inside, serving_worker
+from support.prometheus import Prometheus
+from support.regions import holds_region
 from support.sidecar import PinRoot
 from support.jaeger import (
     SERVER,
@@ -119,6 +121,13 @@ class Cluster:
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+def container_process(pod: dict[str, Any], container: str) -> int:
+    """The host pid of the one process of a pod's container (otelproc's runs no other)."""
+    cid = container_id(pod, container)
+    (process,) = [p for p in psutil.process_iter() if in_container(p.pid, cid)]
+    return process.pid
 
 
 def container_id(pod: dict[str, Any], container: str) -> str:
@@ -284,20 +293,33 @@ def killed_request_reaches_its_trace(
     since: datetime.datetime,
     pod: dict[str, Any],
     pid_seen: Callable[[psutil.Process], int],
+    otelproc: str,
 ) -> None:
     """A request in flight when its worker is SIGKILLed reaches its caller's trace, ended by the worker's death,
     under the worker's pod, and linked to the worker's process span. pid_seen: the worker's pid as the
-    otelproc that tracks it names it (in the pod's pid namespace for the sidecar, the node's for the DaemonSet)."""
+    otelproc that tracks it names it (in the pod's pid namespace for the sidecar, the node's for the DaemonSet);
+    otelproc: the label selector of the pods whose otelproc container tracks it (its log, if the span is missing)."""
     with cluster.port_forward("service/demo", 8000) as demo:
         caller = Caller(demo, "slow")
         worker = serving_worker(container_id(pod, "demo"), 8000)
         worker_pid = pid_seen(worker)
+        # otelproc must have opened the worker's span region while the worker lived (docs/correlation.md):
+        # a worker killed before otelproc caught up with its start loses its spans (counted, region_gone).
+        (tracker,) = cluster.pods(otelproc)
+        holder = container_process(tracker, "otelproc")
+        wait_for(lambda: holds_region(holder, worker.pid), "otelproc to hold the worker's span region", 20)
         worker.kill()
 
         def killed_request() -> list[JaegerSpan]:
             return [s for s in spans_of(jaeger, "demo", since) if s.trace_id == caller.trace_id and s.kind == SERVER]
 
-        (killed,) = wait_for(killed_request, "the /slow request its worker was killed in, in its caller's trace", 60)
+        try:
+            (killed,) = wait_for(
+                killed_request, "the /slow request its worker was killed in, in its caller's trace", 60
+            )
+        except AssertionError as missing:
+            log = cluster.kubectl("-n", NAMESPACE, "logs", "-l", otelproc, "-c", "otelproc", "--tail=30", check=False)
+            raise AssertionError(f"{missing}; worker {worker.pid}; otelproc's log:\n{log.stdout}{log.stderr}") from None
     assert killed.parent_span_id == caller.parent_id and path_of(killed) == "/slow"
     assert killed.status_code == STATUS_ERROR and killed.status_message.startswith("killed by SIGKILL"), killed
     assert killed.attributes["otelproc.span.ended_by"] == "process death"
@@ -316,12 +338,35 @@ def test_kubectl_apply_the_sidecar_every_span_names_its_pod_and_a_new_pod_its_ow
     cluster.rollout("deployment/demo")
     (pod,) = cluster.pods("app=demo")
     # The kubelet ran otelproc under the Localhost profile (Seccomp: 2, a filter), not unconfined.
-    otelproc_id = container_id(pod, "otelproc")
-    (otelproc,) = [p for p in psutil.process_iter() if in_container(p.pid, otelproc_id)]
-    assert "Seccomp:\t2" in Path(f"/proc/{otelproc.pid}/status").read_text()
+    assert "Seccomp:\t2" in Path(f"/proc/{container_process(pod, 'otelproc')}/status").read_text()
     assert_linked_with_pod_metadata(requests_and_workers(cluster, backend, since, pod), pod)
     # otelproc, in its own container of the pod (shareProcessNamespace), reads the worker's span region.
-    killed_request_reaches_its_trace(cluster, backend, since, pod, pid_inside)
+    killed_request_reaches_its_trace(cluster, backend, since, pod, pid_inside, "app=demo")
+
+    # The killed worker is a process metric with its workload (docs/deployment.md, "Process metrics"): the
+    # Collector's spanmetrics, after k8sattributes, remote-written to prometheus.yaml's Prometheus.
+    with cluster.port_forward("service/prometheus", 9090) as url:
+        prometheus = Prometheus(url)
+        killed_in_demo = (
+            'sum(traces_span_metrics_calls_total{k8s_namespace_name="otelproc-demo",k8s_deployment_name="demo",'
+            'span_name="uvicorn worker",otelproc_exit_outcome="signal",error_type="SIGKILL"})'
+        )
+
+        def counted() -> bool:
+            try:
+                return prometheus.value(killed_in_demo) >= 1
+            except httpx.HTTPError:
+                return False
+
+        wait_for(counted, "the killed worker in Prometheus", timeout=120)  # 15 s flush, then remote write
+    # Jaeger's Monitor tab (jaeger.yaml's PROMETHEUS_URL) reads it.
+    errors = httpx.get(
+        f"{backend}/api/metrics/errors",
+        params={"service": "demo", "spanKind": "internal", "groupByOperation": "true"},
+        timeout=30,
+    ).json()
+    operations = {label["value"] for m in errors["metrics"] for label in m["labels"] if label["name"] == "operation"}
+    assert "uvicorn worker" in operations, errors
 
     # The Deployment replaces a deleted pod; the new pod's processes and requests carry the new pod's name.
     cluster.kubectl("-n", NAMESPACE, "delete", "pod", pod["metadata"]["name"])
@@ -380,7 +425,7 @@ def test_the_daemonset_gives_pod_metadata_to_a_pods_processes_and_none_to_the_no
         (pod,) = cluster.pods("app=demo")
         assert_linked_with_pod_metadata(requests_and_workers(cluster, backend, since, pod), pod)
         # otelproc, in the DaemonSet's pod (hostPID), reads the span region of a worker in another pod.
-        killed_request_reaches_its_trace(cluster, backend, since, pod, lambda worker: worker.pid)
+        killed_request_reaches_its_trace(cluster, backend, since, pod, lambda worker: worker.pid, selector)
 
         # A process on the node, outside any pod: its span, and no pod's name on it.
         marker = f"on-the-node-{os.getpid()}-{time.monotonic_ns()}"
