@@ -37,6 +37,7 @@ from support.jaeger import (
     STATUS_ERROR,
     JaegerSpan,
     find_spans,
+    monitor_error_operations,
     path_of,
     process_span,
     request_spans,
@@ -303,12 +304,7 @@ def test_compose_up_requests_linked_in_jaeger_then_detach_and_down_leave_nothing
             return False
 
     wait_for(killed_worker_counted, "the killed worker's end in Prometheus", 120)  # 15 s flush, 15 s scrape
-    errors = httpx.get(
-        f"{JAEGER}/api/metrics/errors",
-        params={"service": "demo", "spanKind": "internal", "groupByOperation": "true"},
-        timeout=30,
-    ).json()
-    operations = {label["value"] for m in errors["metrics"] for label in m["labels"] if label["name"] == "operation"}
+    operations, errors = monitor_error_operations(JAEGER, "demo")
     assert "uvicorn worker" in operations, errors
 
     # Jaeger keeps them in its volume: restarted, it finds the same request and process spans again.

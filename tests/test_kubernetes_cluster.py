@@ -38,6 +38,7 @@ from support.jaeger import (
     JaegerSpan,
     built_by,
     find_spans,
+    monitor_error_operations,
     path_of,
     process_spans,
     request_spans,
@@ -360,12 +361,7 @@ def test_kubectl_apply_the_sidecar_every_span_names_its_pod_and_a_new_pod_its_ow
 
         wait_for(counted, "the killed worker in Prometheus", timeout=120)  # 15 s flush, then remote write
     # Jaeger's Monitor tab (jaeger.yaml's PROMETHEUS_URL) reads it.
-    errors = httpx.get(
-        f"{backend}/api/metrics/errors",
-        params={"service": "demo", "spanKind": "internal", "groupByOperation": "true"},
-        timeout=30,
-    ).json()
-    operations = {label["value"] for m in errors["metrics"] for label in m["labels"] if label["name"] == "operation"}
+    operations, errors = monitor_error_operations(backend, "demo")
     assert "uvicorn worker" in operations, errors
 
     # The Deployment replaces a deleted pod; the new pod's processes and requests carry the new pod's name.

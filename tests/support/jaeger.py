@@ -290,6 +290,18 @@ def find_spans(query_url: str, service: str, since: datetime.datetime) -> list[J
     return flatten(response.json()["result"])
 
 
+def monitor_error_operations(query_url: str, service: str) -> tuple[set[str], dict[str, Any]]:
+    """The operations of a service with errors, as Jaeger's Monitor tab asks Prometheus for them (its own
+    spans, kind internal: otelproc's process spans); and the whole answer, for a failure's message."""
+    errors = httpx.get(
+        f"{query_url}/api/metrics/errors",
+        params={"service": service, "spanKind": "internal", "groupByOperation": "true"},
+        timeout=30,
+    ).json()
+    operations = {label["value"] for m in errors["metrics"] for label in m["labels"] if label["name"] == "operation"}
+    return operations, errors
+
+
 def search_by_tag(query_url: str, service: str, key: str, value: str) -> list[dict[str, Any]]:
     """The UI's Search with a tag filter (the UI's own /api/traces; API v3 has no tag filter)."""
     response = httpx.get(
