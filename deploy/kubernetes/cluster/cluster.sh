@@ -5,7 +5,8 @@
 #
 #   cluster.sh up            start it; print the kubeconfig's path (KUBECONFIG for kubectl and helm)
 #   cluster.sh load IMAGE... copy images from podman's store into the node's containerd, under the
-#                            names Kubernetes gives them (otelproc:latest is docker.io/library/otelproc:latest)
+#                            names Kubernetes gives them (otelproc:latest is docker.io/library/otelproc:latest);
+#                            registry.k8s.io/pause:3.10 among them, every pod's sandbox
 #   cluster.sh down          stop it and remove what `up` made: processes, containers, mounts, network
 #                            devices, iptables rules, files; the machine is as it was before `up`
 #   cluster.sh kubectl ARGS  kubectl on this cluster
