@@ -95,9 +95,9 @@ if $test_setup; then
     deploy/images/setup-docker.sh
     # The test cluster (deploy/kubernetes/cluster/cluster.sh) runs on Debian's containerd, runc and CNI
     # plugins (the package list above) with these, cached:
-    step "building Kubernetes unless cached (deploy/kubernetes/cluster/build-kubernetes.sh; the first time, about 16 minutes)"
+    step "building Kubernetes unless cached (deploy/kubernetes/cluster/build-kubernetes.sh; the first time, about 10 minutes)"
     step "  Kubernetes: $(deploy/kubernetes/cluster/build-kubernetes.sh)"
-    step "building CoreDNS unless cached (deploy/kubernetes/cluster/build-coredns.sh; the first time, about 4 minutes)"
+    step "building CoreDNS unless cached (deploy/kubernetes/cluster/build-coredns.sh; the first time, about 3 minutes)"
     step "  CoreDNS: $(deploy/kubernetes/cluster/build-coredns.sh)"
     step "fetching etcd unless cached (deploy/kubernetes/cluster/fetch-etcd.sh; Debian's etcd-server, unpacked)"
     step "  etcd: $(deploy/kubernetes/cluster/fetch-etcd.sh)"

@@ -8,7 +8,7 @@
 #
 # The module's go.mod points its k8s.io/* dependencies at ./staging, which the module's zip leaves
 # out (each is a module of its own); the build points them at the same modules as published
-# (v0.<minor>.<patch>) instead. About 16 minutes on 2 cores, once; cached in
+# (v0.<minor>.<patch>) instead. About 10 minutes on 2 cores, once; cached in
 # ${XDG_CACHE_HOME:-$HOME/.cache}/otelproc/kubernetes-<version>/ (deploy/cached-go-build.sh).
 set -euo pipefail
 source "$(dirname "$0")/../../cached-go-build.sh"
