@@ -10,6 +10,7 @@ they came from the kernel's record or from /proc.
 from __future__ import annotations
 
 import os
+import re
 from typing import NamedTuple
 
 from otelproc.model import split_argv, text
@@ -74,6 +75,25 @@ def cgroups(pid: int) -> list[tuple[str, str, str]]:
         hierarchy, controllers, path = line.split(":", 2)
         lines.append((hierarchy, controllers, path))
     return lines
+
+
+_CONTAINER_ID = re.compile(r"(?:[a-z-]+-)?([0-9a-f]{64})(?:\.scope)?")
+
+
+def container_id(cgroup_leaf: str) -> str | None:
+    """docker-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope, libpod-<id>.scope, or a bare id."""
+    match = _CONTAINER_ID.fullmatch(cgroup_leaf)
+    return match.group(1) if match else None
+
+
+def own_container_id() -> str | None:
+    """This process's container, from the leaf of its cgroup v2 path ("0::" line): the cgroup the kernel
+    side names (the sidecar's container.id of the same process comes from the same leaf)."""
+    try:
+        paths = [path for hierarchy, _, path in cgroups(os.getpid()) if hierarchy == "0"]
+    except (OSError, ValueError):
+        return None
+    return container_id(paths[0].rsplit("/", 1)[-1]) if paths else None
 
 
 def pidns(pid: int) -> int:

@@ -108,10 +108,16 @@ def own_process() -> tuple[str, SpanPlace | None]:
 
 
 class ProcessResourceDetector(ResourceDetector):
-    """Adds otelproc.process.key (and process.pid) to the resource of the process it runs in."""
+    """Adds otelproc.process.key, process.pid and, in a container, container.id to the resource of the process
+    it runs in: the container.id otelproc gives the process's own spans, by which a Collector's k8sattributes
+    finds the pod and the container of its request spans too (docs/deployment.md)."""
 
     def detect(self) -> Resource:
-        return Resource({"otelproc.process.key": process_key(), "process.pid": os.getpid()})
+        attributes: dict[str, str | int] = {"otelproc.process.key": process_key(), "process.pid": os.getpid()}
+        cid = procfs.own_container_id()
+        if cid is not None:
+            attributes["container.id"] = cid
+        return Resource(attributes)
 
     def is_process_dependent(self) -> bool:
         """A forked child is another process: the SDK (1.44+) runs this detector again in it

@@ -7,7 +7,6 @@ no live span object, no tracer, no sampler on this path (see bench/ for why).
 from __future__ import annotations
 
 import os
-import re
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
@@ -26,6 +25,7 @@ from otelproc.clock import iso_millis
 from otelproc.config import parse_usage
 from otelproc.model import TASK_COMM_LEN
 from otelproc.model import DEFAULT_USAGE, OomKill, SignalSent, Usage
+from otelproc.procfs import container_id
 from otelproc.redact import redacted
 from otelproc.otel.unfinished import links_to_the_dead, unfinished_spans
 from otelproc.servers import master_reason
@@ -36,7 +36,6 @@ if TYPE_CHECKING:  # what the sidecar's tracker hands over; the span builder nee
     from otelproc.sidecar.tracker import Ended, TrackedProcess
 
 SCOPE = InstrumentationScope("otelproc", __version__)
-_CONTAINER_ID = re.compile(r"(?:[a-z-]+-)?([0-9a-f]{64})(?:\.scope)?")
 _OK = Status(StatusCode.OK)
 CLEAN_SIGNALS = parse_signal_set(DEFAULT_CLEAN)
 USAGE = parse_usage(DEFAULT_USAGE)
@@ -60,12 +59,6 @@ def parent_link(process: TrackedProcess) -> list[Link]:
     to where it came from (the way there is a search for its otelproc.parent.key, docs/spans.md)."""
     linked = process.span_place.linked
     return [] if linked is None else [Link(linked, PARENT_LINK_ATTRIBUTES)]
-
-
-def container_id(cgroup_leaf: str) -> str | None:
-    """docker-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope, libpod-<id>.scope, or a bare id."""
-    match = _CONTAINER_ID.fullmatch(cgroup_leaf)
-    return match.group(1) if match else None
 
 
 def parse_resource_attributes(text: str) -> tuple[dict[str, str], int]:

@@ -1,18 +1,16 @@
-"""Span contents: how a process ended, container ids, resources, usage groups, attributes left out."""
+"""Span contents: how a process ended, resources, usage groups, attributes left out."""
 
 from __future__ import annotations
 
 import time
 import types
 
-import pytest
 
 from otelproc.identity import TraceBound
 from otelproc.model import USAGE_GROUPS, OomKill, SignalSent, Usage
 from otelproc.otel.spans import (
     CLEAN_SIGNALS,
     SpanBuilder,
-    container_id,
     exit_status,
     parse_resource_attributes,
 )
@@ -136,20 +134,6 @@ def test_a_lifetime_span_says_whether_its_process_had_a_started_span():
     assert builder.lifetime(slow).attributes["otelproc.started_span"] is True
     assert "otelproc.started_span" not in builder.lifetime(quick).attributes
     assert builder.lifetime(quick).context.span_id == quick.process.span_place.span_id
-
-
-@pytest.mark.parametrize(
-    "leaf, cid",
-    [
-        ("docker-" + "a" * 64 + ".scope", "a" * 64),
-        ("cri-containerd-" + "b" * 64 + ".scope", "b" * 64),
-        ("c" * 64, "c" * 64),
-        ("user.slice", None),
-        ("054ad49c851de8945147c9409dd4ad94", None),
-    ],
-)
-def test_container_id_from_cgroup(leaf, cid):
-    assert container_id(leaf) == cid
 
 
 def test_resource_attributes_parsing_counts_malformed():
