@@ -41,6 +41,7 @@ from support.jaeger import (
     path_of,
     process_span,
     request_spans,
+    spans_while_up,
     wait_for,
 )
 from support.prometheus import Prometheus
@@ -204,10 +205,7 @@ def answers() -> bool:
 
 def jaeger_spans(since: datetime.datetime) -> list[JaegerSpan]:
     """The demo's spans in Jaeger's API; none while it does not answer (it restarts)."""
-    try:
-        return find_spans(JAEGER, "demo", since)
-    except httpx.HTTPError:
-        return []
+    return spans_while_up(JAEGER, "demo", since)
 
 
 def test_compose_up_requests_linked_in_jaeger_then_detach_and_down_leave_nothing(stack):

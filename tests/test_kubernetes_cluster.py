@@ -11,7 +11,6 @@ not configured.
 from __future__ import annotations
 
 import contextlib
-import copy
 import datetime
 import os
 import re
@@ -27,7 +26,9 @@ import pytest
 import yaml
 
 from support import REPO
+from support.containers import BUILD_IMAGES, build_stand_ins, run
 from support.deploy import documents
+from support.docker_engine import iptables_rules
 from support.callers import Caller, in_container, pid_inside, serving_worker
 from support.prometheus import Prometheus
 from support.regions import holds_region
@@ -37,11 +38,11 @@ from support.jaeger import (
     STATUS_ERROR,
     JaegerSpan,
     built_by,
-    find_spans,
     monitor_error_operations,
     path_of,
     process_spans,
     request_spans,
+    spans_while_up,
     wait_for,
 )
 
@@ -50,16 +51,12 @@ KUBERNETES = REPO / "deploy" / "kubernetes"
 CHART = REPO / "deploy" / "helm" / "otelproc"
 NAMESPACE = "otelproc-demo"
 NODE = "otelproc-node"  # cluster.sh's node
-IMAGES_SCRIPT = REPO / "deploy" / "images" / "build.sh"
 NODE_STATE = "/var/lib/otelproc"  # the DaemonSet's hostPath, made on the node (DirectoryOrCreate)
-# What docs/deployment.md says k8sattributes adds, on every span of a process in a pod of a Deployment.
-POD_ATTRIBUTES = ("k8s.pod.name", "k8s.pod.uid", "k8s.namespace.name", "k8s.node.name", "k8s.container.name")
 
 
 class Cluster:
-    def __init__(self, kubeconfig: str, tmp: Path) -> None:
+    def __init__(self, kubeconfig: str) -> None:
         self.env = {**os.environ, "KUBECONFIG": kubeconfig}
-        self.tmp = tmp
 
     def kubectl(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -142,16 +139,10 @@ def container_id(pod: dict[str, Any], container: str) -> str:
 def images() -> list[str]:
     """otelproc and the demo built from the repository's Dockerfiles, and the stand-ins of the images the
     manifests name, all in podman's store; their names, as the manifests write them."""
-    names = subprocess.run([str(IMAGES_SCRIPT), "--list"], capture_output=True, text=True, check=True).stdout.split()
-    subprocess.run([str(IMAGES_SCRIPT), *names], check=True)
+    names = run(str(BUILD_IMAGES), "--list", timeout=60).stdout.split()
+    build_stand_ins(*names)
     for tag, dockerfile in (("otelproc:latest", "Dockerfile"), ("otelproc-demo:latest", "demo/Dockerfile")):
-        result = subprocess.run(
-            ["podman", "build", "-q", "-t", tag, "-f", dockerfile, str(REPO)],
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert result.returncode == 0, result.stderr[-2000:]
+        run("podman", "build", "-q", "-t", tag, "-f", dockerfile, ".", timeout=1800)
     return [*names, "otelproc:latest", "otelproc-demo:latest"]
 
 
@@ -159,8 +150,7 @@ def host_state() -> dict[str, Any]:
     """What cluster.sh changes on this machine and must put back: its files, mounts, network devices,
     iptables rules (counters aside) and processes."""
 
-    def rules(tool: str) -> list[str]:
-        saved = subprocess.run([f"{tool}-save"], capture_output=True, text=True, check=True).stdout
+    def counters_aside(saved: str) -> list[str]:
         return [re.sub(r"\[\d+:\d+\]", "", line) for line in saved.splitlines() if not line.startswith("#")]
 
     def commands() -> set[str]:
@@ -175,14 +165,13 @@ def host_state() -> dict[str, Any]:
         ],
         "mounts": sorted(line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()),
         "links": sorted(psutil.net_if_addrs()),
-        "iptables": rules("iptables"),
-        "ip6tables": rules("ip6tables"),
+        **{tool: counters_aside(saved) for tool, saved in iptables_rules().items()},
         "processes": commands(),
     }
 
 
 @pytest.fixture(scope="module")
-def cluster(images: list[str], pin_root: PinRoot, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(images: list[str], pin_root: PinRoot) -> Iterator[Cluster]:
     """cluster.sh up, the images loaded; at the end cluster.sh down, which must leave nothing. (The session's
     bpffs, pin_root, is mounted first, so that the mounts compared before and after are the cluster's alone.)"""
     for script, what in (
@@ -195,7 +184,7 @@ def cluster(images: list[str], pin_root: PinRoot, tmp_path_factory: pytest.TempP
     up = subprocess.run([str(CLUSTER_SCRIPT), "up"], capture_output=True, text=True, timeout=300)
     try:
         assert up.returncode == 0, up.stderr[-3000:]
-        cluster = Cluster(up.stdout.strip(), tmp_path_factory.mktemp("cluster"))
+        cluster = Cluster(up.stdout.strip())
         load = subprocess.run([str(CLUSTER_SCRIPT), "load", *images], capture_output=True, text=True, timeout=600)
         assert load.returncode == 0, load.stderr[-3000:]
         yield cluster
@@ -236,13 +225,6 @@ def backend(cluster: Cluster) -> Iterator[str]:
         yield jaeger
 
 
-def spans_of(jaeger: str, service: str, since: datetime.datetime) -> list[JaegerSpan]:
-    try:
-        return find_spans(jaeger, service, since)
-    except httpx.HTTPError:
-        return []
-
-
 def requests_and_workers(
     cluster: Cluster, jaeger: str, since: datetime.datetime, pod: dict[str, Any]
 ) -> list[JaegerSpan]:
@@ -258,14 +240,14 @@ def requests_and_workers(
     name = pod["metadata"]["name"]
 
     def arrived() -> list[JaegerSpan]:
-        spans = [s for s in spans_of(jaeger, "demo", since) if s.resource.get("k8s.pod.name") == name]
+        spans = [s for s in spans_while_up(jaeger, "demo", since) if s.resource.get("k8s.pod.name") == name]
         started = {s.attributes.get("process.pid") for s in spans if s.role == "started"}
         return spans if len(request_spans(spans)) >= 13 and len(started) >= len(served) else []
 
     return wait_for(arrived, f"13 request spans and {len(served)} workers' spans of pod {name} in Jaeger", 120)
 
 
-def assert_linked_with_pod_metadata(spans: list[JaegerSpan], pod: dict[str, Any], deployment: str = "demo") -> None:
+def assert_linked_with_pod_metadata(spans: list[JaegerSpan], pod: dict[str, Any]) -> None:
     """Every span of the demo (its workers', the /spawn child's, its requests') names its pod, and each request
     links to its worker's process span, which names the demo's container."""
     meta = pod["metadata"]
@@ -275,7 +257,7 @@ def assert_linked_with_pod_metadata(spans: list[JaegerSpan], pod: dict[str, Any]
         "k8s.namespace.name": NAMESPACE,
         "k8s.node.name": NODE,
         "k8s.container.name": "demo",
-        "k8s.deployment.name": deployment,
+        "k8s.deployment.name": "demo",
     }
     for span in spans:
         assert {k: span.resource.get(k) for k in expected} == expected, (span.name, span.resource)
@@ -312,7 +294,9 @@ def killed_request_reaches_its_trace(
         worker.kill()
 
         def killed_request() -> list[JaegerSpan]:
-            return [s for s in spans_of(jaeger, "demo", since) if s.trace_id == caller.trace_id and s.kind == SERVER]
+            return [
+                s for s in spans_while_up(jaeger, "demo", since) if s.trace_id == caller.trace_id and s.kind == SERVER
+            ]
 
         try:
             (killed,) = wait_for(
@@ -327,7 +311,7 @@ def killed_request_reaches_its_trace(
     assert killed.resource.get("k8s.pod.name") == pod["metadata"]["name"]
     (worker_span,) = [
         s
-        for s in spans_of(jaeger, "demo", since)
+        for s in spans_while_up(jaeger, "demo", since)
         if s.role == "started" and s.attributes.get("process.pid") == worker_pid
     ]
     assert [(t, s) for t, s, _ in killed.links] == [(worker_span.trace_id, worker_span.span_id)], "linked to its worker"
@@ -379,7 +363,6 @@ def app_alone(tmp: Path) -> Path:
     """The demo Deployment of sidecar.yaml without otelproc's container: a service as a user of the DaemonSet
     runs it (one otelproc per node, none in the pod)."""
     deployment, service = documents(KUBERNETES / "sidecar.yaml")
-    deployment = copy.deepcopy(deployment)
     spec = deployment["spec"]["template"]["spec"]
     spec["containers"] = [c for c in spec["containers"] if c["name"] != "otelproc"]
     del spec["shareProcessNamespace"]
@@ -402,7 +385,7 @@ def test_the_daemonset_gives_pod_metadata_to_a_pods_processes_and_none_to_the_no
     node_state_existed = Path(NODE_STATE).exists()
     if how == "kubectl apply":
         cluster.apply(KUBERNETES / "daemonset.yaml")
-        selector, workload = "app=otelproc", "daemonset/otelproc"
+        selector = "app=otelproc"
     else:
         helm = built_by(REPO / "deploy" / "helm" / "build.sh", "Helm")
         result = subprocess.run(
@@ -413,9 +396,9 @@ def test_the_daemonset_gives_pod_metadata_to_a_pods_processes_and_none_to_the_no
             env=cluster.env,
         )
         assert result.returncode == 0, result.stderr + cluster.describe_pods()
-        selector, workload = "app.kubernetes.io/name=otelproc", "daemonset/otelproc"
+        selector = "app.kubernetes.io/name=otelproc"
     try:
-        cluster.rollout(workload)
+        cluster.rollout("daemonset/otelproc")
         cluster.apply(app_alone(tmp_path))
         cluster.rollout("deployment/demo")
         (pod,) = cluster.pods("app=demo")
@@ -432,7 +415,7 @@ def test_the_daemonset_gives_pod_metadata_to_a_pods_processes_and_none_to_the_no
         def node_span() -> list[JaegerSpan]:
             return [
                 s
-                for s in spans_of(backend, "node-process", since)
+                for s in spans_while_up(backend, "node-process", since)
                 if s.role == "lifetime" and marker in str(s.attributes.get("process.command_args"))
             ]
 

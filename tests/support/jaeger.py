@@ -290,6 +290,14 @@ def find_spans(query_url: str, service: str, since: datetime.datetime) -> list[J
     return flatten(response.json()["result"])
 
 
+def spans_while_up(query_url: str, service: str, since: datetime.datetime) -> list[JaegerSpan]:
+    """find_spans, or none while Jaeger does not answer (it restarts, or a port-forward to it reconnects)."""
+    try:
+        return find_spans(query_url, service, since)
+    except httpx.HTTPError:
+        return []
+
+
 def monitor_error_operations(query_url: str, service: str) -> tuple[set[str], dict[str, Any]]:
     """The operations of a service with errors, as Jaeger's Monitor tab asks Prometheus for them (its own
     spans, kind internal: otelproc's process spans); and the whole answer, for a failure's message."""
